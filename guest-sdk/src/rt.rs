@@ -1,0 +1,225 @@
+//! ABI v1 plumbing behind [`export_proxy!`](crate::export_proxy): the input
+//! and output buffers, `(ptr, len)` packing, JSON in and out, and turning a
+//! panic into a log line the host can report. Guest authors never call
+//! these directly; the macro does.
+
+use std::cell::{OnceCell, RefCell};
+use std::thread::LocalKey;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{Error, ErrorType, Result};
+use crate::proxy::{ProxyHttp, RequestHeader, Session};
+use crate::wire;
+
+/// The ABI version this SDK implements (the `hook_abi_version` export).
+pub const ABI_VERSION: i32 = 1;
+
+/// An input buffer larger than this is released after use rather than kept.
+const KEEP_INPUT_CAPACITY: usize = 1 << 20;
+
+thread_local! {
+    // Guests are single-threaded, so these are plain statics in practice.
+    // Kept between calls: the host writes input into INPUT, reads OUTPUT
+    // until the next call, and neither is reallocated on every request.
+    static INPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static OUTPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Where the guest's proxy lives between calls.
+pub type ProxyCell<P> = LocalKey<OnceCell<P>>;
+
+/// `hook_alloc`: room for `len` bytes of input; 0 if impossible.
+pub fn alloc(len: i32) -> i32 {
+    let Ok(len) = usize::try_from(len) else {
+        return 0;
+    };
+    INPUT.with_borrow_mut(|input| {
+        input.clear();
+        if input.try_reserve_exact(len).is_err() {
+            return 0;
+        }
+        input.resize(len, 0);
+        input.as_mut_ptr() as usize as i32
+    })
+}
+
+/// `hook_init`: builds the proxy from the module configuration.
+pub fn init<P, C>(cell: &'static ProxyCell<P>, new: fn(C) -> Result<P>, ptr: i32, len: i32) -> i64
+where
+    C: DeserializeOwned,
+{
+    install_panic_hook();
+    let result = read_input::<C>(ptr, len).and_then(new);
+    let out = match result {
+        Ok(proxy) => {
+            cell.with(|cell| {
+                // A second hook_init keeps the first proxy: instances are
+                // configured once.
+                let _ = cell.set(proxy);
+            });
+            wire::InitOutput { error: None }
+        }
+        Err(e) => wire::InitOutput {
+            error: Some(e.to_wire()),
+        },
+    };
+    write_output(&out)
+}
+
+/// `upstream_peer`: decodes the input, runs the hook, encodes the output.
+pub fn upstream_peer<P, C>(
+    cell: &'static ProxyCell<P>,
+    new: fn(C) -> Result<P>,
+    ptr: i32,
+    len: i32,
+) -> i64
+where
+    P: ProxyHttp,
+    C: DeserializeOwned,
+{
+    install_panic_hook();
+    let out = with_proxy(cell, new, |proxy| {
+        let input: wire::PeerInput<wire::Request, Option<P::CTX>> = read_input(ptr, len)?;
+        let mut ctx = input.ctx.unwrap_or_else(|| proxy.new_ctx());
+        let mut session = Session::new(input.request);
+        let peer = proxy.upstream_peer(&mut session, &mut ctx)?;
+        Ok(wire::PeerOutput {
+            peer: Some(peer.into_wire()),
+            ctx: Some(ctx),
+            error: None,
+        })
+    });
+    write_output(&out.unwrap_or_else(|e| wire::PeerOutput {
+        peer: None,
+        ctx: None,
+        error: Some(e.to_wire()),
+    }))
+}
+
+/// `upstream_request_filter`: decodes the input, runs the hook, encodes the
+/// output.
+pub fn upstream_request_filter<P, C>(
+    cell: &'static ProxyCell<P>,
+    new: fn(C) -> Result<P>,
+    ptr: i32,
+    len: i32,
+) -> i64
+where
+    P: ProxyHttp,
+    C: DeserializeOwned,
+{
+    install_panic_hook();
+    let out = with_proxy(cell, new, |proxy| {
+        let input: wire::FilterInput<wire::Request, wire::UpstreamRequest, Option<P::CTX>> =
+            read_input(ptr, len)?;
+        let mut ctx = input.ctx.unwrap_or_else(|| proxy.new_ctx());
+        let mut session = Session::new(input.request);
+        let mut upstream_request = RequestHeader::new(input.upstream_request);
+        proxy.upstream_request_filter(&mut session, &mut upstream_request, &mut ctx)?;
+        drop(session.into_request());
+        Ok(wire::FilterOutput {
+            upstream_request: Some(upstream_request.into_wire()),
+            ctx: Some(ctx),
+            error: None,
+        })
+    });
+    write_output(&out.unwrap_or_else(|e| wire::FilterOutput {
+        upstream_request: None,
+        ctx: None,
+        error: Some(e.to_wire()),
+    }))
+}
+
+/// Runs `hook` with the proxy, building it from `{}` if the host never
+/// called `hook_init`.
+fn with_proxy<P, C, T>(
+    cell: &'static ProxyCell<P>,
+    new: fn(C) -> Result<P>,
+    hook: impl FnOnce(&P) -> Result<T>,
+) -> Result<T>
+where
+    C: DeserializeOwned,
+{
+    cell.with(|cell| {
+        if cell.get().is_none() {
+            let config = serde_json::from_str::<C>("{}").map_err(|e| {
+                Error::explain(ErrorType::InternalError, format!("module config: {e}"))
+            })?;
+            let _ = cell.set(new(config)?);
+        }
+        match cell.get() {
+            Some(proxy) => hook(proxy),
+            None => Error::e_explain(ErrorType::InternalError, "proxy not initialised"),
+        }
+    })
+}
+
+/// Decodes the JSON the host wrote at `ptr` (which must be the buffer
+/// `alloc` handed out) and releases an oversized buffer.
+fn read_input<T: DeserializeOwned>(ptr: i32, len: i32) -> Result<T> {
+    INPUT.with_borrow_mut(|input| {
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        if ptr as usize != input.as_ptr() as usize || len > input.len() {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "input is not in the buffer hook_alloc returned",
+            );
+        }
+        let parsed = serde_json::from_slice(&input[..len]).map_err(|e| {
+            Error::explain(
+                ErrorType::InternalError,
+                format!("guest cannot decode input: {e}"),
+            )
+        });
+        input.clear();
+        if input.capacity() > KEEP_INPUT_CAPACITY {
+            input.shrink_to(0);
+        }
+        parsed
+    })
+}
+
+/// Encodes `value` into the output buffer and returns its packed location.
+fn write_output<T: Serialize>(value: &T) -> i64 {
+    OUTPUT.with_borrow_mut(|output| {
+        output.clear();
+        if let Err(e) = serde_json::to_writer(&mut *output, value) {
+            output.clear();
+            let message = serde_json::to_string(&format!("guest cannot encode output: {e}"))
+                .unwrap_or_else(|_| "\"\"".into());
+            output.extend_from_slice(br#"{"error":{"status":500,"message":"#);
+            output.extend_from_slice(message.as_bytes());
+            output.extend_from_slice(b"}}");
+        }
+        pack(output.as_ptr() as usize, output.len())
+    })
+}
+
+/// `(ptr << 32) | len`, the ABI's encoding of an output location.
+pub fn pack(ptr: usize, len: usize) -> i64 {
+    (((ptr as u64) << 32) | (len as u64 & 0xffff_ffff)) as i64
+}
+
+/// With `panic = "abort"` a panic traps; log its message first so the
+/// proxy's log says why the request failed.
+fn install_panic_hook() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            crate::log::write(crate::log::Level::Error, &format!("guest panicked: {info}"));
+        }));
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_puts_pointer_high_and_length_low() {
+        assert_eq!(pack(0x10, 0x20), 0x10_0000_0020);
+        assert_eq!(pack(0xffff_fff0, 7) as u64 >> 32, 0xffff_fff0);
+    }
+}

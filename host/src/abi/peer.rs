@@ -1,0 +1,124 @@
+//! Turning a guest's `PEER` into Pingora's `HttpPeer`, safely: Pingora's
+//! `HttpPeer::new` panics on an address it cannot parse and resolves host
+//! names with a blocking call, so the address is parsed (or resolved on
+//! tokio's blocking pool) here first.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use guest_sdk::wire;
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::runtime::HookFault;
+
+/// How long resolving a host name may take before the request fails.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Validates `peer` and builds the `HttpPeer` Pingora connects to.
+pub async fn build_peer(peer: &wire::Peer) -> Result<Box<HttpPeer>, HookFault> {
+    let addr = resolve(&peer.address).await?;
+    if !peer.sni.is_empty() && !is_host_name(&peer.sni) {
+        return Err(HookFault::InvalidOutput(format!(
+            "invalid sni {:?}",
+            peer.sni
+        )));
+    }
+    // A SocketAddr converts without a lookup, so this cannot block or panic.
+    let mut http_peer = HttpPeer::new(addr, peer.tls, peer.sni.clone());
+    let options = &mut http_peer.options;
+    options.connection_timeout = peer
+        .options
+        .connection_timeout_ms
+        .map(Duration::from_millis);
+    options.read_timeout = peer.options.read_timeout_ms.map(Duration::from_millis);
+    options.verify_cert = peer.options.verify_cert;
+    options.verify_hostname = peer.options.verify_hostname;
+    Ok(Box::new(http_peer))
+}
+
+/// `ip:port` directly; `name:port` through tokio's resolver, which runs
+/// the blocking lookup off the worker threads.
+async fn resolve(address: &str) -> Result<SocketAddr, HookFault> {
+    let invalid = |why: &str| HookFault::InvalidOutput(format!("peer address {address:?}: {why}"));
+    let addr = match address.parse::<SocketAddr>() {
+        Ok(addr) => addr,
+        Err(_) => {
+            let (host, port) = address.rsplit_once(':').ok_or_else(|| invalid("no port"))?;
+            port.parse::<u16>().map_err(|_| invalid("bad port"))?;
+            if !is_host_name(host) {
+                return Err(invalid("not an ip:port or host:port"));
+            }
+            let mut found = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(address))
+                .await
+                .map_err(|_| invalid("name lookup timed out"))?
+                .map_err(|e| invalid(&format!("name lookup failed: {e}")))?;
+            found
+                .next()
+                .ok_or_else(|| invalid("name has no addresses"))?
+        }
+    };
+    if addr.port() == 0 {
+        return Err(invalid("port 0"));
+    }
+    Ok(addr)
+}
+
+fn is_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(address: &str) -> wire::Peer {
+        wire::Peer {
+            address: address.into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn ip_addresses_build_and_keep_options() {
+        let mut wire_peer = peer("127.0.0.1:8080");
+        wire_peer.tls = true;
+        wire_peer.sni = "example.com".into();
+        wire_peer.options.connection_timeout_ms = Some(250);
+        wire_peer.options.verify_hostname = false;
+        let built = build_peer(&wire_peer).await.unwrap();
+        assert_eq!(built.sni, "example.com");
+        assert_eq!(
+            built.options.connection_timeout,
+            Some(Duration::from_millis(250))
+        );
+        assert!(!built.options.verify_hostname);
+        assert!(build_peer(&peer("[::1]:443")).await.is_ok());
+        assert!(build_peer(&peer("localhost:80")).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn unusable_addresses_are_faults_not_panics() {
+        for address in [
+            "",
+            "1.2.3.4",
+            "1.2.3.4:0",
+            "1.2.3.4:99999",
+            "a b:80",
+            ":80",
+            "[::1]",
+        ] {
+            let err = build_peer(&peer(address)).await.unwrap_err();
+            assert!(
+                matches!(err, HookFault::InvalidOutput(_)),
+                "{address}: {err}"
+            );
+        }
+        let mut bad_sni = peer("127.0.0.1:443");
+        bad_sni.sni = "evil\r\nname".into();
+        assert!(build_peer(&bad_sni).await.is_err());
+    }
+}

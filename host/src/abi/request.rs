@@ -1,0 +1,202 @@
+//! Requests between Pingora and the wire: the downstream request a guest
+//! reads, the upstream request it may change, and applying its changes.
+
+use std::str::FromStr;
+
+use guest_sdk::wire;
+use http::{HeaderName, HeaderValue, Method};
+use pingora::http::RequestHeader;
+use pingora::proxy::Session;
+
+use crate::runtime::HookFault;
+
+/// The downstream request as the guest sees it.
+pub fn downstream_request(session: &Session) -> wire::Request {
+    let req = session.req_header();
+    wire::Request {
+        method: req.method.as_str().to_string(),
+        uri: String::from_utf8_lossy(req.raw_path()).into_owned(),
+        version: format!("{:?}", req.version),
+        headers: req
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str().to_string(), lossy(value)))
+            .collect(),
+        client_addr: session.client_addr().map(|addr| addr.to_string()),
+    }
+}
+
+/// The upstream request as the guest sees it, header names in the case
+/// they will be sent.
+pub fn upstream_request(req: &RequestHeader) -> wire::UpstreamRequest {
+    let headers = if req.has_case() {
+        req.case_header_iter()
+            .map(|(name, value)| {
+                let name = String::from_utf8_lossy(name.as_slice()).into_owned();
+                (name, lossy(value))
+            })
+            .collect()
+    } else {
+        req.headers
+            .iter()
+            .map(|(name, value)| (name.as_str().to_string(), lossy(value)))
+            .collect()
+    };
+    wire::UpstreamRequest {
+        method: req.method.as_str().to_string(),
+        uri: String::from_utf8_lossy(req.raw_path()).into_owned(),
+        headers,
+    }
+}
+
+fn lossy(value: &HeaderValue) -> String {
+    String::from_utf8_lossy(value.as_bytes()).into_owned()
+}
+
+/// Makes `target` what the guest returned. `sent` is what the guest was
+/// given: unchanged parts are left alone, so header values that were not
+/// UTF-8 survive a guest that did not touch them. Everything is checked
+/// before anything is changed.
+pub fn apply_upstream_request(
+    target: &mut RequestHeader,
+    sent: &wire::UpstreamRequest,
+    new: &wire::UpstreamRequest,
+) -> Result<(), HookFault> {
+    let invalid = |what: String| HookFault::InvalidOutput(what);
+
+    let method = if new.method != sent.method {
+        Some(
+            Method::from_str(&new.method)
+                .map_err(|_| invalid(format!("invalid method {:?}", new.method)))?,
+        )
+    } else {
+        None
+    };
+    if new.uri != sent.uri && !(new.uri.starts_with('/') || new.uri == "*") {
+        return Err(invalid(format!("uri {:?} is not a path", new.uri)));
+    }
+
+    let headers = if new.headers != sent.headers {
+        let mut headers = Vec::with_capacity(new.headers.len());
+        for (name, value) in &new.headers {
+            HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid(format!("invalid header name {name:?}")))?;
+            let value = original_bytes(target, sent, name, value)
+                .map_or_else(|| HeaderValue::from_str(value), Ok);
+            let value = value.map_err(|_| invalid(format!("invalid value for header {name}")))?;
+            headers.push((name.clone(), value));
+        }
+        Some(headers)
+    } else {
+        None
+    };
+
+    if new.uri != sent.uri {
+        target
+            .set_raw_path(new.uri.as_bytes())
+            .map_err(|e| invalid(format!("uri {:?}: {e}", new.uri)))?;
+    }
+    if let Some(method) = method {
+        target.set_method(method);
+    }
+    if let Some(headers) = headers {
+        let names: Vec<HeaderName> = target.headers.keys().cloned().collect();
+        for name in names {
+            target.remove_header(&name);
+        }
+        for (name, value) in headers {
+            target
+                .append_header(name, value)
+                .map_err(|e| invalid(format!("header: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// The original bytes of a header the guest handed back unchanged whose
+/// value was not UTF-8 (and so reached the guest with U+FFFD in it).
+fn original_bytes(
+    target: &RequestHeader,
+    sent: &wire::UpstreamRequest,
+    name: &str,
+    value: &str,
+) -> Option<HeaderValue> {
+    if !value.contains('\u{FFFD}') {
+        return None;
+    }
+    let position = sent
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .position(|(_, v)| v == value)?;
+    target
+        .headers
+        .get_all(name)
+        .iter()
+        .nth(position)
+        .filter(|raw| std::str::from_utf8(raw.as_bytes()).is_err())
+        .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> RequestHeader {
+        let mut req = RequestHeader::build("GET", b"/a?b=1", None).unwrap();
+        req.append_header("Host", "example.com").unwrap();
+        req.append_header("X-Raw", HeaderValue::from_bytes(b"caf\xe9").unwrap())
+            .unwrap();
+        req
+    }
+
+    #[test]
+    fn unchanged_output_changes_nothing() {
+        let mut req = request();
+        let sent = upstream_request(&req);
+        apply_upstream_request(&mut req, &sent, &sent.clone()).unwrap();
+        assert_eq!(req.headers.get("x-raw").unwrap().as_bytes(), b"caf\xe9");
+        assert_eq!(req.raw_path(), b"/a?b=1");
+    }
+
+    #[test]
+    fn changed_headers_replace_all_and_keep_untouched_raw_bytes() {
+        let mut req = request();
+        let sent = upstream_request(&req);
+        let mut new = sent.clone();
+        new.headers[0].1 = "other.example".into();
+        new.headers.push(("X-New".into(), "1".into()));
+        new.uri = "/b".into();
+        new.method = "POST".into();
+        apply_upstream_request(&mut req, &sent, &new).unwrap();
+        assert_eq!(req.headers.get("host").unwrap(), "other.example");
+        assert_eq!(req.headers.get("x-new").unwrap(), "1");
+        assert_eq!(req.headers.get("x-raw").unwrap().as_bytes(), b"caf\xe9");
+        assert_eq!(req.raw_path(), b"/b");
+        assert_eq!(req.method, Method::POST);
+    }
+
+    #[test]
+    fn invalid_output_is_refused_and_leaves_the_request_intact() {
+        for (field, bad) in [
+            ("name", "bad name"),
+            ("value", "a\r\nb"),
+            ("uri", "http:x"),
+            ("method", "G ET"),
+        ] {
+            let mut req = request();
+            let sent = upstream_request(&req);
+            let mut new = sent.clone();
+            match field {
+                "name" => new.headers.push((bad.into(), "v".into())),
+                "value" => new.headers.push(("x".into(), bad.into())),
+                "uri" => new.uri = bad.into(),
+                _ => new.method = bad.into(),
+            }
+            let err = apply_upstream_request(&mut req, &sent, &new).unwrap_err();
+            assert!(matches!(err, HookFault::InvalidOutput(_)), "{field}: {err}");
+            assert_eq!(req.raw_path(), b"/a?b=1");
+            assert_eq!(req.headers.len(), 2);
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! The command line: our flags plus Pingora's own (`-c -d -t -u`).
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use pingora::server::configuration::Opt;
+
+/// A Pingora reverse proxy whose `upstream_peer` and
+/// `upstream_request_filter` hooks run in a sandboxed WebAssembly module.
+#[derive(Parser, Debug)]
+#[command(name = "host", version)]
+pub struct Cli {
+    /// The guest module (a core wasm module speaking hook ABI v1).
+    #[arg(value_name = "MODULE.wasm")]
+    pub module: PathBuf,
+
+    /// Address to listen on; repeat for several.
+    #[arg(
+        short,
+        long = "listen",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:6188"
+    )]
+    pub listen: Vec<String>,
+
+    /// Configuration handed to the guest's hook_init: inline JSON, or
+    /// @FILE to read it from a file. Default: {}.
+    #[arg(long, value_name = "JSON|@FILE")]
+    pub module_config: Option<String>,
+
+    /// Deadline of one guest hook call, in milliseconds (1-10000).
+    #[arg(long, value_name = "MS", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub hook_timeout_ms: u64,
+
+    /// Linear-memory cap of one guest instance, in MiB (1-4096).
+    #[arg(long, value_name = "MIB", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub memory_limit_mib: u64,
+
+    /// Pingora's options.
+    #[command(flatten)]
+    pub pingora: Opt,
+}

@@ -1,0 +1,14 @@
+//! The proxy host: Pingora plus a wasmtime runtime for guest hooks.
+//!
+//! Follow one request from [`proxy`] (the `ProxyHttp` impl) into [`abi`]
+//! (wire encoding, peer and header checks) and [`runtime`] (instances,
+//! limits, faults).
+
+pub mod abi;
+pub mod cli;
+pub mod config;
+pub mod proxy;
+pub mod runtime;
+pub mod server;
+
+pub use server::main;

@@ -1,0 +1,293 @@
+//! One instantiated guest: its store, memory and exports, and the call path
+//! that writes input, runs a hook under a deadline and bounds-checks the
+//! output.
+
+use std::sync::Arc;
+
+use wasmtime::{
+    Caller, Instance, InstancePre, Linker, Memory, ResourceLimiter, Store, StoreLimits,
+    StoreLimitsBuilder, Trap, TypedFunc,
+};
+
+use super::fault::HookFault;
+use super::module::GuestLimits;
+
+/// Largest output a hook may return; anything bigger is a fault.
+pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
+
+/// Longest guest log line kept; the rest is cut.
+const MAX_LOG_LINE: usize = 4096;
+
+/// Per-store state the host keeps for one instance.
+pub struct GuestState {
+    module_name: Arc<str>,
+    limiter: GuestLimiter,
+    /// The guest's last error-level log line during the current call.
+    last_error_log: Option<String>,
+}
+
+/// `StoreLimits`, remembering whether a limit was hit so the fault can say
+/// "memory limit" instead of the guest's resulting abort.
+struct GuestLimiter {
+    limits: StoreLimits,
+    memory_limit_hit: bool,
+}
+
+impl ResourceLimiter for GuestLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        self.memory_limit_hit |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
+
+/// Registers the host imports (module `hook`) every guest may use.
+pub fn add_host_imports(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "hook",
+        "log",
+        |mut caller: Caller<'_, GuestState>, level: i32, ptr: i32, len: i32| {
+            let line = read_guest_str(&mut caller, ptr as u32, len as u32);
+            let level = match level {
+                1 => log::Level::Error,
+                2 => log::Level::Warn,
+                3 => log::Level::Info,
+                4 => log::Level::Debug,
+                _ => log::Level::Trace,
+            };
+            let state = caller.data_mut();
+            log::log!(target: "guest", level, "module {}: {line}", state.module_name);
+            if level == log::Level::Error {
+                state.last_error_log = Some(line);
+            }
+        },
+    )?;
+    Ok(())
+}
+
+/// Reads at most [`MAX_LOG_LINE`] bytes of a guest string, lossily; a bad
+/// pointer yields a placeholder rather than a trap.
+fn read_guest_str(caller: &mut Caller<'_, GuestState>, ptr: u32, len: u32) -> String {
+    let Some(memory) = caller
+        .get_export("memory")
+        .and_then(|export| export.into_memory())
+    else {
+        return "<no memory export>".into();
+    };
+    let data = memory.data(&caller);
+    let start = ptr as usize;
+    let end = start.saturating_add((len as usize).min(MAX_LOG_LINE));
+    match data.get(start..end) {
+        Some(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        None => format!("<log line ({ptr:#x}, {len}) outside memory>"),
+    }
+}
+
+/// A live instance of a module and typed handles to its exports.
+pub struct GuestInstance {
+    store: Store<GuestState>,
+    memory: Memory,
+    alloc: TypedFunc<i32, i32>,
+    abi_version: TypedFunc<(), i32>,
+    init: Option<TypedFunc<(i32, i32), i64>>,
+    upstream_peer: TypedFunc<(i32, i32), i64>,
+    upstream_request_filter: TypedFunc<(i32, i32), i64>,
+    limits: GuestLimits,
+    /// Hook calls served, for the reuse bound.
+    pub calls: u64,
+}
+
+/// The hook exports an instance can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Export {
+    /// `hook_init`
+    Init,
+    /// `upstream_peer`
+    UpstreamPeer,
+    /// `upstream_request_filter`
+    UpstreamRequestFilter,
+}
+
+impl GuestInstance {
+    /// Instantiates `pre` in a fresh store capped at `memory_limit_bytes`.
+    pub fn new(
+        pre: &InstancePre<GuestState>,
+        module_name: Arc<str>,
+        limits: GuestLimits,
+    ) -> wasmtime::Result<Self> {
+        let store_limits = StoreLimitsBuilder::new()
+            .memory_size(limits.memory_limit_bytes())
+            .instances(1)
+            .build();
+        let state = GuestState {
+            module_name,
+            limiter: GuestLimiter {
+                limits: store_limits,
+                memory_limit_hit: false,
+            },
+            last_error_log: None,
+        };
+        let mut store = Store::new(pre.module().engine(), state);
+        store.limiter(|state| &mut state.limiter);
+        // A start function runs during instantiation: bound it too.
+        store.set_epoch_deadline(limits.deadline_ticks());
+        let instance: Instance = pre.instantiate(&mut store)?;
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or_else(|| wasmtime::Error::msg("missing export `memory` (a memory)"))?;
+        let func = |store: &mut Store<GuestState>, name: &str| {
+            instance
+                .get_typed_func::<(i32, i32), i64>(store, name)
+                .map_err(|e| {
+                    e.context(format!(
+                        "export `{name}` must be a function (i32, i32) -> i64"
+                    ))
+                })
+        };
+        let upstream_peer = func(&mut store, "upstream_peer")?;
+        let upstream_request_filter = func(&mut store, "upstream_request_filter")?;
+        let init = match instance.get_export(&mut store, "hook_init") {
+            Some(_) => Some(func(&mut store, "hook_init")?),
+            None => None,
+        };
+        let alloc = instance
+            .get_typed_func::<i32, i32>(&mut store, "hook_alloc")
+            .map_err(|e| e.context("export `hook_alloc` must be a function (i32) -> i32"))?;
+        let abi_version = instance
+            .get_typed_func::<(), i32>(&mut store, "hook_abi_version")
+            .map_err(|e| e.context("export `hook_abi_version` must be a function () -> i32"))?;
+        Ok(GuestInstance {
+            store,
+            memory,
+            alloc,
+            abi_version,
+            init,
+            upstream_peer,
+            upstream_request_filter,
+            limits,
+            calls: 0,
+        })
+    }
+
+    /// Whether the module exports `hook_init`.
+    pub fn has_init(&self) -> bool {
+        self.init.is_some()
+    }
+
+    /// Calls `hook_abi_version`.
+    pub fn abi_version(&mut self) -> Result<i32, HookFault> {
+        self.store.set_epoch_deadline(self.limits.deadline_ticks());
+        let result = self.abi_version.call(&mut self.store, ());
+        result.map_err(|e| self.fault(e))
+    }
+
+    /// Runs `export` on `input` and hands the output bytes, still in guest
+    /// memory, to `decode`.
+    pub fn call<T>(
+        &mut self,
+        export: Export,
+        input: &[u8],
+        decode: impl FnOnce(&[u8]) -> Result<T, HookFault>,
+    ) -> Result<T, HookFault> {
+        self.calls += 1;
+        self.store.data_mut().last_error_log = None;
+        let func = match export {
+            Export::Init => self
+                .init
+                .clone()
+                .ok_or_else(|| HookFault::Instantiate("no hook_init export".into()))?,
+            Export::UpstreamPeer => self.upstream_peer.clone(),
+            Export::UpstreamRequestFilter => self.upstream_request_filter.clone(),
+        };
+        let len = i32::try_from(input.len())
+            .map_err(|_| HookFault::Alloc(format!("input of {} bytes", input.len())))?;
+
+        let deadline_ticks = self.limits.deadline_ticks();
+        self.store.set_epoch_deadline(deadline_ticks);
+        let ptr = self
+            .alloc
+            .call(&mut self.store, len)
+            .map_err(|e| self.fault(e))?;
+        if ptr == 0 {
+            return Err(HookFault::Alloc(format!("returned 0 for {len} bytes")));
+        }
+        self.memory
+            .write(&mut self.store, ptr as u32 as usize, input)
+            .map_err(|_| HookFault::Alloc(format!("buffer at {ptr:#x} lies outside memory")))?;
+
+        self.store.set_epoch_deadline(deadline_ticks);
+        let packed = func
+            .call(&mut self.store, (ptr, len))
+            .map_err(|e| self.fault(e))?;
+
+        let (out_ptr, out_len) = ((packed as u64 >> 32) as u32, packed as u64 as u32);
+        if out_len as usize > MAX_OUTPUT_BYTES {
+            return Err(HookFault::OutputTooLarge {
+                len: out_len,
+                max: MAX_OUTPUT_BYTES,
+            });
+        }
+        let data = self.memory.data(&self.store);
+        let start = out_ptr as usize;
+        let output =
+            data.get(start..start + out_len as usize)
+                .ok_or(HookFault::OutputOutOfBounds {
+                    ptr: out_ptr,
+                    len: out_len,
+                    memory: data.len(),
+                })?;
+        decode(output)
+    }
+
+    /// Names what went wrong in a failed call.
+    fn fault(&mut self, error: wasmtime::Error) -> HookFault {
+        let limits = self.limits;
+        let state = self.store.data_mut();
+        let trap = error.downcast_ref::<Trap>().copied();
+        if trap == Some(Trap::Interrupt) {
+            return HookFault::Timeout {
+                limit_ms: limits.hook_timeout_ms,
+            };
+        }
+        let message = match trap {
+            Some(trap) => trap.to_string(),
+            None => format!("{error:#}"),
+        };
+        if std::mem::take(&mut state.limiter.memory_limit_hit) {
+            return HookFault::MemoryLimit {
+                limit_mib: limits.memory_limit_mib,
+                trap: message,
+            };
+        }
+        HookFault::Trap {
+            trap: message,
+            guest_said: state.last_error_log.take(),
+        }
+    }
+}

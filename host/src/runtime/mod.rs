@@ -1,0 +1,11 @@
+//! The wasmtime side: one engine per process, one [`GuestModule`] per
+//! `.wasm` file, and instances that run hooks under limits.
+
+mod engine;
+mod fault;
+mod instance;
+mod module;
+
+pub use engine::{EpochTicker, GuestEngine};
+pub use fault::HookFault;
+pub use module::{decode_json, GuestLimits, GuestModule, Hook};

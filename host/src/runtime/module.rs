@@ -1,0 +1,238 @@
+//! A loaded guest module: compiled once, checked against ABI v1 at load,
+//! instantiated on demand, its healthy instances reused.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context};
+use guest_sdk::wire;
+use wasmtime::{ExternType, InstancePre, Linker, Module};
+
+use super::engine::{GuestEngine, EPOCH_TICK};
+use super::fault::HookFault;
+use super::instance::{add_host_imports, Export, GuestInstance, GuestState};
+
+/// The ABI version this host speaks.
+pub const ABI_VERSION: i32 = guest_sdk::ABI_VERSION;
+
+/// Idle instances kept per module; more are dropped when returned. Calls
+/// are synchronous on Pingora's worker threads, so live instances never
+/// exceed the worker count anyway.
+const MAX_IDLE_INSTANCES: usize = 64;
+
+/// An instance is retired after this many calls, so a guest that leaks
+/// memory slowly is reset before it reaches its cap.
+const MAX_CALLS_PER_INSTANCE: u64 = 10_000;
+
+/// Per-instance limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestLimits {
+    /// Wall-clock deadline of one hook call.
+    pub hook_timeout_ms: u64,
+    /// Linear memory cap of one instance.
+    pub memory_limit_mib: u64,
+}
+
+impl Default for GuestLimits {
+    fn default() -> Self {
+        GuestLimits {
+            hook_timeout_ms: 20,
+            memory_limit_mib: 64,
+        }
+    }
+}
+
+impl GuestLimits {
+    /// The epoch deadline for one call: one extra tick because the current
+    /// tick may be about to end.
+    pub fn deadline_ticks(&self) -> u64 {
+        self.hook_timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64) + 1
+    }
+
+    /// The memory cap in bytes.
+    pub fn memory_limit_bytes(&self) -> usize {
+        (self.memory_limit_mib as usize).saturating_mul(1 << 20)
+    }
+}
+
+/// The hooks a request can call, named as their exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// `upstream_peer`
+    UpstreamPeer,
+    /// `upstream_request_filter`
+    UpstreamRequestFilter,
+}
+
+impl fmt::Display for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Hook::UpstreamPeer => "upstream_peer",
+            Hook::UpstreamRequestFilter => "upstream_request_filter",
+        })
+    }
+}
+
+/// A compiled, validated guest module and its pool of idle instances.
+pub struct GuestModule {
+    name: Arc<str>,
+    pre: InstancePre<GuestState>,
+    limits: GuestLimits,
+    /// The module configuration handed to `hook_init` of every instance.
+    config_json: Vec<u8>,
+    idle: Mutex<Vec<GuestInstance>>,
+}
+
+impl GuestModule {
+    /// Reads, compiles and checks the module at `path`, then makes a first
+    /// instance and hands it `config_json`. Every failure names its cause.
+    pub fn load(
+        engine: &GuestEngine,
+        path: &Path,
+        config_json: &str,
+        limits: GuestLimits,
+    ) -> anyhow::Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let name: Arc<str> = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_else(|| path.to_string_lossy())
+            .into();
+        Self::from_bytes(engine, name, &bytes, config_json, limits)
+            .with_context(|| format!("loading {}", path.display()))
+    }
+
+    /// As [`load`](Self::load), from bytes already read; `name` labels logs.
+    pub fn from_bytes(
+        engine: &GuestEngine,
+        name: Arc<str>,
+        bytes: &[u8],
+        config_json: &str,
+        limits: GuestLimits,
+    ) -> anyhow::Result<Self> {
+        let module = Module::new(engine.engine(), bytes)
+            .map_err(anyhow::Error::from)
+            .context("not a valid WebAssembly module")?;
+        check_imports(&module)?;
+        let mut linker = Linker::new(engine.engine());
+        add_host_imports(&mut linker).map_err(anyhow::Error::from)?;
+        let pre = linker
+            .instantiate_pre(&module)
+            .map_err(anyhow::Error::from)
+            .context("linking host imports")?;
+
+        let mut instance =
+            GuestInstance::new(&pre, name.clone(), limits).map_err(anyhow::Error::from)?;
+        let version = instance.abi_version().context("calling hook_abi_version")?;
+        if version != ABI_VERSION {
+            bail!("guest ABI version is {version}, this host speaks version {ABI_VERSION}");
+        }
+        let guest_module = GuestModule {
+            name,
+            pre,
+            limits,
+            config_json: config_json.as_bytes().to_vec(),
+            idle: Mutex::new(Vec::new()),
+        };
+        guest_module
+            .initialise(&mut instance)
+            .context("hook_init")?;
+        guest_module
+            .idle
+            .lock()
+            .expect("fresh mutex")
+            .push(instance);
+        Ok(guest_module)
+    }
+
+    /// The module's name for logs (its file name).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The limits its instances run under.
+    pub fn limits(&self) -> GuestLimits {
+        self.limits
+    }
+
+    /// Runs `hook` on `input` in an idle (or new) instance and decodes the
+    /// output while it is still in guest memory. A faulted instance is
+    /// dropped, never reused.
+    pub fn call<T>(
+        &self,
+        hook: Hook,
+        input: &[u8],
+        decode: impl FnOnce(&[u8]) -> Result<T, HookFault>,
+    ) -> Result<T, HookFault> {
+        let mut instance = match self.take_idle() {
+            Some(instance) => instance,
+            None => self.new_instance()?,
+        };
+        let export = match hook {
+            Hook::UpstreamPeer => Export::UpstreamPeer,
+            Hook::UpstreamRequestFilter => Export::UpstreamRequestFilter,
+        };
+        let result = instance.call(export, input, decode);
+        if result.is_ok() && instance.calls < MAX_CALLS_PER_INSTANCE {
+            self.put_idle(instance);
+        }
+        result
+    }
+
+    fn take_idle(&self) -> Option<GuestInstance> {
+        // A poisoned lock only means another thread panicked while pushing
+        // or popping; the Vec itself is intact.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    fn put_idle(&self, instance: GuestInstance) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_INSTANCES {
+            idle.push(instance);
+        }
+    }
+
+    fn new_instance(&self) -> Result<GuestInstance, HookFault> {
+        let mut instance = GuestInstance::new(&self.pre, self.name.clone(), self.limits)
+            .map_err(|e| HookFault::Instantiate(format!("{e:#}")))?;
+        self.initialise(&mut instance)
+            .map_err(|e| HookFault::Instantiate(format!("hook_init: {e:#}")))?;
+        Ok(instance)
+    }
+
+    /// Hands the module configuration to `hook_init`, if exported.
+    fn initialise(&self, instance: &mut GuestInstance) -> anyhow::Result<()> {
+        if !instance.has_init() {
+            return Ok(());
+        }
+        let out: wire::InitOutput = instance.call(Export::Init, &self.config_json, decode_json)?;
+        if let Some(error) = out.error {
+            bail!("module refused its configuration: {}", error.message);
+        }
+        Ok(())
+    }
+}
+
+/// Decodes a hook's JSON output, naming what is wrong with it.
+pub fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, HookFault> {
+    let text = std::str::from_utf8(bytes).map_err(|_| HookFault::InvalidUtf8)?;
+    serde_json::from_str(text).map_err(|e| HookFault::InvalidOutput(e.to_string()))
+}
+
+/// Refuses any import but `hook.log`, naming the first offender.
+fn check_imports(module: &Module) -> anyhow::Result<()> {
+    for import in module.imports() {
+        let known = import.module() == "hook"
+            && import.name() == "log"
+            && matches!(import.ty(), ExternType::Func(_));
+        if !known {
+            bail!(
+                "imports `{}.{}`, which this host does not provide (guests may import only `hook.log`)",
+                import.module(),
+                import.name()
+            );
+        }
+    }
+    Ok(())
+}
