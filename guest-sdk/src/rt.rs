@@ -208,7 +208,12 @@ fn install_panic_hook() {
     static INSTALLED: std::sync::Once = std::sync::Once::new();
     INSTALLED.call_once(|| {
         std::panic::set_hook(Box::new(|info| {
-            crate::log::write(crate::log::Level::Error, &format!("guest panicked: {info}"));
+            let message = info.payload_as_str().unwrap_or("(no message)");
+            let line = match info.location() {
+                Some(at) => format!("guest panicked at {}:{}: {message}", at.file(), at.line()),
+                None => format!("guest panicked: {message}"),
+            };
+            crate::log::write(crate::log::Level::Error, &line);
         }));
     });
 }

@@ -104,7 +104,11 @@ fn read_guest_str(caller: &mut Caller<'_, GuestState>, ptr: u32, len: u32) -> St
     let start = ptr as usize;
     let end = start.saturating_add((len as usize).min(MAX_LOG_LINE));
     match data.get(start..end) {
-        Some(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        // One guest line stays one log line: no forged lines via newlines.
+        Some(bytes) => String::from_utf8_lossy(bytes)
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect(),
         None => format!("<log line ({ptr:#x}, {len}) outside memory>"),
     }
 }
@@ -276,7 +280,7 @@ impl GuestInstance {
             };
         }
         let message = match trap {
-            Some(trap) => trap.to_string(),
+            Some(trap) => trap.to_string().trim_start_matches("wasm trap: ").to_string(),
             None => format!("{error:#}"),
         };
         if std::mem::take(&mut state.limiter.memory_limit_hit) {

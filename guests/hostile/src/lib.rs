@@ -1,0 +1,183 @@
+//! Test guest: a tenant's module gone wrong. It proxies like first_proxy,
+//! except that requests whose path starts with `on_path` (default: all)
+//! meet the misbehaviour named in its module config:
+//!
+//! `{"upstream": "127.0.0.1:8080", "misbehave": "panic", "on_path": "/bad",
+//!   "hook": "upstream_peer"}`
+//!
+//! Misbehaviours: `none`, `loop`, `alloc` (without bound), `panic`,
+//! `unreachable`, `recursion`, `oob_output`, `huge_output`, `invalid_json`,
+//! `invalid_utf8`, `bad_peer`, `bad_header`. `hook` picks which hook
+//! misbehaves (`upstream_peer` or `upstream_request_filter`).
+
+use std::cell::{Cell, OnceCell};
+use std::hint::black_box;
+
+use guest_sdk::prelude::*;
+use guest_sdk::rt;
+use serde::Deserialize;
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Misbehaviour {
+    None,
+    Loop,
+    Alloc,
+    Panic,
+    Unreachable,
+    Recursion,
+    OobOutput,
+    HugeOutput,
+    InvalidJson,
+    InvalidUtf8,
+    BadPeer,
+    BadHeader,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HookName {
+    UpstreamPeer,
+    UpstreamRequestFilter,
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    upstream: String,
+    misbehave: Misbehaviour,
+    on_path: String,
+    hook: HookName,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            upstream: "127.0.0.1:8080".into(),
+            misbehave: Misbehaviour::None,
+            on_path: "/".into(),
+            hook: HookName::UpstreamPeer,
+        }
+    }
+}
+
+pub struct Hostile {
+    config: Config,
+}
+
+thread_local! {
+    static PROXY: OnceCell<Hostile> = const { OnceCell::new() };
+    /// Set by a hook that wants its export to return a crafted output.
+    static RAW_OUTPUT: Cell<Option<Misbehaviour>> = const { Cell::new(None) };
+}
+
+impl Hostile {
+    fn misbehave(&self, hook: HookName, session: &Session) -> Result<()> {
+        if hook != self.config.hook || !session.req_header().path().starts_with(&self.config.on_path) {
+            return Ok(());
+        }
+        match self.config.misbehave {
+            Misbehaviour::None | Misbehaviour::BadPeer => {}
+            Misbehaviour::Loop => loop {
+                black_box(0);
+            },
+            Misbehaviour::Alloc => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1; 1 << 20]);
+                    black_box(&hoard);
+                }
+            }
+            Misbehaviour::Panic => panic!("hostile guest panics on purpose"),
+            #[cfg(target_arch = "wasm32")]
+            Misbehaviour::Unreachable => core::arch::wasm32::unreachable(),
+            #[cfg(not(target_arch = "wasm32"))]
+            Misbehaviour::Unreachable => std::process::abort(),
+            Misbehaviour::Recursion => {
+                black_box(recurse(black_box(1)));
+            }
+            raw => RAW_OUTPUT.set(Some(raw)),
+        }
+        Ok(())
+    }
+}
+
+fn recurse(n: u64) -> u64 {
+    let frame = black_box([n; 16]);
+    if n == 0 {
+        return 0;
+    }
+    recurse(frame[3] + 1) + frame[7]
+}
+
+impl ProxyHttp for Hostile {
+    type CTX = ();
+    fn new_ctx(&self) {}
+
+    fn upstream_peer(&self, session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        self.misbehave(HookName::UpstreamPeer, session)?;
+        let bad = self.config.misbehave == Misbehaviour::BadPeer
+            && session.req_header().path().starts_with(&self.config.on_path);
+        let address = if bad { "not an address" } else { self.config.upstream.as_str() };
+        Ok(Box::new(HttpPeer::new(address, false, String::new())))
+    }
+
+    fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        _upstream_request: &mut RequestHeader,
+        _ctx: &mut (),
+    ) -> Result<()> {
+        self.misbehave(HookName::UpstreamRequestFilter, session)
+    }
+}
+
+fn new(config: Config) -> Result<Hostile> {
+    Ok(Hostile { config })
+}
+
+/// Replaces a hook's honest output with the crafted one its hook asked for.
+fn crafted(honest: i64) -> i64 {
+    static INVALID_JSON: &[u8] = b"{\"peer\": {not json";
+    static INVALID_UTF8: &[u8] = b"{\"peer\":\"\xff\xfe\"}";
+    static BAD_HEADER: &[u8] =
+        br#"{"upstream_request":{"method":"GET","uri":"/","headers":[["bad name","v"]]}}"#;
+    let location = |bytes: &'static [u8]| rt::pack(bytes.as_ptr() as usize, bytes.len());
+    match RAW_OUTPUT.take() {
+        None => honest,
+        Some(Misbehaviour::OobOutput) => rt::pack(0xffff_0000, 4096),
+        Some(Misbehaviour::HugeOutput) => {
+            let huge = vec![b' '; 4 << 20].leak();
+            rt::pack(huge.as_ptr() as usize, huge.len())
+        }
+        Some(Misbehaviour::InvalidJson) => location(INVALID_JSON),
+        Some(Misbehaviour::InvalidUtf8) => location(INVALID_UTF8),
+        Some(Misbehaviour::BadHeader) => location(BAD_HEADER),
+        Some(_) => honest,
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn hook_abi_version() -> i32 {
+    guest_sdk::ABI_VERSION
+}
+
+#[no_mangle]
+pub extern "C" fn hook_alloc(len: i32) -> i32 {
+    rt::alloc(len)
+}
+
+#[no_mangle]
+pub extern "C" fn hook_init(ptr: i32, len: i32) -> i64 {
+    rt::init(&PROXY, new, ptr, len)
+}
+
+#[no_mangle]
+pub extern "C" fn upstream_peer(ptr: i32, len: i32) -> i64 {
+    crafted(rt::upstream_peer(&PROXY, new, ptr, len))
+}
+
+#[no_mangle]
+pub extern "C" fn upstream_request_filter(ptr: i32, len: i32) -> i64 {
+    crafted(rt::upstream_request_filter(&PROXY, new, ptr, len))
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: the proxy binary in a child process, real upstreams
+//! on loopback (plain HTTP and TLS with a test CA), a real HTTP client.
+//! One test binary with topic modules keeps link time down.
+
+mod support;
+
+mod failures;
+mod load;
+mod proxying;
+mod startup;

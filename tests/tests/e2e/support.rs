@@ -1,0 +1,382 @@
+//! Test fixtures: upstream servers (plain and TLS) that echo what they
+//! received, a test CA, and the proxy binary as a child process.
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use openssl::asn1::Asn1Time;
+use openssl::bn::{BigNum, MsbOption};
+use openssl::hash::MessageDigest;
+use openssl::pkey::{PKey, Private};
+use openssl::rsa::Rsa;
+use openssl::ssl::{Ssl, SslAcceptor, SslMethod};
+use openssl::x509::extension::{BasicConstraints, KeyUsage, SubjectAlternativeName};
+use openssl::x509::{X509NameBuilder, X509};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+
+/// How long a proxy may take to start listening (cold wasm compilation in
+/// a debug build included).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A guest module built by the host's build script.
+pub fn guest(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../guests")
+        .join(format!("{name}.wasm"))
+}
+
+/// A loopback port nothing listens on (right now).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("binding an ephemeral port")
+        .port()
+}
+
+/// An HTTP/1.1 upstream on loopback that answers every request with a JSON
+/// echo of it and counts the connections it accepted.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    /// A plain-text upstream.
+    pub async fn plain() -> Upstream {
+        Self::start(None).await
+    }
+
+    /// A TLS upstream presenting a certificate for `localhost` from `ca`.
+    pub async fn tls(ca: &TestCa) -> Upstream {
+        let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
+        acceptor.set_private_key(&ca.leaf_key).unwrap();
+        acceptor.set_certificate(&ca.leaf_cert).unwrap();
+        Self::start(Some(Arc::new(acceptor.build()))).await
+    }
+
+    async fn start(tls: Option<Arc<SslAcceptor>>) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    match tls {
+                        None => serve(stream, false).await,
+                        Some(acceptor) => {
+                            let ssl = Ssl::new(acceptor.context()).unwrap();
+                            let mut stream = tokio_openssl::SslStream::new(ssl, stream).unwrap();
+                            if std::pin::Pin::new(&mut stream).accept().await.is_ok() {
+                                serve(stream, true).await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Upstream {
+            addr,
+            connections,
+            task,
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve<S>(stream: S, tls: bool)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<hyper::body::Incoming>| async move {
+        let headers: Vec<Value> = req
+            .headers()
+            .iter()
+            .map(|(n, v)| json!([n.as_str(), String::from_utf8_lossy(v.as_bytes())]))
+            .collect();
+        let echo = json!({
+            "method": req.method().as_str(),
+            "uri": req.uri().to_string(),
+            "headers": headers,
+            "tls": tls,
+        });
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(echo.to_string()))))
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+/// The first value of header `name` in an upstream's echo.
+pub fn echoed_header(echo: &Value, name: &str) -> Option<String> {
+    echo["headers"]
+        .as_array()?
+        .iter()
+        .find(|h| h[0].as_str() == Some(name))
+        .and_then(|h| h[1].as_str())
+        .map(str::to_string)
+}
+
+/// A throwaway CA and a `localhost` certificate it signed.
+pub struct TestCa {
+    pub ca_pem_path: PathBuf,
+    leaf_key: PKey<Private>,
+    leaf_cert: X509,
+    _dir: TempDir,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let ca_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let ca_cert = certificate("wasm-proxy test CA", &ca_key, None, true);
+        let leaf_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let leaf_cert = certificate("localhost", &leaf_key, Some((&ca_cert, &ca_key)), false);
+        let dir = tempfile::tempdir().unwrap();
+        let ca_pem_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_pem_path, ca_cert.to_pem().unwrap()).unwrap();
+        TestCa {
+            ca_pem_path,
+            leaf_key,
+            leaf_cert,
+            _dir: dir,
+        }
+    }
+}
+
+fn certificate(
+    common_name: &str,
+    key: &PKey<Private>,
+    issuer: Option<(&X509, &PKey<Private>)>,
+    is_ca: bool,
+) -> X509 {
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", common_name).unwrap();
+    let name = name.build();
+    let mut builder = X509::builder().unwrap();
+    builder.set_version(2).unwrap();
+    let mut serial = BigNum::new().unwrap();
+    serial.rand(64, MsbOption::MAYBE_ZERO, false).unwrap();
+    builder.set_serial_number(&serial.to_asn1_integer().unwrap()).unwrap();
+    builder.set_subject_name(&name).unwrap();
+    builder.set_pubkey(key).unwrap();
+    builder.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
+    builder.set_not_after(&Asn1Time::days_from_now(2).unwrap()).unwrap();
+    if is_ca {
+        builder.append_extension(BasicConstraints::new().critical().ca().build().unwrap()).unwrap();
+        let usage = KeyUsage::new().critical().key_cert_sign().crl_sign().build().unwrap();
+        builder.append_extension(usage).unwrap();
+    } else {
+        let context = builder.x509v3_context(issuer.map(|(cert, _)| &**cert), None);
+        let san = SubjectAlternativeName::new()
+            .dns("localhost")
+            .ip("127.0.0.1")
+            .build(&context)
+            .unwrap();
+        builder.append_extension(san).unwrap();
+    }
+    let (issuer_name, signing_key) = match issuer {
+        Some((cert, key)) => (cert.subject_name().to_owned().unwrap(), key),
+        None => (name, key),
+    };
+    builder.set_issuer_name(&issuer_name).unwrap();
+    builder.sign(signing_key, MessageDigest::sha256()).unwrap();
+    builder.build()
+}
+
+/// How to start the proxy.
+pub struct ProxyOptions {
+    pub module: PathBuf,
+    pub module_config: Option<Value>,
+    pub ca_file: Option<PathBuf>,
+    pub extra_args: Vec<String>,
+}
+
+impl ProxyOptions {
+    pub fn new(guest_name: &str, module_config: Value) -> Self {
+        ProxyOptions {
+            module: guest(guest_name),
+            module_config: Some(module_config),
+            ca_file: None,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// The proxy binary running as a child process; killed on drop.
+pub struct Proxy {
+    child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+    _dir: TempDir,
+}
+
+impl Proxy {
+    /// Starts the proxy on a free loopback port and waits until it accepts
+    /// connections.
+    pub fn start(options: ProxyOptions) -> Proxy {
+        let port = free_port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let (child, log, dir) = spawn(&options, &["--listen".into(), addr.to_string()]);
+        let mut proxy = Proxy {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        };
+        proxy.wait_ready();
+        proxy
+    }
+
+    fn wait_ready(&mut self) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("proxy exited ({status}) before listening:\n{}", self.log());
+            }
+            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(100)).is_ok() {
+                return;
+            }
+            assert!(
+                started.elapsed() < START_TIMEOUT,
+                "proxy not listening after {START_TIMEOUT:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `http://addr{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Everything the proxy wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until the log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let started = Instant::now();
+        loop {
+            let log = self.log();
+            if log.contains(needle) || started.elapsed() > Duration::from_secs(10) {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the proxy expecting it to stop by itself; returns its exit status
+/// and stderr. Fails the test if it is still running after a minute.
+pub fn run_to_exit(options: ProxyOptions, args: &[String]) -> (ExitStatus, String) {
+    let (mut child, log, _dir) = spawn(&options, args);
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            // Give the reader thread a moment to drain the pipe.
+            std::thread::sleep(Duration::from_millis(50));
+            let log = log.lock().unwrap().clone();
+            return (status, log);
+        }
+        if started.elapsed() > START_TIMEOUT {
+            let _ = child.kill();
+            panic!("proxy still running after {START_TIMEOUT:?}: {}", log.lock().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn spawn(options: &ProxyOptions, args: &[String]) -> (Child, Arc<Mutex<String>>, TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conf = format!(
+        "---\nversion: 1\nthreads: 2\npid_file: {0}/proxy.pid\nupgrade_sock: {0}/upgrade.sock\n\
+         grace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 0\n",
+        dir.path().display()
+    );
+    if let Some(ca_file) = &options.ca_file {
+        conf.push_str(&format!("ca_file: {}\n", ca_file.display()));
+    }
+    let conf_path = dir.path().join("conf.yaml");
+    std::fs::write(&conf_path, conf).unwrap();
+
+    let mut command = Command::new(env!("CARGO_BIN_EXE_proxy-under-test"));
+    command.arg(&options.module).arg("-c").arg(&conf_path);
+    if let Some(config) = &options.module_config {
+        command.arg("--module-config").arg(config.to_string());
+    }
+    command
+        .args(&options.extra_args)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("starting the proxy binary");
+    let log = Arc::new(Mutex::new(String::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    (child, log, dir)
+}
+
+/// A reqwest client that never goes through an environment proxy.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// GETs `url` with `headers`; returns status and body.
+pub async fn get(client: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut request = client.get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("request to the proxy");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
