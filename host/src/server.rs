@@ -36,6 +36,10 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
             None => "configuring Pingora".to_string(),
         })
     })?;
+    // Pingora unwraps loading ca_file when it builds the upstream connector.
+    if let Some(ca_file) = &server.configuration.ca_file {
+        std::fs::metadata(ca_file).with_context(|| format!("ca_file {ca_file}"))?;
+    }
     server.bootstrap();
 
     let mut proxy = http_proxy_service(&server.configuration, WasmProxy::new(Arc::new(module)));

@@ -58,7 +58,11 @@ impl ProxyHttp for CtxRelay {
         ctx.stamp = request.header("x-stamp").map(str::to_string);
         ctx.peer_calls += 1;
         let config = &self.config;
-        Ok(Box::new(HttpPeer::new(&config.upstream, config.tls, config.sni.clone())))
+        Ok(Box::new(HttpPeer::new(
+            &config.upstream,
+            config.tls,
+            config.sni.clone(),
+        )))
     }
 
     fn upstream_request_filter(

@@ -73,7 +73,12 @@ thread_local! {
 
 impl Hostile {
     fn misbehave(&self, hook: HookName, session: &Session) -> Result<()> {
-        if hook != self.config.hook || !session.req_header().path().starts_with(&self.config.on_path) {
+        if hook != self.config.hook
+            || !session
+                .req_header()
+                .path()
+                .starts_with(&self.config.on_path)
+        {
             return Ok(());
         }
         match self.config.misbehave {
@@ -117,8 +122,15 @@ impl ProxyHttp for Hostile {
     fn upstream_peer(&self, session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
         self.misbehave(HookName::UpstreamPeer, session)?;
         let bad = self.config.misbehave == Misbehaviour::BadPeer
-            && session.req_header().path().starts_with(&self.config.on_path);
-        let address = if bad { "not an address" } else { self.config.upstream.as_str() };
+            && session
+                .req_header()
+                .path()
+                .starts_with(&self.config.on_path);
+        let address = if bad {
+            "not an address"
+        } else {
+            self.config.upstream.as_str()
+        };
         Ok(Box::new(HttpPeer::new(address, false, String::new())))
     }
 

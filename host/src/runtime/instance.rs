@@ -280,7 +280,10 @@ impl GuestInstance {
             };
         }
         let message = match trap {
-            Some(trap) => trap.to_string().trim_start_matches("wasm trap: ").to_string(),
+            Some(trap) => trap
+                .to_string()
+                .trim_start_matches("wasm trap: ")
+                .to_string(),
             None => format!("{error:#}"),
         };
         if std::mem::take(&mut state.limiter.memory_limit_hit) {

@@ -25,7 +25,11 @@ async fn guest_refusal_gets_the_guests_status() {
     let client = client();
     assert_eq!(get(&client, &proxy.url("/deny/this"), &[]).await.0, 451);
     assert_eq!(get(&client, &proxy.url("/allowed"), &[]).await.0, 200);
-    assert_eq!(upstream.connections(), 1, "the refused request never went upstream");
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "the refused request never went upstream"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -38,8 +42,16 @@ async fn trapping_guest_gives_500_and_the_next_request_succeeds() {
             json!({"upstream": upstream.addr.to_string(), "misbehave": misbehave, "on_path": "/bad"}),
         ));
         for _ in 0..3 {
-            assert_eq!(get(&client, &proxy.url("/bad"), &[]).await.0, 500, "{misbehave}");
-            assert_eq!(get(&client, &proxy.url("/good"), &[]).await.0, 200, "{misbehave}");
+            assert_eq!(
+                get(&client, &proxy.url("/bad"), &[]).await.0,
+                500,
+                "{misbehave}"
+            );
+            assert_eq!(
+                get(&client, &proxy.url("/good"), &[]).await.0,
+                200,
+                "{misbehave}"
+            );
         }
         let log = proxy.wait_for_log("upstream_peer failed: trap");
         assert!(
@@ -65,7 +77,10 @@ async fn looping_guest_is_stopped_at_its_deadline_with_500() {
     assert_eq!(get(&client, &proxy.url("/bad"), &[]).await.0, 500);
     assert_eq!(get(&client, &proxy.url("/good"), &[]).await.0, 200);
     let log = proxy.wait_for_log("deadline of 10 ms exceeded");
-    assert!(log.contains("upstream_peer failed: deadline of 10 ms exceeded"), "{log}");
+    assert!(
+        log.contains("upstream_peer failed: deadline of 10 ms exceeded"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -74,18 +89,37 @@ async fn invalid_guest_output_gives_500() {
     let client = client();
     let cases = [
         ("invalid_json", "upstream_peer", "invalid output"),
-        ("bad_peer", "upstream_peer", "peer address \"not an address\""),
-        ("bad_header", "upstream_request_filter", "invalid header name \"bad name\""),
+        (
+            "bad_peer",
+            "upstream_peer",
+            "peer address \"not an address\"",
+        ),
+        (
+            "bad_header",
+            "upstream_request_filter",
+            "invalid header name \"bad name\"",
+        ),
     ];
     for (misbehave, hook, reason) in cases {
         let proxy = Proxy::start(ProxyOptions::new(
             "hostile",
             json!({"upstream": upstream.addr.to_string(), "misbehave": misbehave, "hook": hook, "on_path": "/bad"}),
         ));
-        assert_eq!(get(&client, &proxy.url("/bad"), &[]).await.0, 500, "{misbehave}");
-        assert_eq!(get(&client, &proxy.url("/good"), &[]).await.0, 200, "{misbehave}");
+        assert_eq!(
+            get(&client, &proxy.url("/bad"), &[]).await.0,
+            500,
+            "{misbehave}"
+        );
+        assert_eq!(
+            get(&client, &proxy.url("/good"), &[]).await.0,
+            200,
+            "{misbehave}"
+        );
         let log = proxy.wait_for_log(reason);
-        assert!(log.contains(&format!("module hostile.wasm: {hook} failed")), "{misbehave}: {log}");
+        assert!(
+            log.contains(&format!("module hostile.wasm: {hook} failed")),
+            "{misbehave}: {log}"
+        );
         assert!(log.contains(reason), "{misbehave}: {log}");
     }
 }

@@ -11,10 +11,18 @@ async fn first_proxy_sends_the_host_header_it_chose_to_a_plain_upstream() {
         "first_proxy",
         json!({"upstream": upstream.addr.to_string(), "tls": false, "host": "guest.example"}),
     ));
-    let (status, body) = get(&client(), &proxy.url("/some/path?q=1"), &[("host", "client.example")]).await;
+    let (status, body) = get(
+        &client(),
+        &proxy.url("/some/path?q=1"),
+        &[("host", "client.example")],
+    )
+    .await;
     assert_eq!(status, 200, "{body}\n{}", proxy.log());
     let echo: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(echoed_header(&echo, "host").as_deref(), Some("guest.example"));
+    assert_eq!(
+        echoed_header(&echo, "host").as_deref(),
+        Some("guest.example")
+    );
     assert_eq!(echo["uri"], "/some/path?q=1");
     assert_eq!(echo["tls"], false);
 }
@@ -72,15 +80,28 @@ async fn ctx_set_in_upstream_peer_is_seen_by_upstream_request_filter() {
         assert_eq!(status, 200, "{body}");
         let echo: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(echoed_header(&echo, "x-ctx-stamp"), Some(stamp));
-        assert_eq!(echoed_header(&echo, "x-ctx-path"), Some(format!("/item/{i}")));
-        assert_eq!(echoed_header(&echo, "x-ctx-peer-calls").as_deref(), Some("1"));
-        assert_eq!(echoed_header(&echo, "x-stamp"), None, "the filter removed it");
+        assert_eq!(
+            echoed_header(&echo, "x-ctx-path"),
+            Some(format!("/item/{i}"))
+        );
+        assert_eq!(
+            echoed_header(&echo, "x-ctx-peer-calls").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            echoed_header(&echo, "x-stamp"),
+            None,
+            "the filter removed it"
+        );
     }
     // A request without a stamp starts from a fresh ctx, not a previous one.
     let (_, body) = get(&client, &proxy.url("/fresh"), &[]).await;
     let echo: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(echoed_header(&echo, "x-ctx-stamp").as_deref(), Some("none"));
-    assert_eq!(echoed_header(&echo, "x-ctx-peer-calls").as_deref(), Some("1"));
+    assert_eq!(
+        echoed_header(&echo, "x-ctx-peer-calls").as_deref(),
+        Some("1")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -17,8 +17,14 @@ fn assert_refused(options: ProxyOptions, message: &str) {
     assert!(!status.success(), "exited 0 for {message:?}:\n{log}");
     let error_lines: Vec<&str> = log.lines().filter(|l| l.starts_with("error: ")).collect();
     assert_eq!(error_lines.len(), 1, "one error line expected:\n{log}");
-    assert!(error_lines[0].contains(message), "expected {message:?} in:\n{log}");
-    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "something listened");
+    assert!(
+        error_lines[0].contains(message),
+        "expected {message:?} in:\n{log}"
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "something listened"
+    );
 }
 
 fn wat_module(name: &str, wat: &str) -> (tempfile::TempDir, PathBuf) {
@@ -32,10 +38,23 @@ fn wat_module(name: &str, wat: &str) -> (tempfile::TempDir, PathBuf) {
 fn abi_module(version: i32, extra: &str, skip: &str) -> String {
     let exports = [
         ("memory", "(memory (export \"memory\") 1)".to_string()),
-        ("hook_abi_version", format!("(func (export \"hook_abi_version\") (result i32) i32.const {version})")),
-        ("hook_alloc", "(func (export \"hook_alloc\") (param i32) (result i32) i32.const 1024)".into()),
-        ("upstream_peer", "(func (export \"upstream_peer\") (param i32 i32) (result i64) i64.const 0)".into()),
-        ("upstream_request_filter", "(func (export \"upstream_request_filter\") (param i32 i32) (result i64) i64.const 0)".into()),
+        (
+            "hook_abi_version",
+            format!("(func (export \"hook_abi_version\") (result i32) i32.const {version})"),
+        ),
+        (
+            "hook_alloc",
+            "(func (export \"hook_alloc\") (param i32) (result i32) i32.const 1024)".into(),
+        ),
+        (
+            "upstream_peer",
+            "(func (export \"upstream_peer\") (param i32 i32) (result i64) i64.const 0)".into(),
+        ),
+        (
+            "upstream_request_filter",
+            "(func (export \"upstream_request_filter\") (param i32 i32) (result i64) i64.const 0)"
+                .into(),
+        ),
     ];
     let body: Vec<String> = exports
         .into_iter()
@@ -80,7 +99,10 @@ fn module_with_wrong_export_type() {
     let (_dir, path) = wat_module("badtype.wasm", &wat);
     let mut options = ProxyOptions::new("first_proxy", json!({}));
     options.module = path;
-    assert_refused(options, "export `upstream_peer` must be a function (i32, i32) -> i64");
+    assert_refused(
+        options,
+        "export `upstream_peer` must be a function (i32, i32) -> i64",
+    );
 }
 
 #[test]
@@ -88,7 +110,10 @@ fn module_with_another_abi_version() {
     let (_dir, path) = wat_module("v2.wasm", &abi_module(2, "", ""));
     let mut options = ProxyOptions::new("first_proxy", json!({}));
     options.module = path;
-    assert_refused(options, "guest ABI version is 2, this host speaks version 1");
+    assert_refused(
+        options,
+        "guest ABI version is 2, this host speaks version 1",
+    );
 }
 
 #[test]
@@ -154,7 +179,16 @@ fn help_lists_our_flags_and_pingoras() {
         .unwrap();
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
-    for flag in ["--listen", "--module-config", "--hook-timeout-ms", "--memory-limit-mib", "--conf", "--daemon", "--test", "--upgrade"] {
+    for flag in [
+        "--listen",
+        "--module-config",
+        "--hook-timeout-ms",
+        "--memory-limit-mib",
+        "--conf",
+        "--daemon",
+        "--test",
+        "--upgrade",
+    ] {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
     }
 }

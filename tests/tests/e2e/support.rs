@@ -183,14 +183,27 @@ fn certificate(
     builder.set_version(2).unwrap();
     let mut serial = BigNum::new().unwrap();
     serial.rand(64, MsbOption::MAYBE_ZERO, false).unwrap();
-    builder.set_serial_number(&serial.to_asn1_integer().unwrap()).unwrap();
+    builder
+        .set_serial_number(&serial.to_asn1_integer().unwrap())
+        .unwrap();
     builder.set_subject_name(&name).unwrap();
     builder.set_pubkey(key).unwrap();
-    builder.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
-    builder.set_not_after(&Asn1Time::days_from_now(2).unwrap()).unwrap();
+    builder
+        .set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    builder
+        .set_not_after(&Asn1Time::days_from_now(2).unwrap())
+        .unwrap();
     if is_ca {
-        builder.append_extension(BasicConstraints::new().critical().ca().build().unwrap()).unwrap();
-        let usage = KeyUsage::new().critical().key_cert_sign().crl_sign().build().unwrap();
+        builder
+            .append_extension(BasicConstraints::new().critical().ca().build().unwrap())
+            .unwrap();
+        let usage = KeyUsage::new()
+            .critical()
+            .key_cert_sign()
+            .crl_sign()
+            .build()
+            .unwrap();
         builder.append_extension(usage).unwrap();
     } else {
         let context = builder.x509v3_context(issuer.map(|(cert, _)| &**cert), None);
@@ -316,7 +329,10 @@ pub fn run_to_exit(options: ProxyOptions, args: &[String]) -> (ExitStatus, Strin
         }
         if started.elapsed() > START_TIMEOUT {
             let _ = child.kill();
-            panic!("proxy still running after {START_TIMEOUT:?}: {}", log.lock().unwrap());
+            panic!(
+                "proxy still running after {START_TIMEOUT:?}: {}",
+                log.lock().unwrap()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
