@@ -4,7 +4,7 @@
 use guest_sdk::wire::{self, FilterInput, FilterOutput, HookError, PeerInput, PeerOutput};
 use serde_json::value::RawValue;
 
-use crate::runtime::{GuestModule, Hook, HookFault};
+use crate::runtime::{decode_json, GuestModule, Hook, HookFault};
 
 /// How a hook call can fail to produce its result.
 #[derive(Debug)]
@@ -21,47 +21,59 @@ impl From<HookFault> for HookFailure {
     }
 }
 
-/// Calls `upstream_peer`; returns the peer and the new ctx (None: unchanged).
+/// What `upstream_peer` decided: the peer and the new ctx (None:
+/// unchanged), or a refusal.
+pub type PeerDecision = Result<(wire::Peer, Option<Box<RawValue>>), HookFailure>;
+
+/// What `upstream_request_filter` decided: the new upstream request and ctx
+/// (None: unchanged), or a refusal.
+pub type FilterDecision =
+    Result<(Option<wire::UpstreamRequest>, Option<Box<RawValue>>), HookFailure>;
+
+/// Calls `upstream_peer`.
 pub fn call_upstream_peer(
     module: &GuestModule,
     request: &RawValue,
     ctx: &RawValue,
-) -> Result<(wire::Peer, Option<Box<RawValue>>), HookFailure> {
+) -> PeerDecision {
     let input = encode(&PeerInput { request, ctx })?;
-    let output: PeerOutput<Box<RawValue>> =
-        module.call(Hook::UpstreamPeer, &input, crate::runtime::decode_json)?;
+    module.call(Hook::UpstreamPeer, &input, decode_peer_output)?
+}
+
+/// The outcome of `upstream_peer` from its output bytes.
+pub fn decode_peer_output(bytes: &[u8]) -> Result<PeerDecision, HookFault> {
+    let output: PeerOutput<Box<RawValue>> = decode_json(bytes)?;
     if let Some(error) = output.error {
-        return Err(HookFailure::Refused(error));
+        return Ok(Err(HookFailure::Refused(error)));
     }
     let peer = output
         .peer
         .ok_or_else(|| HookFault::InvalidOutput("neither `peer` nor `error` returned".into()))?;
-    Ok((peer, output.ctx))
+    Ok(Ok((peer, output.ctx)))
 }
 
-/// Calls `upstream_request_filter`; returns the new upstream request and
-/// ctx (None: unchanged).
-#[allow(clippy::type_complexity)]
+/// Calls `upstream_request_filter`.
 pub fn call_upstream_request_filter(
     module: &GuestModule,
     request: &RawValue,
     upstream_request: &wire::UpstreamRequest,
     ctx: &RawValue,
-) -> Result<(Option<wire::UpstreamRequest>, Option<Box<RawValue>>), HookFailure> {
+) -> FilterDecision {
     let input = encode(&FilterInput {
         request,
         upstream_request,
         ctx,
     })?;
-    let output: FilterOutput<wire::UpstreamRequest, Box<RawValue>> = module.call(
-        Hook::UpstreamRequestFilter,
-        &input,
-        crate::runtime::decode_json,
-    )?;
+    module.call(Hook::UpstreamRequestFilter, &input, decode_filter_output)?
+}
+
+/// The outcome of `upstream_request_filter` from its output bytes.
+pub fn decode_filter_output(bytes: &[u8]) -> Result<FilterDecision, HookFault> {
+    let output: FilterOutput<wire::UpstreamRequest, Box<RawValue>> = decode_json(bytes)?;
     if let Some(error) = output.error {
-        return Err(HookFailure::Refused(error));
+        return Ok(Err(HookFailure::Refused(error)));
     }
-    Ok((output.upstream_request, output.ctx))
+    Ok(Ok((output.upstream_request, output.ctx)))
 }
 
 fn encode<T: serde::Serialize>(input: &T) -> Result<Vec<u8>, HookFault> {

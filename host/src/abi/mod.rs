@@ -6,6 +6,12 @@ mod hooks;
 mod peer;
 mod request;
 
-pub use hooks::{call_upstream_peer, call_upstream_request_filter, HookFailure};
-pub use peer::build_peer;
+#[cfg(test)]
+mod fuzz_tests;
+
+pub use hooks::{
+    call_upstream_peer, call_upstream_request_filter, decode_filter_output, decode_peer_output,
+    FilterDecision, HookFailure, PeerDecision,
+};
+pub use peer::{build_peer, http_peer, peer_address, PeerAddress};
 pub use request::{apply_upstream_request, downstream_request, upstream_request};

@@ -16,7 +16,57 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Validates `peer` and builds the `HttpPeer` Pingora connects to.
 pub async fn build_peer(peer: &wire::Peer) -> Result<Box<HttpPeer>, HookFault> {
-    let addr = resolve(&peer.address).await?;
+    let addr = match peer_address(&peer.address)? {
+        PeerAddress::Ip(addr) => addr,
+        PeerAddress::Name(name) => resolve(&name).await?,
+    };
+    http_peer(addr, peer)
+}
+
+/// A peer address that parsed: an IP socket address, or `name:port` still
+/// to resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerAddress {
+    /// `ip:port` or `[v6]:port`.
+    Ip(SocketAddr),
+    /// `name:port`, checked to be a plausible host name and port.
+    Name(String),
+}
+
+/// Parses a guest's peer address without resolving anything.
+pub fn peer_address(address: &str) -> Result<PeerAddress, HookFault> {
+    let invalid = |why: &str| HookFault::InvalidOutput(format!("peer address {address:?}: {why}"));
+    if let Ok(addr) = address.parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            return Err(invalid("port 0"));
+        }
+        return Ok(PeerAddress::Ip(addr));
+    }
+    let (host, port) = address.rsplit_once(':').ok_or_else(|| invalid("no port"))?;
+    match port.parse::<u16>() {
+        Ok(0) => return Err(invalid("port 0")),
+        Ok(_) => {}
+        Err(_) => return Err(invalid("bad port")),
+    }
+    if !is_host_name(host) {
+        return Err(invalid("not an ip:port or host:port"));
+    }
+    Ok(PeerAddress::Name(address.to_string()))
+}
+
+/// Resolves `name:port` through tokio, whose resolver runs the blocking
+/// lookup off the worker threads.
+async fn resolve(address: &str) -> Result<SocketAddr, HookFault> {
+    let invalid = |why: &str| HookFault::InvalidOutput(format!("peer address {address:?}: {why}"));
+    let mut found = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(address))
+        .await
+        .map_err(|_| invalid("name lookup timed out"))?
+        .map_err(|e| invalid(&format!("name lookup failed: {e}")))?;
+    found.next().ok_or_else(|| invalid("name has no addresses"))
+}
+
+/// The `HttpPeer` for a resolved address, with the guest's TLS settings.
+pub fn http_peer(addr: SocketAddr, peer: &wire::Peer) -> Result<Box<HttpPeer>, HookFault> {
     if !peer.sni.is_empty() && !is_host_name(&peer.sni) {
         return Err(HookFault::InvalidOutput(format!(
             "invalid sni {:?}",
@@ -34,33 +84,6 @@ pub async fn build_peer(peer: &wire::Peer) -> Result<Box<HttpPeer>, HookFault> {
     options.verify_cert = peer.options.verify_cert;
     options.verify_hostname = peer.options.verify_hostname;
     Ok(Box::new(http_peer))
-}
-
-/// `ip:port` directly; `name:port` through tokio's resolver, which runs
-/// the blocking lookup off the worker threads.
-async fn resolve(address: &str) -> Result<SocketAddr, HookFault> {
-    let invalid = |why: &str| HookFault::InvalidOutput(format!("peer address {address:?}: {why}"));
-    let addr = match address.parse::<SocketAddr>() {
-        Ok(addr) => addr,
-        Err(_) => {
-            let (host, port) = address.rsplit_once(':').ok_or_else(|| invalid("no port"))?;
-            port.parse::<u16>().map_err(|_| invalid("bad port"))?;
-            if !is_host_name(host) {
-                return Err(invalid("not an ip:port or host:port"));
-            }
-            let mut found = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(address))
-                .await
-                .map_err(|_| invalid("name lookup timed out"))?
-                .map_err(|e| invalid(&format!("name lookup failed: {e}")))?;
-            found
-                .next()
-                .ok_or_else(|| invalid("name has no addresses"))?
-        }
-    };
-    if addr.port() == 0 {
-        return Err(invalid("port 0"));
-    }
-    Ok(addr)
 }
 
 fn is_host_name(name: &str) -> bool {

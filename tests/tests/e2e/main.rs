@@ -7,4 +7,5 @@ mod support;
 mod failures;
 mod load;
 mod proxying;
+mod sandbox;
 mod startup;
