@@ -38,6 +38,22 @@ pub struct Cli {
           value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub memory_limit_mib: u64,
 
+    /// Hook calls one guest instance serves before it is replaced by a
+    /// fresh one; 1 = a fresh instance for every call (most isolated,
+    /// slowest). A faulted instance is always replaced.
+    #[arg(long, value_name = "N", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub instance_reuse: u64,
+
+    /// Directory caching compiled modules between starts. Default:
+    /// $XDG_CACHE_HOME/wasm-pingora-host (or ~/.cache/wasm-pingora-host).
+    #[arg(long, value_name = "DIR")]
+    pub module_cache: Option<PathBuf>,
+
+    /// Compile modules at every start instead of using the cache.
+    #[arg(long, conflicts_with = "module_cache")]
+    pub no_module_cache: bool,
+
     /// Pingora's options.
     #[command(flatten)]
     pub pingora: Opt,

@@ -2,6 +2,7 @@
 //! anything listens.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
@@ -29,7 +30,23 @@ pub fn limits(cli: &Cli) -> GuestLimits {
     GuestLimits {
         hook_timeout_ms: cli.hook_timeout_ms,
         memory_limit_mib: cli.memory_limit_mib,
+        instance_reuse: cli.instance_reuse,
     }
+}
+
+/// The compiled-module cache directory, unless disabled or no home is
+/// known.
+pub fn module_cache_dir(cli: &Cli) -> Option<PathBuf> {
+    if cli.no_module_cache {
+        return None;
+    }
+    if let Some(dir) = &cli.module_cache {
+        return Some(dir.clone());
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("wasm-pingora-host"))
 }
 
 /// The listen addresses, each checked to be `ip:port`.

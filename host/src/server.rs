@@ -11,7 +11,7 @@ use pingora::services::background::background_service;
 use crate::cli::Cli;
 use crate::config;
 use crate::proxy::WasmProxy;
-use crate::runtime::{EpochTicker, GuestEngine, GuestModule};
+use crate::runtime::{EngineOptions, EpochTicker, GuestEngine, GuestModule};
 
 /// Checks every input, loads the module and returns a server ready to run.
 /// With `-t`, Pingora's bootstrap exits here after the checks.
@@ -20,13 +20,17 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
     let listen = config::listen_addrs(&cli)?;
     let limits = config::limits(&cli);
 
-    let engine = GuestEngine::new()?;
+    let engine = GuestEngine::new(&EngineOptions {
+        max_memory_bytes: limits.memory_limit_bytes(),
+        cache_dir: config::module_cache_dir(&cli),
+    })?;
     let module = GuestModule::load(&engine, &cli.module, &module_config, limits)?;
     log::info!(
-        "loaded {} (hook timeout {} ms, memory limit {} MiB)",
+        "loaded {} (hook timeout {} ms, memory limit {} MiB, instance reuse {})",
         cli.module.display(),
         limits.hook_timeout_ms,
-        limits.memory_limit_mib
+        limits.memory_limit_mib,
+        limits.instance_reuse
     );
 
     let conf_path = cli.pingora.conf.clone();

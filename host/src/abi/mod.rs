@@ -14,4 +14,6 @@ pub use hooks::{
     FilterDecision, HookFailure, PeerDecision,
 };
 pub use peer::{build_peer, http_peer, peer_address, PeerAddress};
-pub use request::{apply_upstream_request, downstream_request, upstream_request};
+pub use request::{
+    apply_upstream_request, downstream_request, downstream_request_from, upstream_request,
+};

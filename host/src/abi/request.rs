@@ -12,7 +12,12 @@ use crate::runtime::HookFault;
 
 /// The downstream request as the guest sees it.
 pub fn downstream_request(session: &Session) -> wire::Request {
-    let req = session.req_header();
+    let client_addr = session.client_addr().map(|addr| addr.to_string());
+    downstream_request_from(session.req_header(), client_addr)
+}
+
+/// As [`downstream_request`], from the request header and client address.
+pub fn downstream_request_from(req: &RequestHeader, client_addr: Option<String>) -> wire::Request {
     wire::Request {
         method: req.method.as_str().to_string(),
         uri: String::from_utf8_lossy(req.raw_path()).into_owned(),
@@ -22,7 +27,7 @@ pub fn downstream_request(session: &Session) -> wire::Request {
             .iter()
             .map(|(name, value)| (name.as_str().to_string(), lossy(value)))
             .collect(),
-        client_addr: session.client_addr().map(|addr| addr.to_string()),
+        client_addr,
     }
 }
 

@@ -219,7 +219,9 @@ impl GuestInstance {
         input: &[u8],
         decode: impl FnOnce(&[u8]) -> Result<T, HookFault>,
     ) -> Result<T, HookFault> {
-        self.calls += 1;
+        if export != Export::Init {
+            self.calls += 1;
+        }
         self.store.data_mut().last_error_log = None;
         let func = match export {
             Export::Init => self

@@ -6,6 +6,6 @@ mod fault;
 mod instance;
 mod module;
 
-pub use engine::{EpochTicker, GuestEngine};
+pub use engine::{EngineOptions, EpochTicker, GuestEngine};
 pub use fault::HookFault;
 pub use module::{decode_json, GuestLimits, GuestModule, Hook};

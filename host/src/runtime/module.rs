@@ -19,11 +19,7 @@ pub const ABI_VERSION: i32 = guest_sdk::ABI_VERSION;
 /// Idle instances kept per module; more are dropped when returned. Calls
 /// are synchronous on Pingora's worker threads, so live instances never
 /// exceed the worker count anyway.
-const MAX_IDLE_INSTANCES: usize = 64;
-
-/// An instance is retired after this many calls, so a guest that leaks
-/// memory slowly is reset before it reaches its cap.
-const MAX_CALLS_PER_INSTANCE: u64 = 10_000;
+const MAX_IDLE_INSTANCES: usize = 16;
 
 /// Per-instance limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +28,9 @@ pub struct GuestLimits {
     pub hook_timeout_ms: u64,
     /// Linear memory cap of one instance.
     pub memory_limit_mib: u64,
+    /// Hook calls an instance serves before it is replaced; 1 means a fresh
+    /// instance for every call.
+    pub instance_reuse: u64,
 }
 
 impl Default for GuestLimits {
@@ -39,6 +38,7 @@ impl Default for GuestLimits {
         GuestLimits {
             hook_timeout_ms: 20,
             memory_limit_mib: 64,
+            instance_reuse: 1000,
         }
     }
 }
@@ -111,9 +111,20 @@ impl GuestModule {
         config_json: &str,
         limits: GuestLimits,
     ) -> anyhow::Result<Self> {
+        let started = std::time::Instant::now();
+        let hits = engine.cache_hits();
         let module = Module::new(engine.engine(), bytes)
             .map_err(anyhow::Error::from)
             .context("not a valid WebAssembly module")?;
+        log::info!(
+            "module {name}: compiled in {:.1} ms ({})",
+            started.elapsed().as_secs_f64() * 1e3,
+            if engine.cache_hits() > hits {
+                "from the module cache"
+            } else {
+                "not cached"
+            }
+        );
         check_imports(&module)?;
         let mut linker = Linker::new(engine.engine());
         add_host_imports(&mut linker).map_err(anyhow::Error::from)?;
@@ -174,7 +185,7 @@ impl GuestModule {
             Hook::UpstreamRequestFilter => Export::UpstreamRequestFilter,
         };
         let result = instance.call(export, input, decode);
-        if result.is_ok() && instance.calls < MAX_CALLS_PER_INSTANCE {
+        if result.is_ok() && instance.calls < self.limits.instance_reuse {
             self.put_idle(instance);
         }
         result

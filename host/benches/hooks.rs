@@ -1,0 +1,111 @@
+//! What the wasm hooks cost per request, without network: both hooks and
+//! the ctx round trip through the host's own call path (encode, call,
+//! decode, validate, apply), against the same logic compiled in natively.
+//!
+//! `cargo bench -p host --bench hooks`
+
+use std::path::Path;
+use std::sync::Arc;
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use host::abi;
+use host::runtime::{EngineOptions, GuestEngine, GuestLimits, GuestModule};
+use pingora::http::RequestHeader;
+use pingora::upstreams::peer::HttpPeer;
+use serde_json::value::RawValue;
+
+/// A request as curl sends it, plus a few headers a browser would add.
+fn client_request() -> RequestHeader {
+    let mut req = RequestHeader::build("GET", b"/api/items?page=2&sort=name", None).unwrap();
+    for (name, value) in [
+        ("Host", "shop.example"),
+        ("User-Agent", "curl/8.5.0"),
+        ("Accept", "*/*"),
+        ("Accept-Encoding", "gzip, br"),
+        ("X-Request-Id", "6f1c2a9e-5d1b-4f53-9b7e-0d7a1f0c3b21"),
+        ("Cookie", "session=abcdef0123456789; theme=dark"),
+    ] {
+        req.append_header(name, value).unwrap();
+    }
+    req
+}
+
+fn load(guest: &str, config: &str, instance_reuse: u64) -> GuestModule {
+    let limits = GuestLimits {
+        instance_reuse,
+        ..GuestLimits::default()
+    };
+    let engine = GuestEngine::new(&EngineOptions {
+        max_memory_bytes: limits.memory_limit_bytes(),
+        cache_dir: None,
+    })
+    .unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../guests/{guest}.wasm"));
+    GuestModule::load(&engine, &path, config, limits).unwrap()
+}
+
+/// One request's worth of hook work, as `WasmProxy` does it.
+fn wasm_request(module: &GuestModule, req: &RequestHeader) -> Box<HttpPeer> {
+    let mut guest_ctx = RawValue::from_string("null".into()).unwrap();
+    let request = abi::downstream_request_from(req, Some("127.0.0.1:50000".into()));
+    let request = RawValue::from_string(serde_json::to_string(&request).unwrap()).unwrap();
+
+    let (peer, new_ctx) = abi::call_upstream_peer(module, &request, &guest_ctx).unwrap();
+    if let Some(new_ctx) = new_ctx {
+        guest_ctx = new_ctx;
+    }
+    let abi::PeerAddress::Ip(addr) = abi::peer_address(&peer.address).unwrap() else {
+        panic!("bench peers are IP addresses");
+    };
+    let http_peer = abi::http_peer(addr, &peer).unwrap();
+
+    let mut upstream = req.clone();
+    let sent = abi::upstream_request(&upstream);
+    let (returned, new_ctx) =
+        abi::call_upstream_request_filter(module, &request, &sent, &guest_ctx).unwrap();
+    if let Some(returned) = returned {
+        abi::apply_upstream_request(&mut upstream, &sent, &returned).unwrap();
+    }
+    black_box((new_ctx, upstream));
+    http_peer
+}
+
+/// The tutorial's MyProxy compiled in: the baseline.
+fn native_request(req: &RequestHeader) -> Box<HttpPeer> {
+    let peer = Box::new(HttpPeer::new(
+        ("1.1.1.1", 443),
+        true,
+        "one.one.one.one".to_string(),
+    ));
+    let mut upstream = req.clone();
+    upstream.insert_header("Host", "one.one.one.one").unwrap();
+    black_box(upstream);
+    peer
+}
+
+fn hooks(c: &mut Criterion) {
+    let req = client_request();
+    let first_proxy = "{}";
+    let ctx_relay = r#"{"upstream": "127.0.0.1:8080"}"#;
+
+    let mut group = c.benchmark_group("request");
+    group.bench_function("native MyProxy", |b| {
+        b.iter(|| native_request(black_box(&req)))
+    });
+    let reused = Arc::new(load("first_proxy", first_proxy, 1000));
+    group.bench_function("first_proxy, reused instance", |b| {
+        b.iter(|| wasm_request(&reused, black_box(&req)))
+    });
+    let fresh = load("first_proxy", first_proxy, 1);
+    group.bench_function("first_proxy, fresh instance per call", |b| {
+        b.iter(|| wasm_request(&fresh, black_box(&req)))
+    });
+    let typed_ctx = load("ctx_relay", ctx_relay, 1000);
+    group.bench_function("ctx_relay (typed ctx), reused instance", |b| {
+        b.iter(|| wasm_request(&typed_ctx, black_box(&req)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, hooks);
+criterion_main!(benches);
