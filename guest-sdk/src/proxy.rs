@@ -2,11 +2,13 @@
 //! peer and the upstream request, with Pingora's names so tutorial code
 //! ports by changing its imports.
 
+use std::cell::OnceCell;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use crate::error::{Error, ErrorType, Result};
 use crate::wire;
@@ -38,34 +40,51 @@ pub trait ProxyHttp {
 }
 
 /// The downstream request being proxied (Pingora's `Session`, read-only).
-#[derive(Debug, Clone)]
+///
+/// The request arrives as JSON and is decoded on first use, so a hook that
+/// never looks at it does not pay for decoding it.
+#[derive(Debug)]
 pub struct Session {
-    request: wire::Request,
+    raw: Option<Box<RawValue>>,
+    request: OnceCell<wire::Request>,
 }
 
 impl Session {
-    /// Wraps a decoded downstream request.
+    /// A session for an already decoded request.
     pub fn new(request: wire::Request) -> Self {
-        Session { request }
+        Session {
+            raw: None,
+            request: OnceCell::from(request),
+        }
+    }
+
+    /// A session over the request's JSON, decoded when first read.
+    pub(crate) fn from_json(raw: Box<RawValue>) -> Self {
+        Session {
+            raw: Some(raw),
+            request: OnceCell::new(),
+        }
     }
 
     /// The downstream request's header (Pingora's `session.req_header()`).
     pub fn req_header(&self) -> &wire::Request {
-        &self.request
+        self.request.get_or_init(|| {
+            // The host always sends a well-formed request.
+            self.raw
+                .as_ref()
+                .and_then(|raw| serde_json::from_str(raw.get()).ok())
+                .unwrap_or_default()
+        })
     }
 
     /// The client's address, e.g. `127.0.0.1:51234`, when known.
     pub fn client_addr(&self) -> Option<&str> {
-        self.request.client_addr.as_deref()
+        self.req_header().client_addr.as_deref()
     }
 
     /// The first value of header `name` (case-insensitive).
     pub fn get_header(&self, name: &str) -> Option<&str> {
-        self.request.header(name)
-    }
-
-    pub(crate) fn into_request(self) -> wire::Request {
-        self.request
+        self.req_header().header(name)
     }
 }
 
@@ -203,35 +222,74 @@ impl HttpPeer {
 }
 
 /// The request the upstream will receive (Pingora's `RequestHeader`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Changes are recorded as operations and sent back as such; the request
+/// itself is decoded only if the hook reads it.
+#[derive(Debug)]
 pub struct RequestHeader {
-    request: wire::UpstreamRequest,
+    raw: Option<Box<RawValue>>,
+    /// The request with `changes` applied, built on first read.
+    current: OnceCell<wire::UpstreamRequest>,
+    changes: wire::RequestChanges,
 }
 
 impl RequestHeader {
-    /// Wraps a decoded upstream request.
+    /// Wraps an already decoded upstream request.
     pub fn new(request: wire::UpstreamRequest) -> Self {
-        RequestHeader { request }
+        RequestHeader {
+            raw: None,
+            current: OnceCell::from(request),
+            changes: wire::RequestChanges::default(),
+        }
+    }
+
+    /// A request over its JSON, decoded when first read.
+    pub(crate) fn from_json(raw: Box<RawValue>) -> Self {
+        RequestHeader {
+            raw: Some(raw),
+            current: OnceCell::new(),
+            changes: wire::RequestChanges::default(),
+        }
+    }
+
+    fn view(&self) -> &wire::UpstreamRequest {
+        self.current.get_or_init(|| {
+            let mut request: wire::UpstreamRequest = self
+                .raw
+                .as_ref()
+                .and_then(|raw| serde_json::from_str(raw.get()).ok())
+                .unwrap_or_default();
+            apply_changes(&mut request, &self.changes);
+            request
+        })
+    }
+
+    /// Records `op` and applies it to the decoded view, if there is one.
+    fn record(&mut self, op: wire::HeaderOp) {
+        if let Some(current) = self.current.get_mut() {
+            apply_op(current, &op);
+        }
+        self.changes.headers.push(op);
     }
 
     /// The method, e.g. `GET`.
     pub fn method(&self) -> &str {
-        &self.request.method
+        &self.view().method
     }
 
     /// The request target: path and query.
     pub fn uri(&self) -> &str {
-        &self.request.uri
+        &self.view().uri
     }
 
     /// All header fields in order.
     pub fn headers(&self) -> &[(String, String)] {
-        &self.request.headers
+        &self.view().headers
     }
 
     /// The first value of header `name` (case-insensitive).
     pub fn get_header(&self, name: &str) -> Option<&str> {
-        self.request
+        self.view()
             .headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -246,7 +304,10 @@ impl RequestHeader {
                 format!("invalid method {method:?}"),
             );
         }
-        self.request.method = method.to_string();
+        if let Some(current) = self.current.get_mut() {
+            current.method = method.to_string();
+        }
+        self.changes.method = Some(method.to_string());
         Ok(())
     }
 
@@ -255,7 +316,10 @@ impl RequestHeader {
         if !uri.starts_with('/') || uri.bytes().any(|b| b <= b' ' || b == 0x7f) {
             return Error::e_explain(ErrorType::InternalError, format!("invalid uri {uri:?}"));
         }
-        self.request.uri = uri.to_string();
+        if let Some(current) = self.current.get_mut() {
+            current.uri = uri.to_string();
+        }
+        self.changes.uri = Some(uri.to_string());
         Ok(())
     }
 
@@ -266,22 +330,7 @@ impl RequestHeader {
         value: impl Into<String>,
     ) -> Result<()> {
         let (name, value) = checked_header(name.into(), value.into())?;
-        match self
-            .request
-            .headers
-            .iter()
-            .position(|(n, _)| n.eq_ignore_ascii_case(&name))
-        {
-            Some(first) => {
-                self.request.headers[first] = (name.clone(), value);
-                let mut index = 0;
-                self.request.headers.retain(|(n, _)| {
-                    index += 1;
-                    index - 1 <= first || !n.eq_ignore_ascii_case(&name)
-                });
-            }
-            None => self.request.headers.push((name, value)),
-        }
+        self.record(wire::HeaderOp::Insert(name, value));
         Ok(())
     }
 
@@ -291,22 +340,61 @@ impl RequestHeader {
         name: impl Into<String>,
         value: impl Into<String>,
     ) -> Result<()> {
-        let header = checked_header(name.into(), value.into())?;
-        self.request.headers.push(header);
+        let (name, value) = checked_header(name.into(), value.into())?;
+        self.record(wire::HeaderOp::Append(name, value));
         Ok(())
     }
 
     /// Removes every field called `name`; returns the first removed value.
     pub fn remove_header(&mut self, name: &str) -> Option<String> {
         let first = self.get_header(name).map(str::to_string);
-        self.request
-            .headers
-            .retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        self.record(wire::HeaderOp::Remove(name.to_string()));
         first
     }
 
-    pub(crate) fn into_wire(self) -> wire::UpstreamRequest {
-        self.request
+    /// The changes made so far, as they are sent to the host.
+    pub fn changes(&self) -> &wire::RequestChanges {
+        &self.changes
+    }
+
+    pub(crate) fn into_changes(self) -> wire::RequestChanges {
+        self.changes
+    }
+}
+
+fn apply_changes(request: &mut wire::UpstreamRequest, changes: &wire::RequestChanges) {
+    if let Some(method) = &changes.method {
+        request.method = method.clone();
+    }
+    if let Some(uri) = &changes.uri {
+        request.uri = uri.clone();
+    }
+    for op in &changes.headers {
+        apply_op(request, op);
+    }
+}
+
+fn apply_op(request: &mut wire::UpstreamRequest, op: &wire::HeaderOp) {
+    let headers = &mut request.headers;
+    match op {
+        wire::HeaderOp::Insert(name, value) => {
+            match headers
+                .iter()
+                .position(|(n, _)| n.eq_ignore_ascii_case(name))
+            {
+                Some(first) => {
+                    headers[first] = (name.clone(), value.clone());
+                    let mut index = 0;
+                    headers.retain(|(n, _)| {
+                        index += 1;
+                        index - 1 <= first || !n.eq_ignore_ascii_case(name)
+                    });
+                }
+                None => headers.push((name.clone(), value.clone())),
+            }
+        }
+        wire::HeaderOp::Append(name, value) => headers.push((name.clone(), value.clone())),
+        wire::HeaderOp::Remove(name) => headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name)),
     }
 }
 
@@ -365,6 +453,25 @@ mod tests {
         assert!(req.append_header("x", "a\r\nb").is_err());
         assert!(req.set_uri("no-slash").is_err());
         assert!(req.headers().is_empty());
+    }
+
+    #[test]
+    fn changes_are_recorded_without_decoding_and_seen_when_read() {
+        let raw = RawValue::from_string(
+            r#"{"method":"GET","uri":"/","headers":[["host","a"],["x-old","1"]]}"#.into(),
+        )
+        .unwrap();
+        let mut req = RequestHeader::from_json(raw);
+        req.insert_header("Host", "b").unwrap();
+        assert!(req.current.get().is_none(), "nothing read yet");
+        assert_eq!(req.get_header("host"), Some("b"));
+        assert_eq!(req.remove_header("x-old").as_deref(), Some("1"));
+        req.append_header("x-new", "2").unwrap();
+        assert_eq!(
+            req.headers(),
+            &[("Host".into(), "b".into()), ("x-new".into(), "2".into())]
+        );
+        assert_eq!(req.changes().headers.len(), 3);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::thread::LocalKey;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use crate::error::{Error, ErrorType, Result};
 use crate::proxy::{ProxyHttp, RequestHeader, Session};
@@ -81,9 +82,9 @@ where
 {
     install_panic_hook();
     let out = with_proxy(cell, new, |proxy| {
-        let input: wire::PeerInput<wire::Request, Option<P::CTX>> = read_input(ptr, len)?;
+        let input: wire::PeerInput<Box<RawValue>, Option<P::CTX>> = read_input(ptr, len)?;
         let mut ctx = input.ctx.unwrap_or_else(|| proxy.new_ctx());
-        let mut session = Session::new(input.request);
+        let mut session = Session::from_json(input.request);
         let peer = proxy.upstream_peer(&mut session, &mut ctx)?;
         Ok(wire::PeerOutput {
             peer: Some(peer.into_wire()),
@@ -112,21 +113,23 @@ where
 {
     install_panic_hook();
     let out = with_proxy(cell, new, |proxy| {
-        let input: wire::FilterInput<wire::Request, wire::UpstreamRequest, Option<P::CTX>> =
+        let input: wire::FilterInput<Box<RawValue>, Box<RawValue>, Option<P::CTX>> =
             read_input(ptr, len)?;
         let mut ctx = input.ctx.unwrap_or_else(|| proxy.new_ctx());
-        let mut session = Session::new(input.request);
-        let mut upstream_request = RequestHeader::new(input.upstream_request);
+        let mut session = Session::from_json(input.request);
+        let mut upstream_request = RequestHeader::from_json(input.upstream_request);
         proxy.upstream_request_filter(&mut session, &mut upstream_request, &mut ctx)?;
-        drop(session.into_request());
-        Ok(wire::FilterOutput {
-            upstream_request: Some(upstream_request.into_wire()),
+        let changes = upstream_request.into_changes();
+        Ok(wire::FilterOutput::<wire::UpstreamRequest, _> {
+            upstream_request: None,
+            upstream_changes: (!changes.is_empty()).then_some(changes),
             ctx: Some(ctx),
             error: None,
         })
     });
     write_output(&out.unwrap_or_else(|e| wire::FilterOutput {
         upstream_request: None,
+        upstream_changes: None,
         ctx: None,
         error: Some(e.to_wire()),
     }))

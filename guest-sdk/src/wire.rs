@@ -138,13 +138,50 @@ pub struct FilterInput<R, U, C> {
     pub ctx: C,
 }
 
+/// One change to the upstream request's headers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeaderOp {
+    /// Replace every field of this name with one `name: value`.
+    Insert(String, String),
+    /// Add `name: value`, keeping existing fields of this name.
+    Append(String, String),
+    /// Remove every field of this name.
+    Remove(String),
+}
+
+/// Changes to the upstream request, as an alternative to returning it
+/// whole: only what changed crosses the boundary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestChanges {
+    /// New method, if changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// New request target, if changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// Header changes, applied in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderOp>,
+}
+
+impl RequestChanges {
+    /// Whether there is nothing to change.
+    pub fn is_empty(&self) -> bool {
+        self.method.is_none() && self.uri.is_none() && self.headers.is_empty()
+    }
+}
+
 /// Output of `upstream_request_filter`.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(bound(deserialize = "U: Deserialize<'de>, C: Deserialize<'de>"))]
 pub struct FilterOutput<U, C> {
-    /// The request to send upstream; absent means unchanged.
+    /// The request to send upstream, whole; absent means unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_request: Option<U>,
+    /// Or only the changes to it (ignored if `upstream_request` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_changes: Option<RequestChanges>,
     /// The new context; absent means unchanged.
     #[serde(
         default,

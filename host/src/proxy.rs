@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use guest_sdk::wire;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
@@ -37,9 +36,11 @@ impl WasmProxy {
     /// puts it back into the ctx for the next hook.
     fn take_request_json(session: &Session, ctx: &mut RequestCtx) -> Box<RawValue> {
         ctx.request_json.take().unwrap_or_else(|| {
-            let request = abi::downstream_request(session);
-            let json = serde_json::to_string(&request).expect("wire::Request always encodes");
-            RawValue::from_string(json).expect("serde_json output is JSON")
+            let request = abi::RequestJson {
+                header: session.req_header(),
+                client_addr: session.client_addr(),
+            };
+            RawValue::from_string(request.to_json()).expect("serde_json output is JSON")
         })
     }
 
@@ -110,16 +111,11 @@ impl ProxyHttp for WasmProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let request = Self::take_request_json(session, ctx);
-        let sent: wire::UpstreamRequest = abi::upstream_request(upstream_request);
         let result =
-            abi::call_upstream_request_filter(&self.module, &request, &sent, &ctx.guest_ctx);
+            abi::filter_upstream_request(&self.module, &request, upstream_request, &ctx.guest_ctx);
         ctx.request_json = Some(request);
-        let (returned, new_ctx) =
+        let new_ctx =
             result.map_err(|failure| self.failed(Hook::UpstreamRequestFilter, failure))?;
-        if let Some(returned) = returned {
-            abi::apply_upstream_request(upstream_request, &sent, &returned)
-                .map_err(|fault| self.failed(Hook::UpstreamRequestFilter, fault.into()))?;
-        }
         if let Some(new_ctx) = new_ctx {
             ctx.guest_ctx = new_ctx;
         }

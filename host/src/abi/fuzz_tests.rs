@@ -89,12 +89,43 @@ proptest! {
         new in upstream_request_json(),
     ) {
         let bytes = json!({"upstream_request": new}).to_string().into_bytes();
-        let Ok(Ok((Some(new), _))) = decode_filter_output(&bytes) else {
+        let Ok(Ok((UpstreamEdit::Whole(new), _))) = decode_filter_output(&bytes) else {
             return Ok(());
         };
         let mut target = request();
         let sent = upstream_request(&target);
         if apply_upstream_request(&mut target, &sent, &new).is_err() {
+            prop_assert_eq!(target.raw_path(), b"/start?x=1");
+            prop_assert_eq!(target.method.as_str(), "GET");
+            prop_assert_eq!(target.headers.len(), 2);
+        }
+    }
+}
+
+fn header_op() -> impl Strategy<Value = wire::HeaderOp> {
+    prop_oneof![
+        (nasty_string(), nasty_string()).prop_map(|(n, v)| wire::HeaderOp::Insert(n, v)),
+        (nasty_string(), nasty_string()).prop_map(|(n, v)| wire::HeaderOp::Append(n, v)),
+        nasty_string().prop_map(wire::HeaderOp::Remove),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_changes_never_panic_and_failures_change_nothing(
+        method in proptest::option::of(nasty_string()),
+        uri in proptest::option::of(nasty_string()),
+        headers in proptest::collection::vec(header_op(), 0..6),
+    ) {
+        let changes = wire::RequestChanges { method, uri, headers };
+        let bytes = json!({"upstream_changes": changes}).to_string().into_bytes();
+        let Ok(Ok((UpstreamEdit::Changes(changes), _))) = decode_filter_output(&bytes) else {
+            return Ok(());
+        };
+        let mut target = request();
+        if apply_request_changes(&mut target, &changes).is_err() {
             prop_assert_eq!(target.raw_path(), b"/start?x=1");
             prop_assert_eq!(target.method.as_str(), "GET");
             prop_assert_eq!(target.headers.len(), 2);

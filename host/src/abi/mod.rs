@@ -11,9 +11,10 @@ mod fuzz_tests;
 
 pub use hooks::{
     call_upstream_peer, call_upstream_request_filter, decode_filter_output, decode_peer_output,
-    FilterDecision, HookFailure, PeerDecision,
+    filter_upstream_request, FilterDecision, HookFailure, PeerDecision, UpstreamEdit,
 };
 pub use peer::{build_peer, http_peer, peer_address, PeerAddress};
 pub use request::{
-    apply_upstream_request, downstream_request, downstream_request_from, upstream_request,
+    apply_request_changes, apply_upstream_request, downstream_request, downstream_request_from,
+    upstream_request, RequestJson, UpstreamRequestJson,
 };

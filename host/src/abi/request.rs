@@ -7,6 +7,8 @@ use guest_sdk::wire;
 use http::{HeaderName, HeaderValue, Method};
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
+use serde::ser::{SerializeSeq, SerializeStruct};
+use serde::{Serialize, Serializer};
 
 use crate::runtime::HookFault;
 
@@ -56,6 +58,185 @@ pub fn upstream_request(req: &RequestHeader) -> wire::UpstreamRequest {
 
 fn lossy(value: &HeaderValue) -> String {
     String::from_utf8_lossy(value.as_bytes()).into_owned()
+}
+
+/// The downstream request encoded straight from Pingora's header, without
+/// building a [`wire::Request`] first; same JSON.
+pub struct RequestJson<'a> {
+    /// The request.
+    pub header: &'a RequestHeader,
+    /// The client's address.
+    pub client_addr: Option<&'a pingora::protocols::l4::socket::SocketAddr>,
+}
+
+impl RequestJson<'_> {
+    /// The JSON text, in a buffer sized for it up front.
+    pub fn to_json(&self) -> String {
+        let req = self.header;
+        let headers: usize = req
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 6)
+            .sum();
+        let mut json = Vec::with_capacity(req.raw_path().len() + headers + 128);
+        // Writing into a Vec cannot fail, nor can these string-keyed values.
+        if serde_json::to_writer(&mut json, self).is_err() {
+            return "null".into();
+        }
+        String::from_utf8(json).unwrap_or_else(|_| "null".into())
+    }
+}
+
+impl Serialize for RequestJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let req = self.header;
+        let mut out = serializer.serialize_struct("Request", 5)?;
+        out.serialize_field("method", req.method.as_str())?;
+        out.serialize_field("uri", &String::from_utf8_lossy(req.raw_path()))?;
+        out.serialize_field("version", &DebugStr(&req.version))?;
+        out.serialize_field(
+            "headers",
+            &HeadersJson {
+                req,
+                keep_case: false,
+            },
+        )?;
+        if let Some(addr) = self.client_addr {
+            out.serialize_field("client_addr", &DisplayStr(addr))?;
+        }
+        out.end()
+    }
+}
+
+/// The upstream request encoded straight from Pingora's header, in the
+/// shape of [`wire::UpstreamRequest`], names in the case they will be sent.
+pub struct UpstreamRequestJson<'a>(pub &'a RequestHeader);
+
+impl Serialize for UpstreamRequestJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let req = self.0;
+        let mut out = serializer.serialize_struct("UpstreamRequest", 3)?;
+        out.serialize_field("method", req.method.as_str())?;
+        out.serialize_field("uri", &String::from_utf8_lossy(req.raw_path()))?;
+        out.serialize_field(
+            "headers",
+            &HeadersJson {
+                req,
+                keep_case: true,
+            },
+        )?;
+        out.end()
+    }
+}
+
+struct HeadersJson<'a> {
+    req: &'a RequestHeader,
+    keep_case: bool,
+}
+
+impl Serialize for HeadersJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let req = self.req;
+        let mut seq = serializer.serialize_seq(Some(req.headers.len()))?;
+        let text = |value: &HeaderValue| String::from_utf8_lossy(value.as_bytes()).into_owned();
+        if self.keep_case && req.has_case() {
+            for (name, value) in req.case_header_iter() {
+                let name = String::from_utf8_lossy(name.as_slice());
+                match value.to_str() {
+                    Ok(value) => seq.serialize_element(&(name, value))?,
+                    Err(_) => seq.serialize_element(&(name, text(value)))?,
+                }
+            }
+        } else {
+            for (name, value) in req.headers.iter() {
+                match value.to_str() {
+                    Ok(value) => seq.serialize_element(&(name.as_str(), value))?,
+                    Err(_) => seq.serialize_element(&(name.as_str(), text(value)))?,
+                }
+            }
+        }
+        seq.end()
+    }
+}
+
+struct DebugStr<'a, T>(&'a T);
+
+impl<T: std::fmt::Debug> Serialize for DebugStr<'_, T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{:?}", self.0))
+    }
+}
+
+struct DisplayStr<'a, T>(&'a T);
+
+impl<T: std::fmt::Display> Serialize for DisplayStr<'_, T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self.0)
+    }
+}
+
+/// Applies a guest's list of changes. Everything is checked before
+/// anything is changed.
+pub fn apply_request_changes(
+    target: &mut RequestHeader,
+    changes: &wire::RequestChanges,
+) -> Result<(), HookFault> {
+    let invalid = |what: String| HookFault::InvalidOutput(what);
+    let method = match &changes.method {
+        Some(method) => Some(
+            Method::from_str(method).map_err(|_| invalid(format!("invalid method {method:?}")))?,
+        ),
+        None => None,
+    };
+    if let Some(uri) = &changes.uri {
+        if !(uri.starts_with('/') || uri == "*") {
+            return Err(invalid(format!("uri {uri:?} is not a path")));
+        }
+    }
+    let mut ops = Vec::with_capacity(changes.headers.len());
+    for op in &changes.headers {
+        let (name, value) = match op {
+            wire::HeaderOp::Insert(name, value) | wire::HeaderOp::Append(name, value) => {
+                (name, Some(value))
+            }
+            wire::HeaderOp::Remove(name) => (name, None),
+        };
+        let header_name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| invalid(format!("invalid header name {name:?}")))?;
+        let value = match value {
+            Some(value) => Some(
+                HeaderValue::from_str(value)
+                    .map_err(|_| invalid(format!("invalid value for header {name}")))?,
+            ),
+            None => None,
+        };
+        ops.push((op, header_name, value));
+    }
+
+    if let Some(uri) = &changes.uri {
+        target
+            .set_raw_path(uri.as_bytes())
+            .map_err(|e| invalid(format!("uri {uri:?}: {e}")))?;
+    }
+    if let Some(method) = method {
+        target.set_method(method);
+    }
+    for (op, header_name, value) in ops {
+        let result = match (op, value) {
+            (wire::HeaderOp::Insert(name, _), Some(value)) => {
+                target.insert_header(name.clone(), value)
+            }
+            (wire::HeaderOp::Append(name, _), Some(value)) => {
+                target.append_header(name.clone(), value).map(drop)
+            }
+            _ => {
+                target.remove_header(&header_name);
+                Ok(())
+            }
+        };
+        result.map_err(|e| invalid(format!("header: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Makes `target` what the guest returned. `sent` is what the guest was
@@ -153,6 +334,55 @@ mod tests {
         req.append_header("X-Raw", HeaderValue::from_bytes(b"caf\xe9").unwrap())
             .unwrap();
         req
+    }
+
+    #[test]
+    fn direct_encodings_match_the_wire_types() {
+        let req = request();
+        let direct: wire::Request = serde_json::from_str(
+            &serde_json::to_string(&RequestJson {
+                header: &req,
+                client_addr: None,
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(direct, downstream_request_from(&req, None));
+        let direct: wire::UpstreamRequest =
+            serde_json::from_str(&serde_json::to_string(&UpstreamRequestJson(&req)).unwrap())
+                .unwrap();
+        assert_eq!(direct, upstream_request(&req));
+    }
+
+    #[test]
+    fn changes_apply_in_order_and_invalid_ones_change_nothing() {
+        let mut req = request();
+        let changes = wire::RequestChanges {
+            method: Some("PUT".into()),
+            uri: Some("/new".into()),
+            headers: vec![
+                wire::HeaderOp::Insert("Host".into(), "b.example".into()),
+                wire::HeaderOp::Append("X-A".into(), "1".into()),
+                wire::HeaderOp::Append("X-A".into(), "2".into()),
+                wire::HeaderOp::Remove("x-raw".into()),
+            ],
+        };
+        apply_request_changes(&mut req, &changes).unwrap();
+        assert_eq!(req.headers.get("host").unwrap(), "b.example");
+        assert_eq!(req.headers.get_all("x-a").iter().count(), 2);
+        assert!(req.headers.get("x-raw").is_none());
+        assert_eq!((req.method.as_str(), req.raw_path()), ("PUT", &b"/new"[..]));
+
+        let mut req = request();
+        let bad = wire::RequestChanges {
+            headers: vec![
+                wire::HeaderOp::Remove("host".into()),
+                wire::HeaderOp::Insert("x".into(), "a\nb".into()),
+            ],
+            ..Default::default()
+        };
+        assert!(apply_request_changes(&mut req, &bad).is_err());
+        assert_eq!(req.headers.len(), 2);
     }
 
     #[test]

@@ -223,14 +223,6 @@ impl GuestInstance {
             self.calls += 1;
         }
         self.store.data_mut().last_error_log = None;
-        let func = match export {
-            Export::Init => self
-                .init
-                .clone()
-                .ok_or_else(|| HookFault::Instantiate("no hook_init export".into()))?,
-            Export::UpstreamPeer => self.upstream_peer.clone(),
-            Export::UpstreamRequestFilter => self.upstream_request_filter.clone(),
-        };
         let len = i32::try_from(input.len())
             .map_err(|_| HookFault::Alloc(format!("input of {} bytes", input.len())))?;
 
@@ -248,9 +240,16 @@ impl GuestInstance {
             .map_err(|_| HookFault::Alloc(format!("buffer at {ptr:#x} lies outside memory")))?;
 
         self.store.set_epoch_deadline(deadline_ticks);
-        let packed = func
-            .call(&mut self.store, (ptr, len))
-            .map_err(|e| self.fault(e))?;
+        let func = match export {
+            Export::Init => match &self.init {
+                Some(init) => init,
+                None => return Err(HookFault::Instantiate("no hook_init export".into())),
+            },
+            Export::UpstreamPeer => &self.upstream_peer,
+            Export::UpstreamRequestFilter => &self.upstream_request_filter,
+        };
+        let result = func.call(&mut self.store, (ptr, len));
+        let packed = result.map_err(|e| self.fault(e))?;
 
         let (out_ptr, out_len) = ((packed as u64 >> 32) as u32, packed as u64 as u32);
         if out_len as usize > MAX_OUTPUT_BYTES {
