@@ -1,0 +1,237 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark: one table comparing, on this machine and in one run,
+
+- the bench upstream alone (no proxy),
+- native Pingora (the tutorial's MyProxy compiled in, host/examples/native_proxy.rs),
+- this proxy with guests/first_proxy.wasm, instances reused (the default),
+- this proxy with a fresh instance for every hook call (--instance-reuse 1),
+- nginx as a reverse proxy, when nginx is installed,
+
+all under the same wrk load against the same local upstream, with the same
+Pingora conf. Also: idle RSS of the proxy with one module, and time from
+start to first response with a cold and a warm compiled-module cache.
+
+Loopback only; every load is bounded by --duration.
+
+    python3 bench/run.py [--duration 10] [--connections 32] [--threads 1]
+"""
+
+import argparse
+import http.client
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RELEASE = ROOT / "target" / "release"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ok(port, timeout=60.0):
+    """Waits until GET / on port answers 200; returns seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/")
+            if conn.getresponse().status == 200:
+                return time.monotonic() - started
+        except OSError:
+            pass
+        time.sleep(0.005)
+    raise SystemExit(f"nothing answered 200 on port {port} within {timeout}s")
+
+
+class Processes:
+    """Children started by the benchmark; all are stopped on exit."""
+
+    def __init__(self):
+        self.children = []
+
+    def start(self, argv, **kwargs):
+        child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
+        self.children.append(child)
+        return child
+
+    def stop(self, child):
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        self.children.remove(child)
+
+    def stop_all(self):
+        for child in list(self.children):
+            self.stop(child)
+
+
+def pingora_conf(workdir, name, threads):
+    conf = workdir / f"{name}.yaml"
+    conf.write_text(
+        "---\nversion: 1\n"
+        f"threads: {threads}\n"
+        f"pid_file: {workdir}/{name}.pid\n"
+        f"upgrade_sock: {workdir}/{name}.sock\n"
+        "grace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 0\n"
+    )
+    return conf
+
+
+def nginx_conf(workdir, port, upstream_port, threads):
+    conf = workdir / "nginx.conf"
+    conf.write_text(f"""
+worker_processes {threads};
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {workdir};
+    proxy_temp_path {workdir};
+    fastcgi_temp_path {workdir};
+    uwsgi_temp_path {workdir};
+    scgi_temp_path {workdir};
+    upstream origin {{ server 127.0.0.1:{upstream_port}; keepalive 128; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host one.one.one.one;
+        }}
+    }}
+}}
+""")
+    return conf
+
+
+def wrk(port, args):
+    """Runs wrk against port; returns (requests/s, p50 ms, p99 ms, errors)."""
+    url = f"http://127.0.0.1:{port}/"
+    warm = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", "2s", url]
+    subprocess.run(warm, check=True, capture_output=True, timeout=60)
+    cmd = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{args.duration}s", "--latency", url]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=args.duration + 60).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def percentile(p):
+        value, unit = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return rps, percentile(50), percentile(99), (errors.group(1) if errors else "0") + (
+        f" ({socket_errors.group(1)})" if socket_errors else ""
+    )
+
+
+def rss_mib(pid):
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10, help="seconds of load per target (default 10)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads and Pingora threads (default 1)")
+    parser.add_argument("--no-build", action="store_true", help="use the existing release build")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is needed: apt-get install wrk")
+    if not args.no_build:
+        subprocess.run(["cargo", "build", "--release", "-p", "host", "--bin", "host", "--examples"],
+                       cwd=ROOT, check=True)
+
+    procs = Processes()
+    workdir = Path(tempfile.mkdtemp(prefix="wasm-pingora-bench-"))
+    try:
+        upstream_port = free_port()
+        procs.start([RELEASE / "examples" / "bench_upstream", "--listen", f"127.0.0.1:{upstream_port}",
+                     "-c", pingora_conf(workdir, "upstream", args.threads)])
+        wait_ok(upstream_port)
+        module_config = f'{{"upstream": "127.0.0.1:{upstream_port}", "tls": false}}'
+
+        def host(name, *extra):
+            def start(port):
+                return procs.start([RELEASE / "host", ROOT / "guests" / "first_proxy.wasm",
+                                    "--listen", f"127.0.0.1:{port}", "--module-config", module_config,
+                                    "--module-cache", workdir / "module-cache",
+                                    "-c", pingora_conf(workdir, name, args.threads), *extra],
+                                   env={**os.environ, "RUST_LOG": "warn"})
+            return start
+
+        targets = [
+            ("upstream alone (no proxy)", None),
+            ("native Pingora (MyProxy compiled in)",
+             lambda port: procs.start([RELEASE / "examples" / "native_proxy",
+                                       "--upstream", f"127.0.0.1:{upstream_port}",
+                                       "--listen", f"127.0.0.1:{port}",
+                                       "-c", pingora_conf(workdir, "native", args.threads)])),
+            ("wasm first_proxy, instances reused (default)", host("wasm-reuse")),
+            ("wasm first_proxy, fresh instance per call", host("wasm-fresh", "--instance-reuse", "1")),
+        ]
+        if shutil.which("nginx"):
+            targets.append(("nginx reverse proxy", lambda port: procs.start(
+                ["nginx", "-c", nginx_conf(workdir, port, upstream_port, args.threads),
+                 "-p", workdir, "-g", "daemon off;"])))
+
+        rows = []
+        idle_rss = None
+        for name, start in targets:
+            if start is None:
+                port, child = upstream_port, None
+            else:
+                port = free_port()
+                child = start(port)
+                wait_ok(port)
+                if name.startswith("wasm") and idle_rss is None:
+                    idle_rss = rss_mib(child.pid)
+            print(f"running {name} ...", file=sys.stderr)
+            rows.append((name, *wrk(port, args)))
+            if child is not None:
+                procs.stop(child)
+
+        # Start to first response, cold and warm compiled-module cache.
+        startup = []
+        cache = workdir / "startup-cache"
+        for label in ("cold cache", "warm cache"):
+            port = free_port()
+            started = time.monotonic()
+            child = procs.start([RELEASE / "host", ROOT / "guests" / "first_proxy.wasm",
+                                 "--listen", f"127.0.0.1:{port}", "--module-config", module_config,
+                                 "--module-cache", cache, "-c", pingora_conf(workdir, "startup", 1)])
+            wait_ok(port)
+            startup.append((label, (time.monotonic() - started) * 1e3))
+            procs.stop(child)
+    finally:
+        procs.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    native = next(rps for name, rps, *_ in rows if name.startswith("native"))
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown CPU")
+    print(f"\nMachine: {os.cpu_count()} cores, {cpu}. wrk -t{args.threads} -c{args.connections} "
+          f"-d{args.duration}s, Pingora threads: {args.threads}, keep-alive, loopback.\n")
+    print("| target | req/s | p50 | p99 | vs native | non-2xx |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, rps, p50, p99, errors in rows:
+        print(f"| {name} | {rps:,.0f} | {p50:.2f} ms | {p99:.2f} ms | {rps / native:.1%} | {errors} |")
+    print(f"\nIdle RSS, proxy with one module: {idle_rss:.1f} MiB")
+    for label, ms in startup:
+        print(f"Start to first response, {label}: {ms:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+//! The baseline for benchmarks: Pingora's tutorial `MyProxy` compiled in,
+//! doing what `guests/first_proxy` does, with the same Pingora flags.
+//!
+//! `cargo run --release -p host --example native_proxy -- --upstream 127.0.0.1:8080 --listen 127.0.0.1:6190 -c conf.yaml`
+
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+use clap::Parser;
+use pingora::prelude::*;
+use pingora::server::configuration::Opt;
+
+#[derive(Parser)]
+struct Args {
+    /// Where every request goes.
+    #[arg(long, default_value = "1.1.1.1:443")]
+    upstream: SocketAddr,
+    /// Speak TLS to the upstream.
+    #[arg(long)]
+    tls: bool,
+    /// TLS server name, also sent as Host.
+    #[arg(long, default_value = "one.one.one.one")]
+    sni: String,
+    /// Address to listen on.
+    #[arg(short, long, default_value = "0.0.0.0:6188")]
+    listen: String,
+    #[command(flatten)]
+    pingora: Opt,
+}
+
+pub struct MyProxy {
+    upstream: SocketAddr,
+    tls: bool,
+    sni: String,
+}
+
+#[async_trait]
+impl ProxyHttp for MyProxy {
+    type CTX = ();
+    fn new_ctx(&self) -> Self::CTX {}
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        let peer = Box::new(HttpPeer::new(self.upstream, self.tls, self.sni.clone()));
+        Ok(peer)
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        _ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        upstream_request
+            .insert_header("Host", self.sni.clone())
+            .unwrap();
+        Ok(())
+    }
+}
+
+fn main() {
+    env_logger::init();
+    let args = Args::parse();
+    let mut server = Server::new(Some(args.pingora)).unwrap();
+    server.bootstrap();
+    let proxy = MyProxy {
+        upstream: args.upstream,
+        tls: args.tls,
+        sni: args.sni,
+    };
+    let mut service = http_proxy_service(&server.configuration, proxy);
+    service.add_tcp(&args.listen);
+    server.add_service(service);
+    server.run_forever();
+}
