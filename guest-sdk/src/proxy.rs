@@ -58,10 +58,11 @@ impl Session {
         }
     }
 
-    /// A session over the request's JSON, decoded when first read.
-    pub(crate) fn from_json(raw: Box<RawValue>) -> Self {
+    /// A session over the request's JSON, decoded when first read; without
+    /// it, fetched from the host when first read.
+    pub(crate) fn from_json(raw: Option<Box<RawValue>>) -> Self {
         Session {
-            raw: Some(raw),
+            raw,
             request: OnceCell::new(),
         }
     }
@@ -70,10 +71,7 @@ impl Session {
     pub fn req_header(&self) -> &wire::Request {
         self.request.get_or_init(|| {
             // The host always sends a well-formed request.
-            self.raw
-                .as_ref()
-                .and_then(|raw| serde_json::from_str(raw.get()).ok())
-                .unwrap_or_default()
+            decode_part(self.raw.as_deref(), wire::PART_REQUEST)
         })
     }
 
@@ -243,10 +241,11 @@ impl RequestHeader {
         }
     }
 
-    /// A request over its JSON, decoded when first read.
-    pub(crate) fn from_json(raw: Box<RawValue>) -> Self {
+    /// A request over its JSON (or, without it, fetched from the host),
+    /// decoded when first read.
+    pub(crate) fn from_json(raw: Option<Box<RawValue>>) -> Self {
         RequestHeader {
-            raw: Some(raw),
+            raw,
             current: OnceCell::new(),
             changes: wire::RequestChanges::default(),
         }
@@ -254,11 +253,8 @@ impl RequestHeader {
 
     fn view(&self) -> &wire::UpstreamRequest {
         self.current.get_or_init(|| {
-            let mut request: wire::UpstreamRequest = self
-                .raw
-                .as_ref()
-                .and_then(|raw| serde_json::from_str(raw.get()).ok())
-                .unwrap_or_default();
+            let mut request: wire::UpstreamRequest =
+                decode_part(self.raw.as_deref(), wire::PART_UPSTREAM_REQUEST);
             apply_changes(&mut request, &self.changes);
             request
         })
@@ -362,6 +358,23 @@ impl RequestHeader {
     }
 }
 
+/// Decodes an input part from the JSON given, or else from the host. The
+/// host always sends well-formed parts; anything else decodes as empty.
+fn decode_part<T: DeserializeOwned + Default>(raw: Option<&RawValue>, part: i32) -> T {
+    let fetched;
+    let raw = match raw {
+        Some(raw) => raw,
+        None => match crate::rt::input_part(part) {
+            Some(part) => {
+                fetched = part;
+                &*fetched
+            }
+            None => return T::default(),
+        },
+    };
+    serde_json::from_str(raw.get()).unwrap_or_default()
+}
+
 fn apply_changes(request: &mut wire::UpstreamRequest, changes: &wire::RequestChanges) {
     if let Some(method) = &changes.method {
         request.method = method.clone();
@@ -461,7 +474,7 @@ mod tests {
             r#"{"method":"GET","uri":"/","headers":[["host","a"],["x-old","1"]]}"#.into(),
         )
         .unwrap();
-        let mut req = RequestHeader::from_json(raw);
+        let mut req = RequestHeader::from_json(Some(raw));
         req.insert_header("Host", "b").unwrap();
         assert!(req.current.get().is_none(), "nothing read yet");
         assert_eq!(req.get_header("host"), Some("b"));

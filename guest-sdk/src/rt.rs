@@ -60,10 +60,14 @@ where
                 // configured once.
                 let _ = cell.set(proxy);
             });
-            wire::InitOutput { error: None }
+            wire::InitOutput {
+                error: None,
+                lazy_input: cfg!(target_arch = "wasm32"),
+            }
         }
         Err(e) => wire::InitOutput {
             error: Some(e.to_wire()),
+            lazy_input: false,
         },
     };
     write_output(&out)
@@ -229,5 +233,40 @@ mod tests {
     fn pack_puts_pointer_high_and_length_low() {
         assert_eq!(pack(0x10, 0x20), 0x10_0000_0020);
         assert_eq!(pack(0xffff_fff0, 7) as u64 >> 32, 0xffff_fff0);
+    }
+}
+
+/// Fetches an input part (`wire::PART_*`) the host holds for the current
+/// call, for guests with lazy input. None outside a call or if the host
+/// does not have it.
+pub(crate) fn input_part(part: i32) -> Option<Box<RawValue>> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        #[link(wasm_import_module = "hook")]
+        extern "C" {
+            #[link_name = "input_part"]
+            fn host_input_part(part: i32, ptr: *mut u8, len: usize) -> i32;
+        }
+        let mut buffer: Vec<u8> = Vec::with_capacity(2048);
+        // SAFETY: the host writes at most `capacity` bytes at the pointer and
+        // returns the part's full size; set_len only covers written bytes.
+        unsafe {
+            let mut size = host_input_part(part, buffer.as_mut_ptr(), buffer.capacity());
+            if size > buffer.capacity() as i32 {
+                buffer.reserve_exact(size as usize);
+                size = host_input_part(part, buffer.as_mut_ptr(), buffer.capacity());
+            }
+            if size < 0 || size as usize > buffer.capacity() {
+                return None;
+            }
+            buffer.set_len(size as usize);
+        }
+        let text = String::from_utf8(buffer).ok()?;
+        RawValue::from_string(text).ok()
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = part;
+        None
     }
 }

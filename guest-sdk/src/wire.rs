@@ -102,8 +102,10 @@ pub struct HookError {
 /// Input of `upstream_peer`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PeerInput<R, C> {
-    /// The downstream request.
-    pub request: R,
+    /// The downstream request; absent for a guest that asked for
+    /// [`InitOutput::lazy_input`] (it reads it through `hook.input_part`).
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub request: Option<R>,
     /// The per-request context; `null` on the first hook of a request.
     pub ctx: C,
 }
@@ -130,10 +132,13 @@ pub struct PeerOutput<C> {
 /// Input of `upstream_request_filter`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct FilterInput<R, U, C> {
-    /// The downstream request.
-    pub request: R,
-    /// The request as it would go upstream now.
-    pub upstream_request: U,
+    /// The downstream request; absent for a lazy-input guest.
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub request: Option<R>,
+    /// The request as it would go upstream now; absent for a lazy-input
+    /// guest.
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub upstream_request: Option<U>,
     /// The context as `upstream_peer` left it.
     pub ctx: C,
 }
@@ -200,6 +205,20 @@ pub struct InitOutput {
     /// Set when the configuration was refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<HookError>,
+    /// The guest reads `request` and `upstream_request` on demand through
+    /// the import `hook.input_part` instead of receiving them in every
+    /// hook's input: a hook that never looks at them costs less.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lazy_input: bool,
+}
+
+/// `hook.input_part` selector for the downstream request (`REQ`).
+pub const PART_REQUEST: i32 = 0;
+/// `hook.input_part` selector for the upstream request (`HDR`).
+pub const PART_UPSTREAM_REQUEST: i32 = 1;
+
+fn none<T>() -> Option<T> {
+    None
 }
 
 /// A present field is `Some` even when it is `null`: `"ctx": null` sets the

@@ -23,7 +23,7 @@ pub struct RequestCtx {
     /// The guest-visible ctx, kept as the JSON the guest returned.
     guest_ctx: Box<RawValue>,
     /// The downstream request, encoded once for both hooks.
-    request_json: Option<Box<RawValue>>,
+    request_json: Option<Arc<str>>,
 }
 
 impl WasmProxy {
@@ -34,13 +34,13 @@ impl WasmProxy {
 
     /// The downstream request as JSON, encoded on first use; the caller
     /// puts it back into the ctx for the next hook.
-    fn take_request_json(session: &Session, ctx: &mut RequestCtx) -> Box<RawValue> {
+    fn take_request_json(session: &Session, ctx: &mut RequestCtx) -> Arc<str> {
         ctx.request_json.take().unwrap_or_else(|| {
             let request = abi::RequestJson {
                 header: session.req_header(),
                 client_addr: session.client_addr(),
             };
-            RawValue::from_string(request.to_json()).expect("serde_json output is JSON")
+            request.to_json().into()
         })
     }
 

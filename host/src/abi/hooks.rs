@@ -1,7 +1,9 @@
 //! The two request hooks as typed calls: encode the input, run the guest,
 //! decode and sort its answer.
 
-use guest_sdk::wire::{self, FilterInput, FilterOutput, HookError, PeerInput, PeerOutput};
+use std::sync::Arc;
+
+use guest_sdk::wire::{self, FilterOutput, HookError, PeerOutput};
 use serde_json::value::RawValue;
 
 use pingora::http::RequestHeader;
@@ -10,7 +12,7 @@ use super::request::{
     apply_request_changes, apply_upstream_request, upstream_request as upstream_request_wire,
     UpstreamRequestJson,
 };
-use crate::runtime::{decode_json, GuestModule, Hook, HookFault};
+use crate::runtime::{decode_json, GuestModule, Hook, HookFault, InputParts};
 
 /// How a hook call can fail to produce its result.
 #[derive(Debug)]
@@ -46,15 +48,23 @@ pub enum UpstreamEdit {
 /// unchanged), or a refusal.
 pub type FilterDecision = Result<(UpstreamEdit, Option<Box<RawValue>>), HookFailure>;
 
-/// Calls `upstream_peer`.
+/// Calls `upstream_peer`. `request` is the downstream request's JSON.
 pub fn call_upstream_peer(
     module: &GuestModule,
-    request: &RawValue,
+    request: &Arc<str>,
     ctx: &RawValue,
 ) -> PeerDecision {
-    let size_hint = request.get().len() + ctx.get().len();
-    let input = encode(&PeerInput { request, ctx }, size_hint)?;
-    module.call(Hook::UpstreamPeer, &input, decode_peer_output)?
+    let (input, parts) = if module.lazy_input() {
+        let parts = InputParts {
+            request: Some(request.clone()),
+            upstream_request: None,
+        };
+        (join(&[r#"{"ctx":"#, ctx.get(), "}"]), parts)
+    } else {
+        let input = join(&[r#"{"request":"#, request, r#","ctx":"#, ctx.get(), "}"]);
+        (input, InputParts::default())
+    };
+    module.call(Hook::UpstreamPeer, &input, parts, decode_peer_output)?
 }
 
 /// The outcome of `upstream_peer` from its output bytes.
@@ -69,24 +79,48 @@ pub fn decode_peer_output(bytes: &[u8]) -> Result<PeerDecision, HookFault> {
     Ok(Ok((peer, output.ctx)))
 }
 
-/// Calls `upstream_request_filter`.
+/// Calls `upstream_request_filter` with the current upstream request.
 pub fn call_upstream_request_filter(
     module: &GuestModule,
-    request: &RawValue,
-    upstream_request: &impl serde::Serialize,
+    request: &Arc<str>,
+    upstream_request: &RequestHeader,
     ctx: &RawValue,
 ) -> FilterDecision {
-    // The upstream request is about as long as the downstream one.
-    let size_hint = 2 * request.get().len() + ctx.get().len();
-    let input = encode(
-        &FilterInput {
+    let upstream = serde_json::to_string(&UpstreamRequestJson(upstream_request))
+        .map_err(|e| HookFault::InvalidOutput(format!("encoding input: {e}")))?;
+    let (input, parts) = if module.lazy_input() {
+        let parts = InputParts {
+            request: Some(request.clone()),
+            upstream_request: Some(upstream.into()),
+        };
+        (join(&[r#"{"ctx":"#, ctx.get(), "}"]), parts)
+    } else {
+        let input = join(&[
+            r#"{"request":"#,
             request,
-            upstream_request,
-            ctx,
-        },
-        size_hint,
-    )?;
-    module.call(Hook::UpstreamRequestFilter, &input, decode_filter_output)?
+            r#","upstream_request":"#,
+            &upstream,
+            r#","ctx":"#,
+            ctx.get(),
+            "}",
+        ]);
+        (input, InputParts::default())
+    };
+    module.call(
+        Hook::UpstreamRequestFilter,
+        &input,
+        parts,
+        decode_filter_output,
+    )?
+}
+
+/// Concatenates JSON pieces into one input buffer sized up front.
+fn join(pieces: &[&str]) -> Vec<u8> {
+    let mut input = Vec::with_capacity(pieces.iter().map(|p| p.len()).sum());
+    for piece in pieces {
+        input.extend_from_slice(piece.as_bytes());
+    }
+    input
 }
 
 /// The whole `upstream_request_filter` step: call the guest with the
@@ -94,12 +128,11 @@ pub fn call_upstream_request_filter(
 /// unchanged).
 pub fn filter_upstream_request(
     module: &GuestModule,
-    request: &RawValue,
+    request: &Arc<str>,
     upstream_request: &mut RequestHeader,
     ctx: &RawValue,
 ) -> Result<Option<Box<RawValue>>, HookFailure> {
-    let current = UpstreamRequestJson(upstream_request);
-    let (edit, new_ctx) = call_upstream_request_filter(module, request, &current, ctx)?;
+    let (edit, new_ctx) = call_upstream_request_filter(module, request, upstream_request, ctx)?;
     match edit {
         UpstreamEdit::Unchanged => {}
         UpstreamEdit::Changes(changes) => apply_request_changes(upstream_request, &changes)?,
@@ -126,12 +159,53 @@ pub fn decode_filter_output(bytes: &[u8]) -> Result<FilterDecision, HookFault> {
     Ok(Ok((edit, output.ctx)))
 }
 
-/// Encodes a hook's input into one buffer sized up front: the request and
-/// ctx are already JSON and are copied in as they are.
-fn encode<T: serde::Serialize>(input: &T, size_hint: usize) -> Result<Vec<u8>, HookFault> {
-    let mut buffer = Vec::with_capacity(size_hint + 64);
-    // Only fails for non-string map keys, which the wire types do not have.
-    serde_json::to_writer(&mut buffer, input)
-        .map_err(|e| HookFault::InvalidOutput(format!("encoding input: {e}")))?;
-    Ok(buffer)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{EngineOptions, GuestEngine, GuestLimits};
+
+    /// A guest without lazy input: `upstream_peer` returns a fixed answer,
+    /// `upstream_request_filter` returns its own input, which is a valid
+    /// output only if the host's input has the documented shape.
+    const ECHO_GUEST: &str = r#"(module
+        (memory (export "memory") 1)
+        (data (i32.const 16) "{\"peer\":{\"address\":\"127.0.0.1:9\"},\"ctx\":{\"seen\":1}}")
+        (func (export "hook_abi_version") (result i32) i32.const 1)
+        (func (export "hook_alloc") (param i32) (result i32) i32.const 1024)
+        (func (export "upstream_peer") (param i32 i32) (result i64) i64.const 0x1000000033)
+        (func (export "upstream_request_filter") (param $ptr i32) (param $len i32) (result i64)
+            (i64.or (i64.shl (i64.extend_i32_u (local.get $ptr)) (i64.const 32))
+                    (i64.extend_i32_u (local.get $len)))))"#;
+
+    #[test]
+    fn full_inputs_have_the_documented_shape() {
+        let limits = GuestLimits::default();
+        let engine = GuestEngine::new(&EngineOptions {
+            max_memory_bytes: limits.memory_limit_bytes(),
+            cache_dir: None,
+        })
+        .unwrap();
+        let bytes = wat::parse_str(ECHO_GUEST).unwrap();
+        let module = GuestModule::from_bytes(&engine, "echo".into(), &bytes, "{}", limits).unwrap();
+        assert!(!module.lazy_input());
+
+        let mut req = RequestHeader::build("GET", b"/a?b=1", None).unwrap();
+        req.append_header("Host", "example.com").unwrap();
+        let request: Arc<str> = super::super::RequestJson {
+            header: &req,
+            client_addr: None,
+        }
+        .to_json()
+        .into();
+        let null = RawValue::from_string("null".into()).unwrap();
+        let (peer, ctx) = call_upstream_peer(&module, &request, &null).unwrap();
+        assert_eq!(peer.address, "127.0.0.1:9");
+        let ctx = ctx.unwrap();
+        assert_eq!(ctx.get(), r#"{"seen":1}"#);
+
+        let before = upstream_request_wire(&req);
+        let new_ctx = filter_upstream_request(&module, &request, &mut req, &ctx).unwrap();
+        assert_eq!(new_ctx.unwrap().get(), r#"{"seen":1}"#);
+        assert_eq!(upstream_request_wire(&req), before);
+    }
 }

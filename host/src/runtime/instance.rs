@@ -18,9 +18,21 @@ pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
 /// Longest guest log line kept; the rest is cut.
 const MAX_LOG_LINE: usize = 4096;
 
+/// The parts of a hook's input a lazy-input guest fetches on demand
+/// through `hook.input_part`, held for the duration of one call.
+#[derive(Debug, Default, Clone)]
+pub struct InputParts {
+    /// The downstream request's JSON (`wire::PART_REQUEST`).
+    pub request: Option<Arc<str>>,
+    /// The upstream request's JSON (`wire::PART_UPSTREAM_REQUEST`).
+    pub upstream_request: Option<Arc<str>>,
+}
+
 /// Per-store state the host keeps for one instance.
 pub struct GuestState {
     module_name: Arc<str>,
+    /// Input parts of the call in progress.
+    parts: InputParts,
     limiter: GuestLimiter,
     /// The guest's last error-level log line during the current call.
     last_error_log: Option<String>,
@@ -88,6 +100,32 @@ pub fn add_host_imports(linker: &mut Linker<GuestState>) -> wasmtime::Result<()>
             }
         },
     )?;
+    linker.func_wrap(
+        "hook",
+        "input_part",
+        |mut caller: Caller<'_, GuestState>, part: i32, ptr: i32, len: i32| -> i32 {
+            let parts = &caller.data().parts;
+            let bytes = match part {
+                guest_sdk::wire::PART_REQUEST => parts.request.clone(),
+                guest_sdk::wire::PART_UPSTREAM_REQUEST => parts.upstream_request.clone(),
+                _ => None,
+            };
+            let Some(bytes) = bytes else { return -1 };
+            let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
+                return -1;
+            };
+            let size = bytes.len();
+            let copied = size.min(len as u32 as usize);
+            let start = ptr as u32 as usize;
+            match memory.data_mut(&mut caller).get_mut(start..start + copied) {
+                Some(target) => {
+                    target.copy_from_slice(&bytes.as_bytes()[..copied]);
+                    i32::try_from(size).unwrap_or(-1)
+                }
+                None => -1,
+            }
+        },
+    )?;
     Ok(())
 }
 
@@ -151,6 +189,7 @@ impl GuestInstance {
             .build();
         let state = GuestState {
             module_name,
+            parts: InputParts::default(),
             limiter: GuestLimiter {
                 limits: store_limits,
                 memory_limit_hit: false,
@@ -214,6 +253,19 @@ impl GuestInstance {
     /// Runs `export` on `input` and hands the output bytes, still in guest
     /// memory, to `decode`.
     pub fn call<T>(
+        &mut self,
+        export: Export,
+        input: &[u8],
+        parts: InputParts,
+        decode: impl FnOnce(&[u8]) -> Result<T, HookFault>,
+    ) -> Result<T, HookFault> {
+        self.store.data_mut().parts = parts;
+        let result = self.call_with_parts(export, input, decode);
+        self.store.data_mut().parts = InputParts::default();
+        result
+    }
+
+    fn call_with_parts<T>(
         &mut self,
         export: Export,
         input: &[u8],

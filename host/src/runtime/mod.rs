@@ -8,4 +8,5 @@ mod module;
 
 pub use engine::{EngineOptions, EpochTicker, GuestEngine};
 pub use fault::HookFault;
+pub use instance::InputParts;
 pub use module::{decode_json, GuestLimits, GuestModule, Hook};

@@ -11,7 +11,7 @@ use wasmtime::{ExternType, InstancePre, Linker, Module};
 
 use super::engine::{GuestEngine, EPOCH_TICK};
 use super::fault::HookFault;
-use super::instance::{add_host_imports, Export, GuestInstance, GuestState};
+use super::instance::{add_host_imports, Export, GuestInstance, GuestState, InputParts};
 
 /// The ABI version this host speaks.
 pub const ABI_VERSION: i32 = guest_sdk::ABI_VERSION;
@@ -81,6 +81,8 @@ pub struct GuestModule {
     limits: GuestLimits,
     /// The module configuration handed to `hook_init` of every instance.
     config_json: Vec<u8>,
+    /// The guest fetches request parts on demand (said by its hook_init).
+    lazy_input: bool,
     idle: Mutex<Vec<GuestInstance>>,
 }
 
@@ -139,27 +141,30 @@ impl GuestModule {
         if version != ABI_VERSION {
             bail!("guest ABI version is {version}, this host speaks version {ABI_VERSION}");
         }
-        let guest_module = GuestModule {
+        let mut guest_module = GuestModule {
             name,
             pre,
             limits,
             config_json: config_json.as_bytes().to_vec(),
+            lazy_input: false,
             idle: Mutex::new(Vec::new()),
         };
-        guest_module
+        guest_module.lazy_input = guest_module
             .initialise(&mut instance)
             .context("hook_init")?;
-        guest_module
-            .idle
-            .lock()
-            .expect("fresh mutex")
-            .push(instance);
+        guest_module.put_idle(instance);
         Ok(guest_module)
     }
 
     /// The module's name for logs (its file name).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether the guest reads the request parts on demand instead of in
+    /// its input.
+    pub fn lazy_input(&self) -> bool {
+        self.lazy_input
     }
 
     /// The limits its instances run under.
@@ -174,6 +179,7 @@ impl GuestModule {
         &self,
         hook: Hook,
         input: &[u8],
+        parts: InputParts,
         decode: impl FnOnce(&[u8]) -> Result<T, HookFault>,
     ) -> Result<T, HookFault> {
         let mut instance = match self.take_idle() {
@@ -184,7 +190,7 @@ impl GuestModule {
             Hook::UpstreamPeer => Export::UpstreamPeer,
             Hook::UpstreamRequestFilter => Export::UpstreamRequestFilter,
         };
-        let result = instance.call(export, input, decode);
+        let result = instance.call(export, input, parts, decode);
         if result.is_ok() && instance.calls < self.limits.instance_reuse {
             self.put_idle(instance);
         }
@@ -207,21 +213,33 @@ impl GuestModule {
     fn new_instance(&self) -> Result<GuestInstance, HookFault> {
         let mut instance = GuestInstance::new(&self.pre, self.name.clone(), self.limits)
             .map_err(|e| HookFault::Instantiate(format!("{e:#}")))?;
-        self.initialise(&mut instance)
+        let lazy_input = self
+            .initialise(&mut instance)
             .map_err(|e| HookFault::Instantiate(format!("hook_init: {e:#}")))?;
+        if lazy_input != self.lazy_input {
+            return Err(HookFault::Instantiate(
+                "hook_init changed its answer about lazy input".into(),
+            ));
+        }
         Ok(instance)
     }
 
-    /// Hands the module configuration to `hook_init`, if exported.
-    fn initialise(&self, instance: &mut GuestInstance) -> anyhow::Result<()> {
+    /// Hands the module configuration to `hook_init`, if exported; returns
+    /// whether the guest asked for lazy input.
+    fn initialise(&self, instance: &mut GuestInstance) -> anyhow::Result<bool> {
         if !instance.has_init() {
-            return Ok(());
+            return Ok(false);
         }
-        let out: wire::InitOutput = instance.call(Export::Init, &self.config_json, decode_json)?;
+        let out: wire::InitOutput = instance.call(
+            Export::Init,
+            &self.config_json,
+            InputParts::default(),
+            decode_json,
+        )?;
         if let Some(error) = out.error {
             bail!("module refused its configuration: {}", error.message);
         }
-        Ok(())
+        Ok(out.lazy_input)
     }
 }
 
@@ -231,15 +249,16 @@ pub fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Ho
     serde_json::from_str(text).map_err(|e| HookFault::InvalidOutput(e.to_string()))
 }
 
-/// Refuses any import but `hook.log`, naming the first offender.
+/// Refuses any import but the host's own (`hook.*`), naming the first
+/// offender.
 fn check_imports(module: &Module) -> anyhow::Result<()> {
     for import in module.imports() {
         let known = import.module() == "hook"
-            && import.name() == "log"
+            && matches!(import.name(), "log" | "input_part")
             && matches!(import.ty(), ExternType::Func(_));
         if !known {
             bail!(
-                "imports `{}.{}`, which this host does not provide (guests may import only `hook.log`)",
+                "imports `{}.{}`, which this host does not provide (guests may import only `hook.log` and `hook.input_part`)",
                 import.module(),
                 import.name()
             );
