@@ -225,17 +225,6 @@ fn install_panic_hook() {
     });
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pack_puts_pointer_high_and_length_low() {
-        assert_eq!(pack(0x10, 0x20), 0x10_0000_0020);
-        assert_eq!(pack(0xffff_fff0, 7) as u64 >> 32, 0xffff_fff0);
-    }
-}
-
 /// Fetches an input part (`wire::PART_*`) the host holds for the current
 /// call, for guests with lazy input. None outside a call or if the host
 /// does not have it.
@@ -268,5 +257,16 @@ pub(crate) fn input_part(part: i32) -> Option<Box<RawValue>> {
     {
         let _ = part;
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_puts_pointer_high_and_length_low() {
+        assert_eq!(pack(0x10, 0x20), 0x10_0000_0020);
+        assert_eq!(pack(0xffff_fff0, 7) as u64 >> 32, 0xffff_fff0);
     }
 }
