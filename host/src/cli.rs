@@ -10,9 +10,18 @@ use pingora::server::configuration::Opt;
 #[derive(Parser, Debug)]
 #[command(name = "host", version)]
 pub struct Cli {
-    /// The guest module (a core wasm module speaking hook ABI v1).
-    #[arg(value_name = "MODULE.wasm")]
-    pub module: PathBuf,
+    /// The guest module (a core wasm module speaking hook ABI v1) that
+    /// serves every request. Give either this or --tenants.
+    #[arg(value_name = "MODULE.wasm", required_unless_present = "tenants")]
+    pub module: Option<PathBuf>,
+
+    /// A tenants file (YAML): one module per tenant, routed by Host.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["module", "module_config"])]
+    pub tenants: Option<PathBuf>,
+
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
 
     /// Address to listen on; repeat for several.
     #[arg(

@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 
 use crate::cli::Cli;
 use crate::runtime::GuestLimits;
+use crate::tenants::TenantSource;
 
 /// The module configuration as JSON text: `--module-config` inline or
 /// `@FILE`, `{}` when absent. It must be valid JSON.
@@ -57,4 +58,26 @@ pub fn listen_addrs(cli: &Cli) -> anyhow::Result<Vec<String>> {
         }
     }
     Ok(cli.listen.clone())
+}
+
+/// The `--metrics` address, checked to be `ip:port`.
+pub fn metrics_addr(cli: &Cli) -> anyhow::Result<Option<String>> {
+    match &cli.metrics {
+        Some(addr) if addr.parse::<SocketAddr>().is_err() => {
+            bail!("--metrics {addr:?} is not an ip:port address")
+        }
+        other => Ok(other.clone()),
+    }
+}
+
+/// Where the tenants come from: one module, or a tenants file.
+pub fn tenant_source(cli: &Cli) -> anyhow::Result<TenantSource> {
+    match (&cli.tenants, &cli.module) {
+        (Some(file), _) => Ok(TenantSource::File(file.clone())),
+        (None, Some(path)) => Ok(TenantSource::Module {
+            path: path.clone(),
+            config_json: module_config(cli)?,
+        }),
+        (None, None) => bail!("give a MODULE.wasm or --tenants FILE"),
+    }
 }

@@ -7,8 +7,11 @@
 pub mod abi;
 pub mod cli;
 pub mod config;
+pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod runtime;
 pub mod server;
+pub mod tenants;
 
 pub use server::main;

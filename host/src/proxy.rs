@@ -1,25 +1,35 @@
-//! The `ProxyHttp` implementation. Pingora calls it for every request; its
-//! two routing hooks are delegated to the guest module's exports of the
-//! same names, with the per-request ctx carried as JSON between them.
+//! The `ProxyHttp` implementation. Pingora calls it for every request:
+//! `request_filter` picks the tenant by Host, and the two routing hooks are
+//! delegated to that tenant's guest module, to the exports of the same
+//! names, with the per-request ctx carried as JSON between them.
 
 use std::sync::Arc;
+use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 use serde_json::value::RawValue;
 
 use crate::abi::{self, HookFailure};
-use crate::runtime::{GuestModule, Hook};
+use crate::metrics::Metrics;
+use crate::runtime::Hook;
+use crate::tenants::{GuestErrorPolicy, Tenant, TenantSet};
 
-/// A Pingora proxy whose routing is decided by one guest module.
+/// A Pingora proxy whose routing is decided by tenants' guest modules.
 pub struct WasmProxy {
-    module: Arc<GuestModule>,
+    tenants: Arc<ArcSwap<TenantSet>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Per-request state.
 pub struct RequestCtx {
+    /// The tenant this request was routed to; it keeps its module alive
+    /// even if a reload replaces the tenant set meanwhile.
+    tenant: Option<Arc<Tenant>>,
     /// The guest-visible ctx, kept as the JSON the guest returned.
     guest_ctx: Box<RawValue>,
     /// The downstream request, encoded once for both hooks.
@@ -27,9 +37,9 @@ pub struct RequestCtx {
 }
 
 impl WasmProxy {
-    /// A proxy delegating to `module`.
-    pub fn new(module: Arc<GuestModule>) -> Self {
-        WasmProxy { module }
+    /// A proxy routing with the live tenant set.
+    pub fn new(tenants: Arc<ArcSwap<TenantSet>>, metrics: Arc<Metrics>) -> Self {
+        WasmProxy { tenants, metrics }
     }
 
     /// The downstream request as JSON, encoded on first use; the caller
@@ -44,10 +54,19 @@ impl WasmProxy {
         })
     }
 
+    /// Counts a finished hook call.
+    fn observe<T>(&self, tenant: &Tenant, hook: Hook, started: Instant, result: &Result<T, HookFailure>) {
+        let fault = match result {
+            Err(HookFailure::Fault(fault)) => Some(fault),
+            _ => None,
+        };
+        self.metrics.hook_call(&tenant.name, hook, started.elapsed(), fault);
+    }
+
     /// Logs a failed hook with module, hook and reason, and turns it into
     /// the error whose type gives the client's status.
-    fn failed(&self, hook: Hook, failure: HookFailure) -> Box<Error> {
-        let module = self.module.name();
+    fn failed(&self, tenant: &Tenant, hook: Hook, failure: HookFailure) -> Box<Error> {
+        let module = tenant.module.name();
         match failure {
             HookFailure::Fault(fault) => {
                 log::error!("module {module}: {hook} failed: {fault}");
@@ -73,52 +92,111 @@ impl WasmProxy {
     }
 }
 
+/// The tenant a request was routed to in `request_filter`.
+fn routed(ctx: &RequestCtx) -> Result<Arc<Tenant>> {
+    ctx.tenant
+        .clone()
+        .ok_or_else(|| Error::explain(InternalError, "request reached a hook without a tenant"))
+}
+
 #[async_trait]
 impl ProxyHttp for WasmProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
+            tenant: None,
             guest_ctx: RawValue::from_string("null".into()).expect("null is JSON"),
             request_json: None,
         }
     }
 
-    /// Guest export `upstream_peer`: `{request, ctx}` -> `{peer, ctx}`.
-    async fn upstream_peer(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> Result<Box<HttpPeer>> {
-        let request = Self::take_request_json(session, ctx);
-        let result = abi::call_upstream_peer(&self.module, &request, &ctx.guest_ctx);
-        ctx.request_json = Some(request);
-        let (peer, new_ctx) = result.map_err(|failure| self.failed(Hook::UpstreamPeer, failure))?;
-        if let Some(new_ctx) = new_ctx {
-            ctx.guest_ctx = new_ctx;
+    /// Routing by Host: exact name, wildcard, default tenant; else 404.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.host())
+            .map(str::to_string);
+        let tenant = self.tenants.load().route(host.as_deref()).cloned();
+        match tenant {
+            Some(tenant) => {
+                self.metrics.request(&tenant.name);
+                ctx.tenant = Some(tenant);
+                Ok(false)
+            }
+            None => {
+                self.metrics.request("none");
+                let body = format!("no tenant serves host {:?}\n", host.unwrap_or_default());
+                session.respond_error_with_body(404, Bytes::from(body)).await?;
+                Ok(true)
+            }
         }
-        abi::build_peer(&peer)
-            .await
-            .map_err(|fault| self.failed(Hook::UpstreamPeer, fault.into()))
+    }
+
+    /// Guest export `upstream_peer`: `{request, ctx}` -> `{peer, ctx}`.
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let tenant = routed(ctx)?;
+        let request = Self::take_request_json(session, ctx);
+        let started = Instant::now();
+        let result = abi::call_upstream_peer(&tenant.module, &request, &ctx.guest_ctx);
+        self.observe(&tenant, Hook::UpstreamPeer, started, &result);
+        ctx.request_json = Some(request);
+        let peer = match result {
+            Ok((peer, new_ctx)) => {
+                if let Some(new_ctx) = new_ctx {
+                    ctx.guest_ctx = new_ctx;
+                }
+                abi::build_peer(&peer).await.map_err(HookFailure::Fault)
+            }
+            Err(failure) => Err(failure),
+        };
+        match (peer, tenant.on_guest_error, tenant.fallback_upstream) {
+            (Ok(peer), _, _) => Ok(peer),
+            (Err(HookFailure::Fault(fault)), GuestErrorPolicy::FailOpen, Some(fallback)) => {
+                log::warn!(
+                    "module {}: upstream_peer failed: {fault}; fail-open to {fallback}",
+                    tenant.module.name()
+                );
+                Ok(Box::new(HttpPeer::new(fallback, false, String::new())))
+            }
+            (Err(failure), _, _) => Err(self.failed(&tenant, Hook::UpstreamPeer, failure)),
+        }
     }
 
     /// Guest export `upstream_request_filter`: `{request, upstream_request,
-    /// ctx}` -> `{upstream_request, ctx}`, applied to the upstream request.
+    /// ctx}` -> `{upstream_changes | upstream_request, ctx}`, applied to the
+    /// upstream request.
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let tenant = routed(ctx)?;
         let request = Self::take_request_json(session, ctx);
+        let started = Instant::now();
         let result =
-            abi::filter_upstream_request(&self.module, &request, upstream_request, &ctx.guest_ctx);
+            abi::filter_upstream_request(&tenant.module, &request, upstream_request, &ctx.guest_ctx);
+        self.observe(&tenant, Hook::UpstreamRequestFilter, started, &result);
         ctx.request_json = Some(request);
-        let new_ctx =
-            result.map_err(|failure| self.failed(Hook::UpstreamRequestFilter, failure))?;
-        if let Some(new_ctx) = new_ctx {
-            ctx.guest_ctx = new_ctx;
+        match (result, tenant.on_guest_error) {
+            (Ok(new_ctx), _) => {
+                if let Some(new_ctx) = new_ctx {
+                    ctx.guest_ctx = new_ctx;
+                }
+                Ok(())
+            }
+            (Err(HookFailure::Fault(fault)), GuestErrorPolicy::FailOpen) => {
+                log::warn!(
+                    "module {}: upstream_request_filter failed: {fault}; fail-open, request unchanged",
+                    tenant.module.name()
+                );
+                Ok(())
+            }
+            (Err(failure), _) => Err(self.failed(&tenant, Hook::UpstreamRequestFilter, failure)),
         }
-        Ok(())
     }
 }

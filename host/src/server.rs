@@ -1,37 +1,54 @@
-//! Putting it together: load the module (failing before anything
-//! listens), then build Pingora's server around [`WasmProxy`].
+//! Putting it together: load the tenants' modules (failing before
+//! anything listens), then build Pingora's server around [`WasmProxy`],
+//! plus the epoch ticker, the reloader and the metrics endpoint.
 
 use std::sync::Arc;
 
 use anyhow::Context;
 use pingora::proxy::http_proxy_service;
 use pingora::server::Server;
+use arc_swap::ArcSwap;
 use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 
 use crate::cli::Cli;
 use crate::config;
+use crate::metrics::{Metrics, MetricsEndpoint};
 use crate::proxy::WasmProxy;
-use crate::runtime::{EngineOptions, EpochTicker, GuestEngine, GuestModule};
+use crate::reload::TenantReloader;
+use crate::runtime::{EngineOptions, EpochTicker, GuestEngine};
+use crate::tenants::TenantSet;
 
-/// Checks every input, loads the module and returns a server ready to run.
-/// With `-t`, Pingora's bootstrap exits here after the checks.
+/// The pooling allocator's per-instance memory ceiling: the largest
+/// per-tenant cap allowed. Each tenant's own cap is enforced per store.
+const MAX_MEMORY_LIMIT_BYTES: usize = 4096 << 20;
+
+/// Checks every input, loads the tenants' modules and returns a server
+/// ready to run. With `-t`, Pingora's bootstrap exits here after the checks.
 pub fn build(cli: Cli) -> anyhow::Result<Server> {
-    let module_config = config::module_config(&cli)?;
+    let source = config::tenant_source(&cli)?;
     let listen = config::listen_addrs(&cli)?;
+    let metrics_addr = config::metrics_addr(&cli)?;
     let limits = config::limits(&cli);
 
     let engine = GuestEngine::new(&EngineOptions {
-        max_memory_bytes: limits.memory_limit_bytes(),
+        max_memory_bytes: MAX_MEMORY_LIMIT_BYTES,
         cache_dir: config::module_cache_dir(&cli),
     })?;
-    let module = GuestModule::load(&engine, &cli.module, &module_config, limits)?;
-    log::info!(
-        "loaded {} (hook timeout {} ms, memory limit {} MiB, instance reuse {})",
-        cli.module.display(),
-        limits.hook_timeout_ms,
-        limits.memory_limit_mib,
-        limits.instance_reuse
-    );
+    let metrics = Arc::new(Metrics::new());
+    let tenants = TenantSet::load(&engine, &source, limits, &metrics)?;
+    for tenant in tenants.tenants() {
+        let limits = tenant.module.limits();
+        log::info!(
+            "tenant {}: {} (hook timeout {} ms, memory limit {} MiB, instance reuse {})",
+            tenant.name,
+            tenant.module.name(),
+            limits.hook_timeout_ms,
+            limits.memory_limit_mib,
+            limits.instance_reuse
+        );
+    }
+    let live = Arc::new(ArcSwap::from_pointee(tenants));
 
     let conf_path = cli.pingora.conf.clone();
     let mut server = Server::new(Some(cli.pingora)).map_err(|e| {
@@ -46,12 +63,26 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
     }
     server.bootstrap();
 
-    let mut proxy = http_proxy_service(&server.configuration, WasmProxy::new(Arc::new(module)));
+    let proxy_logic = WasmProxy::new(live.clone(), metrics.clone());
+    let mut proxy = http_proxy_service(&server.configuration, proxy_logic);
     for addr in &listen {
         proxy.add_tcp(addr);
     }
     server.add_service(proxy);
-    server.add_service(background_service("wasm epoch", EpochTicker(engine)));
+    if let Some(addr) = metrics_addr {
+        let mut endpoint = Service::new("metrics".to_string(), MetricsEndpoint(metrics.clone()));
+        endpoint.add_tcp(&addr);
+        server.add_service(endpoint);
+    }
+    server.add_service(background_service("wasm epoch", EpochTicker(engine.clone())));
+    let reloader = TenantReloader {
+        source,
+        engine,
+        defaults: limits,
+        live,
+        metrics,
+    };
+    server.add_service(background_service("tenant reload", reloader));
     Ok(server)
 }
 

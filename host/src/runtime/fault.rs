@@ -29,6 +29,22 @@ pub enum HookFault {
     InvalidOutput(String),
 }
 
+impl HookFault {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HookFault::Timeout { .. } => "timeout",
+            HookFault::MemoryLimit { .. } => "memory_limit",
+            HookFault::Trap { .. } => "trap",
+            HookFault::Instantiate(_) | HookFault::Alloc(_) => "instantiate",
+            HookFault::OutputOutOfBounds { .. }
+            | HookFault::OutputTooLarge { .. }
+            | HookFault::InvalidUtf8
+            | HookFault::InvalidOutput(_) => "invalid_output",
+        }
+    }
+}
+
 impl fmt::Display for HookFault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -1,0 +1,151 @@
+//! Prometheus metrics, by tenant and hook, served on `--metrics ADDR`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+use crate::runtime::{Hook, HookFault};
+
+/// Every metric the proxy exports, in one registry.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    hook_calls: IntCounterVec,
+    hook_duration: HistogramVec,
+    hook_faults: IntCounterVec,
+    module_loads: IntCounterVec,
+    reloads: IntCounter,
+    reload_failures: IntCounter,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let vec = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(vec.clone())).expect("unique metric");
+            vec
+        };
+        let requests = counter(
+            "wasm_proxy_requests_total",
+            "Requests routed to a tenant (tenant \"none\": no tenant matched).",
+            &["tenant"],
+        );
+        let hook_calls = counter(
+            "wasm_proxy_hook_calls_total",
+            "Guest hook calls.",
+            &["tenant", "hook"],
+        );
+        let hook_faults = counter(
+            "wasm_proxy_hook_faults_total",
+            "Guest hook calls that failed, by kind: trap, timeout, memory_limit, invalid_output, instantiate.",
+            &["tenant", "hook", "kind"],
+        );
+        let module_loads = counter(
+            "wasm_proxy_module_loads_total",
+            "Guest modules compiled and checked.",
+            &["tenant"],
+        );
+        let hook_duration = HistogramVec::new(
+            HistogramOpts::new("wasm_proxy_hook_duration_seconds", "Guest hook call duration.")
+                .buckets(vec![
+                    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 5e-3, 2e-2, 0.1,
+                ]),
+            &["tenant", "hook"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(hook_duration.clone()))
+            .expect("unique metric");
+        let plain = |name: &str, help: &str| {
+            let counter = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(counter.clone())).expect("unique metric");
+            counter
+        };
+        let reloads = plain("wasm_proxy_reloads_total", "Tenant set reloads that took effect.");
+        let reload_failures = plain(
+            "wasm_proxy_reload_failures_total",
+            "Tenant set reloads refused (the previous set kept serving).",
+        );
+        Metrics {
+            registry,
+            requests,
+            hook_calls,
+            hook_duration,
+            hook_faults,
+            module_loads,
+            reloads,
+            reload_failures,
+        }
+    }
+
+    /// A request routed to `tenant`.
+    pub fn request(&self, tenant: &str) {
+        self.requests.with_label_values(&[tenant]).inc();
+    }
+
+    /// A hook call of `tenant` that took `elapsed`, and its fault if any.
+    pub fn hook_call(&self, tenant: &str, hook: Hook, elapsed: Duration, fault: Option<&HookFault>) {
+        let hook = hook.to_string();
+        self.hook_calls.with_label_values(&[tenant, &hook]).inc();
+        self.hook_duration
+            .with_label_values(&[tenant, &hook])
+            .observe(elapsed.as_secs_f64());
+        if let Some(fault) = fault {
+            self.hook_faults
+                .with_label_values(&[tenant, &hook, fault.kind()])
+                .inc();
+        }
+    }
+
+    /// A module compiled for `tenant`.
+    pub fn module_load(&self, tenant: &str) {
+        self.module_loads.with_label_values(&[tenant]).inc();
+    }
+
+    /// A reload that took effect, or one that was refused.
+    pub fn reload(&self, succeeded: bool) {
+        if succeeded {
+            self.reloads.inc();
+        } else {
+            self.reload_failures.inc();
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Encoding into a Vec only fails on invalid metric families, which
+        // `new` cannot register.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The `--metrics` endpoint: any path answers with the text exposition.
+pub struct MetricsEndpoint(pub std::sync::Arc<Metrics>);
+
+#[async_trait]
+impl ServeHttp for MetricsEndpoint {
+    async fn response(&self, _session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        let body = self.0.render();
+        http::Response::builder()
+            .status(200)
+            .header("content-type", "text/plain; version=0.0.4")
+            .header("content-length", body.len())
+            .body(body)
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,106 @@
+//! Hot reload: on SIGHUP, or when the tenants file or a module file
+//! changes, build a new tenant set off the request path and swap it in.
+//! In-flight requests finish on the set they started with; a set that
+//! fails to load is refused with a log line and the old one keeps serving.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::metrics::Metrics;
+use crate::runtime::{GuestEngine, GuestLimits};
+use crate::tenants::{TenantSet, TenantSource};
+
+/// How often watched files are checked for changes.
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Rebuilds and swaps the live tenant set.
+pub struct TenantReloader {
+    /// Where the set comes from.
+    pub source: TenantSource,
+    /// The engine new modules are compiled with.
+    pub engine: Arc<GuestEngine>,
+    /// Limits of tenants that set none.
+    pub defaults: GuestLimits,
+    /// The set requests are routed with.
+    pub live: Arc<ArcSwap<TenantSet>>,
+    /// Where reloads are counted.
+    pub metrics: Arc<Metrics>,
+}
+
+impl TenantReloader {
+    /// Loads the set again; swaps it in if it loads, keeps the old one if
+    /// not. Returns whether the new set took effect.
+    pub fn reload(&self, why: &str) -> bool {
+        match TenantSet::load(&self.engine, &self.source, self.defaults, &self.metrics) {
+            Ok(set) => {
+                let names: Vec<&str> = set.tenants().iter().map(|t| t.name.as_str()).collect();
+                log::info!("reloaded tenants ({why}): {}", names.join(", "));
+                self.live.store(Arc::new(set));
+                self.metrics.reload(true);
+                true
+            }
+            Err(e) => {
+                let error = format!("{e:#}").replace('\n', " ");
+                log::error!("reload refused ({why}), the previous tenants keep serving: {error}");
+                self.metrics.reload(false);
+                false
+            }
+        }
+    }
+
+    fn stamps(&self) -> Vec<(PathBuf, Option<(SystemTime, u64)>)> {
+        let live = self.live.load();
+        let mut files: Vec<PathBuf> = live.watched_files().to_vec();
+        if let TenantSource::File(path) = &self.source {
+            if !files.contains(path) {
+                files.push(path.clone());
+            }
+        }
+        files
+            .into_iter()
+            .map(|path| {
+                let stamp = std::fs::metadata(&path)
+                    .ok()
+                    .and_then(|m| Some((m.modified().ok()?, m.len())));
+                (path, stamp)
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl BackgroundService for TenantReloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(hangup) => Some(hangup),
+            Err(e) => {
+                log::warn!("no reload on SIGHUP: {e}");
+                None
+            }
+        };
+        let mut seen = self.stamps();
+        let mut poll = tokio::time::interval(POLL_INTERVAL);
+        loop {
+            let why = tokio::select! {
+                _ = async { hangup.as_mut()?.recv().await }, if hangup.is_some() => "SIGHUP",
+                _ = poll.tick() => {
+                    if self.stamps() == seen {
+                        continue;
+                    }
+                    "file changed"
+                }
+                _ = shutdown.changed() => return,
+            };
+            // Compiling blocks this background thread, never a worker.
+            self.reload(why);
+            seen = self.stamps();
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! Tenants: which guest module serves which Host, under which limits.
+//!
+//! A [`TenantSet`] is immutable; a reload builds a new one and swaps it in,
+//! so a request keeps the tenant (and module) it was routed to.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+use crate::metrics::Metrics;
+use crate::runtime::{GuestEngine, GuestLimits, GuestModule};
+
+/// What to do when a tenant's guest fails (a fault, not its own refusal).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestErrorPolicy {
+    /// Answer 500.
+    #[default]
+    FailClosed,
+    /// Proxy anyway: to `fallback_upstream` if `upstream_peer` failed,
+    /// with the request unchanged if `upstream_request_filter` failed.
+    FailOpen,
+}
+
+/// One tenant: a name, its module and what to do when the module fails.
+pub struct Tenant {
+    /// The tenant's name, as in logs and metrics.
+    pub name: String,
+    /// Its guest module.
+    pub module: Arc<GuestModule>,
+    /// Fail closed or open.
+    pub on_guest_error: GuestErrorPolicy,
+    /// Where fail-open requests go when `upstream_peer` failed.
+    pub fallback_upstream: Option<SocketAddr>,
+}
+
+/// Where the tenant set comes from, so it can be loaded again.
+#[derive(Debug, Clone)]
+pub enum TenantSource {
+    /// One module serving every Host (`host MODULE.wasm`).
+    Module {
+        /// The module file.
+        path: PathBuf,
+        /// Its configuration JSON.
+        config_json: String,
+    },
+    /// A tenants file (`host --tenants FILE`).
+    File(PathBuf),
+}
+
+/// The tenants and the Host routing table.
+pub struct TenantSet {
+    tenants: Vec<Arc<Tenant>>,
+    exact: HashMap<String, usize>,
+    /// `(".acme.example", tenant)`, longest suffix first.
+    wildcards: Vec<(String, usize)>,
+    default: Option<usize>,
+    /// Files whose change triggers a reload.
+    watched: Vec<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantsFile {
+    tenants: Vec<TenantSpec>,
+    #[serde(default)]
+    default_tenant: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantSpec {
+    name: String,
+    #[serde(default)]
+    hosts: Vec<String>,
+    module: PathBuf,
+    #[serde(default)]
+    config: Option<serde_yaml::Value>,
+    #[serde(default)]
+    limits: LimitsSpec,
+    #[serde(default)]
+    on_guest_error: GuestErrorPolicy,
+    #[serde(default)]
+    fallback_upstream: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsSpec {
+    hook_timeout_ms: Option<u64>,
+    memory_limit_mib: Option<u64>,
+    instance_reuse: Option<u64>,
+}
+
+impl TenantSet {
+    /// Loads every tenant of `source`; any problem refuses the whole set.
+    /// `defaults` are the limits of tenants that do not set their own.
+    pub fn load(
+        engine: &GuestEngine,
+        source: &TenantSource,
+        defaults: GuestLimits,
+        metrics: &Metrics,
+    ) -> anyhow::Result<Self> {
+        match source {
+            TenantSource::Module { path, config_json } => {
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| path.display().to_string());
+                let module = GuestModule::load(engine, path, config_json, defaults)?;
+                metrics.module_load(&name);
+                let tenant = Tenant {
+                    name,
+                    module: Arc::new(module),
+                    on_guest_error: GuestErrorPolicy::FailClosed,
+                    fallback_upstream: None,
+                };
+                Ok(TenantSet {
+                    tenants: vec![Arc::new(tenant)],
+                    exact: HashMap::new(),
+                    wildcards: Vec::new(),
+                    default: Some(0),
+                    watched: vec![path.clone()],
+                })
+            }
+            TenantSource::File(path) => Self::load_file(engine, path, defaults, metrics)
+                .with_context(|| format!("tenants file {}", path.display())),
+        }
+    }
+
+    fn load_file(
+        engine: &GuestEngine,
+        path: &Path,
+        defaults: GuestLimits,
+        metrics: &Metrics,
+    ) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).context("reading it")?;
+        let file: TenantsFile = serde_yaml::from_str(&text).context("parsing it")?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut set = TenantSet {
+            tenants: Vec::new(),
+            exact: HashMap::new(),
+            wildcards: Vec::new(),
+            default: None,
+            watched: vec![path.to_path_buf()],
+        };
+        let mut names = HashSet::new();
+        for spec in file.tenants {
+            let name = spec.name.clone();
+            if !names.insert(name.clone()) {
+                bail!("tenant {name:?} appears twice");
+            }
+            let index = set.tenants.len();
+            for host in &spec.hosts {
+                set.add_host(host, index)
+                    .with_context(|| format!("tenant {name:?}"))?;
+            }
+            let tenant = build_tenant(engine, base, spec, defaults)
+                .with_context(|| format!("tenant {name:?}"))?;
+            metrics.module_load(&name);
+            set.watched.push(base.join(&tenant.1));
+            set.tenants.push(Arc::new(tenant.0));
+        }
+        if let Some(default) = &file.default_tenant {
+            let index = set
+                .tenants
+                .iter()
+                .position(|t| &t.name == default)
+                .with_context(|| format!("default_tenant {default:?} is not a tenant"))?;
+            set.default = Some(index);
+        }
+        set.wildcards.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        Ok(set)
+    }
+
+    fn add_host(&mut self, host: &str, index: usize) -> anyhow::Result<()> {
+        let host = host.trim().to_ascii_lowercase();
+        let taken = |host: &str| bail!("host {host:?} is already served by another tenant");
+        match host.strip_prefix('*') {
+            Some(suffix) => {
+                if !suffix.starts_with('.') || suffix.len() < 2 || suffix[1..].contains('*') {
+                    bail!("host pattern {host:?}: a wildcard must be `*.name`");
+                }
+                if self.wildcards.iter().any(|(s, _)| s == suffix) {
+                    return taken(&host);
+                }
+                self.wildcards.push((suffix.to_string(), index));
+            }
+            None => {
+                if host.is_empty() || host.contains('*') {
+                    bail!("host {host:?} is not a host name");
+                }
+                if self.exact.insert(host.clone(), index).is_some() {
+                    return taken(&host);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The tenant for a request's Host: exact name, then the longest
+    /// matching wildcard, then the default tenant.
+    pub fn route(&self, host: Option<&str>) -> Option<&Arc<Tenant>> {
+        let host = host.map(normalise_host);
+        let index = host
+            .as_deref()
+            .and_then(|host| {
+                self.exact.get(host).copied().or_else(|| {
+                    self.wildcards
+                        .iter()
+                        .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+                        .map(|(_, index)| *index)
+                })
+            })
+            .or(self.default)?;
+        self.tenants.get(index)
+    }
+
+    /// The tenants, in file order.
+    pub fn tenants(&self) -> &[Arc<Tenant>] {
+        &self.tenants
+    }
+
+    /// Files whose change should trigger a reload.
+    pub fn watched_files(&self) -> &[PathBuf] {
+        &self.watched
+    }
+}
+
+/// Builds one tenant; returns it and its module path (relative to `base`).
+fn build_tenant(
+    engine: &GuestEngine,
+    base: &Path,
+    spec: TenantSpec,
+    defaults: GuestLimits,
+) -> anyhow::Result<(Tenant, PathBuf)> {
+    let limits = GuestLimits {
+        hook_timeout_ms: spec.limits.hook_timeout_ms.unwrap_or(defaults.hook_timeout_ms),
+        memory_limit_mib: spec.limits.memory_limit_mib.unwrap_or(defaults.memory_limit_mib),
+        instance_reuse: spec.limits.instance_reuse.unwrap_or(defaults.instance_reuse),
+    };
+    if !(1..=10_000).contains(&limits.hook_timeout_ms) {
+        bail!("limits.hook_timeout_ms must be 1-10000");
+    }
+    if !(1..=4096).contains(&limits.memory_limit_mib) {
+        bail!("limits.memory_limit_mib must be 1-4096");
+    }
+    if limits.instance_reuse == 0 {
+        bail!("limits.instance_reuse must be at least 1");
+    }
+    let fallback_upstream = match &spec.fallback_upstream {
+        Some(addr) => Some(
+            addr.parse::<SocketAddr>()
+                .with_context(|| format!("fallback_upstream {addr:?} is not ip:port"))?,
+        ),
+        None => None,
+    };
+    if spec.on_guest_error == GuestErrorPolicy::FailOpen && fallback_upstream.is_none() {
+        bail!("on_guest_error: fail_open needs a fallback_upstream");
+    }
+    let config_json = match &spec.config {
+        Some(config) => serde_json::to_string(config).context("config is not JSON-compatible")?,
+        None => "{}".to_string(),
+    };
+    let module_path = base.join(&spec.module);
+    let name: Arc<str> = format!(
+        "{} (tenant {})",
+        spec.module.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        spec.name
+    )
+    .into();
+    let bytes = std::fs::read(&module_path)
+        .with_context(|| format!("reading {}", module_path.display()))?;
+    let module = GuestModule::from_bytes(engine, name, &bytes, &config_json, limits)
+        .with_context(|| format!("loading {}", module_path.display()))?;
+    let tenant = Tenant {
+        name: spec.name,
+        module: Arc::new(module),
+        on_guest_error: spec.on_guest_error,
+        fallback_upstream,
+    };
+    Ok((tenant, spec.module))
+}
+
+/// Lower case, no port, no trailing dot: `Acme.Example.:8080` -> `acme.example`.
+fn normalise_host(host: &str) -> String {
+    let host = host.trim();
+    let without_port = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        }
+    };
+    without_port.trim_end_matches('.').to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(hosts: &[(&str, usize)], default: Option<usize>) -> TenantSet {
+        let mut set = TenantSet {
+            tenants: Vec::new(),
+            exact: HashMap::new(),
+            wildcards: Vec::new(),
+            default,
+            watched: Vec::new(),
+        };
+        for (host, index) in hosts {
+            set.add_host(host, *index).unwrap();
+        }
+        set.wildcards.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        set
+    }
+
+    fn index(set: &TenantSet, host: &str) -> Option<usize> {
+        let host = normalise_host(host);
+        set.exact.get(&host).copied().or_else(|| {
+            set.wildcards
+                .iter()
+                .find(|(s, _)| host.len() > s.len() && host.ends_with(s.as_str()))
+                .map(|(_, i)| *i)
+        })
+        .or(set.default)
+    }
+
+    #[test]
+    fn exact_then_longest_wildcard_then_default() {
+        let set = set(
+            &[("acme.example", 0), ("*.acme.example", 1), ("*.eu.acme.example", 2)],
+            Some(3),
+        );
+        assert_eq!(index(&set, "ACME.example:8080"), Some(0));
+        assert_eq!(index(&set, "shop.acme.example"), Some(1));
+        assert_eq!(index(&set, "a.eu.acme.example."), Some(2));
+        assert_eq!(index(&set, "other.example"), Some(3));
+        assert_eq!(index(&set, "[::1]:80"), Some(3));
+    }
+
+    #[test]
+    fn bad_and_duplicate_hosts_are_refused() {
+        let mut set = set(&[("a.example", 0)], None);
+        assert!(set.add_host("a.example", 1).is_err());
+        assert!(set.add_host("*example", 1).is_err());
+        assert!(set.add_host("*.*.example", 1).is_err());
+        assert!(set.add_host("", 1).is_err());
+        assert_eq!(index(&set, "b.example"), None);
+    }
+}
