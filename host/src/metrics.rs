@@ -29,7 +29,9 @@ impl Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let vec = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(vec.clone())).expect("unique metric");
+            registry
+                .register(Box::new(vec.clone()))
+                .expect("unique metric");
             vec
         };
         let requests = counter(
@@ -53,10 +55,13 @@ impl Metrics {
             &["tenant"],
         );
         let hook_duration = HistogramVec::new(
-            HistogramOpts::new("wasm_proxy_hook_duration_seconds", "Guest hook call duration.")
-                .buckets(vec![
-                    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 5e-3, 2e-2, 0.1,
-                ]),
+            HistogramOpts::new(
+                "wasm_proxy_hook_duration_seconds",
+                "Guest hook call duration.",
+            )
+            .buckets(vec![
+                1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 5e-3, 2e-2, 0.1,
+            ]),
             &["tenant", "hook"],
         )
         .expect("valid metric");
@@ -65,10 +70,15 @@ impl Metrics {
             .expect("unique metric");
         let plain = |name: &str, help: &str| {
             let counter = IntCounter::new(name, help).expect("valid metric");
-            registry.register(Box::new(counter.clone())).expect("unique metric");
+            registry
+                .register(Box::new(counter.clone()))
+                .expect("unique metric");
             counter
         };
-        let reloads = plain("wasm_proxy_reloads_total", "Tenant set reloads that took effect.");
+        let reloads = plain(
+            "wasm_proxy_reloads_total",
+            "Tenant set reloads that took effect.",
+        );
         let reload_failures = plain(
             "wasm_proxy_reload_failures_total",
             "Tenant set reloads refused (the previous set kept serving).",
@@ -91,7 +101,13 @@ impl Metrics {
     }
 
     /// A hook call of `tenant` that took `elapsed`, and its fault if any.
-    pub fn hook_call(&self, tenant: &str, hook: Hook, elapsed: Duration, fault: Option<&HookFault>) {
+    pub fn hook_call(
+        &self,
+        tenant: &str,
+        hook: Hook,
+        elapsed: Duration,
+        fault: Option<&HookFault>,
+    ) {
         let hook = hook.to_string();
         self.hook_calls.with_label_values(&[tenant, &hook]).inc();
         self.hook_duration

@@ -55,12 +55,19 @@ impl WasmProxy {
     }
 
     /// Counts a finished hook call.
-    fn observe<T>(&self, tenant: &Tenant, hook: Hook, started: Instant, result: &Result<T, HookFailure>) {
+    fn observe<T>(
+        &self,
+        tenant: &Tenant,
+        hook: Hook,
+        started: Instant,
+        result: &Result<T, HookFailure>,
+    ) {
         let fault = match result {
             Err(HookFailure::Fault(fault)) => Some(fault),
             _ => None,
         };
-        self.metrics.hook_call(&tenant.name, hook, started.elapsed(), fault);
+        self.metrics
+            .hook_call(&tenant.name, hook, started.elapsed(), fault);
     }
 
     /// Logs a failed hook with module, hook and reason, and turns it into
@@ -130,14 +137,20 @@ impl ProxyHttp for WasmProxy {
             None => {
                 self.metrics.request("none");
                 let body = format!("no tenant serves host {:?}\n", host.unwrap_or_default());
-                session.respond_error_with_body(404, Bytes::from(body)).await?;
+                session
+                    .respond_error_with_body(404, Bytes::from(body))
+                    .await?;
                 Ok(true)
             }
         }
     }
 
     /// Guest export `upstream_peer`: `{request, ctx}` -> `{peer, ctx}`.
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let tenant = routed(ctx)?;
         let request = Self::take_request_json(session, ctx);
         let started = Instant::now();
@@ -178,8 +191,12 @@ impl ProxyHttp for WasmProxy {
         let tenant = routed(ctx)?;
         let request = Self::take_request_json(session, ctx);
         let started = Instant::now();
-        let result =
-            abi::filter_upstream_request(&tenant.module, &request, upstream_request, &ctx.guest_ctx);
+        let result = abi::filter_upstream_request(
+            &tenant.module,
+            &request,
+            upstream_request,
+            &ctx.guest_ctx,
+        );
         self.observe(&tenant, Hook::UpstreamRequestFilter, started, &result);
         ctx.request_json = Some(request);
         match (result, tenant.on_guest_error) {

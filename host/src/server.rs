@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use pingora::proxy::http_proxy_service;
 use pingora::server::Server;
-use arc_swap::ArcSwap;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
@@ -74,7 +74,10 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
         endpoint.add_tcp(&addr);
         server.add_service(endpoint);
     }
-    server.add_service(background_service("wasm epoch", EpochTicker(engine.clone())));
+    server.add_service(background_service(
+        "wasm epoch",
+        EpochTicker(engine.clone()),
+    ));
     let reloader = TenantReloader {
         source,
         engine,

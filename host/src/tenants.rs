@@ -173,7 +173,8 @@ impl TenantSet {
                 .with_context(|| format!("default_tenant {default:?} is not a tenant"))?;
             set.default = Some(index);
         }
-        set.wildcards.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        set.wildcards
+            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         Ok(set)
     }
 
@@ -212,7 +213,9 @@ impl TenantSet {
                 self.exact.get(host).copied().or_else(|| {
                     self.wildcards
                         .iter()
-                        .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+                        .find(|(suffix, _)| {
+                            host.len() > suffix.len() && host.ends_with(suffix.as_str())
+                        })
                         .map(|(_, index)| *index)
                 })
             })
@@ -239,9 +242,18 @@ fn build_tenant(
     defaults: GuestLimits,
 ) -> anyhow::Result<(Tenant, PathBuf)> {
     let limits = GuestLimits {
-        hook_timeout_ms: spec.limits.hook_timeout_ms.unwrap_or(defaults.hook_timeout_ms),
-        memory_limit_mib: spec.limits.memory_limit_mib.unwrap_or(defaults.memory_limit_mib),
-        instance_reuse: spec.limits.instance_reuse.unwrap_or(defaults.instance_reuse),
+        hook_timeout_ms: spec
+            .limits
+            .hook_timeout_ms
+            .unwrap_or(defaults.hook_timeout_ms),
+        memory_limit_mib: spec
+            .limits
+            .memory_limit_mib
+            .unwrap_or(defaults.memory_limit_mib),
+        instance_reuse: spec
+            .limits
+            .instance_reuse
+            .unwrap_or(defaults.instance_reuse),
     };
     if !(1..=10_000).contains(&limits.hook_timeout_ms) {
         bail!("limits.hook_timeout_ms must be 1-10000");
@@ -269,7 +281,10 @@ fn build_tenant(
     let module_path = base.join(&spec.module);
     let name: Arc<str> = format!(
         "{} (tenant {})",
-        spec.module.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        spec.module
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
         spec.name
     )
     .into();
@@ -315,25 +330,33 @@ mod tests {
         for (host, index) in hosts {
             set.add_host(host, *index).unwrap();
         }
-        set.wildcards.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        set.wildcards
+            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         set
     }
 
     fn index(set: &TenantSet, host: &str) -> Option<usize> {
         let host = normalise_host(host);
-        set.exact.get(&host).copied().or_else(|| {
-            set.wildcards
-                .iter()
-                .find(|(s, _)| host.len() > s.len() && host.ends_with(s.as_str()))
-                .map(|(_, i)| *i)
-        })
-        .or(set.default)
+        set.exact
+            .get(&host)
+            .copied()
+            .or_else(|| {
+                set.wildcards
+                    .iter()
+                    .find(|(s, _)| host.len() > s.len() && host.ends_with(s.as_str()))
+                    .map(|(_, i)| *i)
+            })
+            .or(set.default)
     }
 
     #[test]
     fn exact_then_longest_wildcard_then_default() {
         let set = set(
-            &[("acme.example", 0), ("*.acme.example", 1), ("*.eu.acme.example", 2)],
+            &[
+                ("acme.example", 0),
+                ("*.acme.example", 1),
+                ("*.eu.acme.example", 2),
+            ],
             Some(3),
         );
         assert_eq!(index(&set, "ACME.example:8080"), Some(0));

@@ -9,3 +9,4 @@ mod load;
 mod proxying;
 mod sandbox;
 mod startup;
+mod tenants;

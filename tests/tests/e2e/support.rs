@@ -226,6 +226,8 @@ fn certificate(
 /// How to start the proxy.
 pub struct ProxyOptions {
     pub module: PathBuf,
+    /// Serve a tenants file instead of `module`.
+    pub tenants: Option<PathBuf>,
     pub module_config: Option<Value>,
     pub ca_file: Option<PathBuf>,
     pub extra_args: Vec<String>,
@@ -235,6 +237,7 @@ impl ProxyOptions {
     pub fn new(guest_name: &str, module_config: Value) -> Self {
         ProxyOptions {
             module: guest(guest_name),
+            tenants: None,
             module_config: Some(module_config),
             ca_file: None,
             extra_args: Vec::new(),
@@ -298,6 +301,15 @@ impl Proxy {
             .find_map(|line| line.strip_prefix("VmRSS:"))
             .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("VmRSS in /proc/PID/status")
+    }
+
+    /// Sends SIGHUP (reload).
+    pub fn hangup(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 
     /// Whether the process is still running.
@@ -372,8 +384,12 @@ fn spawn(options: &ProxyOptions, args: &[String]) -> (Child, Arc<Mutex<String>>,
     std::fs::write(&conf_path, conf).unwrap();
 
     let mut command = Command::new(env!("CARGO_BIN_EXE_proxy-under-test"));
-    command.arg(&options.module).arg("-c").arg(&conf_path);
-    if let Some(config) = &options.module_config {
+    match &options.tenants {
+        Some(tenants) => command.arg("--tenants").arg(tenants),
+        None => command.arg(&options.module),
+    };
+    command.arg("-c").arg(&conf_path);
+    if let (Some(config), None) = (&options.module_config, &options.tenants) {
         command.arg("--module-config").arg(config.to_string());
     }
     command
@@ -404,6 +420,16 @@ pub fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap()
+}
+
+/// A tenants file for the proxy: guests' paths are absolute.
+pub fn write_tenants(path: &Path, yaml: &str) {
+    let guests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guests");
+    let yaml = yaml.replace("GUESTS", &guests.display().to_string());
+    // Write then rename: the proxy never reads half a file.
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, yaml).unwrap();
+    std::fs::rename(&partial, path).unwrap();
 }
 
 /// GETs `url` with `headers`; returns status and body.
