@@ -192,3 +192,30 @@ fn help_lists_our_flags_and_pingoras() {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
     }
 }
+
+#[test]
+fn tenants_files_that_cannot_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("tenants: [ {name: x", "parsing it"),
+        ("tenants:\n  - name: a\n    module: GUESTS/first_proxy.wasm\n    colour: red\n", "unknown field `colour`"),
+        ("tenants:\n  - name: a\n    module: missing.wasm\n", "tenant \"a\": reading"),
+        (
+            "tenants:\n  - {name: a, hosts: [x.example], module: GUESTS/first_proxy.wasm}\n  - {name: b, hosts: [x.example], module: GUESTS/first_proxy.wasm}\n",
+            "host \"x.example\" is already served by another tenant",
+        ),
+        ("tenants:\n  - {name: a, module: GUESTS/first_proxy.wasm}\ndefault_tenant: z\n", "default_tenant \"z\" is not a tenant"),
+        (
+            "tenants:\n  - {name: a, module: GUESTS/first_proxy.wasm, on_guest_error: fail_open}\n",
+            "fail_open needs a fallback_upstream",
+        ),
+        ("tenants:\n  - {name: a, module: GUESTS/first_proxy.wasm, config: {upstraem: x}}\n", "module refused its configuration"),
+    ];
+    for (yaml, message) in cases {
+        let path = dir.path().join("tenants.yaml");
+        write_tenants(&path, yaml);
+        let mut options = ProxyOptions::new("first_proxy", json!({}));
+        options.tenants = Some(path);
+        assert_refused(options, message);
+    }
+}

@@ -290,3 +290,50 @@ tenants:
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replacing_a_module_file_reloads_its_tenant() {
+    let upstream = Upstream::plain().await;
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("policy.wasm");
+    std::fs::copy(guest("first_proxy"), &module).unwrap();
+    let yaml = format!(
+        r#"
+tenants:
+  - name: acme
+    hosts: ["acme.example"]
+    module: policy.wasm
+    config: {{ upstream: "{u}", tls: false }}
+"#,
+        u = upstream.addr
+    );
+    // The module path is relative to the tenants file.
+    let (proxy, _) = tenants_proxy(&dir, &yaml, &[]);
+    let client = client();
+    let ctx_path = |body: &str| {
+        serde_json::from_str::<Value>(body)
+            .ok()
+            .and_then(|echo| echoed_header(&echo, "x-ctx-path"))
+    };
+    let (status, body) = get(&client, &proxy.url("/p"), &[("host", "acme.example")]).await;
+    assert_eq!((status, ctx_path(&body)), (200, None));
+
+    // Swap in ctx_relay, which accepts the same config and adds x-ctx-path.
+    let partial = dir.path().join("policy.wasm.partial");
+    std::fs::copy(guest("ctx_relay"), &partial).unwrap();
+    std::fs::rename(&partial, &module).unwrap();
+    let started = Instant::now();
+    loop {
+        let (status, body) = get(&client, &proxy.url("/p"), &[("host", "acme.example")]).await;
+        assert_eq!(status, 200);
+        if ctx_path(&body).as_deref() == Some("/p") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
