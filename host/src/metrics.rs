@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::runtime::{Hook, HookFault};
@@ -95,28 +96,28 @@ impl Metrics {
         }
     }
 
-    /// A request routed to `tenant`.
-    pub fn request(&self, tenant: &str) {
-        self.requests.with_label_values(&[tenant]).inc();
+    /// A request that matched no tenant.
+    pub fn unrouted_request(&self) {
+        self.requests.with_label_values(&["none"]).inc();
     }
 
-    /// A hook call of `tenant` that took `elapsed`, and its fault if any.
-    pub fn hook_call(
-        &self,
-        tenant: &str,
-        hook: Hook,
-        elapsed: Duration,
-        fault: Option<&HookFault>,
-    ) {
-        let hook = hook.to_string();
-        self.hook_calls.with_label_values(&[tenant, &hook]).inc();
-        self.hook_duration
-            .with_label_values(&[tenant, &hook])
-            .observe(elapsed.as_secs_f64());
-        if let Some(fault) = fault {
-            self.hook_faults
-                .with_label_values(&[tenant, &hook, fault.kind()])
-                .inc();
+    /// The per-request metrics of `tenant`, resolved once so the request
+    /// path does no label lookups.
+    pub fn tenant(&self, tenant: &str) -> TenantMetrics {
+        let hook = |hook: Hook| HookMetrics {
+            calls: self
+                .hook_calls
+                .with_label_values(&[tenant, &hook.to_string()]),
+            duration: self
+                .hook_duration
+                .with_label_values(&[tenant, &hook.to_string()]),
+        };
+        TenantMetrics {
+            name: tenant.to_string(),
+            requests: self.requests.with_label_values(&[tenant]),
+            upstream_peer: hook(Hook::UpstreamPeer),
+            upstream_request_filter: hook(Hook::UpstreamRequestFilter),
+            faults: self.hook_faults.clone(),
         }
     }
 
@@ -147,6 +148,42 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// One tenant's request and hook metrics.
+pub struct TenantMetrics {
+    name: String,
+    requests: IntCounter,
+    upstream_peer: HookMetrics,
+    upstream_request_filter: HookMetrics,
+    faults: IntCounterVec,
+}
+
+struct HookMetrics {
+    calls: IntCounter,
+    duration: Histogram,
+}
+
+impl TenantMetrics {
+    /// A request routed to this tenant.
+    pub fn request(&self) {
+        self.requests.inc();
+    }
+
+    /// A hook call that took `elapsed`, and its fault if any.
+    pub fn hook_call(&self, hook: Hook, elapsed: Duration, fault: Option<&HookFault>) {
+        let metrics = match hook {
+            Hook::UpstreamPeer => &self.upstream_peer,
+            Hook::UpstreamRequestFilter => &self.upstream_request_filter,
+        };
+        metrics.calls.inc();
+        metrics.duration.observe(elapsed.as_secs_f64());
+        if let Some(fault) = fault {
+            self.faults
+                .with_label_values(&[&self.name, &hook.to_string(), fault.kind()])
+                .inc();
+        }
     }
 }
 

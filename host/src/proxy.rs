@@ -55,19 +55,12 @@ impl WasmProxy {
     }
 
     /// Counts a finished hook call.
-    fn observe<T>(
-        &self,
-        tenant: &Tenant,
-        hook: Hook,
-        started: Instant,
-        result: &Result<T, HookFailure>,
-    ) {
+    fn observe<T>(tenant: &Tenant, hook: Hook, started: Instant, result: &Result<T, HookFailure>) {
         let fault = match result {
             Err(HookFailure::Fault(fault)) => Some(fault),
             _ => None,
         };
-        self.metrics
-            .hook_call(&tenant.name, hook, started.elapsed(), fault);
+        tenant.metrics.hook_call(hook, started.elapsed(), fault);
     }
 
     /// Logs a failed hook with module, hook and reason, and turns it into
@@ -125,24 +118,19 @@ impl ProxyHttp for WasmProxy {
             .headers
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri.host())
-            .map(str::to_string);
-        let tenant = self.tenants.load().route(host.as_deref()).cloned();
-        match tenant {
-            Some(tenant) => {
-                self.metrics.request(&tenant.name);
-                ctx.tenant = Some(tenant);
-                Ok(false)
-            }
-            None => {
-                self.metrics.request("none");
-                let body = format!("no tenant serves host {:?}\n", host.unwrap_or_default());
-                session
-                    .respond_error_with_body(404, Bytes::from(body))
-                    .await?;
-                Ok(true)
-            }
+            .or_else(|| req.uri.host());
+        let tenants = self.tenants.load();
+        if let Some(tenant) = tenants.route(host) {
+            tenant.metrics.request();
+            ctx.tenant = Some(tenant.clone());
+            return Ok(false);
         }
+        self.metrics.unrouted_request();
+        let body = format!("no tenant serves host {:?}\n", host.unwrap_or_default());
+        session
+            .respond_error_with_body(404, Bytes::from(body))
+            .await?;
+        Ok(true)
     }
 
     /// Guest export `upstream_peer`: `{request, ctx}` -> `{peer, ctx}`.
@@ -155,7 +143,7 @@ impl ProxyHttp for WasmProxy {
         let request = Self::take_request_json(session, ctx);
         let started = Instant::now();
         let result = abi::call_upstream_peer(&tenant.module, &request, &ctx.guest_ctx);
-        self.observe(&tenant, Hook::UpstreamPeer, started, &result);
+        Self::observe(&tenant, Hook::UpstreamPeer, started, &result);
         ctx.request_json = Some(request);
         let peer = match result {
             Ok((peer, new_ctx)) => {
@@ -197,7 +185,7 @@ impl ProxyHttp for WasmProxy {
             upstream_request,
             &ctx.guest_ctx,
         );
-        self.observe(&tenant, Hook::UpstreamRequestFilter, started, &result);
+        Self::observe(&tenant, Hook::UpstreamRequestFilter, started, &result);
         ctx.request_json = Some(request);
         match (result, tenant.on_guest_error) {
             (Ok(new_ctx), _) => {

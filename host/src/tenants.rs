@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TenantMetrics};
 use crate::runtime::{GuestEngine, GuestLimits, GuestModule};
 
 /// What to do when a tenant's guest fails (a fault, not its own refusal).
@@ -36,6 +36,8 @@ pub struct Tenant {
     pub on_guest_error: GuestErrorPolicy,
     /// Where fail-open requests go when `upstream_peer` failed.
     pub fallback_upstream: Option<SocketAddr>,
+    /// Its request and hook metrics.
+    pub metrics: TenantMetrics,
 }
 
 /// Where the tenant set comes from, so it can be loaded again.
@@ -114,6 +116,7 @@ impl TenantSet {
                 let module = GuestModule::load(engine, path, config_json, defaults)?;
                 metrics.module_load(&name);
                 let tenant = Tenant {
+                    metrics: metrics.tenant(&name),
                     name,
                     module: Arc::new(module),
                     on_guest_error: GuestErrorPolicy::FailClosed,
@@ -159,7 +162,7 @@ impl TenantSet {
                 set.add_host(host, index)
                     .with_context(|| format!("tenant {name:?}"))?;
             }
-            let tenant = build_tenant(engine, base, spec, defaults)
+            let tenant = build_tenant(engine, base, spec, defaults, metrics)
                 .with_context(|| format!("tenant {name:?}"))?;
             metrics.module_load(&name);
             set.watched.push(base.join(&tenant.1));
@@ -206,6 +209,9 @@ impl TenantSet {
     /// The tenant for a request's Host: exact name, then the longest
     /// matching wildcard, then the default tenant.
     pub fn route(&self, host: Option<&str>) -> Option<&Arc<Tenant>> {
+        if self.exact.is_empty() && self.wildcards.is_empty() {
+            return self.default.and_then(|index| self.tenants.get(index));
+        }
         let host = host.map(normalise_host);
         let index = host
             .as_deref()
@@ -240,6 +246,7 @@ fn build_tenant(
     base: &Path,
     spec: TenantSpec,
     defaults: GuestLimits,
+    metrics: &Metrics,
 ) -> anyhow::Result<(Tenant, PathBuf)> {
     let limits = GuestLimits {
         hook_timeout_ms: spec
@@ -293,6 +300,7 @@ fn build_tenant(
     let module = GuestModule::from_bytes(engine, name, &bytes, &config_json, limits)
         .with_context(|| format!("loading {}", module_path.display()))?;
     let tenant = Tenant {
+        metrics: metrics.tenant(&spec.name),
         name: spec.name,
         module: Arc::new(module),
         on_guest_error: spec.on_guest_error,

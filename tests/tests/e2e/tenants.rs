@@ -203,6 +203,15 @@ tenants:
             // A broken file in the middle: refused, the old set serves on.
             tokio::time::sleep(Duration::from_millis(250)).await;
             write_tenants(&path, "tenants: [ {name: broken");
+            let started = Instant::now();
+            while !proxy.log().contains("reload refused") {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "{}",
+                    proxy.log()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
     let last = format!("v{RELOADS}");
