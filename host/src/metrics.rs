@@ -180,10 +180,16 @@ impl TenantMetrics {
         metrics.calls.inc();
         metrics.duration.observe(elapsed.as_secs_f64());
         if let Some(fault) = fault {
-            self.faults
-                .with_label_values(&[&self.name, &hook.to_string(), fault.kind()])
-                .inc();
+            self.fault(hook, fault);
         }
+    }
+
+    /// A fault found in a hook's output after the call (e.g. a peer
+    /// address that does not resolve).
+    pub fn fault(&self, hook: Hook, fault: &HookFault) {
+        self.faults
+            .with_label_values(&[&self.name, &hook.to_string(), fault.kind()])
+            .inc();
     }
 }
 

@@ -42,16 +42,16 @@ impl WasmProxy {
         WasmProxy { tenants, metrics }
     }
 
-    /// The downstream request as JSON, encoded on first use; the caller
-    /// puts it back into the ctx for the next hook.
-    fn take_request_json(session: &Session, ctx: &mut RequestCtx) -> Arc<str> {
-        ctx.request_json.take().unwrap_or_else(|| {
+    /// The downstream request as JSON, encoded on first use.
+    fn request_json(session: &Session, ctx: &mut RequestCtx) -> Arc<str> {
+        let request = ctx.request_json.get_or_insert_with(|| {
             let request = abi::RequestJson {
                 header: session.req_header(),
                 client_addr: session.client_addr(),
             };
             request.to_json().into()
-        })
+        });
+        request.clone()
     }
 
     /// Counts a finished hook call.
@@ -140,17 +140,19 @@ impl ProxyHttp for WasmProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let tenant = routed(ctx)?;
-        let request = Self::take_request_json(session, ctx);
+        let request = Self::request_json(session, ctx);
         let started = Instant::now();
         let result = abi::call_upstream_peer(&tenant.module, &request, &ctx.guest_ctx);
         Self::observe(&tenant, Hook::UpstreamPeer, started, &result);
-        ctx.request_json = Some(request);
         let peer = match result {
             Ok((peer, new_ctx)) => {
                 if let Some(new_ctx) = new_ctx {
                     ctx.guest_ctx = new_ctx;
                 }
-                abi::build_peer(&peer).await.map_err(HookFailure::Fault)
+                abi::build_peer(&peer).await.map_err(|fault| {
+                    tenant.metrics.fault(Hook::UpstreamPeer, &fault);
+                    HookFailure::Fault(fault)
+                })
             }
             Err(failure) => Err(failure),
         };
@@ -177,7 +179,7 @@ impl ProxyHttp for WasmProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let tenant = routed(ctx)?;
-        let request = Self::take_request_json(session, ctx);
+        let request = Self::request_json(session, ctx);
         let started = Instant::now();
         let result = abi::filter_upstream_request(
             &tenant.module,
@@ -186,7 +188,6 @@ impl ProxyHttp for WasmProxy {
             &ctx.guest_ctx,
         );
         Self::observe(&tenant, Hook::UpstreamRequestFilter, started, &result);
-        ctx.request_json = Some(request);
         match (result, tenant.on_guest_error) {
             (Ok(new_ctx), _) => {
                 if let Some(new_ctx) = new_ctx {
