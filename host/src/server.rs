@@ -40,8 +40,7 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
     for tenant in tenants.tenants() {
         let limits = tenant.module.limits();
         log::info!(
-            "tenant {}: {} (hook timeout {} ms, memory limit {} MiB, instance reuse {})",
-            tenant.name,
+            "serving module {} (hook timeout {} ms, memory limit {} MiB, instance reuse {})",
             tenant.module.name(),
             limits.hook_timeout_ms,
             limits.memory_limit_mib,
