@@ -22,11 +22,13 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// growing further. Far above what an honest hook uses.
 const MAX_WASM_STACK: usize = 512 * 1024;
 
-/// Instance slots in the pooling allocator, over all modules. Live
-/// instances are those running a call (at most one per worker thread) plus
-/// each module's idle ones, so this is far from reached; past it,
-/// instantiation fails and that request gets 500.
-const MAX_INSTANCES: u32 = 256;
+/// Instance slots in the pooling allocator, over all modules and tenants.
+/// Live instances are those running a call (at most one per worker thread)
+/// plus each module's idle ones (at most one per worker thread that called
+/// it), so with 2 worker threads this serves some 400 tenants, reloads
+/// included. Past it, instantiation fails and that request gets 500. Each
+/// slot reserves (not commits) about 4 GiB of address space.
+const MAX_INSTANCES: u32 = 1000;
 
 /// Linear memory kept mapped when a pooled slot is freed: reset by memset
 /// instead of being unmapped and faulted in again. Covers a Rust guest's
