@@ -138,3 +138,20 @@ async fn every_listen_address_serves() {
     assert_eq!(get(&client, &proxy.url("/"), &[]).await.0, 200);
     assert_eq!(get(&client, &format!("http://{second}/"), &[]).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctx_travels_through_the_host_even_with_a_fresh_instance_per_call() {
+    let upstream = Upstream::plain().await;
+    let mut options =
+        ProxyOptions::new("ctx_relay", json!({"upstream": upstream.addr.to_string()}));
+    options.extra_args = vec!["--instance-reuse".into(), "1".into()];
+    let proxy = Proxy::start(options);
+    let client = client();
+    for i in 0..5 {
+        let stamp = format!("fresh-{i}");
+        let (status, body) = get(&client, &proxy.url("/f"), &[("x-stamp", &stamp)]).await;
+        assert_eq!(status, 200, "{body}");
+        let echo: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(echoed_header(&echo, "x-ctx-stamp"), Some(stamp));
+    }
+}
