@@ -6,32 +6,10 @@ use std::str::FromStr;
 use guest_sdk::wire;
 use http::{HeaderName, HeaderValue, Method};
 use pingora::http::RequestHeader;
-use pingora::proxy::Session;
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Serialize, Serializer};
 
 use crate::runtime::HookFault;
-
-/// The downstream request as the guest sees it.
-pub fn downstream_request(session: &Session) -> wire::Request {
-    let client_addr = session.client_addr().map(|addr| addr.to_string());
-    downstream_request_from(session.req_header(), client_addr)
-}
-
-/// As [`downstream_request`], from the request header and client address.
-pub fn downstream_request_from(req: &RequestHeader, client_addr: Option<String>) -> wire::Request {
-    wire::Request {
-        method: req.method.as_str().to_string(),
-        uri: String::from_utf8_lossy(req.raw_path()).into_owned(),
-        version: format!("{:?}", req.version),
-        headers: req
-            .headers
-            .iter()
-            .map(|(name, value)| (name.as_str().to_string(), lossy(value)))
-            .collect(),
-        client_addr,
-    }
-}
 
 /// The upstream request as the guest sees it, header names in the case
 /// they will be sent.
@@ -138,20 +116,19 @@ impl Serialize for HeadersJson<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let req = self.req;
         let mut seq = serializer.serialize_seq(Some(req.headers.len()))?;
-        let text = |value: &HeaderValue| String::from_utf8_lossy(value.as_bytes()).into_owned();
         if self.keep_case && req.has_case() {
             for (name, value) in req.case_header_iter() {
                 let name = String::from_utf8_lossy(name.as_slice());
                 match value.to_str() {
                     Ok(value) => seq.serialize_element(&(name, value))?,
-                    Err(_) => seq.serialize_element(&(name, text(value)))?,
+                    Err(_) => seq.serialize_element(&(name, lossy(value)))?,
                 }
             }
         } else {
             for (name, value) in req.headers.iter() {
                 match value.to_str() {
                     Ok(value) => seq.serialize_element(&(name.as_str(), value))?,
-                    Err(_) => seq.serialize_element(&(name.as_str(), text(value)))?,
+                    Err(_) => seq.serialize_element(&(name.as_str(), lossy(value)))?,
                 }
             }
         }
@@ -175,6 +152,45 @@ impl<T: std::fmt::Display> Serialize for DisplayStr<'_, T> {
     }
 }
 
+/// A new method and/or request target from a guest, checked before the
+/// request is touched.
+struct RequestLine<'a> {
+    method: Option<Method>,
+    uri: Option<&'a str>,
+}
+
+impl<'a> RequestLine<'a> {
+    fn checked(method: Option<&str>, uri: Option<&'a str>) -> Result<Self, HookFault> {
+        let method = match method {
+            Some(method) => Some(
+                Method::from_str(method)
+                    .map_err(|_| HookFault::InvalidOutput(format!("invalid method {method:?}")))?,
+            ),
+            None => None,
+        };
+        if let Some(uri) = uri {
+            if !(uri.starts_with('/') || uri == "*") {
+                return Err(HookFault::InvalidOutput(format!(
+                    "uri {uri:?} is not a path"
+                )));
+            }
+        }
+        Ok(RequestLine { method, uri })
+    }
+
+    fn apply(self, target: &mut RequestHeader) -> Result<(), HookFault> {
+        if let Some(uri) = self.uri {
+            target
+                .set_raw_path(uri.as_bytes())
+                .map_err(|e| HookFault::InvalidOutput(format!("uri {uri:?}: {e}")))?;
+        }
+        if let Some(method) = self.method {
+            target.set_method(method);
+        }
+        Ok(())
+    }
+}
+
 /// Applies a guest's list of changes. Everything is checked before
 /// anything is changed.
 pub fn apply_request_changes(
@@ -182,17 +198,7 @@ pub fn apply_request_changes(
     changes: &wire::RequestChanges,
 ) -> Result<(), HookFault> {
     let invalid = |what: String| HookFault::InvalidOutput(what);
-    let method = match &changes.method {
-        Some(method) => Some(
-            Method::from_str(method).map_err(|_| invalid(format!("invalid method {method:?}")))?,
-        ),
-        None => None,
-    };
-    if let Some(uri) = &changes.uri {
-        if !(uri.starts_with('/') || uri == "*") {
-            return Err(invalid(format!("uri {uri:?} is not a path")));
-        }
-    }
+    let line = RequestLine::checked(changes.method.as_deref(), changes.uri.as_deref())?;
     let mut ops = Vec::with_capacity(changes.headers.len());
     for op in &changes.headers {
         let (name, value) = match op {
@@ -213,14 +219,7 @@ pub fn apply_request_changes(
         ops.push((op, header_name, value));
     }
 
-    if let Some(uri) = &changes.uri {
-        target
-            .set_raw_path(uri.as_bytes())
-            .map_err(|e| invalid(format!("uri {uri:?}: {e}")))?;
-    }
-    if let Some(method) = method {
-        target.set_method(method);
-    }
+    line.apply(target)?;
     for (op, header_name, value) in ops {
         let result = match (op, value) {
             (wire::HeaderOp::Insert(name, _), Some(value)) => {
@@ -250,17 +249,10 @@ pub fn apply_upstream_request(
 ) -> Result<(), HookFault> {
     let invalid = |what: String| HookFault::InvalidOutput(what);
 
-    let method = if new.method != sent.method {
-        Some(
-            Method::from_str(&new.method)
-                .map_err(|_| invalid(format!("invalid method {:?}", new.method)))?,
-        )
-    } else {
-        None
-    };
-    if new.uri != sent.uri && !(new.uri.starts_with('/') || new.uri == "*") {
-        return Err(invalid(format!("uri {:?} is not a path", new.uri)));
-    }
+    let line = RequestLine::checked(
+        Some(new.method.as_str()).filter(|method| *method != sent.method),
+        Some(new.uri.as_str()).filter(|uri| *uri != sent.uri),
+    )?;
 
     let headers = if new.headers != sent.headers {
         let mut headers = Vec::with_capacity(new.headers.len());
@@ -277,14 +269,7 @@ pub fn apply_upstream_request(
         None
     };
 
-    if new.uri != sent.uri {
-        target
-            .set_raw_path(new.uri.as_bytes())
-            .map_err(|e| invalid(format!("uri {:?}: {e}", new.uri)))?;
-    }
-    if let Some(method) = method {
-        target.set_method(method);
-    }
+    line.apply(target)?;
     if let Some(headers) = headers {
         let names: Vec<HeaderName> = target.headers.keys().cloned().collect();
         for name in names {
@@ -347,7 +332,17 @@ mod tests {
             .unwrap(),
         )
         .unwrap();
-        assert_eq!(direct, downstream_request_from(&req, None));
+        let expected = wire::Request {
+            method: "GET".into(),
+            uri: "/a?b=1".into(),
+            version: "HTTP/1.1".into(),
+            headers: vec![
+                ("host".into(), "example.com".into()),
+                ("x-raw".into(), "caf\u{FFFD}".into()),
+            ],
+            client_addr: None,
+        };
+        assert_eq!(direct, expected);
         let direct: wire::UpstreamRequest =
             serde_json::from_str(&serde_json::to_string(&UpstreamRequestJson(&req)).unwrap())
                 .unwrap();
