@@ -41,7 +41,7 @@ fn load(guest: &str, config: &str, instance_reuse: u64) -> GuestModule {
     })
     .unwrap();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../guests/{guest}.wasm"));
-    GuestModule::load(&engine, &path, config, limits).unwrap()
+    GuestModule::load(&engine, guest.into(), &path, config, limits).unwrap()
 }
 
 /// One request's worth of hook work, as `WasmProxy` does it.

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use clap::Parser;
 use pingora::server::configuration::Opt;
 
+use crate::runtime::{MAX_HOOK_TIMEOUT_MS, MAX_MEMORY_LIMIT_MIB};
+
 /// A Pingora reverse proxy whose `upstream_peer` and
 /// `upstream_request_filter` hooks run in a sandboxed WebAssembly module.
 #[derive(Parser, Debug)]
@@ -39,12 +41,12 @@ pub struct Cli {
 
     /// Deadline of one guest hook call, in milliseconds (1-10000).
     #[arg(long, value_name = "MS", default_value_t = 20,
-          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+          value_parser = clap::value_parser!(u64).range(1..=MAX_HOOK_TIMEOUT_MS))]
     pub hook_timeout_ms: u64,
 
     /// Linear-memory cap of one guest instance, in MiB (1-4096).
     #[arg(long, value_name = "MIB", default_value_t = 64,
-          value_parser = clap::value_parser!(u64).range(1..=4096))]
+          value_parser = clap::value_parser!(u64).range(1..=MAX_MEMORY_LIMIT_MIB))]
     pub memory_limit_mib: u64,
 
     /// Hook calls one guest instance serves before it is replaced by a

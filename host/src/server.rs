@@ -16,12 +16,12 @@ use crate::config;
 use crate::metrics::{Metrics, MetricsEndpoint};
 use crate::proxy::WasmProxy;
 use crate::reload::TenantReloader;
-use crate::runtime::{EngineOptions, EpochTicker, GuestEngine};
+use crate::runtime::{EngineOptions, EpochTicker, GuestEngine, MAX_MEMORY_LIMIT_MIB};
 use crate::tenants::TenantSet;
 
 /// The pooling allocator's per-instance memory ceiling: the largest
 /// per-tenant cap allowed. Each tenant's own cap is enforced per store.
-const MAX_MEMORY_LIMIT_BYTES: usize = 4096 << 20;
+const MAX_MEMORY_LIMIT_BYTES: usize = (MAX_MEMORY_LIMIT_MIB as usize) << 20;
 
 /// Checks every input, loads the tenants' modules and returns a server
 /// ready to run. With `-t`, Pingora's bootstrap exits here after the checks.

@@ -113,7 +113,8 @@ impl TenantSet {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_else(|| path.display().to_string());
-                let module = GuestModule::load(engine, path, config_json, defaults)?;
+                let module =
+                    GuestModule::load(engine, name.as_str().into(), path, config_json, defaults)?;
                 metrics.module_load(&name);
                 let tenant = Tenant {
                     metrics: metrics.tenant(&name),
@@ -262,15 +263,7 @@ fn build_tenant(
             .instance_reuse
             .unwrap_or(defaults.instance_reuse),
     };
-    if !(1..=10_000).contains(&limits.hook_timeout_ms) {
-        bail!("limits.hook_timeout_ms must be 1-10000");
-    }
-    if !(1..=4096).contains(&limits.memory_limit_mib) {
-        bail!("limits.memory_limit_mib must be 1-4096");
-    }
-    if limits.instance_reuse == 0 {
-        bail!("limits.instance_reuse must be at least 1");
-    }
+    limits.check().context("limits")?;
     let fallback_upstream = match &spec.fallback_upstream {
         Some(addr) => Some(
             addr.parse::<SocketAddr>()
@@ -295,10 +288,7 @@ fn build_tenant(
         spec.name
     )
     .into();
-    let bytes = std::fs::read(&module_path)
-        .with_context(|| format!("reading {}", module_path.display()))?;
-    let module = GuestModule::from_bytes(engine, name, &bytes, &config_json, limits)
-        .with_context(|| format!("loading {}", module_path.display()))?;
+    let module = GuestModule::load(engine, name, &module_path, &config_json, limits)?;
     let tenant = Tenant {
         metrics: metrics.tenant(&spec.name),
         name: spec.name,

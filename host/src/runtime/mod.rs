@@ -9,4 +9,6 @@ mod module;
 pub use engine::{EngineOptions, EpochTicker, GuestEngine};
 pub use fault::HookFault;
 pub use instance::InputParts;
-pub use module::{decode_json, GuestLimits, GuestModule, Hook};
+pub use module::{
+    decode_json, GuestLimits, GuestModule, Hook, MAX_HOOK_TIMEOUT_MS, MAX_MEMORY_LIMIT_MIB,
+};

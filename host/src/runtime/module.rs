@@ -43,7 +43,27 @@ impl Default for GuestLimits {
     }
 }
 
+/// Largest `hook_timeout_ms` accepted.
+pub const MAX_HOOK_TIMEOUT_MS: u64 = 10_000;
+
+/// Largest `memory_limit_mib` accepted.
+pub const MAX_MEMORY_LIMIT_MIB: u64 = 4096;
+
 impl GuestLimits {
+    /// Refuses limits out of range (the flags' ranges).
+    pub fn check(&self) -> anyhow::Result<()> {
+        if !(1..=MAX_HOOK_TIMEOUT_MS).contains(&self.hook_timeout_ms) {
+            bail!("hook_timeout_ms must be 1-{MAX_HOOK_TIMEOUT_MS}");
+        }
+        if !(1..=MAX_MEMORY_LIMIT_MIB).contains(&self.memory_limit_mib) {
+            bail!("memory_limit_mib must be 1-{MAX_MEMORY_LIMIT_MIB}");
+        }
+        if self.instance_reuse == 0 {
+            bail!("instance_reuse must be at least 1");
+        }
+        Ok(())
+    }
+
     /// The epoch deadline for one call: one extra tick because the current
     /// tick may be about to end.
     pub fn deadline_ticks(&self) -> u64 {
@@ -88,19 +108,16 @@ pub struct GuestModule {
 
 impl GuestModule {
     /// Reads, compiles and checks the module at `path`, then makes a first
-    /// instance and hands it `config_json`. Every failure names its cause.
+    /// instance and hands it `config_json`. Every failure names its cause;
+    /// `name` labels its log lines.
     pub fn load(
         engine: &GuestEngine,
+        name: Arc<str>,
         path: &Path,
         config_json: &str,
         limits: GuestLimits,
     ) -> anyhow::Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let name: Arc<str> = path
-            .file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_else(|| path.to_string_lossy())
-            .into();
         Self::from_bytes(engine, name, &bytes, config_json, limits)
             .with_context(|| format!("loading {}", path.display()))
     }
