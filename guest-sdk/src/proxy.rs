@@ -100,11 +100,15 @@ impl wire::Request {
 
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        first_header(&self.headers, name)
     }
+}
+
+fn first_header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// Anything that names an upstream address: `("1.1.1.1", 443)`,
@@ -285,11 +289,7 @@ impl RequestHeader {
 
     /// The first value of header `name` (case-insensitive).
     pub fn get_header(&self, name: &str) -> Option<&str> {
-        self.view()
-            .headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        first_header(&self.view().headers, name)
     }
 
     /// Sets the method.

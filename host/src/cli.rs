@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use pingora::server::configuration::Opt;
 
-use crate::runtime::{MAX_HOOK_TIMEOUT_MS, MAX_MEMORY_LIMIT_MIB};
+use crate::runtime::{GuestLimits, MAX_HOOK_TIMEOUT_MS, MAX_MEMORY_LIMIT_MIB};
 
 /// A Pingora reverse proxy whose `upstream_peer` and
 /// `upstream_request_filter` hooks run in a sandboxed WebAssembly module.
@@ -40,19 +40,19 @@ pub struct Cli {
     pub module_config: Option<String>,
 
     /// Deadline of one guest hook call, in milliseconds (1-10000).
-    #[arg(long, value_name = "MS", default_value_t = 20,
+    #[arg(long, value_name = "MS", default_value_t = GuestLimits::default().hook_timeout_ms,
           value_parser = clap::value_parser!(u64).range(1..=MAX_HOOK_TIMEOUT_MS))]
     pub hook_timeout_ms: u64,
 
     /// Linear-memory cap of one guest instance, in MiB (1-4096).
-    #[arg(long, value_name = "MIB", default_value_t = 64,
+    #[arg(long, value_name = "MIB", default_value_t = GuestLimits::default().memory_limit_mib,
           value_parser = clap::value_parser!(u64).range(1..=MAX_MEMORY_LIMIT_MIB))]
     pub memory_limit_mib: u64,
 
     /// Hook calls one guest instance serves before it is replaced by a
     /// fresh one; 1 = a fresh instance for every call (most isolated,
     /// slowest). A faulted instance is always replaced.
-    #[arg(long, value_name = "N", default_value_t = 1000,
+    #[arg(long, value_name = "N", default_value_t = GuestLimits::default().instance_reuse,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub instance_reuse: u64,
 
