@@ -66,17 +66,7 @@ async fn ctx_set_in_upstream_peer_is_seen_by_upstream_request_filter() {
         json!({"upstream": upstream.addr.to_string()}),
     ));
     let client = client();
-    let mut requests = tokio::task::JoinSet::new();
-    for i in 0..20 {
-        let (client, url) = (client.clone(), proxy.url(&format!("/item/{i}")));
-        requests.spawn(async move {
-            let stamp = format!("stamp-{i}");
-            let (status, body) = get(&client, &url, &[("x-stamp", &stamp)]).await;
-            (i, stamp, status, body)
-        });
-    }
-    while let Some(result) = requests.join_next().await {
-        let (i, stamp, status, body) = result.unwrap();
+    for (i, stamp, status, body) in stamped_requests(&client, &proxy, 20, "/item/").await {
         assert_eq!(status, 200, "{body}");
         let echo: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(echoed_header(&echo, "x-ctx-stamp"), Some(stamp));

@@ -432,6 +432,30 @@ pub fn write_tenants(path: &Path, yaml: &str) {
     std::fs::rename(&partial, path).unwrap();
 }
 
+/// Sends `count` GETs at once to `{path_prefix}{i}`, each with header
+/// `x-stamp: stamp-{i}`; returns `(i, stamp, status, body)` per request.
+pub async fn stamped_requests(
+    client: &reqwest::Client,
+    proxy: &Proxy,
+    count: usize,
+    path_prefix: &str,
+) -> Vec<(usize, String, u16, String)> {
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..count {
+        let (client, url) = (client.clone(), proxy.url(&format!("{path_prefix}{i}")));
+        requests.spawn(async move {
+            let stamp = format!("stamp-{i}");
+            let (status, body) = get(&client, &url, &[("x-stamp", &stamp)]).await;
+            (i, stamp, status, body)
+        });
+    }
+    let mut results = Vec::with_capacity(count);
+    while let Some(result) = requests.join_next().await {
+        results.push(result.expect("request task"));
+    }
+    results
+}
+
 /// GETs `url` with `headers`; returns status and body.
 pub async fn get(client: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> (u16, String) {
     let mut request = client.get(url);
