@@ -114,9 +114,7 @@ fn hooks(c: &mut Criterion) {
     }
     .to_json()
     .into();
-    let upstream: Arc<str> = serde_json::to_string(&abi::UpstreamRequestJson(&req))
-        .unwrap()
-        .into();
+    let upstream = abi::upstream_request_json(&req).unwrap();
     let parts = InputParts {
         request: Some(request),
         upstream_request: Some(upstream),

@@ -93,7 +93,7 @@ proptest! {
             return Ok(());
         };
         let mut target = request();
-        let sent = upstream_request(&target);
+        let sent = upstream_request(&target).unwrap();
         if apply_upstream_request(&mut target, &sent, &new).is_err() {
             prop_assert_eq!(target.raw_path(), b"/start?x=1");
             prop_assert_eq!(target.method.as_str(), "GET");

@@ -8,10 +8,7 @@ use serde_json::value::RawValue;
 
 use pingora::http::RequestHeader;
 
-use super::request::{
-    apply_request_changes, apply_upstream_request, upstream_request as upstream_request_wire,
-    UpstreamRequestJson,
-};
+use super::request::{apply_request_changes, apply_upstream_request, upstream_request_json};
 use crate::runtime::{decode_json, GuestModule, Hook, HookFault, InputParts};
 
 /// How a hook call can fail to produce its result.
@@ -79,19 +76,18 @@ pub fn decode_peer_output(bytes: &[u8]) -> Result<PeerDecision, HookFault> {
     Ok(Ok((peer, output.ctx)))
 }
 
-/// Calls `upstream_request_filter` with the current upstream request.
+/// Calls `upstream_request_filter`; `upstream` is the current upstream
+/// request's JSON (see [`upstream_request_json`]).
 pub fn call_upstream_request_filter(
     module: &GuestModule,
     request: &Arc<str>,
-    upstream_request: &RequestHeader,
+    upstream: &Arc<str>,
     ctx: &RawValue,
 ) -> FilterDecision {
-    let upstream = serde_json::to_string(&UpstreamRequestJson(upstream_request))
-        .map_err(|e| HookFault::InvalidOutput(format!("encoding input: {e}")))?;
     let (input, parts) = if module.lazy_input() {
         let parts = InputParts {
             request: Some(request.clone()),
-            upstream_request: Some(upstream.into()),
+            upstream_request: Some(upstream.clone()),
         };
         (join(&[r#"{"ctx":"#, ctx.get(), "}"]), parts)
     } else {
@@ -99,7 +95,7 @@ pub fn call_upstream_request_filter(
             r#"{"request":"#,
             request,
             r#","upstream_request":"#,
-            &upstream,
+            upstream,
             r#","ctx":"#,
             ctx.get(),
             "}",
@@ -132,13 +128,15 @@ pub fn filter_upstream_request(
     upstream_request: &mut RequestHeader,
     ctx: &RawValue,
 ) -> Result<Option<Box<RawValue>>, HookFailure> {
-    let (edit, new_ctx) = call_upstream_request_filter(module, request, upstream_request, ctx)?;
+    let upstream = upstream_request_json(upstream_request)?;
+    let (edit, new_ctx) = call_upstream_request_filter(module, request, &upstream, ctx)?;
     match edit {
         UpstreamEdit::Unchanged => {}
         UpstreamEdit::Changes(changes) => apply_request_changes(upstream_request, &changes)?,
         UpstreamEdit::Whole(returned) => {
             // What the guest was shown, to touch only what it changed.
-            let sent = upstream_request_wire(upstream_request);
+            let sent: wire::UpstreamRequest = serde_json::from_str(&upstream)
+                .map_err(|e| HookFault::InvalidOutput(format!("re-reading the input: {e}")))?;
             apply_upstream_request(upstream_request, &sent, &returned)?;
         }
     }
@@ -161,6 +159,7 @@ pub fn decode_filter_output(bytes: &[u8]) -> Result<FilterDecision, HookFault> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::request::upstream_request as upstream_request_wire;
     use super::*;
     use crate::runtime::{EngineOptions, GuestEngine, GuestLimits};
 
@@ -203,9 +202,9 @@ mod tests {
         let ctx = ctx.unwrap();
         assert_eq!(ctx.get(), r#"{"seen":1}"#);
 
-        let before = upstream_request_wire(&req);
+        let before = upstream_request_wire(&req).unwrap();
         let new_ctx = filter_upstream_request(&module, &request, &mut req, &ctx).unwrap();
         assert_eq!(new_ctx.unwrap().get(), r#"{"seen":1}"#);
-        assert_eq!(upstream_request_wire(&req), before);
+        assert_eq!(upstream_request_wire(&req).unwrap(), before);
     }
 }

@@ -15,6 +15,6 @@ pub use hooks::{
 };
 pub use peer::{build_peer, http_peer, peer_address, PeerAddress};
 pub use request::{
-    apply_request_changes, apply_upstream_request, upstream_request, RequestJson,
-    UpstreamRequestJson,
+    apply_request_changes, apply_upstream_request, upstream_request, upstream_request_json,
+    RequestJson, UpstreamRequestJson,
 };

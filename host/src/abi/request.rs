@@ -2,6 +2,7 @@
 //! reads, the upstream request it may change, and applying its changes.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use guest_sdk::wire;
 use http::{HeaderName, HeaderValue, Method};
@@ -11,27 +12,17 @@ use serde::{Serialize, Serializer};
 
 use crate::runtime::HookFault;
 
-/// The upstream request as the guest sees it, header names in the case
-/// they will be sent.
-pub fn upstream_request(req: &RequestHeader) -> wire::UpstreamRequest {
-    let headers = if req.has_case() {
-        req.case_header_iter()
-            .map(|(name, value)| {
-                let name = String::from_utf8_lossy(name.as_slice()).into_owned();
-                (name, lossy(value))
-            })
-            .collect()
-    } else {
-        req.headers
-            .iter()
-            .map(|(name, value)| (name.as_str().to_string(), lossy(value)))
-            .collect()
-    };
-    wire::UpstreamRequest {
-        method: req.method.as_str().to_string(),
-        uri: String::from_utf8_lossy(req.raw_path()).into_owned(),
-        headers,
-    }
+/// The upstream request's JSON, as a guest is shown it.
+pub fn upstream_request_json(req: &RequestHeader) -> Result<Arc<str>, HookFault> {
+    serde_json::to_string(&UpstreamRequestJson(req))
+        .map(Arc::from)
+        .map_err(|e| HookFault::InvalidOutput(format!("encoding input: {e}")))
+}
+
+/// The upstream request exactly as a guest is shown it, decoded.
+pub fn upstream_request(req: &RequestHeader) -> Result<wire::UpstreamRequest, HookFault> {
+    serde_json::from_str(&upstream_request_json(req)?)
+        .map_err(|e| HookFault::InvalidOutput(format!("re-reading the input: {e}")))
 }
 
 fn lossy(value: &HeaderValue) -> String {
@@ -343,10 +334,15 @@ mod tests {
             client_addr: None,
         };
         assert_eq!(direct, expected);
-        let direct: wire::UpstreamRequest =
-            serde_json::from_str(&serde_json::to_string(&UpstreamRequestJson(&req)).unwrap())
-                .unwrap();
-        assert_eq!(direct, upstream_request(&req));
+        let expected = wire::UpstreamRequest {
+            method: "GET".into(),
+            uri: "/a?b=1".into(),
+            headers: vec![
+                ("Host".into(), "example.com".into()),
+                ("X-Raw".into(), "caf\u{FFFD}".into()),
+            ],
+        };
+        assert_eq!(upstream_request(&req).unwrap(), expected);
     }
 
     #[test]
@@ -383,7 +379,7 @@ mod tests {
     #[test]
     fn unchanged_output_changes_nothing() {
         let mut req = request();
-        let sent = upstream_request(&req);
+        let sent = upstream_request(&req).unwrap();
         apply_upstream_request(&mut req, &sent, &sent.clone()).unwrap();
         assert_eq!(req.headers.get("x-raw").unwrap().as_bytes(), b"caf\xe9");
         assert_eq!(req.raw_path(), b"/a?b=1");
@@ -392,7 +388,7 @@ mod tests {
     #[test]
     fn changed_headers_replace_all_and_keep_untouched_raw_bytes() {
         let mut req = request();
-        let sent = upstream_request(&req);
+        let sent = upstream_request(&req).unwrap();
         let mut new = sent.clone();
         new.headers[0].1 = "other.example".into();
         new.headers.push(("X-New".into(), "1".into()));
@@ -415,7 +411,7 @@ mod tests {
             ("method", "G ET"),
         ] {
             let mut req = request();
-            let sent = upstream_request(&req);
+            let sent = upstream_request(&req).unwrap();
             let mut new = sent.clone();
             match field {
                 "name" => new.headers.push((bad.into(), "v".into())),
