@@ -5,14 +5,13 @@
 //! `cargo bench -p host --bench hooks`
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use host::abi;
 use host::runtime::{EngineOptions, GuestEngine, GuestLimits, GuestModule, Hook, InputParts};
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
-use serde_json::value::RawValue;
 
 /// A request as curl sends it, plus a few headers a browser would add.
 fn client_request() -> RequestHeader {
@@ -46,26 +45,21 @@ fn load(guest: &str, config: &str, instance_reuse: u64) -> GuestModule {
 
 /// One request's worth of hook work, as `WasmProxy` does it.
 fn wasm_request(module: &GuestModule, req: &RequestHeader) -> Box<HttpPeer> {
-    let mut guest_ctx = RawValue::from_string("null".into()).unwrap();
-    let request = abi::RequestJson {
-        header: req,
-        client_addr: None,
-    };
-    let request: Arc<str> = request.to_json().into();
+    let request_json = OnceLock::new();
+    let request = abi::DownstreamRequest::new(req, None, &request_json);
+    let mut ctx = abi::GuestCtx::default();
 
-    let (peer, new_ctx) = abi::call_upstream_peer(module, &request, &guest_ctx).unwrap();
-    if let Some(new_ctx) = new_ctx {
-        guest_ctx = new_ctx;
-    }
+    let (peer, update) = abi::call_upstream_peer(module, &request, &ctx).unwrap();
+    ctx.apply(update);
     let abi::PeerAddress::Ip(addr) = abi::peer_address(&peer.address).unwrap() else {
         panic!("bench peers are IP addresses");
     };
     let http_peer = abi::http_peer(addr, &peer).unwrap();
 
     let mut upstream = req.clone();
-    let new_ctx =
-        abi::filter_upstream_request(module, &request, &mut upstream, &guest_ctx).unwrap();
-    black_box((new_ctx, upstream));
+    let update = abi::filter_upstream_request(module, &request, &mut upstream, &ctx).unwrap();
+    ctx.apply(update);
+    black_box((ctx, upstream));
     http_peer
 }
 
@@ -80,6 +74,22 @@ fn native_request(req: &RequestHeader) -> Box<HttpPeer> {
     upstream.insert_header("Host", "one.one.one.one").unwrap();
     black_box(upstream);
     peer
+}
+
+/// Input parts encoded ahead, so that only the guest's work is timed.
+struct EncodedParts {
+    request: String,
+    upstream_request: String,
+}
+
+impl InputParts for EncodedParts {
+    fn part(&self, part: i32) -> Option<&str> {
+        match part {
+            guest_sdk::wire::PART_REQUEST => Some(&self.request),
+            guest_sdk::wire::PART_UPSTREAM_REQUEST => Some(&self.upstream_request),
+            _ => None,
+        }
+    }
 }
 
 fn hooks(c: &mut Criterion) {
@@ -108,16 +118,13 @@ fn hooks(c: &mut Criterion) {
     // Where the time goes: the guest's share, from input bytes to output
     // bytes, with the host's encoding and decoding left out.
     let mut group = c.benchmark_group("guest call only");
-    let request: Arc<str> = abi::RequestJson {
-        header: &req,
-        client_addr: None,
-    }
-    .to_json()
-    .into();
-    let upstream = abi::upstream_request_json(&req).unwrap();
-    let parts = InputParts {
-        request: Some(request),
-        upstream_request: Some(upstream),
+    let parts = EncodedParts {
+        request: abi::RequestJson {
+            header: &req,
+            client_addr: None,
+        }
+        .to_json(),
+        upstream_request: abi::UpstreamRequestJson(&req).to_json(),
     };
     for (name, hook) in [
         ("upstream_peer", Hook::UpstreamPeer),
@@ -126,7 +133,7 @@ fn hooks(c: &mut Criterion) {
         group.bench_function(format!("first_proxy {name}"), |b| {
             b.iter(|| {
                 reused
-                    .call(hook, br#"{"ctx":null}"#, parts.clone(), |out| Ok(out.len()))
+                    .call(hook, &[br#"{"ctx":null}"#], &parts, |out| Ok(out.len()))
                     .unwrap()
             })
         });

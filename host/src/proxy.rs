@@ -3,7 +3,7 @@
 //! delegated to that tenant's guest module, to the exports of the same
 //! names, with the per-request ctx carried as JSON between them.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -12,9 +12,8 @@ use bytes::Bytes;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
-use serde_json::value::RawValue;
 
-use crate::abi::{self, HookFailure};
+use crate::abi::{self, DownstreamRequest, GuestCtx, HookFailure};
 use crate::metrics::Metrics;
 use crate::runtime::Hook;
 use crate::tenants::{GuestErrorPolicy, Tenant, TenantSet};
@@ -31,27 +30,16 @@ pub struct RequestCtx {
     /// even if a reload replaces the tenant set meanwhile.
     tenant: Option<Arc<Tenant>>,
     /// The guest-visible ctx, kept as the JSON the guest returned.
-    guest_ctx: Box<RawValue>,
-    /// The downstream request, encoded once for both hooks.
-    request_json: Option<Arc<str>>,
+    guest_ctx: GuestCtx,
+    /// The downstream request's JSON, encoded once for both hooks if a
+    /// guest asks for it.
+    request_json: OnceLock<String>,
 }
 
 impl WasmProxy {
     /// A proxy routing with the live tenant set.
     pub fn new(tenants: Arc<ArcSwap<TenantSet>>, metrics: Arc<Metrics>) -> Self {
         WasmProxy { tenants, metrics }
-    }
-
-    /// The downstream request as JSON, encoded on first use.
-    fn request_json(session: &Session, ctx: &mut RequestCtx) -> Arc<str> {
-        let request = ctx.request_json.get_or_insert_with(|| {
-            let request = abi::RequestJson {
-                header: session.req_header(),
-                client_addr: session.client_addr(),
-            };
-            request.to_json().into()
-        });
-        request.clone()
     }
 
     /// Counts a finished hook call.
@@ -106,8 +94,8 @@ impl ProxyHttp for WasmProxy {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             tenant: None,
-            guest_ctx: RawValue::from_string("null".into()).expect("null is JSON"),
-            request_json: None,
+            guest_ctx: GuestCtx::default(),
+            request_json: OnceLock::new(),
         }
     }
 
@@ -140,15 +128,17 @@ impl ProxyHttp for WasmProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let tenant = routed(ctx)?;
-        let request = Self::request_json(session, ctx);
+        let request = DownstreamRequest::new(
+            session.req_header(),
+            session.client_addr(),
+            &ctx.request_json,
+        );
         let started = Instant::now();
         let result = abi::call_upstream_peer(&tenant.module, &request, &ctx.guest_ctx);
         Self::observe(&tenant, Hook::UpstreamPeer, started, &result);
         let peer = match result {
-            Ok((peer, new_ctx)) => {
-                if let Some(new_ctx) = new_ctx {
-                    ctx.guest_ctx = new_ctx;
-                }
+            Ok((peer, update)) => {
+                ctx.guest_ctx.apply(update);
                 abi::build_peer(&peer).await.map_err(|fault| {
                     tenant.metrics.fault(Hook::UpstreamPeer, &fault);
                     HookFailure::Fault(fault)
@@ -179,7 +169,11 @@ impl ProxyHttp for WasmProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let tenant = routed(ctx)?;
-        let request = Self::request_json(session, ctx);
+        let request = DownstreamRequest::new(
+            session.req_header(),
+            session.client_addr(),
+            &ctx.request_json,
+        );
         let started = Instant::now();
         let result = abi::filter_upstream_request(
             &tenant.module,
@@ -189,10 +183,8 @@ impl ProxyHttp for WasmProxy {
         );
         Self::observe(&tenant, Hook::UpstreamRequestFilter, started, &result);
         match (result, tenant.on_guest_error) {
-            (Ok(new_ctx), _) => {
-                if let Some(new_ctx) = new_ctx {
-                    ctx.guest_ctx = new_ctx;
-                }
+            (Ok(update), _) => {
+                ctx.guest_ctx.apply(update);
                 Ok(())
             }
             (Err(HookFailure::Fault(fault)), GuestErrorPolicy::FailOpen) => {

@@ -74,6 +74,12 @@ impl ProxyHttp for CtxRelay {
         upstream_request.insert_header("x-ctx-path", ctx.path.as_str())?;
         upstream_request.insert_header("x-ctx-stamp", ctx.stamp.as_deref().unwrap_or("none"))?;
         upstream_request.insert_header("x-ctx-peer-calls", ctx.peer_calls.to_string())?;
+        // Read from the upstream request itself, before it is removed.
+        let saw = upstream_request
+            .get_header("x-stamp")
+            .unwrap_or("none")
+            .to_string();
+        upstream_request.insert_header("x-filter-saw-stamp", saw)?;
         upstream_request.remove_header("x-stamp");
         Ok(())
     }

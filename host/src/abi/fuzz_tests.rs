@@ -63,8 +63,8 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-        let _ = decode_peer_output(&bytes);
-        let _ = decode_filter_output(&bytes);
+        let _ = decode_peer_output(&bytes, &GuestCtx::default());
+        let _ = decode_filter_output(&bytes, &GuestCtx::default());
     }
 
     #[test]
@@ -76,7 +76,7 @@ proptest! {
         ];
         for output in outputs {
             let bytes = output.to_string().into_bytes();
-            if let Ok(Ok((peer, _ctx))) = decode_peer_output(&bytes) {
+            if let Ok(Ok((peer, _ctx))) = decode_peer_output(&bytes, &GuestCtx::default()) {
                 if let Ok(PeerAddress::Ip(addr)) = peer_address(&peer.address) {
                     let _ = http_peer(addr, &peer);
                 }
@@ -89,7 +89,7 @@ proptest! {
         new in upstream_request_json(),
     ) {
         let bytes = json!({"upstream_request": new}).to_string().into_bytes();
-        let Ok(Ok((UpstreamEdit::Whole(new), _))) = decode_filter_output(&bytes) else {
+        let Ok(Ok((UpstreamEdit::Whole(new), _))) = decode_filter_output(&bytes, &GuestCtx::default()) else {
             return Ok(());
         };
         let mut target = request();
@@ -121,11 +121,11 @@ proptest! {
     ) {
         let changes = wire::RequestChanges { method, uri, headers };
         let bytes = json!({"upstream_changes": changes}).to_string().into_bytes();
-        let Ok(Ok((UpstreamEdit::Changes(changes), _))) = decode_filter_output(&bytes) else {
+        let Ok(Ok((UpstreamEdit::Changes(changes), _))) = decode_filter_output(&bytes, &GuestCtx::default()) else {
             return Ok(());
         };
         let mut target = request();
-        if apply_request_changes(&mut target, &changes).is_err() {
+        if apply_request_changes(&mut target, changes).is_err() {
             prop_assert_eq!(target.raw_path(), b"/start?x=1");
             prop_assert_eq!(target.method.as_str(), "GET");
             prop_assert_eq!(target.headers.len(), 2);

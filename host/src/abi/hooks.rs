@@ -1,15 +1,15 @@
-//! The two request hooks as typed calls: encode the input, run the guest,
+//! The two request hooks as typed calls: show the guest its input, run it,
 //! decode and sort its answer.
-
-use std::sync::Arc;
 
 use guest_sdk::wire::{self, FilterOutput, HookError, PeerOutput};
 use serde_json::value::RawValue;
 
 use pingora::http::RequestHeader;
 
-use super::request::{apply_request_changes, apply_upstream_request, upstream_request_json};
-use crate::runtime::{decode_json, GuestModule, Hook, HookFault, InputParts};
+use super::ctx::{CtxUpdate, GuestCtx};
+use super::input::{DownstreamRequest, HookInput};
+use super::request::{apply_request_changes, apply_upstream_request, upstream_request};
+use crate::runtime::{decode_json, GuestModule, Hook, HookFault};
 
 /// How a hook call can fail to produce its result.
 #[derive(Debug)]
@@ -26,9 +26,9 @@ impl From<HookFault> for HookFailure {
     }
 }
 
-/// What `upstream_peer` decided: the peer and the new ctx (None:
-/// unchanged), or a refusal.
-pub type PeerDecision = Result<(wire::Peer, Option<Box<RawValue>>), HookFailure>;
+/// What `upstream_peer` decided: the peer and what becomes of the ctx, or
+/// a refusal.
+pub type PeerDecision = Result<(wire::Peer, CtxUpdate), HookFailure>;
 
 /// How `upstream_request_filter` wants the upstream request changed.
 #[derive(Debug)]
@@ -41,111 +41,100 @@ pub enum UpstreamEdit {
     Changes(wire::RequestChanges),
 }
 
-/// What `upstream_request_filter` decided: the edit and the new ctx (None:
-/// unchanged), or a refusal.
-pub type FilterDecision = Result<(UpstreamEdit, Option<Box<RawValue>>), HookFailure>;
+/// What `upstream_request_filter` decided: the edit and what becomes of the
+/// ctx, or a refusal.
+pub type FilterDecision = Result<(UpstreamEdit, CtxUpdate), HookFailure>;
 
-/// Calls `upstream_peer`. `request` is the downstream request's JSON.
+/// Calls `upstream_peer` for `request` with the request's `ctx`.
 pub fn call_upstream_peer(
     module: &GuestModule,
-    request: &Arc<str>,
-    ctx: &RawValue,
+    request: &DownstreamRequest<'_>,
+    ctx: &GuestCtx,
 ) -> PeerDecision {
-    let (input, parts) = if module.lazy_input() {
-        let parts = InputParts {
-            request: Some(request.clone()),
-            upstream_request: None,
-        };
-        (join(&[r#"{"ctx":"#, ctx.get(), "}"]), parts)
+    let input = HookInput::new(request, None);
+    let decode = |bytes: &[u8]| decode_peer_output(bytes, ctx);
+    let ctx_json = ctx.json().as_bytes();
+    if module.lazy_input() {
+        let pieces: [&[u8]; 3] = [br#"{"ctx":"#, ctx_json, b"}"];
+        module.call(Hook::UpstreamPeer, &pieces, &input, decode)?
     } else {
-        let input = join(&[r#"{"request":"#, request, r#","ctx":"#, ctx.get(), "}"]);
-        (input, InputParts::default())
-    };
-    module.call(Hook::UpstreamPeer, &input, parts, decode_peer_output)?
+        let pieces: [&[u8]; 5] = [
+            br#"{"request":"#,
+            input.request_json().as_bytes(),
+            br#","ctx":"#,
+            ctx_json,
+            b"}",
+        ];
+        module.call(Hook::UpstreamPeer, &pieces, &input, decode)?
+    }
 }
 
-/// The outcome of `upstream_peer` from its output bytes.
-pub fn decode_peer_output(bytes: &[u8]) -> Result<PeerDecision, HookFault> {
-    let output: PeerOutput<Box<RawValue>> = decode_json(bytes)?;
+/// The outcome of `upstream_peer` from its output bytes; `ctx` is the
+/// request's ctx before the call.
+pub fn decode_peer_output(bytes: &[u8], ctx: &GuestCtx) -> Result<PeerDecision, HookFault> {
+    let output: PeerOutput<&RawValue> = decode_json(bytes)?;
     if let Some(error) = output.error {
         return Ok(Err(HookFailure::Refused(error)));
     }
     let peer = output
         .peer
         .ok_or_else(|| HookFault::InvalidOutput("neither `peer` nor `error` returned".into()))?;
-    Ok(Ok((peer, output.ctx)))
+    Ok(Ok((peer, ctx.update_to(output.ctx))))
 }
 
-/// Calls `upstream_request_filter`; `upstream` is the current upstream
-/// request's JSON (see [`upstream_request_json`]).
+/// Calls `upstream_request_filter` with the current `upstream` request.
 pub fn call_upstream_request_filter(
     module: &GuestModule,
-    request: &Arc<str>,
-    upstream: &Arc<str>,
-    ctx: &RawValue,
+    request: &DownstreamRequest<'_>,
+    upstream: &RequestHeader,
+    ctx: &GuestCtx,
 ) -> FilterDecision {
-    let (input, parts) = if module.lazy_input() {
-        let parts = InputParts {
-            request: Some(request.clone()),
-            upstream_request: Some(upstream.clone()),
-        };
-        (join(&[r#"{"ctx":"#, ctx.get(), "}"]), parts)
+    let input = HookInput::new(request, Some(upstream));
+    let decode = |bytes: &[u8]| decode_filter_output(bytes, ctx);
+    let ctx_json = ctx.json().as_bytes();
+    if module.lazy_input() {
+        let pieces: [&[u8]; 3] = [br#"{"ctx":"#, ctx_json, b"}"];
+        module.call(Hook::UpstreamRequestFilter, &pieces, &input, decode)?
     } else {
-        let input = join(&[
-            r#"{"request":"#,
-            request,
-            r#","upstream_request":"#,
-            upstream,
-            r#","ctx":"#,
-            ctx.get(),
-            "}",
-        ]);
-        (input, InputParts::default())
-    };
-    module.call(
-        Hook::UpstreamRequestFilter,
-        &input,
-        parts,
-        decode_filter_output,
-    )?
-}
-
-/// Concatenates JSON pieces into one input buffer sized up front.
-fn join(pieces: &[&str]) -> Vec<u8> {
-    let mut input = Vec::with_capacity(pieces.iter().map(|p| p.len()).sum());
-    for piece in pieces {
-        input.extend_from_slice(piece.as_bytes());
+        let pieces: [&[u8]; 7] = [
+            br#"{"request":"#,
+            input.request_json().as_bytes(),
+            br#","upstream_request":"#,
+            input.upstream_json().unwrap_or("null").as_bytes(),
+            br#","ctx":"#,
+            ctx_json,
+            b"}",
+        ];
+        module.call(Hook::UpstreamRequestFilter, &pieces, &input, decode)?
     }
-    input
 }
 
 /// The whole `upstream_request_filter` step: call the guest with the
-/// current upstream request and apply its edit. Returns the new ctx (None:
-/// unchanged).
+/// current upstream request and apply its edit. Returns what becomes of
+/// the ctx.
 pub fn filter_upstream_request(
     module: &GuestModule,
-    request: &Arc<str>,
-    upstream_request: &mut RequestHeader,
-    ctx: &RawValue,
-) -> Result<Option<Box<RawValue>>, HookFailure> {
-    let upstream = upstream_request_json(upstream_request)?;
-    let (edit, new_ctx) = call_upstream_request_filter(module, request, &upstream, ctx)?;
+    request: &DownstreamRequest<'_>,
+    upstream: &mut RequestHeader,
+    ctx: &GuestCtx,
+) -> Result<CtxUpdate, HookFailure> {
+    let (edit, update) = call_upstream_request_filter(module, request, upstream, ctx)?;
     match edit {
         UpstreamEdit::Unchanged => {}
-        UpstreamEdit::Changes(changes) => apply_request_changes(upstream_request, &changes)?,
+        UpstreamEdit::Changes(changes) => apply_request_changes(upstream, changes)?,
         UpstreamEdit::Whole(returned) => {
             // What the guest was shown, to touch only what it changed.
-            let sent: wire::UpstreamRequest = serde_json::from_str(&upstream)
-                .map_err(|e| HookFault::InvalidOutput(format!("re-reading the input: {e}")))?;
-            apply_upstream_request(upstream_request, &sent, &returned)?;
+            let sent = upstream_request(upstream)?;
+            apply_upstream_request(upstream, &sent, &returned)?;
         }
     }
-    Ok(new_ctx)
+    Ok(update)
 }
 
-/// The outcome of `upstream_request_filter` from its output bytes.
-pub fn decode_filter_output(bytes: &[u8]) -> Result<FilterDecision, HookFault> {
-    let output: FilterOutput<wire::UpstreamRequest, Box<RawValue>> = decode_json(bytes)?;
+/// The outcome of `upstream_request_filter` from its output bytes; `ctx`
+/// is the request's ctx before the call.
+pub fn decode_filter_output(bytes: &[u8], ctx: &GuestCtx) -> Result<FilterDecision, HookFault> {
+    let output: FilterOutput<wire::UpstreamRequest, &RawValue> = decode_json(bytes)?;
     if let Some(error) = output.error {
         return Ok(Err(HookFailure::Refused(error)));
     }
@@ -154,7 +143,7 @@ pub fn decode_filter_output(bytes: &[u8]) -> Result<FilterDecision, HookFault> {
         (None, Some(changes)) => UpstreamEdit::Changes(changes),
         (None, None) => UpstreamEdit::Unchanged,
     };
-    Ok(Ok((edit, output.ctx)))
+    Ok(Ok((edit, ctx.update_to(output.ctx))))
 }
 
 #[cfg(test)]
@@ -190,21 +179,18 @@ mod tests {
 
         let mut req = RequestHeader::build("GET", b"/a?b=1", None).unwrap();
         req.append_header("Host", "example.com").unwrap();
-        let request: Arc<str> = super::super::RequestJson {
-            header: &req,
-            client_addr: None,
-        }
-        .to_json()
-        .into();
-        let null = RawValue::from_string("null".into()).unwrap();
-        let (peer, ctx) = call_upstream_peer(&module, &request, &null).unwrap();
+        let downstream = req.clone();
+        let cache = std::sync::OnceLock::new();
+        let request = DownstreamRequest::new(&downstream, None, &cache);
+        let mut ctx = GuestCtx::default();
+        let (peer, update) = call_upstream_peer(&module, &request, &ctx).unwrap();
         assert_eq!(peer.address, "127.0.0.1:9");
-        let ctx = ctx.unwrap();
-        assert_eq!(ctx.get(), r#"{"seen":1}"#);
+        ctx.apply(update);
+        assert_eq!(ctx.json(), r#"{"seen":1}"#);
 
         let before = upstream_request_wire(&req).unwrap();
-        let new_ctx = filter_upstream_request(&module, &request, &mut req, &ctx).unwrap();
-        assert_eq!(new_ctx.unwrap().get(), r#"{"seen":1}"#);
+        let update = filter_upstream_request(&module, &request, &mut req, &ctx).unwrap();
+        assert_eq!(update, CtxUpdate::Unchanged, "the echoed ctx is the same");
         assert_eq!(upstream_request_wire(&req).unwrap(), before);
     }
 }

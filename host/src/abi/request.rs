@@ -2,7 +2,6 @@
 //! reads, the upstream request it may change, and applying its changes.
 
 use std::str::FromStr;
-use std::sync::Arc;
 
 use guest_sdk::wire;
 use http::{HeaderName, HeaderValue, Method};
@@ -12,16 +11,9 @@ use serde::{Serialize, Serializer};
 
 use crate::runtime::HookFault;
 
-/// The upstream request's JSON, as a guest is shown it.
-pub fn upstream_request_json(req: &RequestHeader) -> Result<Arc<str>, HookFault> {
-    serde_json::to_string(&UpstreamRequestJson(req))
-        .map(Arc::from)
-        .map_err(|e| HookFault::InvalidOutput(format!("encoding input: {e}")))
-}
-
 /// The upstream request exactly as a guest is shown it, decoded.
 pub fn upstream_request(req: &RequestHeader) -> Result<wire::UpstreamRequest, HookFault> {
-    serde_json::from_str(&upstream_request_json(req)?)
+    serde_json::from_str(&UpstreamRequestJson(req).to_json())
         .map_err(|e| HookFault::InvalidOutput(format!("re-reading the input: {e}")))
 }
 
@@ -41,19 +33,23 @@ pub struct RequestJson<'a> {
 impl RequestJson<'_> {
     /// The JSON text, in a buffer sized for it up front.
     pub fn to_json(&self) -> String {
-        let req = self.header;
-        let headers: usize = req
-            .headers
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 6)
-            .sum();
-        let mut json = Vec::with_capacity(req.raw_path().len() + headers + 128);
-        // Writing into a Vec cannot fail, nor can these string-keyed values.
-        if serde_json::to_writer(&mut json, self).is_err() {
-            return "null".into();
-        }
-        String::from_utf8(json).unwrap_or_else(|_| "null".into())
+        encode(self.header, self)
     }
+}
+
+/// `value`, a view of `req`, as JSON in a buffer sized for it up front.
+fn encode(req: &RequestHeader, value: &impl Serialize) -> String {
+    let headers: usize = req
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 6)
+        .sum();
+    let mut json = Vec::with_capacity(req.raw_path().len() + headers + 128);
+    // Writing into a Vec cannot fail, nor can these string-keyed values.
+    if serde_json::to_writer(&mut json, value).is_err() {
+        return "null".into();
+    }
+    String::from_utf8(json).unwrap_or_else(|_| "null".into())
 }
 
 impl Serialize for RequestJson<'_> {
@@ -62,7 +58,7 @@ impl Serialize for RequestJson<'_> {
         let mut out = serializer.serialize_struct("Request", 5)?;
         out.serialize_field("method", req.method.as_str())?;
         out.serialize_field("uri", &String::from_utf8_lossy(req.raw_path()))?;
-        out.serialize_field("version", &DebugStr(&req.version))?;
+        out.serialize_field("version", &VersionStr(req.version))?;
         out.serialize_field(
             "headers",
             &HeadersJson {
@@ -80,6 +76,13 @@ impl Serialize for RequestJson<'_> {
 /// The upstream request encoded straight from Pingora's header, in the
 /// shape of [`wire::UpstreamRequest`], names in the case they will be sent.
 pub struct UpstreamRequestJson<'a>(pub &'a RequestHeader);
+
+impl UpstreamRequestJson<'_> {
+    /// The JSON text, in a buffer sized for it up front.
+    pub fn to_json(&self) -> String {
+        encode(self.0, self)
+    }
+}
 
 impl Serialize for UpstreamRequestJson<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -127,11 +130,20 @@ impl Serialize for HeadersJson<'_> {
     }
 }
 
-struct DebugStr<'a, T>(&'a T);
+/// An HTTP version as `"HTTP/1.1"`.
+struct VersionStr(http::Version);
 
-impl<T: std::fmt::Debug> Serialize for DebugStr<'_, T> {
+impl Serialize for VersionStr {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&format_args!("{:?}", self.0))
+        let known = match self.0 {
+            http::Version::HTTP_09 => "HTTP/0.9",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            http::Version::HTTP_11 => "HTTP/1.1",
+            http::Version::HTTP_2 => "HTTP/2.0",
+            http::Version::HTTP_3 => "HTTP/3.0",
+            other => return serializer.collect_str(&format_args!("{other:?}")),
+        };
+        serializer.serialize_str(known)
     }
 }
 
@@ -186,12 +198,17 @@ impl<'a> RequestLine<'a> {
 /// anything is changed.
 pub fn apply_request_changes(
     target: &mut RequestHeader,
-    changes: &wire::RequestChanges,
+    changes: wire::RequestChanges,
 ) -> Result<(), HookFault> {
     let invalid = |what: String| HookFault::InvalidOutput(what);
-    let line = RequestLine::checked(changes.method.as_deref(), changes.uri.as_deref())?;
-    let mut ops = Vec::with_capacity(changes.headers.len());
-    for op in &changes.headers {
+    let wire::RequestChanges {
+        method,
+        uri,
+        headers,
+    } = changes;
+    let line = RequestLine::checked(method.as_deref(), uri.as_deref())?;
+    let mut checked = Vec::with_capacity(headers.len());
+    for op in &headers {
         let (name, value) = match op {
             wire::HeaderOp::Insert(name, value) | wire::HeaderOp::Append(name, value) => {
                 (name, Some(value))
@@ -207,17 +224,16 @@ pub fn apply_request_changes(
             ),
             None => None,
         };
-        ops.push((op, header_name, value));
+        checked.push((header_name, value));
     }
 
     line.apply(target)?;
-    for (op, header_name, value) in ops {
+    for (op, (header_name, value)) in headers.into_iter().zip(checked) {
+        // The guest's own spelling of the name goes upstream.
         let result = match (op, value) {
-            (wire::HeaderOp::Insert(name, _), Some(value)) => {
-                target.insert_header(name.clone(), value)
-            }
+            (wire::HeaderOp::Insert(name, _), Some(value)) => target.insert_header(name, value),
             (wire::HeaderOp::Append(name, _), Some(value)) => {
-                target.append_header(name.clone(), value).map(drop)
+                target.append_header(name, value).map(drop)
             }
             _ => {
                 target.remove_header(&header_name);
@@ -358,7 +374,7 @@ mod tests {
                 wire::HeaderOp::Remove("x-raw".into()),
             ],
         };
-        apply_request_changes(&mut req, &changes).unwrap();
+        apply_request_changes(&mut req, changes).unwrap();
         assert_eq!(req.headers.get("host").unwrap(), "b.example");
         assert_eq!(req.headers.get_all("x-a").iter().count(), 2);
         assert!(req.headers.get("x-raw").is_none());
@@ -372,7 +388,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        assert!(apply_request_changes(&mut req, &bad).is_err());
+        assert!(apply_request_changes(&mut req, bad).is_err());
         assert_eq!(req.headers.len(), 2);
     }
 

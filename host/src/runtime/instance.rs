@@ -2,6 +2,8 @@
 //! that writes input, runs a hook under a deadline and bounds-checks the
 //! output.
 
+use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
 use std::sync::Arc;
 
 use wasmtime::{
@@ -19,20 +21,57 @@ pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
 const MAX_LOG_LINE: usize = 4096;
 
 /// The parts of a hook's input a lazy-input guest fetches on demand
-/// through `hook.input_part`, held for the duration of one call.
-#[derive(Debug, Default, Clone)]
-pub struct InputParts {
-    /// The downstream request's JSON (`wire::PART_REQUEST`).
-    pub request: Option<Arc<str>>,
-    /// The upstream request's JSON (`wire::PART_UPSTREAM_REQUEST`).
-    pub upstream_request: Option<Arc<str>>,
+/// through `hook.input_part` (`wire::PART_*`). Borrowed for one call, so a
+/// part is encoded only if the guest asks for it.
+pub trait InputParts {
+    /// The JSON of `part`, or None if this call has no such part.
+    fn part(&self, part: i32) -> Option<&str>;
+}
+
+/// A call without input parts (`hook_init`).
+pub struct NoParts;
+
+impl InputParts for NoParts {
+    fn part(&self, _part: i32) -> Option<&str> {
+        None
+    }
+}
+
+/// The input parts of the call in progress, with the borrow's lifetime
+/// erased so that it fits in the `'static` store data.
+///
+/// Invariant: set only by [`GuestInstance::call`] through [`PartsGuard`],
+/// which clears it before the borrow ends (also when unwinding); read only
+/// by the `hook.input_part` import, which runs only inside that call.
+struct PartsPtr(NonNull<dyn InputParts>);
+
+// SAFETY: the pointer is only dereferenced on the thread running the call
+// that set it, and never outlives that call (see the invariant above).
+unsafe impl Send for PartsPtr {}
+
+impl PartsPtr {
+    fn new(parts: &dyn InputParts) -> Self {
+        let ptr: NonNull<dyn InputParts + '_> = NonNull::from(parts);
+        // SAFETY: only the lifetime changes; the invariant keeps every use
+        // within the original borrow.
+        PartsPtr(unsafe {
+            std::mem::transmute::<NonNull<dyn InputParts + '_>, NonNull<dyn InputParts>>(ptr)
+        })
+    }
+
+    fn get(&self) -> &dyn InputParts {
+        // SAFETY: by the invariant, the borrow this came from is still live.
+        unsafe { self.0.as_ref() }
+    }
 }
 
 /// Per-store state the host keeps for one instance.
 pub struct GuestState {
     module_name: Arc<str>,
+    /// The instance's memory, for the imports (set once instantiated).
+    memory: Option<Memory>,
     /// Input parts of the call in progress.
-    parts: InputParts,
+    parts: Option<PartsPtr>,
     limiter: GuestLimiter,
     /// The guest's last error-level log line during the current call.
     last_error_log: Option<String>,
@@ -104,23 +143,22 @@ pub fn add_host_imports(linker: &mut Linker<GuestState>) -> wasmtime::Result<()>
         "hook",
         "input_part",
         |mut caller: Caller<'_, GuestState>, part: i32, ptr: i32, len: i32| -> i32 {
-            let parts = &caller.data().parts;
-            let bytes = match part {
-                guest_sdk::wire::PART_REQUEST => parts.request.clone(),
-                guest_sdk::wire::PART_UPSTREAM_REQUEST => parts.upstream_request.clone(),
-                _ => None,
-            };
-            let Some(bytes) = bytes else { return -1 };
-            let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
+            let Some(memory) = caller.data().memory else {
                 return -1;
             };
-            let size = bytes.len();
-            let copied = size.min(len as u32 as usize);
+            let (data, state) = memory.data_and_store_mut(&mut caller);
+            let Some(bytes) = state.parts.as_ref().and_then(|p| p.get().part(part)) else {
+                return -1;
+            };
+            let Ok(size) = i32::try_from(bytes.len()) else {
+                return -1;
+            };
+            let copied = bytes.len().min(len as u32 as usize);
             let start = ptr as u32 as usize;
-            match memory.data_mut(&mut caller).get_mut(start..start + copied) {
+            match data.get_mut(start..start + copied) {
                 Some(target) => {
                     target.copy_from_slice(&bytes.as_bytes()[..copied]);
-                    i32::try_from(size).unwrap_or(-1)
+                    size
                 }
                 None => -1,
             }
@@ -132,10 +170,7 @@ pub fn add_host_imports(linker: &mut Linker<GuestState>) -> wasmtime::Result<()>
 /// Reads at most [`MAX_LOG_LINE`] bytes of a guest string, lossily; a bad
 /// pointer yields a placeholder rather than a trap.
 fn read_guest_str(caller: &mut Caller<'_, GuestState>, ptr: u32, len: u32) -> String {
-    let Some(memory) = caller
-        .get_export("memory")
-        .and_then(|export| export.into_memory())
-    else {
+    let Some(memory) = caller.data().memory else {
         return "<no memory export>".into();
     };
     let data = memory.data(&caller);
@@ -189,7 +224,8 @@ impl GuestInstance {
             .build();
         let state = GuestState {
             module_name,
-            parts: InputParts::default(),
+            memory: None,
+            parts: None,
             limiter: GuestLimiter {
                 limits: store_limits,
                 memory_limit_hit: false,
@@ -204,6 +240,7 @@ impl GuestInstance {
         let memory = instance
             .get_memory(&mut store, "memory")
             .ok_or_else(|| wasmtime::Error::msg("missing export `memory` (a memory)"))?;
+        store.data_mut().memory = Some(memory);
         let func = |store: &mut Store<GuestState>, name: &str| {
             instance
                 .get_typed_func::<(i32, i32), i64>(store, name)
@@ -250,33 +287,32 @@ impl GuestInstance {
         result.map_err(|e| self.fault(e))
     }
 
-    /// Runs `export` on `input` and hands the output bytes, still in guest
-    /// memory, to `decode`.
+    /// Runs `export` on `input` (the concatenation of its pieces), with
+    /// `parts` for `hook.input_part`, and hands the output bytes, still in
+    /// guest memory, to `decode`.
     pub fn call<T>(
         &mut self,
         export: Export,
-        input: &[u8],
-        parts: InputParts,
+        input: &[&[u8]],
+        parts: &dyn InputParts,
         decode: impl FnOnce(&[u8]) -> Result<T, HookFault>,
     ) -> Result<T, HookFault> {
-        self.store.data_mut().parts = parts;
-        let result = self.call_with_parts(export, input, decode);
-        self.store.data_mut().parts = InputParts::default();
-        result
+        PartsGuard::set(self, parts).call_with_parts(export, input, decode)
     }
 
     fn call_with_parts<T>(
         &mut self,
         export: Export,
-        input: &[u8],
+        input: &[&[u8]],
         decode: impl FnOnce(&[u8]) -> Result<T, HookFault>,
     ) -> Result<T, HookFault> {
         if export != Export::Init {
             self.calls += 1;
         }
         self.store.data_mut().last_error_log = None;
-        let len = i32::try_from(input.len())
-            .map_err(|_| HookFault::Alloc(format!("input of {} bytes", input.len())))?;
+        let total: usize = input.iter().map(|piece| piece.len()).sum();
+        let len = i32::try_from(total)
+            .map_err(|_| HookFault::Alloc(format!("input of {total} bytes")))?;
 
         let deadline_ticks = self.limits.deadline_ticks();
         self.store.set_epoch_deadline(deadline_ticks);
@@ -287,9 +323,17 @@ impl GuestInstance {
         if ptr == 0 {
             return Err(HookFault::Alloc(format!("returned 0 for {len} bytes")));
         }
-        self.memory
-            .write(&mut self.store, ptr as u32 as usize, input)
-            .map_err(|_| HookFault::Alloc(format!("buffer at {ptr:#x} lies outside memory")))?;
+        let target = self
+            .memory
+            .data_mut(&mut self.store)
+            .get_mut(ptr as u32 as usize..)
+            .and_then(|rest| rest.get_mut(..total))
+            .ok_or_else(|| HookFault::Alloc(format!("buffer at {ptr:#x} lies outside memory")))?;
+        let mut at = 0;
+        for piece in input {
+            target[at..at + piece.len()].copy_from_slice(piece);
+            at += piece.len();
+        }
 
         self.store.set_epoch_deadline(deadline_ticks);
         let func = match export {
@@ -349,5 +393,37 @@ impl GuestInstance {
             trap: message,
             guest_said: state.last_error_log.take(),
         }
+    }
+}
+
+/// An instance whose store holds `parts` until this guard is dropped.
+struct PartsGuard<'i> {
+    instance: &'i mut GuestInstance,
+}
+
+impl<'i> PartsGuard<'i> {
+    fn set(instance: &'i mut GuestInstance, parts: &'i dyn InputParts) -> Self {
+        instance.store.data_mut().parts = Some(PartsPtr::new(parts));
+        PartsGuard { instance }
+    }
+}
+
+impl Drop for PartsGuard<'_> {
+    fn drop(&mut self) {
+        self.instance.store.data_mut().parts = None;
+    }
+}
+
+impl Deref for PartsGuard<'_> {
+    type Target = GuestInstance;
+
+    fn deref(&self) -> &GuestInstance {
+        self.instance
+    }
+}
+
+impl DerefMut for PartsGuard<'_> {
+    fn deref_mut(&mut self) -> &mut GuestInstance {
+        self.instance
     }
 }

@@ -8,7 +8,7 @@ mod module;
 
 pub use engine::{EngineOptions, EpochTicker, GuestEngine};
 pub use fault::HookFault;
-pub use instance::InputParts;
+pub use instance::{InputParts, NoParts};
 pub use module::{
     decode_json, GuestLimits, GuestModule, Hook, MAX_HOOK_TIMEOUT_MS, MAX_MEMORY_LIMIT_MIB,
 };

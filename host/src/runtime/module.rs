@@ -11,7 +11,7 @@ use wasmtime::{ExternType, InstancePre, Linker, Module};
 
 use super::engine::{GuestEngine, EPOCH_TICK};
 use super::fault::HookFault;
-use super::instance::{add_host_imports, Export, GuestInstance, GuestState, InputParts};
+use super::instance::{add_host_imports, Export, GuestInstance, GuestState, InputParts, NoParts};
 
 /// The ABI version this host speaks.
 pub const ABI_VERSION: i32 = guest_sdk::ABI_VERSION;
@@ -189,14 +189,15 @@ impl GuestModule {
         self.limits
     }
 
-    /// Runs `hook` on `input` in an idle (or new) instance and decodes the
+    /// Runs `hook` on `input` (the concatenation of its pieces), with
+    /// `parts` on demand, in an idle (or new) instance, and decodes the
     /// output while it is still in guest memory. A faulted instance is
     /// dropped, never reused.
     pub fn call<T>(
         &self,
         hook: Hook,
-        input: &[u8],
-        parts: InputParts,
+        input: &[&[u8]],
+        parts: &dyn InputParts,
         decode: impl FnOnce(&[u8]) -> Result<T, HookFault>,
     ) -> Result<T, HookFault> {
         let mut instance = match self.take_idle() {
@@ -247,12 +248,10 @@ impl GuestModule {
         if !instance.has_init() {
             return Ok(false);
         }
-        let out: wire::InitOutput = instance.call(
-            Export::Init,
-            &self.config_json,
-            InputParts::default(),
-            decode_json,
-        )?;
+        let out: wire::InitOutput =
+            instance.call(Export::Init, &[&self.config_json], &NoParts, |bytes| {
+                decode_json(bytes)
+            })?;
         if let Some(error) = out.error {
             bail!("module refused its configuration: {}", error.message);
         }
@@ -260,8 +259,9 @@ impl GuestModule {
     }
 }
 
-/// Decodes a hook's JSON output, naming what is wrong with it.
-pub fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, HookFault> {
+/// Decodes a hook's JSON output, naming what is wrong with it. `T` may
+/// borrow from the output (e.g. `&RawValue`).
+pub fn decode_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, HookFault> {
     let text = std::str::from_utf8(bytes).map_err(|_| HookFault::InvalidUtf8)?;
     serde_json::from_str(text).map_err(|e| HookFault::InvalidOutput(e.to_string()))
 }

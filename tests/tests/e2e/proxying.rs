@@ -69,7 +69,12 @@ async fn ctx_set_in_upstream_peer_is_seen_by_upstream_request_filter() {
     for (i, stamp, status, body) in stamped_requests(&client, &proxy, 20, "/item/").await {
         assert_eq!(status, 200, "{body}");
         let echo: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(echoed_header(&echo, "x-ctx-stamp"), Some(stamp));
+        assert_eq!(echoed_header(&echo, "x-ctx-stamp"), Some(stamp.clone()));
+        assert_eq!(
+            echoed_header(&echo, "x-filter-saw-stamp"),
+            Some(stamp),
+            "the filter reads the upstream request"
+        );
         assert_eq!(
             echoed_header(&echo, "x-ctx-path"),
             Some(format!("/item/{i}"))
@@ -88,6 +93,10 @@ async fn ctx_set_in_upstream_peer_is_seen_by_upstream_request_filter() {
     let (_, body) = get(&client, &proxy.url("/fresh"), &[]).await;
     let echo: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(echoed_header(&echo, "x-ctx-stamp").as_deref(), Some("none"));
+    assert_eq!(
+        echoed_header(&echo, "x-filter-saw-stamp").as_deref(),
+        Some("none")
+    );
     assert_eq!(
         echoed_header(&echo, "x-ctx-peer-calls").as_deref(),
         Some("1")
