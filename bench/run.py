@@ -11,9 +11,14 @@ all under the same wrk load against the same local upstream, with the same
 Pingora conf. Also: idle RSS of the proxy with one module, and time from
 start to first response with a cold and a warm compiled-module cache.
 
+The targets are measured in interleaved rounds (every target once per
+round, in turn), so that a drift of the machine's speed during the run
+touches them all alike; each ratio against native is the median of the
+per-round ratios.
+
 Loopback only; every load is bounded by --duration.
 
-    python3 bench/run.py [--duration 10] [--connections 32] [--threads 1]
+    python3 bench/run.py [--rounds 5] [--duration 4] [--connections 32] [--threads 1]
 """
 
 import argparse
@@ -61,12 +66,23 @@ class Processes:
         self.children = []
 
     def start(self, argv, **kwargs):
-        child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
+        # Own process group: nginx's workers are stopped with their master.
+        child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 start_new_session=True, **kwargs)
         self.children.append(child)
         return child
 
+    def pause(self, child):
+        os.killpg(child.pid, signal.SIGSTOP)
+
+    def resume(self, child):
+        os.killpg(child.pid, signal.SIGCONT)
+
     def stop(self, child):
-        child.send_signal(signal.SIGKILL)
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         child.wait()
         self.children.remove(child)
 
@@ -116,11 +132,15 @@ http {{
     return conf
 
 
-def wrk(port, args):
-    """Runs wrk against port; returns (requests/s, p50 ms, p99 ms, errors)."""
+def warm_up(port, args):
     url = f"http://127.0.0.1:{port}/"
     warm = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", "2s", url]
     subprocess.run(warm, check=True, capture_output=True, timeout=60)
+
+
+def wrk(port, args):
+    """Runs wrk against port; returns (requests/s, p50 ms, p99 ms, non-2xx, socket errors)."""
+    url = f"http://127.0.0.1:{port}/"
     cmd = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{args.duration}s", "--latency", url]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=args.duration + 60).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -131,9 +151,14 @@ def wrk(port, args):
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
-    return rps, percentile(50), percentile(99), (errors.group(1) if errors else "0") + (
-        f" ({socket_errors.group(1)})" if socket_errors else ""
-    )
+    return (rps, percentile(50), percentile(99), int(errors.group(1)) if errors else 0,
+            socket_errors.group(1) if socket_errors else None)
+
+
+def median(values):
+    values = sorted(values)
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
 
 
 def rss_mib(pid):
@@ -143,7 +168,9 @@ def rss_mib(pid):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=10, help="seconds of load per target (default 10)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--duration", type=int, default=4,
+                        help="seconds of load per target and round (default 4)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads and Pingora threads (default 1)")
     parser.add_argument("--no-build", action="store_true", help="use the existing release build")
@@ -187,21 +214,35 @@ def main():
                 ["nginx", "-c", nginx_conf(workdir, port, upstream_port, args.threads),
                  "-p", workdir, "-g", "daemon off;"])))
 
-        rows = []
+        # Every target is started once and paused (SIGSTOP) while the
+        # others are measured, so that not even its timers compete.
+        ports, children = {}, {}
         idle_rss = None
         for name, start in targets:
             if start is None:
-                port, child = upstream_port, None
-            else:
-                port = free_port()
-                child = start(port)
-                wait_ok(port)
-                if name.startswith("wasm") and idle_rss is None:
-                    idle_rss = rss_mib(child.pid)
-            print(f"running {name} ...", file=sys.stderr)
-            rows.append((name, *wrk(port, args)))
-            if child is not None:
-                procs.stop(child)
+                ports[name] = upstream_port
+                continue
+            port = free_port()
+            child = start(port)
+            wait_ok(port)
+            if name.startswith("wasm") and idle_rss is None:
+                idle_rss = rss_mib(child.pid)
+            warm_up(port, args)
+            procs.pause(child)
+            ports[name], children[name] = port, child
+
+        runs = {name: [] for name, _ in targets}
+        for round_number in range(1, args.rounds + 1):
+            for name, _ in targets:
+                print(f"round {round_number}/{args.rounds}: {name} ...", file=sys.stderr)
+                child = children.get(name)
+                if child:
+                    procs.resume(child)
+                runs[name].append(wrk(ports[name], args))
+                if child:
+                    procs.pause(child)
+        for child in children.values():
+            procs.stop(child)
 
         # Start to first response, cold and warm compiled-module cache.
         startup = []
@@ -219,15 +260,25 @@ def main():
         procs.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    native = next(rps for name, rps, *_ in rows if name.startswith("native"))
+    native_name = next(name for name in runs if name.startswith("native"))
+    native = runs[native_name]
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "unknown CPU")
     print(f"\nMachine: {os.cpu_count()} cores, {cpu}. wrk -t{args.threads} -c{args.connections} "
-          f"-d{args.duration}s, Pingora threads: {args.threads}, keep-alive, loopback.\n")
+          f"-d{args.duration}s x {args.rounds} interleaved rounds, Pingora threads: {args.threads}, "
+          "keep-alive, loopback.\n")
+    print("Medians over the rounds; 'vs native' is the median of the per-round ratios "
+          "(its range in brackets).\n")
     print("| target | req/s | p50 | p99 | vs native | non-2xx |")
     print("|---|---:|---:|---:|---:|---:|")
-    for name, rps, p50, p99, errors in rows:
-        print(f"| {name} | {rps:,.0f} | {p50:.2f} ms | {p99:.2f} ms | {rps / native:.1%} | {errors} |")
+    for name, results in runs.items():
+        ratios = [run[0] / base[0] for run, base in zip(results, native)]
+        errors = sum(run[3] for run in results)
+        socket_errors = [run[4] for run in results if run[4]]
+        print(f"| {name} | {median(r[0] for r in results):,.0f} | {median(r[1] for r in results):.2f} ms "
+              f"| {median(r[2] for r in results):.2f} ms | {median(ratios):.1%} "
+              f"({min(ratios):.1%}-{max(ratios):.1%}) | {errors}"
+              + (f" (socket errors: {'; '.join(socket_errors)})" if socket_errors else "") + " |")
     print(f"\nIdle RSS, proxy with one module: {idle_rss:.1f} MiB")
     for label, ms in startup:
         print(f"Start to first response, {label}: {ms:.0f} ms")

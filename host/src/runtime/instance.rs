@@ -5,10 +5,11 @@
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use wasmtime::{
     Caller, Instance, InstancePre, Linker, Memory, ResourceLimiter, Store, StoreLimits,
-    StoreLimitsBuilder, Trap, TypedFunc,
+    StoreLimitsBuilder, Trap, TypedFunc, UpdateDeadline,
 };
 
 use super::fault::HookFault;
@@ -72,6 +73,9 @@ pub struct GuestState {
     memory: Option<Memory>,
     /// Input parts of the call in progress.
     parts: Option<PartsPtr>,
+    /// When the call in progress started, and how long it may run.
+    call_started: Instant,
+    hook_timeout: Duration,
     limiter: GuestLimiter,
     /// The guest's last error-level log line during the current call.
     last_error_log: Option<String>,
@@ -226,6 +230,8 @@ impl GuestInstance {
             module_name,
             memory: None,
             parts: None,
+            call_started: Instant::now(),
+            hook_timeout: limits.hook_timeout(),
             limiter: GuestLimiter {
                 limits: store_limits,
                 memory_limit_hit: false,
@@ -234,8 +240,18 @@ impl GuestInstance {
         };
         let mut store = Store::new(pre.module().engine(), state);
         store.limiter(|state| &mut state.limiter);
+        // At each deadline check, a call that has run its time is stopped
+        // (a Timeout fault); any other is checked again a tick later.
+        store.epoch_deadline_callback(|store| {
+            let state = store.data();
+            Ok(if state.call_started.elapsed() >= state.hook_timeout {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Continue(1)
+            })
+        });
         // A start function runs during instantiation: bound it too.
-        store.set_epoch_deadline(limits.deadline_ticks());
+        store.set_epoch_deadline(limits.first_check_ticks());
         let instance: Instance = pre.instantiate(&mut store)?;
         let memory = instance
             .get_memory(&mut store, "memory")
@@ -282,7 +298,7 @@ impl GuestInstance {
 
     /// Calls `hook_abi_version`.
     pub fn abi_version(&mut self) -> Result<i32, HookFault> {
-        self.store.set_epoch_deadline(self.limits.deadline_ticks());
+        self.start_clock();
         let result = self.abi_version.call(&mut self.store, ());
         result.map_err(|e| self.fault(e))
     }
@@ -314,8 +330,8 @@ impl GuestInstance {
         let len = i32::try_from(total)
             .map_err(|_| HookFault::Alloc(format!("input of {total} bytes")))?;
 
-        let deadline_ticks = self.limits.deadline_ticks();
-        self.store.set_epoch_deadline(deadline_ticks);
+        // One deadline for the whole call, input buffer included.
+        self.start_clock();
         let ptr = self
             .alloc
             .call(&mut self.store, len)
@@ -335,7 +351,6 @@ impl GuestInstance {
             at += piece.len();
         }
 
-        self.store.set_epoch_deadline(deadline_ticks);
         let func = match export {
             Export::Init => match &self.init {
                 Some(init) => init,
@@ -364,6 +379,13 @@ impl GuestInstance {
                     memory: data.len(),
                 })?;
         decode(output)
+    }
+
+    /// Starts a call's deadline.
+    fn start_clock(&mut self) {
+        self.store.data_mut().call_started = Instant::now();
+        self.store
+            .set_epoch_deadline(self.limits.first_check_ticks());
     }
 
     /// Names what went wrong in a failed call.

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use guest_sdk::wire;
@@ -64,10 +65,16 @@ impl GuestLimits {
         Ok(())
     }
 
-    /// The epoch deadline for one call: one extra tick because the current
-    /// tick may be about to end.
-    pub fn deadline_ticks(&self) -> u64 {
-        self.hook_timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64) + 1
+    /// The wall-clock deadline of one call.
+    pub fn hook_timeout(&self) -> Duration {
+        Duration::from_millis(self.hook_timeout_ms)
+    }
+
+    /// Ticks until a call first checks its deadline: the whole ticks within
+    /// the timeout (at least one). The check then looks at the clock, and
+    /// checks again every tick until the timeout has passed.
+    pub fn first_check_ticks(&self) -> u64 {
+        (self.hook_timeout_ms / EPOCH_TICK.as_millis() as u64).max(1)
     }
 
     /// The memory cap in bytes.
