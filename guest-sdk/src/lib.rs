@@ -37,6 +37,7 @@
 //! `docs/ABI.md`; [`wire`] holds its types, which the host reuses.
 #![deny(missing_docs)]
 
+mod encode;
 pub mod error;
 pub mod log;
 pub mod proxy;

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use crate::encode;
 use crate::error::{Error, ErrorType, Result};
 use crate::proxy::{ProxyHttp, RequestHeader, Session};
 use crate::wire;
@@ -63,11 +64,12 @@ where
             wire::InitOutput {
                 error: None,
                 lazy_input: cfg!(target_arch = "wasm32"),
+                lazy_ctx: cfg!(target_arch = "wasm32"),
             }
         }
         Err(e) => wire::InitOutput {
             error: Some(e.to_wire()),
-            lazy_input: false,
+            ..Default::default()
         },
     };
     write_output(&out)
@@ -85,22 +87,26 @@ where
     C: DeserializeOwned,
 {
     install_panic_hook();
-    let out = with_proxy(cell, new, |proxy| {
-        let input: wire::PeerInput<Box<RawValue>, Option<P::CTX>> = read_input(ptr, len)?;
-        let mut ctx = input.ctx.unwrap_or_else(|| proxy.new_ctx());
-        let mut session = Session::from_json(input.request);
+    let result = with_proxy(cell, new, |proxy| {
+        let (request, ctx) = if len == 0 {
+            (None, read_ctx_part::<P::CTX>()?)
+        } else {
+            let input: wire::PeerInput<Box<RawValue>, Option<P::CTX>> = read_input(ptr, len)?;
+            (input.request, input.ctx)
+        };
+        let mut ctx = ctx.unwrap_or_else(|| proxy.new_ctx());
+        let mut session = Session::from_json(request);
         let peer = proxy.upstream_peer(&mut session, &mut ctx)?;
-        Ok(wire::PeerOutput {
-            peer: Some(peer.into_wire()),
-            ctx: Some(ctx),
-            error: None,
-        })
+        Ok((peer.into_wire(), ctx))
     });
-    write_output(&out.unwrap_or_else(|e| wire::PeerOutput {
-        peer: None,
-        ctx: None,
-        error: Some(e.to_wire()),
-    }))
+    match result {
+        Ok((peer, ctx)) => write_with(|out| encode::peer_output(out, &peer, &ctx)),
+        Err(e) => write_output(&wire::PeerOutput::<()> {
+            peer: None,
+            ctx: None,
+            error: Some(e.to_wire()),
+        }),
+    }
 }
 
 /// `upstream_request_filter`: decodes the input, runs the hook, encodes the
@@ -116,27 +122,29 @@ where
     C: DeserializeOwned,
 {
     install_panic_hook();
-    let out = with_proxy(cell, new, |proxy| {
-        let input: wire::FilterInput<Box<RawValue>, Box<RawValue>, Option<P::CTX>> =
-            read_input(ptr, len)?;
-        let mut ctx = input.ctx.unwrap_or_else(|| proxy.new_ctx());
-        let mut session = Session::from_json(input.request);
-        let mut upstream_request = RequestHeader::from_json(input.upstream_request);
+    let result = with_proxy(cell, new, |proxy| {
+        let (request, upstream_request, ctx) = if len == 0 {
+            (None, None, read_ctx_part::<P::CTX>()?)
+        } else {
+            let input: wire::FilterInput<Box<RawValue>, Box<RawValue>, Option<P::CTX>> =
+                read_input(ptr, len)?;
+            (input.request, input.upstream_request, input.ctx)
+        };
+        let mut ctx = ctx.unwrap_or_else(|| proxy.new_ctx());
+        let mut session = Session::from_json(request);
+        let mut upstream_request = RequestHeader::from_json(upstream_request);
         proxy.upstream_request_filter(&mut session, &mut upstream_request, &mut ctx)?;
-        let changes = upstream_request.into_changes();
-        Ok(wire::FilterOutput::<wire::UpstreamRequest, _> {
-            upstream_request: None,
-            upstream_changes: (!changes.is_empty()).then_some(changes),
-            ctx: Some(ctx),
-            error: None,
-        })
+        Ok((upstream_request.into_changes(), ctx))
     });
-    write_output(&out.unwrap_or_else(|e| wire::FilterOutput {
-        upstream_request: None,
-        upstream_changes: None,
-        ctx: None,
-        error: Some(e.to_wire()),
-    }))
+    match result {
+        Ok((changes, ctx)) => write_with(|out| encode::filter_output(out, &changes, &ctx)),
+        Err(e) => write_output(&wire::FilterOutput::<wire::UpstreamRequest, ()> {
+            upstream_request: None,
+            upstream_changes: None,
+            ctx: None,
+            error: Some(e.to_wire()),
+        }),
+    }
 }
 
 /// Runs `hook` with the proxy, building it from `{}` if the host never
@@ -188,11 +196,35 @@ fn read_input<T: DeserializeOwned>(ptr: i32, len: i32) -> Result<T> {
     })
 }
 
+/// The ctx fetched from the host (a hook called without input, see
+/// `lazy_ctx`); None if it is `null` or the host has none.
+fn read_ctx_part<T: DeserializeOwned>() -> Result<Option<T>> {
+    INPUT.with_borrow_mut(|buffer| {
+        if !fetch_part(wire::PART_CTX, buffer) {
+            return Ok(None);
+        }
+        let parsed = serde_json::from_slice(buffer).map_err(|e| {
+            Error::explain(
+                ErrorType::InternalError,
+                format!("guest cannot decode its ctx: {e}"),
+            )
+        });
+        buffer.clear();
+        parsed
+    })
+}
+
 /// Encodes `value` into the output buffer and returns its packed location.
 fn write_output<T: Serialize>(value: &T) -> i64 {
+    write_with(|output| serde_json::to_writer(output, value))
+}
+
+/// Lets `encode` write the output buffer and returns its packed location;
+/// if it fails, the output is an error instead.
+fn write_with(encode: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>) -> i64 {
     OUTPUT.with_borrow_mut(|output| {
         output.clear();
-        if let Err(e) = serde_json::to_writer(&mut *output, value) {
+        if let Err(e) = encode(&mut *output) {
             output.clear();
             let message = serde_json::to_string(&format!("guest cannot encode output: {e}"))
                 .unwrap_or_else(|_| "\"\"".into());
@@ -229,6 +261,17 @@ fn install_panic_hook() {
 /// call, for guests with lazy input. None outside a call or if the host
 /// does not have it.
 pub(crate) fn input_part(part: i32) -> Option<Box<RawValue>> {
+    let mut buffer = Vec::with_capacity(2048);
+    if !fetch_part(part, &mut buffer) {
+        return None;
+    }
+    let text = String::from_utf8(buffer).ok()?;
+    RawValue::from_string(text).ok()
+}
+
+/// Replaces `buffer`'s contents with input part `part`, growing it if
+/// needed; false if the host does not have the part.
+fn fetch_part(part: i32, buffer: &mut Vec<u8>) -> bool {
     #[cfg(target_arch = "wasm32")]
     {
         #[link(wasm_import_module = "hook")]
@@ -236,7 +279,8 @@ pub(crate) fn input_part(part: i32) -> Option<Box<RawValue>> {
             #[link_name = "input_part"]
             fn host_input_part(part: i32, ptr: *mut u8, len: usize) -> i32;
         }
-        let mut buffer: Vec<u8> = Vec::with_capacity(2048);
+        buffer.clear();
+        buffer.reserve(256);
         // SAFETY: the host writes at most `capacity` bytes at the pointer and
         // returns the part's full size; set_len only covers written bytes.
         unsafe {
@@ -246,17 +290,16 @@ pub(crate) fn input_part(part: i32) -> Option<Box<RawValue>> {
                 size = host_input_part(part, buffer.as_mut_ptr(), buffer.capacity());
             }
             if size < 0 || size as usize > buffer.capacity() {
-                return None;
+                return false;
             }
             buffer.set_len(size as usize);
         }
-        let text = String::from_utf8(buffer).ok()?;
-        RawValue::from_string(text).ok()
+        true
     }
     #[cfg(not(target_arch = "wasm32"))]
     {
-        let _ = part;
-        None
+        let _ = (part, buffer);
+        false
     }
 }
 

@@ -210,12 +210,19 @@ pub struct InitOutput {
     /// hook's input: a hook that never looks at them costs less.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub lazy_input: bool,
+    /// With `lazy_input`: the guest fetches the ctx on demand too
+    /// ([`PART_CTX`]), so hooks are called with no input at all (pointer
+    /// and length 0) and the host skips `hook_alloc`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lazy_ctx: bool,
 }
 
 /// `hook.input_part` selector for the downstream request (`REQ`).
 pub const PART_REQUEST: i32 = 0;
 /// `hook.input_part` selector for the upstream request (`HDR`).
 pub const PART_UPSTREAM_REQUEST: i32 = 1;
+/// `hook.input_part` selector for the request's ctx (`lazy_ctx` guests).
+pub const PART_CTX: i32 = 2;
 
 fn none<T>() -> Option<T> {
     None

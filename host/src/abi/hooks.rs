@@ -9,7 +9,7 @@ use pingora::http::RequestHeader;
 use super::ctx::{CtxUpdate, GuestCtx};
 use super::input::{DownstreamRequest, HookInput};
 use super::request::{apply_request_changes, apply_upstream_request, upstream_request};
-use crate::runtime::{decode_json, GuestModule, Hook, HookFault};
+use crate::runtime::{decode_json, GuestModule, Hook, HookFault, InputMode};
 
 /// How a hook call can fail to produce its result.
 #[derive(Debug)]
@@ -51,21 +51,25 @@ pub fn call_upstream_peer(
     request: &DownstreamRequest<'_>,
     ctx: &GuestCtx,
 ) -> PeerDecision {
-    let input = HookInput::new(request, None);
+    let input = HookInput::new(request, None, ctx.json());
     let decode = |bytes: &[u8]| decode_peer_output(bytes, ctx);
     let ctx_json = ctx.json().as_bytes();
-    if module.lazy_input() {
-        let pieces: [&[u8]; 3] = [br#"{"ctx":"#, ctx_json, b"}"];
-        module.call(Hook::UpstreamPeer, &pieces, &input, decode)?
-    } else {
-        let pieces: [&[u8]; 5] = [
-            br#"{"request":"#,
-            input.request_json().as_bytes(),
-            br#","ctx":"#,
-            ctx_json,
-            b"}",
-        ];
-        module.call(Hook::UpstreamPeer, &pieces, &input, decode)?
+    match module.input_mode() {
+        InputMode::OnDemand => module.call(Hook::UpstreamPeer, &[], &input, decode)?,
+        InputMode::LazyParts => {
+            let pieces: [&[u8]; 3] = [br#"{"ctx":"#, ctx_json, b"}"];
+            module.call(Hook::UpstreamPeer, &pieces, &input, decode)?
+        }
+        InputMode::Whole => {
+            let pieces: [&[u8]; 5] = [
+                br#"{"request":"#,
+                input.request_json().as_bytes(),
+                br#","ctx":"#,
+                ctx_json,
+                b"}",
+            ];
+            module.call(Hook::UpstreamPeer, &pieces, &input, decode)?
+        }
     }
 }
 
@@ -89,23 +93,28 @@ pub fn call_upstream_request_filter(
     upstream: &RequestHeader,
     ctx: &GuestCtx,
 ) -> FilterDecision {
-    let input = HookInput::new(request, Some(upstream));
+    let input = HookInput::new(request, Some(upstream), ctx.json());
     let decode = |bytes: &[u8]| decode_filter_output(bytes, ctx);
     let ctx_json = ctx.json().as_bytes();
-    if module.lazy_input() {
-        let pieces: [&[u8]; 3] = [br#"{"ctx":"#, ctx_json, b"}"];
-        module.call(Hook::UpstreamRequestFilter, &pieces, &input, decode)?
-    } else {
-        let pieces: [&[u8]; 7] = [
-            br#"{"request":"#,
-            input.request_json().as_bytes(),
-            br#","upstream_request":"#,
-            input.upstream_json().unwrap_or("null").as_bytes(),
-            br#","ctx":"#,
-            ctx_json,
-            b"}",
-        ];
-        module.call(Hook::UpstreamRequestFilter, &pieces, &input, decode)?
+    let hook = Hook::UpstreamRequestFilter;
+    match module.input_mode() {
+        InputMode::OnDemand => module.call(hook, &[], &input, decode)?,
+        InputMode::LazyParts => {
+            let pieces: [&[u8]; 3] = [br#"{"ctx":"#, ctx_json, b"}"];
+            module.call(hook, &pieces, &input, decode)?
+        }
+        InputMode::Whole => {
+            let pieces: [&[u8]; 7] = [
+                br#"{"request":"#,
+                input.request_json().as_bytes(),
+                br#","upstream_request":"#,
+                input.upstream_json().unwrap_or("null").as_bytes(),
+                br#","ctx":"#,
+                ctx_json,
+                b"}",
+            ];
+            module.call(hook, &pieces, &input, decode)?
+        }
     }
 }
 
@@ -175,7 +184,7 @@ mod tests {
         .unwrap();
         let bytes = wat::parse_str(ECHO_GUEST).unwrap();
         let module = GuestModule::from_bytes(&engine, "echo".into(), &bytes, "{}", limits).unwrap();
-        assert!(!module.lazy_input());
+        assert_eq!(module.input_mode(), InputMode::Whole);
 
         let mut req = RequestHeader::build("GET", b"/a?b=1", None).unwrap();
         req.append_header("Host", "example.com").unwrap();
@@ -192,5 +201,41 @@ mod tests {
         let update = filter_upstream_request(&module, &request, &mut req, &ctx).unwrap();
         assert_eq!(update, CtxUpdate::Unchanged, "the echoed ctx is the same");
         assert_eq!(upstream_request_wire(&req).unwrap(), before);
+    }
+
+    /// A `lazy_input` guest (without `lazy_ctx`): its filter echoes its
+    /// input, which must be just `{"ctx": ...}`.
+    const LAZY_PARTS_GUEST: &str = r#"(module
+        (memory (export "memory") 1)
+        (data (i32.const 16) "{\"lazy_input\":true}")
+        (func (export "hook_abi_version") (result i32) i32.const 1)
+        (func (export "hook_alloc") (param i32) (result i32) i32.const 1024)
+        (func (export "hook_init") (param i32 i32) (result i64) i64.const 0x1000000013)
+        (func (export "upstream_peer") (param i32 i32) (result i64) unreachable)
+        (func (export "upstream_request_filter") (param $ptr i32) (param $len i32) (result i64)
+            (i64.or (i64.shl (i64.extend_i32_u (local.get $ptr)) (i64.const 32))
+                    (i64.extend_i32_u (local.get $len)))))"#;
+
+    #[test]
+    fn lazy_parts_input_is_only_the_ctx() {
+        let limits = GuestLimits::default();
+        let engine = GuestEngine::new(&EngineOptions {
+            max_memory_bytes: limits.memory_limit_bytes(),
+            cache_dir: None,
+        })
+        .unwrap();
+        let bytes = wat::parse_str(LAZY_PARTS_GUEST).unwrap();
+        let module = GuestModule::from_bytes(&engine, "lazy".into(), &bytes, "{}", limits).unwrap();
+        assert_eq!(module.input_mode(), InputMode::LazyParts);
+
+        let req = RequestHeader::build("GET", b"/", None).unwrap();
+        let cache = std::sync::OnceLock::new();
+        let request = DownstreamRequest::new(&req, None, &cache);
+        let mut ctx = GuestCtx::default();
+        ctx.apply(ctx.update_to(Some(&RawValue::from_string(r#"{"a":1}"#.into()).unwrap())));
+        let (edit, update) = call_upstream_request_filter(&module, &request, &req, &ctx).unwrap();
+        assert!(matches!(edit, UpstreamEdit::Unchanged), "{edit:?}");
+        assert_eq!(update, CtxUpdate::Unchanged, "the ctx came back as sent");
+        assert!(cache.get().is_none(), "the request was never encoded");
     }
 }

@@ -47,23 +47,26 @@ impl<'a> DownstreamRequest<'a> {
     }
 }
 
-/// The parts one hook call can show: the downstream request, and the
-/// upstream request in the filter (encoded at most once per call).
+/// The parts one hook call can show: the downstream request, the upstream
+/// request in the filter (encoded at most once per call), and the ctx.
 pub(super) struct HookInput<'a> {
     request: &'a DownstreamRequest<'a>,
     upstream: Option<&'a RequestHeader>,
     upstream_json: OnceCell<String>,
+    ctx: &'a str,
 }
 
 impl<'a> HookInput<'a> {
     pub(super) fn new(
         request: &'a DownstreamRequest<'a>,
         upstream: Option<&'a RequestHeader>,
+        ctx: &'a str,
     ) -> Self {
         HookInput {
             request,
             upstream,
             upstream_json: OnceCell::new(),
+            ctx,
         }
     }
 
@@ -86,6 +89,7 @@ impl InputParts for HookInput<'_> {
         match part {
             wire::PART_REQUEST => Some(self.request_json()),
             wire::PART_UPSTREAM_REQUEST => self.upstream_json(),
+            wire::PART_CTX => Some(self.ctx),
             _ => None,
         }
     }

@@ -332,25 +332,12 @@ impl GuestInstance {
 
         // One deadline for the whole call, input buffer included.
         self.start_clock();
-        let ptr = self
-            .alloc
-            .call(&mut self.store, len)
-            .map_err(|e| self.fault(e))?;
-        if ptr == 0 {
-            return Err(HookFault::Alloc(format!("returned 0 for {len} bytes")));
-        }
-        let target = self
-            .memory
-            .data_mut(&mut self.store)
-            .get_mut(ptr as u32 as usize..)
-            .and_then(|rest| rest.get_mut(..total))
-            .ok_or_else(|| HookFault::Alloc(format!("buffer at {ptr:#x} lies outside memory")))?;
-        let mut at = 0;
-        for piece in input {
-            target[at..at + piece.len()].copy_from_slice(piece);
-            at += piece.len();
-        }
-
+        // No input (a `lazy_ctx` guest): no buffer, (0, 0).
+        let ptr = if total == 0 {
+            0
+        } else {
+            self.alloc_input(len, input)?
+        };
         let func = match export {
             Export::Init => match &self.init {
                 Some(init) => init,
@@ -379,6 +366,32 @@ impl GuestInstance {
                     memory: data.len(),
                 })?;
         decode(output)
+    }
+
+    /// Asks the guest for an input buffer of `len` bytes and writes
+    /// `input` into it.
+    fn alloc_input(&mut self, len: i32, input: &[&[u8]]) -> Result<i32, HookFault> {
+        let ptr = self
+            .alloc
+            .call(&mut self.store, len)
+            .map_err(|e| self.fault(e))?;
+        if ptr == 0 {
+            return Err(HookFault::Alloc(format!("returned 0 for {len} bytes")));
+        }
+        let total = len as usize;
+        let target = self
+            .memory
+            .data_mut(&mut self.store)
+            .get_mut(ptr as u32 as usize..)
+            .and_then(|rest| rest.get_mut(..total))
+            .ok_or_else(|| HookFault::Alloc(format!("buffer at {ptr:#x} lies outside memory")))?;
+        let mut at = 0;
+        for piece in input {
+            target[at..at + piece.len()].copy_from_slice(piece);
+            at += piece.len();
+        }
+
+        Ok(ptr)
     }
 
     /// Starts a call's deadline.

@@ -10,5 +10,6 @@ pub use engine::{EngineOptions, EpochTicker, GuestEngine};
 pub use fault::HookFault;
 pub use instance::{InputParts, NoParts};
 pub use module::{
-    decode_json, GuestLimits, GuestModule, Hook, MAX_HOOK_TIMEOUT_MS, MAX_MEMORY_LIMIT_MIB,
+    decode_json, GuestLimits, GuestModule, Hook, InputMode, MAX_HOOK_TIMEOUT_MS,
+    MAX_MEMORY_LIMIT_MIB,
 };

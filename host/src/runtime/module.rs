@@ -101,6 +101,29 @@ impl fmt::Display for Hook {
     }
 }
 
+/// How a module takes its hooks' input, as its `hook_init` said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputMode {
+    /// The whole input JSON in the hook's buffer (no `hook_init`, or one
+    /// that asked for nothing).
+    Whole,
+    /// `{"ctx": ...}` in the buffer; the request parts on demand through
+    /// `hook.input_part` (`lazy_input`).
+    LazyParts,
+    /// No input buffer at all; the ctx too on demand (`lazy_ctx`).
+    OnDemand,
+}
+
+impl InputMode {
+    fn of(init: &wire::InitOutput) -> Self {
+        match (init.lazy_input, init.lazy_ctx) {
+            (true, true) => InputMode::OnDemand,
+            (true, false) => InputMode::LazyParts,
+            (false, _) => InputMode::Whole,
+        }
+    }
+}
+
 /// A compiled, validated guest module and its pool of idle instances.
 pub struct GuestModule {
     name: Arc<str>,
@@ -108,8 +131,8 @@ pub struct GuestModule {
     limits: GuestLimits,
     /// The module configuration handed to `hook_init` of every instance.
     config_json: Vec<u8>,
-    /// The guest fetches request parts on demand (said by its hook_init).
-    lazy_input: bool,
+    /// How the guest takes its hooks' input (said by its hook_init).
+    input_mode: InputMode,
     idle: Mutex<Vec<GuestInstance>>,
 }
 
@@ -170,10 +193,10 @@ impl GuestModule {
             pre,
             limits,
             config_json: config_json.as_bytes().to_vec(),
-            lazy_input: false,
+            input_mode: InputMode::Whole,
             idle: Mutex::new(Vec::new()),
         };
-        guest_module.lazy_input = guest_module
+        guest_module.input_mode = guest_module
             .initialise(&mut instance)
             .context("hook_init")?;
         guest_module.put_idle(instance);
@@ -185,10 +208,9 @@ impl GuestModule {
         &self.name
     }
 
-    /// Whether the guest reads the request parts on demand instead of in
-    /// its input.
-    pub fn lazy_input(&self) -> bool {
-        self.lazy_input
+    /// How the guest takes its hooks' input.
+    pub fn input_mode(&self) -> InputMode {
+        self.input_mode
     }
 
     /// The limits its instances run under.
@@ -238,10 +260,10 @@ impl GuestModule {
     fn new_instance(&self) -> Result<GuestInstance, HookFault> {
         let mut instance = GuestInstance::new(&self.pre, self.name.clone(), self.limits)
             .map_err(|e| HookFault::Instantiate(format!("{e:#}")))?;
-        let lazy_input = self
+        let input_mode = self
             .initialise(&mut instance)
             .map_err(|e| HookFault::Instantiate(format!("hook_init: {e:#}")))?;
-        if lazy_input != self.lazy_input {
+        if input_mode != self.input_mode {
             return Err(HookFault::Instantiate(
                 "hook_init changed its answer about lazy input".into(),
             ));
@@ -250,10 +272,10 @@ impl GuestModule {
     }
 
     /// Hands the module configuration to `hook_init`, if exported; returns
-    /// whether the guest asked for lazy input.
-    fn initialise(&self, instance: &mut GuestInstance) -> anyhow::Result<bool> {
+    /// how the guest takes its input.
+    fn initialise(&self, instance: &mut GuestInstance) -> anyhow::Result<InputMode> {
         if !instance.has_init() {
-            return Ok(false);
+            return Ok(InputMode::Whole);
         }
         let out: wire::InitOutput =
             instance.call(Export::Init, &[&self.config_json], &NoParts, |bytes| {
@@ -262,7 +284,7 @@ impl GuestModule {
         if let Some(error) = out.error {
             bail!("module refused its configuration: {}", error.message);
         }
-        Ok(out.lazy_input)
+        Ok(InputMode::of(&out))
     }
 }
 

@@ -1,0 +1,195 @@
+//! The hooks' outputs written straight as JSON. Serialising the wire types
+//! with serde_json gives the same values (a test checks), but serde's
+//! generic serializer escapes every key and is several times slower in
+//! wasm; these writers copy fixed keys and escape only what needs it.
+
+use serde::Serialize;
+
+use crate::wire;
+
+/// `{"peer": PEER, "ctx": ctx}`; default peer options are left out.
+pub(crate) fn peer_output<C: Serialize>(
+    out: &mut Vec<u8>,
+    peer: &wire::Peer,
+    ctx: &C,
+) -> serde_json::Result<()> {
+    out.extend_from_slice(br#"{"peer":{"address":"#);
+    string(out, &peer.address)?;
+    if peer.tls {
+        out.extend_from_slice(br#","tls":true"#);
+    }
+    if !peer.sni.is_empty() {
+        out.extend_from_slice(br#","sni":"#);
+        string(out, &peer.sni)?;
+    }
+    if peer.options != wire::PeerOptions::default() {
+        out.extend_from_slice(br#","options":"#);
+        serde_json::to_writer(&mut *out, &peer.options)?;
+    }
+    out.extend_from_slice(br#"},"ctx":"#);
+    serde_json::to_writer(&mut *out, ctx)?;
+    out.push(b'}');
+    Ok(())
+}
+
+/// `{"upstream_changes": CHANGES, "ctx": ctx}`, without
+/// `upstream_changes` when there are none.
+pub(crate) fn filter_output<C: Serialize>(
+    out: &mut Vec<u8>,
+    changes: &wire::RequestChanges,
+    ctx: &C,
+) -> serde_json::Result<()> {
+    out.push(b'{');
+    if !changes.is_empty() {
+        out.extend_from_slice(br#""upstream_changes":{"#);
+        let mut first = true;
+        let mut key = |out: &mut Vec<u8>, key: &[u8]| {
+            if !std::mem::take(&mut first) {
+                out.push(b',');
+            }
+            out.extend_from_slice(key);
+        };
+        if let Some(method) = &changes.method {
+            key(out, br#""method":"#);
+            string(out, method)?;
+        }
+        if let Some(uri) = &changes.uri {
+            key(out, br#""uri":"#);
+            string(out, uri)?;
+        }
+        if !changes.headers.is_empty() {
+            key(out, br#""headers":["#);
+            for (i, op) in changes.headers.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                header_op(out, op)?;
+            }
+            out.push(b']');
+        }
+        out.extend_from_slice(b"},");
+    }
+    out.extend_from_slice(br#""ctx":"#);
+    serde_json::to_writer(&mut *out, ctx)?;
+    out.push(b'}');
+    Ok(())
+}
+
+fn header_op(out: &mut Vec<u8>, op: &wire::HeaderOp) -> serde_json::Result<()> {
+    let (tag, name, value): (&[u8], _, _) = match op {
+        wire::HeaderOp::Insert(name, value) => (br#"{"insert":["#, name, Some(value)),
+        wire::HeaderOp::Append(name, value) => (br#"{"append":["#, name, Some(value)),
+        wire::HeaderOp::Remove(name) => (br#"{"remove":"#, name, None),
+    };
+    out.extend_from_slice(tag);
+    string(out, name)?;
+    match value {
+        Some(value) => {
+            out.push(b',');
+            string(out, value)?;
+            out.extend_from_slice(b"]}");
+        }
+        None => out.push(b'}'),
+    }
+    Ok(())
+}
+
+/// A JSON string: copied as is when nothing in it needs escaping.
+fn string(out: &mut Vec<u8>, value: &str) -> serde_json::Result<()> {
+    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(value.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'"');
+        Ok(())
+    } else {
+        serde_json::to_writer(out, value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn peer(tls: bool, sni: &str, options: wire::PeerOptions) -> wire::Peer {
+        wire::Peer {
+            address: "10.0.0.1:8443".into(),
+            tls,
+            sni: sni.into(),
+            options,
+        }
+    }
+
+    /// What the output decodes to as the host decodes it.
+    fn decoded<T: serde::de::DeserializeOwned>(json: &[u8]) -> T {
+        serde_json::from_slice(json)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(json)))
+    }
+
+    #[test]
+    fn peer_output_means_what_serde_would_write() {
+        let options = wire::PeerOptions {
+            connection_timeout_ms: Some(250),
+            read_timeout_ms: None,
+            verify_cert: false,
+            verify_hostname: true,
+        };
+        let ctx = serde_json::json!({"stamp": "a\"b\\c\n", "n": 1});
+        for peer in [
+            peer(true, "one.one.one.one", wire::PeerOptions::default()),
+            peer(false, "", wire::PeerOptions::default()),
+            peer(true, "we\"ird\u{1}", options),
+        ] {
+            let mut out = Vec::new();
+            peer_output(&mut out, &peer, &ctx).unwrap();
+            let serde = serde_json::to_vec(&wire::PeerOutput {
+                peer: Some(peer.clone()),
+                ctx: Some(&ctx),
+                error: None,
+            })
+            .unwrap();
+            let ours: wire::PeerOutput<Value> = decoded(&out);
+            let theirs: wire::PeerOutput<Value> = decoded(&serde);
+            assert_eq!(ours.peer, theirs.peer);
+            assert_eq!(ours.ctx, theirs.ctx);
+            assert!(ours.error.is_none());
+        }
+    }
+
+    #[test]
+    fn filter_output_means_what_serde_would_write() {
+        let all = wire::RequestChanges {
+            method: Some("POST".into()),
+            uri: Some("/a?b=\"c\"".into()),
+            headers: vec![
+                wire::HeaderOp::Insert("Host".into(), "x.example".into()),
+                wire::HeaderOp::Append("X-A".into(), "tab\there".into()),
+                wire::HeaderOp::Remove("X-B".into()),
+            ],
+        };
+        let only_headers = wire::RequestChanges {
+            headers: vec![wire::HeaderOp::Remove("X-B".into())],
+            ..Default::default()
+        };
+        for changes in [all, only_headers, wire::RequestChanges::default()] {
+            for ctx in [Value::Null, serde_json::json!([1, "two"])] {
+                let mut out = Vec::new();
+                filter_output(&mut out, &changes, &ctx).unwrap();
+                let serde = serde_json::to_vec(&wire::FilterOutput::<wire::UpstreamRequest, _> {
+                    upstream_request: None,
+                    upstream_changes: (!changes.is_empty()).then(|| changes.clone()),
+                    ctx: Some(&ctx),
+                    error: None,
+                })
+                .unwrap();
+                type Output = wire::FilterOutput<wire::UpstreamRequest, Value>;
+                let ours: Output = decoded(&out);
+                let theirs: Output = decoded(&serde);
+                assert_eq!(ours.upstream_changes, theirs.upstream_changes);
+                assert_eq!(ours.ctx, theirs.ctx);
+                assert!(ours.upstream_request.is_none() && ours.error.is_none());
+            }
+        }
+    }
+}
