@@ -39,7 +39,8 @@ pub struct Cli {
     #[arg(long, value_name = "JSON|@FILE")]
     pub module_config: Option<String>,
 
-    /// Deadline of one guest hook call, in milliseconds (1-10000).
+    /// Deadline of one guest hook call, in milliseconds (1-10000); a call
+    /// past it is stopped within 5 ms.
     #[arg(long, value_name = "MS", default_value_t = GuestLimits::default().hook_timeout_ms,
           value_parser = clap::value_parser!(u64).range(1..=MAX_HOOK_TIMEOUT_MS))]
     pub hook_timeout_ms: u64,

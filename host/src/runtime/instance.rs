@@ -390,7 +390,6 @@ impl GuestInstance {
             target[at..at + piece.len()].copy_from_slice(piece);
             at += piece.len();
         }
-
         Ok(ptr)
     }
 
