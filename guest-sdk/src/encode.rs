@@ -7,11 +7,12 @@ use serde::Serialize;
 
 use crate::wire;
 
-/// `{"peer": PEER, "ctx": ctx}`; default peer options are left out.
+/// `{"peer": PEER, "ctx": ctx}`; default peer options are left out, and
+/// `ctx` when None (unchanged).
 pub(crate) fn peer_output<C: Serialize>(
     out: &mut Vec<u8>,
     peer: &wire::Peer,
-    ctx: &C,
+    ctx: Option<&C>,
 ) -> serde_json::Result<()> {
     out.extend_from_slice(br#"{"peer":{"address":"#);
     string(out, &peer.address)?;
@@ -26,20 +27,25 @@ pub(crate) fn peer_output<C: Serialize>(
         out.extend_from_slice(br#","options":"#);
         serde_json::to_writer(&mut *out, &peer.options)?;
     }
-    out.extend_from_slice(br#"},"ctx":"#);
-    serde_json::to_writer(&mut *out, ctx)?;
+    out.push(b'}');
+    if let Some(ctx) = ctx {
+        out.extend_from_slice(br#","ctx":"#);
+        serde_json::to_writer(&mut *out, ctx)?;
+    }
     out.push(b'}');
     Ok(())
 }
 
 /// `{"upstream_changes": CHANGES, "ctx": ctx}`, without
-/// `upstream_changes` when there are none.
+/// `upstream_changes` when there are none and without `ctx` when None
+/// (unchanged).
 pub(crate) fn filter_output<C: Serialize>(
     out: &mut Vec<u8>,
     changes: &wire::RequestChanges,
-    ctx: &C,
+    ctx: Option<&C>,
 ) -> serde_json::Result<()> {
     out.push(b'{');
+    let after_brace = out.len();
     if !changes.is_empty() {
         out.extend_from_slice(br#""upstream_changes":{"#);
         let mut first = true;
@@ -67,10 +73,15 @@ pub(crate) fn filter_output<C: Serialize>(
             }
             out.push(b']');
         }
-        out.extend_from_slice(b"},");
+        out.push(b'}');
     }
-    out.extend_from_slice(br#""ctx":"#);
-    serde_json::to_writer(&mut *out, ctx)?;
+    if let Some(ctx) = ctx {
+        if out.len() > after_brace {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#""ctx":"#);
+        serde_json::to_writer(&mut *out, ctx)?;
+    }
     out.push(b'}');
     Ok(())
 }
@@ -136,16 +147,19 @@ mod tests {
             verify_hostname: true,
         };
         let ctx = serde_json::json!({"stamp": "a\"b\\c\n", "n": 1});
-        for peer in [
-            peer(true, "one.one.one.one", wire::PeerOptions::default()),
-            peer(false, "", wire::PeerOptions::default()),
-            peer(true, "we\"ird\u{1}", options),
+        for (peer, ctx) in [
+            (
+                peer(true, "one.one.one.one", wire::PeerOptions::default()),
+                Some(&ctx),
+            ),
+            (peer(false, "", wire::PeerOptions::default()), None),
+            (peer(true, "we\"ird\u{1}", options), Some(&ctx)),
         ] {
             let mut out = Vec::new();
-            peer_output(&mut out, &peer, &ctx).unwrap();
+            peer_output(&mut out, &peer, ctx).unwrap();
             let serde = serde_json::to_vec(&wire::PeerOutput {
                 peer: Some(peer.clone()),
-                ctx: Some(&ctx),
+                ctx,
                 error: None,
             })
             .unwrap();
@@ -173,13 +187,13 @@ mod tests {
             ..Default::default()
         };
         for changes in [all, only_headers, wire::RequestChanges::default()] {
-            for ctx in [Value::Null, serde_json::json!([1, "two"])] {
+            for ctx in [Some(Value::Null), Some(serde_json::json!([1, "two"])), None] {
                 let mut out = Vec::new();
-                filter_output(&mut out, &changes, &ctx).unwrap();
+                filter_output(&mut out, &changes, ctx.as_ref()).unwrap();
                 let serde = serde_json::to_vec(&wire::FilterOutput::<wire::UpstreamRequest, _> {
                     upstream_request: None,
                     upstream_changes: (!changes.is_empty()).then(|| changes.clone()),
-                    ctx: Some(&ctx),
+                    ctx: ctx.as_ref(),
                     error: None,
                 })
                 .unwrap();

@@ -19,7 +19,9 @@ use crate::wire;
 /// Hooks are synchronous (a guest cannot block); everything else matches.
 pub trait ProxyHttp {
     /// Per-request state carried from `upstream_peer` to
-    /// `upstream_request_filter`. It travels through the host as JSON.
+    /// `upstream_request_filter`. It travels through the host as JSON;
+    /// a zero-sized one (such as `()`) carries nothing, so it is not sent
+    /// at all and each hook gets a fresh [`new_ctx`](Self::new_ctx).
     type CTX: Serialize + DeserializeOwned;
 
     /// Creates the context at the start of a request.
@@ -411,8 +413,37 @@ fn apply_op(request: &mut wire::UpstreamRequest, op: &wire::HeaderOp) {
     }
 }
 
+/// RFC 9110 `tchar`s: the bytes of a method or a header name.
+const TOKEN_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        b += 1;
+    }
+    table
+};
+
 fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TOKEN_BYTES[b as usize]
 }
 
 fn checked_header(name: String, value: String) -> Result<(String, String)> {
@@ -434,6 +465,14 @@ fn checked_header(name: String, value: String) -> Result<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_bytes_are_rfc_9110_tchars() {
+        for b in 0..=255u8 {
+            let tchar = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            assert_eq!(is_token_byte(b), tchar, "byte {b:#x}");
+        }
+    }
 
     fn request(headers: &[(&str, &str)]) -> RequestHeader {
         RequestHeader::new(wire::UpstreamRequest {

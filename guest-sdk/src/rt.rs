@@ -100,7 +100,7 @@ where
         Ok((peer.into_wire(), ctx))
     });
     match result {
-        Ok((peer, ctx)) => write_with(|out| encode::peer_output(out, &peer, &ctx)),
+        Ok((peer, ctx)) => write_with(|out| encode::peer_output(out, &peer, sent_ctx(&ctx))),
         Err(e) => write_output(&wire::PeerOutput::<()> {
             peer: None,
             ctx: None,
@@ -137,7 +137,9 @@ where
         Ok((upstream_request.into_changes(), ctx))
     });
     match result {
-        Ok((changes, ctx)) => write_with(|out| encode::filter_output(out, &changes, &ctx)),
+        Ok((changes, ctx)) => {
+            write_with(|out| encode::filter_output(out, &changes, sent_ctx(&ctx)))
+        }
         Err(e) => write_output(&wire::FilterOutput::<wire::UpstreamRequest, ()> {
             upstream_request: None,
             upstream_changes: None,
@@ -196,9 +198,19 @@ fn read_input<T: DeserializeOwned>(ptr: i32, len: i32) -> Result<T> {
     })
 }
 
+/// The ctx to return to the host: none for a zero-sized type, which
+/// carries nothing.
+fn sent_ctx<T>(ctx: &T) -> Option<&T> {
+    (std::mem::size_of::<T>() != 0).then_some(ctx)
+}
+
 /// The ctx fetched from the host (a hook called without input, see
-/// `lazy_ctx`); None if it is `null` or the host has none.
+/// `lazy_ctx`); None if it is `null` or the host has none, and never
+/// fetched for a zero-sized type.
 fn read_ctx_part<T: DeserializeOwned>() -> Result<Option<T>> {
+    if std::mem::size_of::<T>() == 0 {
+        return Ok(None);
+    }
     INPUT.with_borrow_mut(|buffer| {
         if !fetch_part(wire::PART_CTX, buffer) {
             return Ok(None);

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
 use host::abi;
 use host::runtime::{EngineOptions, GuestEngine, GuestLimits, GuestModule, Hook, InputParts};
 use pingora::http::RequestHeader;
@@ -113,6 +113,34 @@ fn hooks(c: &mut Criterion) {
     let typed_ctx = load("ctx_relay", ctx_relay, 1000);
     group.bench_function("ctx_relay (typed ctx), reused instance", |b| {
         b.iter(|| wasm_request(&typed_ctx, black_box(&req)))
+    });
+    group.finish();
+
+    // The same with cold caches, as between two hooks of a proxy under
+    // load: before each request (untimed), 8 MiB of other memory is
+    // written, evicting the guest's code and data from L1, L2 and most of
+    // L3.
+    let mut group = c.benchmark_group("request, cold caches");
+    let mut other = vec![0u8; 8 << 20];
+    let mut evict = move || {
+        for line in other.chunks_mut(64) {
+            line[0] = line[0].wrapping_add(1);
+        }
+        black_box(&other);
+    };
+    group.bench_function("native MyProxy", |b| {
+        b.iter_batched(
+            &mut evict,
+            |_| native_request(black_box(&req)),
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("first_proxy, reused instance", |b| {
+        b.iter_batched(
+            &mut evict,
+            |_| wasm_request(&reused, black_box(&req)),
+            BatchSize::PerIteration,
+        )
     });
     group.finish();
 

@@ -133,7 +133,10 @@ pub struct GuestModule {
     config_json: Vec<u8>,
     /// How the guest takes its hooks' input (said by its hook_init).
     input_mode: InputMode,
-    idle: Mutex<Vec<GuestInstance>>,
+    /// Boxed, so that taking and returning one moves a pointer, not the
+    /// struct (measured: 40-50 ns less per hook call).
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<GuestInstance>>>,
 }
 
 impl GuestModule {
@@ -183,7 +186,7 @@ impl GuestModule {
             .context("linking host imports")?;
 
         let mut instance =
-            GuestInstance::new(&pre, name.clone(), limits).map_err(anyhow::Error::from)?;
+            Box::new(GuestInstance::new(&pre, name.clone(), limits).map_err(anyhow::Error::from)?);
         let version = instance.abi_version().context("calling hook_abi_version")?;
         if version != ABI_VERSION {
             bail!("guest ABI version is {version}, this host speaks version {ABI_VERSION}");
@@ -244,21 +247,22 @@ impl GuestModule {
         result
     }
 
-    fn take_idle(&self) -> Option<GuestInstance> {
+    fn take_idle(&self) -> Option<Box<GuestInstance>> {
         // A poisoned lock only means another thread panicked while pushing
         // or popping; the Vec itself is intact.
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
     }
 
-    fn put_idle(&self, instance: GuestInstance) {
+    fn put_idle(&self, instance: Box<GuestInstance>) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE_INSTANCES {
             idle.push(instance);
         }
     }
 
-    fn new_instance(&self) -> Result<GuestInstance, HookFault> {
+    fn new_instance(&self) -> Result<Box<GuestInstance>, HookFault> {
         let mut instance = GuestInstance::new(&self.pre, self.name.clone(), self.limits)
+            .map(Box::new)
             .map_err(|e| HookFault::Instantiate(format!("{e:#}")))?;
         let input_mode = self
             .initialise(&mut instance)
