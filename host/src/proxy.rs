@@ -102,17 +102,25 @@ impl ProxyHttp for WasmProxy {
     /// Routing by Host: exact name, wildcard, default tenant; else 404.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
-        let host = req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri.host());
+        let host = || {
+            req.headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri.host())
+        };
         let tenants = self.tenants.load();
-        if let Some(tenant) = tenants.route(host) {
+        // A single module (or only a default tenant): no Host lookup.
+        let routed = if tenants.routes_by_host() {
+            tenants.route(host())
+        } else {
+            tenants.route(None)
+        };
+        if let Some(tenant) = routed {
             tenant.metrics.request();
             ctx.tenant = Some(tenant.clone());
             return Ok(false);
         }
+        let host = host();
         self.metrics.unrouted_request();
         let body = format!("no tenant serves host {:?}\n", host.unwrap_or_default());
         session

@@ -210,7 +210,7 @@ impl TenantSet {
     /// The tenant for a request's Host: exact name, then the longest
     /// matching wildcard, then the default tenant.
     pub fn route(&self, host: Option<&str>) -> Option<&Arc<Tenant>> {
-        if self.exact.is_empty() && self.wildcards.is_empty() {
+        if !self.routes_by_host() {
             return self.default.and_then(|index| self.tenants.get(index));
         }
         let host = host.map(normalise_host);
@@ -228,6 +228,12 @@ impl TenantSet {
             })
             .or(self.default)?;
         self.tenants.get(index)
+    }
+
+    /// Whether any tenant is chosen by Host; if not, every request goes to
+    /// the default tenant and the Host need not be looked at.
+    pub fn routes_by_host(&self) -> bool {
+        !self.exact.is_empty() || !self.wildcards.is_empty()
     }
 
     /// The tenants, in file order.
