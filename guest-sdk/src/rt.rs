@@ -86,7 +86,6 @@ where
     P: ProxyHttp,
     C: DeserializeOwned,
 {
-    install_panic_hook();
     let result = with_proxy(cell, new, |proxy| {
         let (request, ctx) = if len == 0 {
             (None, read_ctx_part::<P::CTX>()?)
@@ -121,7 +120,6 @@ where
     P: ProxyHttp,
     C: DeserializeOwned,
 {
-    install_panic_hook();
     let result = with_proxy(cell, new, |proxy| {
         let (request, upstream_request, ctx) = if len == 0 {
             (None, None, read_ctx_part::<P::CTX>()?)
@@ -161,6 +159,8 @@ where
 {
     cell.with(|cell| {
         if cell.get().is_none() {
+            // No hook_init came first (it installs the panic hook).
+            install_panic_hook();
             let config = serde_json::from_str::<C>("{}").map_err(|e| {
                 Error::explain(ErrorType::InternalError, format!("module config: {e}"))
             })?;
