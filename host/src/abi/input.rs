@@ -1,7 +1,7 @@
-//! What a hook call shows the guest: the downstream request and, in
-//! `upstream_request_filter`, the upstream request, encoded straight from
-//! Pingora's headers, and only when needed: a lazy-input guest that never
-//! asks for a part costs no encoding at all.
+//! What a hook call shows the guest: the downstream request, in
+//! `upstream_request_filter` the upstream request (both encoded straight
+//! from Pingora's headers, and only when needed: a lazy-input guest that
+//! never asks for a part costs no encoding at all), and the ctx.
 
 use std::cell::OnceCell;
 use std::sync::OnceLock;
