@@ -222,6 +222,9 @@ fn read_ctx_part<T: DeserializeOwned>() -> Result<Option<T>> {
             )
         });
         buffer.clear();
+        if buffer.capacity() > KEEP_INPUT_CAPACITY {
+            buffer.shrink_to(0);
+        }
         parsed
     })
 }
