@@ -52,23 +52,35 @@ pub fn call_upstream_peer(
     ctx: &GuestCtx,
 ) -> PeerDecision {
     let input = HookInput::new(request, None, ctx.json());
-    let decode = |bytes: &[u8]| decode_peer_output(bytes, ctx);
+    call(module, Hook::UpstreamPeer, &input, ctx, |bytes| {
+        decode_peer_output(bytes, ctx)
+    })?
+}
+
+/// Runs `hook` with `input` given as the module's input mode asks: no
+/// input, just `{"ctx"}`, or the whole input JSON (with
+/// `upstream_request` when the call has one).
+fn call<T>(
+    module: &GuestModule,
+    hook: Hook,
+    input: &HookInput<'_>,
+    ctx: &GuestCtx,
+    decode: impl FnOnce(&[u8]) -> Result<T, HookFault>,
+) -> Result<T, HookFault> {
     let ctx_json = ctx.json().as_bytes();
     match module.input_mode() {
-        InputMode::OnDemand => module.call(Hook::UpstreamPeer, &[], &input, decode)?,
+        InputMode::OnDemand => module.call(hook, &[], input, decode),
         InputMode::LazyParts => {
             let pieces: [&[u8]; 3] = [br#"{"ctx":"#, ctx_json, b"}"];
-            module.call(Hook::UpstreamPeer, &pieces, &input, decode)?
+            module.call(hook, &pieces, input, decode)
         }
         InputMode::Whole => {
-            let pieces: [&[u8]; 5] = [
-                br#"{"request":"#,
-                input.request_json().as_bytes(),
-                br#","ctx":"#,
-                ctx_json,
-                b"}",
-            ];
-            module.call(Hook::UpstreamPeer, &pieces, &input, decode)?
+            let mut pieces: Vec<&[u8]> = vec![br#"{"request":"#, input.request_json().as_bytes()];
+            if let Some(upstream) = input.upstream_json() {
+                pieces.extend([br#","upstream_request":"#.as_slice(), upstream.as_bytes()]);
+            }
+            pieces.extend([br#","ctx":"#.as_slice(), ctx_json, b"}"]);
+            module.call(hook, &pieces, input, decode)
         }
     }
 }
@@ -94,28 +106,9 @@ pub fn call_upstream_request_filter(
     ctx: &GuestCtx,
 ) -> FilterDecision {
     let input = HookInput::new(request, Some(upstream), ctx.json());
-    let decode = |bytes: &[u8]| decode_filter_output(bytes, ctx);
-    let ctx_json = ctx.json().as_bytes();
-    let hook = Hook::UpstreamRequestFilter;
-    match module.input_mode() {
-        InputMode::OnDemand => module.call(hook, &[], &input, decode)?,
-        InputMode::LazyParts => {
-            let pieces: [&[u8]; 3] = [br#"{"ctx":"#, ctx_json, b"}"];
-            module.call(hook, &pieces, &input, decode)?
-        }
-        InputMode::Whole => {
-            let pieces: [&[u8]; 7] = [
-                br#"{"request":"#,
-                input.request_json().as_bytes(),
-                br#","upstream_request":"#,
-                input.upstream_json().unwrap_or("null").as_bytes(),
-                br#","ctx":"#,
-                ctx_json,
-                b"}",
-            ];
-            module.call(hook, &pieces, &input, decode)?
-        }
-    }
+    call(module, Hook::UpstreamRequestFilter, &input, ctx, |bytes| {
+        decode_filter_output(bytes, ctx)
+    })?
 }
 
 /// The whole `upstream_request_filter` step: call the guest with the
@@ -161,6 +154,18 @@ mod tests {
     use super::*;
     use crate::runtime::{EngineOptions, GuestEngine, GuestLimits};
 
+    /// A module from WebAssembly text, with default limits and `{}` config.
+    fn load_wat(wat: &str) -> GuestModule {
+        let limits = GuestLimits::default();
+        let engine = GuestEngine::new(&EngineOptions {
+            max_memory_bytes: limits.memory_limit_bytes(),
+            cache_dir: None,
+        })
+        .unwrap();
+        let bytes = wat::parse_str(wat).unwrap();
+        GuestModule::from_bytes(&engine, "test".into(), &bytes, "{}", limits).unwrap()
+    }
+
     /// A guest without lazy input: `upstream_peer` returns a fixed answer,
     /// `upstream_request_filter` returns its own input, which is a valid
     /// output only if the host's input has the documented shape.
@@ -176,14 +181,7 @@ mod tests {
 
     #[test]
     fn full_inputs_have_the_documented_shape() {
-        let limits = GuestLimits::default();
-        let engine = GuestEngine::new(&EngineOptions {
-            max_memory_bytes: limits.memory_limit_bytes(),
-            cache_dir: None,
-        })
-        .unwrap();
-        let bytes = wat::parse_str(ECHO_GUEST).unwrap();
-        let module = GuestModule::from_bytes(&engine, "echo".into(), &bytes, "{}", limits).unwrap();
+        let module = load_wat(ECHO_GUEST);
         assert_eq!(module.input_mode(), InputMode::Whole);
 
         let mut req = RequestHeader::build("GET", b"/a?b=1", None).unwrap();
@@ -218,14 +216,7 @@ mod tests {
 
     #[test]
     fn lazy_parts_input_is_only_the_ctx() {
-        let limits = GuestLimits::default();
-        let engine = GuestEngine::new(&EngineOptions {
-            max_memory_bytes: limits.memory_limit_bytes(),
-            cache_dir: None,
-        })
-        .unwrap();
-        let bytes = wat::parse_str(LAZY_PARTS_GUEST).unwrap();
-        let module = GuestModule::from_bytes(&engine, "lazy".into(), &bytes, "{}", limits).unwrap();
+        let module = load_wat(LAZY_PARTS_GUEST);
         assert_eq!(module.input_mode(), InputMode::LazyParts);
 
         let req = RequestHeader::build("GET", b"/", None).unwrap();
