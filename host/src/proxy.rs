@@ -80,6 +80,15 @@ impl WasmProxy {
     }
 }
 
+/// The downstream request as the hooks show it, its JSON cached in `ctx`.
+fn downstream_request<'a>(session: &'a Session, ctx: &'a RequestCtx) -> DownstreamRequest<'a> {
+    DownstreamRequest::new(
+        session.req_header(),
+        session.client_addr(),
+        &ctx.request_json,
+    )
+}
+
 /// The tenant a request was routed to in `request_filter`.
 fn routed(ctx: &RequestCtx) -> Result<Arc<Tenant>> {
     ctx.tenant
@@ -136,11 +145,7 @@ impl ProxyHttp for WasmProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let tenant = routed(ctx)?;
-        let request = DownstreamRequest::new(
-            session.req_header(),
-            session.client_addr(),
-            &ctx.request_json,
-        );
+        let request = downstream_request(session, ctx);
         let started = Instant::now();
         let result = abi::call_upstream_peer(&tenant.module, &request, &ctx.guest_ctx);
         Self::observe(&tenant, Hook::UpstreamPeer, started, &result);
@@ -177,11 +182,7 @@ impl ProxyHttp for WasmProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let tenant = routed(ctx)?;
-        let request = DownstreamRequest::new(
-            session.req_header(),
-            session.client_addr(),
-            &ctx.request_json,
-        );
+        let request = downstream_request(session, ctx);
         let started = Instant::now();
         let result = abi::filter_upstream_request(
             &tenant.module,

@@ -100,7 +100,9 @@ impl GuestEngine {
             cache: module_cache,
             ticker_pid: AtomicU32::new(0),
         });
-        guest_engine.ensure_ticker();
+        guest_engine
+            .ensure_ticker()
+            .context("starting the epoch ticker thread")?;
         Ok(guest_engine)
     }
 
@@ -115,19 +117,23 @@ impl GuestEngine {
     }
 
     /// Starts the ticker thread unless this process already runs one.
-    pub fn ensure_ticker(&self) {
+    pub fn ensure_ticker(&self) -> std::io::Result<()> {
         let pid = std::process::id();
         if self.ticker_pid.swap(pid, Ordering::SeqCst) == pid {
-            return;
+            return Ok(());
         }
         let engine = self.engine.clone();
-        thread::Builder::new()
+        let spawned = thread::Builder::new()
             .name("wasm-epoch".into())
             .spawn(move || loop {
                 thread::sleep(EPOCH_TICK);
                 engine.increment_epoch();
-            })
-            .expect("spawning the epoch thread");
+            });
+        if spawned.is_err() {
+            // Not running after all: a later call may try again.
+            self.ticker_pid.store(0, Ordering::SeqCst);
+        }
+        spawned.map(drop)
     }
 }
 
@@ -138,6 +144,11 @@ pub struct EpochTicker(pub Arc<GuestEngine>);
 #[async_trait]
 impl BackgroundService for EpochTicker {
     async fn start(&self, _shutdown: ShutdownWatch) {
-        self.0.ensure_ticker();
+        if let Err(e) = self.0.ensure_ticker() {
+            // Without ticks no hook deadline holds: a looping guest would
+            // hold a worker for ever. Better to stop than to serve so.
+            log::error!("cannot start the epoch ticker thread: {e}; stopping");
+            std::process::exit(1);
+        }
     }
 }
