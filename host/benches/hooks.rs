@@ -7,9 +7,16 @@
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
+use std::future::Future;
+use std::task::{Context, Poll, Waker};
+
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
 use host::abi;
-use host::runtime::{EngineOptions, GuestEngine, GuestLimits, GuestModule, Hook, InputParts};
+use host::budget::{Budget, BudgetLimits, MAX_CPU_MS_PER_S};
+use host::metrics::Metrics;
+use host::runtime::{
+    EngineOptions, GuestEngine, GuestLimits, GuestModule, Hook, InputParts, Unmetered,
+};
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 
@@ -43,13 +50,36 @@ fn load(guest: &str, config: &str, instance_reuse: u64) -> GuestModule {
     GuestModule::load(&engine, guest.into(), &path, config, limits).unwrap()
 }
 
-/// One request's worth of hook work, as `WasmProxy` does it.
-fn wasm_request(module: &GuestModule, req: &RequestHeader) -> Box<HttpPeer> {
+/// Runs a hook call that finishes within one poll, as a fast call does on
+/// a Pingora worker.
+fn ready<F: Future>(call: F) -> F::Output {
+    let mut call = std::pin::pin!(call);
+    match call.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(out) => out,
+        Poll::Pending => panic!("a bench call yielded"),
+    }
+}
+
+/// A tenant budget with the default limits, except a guest-time rate no
+/// bench loop reaches (it calls the guest all the time).
+fn budget() -> Budget {
+    let limits = BudgetLimits {
+        cpu_ms_per_s: MAX_CPU_MS_PER_S,
+        ..BudgetLimits::default()
+    };
+    Budget::new(limits, Metrics::new().tenant("bench"))
+}
+
+/// One request's worth of hook work, as `WasmProxy` does it: each call
+/// admitted by the tenant's budget and its guest time charged to it.
+fn wasm_request(module: &GuestModule, budget: &Budget, req: &RequestHeader) -> Box<HttpPeer> {
     let request_json = OnceLock::new();
     let request = abi::DownstreamRequest::new(req, None, &request_json);
     let mut ctx = abi::GuestCtx::default();
 
-    let (peer, update) = abi::call_upstream_peer(module, &request, &ctx).unwrap();
+    let permit = budget.admit().unwrap();
+    let (peer, update) = ready(abi::call_upstream_peer(module, &request, &ctx, budget)).unwrap();
+    permit.finish(false);
     ctx.apply(update);
     let abi::PeerAddress::Ip(addr) = abi::peer_address(&peer.address).unwrap() else {
         panic!("bench peers are IP addresses");
@@ -57,7 +87,16 @@ fn wasm_request(module: &GuestModule, req: &RequestHeader) -> Box<HttpPeer> {
     let http_peer = abi::http_peer(addr, &peer).unwrap();
 
     let mut upstream = req.clone();
-    let update = abi::filter_upstream_request(module, &request, &mut upstream, &ctx).unwrap();
+    let permit = budget.admit().unwrap();
+    let update = ready(abi::filter_upstream_request(
+        module,
+        &request,
+        &mut upstream,
+        &ctx,
+        budget,
+    ))
+    .unwrap();
+    permit.finish(false);
     ctx.apply(update);
     black_box((ctx, upstream));
     http_peer
@@ -98,21 +137,22 @@ fn hooks(c: &mut Criterion) {
     let first_proxy = "{}";
     let ctx_relay = r#"{"upstream": "127.0.0.1:8080"}"#;
 
+    let budget = budget();
     let mut group = c.benchmark_group("request");
     group.bench_function("native MyProxy", |b| {
         b.iter(|| native_request(black_box(&req)))
     });
     let reused = Arc::new(load("first_proxy", first_proxy, 1000));
     group.bench_function("first_proxy, reused instance", |b| {
-        b.iter(|| wasm_request(&reused, black_box(&req)))
+        b.iter(|| wasm_request(&reused, &budget, black_box(&req)))
     });
     let fresh = load("first_proxy", first_proxy, 1);
     group.bench_function("first_proxy, fresh instance per call", |b| {
-        b.iter(|| wasm_request(&fresh, black_box(&req)))
+        b.iter(|| wasm_request(&fresh, &budget, black_box(&req)))
     });
     let typed_ctx = load("ctx_relay", ctx_relay, 1000);
     group.bench_function("ctx_relay (typed ctx), reused instance", |b| {
-        b.iter(|| wasm_request(&typed_ctx, black_box(&req)))
+        b.iter(|| wasm_request(&typed_ctx, &budget, black_box(&req)))
     });
     group.finish();
 
@@ -138,7 +178,7 @@ fn hooks(c: &mut Criterion) {
     group.bench_function("first_proxy, reused instance", |b| {
         b.iter_batched(
             &mut evict,
-            |_| wasm_request(&reused, black_box(&req)),
+            |_| wasm_request(&reused, &budget, black_box(&req)),
             BatchSize::PerIteration,
         )
     });
@@ -160,7 +200,9 @@ fn hooks(c: &mut Criterion) {
         ("upstream_request_filter", Hook::UpstreamRequestFilter),
     ] {
         group.bench_function(format!("first_proxy {name}"), |b| {
-            b.iter(|| reused.call(hook, &[], &parts, |out| Ok(out.len())).unwrap())
+            b.iter(|| {
+                ready(reused.call(hook, &[], &parts, &Unmetered, |out| Ok(out.len()))).unwrap()
+            })
         });
     }
     group.finish();

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use pingora::server::configuration::Opt;
 
+use crate::budget::{BudgetLimits, MAX_BREAKER_MS, MAX_CONCURRENT_CALLS, MAX_CPU_MS_PER_S};
 use crate::runtime::{GuestLimits, MAX_HOOK_TIMEOUT_MS, MAX_MEMORY_LIMIT_MIB};
 
 /// A Pingora reverse proxy whose `upstream_peer` and
@@ -39,8 +40,8 @@ pub struct Cli {
     #[arg(long, value_name = "JSON|@FILE")]
     pub module_config: Option<String>,
 
-    /// Deadline of one guest hook call, in milliseconds (1-10000); a call
-    /// past it is stopped within 5 ms.
+    /// Deadline of one guest hook call, in milliseconds of the call's own
+    /// running time (1-10000); a call past it is stopped within 5 ms.
     #[arg(long, value_name = "MS", default_value_t = GuestLimits::default().hook_timeout_ms,
           value_parser = clap::value_parser!(u64).range(1..=MAX_HOOK_TIMEOUT_MS))]
     pub hook_timeout_ms: u64,
@@ -56,6 +57,36 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = GuestLimits::default().instance_reuse,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub instance_reuse: u64,
+
+    /// Guest calls of one tenant in flight at once (1-1000); past it a
+    /// request gets 503 without calling the guest.
+    #[arg(long, value_name = "N", default_value_t = BudgetLimits::default().max_concurrent_calls,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_CONCURRENT_CALLS as i64))]
+    pub max_concurrent_calls: u32,
+
+    /// Guest running time one tenant may spend per second, in ms
+    /// (1-64000; a bucket holding one second's worth); once spent, requests
+    /// get 429 without calling the guest until it refills.
+    #[arg(long, value_name = "MS", default_value_t = BudgetLimits::default().cpu_ms_per_s,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_CPU_MS_PER_S as i64))]
+    pub cpu_ms_per_s: u32,
+
+    /// Guest faults within --breaker-window-ms that open a tenant's circuit
+    /// breaker (0: never); while open, its requests get 503 (or go to the
+    /// fail-open fallback) without calling the guest.
+    #[arg(long, value_name = "N", default_value_t = BudgetLimits::default().breaker_faults)]
+    pub breaker_faults: u32,
+
+    /// The window in which --breaker-faults faults open the breaker, in ms.
+    #[arg(long, value_name = "MS", default_value_t = BudgetLimits::default().breaker_window_ms,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_BREAKER_MS))]
+    pub breaker_window_ms: u64,
+
+    /// How long an open breaker fails fast before one probe call is let
+    /// through (success closes it, a fault opens it again), in ms.
+    #[arg(long, value_name = "MS", default_value_t = BudgetLimits::default().breaker_cooldown_ms,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_BREAKER_MS))]
+    pub breaker_cooldown_ms: u64,
 
     /// Directory caching compiled modules between starts. Default:
     /// $XDG_CACHE_HOME/wasm-pingora-host (or ~/.cache/wasm-pingora-host).

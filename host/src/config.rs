@@ -6,9 +6,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
+use crate::budget::BudgetLimits;
 use crate::cli::Cli;
 use crate::runtime::GuestLimits;
-use crate::tenants::TenantSource;
+use crate::tenants::{TenantDefaults, TenantSource};
 
 /// The module configuration as JSON text: `--module-config` inline or
 /// `@FILE`, `{}` when absent. It must be valid JSON.
@@ -26,12 +27,21 @@ pub fn module_config(cli: &Cli) -> anyhow::Result<String> {
     Ok(text)
 }
 
-/// The per-instance limits from the flags.
-pub fn limits(cli: &Cli) -> GuestLimits {
-    GuestLimits {
-        hook_timeout_ms: cli.hook_timeout_ms,
-        memory_limit_mib: cli.memory_limit_mib,
-        instance_reuse: cli.instance_reuse,
+/// The per-instance limits and the per-tenant budget from the flags.
+pub fn limits(cli: &Cli) -> TenantDefaults {
+    TenantDefaults {
+        limits: GuestLimits {
+            hook_timeout_ms: cli.hook_timeout_ms,
+            memory_limit_mib: cli.memory_limit_mib,
+            instance_reuse: cli.instance_reuse,
+        },
+        budget: BudgetLimits {
+            max_concurrent_calls: cli.max_concurrent_calls,
+            cpu_ms_per_s: cli.cpu_ms_per_s,
+            breaker_faults: cli.breaker_faults,
+            breaker_window_ms: cli.breaker_window_ms,
+            breaker_cooldown_ms: cli.breaker_cooldown_ms,
+        },
     }
 }
 

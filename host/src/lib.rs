@@ -5,6 +5,7 @@
 //! limits, faults).
 
 pub mod abi;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod metrics;

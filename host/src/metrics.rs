@@ -6,10 +6,11 @@ use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::budget::{BreakerState, Throttle};
 use crate::runtime::{Hook, HookFault};
 
 /// Every metric the proxy exports, in one registry.
@@ -20,6 +21,8 @@ pub struct Metrics {
     hook_duration: HistogramVec,
     hook_faults: IntCounterVec,
     module_loads: IntCounterVec,
+    throttled: IntCounterVec,
+    breaker_state: IntGaugeVec,
     reloads: IntCounter,
     reload_failures: IntCounter,
 }
@@ -55,6 +58,22 @@ impl Metrics {
             "Guest modules compiled and checked.",
             &["tenant"],
         );
+        let throttled = counter(
+            "wasm_proxy_tenant_throttled_total",
+            "Guest calls not made because the tenant was over a budget, by reason: concurrency, cpu, breaker_open.",
+            &["tenant", "reason"],
+        );
+        let breaker_state = IntGaugeVec::new(
+            Opts::new(
+                "wasm_proxy_tenant_breaker_state",
+                "The tenant's circuit breaker: 0 closed, 1 open, 2 half-open.",
+            ),
+            &["tenant"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(breaker_state.clone()))
+            .expect("unique metric");
         let hook_duration = HistogramVec::new(
             HistogramOpts::new(
                 "wasm_proxy_hook_duration_seconds",
@@ -91,6 +110,8 @@ impl Metrics {
             hook_duration,
             hook_faults,
             module_loads,
+            throttled,
+            breaker_state,
             reloads,
             reload_failures,
         }
@@ -118,6 +139,9 @@ impl Metrics {
             upstream_peer: hook(Hook::UpstreamPeer),
             upstream_request_filter: hook(Hook::UpstreamRequestFilter),
             faults: self.hook_faults.clone(),
+            throttled: Throttle::ALL
+                .map(|reason| self.throttled.with_label_values(&[tenant, reason.reason()])),
+            breaker_state: self.breaker_state.with_label_values(&[tenant]),
         }
     }
 
@@ -158,6 +182,9 @@ pub struct TenantMetrics {
     upstream_peer: HookMetrics,
     upstream_request_filter: HookMetrics,
     faults: IntCounterVec,
+    /// By `Throttle::ALL`'s order.
+    throttled: [IntCounter; 3],
+    breaker_state: IntGauge,
 }
 
 struct HookMetrics {
@@ -166,6 +193,21 @@ struct HookMetrics {
 }
 
 impl TenantMetrics {
+    /// The tenant's name.
+    pub fn tenant(&self) -> &str {
+        &self.name
+    }
+
+    /// A guest call not made: the tenant was over a budget.
+    pub fn throttled(&self, reason: Throttle) {
+        self.throttled[reason as usize].inc();
+    }
+
+    /// The breaker moved to `state`.
+    pub fn breaker_state(&self, state: BreakerState) {
+        self.breaker_state.set(state as i64);
+    }
+
     /// A request routed to this tenant.
     pub fn request(&self) {
         self.requests.inc();

@@ -1,7 +1,10 @@
 //! The `ProxyHttp` implementation. Pingora calls it for every request:
 //! `request_filter` picks the tenant by Host, and the two routing hooks are
 //! delegated to that tenant's guest module, to the exports of the same
-//! names, with the per-request ctx carried as JSON between them.
+//! names, with the per-request ctx carried as JSON between them. Each
+//! guest call is first admitted by the tenant's budget (calls in flight,
+//! guest time per second, circuit breaker), and yields its worker while it
+//! runs long.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -11,9 +14,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
+use pingora::protocols::http::error_resp::gen_error_response;
 use pingora::proxy::{ProxyHttp, Session};
 
 use crate::abi::{self, DownstreamRequest, GuestCtx, HookFailure};
+use crate::budget::{CallPermit, Throttle};
 use crate::metrics::Metrics;
 use crate::runtime::Hook;
 use crate::tenants::{GuestErrorPolicy, Tenant, TenantSet};
@@ -51,6 +56,47 @@ impl WasmProxy {
         tenant.metrics.hook_call(hook, started.elapsed(), fault);
     }
 
+    /// Asks the tenant's budget for leave to call `hook`. `Ok(None)`: the
+    /// breaker is open and the tenant fails open, so the hook is skipped
+    /// as if it had faulted. A refusal is answered here, with why in the
+    /// body and when to retry in `Retry-After` (Pingora's own error page
+    /// then sees a response already sent), and logged at most once a
+    /// second per tenant.
+    async fn admit<'t>(
+        session: &mut Session,
+        tenant: &'t Tenant,
+        hook: Hook,
+    ) -> Result<Option<CallPermit<'t>>> {
+        let throttle = match tenant.budget.admit() {
+            Ok(permit) => return Ok(Some(permit)),
+            Err(Throttle::BreakerOpen) if tenant.on_guest_error == GuestErrorPolicy::FailOpen => {
+                return Ok(None)
+            }
+            Err(throttle) => throttle,
+        };
+        let why = throttle.explain(tenant.budget.limits());
+        let status = throttle.status();
+        if tenant.budget.log_throttle_now() {
+            log::warn!(
+                "module {}: {hook} not called, answered {status}: {why} \
+                 (at most one such line per second; all are counted in \
+                 wasm_proxy_tenant_throttled_total)",
+                tenant.module.name()
+            );
+        }
+        let why = format!("tenant {}: {why}", tenant.name);
+        let body = Bytes::from(format!("{why}\n"));
+        let mut response = gen_error_response(status);
+        response.insert_header(
+            http::header::RETRY_AFTER,
+            tenant.budget.retry_after(throttle),
+        )?;
+        response.insert_header(http::header::CONTENT_TYPE, "text/plain")?;
+        response.set_content_length(body.len())?;
+        session.write_error_response(response, body).await?;
+        Err(Error::explain(HTTPStatus(status), why))
+    }
+
     /// Logs a failed hook with module, hook and reason, and turns it into
     /// the error whose type gives the client's status.
     fn failed(&self, tenant: &Tenant, hook: Hook, failure: HookFailure) -> Box<Error> {
@@ -68,6 +114,7 @@ impl WasmProxy {
                 );
                 Error::explain(HTTPStatus(refusal.status), refusal.message)
             }
+            HookFailure::Skipped => Error::explain(InternalError, "guest call skipped"),
             HookFailure::Refused(refusal) => {
                 log::error!(
                     "module {module}: {hook} failed: refusal status {} is not 400-599 ({})",
@@ -145,25 +192,42 @@ impl ProxyHttp for WasmProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let tenant = routed(ctx)?;
-        let request = downstream_request(session, ctx);
-        let started = Instant::now();
-        let result = abi::call_upstream_peer(&tenant.module, &request, &ctx.guest_ctx);
-        Self::observe(&tenant, Hook::UpstreamPeer, started, &result);
-        let peer = match result {
-            Ok((peer, update)) => {
-                ctx.guest_ctx.apply(update);
-                abi::build_peer(&peer).await.map_err(|fault| {
-                    tenant.metrics.fault(Hook::UpstreamPeer, &fault);
-                    HookFailure::Fault(fault)
-                })
+        let peer = match Self::admit(session, &tenant, Hook::UpstreamPeer).await? {
+            Some(permit) => {
+                let request = downstream_request(session, ctx);
+                let started = Instant::now();
+                let result = abi::call_upstream_peer(
+                    &tenant.module,
+                    &request,
+                    &ctx.guest_ctx,
+                    &tenant.budget,
+                )
+                .await;
+                Self::observe(&tenant, Hook::UpstreamPeer, started, &result);
+                let peer = match result {
+                    Ok((peer, update)) => {
+                        ctx.guest_ctx.apply(update);
+                        abi::build_peer(&peer).await.map_err(|fault| {
+                            tenant.metrics.fault(Hook::UpstreamPeer, &fault);
+                            HookFailure::Fault(fault)
+                        })
+                    }
+                    Err(failure) => Err(failure),
+                };
+                permit.finish(matches!(peer, Err(HookFailure::Fault(_))));
+                peer
             }
-            Err(failure) => Err(failure),
+            None => Err(HookFailure::Skipped),
         };
         match (peer, tenant.on_guest_error, tenant.fallback_upstream) {
             (Ok(peer), _, _) => Ok(peer),
-            (Err(HookFailure::Fault(fault)), GuestErrorPolicy::FailOpen, Some(fallback)) => {
+            (
+                Err(failure @ (HookFailure::Fault(_) | HookFailure::Skipped)),
+                GuestErrorPolicy::FailOpen,
+                Some(fallback),
+            ) => {
                 log::warn!(
-                    "module {}: upstream_peer failed: {fault}; fail-open to {fallback}",
+                    "module {}: upstream_peer failed: {failure}; fail-open to {fallback}",
                     tenant.module.name()
                 );
                 Ok(Box::new(HttpPeer::new(fallback, false, String::new())))
@@ -182,23 +246,35 @@ impl ProxyHttp for WasmProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let tenant = routed(ctx)?;
-        let request = downstream_request(session, ctx);
-        let started = Instant::now();
-        let result = abi::filter_upstream_request(
-            &tenant.module,
-            &request,
-            upstream_request,
-            &ctx.guest_ctx,
-        );
-        Self::observe(&tenant, Hook::UpstreamRequestFilter, started, &result);
+        let result = match Self::admit(session, &tenant, Hook::UpstreamRequestFilter).await? {
+            Some(permit) => {
+                let request = downstream_request(session, ctx);
+                let started = Instant::now();
+                let result = abi::filter_upstream_request(
+                    &tenant.module,
+                    &request,
+                    upstream_request,
+                    &ctx.guest_ctx,
+                    &tenant.budget,
+                )
+                .await;
+                Self::observe(&tenant, Hook::UpstreamRequestFilter, started, &result);
+                permit.finish(matches!(result, Err(HookFailure::Fault(_))));
+                result
+            }
+            None => Err(HookFailure::Skipped),
+        };
         match (result, tenant.on_guest_error) {
             (Ok(update), _) => {
                 ctx.guest_ctx.apply(update);
                 Ok(())
             }
-            (Err(HookFailure::Fault(fault)), GuestErrorPolicy::FailOpen) => {
+            (
+                Err(failure @ (HookFailure::Fault(_) | HookFailure::Skipped)),
+                GuestErrorPolicy::FailOpen,
+            ) => {
                 log::warn!(
-                    "module {}: upstream_request_filter failed: {fault}; fail-open, request unchanged",
+                    "module {}: upstream_request_filter failed: {failure}; fail-open, request unchanged",
                     tenant.module.name()
                 );
                 Ok(())

@@ -13,8 +13,8 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::metrics::Metrics;
-use crate::runtime::{GuestEngine, GuestLimits};
-use crate::tenants::{TenantSet, TenantSource};
+use crate::runtime::GuestEngine;
+use crate::tenants::{TenantDefaults, TenantSet, TenantSource};
 
 /// How often watched files are checked for changes.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -26,7 +26,7 @@ pub struct TenantReloader {
     /// The engine new modules are compiled with.
     pub engine: Arc<GuestEngine>,
     /// Limits of tenants that set none.
-    pub defaults: GuestLimits,
+    pub defaults: TenantDefaults,
     /// The set requests are routed with.
     pub live: Arc<ArcSwap<TenantSet>>,
     /// Where reloads are counted.

@@ -39,12 +39,18 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
     let tenants = TenantSet::load(&engine, &source, limits, &metrics)?;
     for tenant in tenants.tenants() {
         let limits = tenant.module.limits();
+        let budget = tenant.budget.limits();
         log::info!(
-            "serving module {} (hook timeout {} ms, memory limit {} MiB, instance reuse {})",
+            "serving module {} (hook timeout {} ms, memory limit {} MiB, instance reuse {}, \
+             {} calls in flight, {} ms guest time per s, breaker {} faults in {} ms)",
             tenant.module.name(),
             limits.hook_timeout_ms,
             limits.memory_limit_mib,
-            limits.instance_reuse
+            limits.instance_reuse,
+            budget.max_concurrent_calls,
+            budget.cpu_ms_per_s,
+            budget.breaker_faults,
+            budget.breaker_window_ms
         );
     }
     let live = Arc::new(ArcSwap::from_pointee(tenants));

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+use crate::budget::{Budget, BudgetLimits};
 use crate::metrics::{Metrics, TenantMetrics};
 use crate::runtime::{GuestEngine, GuestLimits, GuestModule};
 
@@ -26,7 +27,18 @@ pub enum GuestErrorPolicy {
     FailOpen,
 }
 
-/// One tenant: a name, its module and what to do when the module fails.
+/// The limits and budget of a tenant that sets none of its own (from the
+/// command line flags).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TenantDefaults {
+    /// Per-instance limits.
+    pub limits: GuestLimits,
+    /// Per-tenant budget and breaker.
+    pub budget: BudgetLimits,
+}
+
+/// One tenant: a name, its module, its budget and what to do when the
+/// module fails.
 pub struct Tenant {
     /// The tenant's name, as in logs and metrics.
     pub name: String,
@@ -36,6 +48,8 @@ pub struct Tenant {
     pub on_guest_error: GuestErrorPolicy,
     /// Where fail-open requests go when `upstream_peer` failed.
     pub fallback_upstream: Option<SocketAddr>,
+    /// Its guest budget and circuit breaker.
+    pub budget: Budget,
     /// Its request and hook metrics.
     pub metrics: TenantMetrics,
 }
@@ -88,6 +102,8 @@ struct TenantSpec {
     on_guest_error: GuestErrorPolicy,
     #[serde(default)]
     fallback_upstream: Option<String>,
+    #[serde(default)]
+    breaker: BreakerSpec,
 }
 
 #[derive(Default, Deserialize)]
@@ -96,6 +112,16 @@ struct LimitsSpec {
     hook_timeout_ms: Option<u64>,
     memory_limit_mib: Option<u64>,
     instance_reuse: Option<u64>,
+    max_concurrent_calls: Option<u32>,
+    cpu_ms_per_s: Option<u32>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BreakerSpec {
+    faults: Option<u32>,
+    window_ms: Option<u64>,
+    cooldown_ms: Option<u64>,
 }
 
 impl TenantSet {
@@ -104,7 +130,7 @@ impl TenantSet {
     pub fn load(
         engine: &GuestEngine,
         source: &TenantSource,
-        defaults: GuestLimits,
+        defaults: TenantDefaults,
         metrics: &Metrics,
     ) -> anyhow::Result<Self> {
         match source {
@@ -113,10 +139,16 @@ impl TenantSet {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_else(|| path.display().to_string());
-                let module =
-                    GuestModule::load(engine, name.as_str().into(), path, config_json, defaults)?;
+                let module = GuestModule::load(
+                    engine,
+                    name.as_str().into(),
+                    path,
+                    config_json,
+                    defaults.limits,
+                )?;
                 metrics.module_load(&name);
                 let tenant = Tenant {
+                    budget: Budget::new(defaults.budget, metrics.tenant(&name)),
                     metrics: metrics.tenant(&name),
                     name,
                     module: Arc::new(module),
@@ -139,7 +171,7 @@ impl TenantSet {
     fn load_file(
         engine: &GuestEngine,
         path: &Path,
-        defaults: GuestLimits,
+        defaults: TenantDefaults,
         metrics: &Metrics,
     ) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).context("reading it")?;
@@ -252,24 +284,27 @@ fn build_tenant(
     engine: &GuestEngine,
     base: &Path,
     spec: TenantSpec,
-    defaults: GuestLimits,
+    defaults: TenantDefaults,
     metrics: &Metrics,
 ) -> anyhow::Result<(Tenant, PathBuf)> {
+    let (given, guest) = (&spec.limits, defaults.limits);
     let limits = GuestLimits {
-        hook_timeout_ms: spec
-            .limits
-            .hook_timeout_ms
-            .unwrap_or(defaults.hook_timeout_ms),
-        memory_limit_mib: spec
-            .limits
-            .memory_limit_mib
-            .unwrap_or(defaults.memory_limit_mib),
-        instance_reuse: spec
-            .limits
-            .instance_reuse
-            .unwrap_or(defaults.instance_reuse),
+        hook_timeout_ms: given.hook_timeout_ms.unwrap_or(guest.hook_timeout_ms),
+        memory_limit_mib: given.memory_limit_mib.unwrap_or(guest.memory_limit_mib),
+        instance_reuse: given.instance_reuse.unwrap_or(guest.instance_reuse),
     };
     limits.check().context("limits")?;
+    let (breaker, budget) = (&spec.breaker, defaults.budget);
+    let budget = BudgetLimits {
+        max_concurrent_calls: given
+            .max_concurrent_calls
+            .unwrap_or(budget.max_concurrent_calls),
+        cpu_ms_per_s: given.cpu_ms_per_s.unwrap_or(budget.cpu_ms_per_s),
+        breaker_faults: breaker.faults.unwrap_or(budget.breaker_faults),
+        breaker_window_ms: breaker.window_ms.unwrap_or(budget.breaker_window_ms),
+        breaker_cooldown_ms: breaker.cooldown_ms.unwrap_or(budget.breaker_cooldown_ms),
+    };
+    budget.check().context("limits")?;
     let fallback_upstream = match &spec.fallback_upstream {
         Some(addr) => Some(
             addr.parse::<SocketAddr>()
@@ -296,6 +331,7 @@ fn build_tenant(
     .into();
     let module = GuestModule::load(engine, name, &module_path, &config_json, limits)?;
     let tenant = Tenant {
+        budget: Budget::new(budget, metrics.tenant(&spec.name)),
         metrics: metrics.tenant(&spec.name),
         name: spec.name,
         module: Arc::new(module),

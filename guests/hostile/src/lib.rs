@@ -7,8 +7,10 @@
 //!
 //! Misbehaviours: `none`, `loop`, `alloc` (without bound), `panic`,
 //! `unreachable`, `recursion`, `oob_output`, `huge_output`, `invalid_json`,
-//! `invalid_utf8`, `bad_peer`, `bad_header`. `hook` picks which hook
-//! misbehaves (`upstream_peer` or `upstream_request_filter`).
+//! `invalid_utf8`, `bad_peer`, `bad_header`, and `spin`: slow but legal,
+//! `spin_iterations` rounds of arithmetic, then an honest answer. `hook`
+//! picks which hook misbehaves (`upstream_peer` or
+//! `upstream_request_filter`).
 
 use std::cell::{Cell, OnceCell};
 use std::hint::black_box;
@@ -32,6 +34,7 @@ pub enum Misbehaviour {
     InvalidUtf8,
     BadPeer,
     BadHeader,
+    Spin,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +51,7 @@ pub struct Config {
     misbehave: Misbehaviour,
     on_path: String,
     hook: HookName,
+    spin_iterations: u64,
 }
 
 impl Default for Config {
@@ -57,6 +61,7 @@ impl Default for Config {
             misbehave: Misbehaviour::None,
             on_path: "/".into(),
             hook: HookName::UpstreamPeer,
+            spin_iterations: 0,
         }
     }
 }
@@ -101,10 +106,24 @@ impl Hostile {
             Misbehaviour::Recursion => {
                 black_box(recurse(black_box(1)));
             }
+            Misbehaviour::Spin => {
+                black_box(spin(black_box(self.config.spin_iterations)));
+            }
             raw => RAW_OUTPUT.set(Some(raw)),
         }
         Ok(())
     }
+}
+
+/// `rounds` of xorshift: work the optimiser cannot skip.
+fn spin(rounds: u64) -> u64 {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..rounds {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    x
 }
 
 fn recurse(n: u64) -> u64 {

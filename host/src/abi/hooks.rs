@@ -9,7 +9,7 @@ use pingora::http::RequestHeader;
 use super::ctx::{CtxUpdate, GuestCtx};
 use super::input::{DownstreamRequest, HookInput};
 use super::request::{apply_request_changes, apply_upstream_request, upstream_request};
-use crate::runtime::{decode_json, GuestModule, Hook, HookFault, InputMode};
+use crate::runtime::{decode_json, GuestModule, Hook, HookFault, InputMode, SliceMeter};
 
 /// How a hook call can fail to produce its result.
 #[derive(Debug)]
@@ -18,6 +18,20 @@ pub enum HookFailure {
     Fault(HookFault),
     /// The guest refused the request with its own status.
     Refused(HookError),
+    /// The guest was not called: its tenant's circuit breaker is open.
+    Skipped,
+}
+
+impl std::fmt::Display for HookFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HookFailure::Fault(fault) => fault.fmt(f),
+            HookFailure::Refused(refusal) => {
+                write!(f, "refused with {}: {}", refusal.status, refusal.message)
+            }
+            HookFailure::Skipped => f.write_str("not called, the circuit breaker is open"),
+        }
+    }
 }
 
 impl From<HookFault> for HookFailure {
@@ -45,34 +59,38 @@ pub enum UpstreamEdit {
 /// ctx, or a refusal.
 pub type FilterDecision = Result<(UpstreamEdit, CtxUpdate), HookFailure>;
 
-/// Calls `upstream_peer` for `request` with the request's `ctx`.
-pub fn call_upstream_peer(
+/// Calls `upstream_peer` for `request` with the request's `ctx`, its
+/// guest time charged to `meter`.
+pub async fn call_upstream_peer(
     module: &GuestModule,
     request: &DownstreamRequest<'_>,
     ctx: &GuestCtx,
+    meter: &dyn SliceMeter,
 ) -> PeerDecision {
     let input = HookInput::new(request, None, ctx.json());
-    call(module, Hook::UpstreamPeer, &input, ctx, |bytes| {
+    call(module, Hook::UpstreamPeer, &input, ctx, meter, |bytes| {
         decode_peer_output(bytes, ctx)
-    })?
+    })
+    .await?
 }
 
 /// Runs `hook` with `input` given as the module's input mode asks: no
 /// input, just `{"ctx"}`, or the whole input JSON (with
 /// `upstream_request` when the call has one).
-fn call<T>(
+async fn call<T>(
     module: &GuestModule,
     hook: Hook,
     input: &HookInput<'_>,
     ctx: &GuestCtx,
-    decode: impl FnOnce(&[u8]) -> Result<T, HookFault>,
+    meter: &dyn SliceMeter,
+    decode: impl FnOnce(&[u8]) -> Result<T, HookFault> + Send,
 ) -> Result<T, HookFault> {
     let ctx_json = ctx.json().as_bytes();
     match module.input_mode() {
-        InputMode::OnDemand => module.call(hook, &[], input, decode),
+        InputMode::OnDemand => module.call(hook, &[], input, meter, decode).await,
         InputMode::LazyParts => {
             let pieces: [&[u8]; 3] = [br#"{"ctx":"#, ctx_json, b"}"];
-            module.call(hook, &pieces, input, decode)
+            module.call(hook, &pieces, input, meter, decode).await
         }
         InputMode::Whole => {
             let mut pieces: Vec<&[u8]> = vec![br#"{"request":"#, input.request_json().as_bytes()];
@@ -80,7 +98,7 @@ fn call<T>(
                 pieces.extend([br#","upstream_request":"#.as_slice(), upstream.as_bytes()]);
             }
             pieces.extend([br#","ctx":"#.as_slice(), ctx_json, b"}"]);
-            module.call(hook, &pieces, input, decode)
+            module.call(hook, &pieces, input, meter, decode).await
         }
     }
 }
@@ -98,29 +116,39 @@ pub fn decode_peer_output(bytes: &[u8], ctx: &GuestCtx) -> Result<PeerDecision, 
     Ok(Ok((peer, ctx.update_to(output.ctx))))
 }
 
-/// Calls `upstream_request_filter` with the current `upstream` request.
-pub fn call_upstream_request_filter(
+/// Calls `upstream_request_filter` with the current `upstream` request,
+/// its guest time charged to `meter`.
+pub async fn call_upstream_request_filter(
     module: &GuestModule,
     request: &DownstreamRequest<'_>,
     upstream: &RequestHeader,
     ctx: &GuestCtx,
+    meter: &dyn SliceMeter,
 ) -> FilterDecision {
     let input = HookInput::new(request, Some(upstream), ctx.json());
-    call(module, Hook::UpstreamRequestFilter, &input, ctx, |bytes| {
-        decode_filter_output(bytes, ctx)
-    })?
+    call(
+        module,
+        Hook::UpstreamRequestFilter,
+        &input,
+        ctx,
+        meter,
+        |bytes| decode_filter_output(bytes, ctx),
+    )
+    .await?
 }
 
 /// The whole `upstream_request_filter` step: call the guest with the
 /// current upstream request and apply its edit. Returns what becomes of
 /// the ctx.
-pub fn filter_upstream_request(
+pub async fn filter_upstream_request(
     module: &GuestModule,
     request: &DownstreamRequest<'_>,
     upstream: &mut RequestHeader,
     ctx: &GuestCtx,
+    meter: &dyn SliceMeter,
 ) -> Result<CtxUpdate, HookFailure> {
-    let (edit, update) = call_upstream_request_filter(module, request, upstream, ctx)?;
+    let (edit, update) =
+        call_upstream_request_filter(module, request, upstream, ctx, meter).await?;
     match edit {
         UpstreamEdit::Unchanged => {}
         UpstreamEdit::Changes(changes) => apply_request_changes(upstream, changes)?,
@@ -152,7 +180,17 @@ pub fn decode_filter_output(bytes: &[u8], ctx: &GuestCtx) -> Result<FilterDecisi
 mod tests {
     use super::super::request::upstream_request as upstream_request_wire;
     use super::*;
-    use crate::runtime::{EngineOptions, GuestEngine, GuestLimits};
+    use crate::runtime::{EngineOptions, GuestEngine, GuestLimits, Unmetered};
+
+    /// Runs a hook call to completion: these calls never yield.
+    fn ready<F: std::future::Future>(call: F) -> F::Output {
+        let mut call = std::pin::pin!(call);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match call.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(out) => out,
+            std::task::Poll::Pending => panic!("a short hook call yielded"),
+        }
+    }
 
     /// A module from WebAssembly text, with default limits and `{}` config.
     fn load_wat(wat: &str) -> GuestModule {
@@ -190,13 +228,17 @@ mod tests {
         let cache = std::sync::OnceLock::new();
         let request = DownstreamRequest::new(&downstream, None, &cache);
         let mut ctx = GuestCtx::default();
-        let (peer, update) = call_upstream_peer(&module, &request, &ctx).unwrap();
+        let (peer, update) =
+            ready(call_upstream_peer(&module, &request, &ctx, &Unmetered)).unwrap();
         assert_eq!(peer.address, "127.0.0.1:9");
         ctx.apply(update);
         assert_eq!(ctx.json(), r#"{"seen":1}"#);
 
         let before = upstream_request_wire(&req).unwrap();
-        let update = filter_upstream_request(&module, &request, &mut req, &ctx).unwrap();
+        let update = ready(filter_upstream_request(
+            &module, &request, &mut req, &ctx, &Unmetered,
+        ))
+        .unwrap();
         assert_eq!(update, CtxUpdate::Unchanged, "the echoed ctx is the same");
         assert_eq!(upstream_request_wire(&req).unwrap(), before);
     }
@@ -224,7 +266,10 @@ mod tests {
         let request = DownstreamRequest::new(&req, None, &cache);
         let mut ctx = GuestCtx::default();
         ctx.apply(ctx.update_to(Some(&RawValue::from_string(r#"{"a":1}"#.into()).unwrap())));
-        let (edit, update) = call_upstream_request_filter(&module, &request, &req, &ctx).unwrap();
+        let (edit, update) = ready(call_upstream_request_filter(
+            &module, &request, &req, &ctx, &Unmetered,
+        ))
+        .unwrap();
         assert!(matches!(edit, UpstreamEdit::Unchanged), "{edit:?}");
         assert_eq!(update, CtxUpdate::Unchanged, "the ctx came back as sent");
         assert!(cache.get().is_none(), "the request was never encoded");

@@ -3,7 +3,6 @@
 //! from Pingora's headers, and only when needed: a lazy-input guest that
 //! never asks for a part costs no encoding at all), and the ctx.
 
-use std::cell::OnceCell;
 use std::sync::OnceLock;
 
 use guest_sdk::wire;
@@ -52,7 +51,7 @@ impl<'a> DownstreamRequest<'a> {
 pub(super) struct HookInput<'a> {
     request: &'a DownstreamRequest<'a>,
     upstream: Option<&'a RequestHeader>,
-    upstream_json: OnceCell<String>,
+    upstream_json: OnceLock<String>,
     ctx: &'a str,
 }
 
@@ -65,7 +64,7 @@ impl<'a> HookInput<'a> {
         HookInput {
             request,
             upstream,
-            upstream_json: OnceCell::new(),
+            upstream_json: OnceLock::new(),
             ctx,
         }
     }

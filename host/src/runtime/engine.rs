@@ -1,10 +1,10 @@
 //! The process-wide wasmtime engine and the clock that interrupts guests.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -15,22 +15,52 @@ use wasmtime::{
     PoolingAllocationConfig,
 };
 
-/// One epoch tick: how often a running guest checks its deadline, so a
-/// hook that overruns is stopped at most this much after its deadline. A
-/// tick wakes the ticker thread; 1 ms ticks cost 2-3% of end-to-end
-/// throughput on a 2-core machine, 5 ms ticks wake it a fifth as often.
-pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// The epoch tick while every guest call is short: a call's first deadline
+/// check (and first yield) comes at most this long after it starts. Nearly
+/// every call ends long before, so the ticker mostly sleeps.
+pub const IDLE_TICK: Duration = Duration::from_millis(5);
+
+/// The epoch tick while some guest call runs long (it met a tick): the
+/// slice after which a long call gives its worker back, so the longest a
+/// request waits behind a busy guest on its worker. Kept up for
+/// [`SLICING_HOLD`] after the last long call, so a call that yielded and
+/// waits for its next turn is still sliced finely when it resumes.
+pub const SLICE_TICK: Duration = Duration::from_micros(250);
+
+/// Running time before a call first yields. An honest hook takes
+/// microseconds and so never yields (it would wait behind every ready
+/// request); a call past this gives its worker back at every tick. It is
+/// also the shortest deadline that can be enforced (`hook_timeout_ms` is at
+/// least 1 ms).
+pub const YIELD_AFTER: Duration = Duration::from_micros(500);
+
+/// How long the ticker stays at [`SLICE_TICK`] after a long call was seen.
+const SLICING_HOLD: Duration = Duration::from_millis(50);
+
+/// Set by the deadline check of a call that has run past [`YIELD_AFTER`];
+/// the ticker reads it to choose its period. The fast path never touches
+/// it.
+static LONG_CALL_SEEN: AtomicBool = AtomicBool::new(false);
+
+/// Called from a deadline check: some guest call is running long.
+pub(super) fn note_long_call() {
+    LONG_CALL_SEEN.store(true, Ordering::Relaxed);
+}
 
 /// Bound on the wasm call stack; a deeper recursion traps instead of
 /// growing further. Far above what an honest hook uses.
 const MAX_WASM_STACK: usize = 512 * 1024;
 
+/// A call's fiber stack: the wasm stack bound plus room for host frames.
+const ASYNC_STACK_SIZE: usize = MAX_WASM_STACK + 256 * 1024;
+
 /// Instance slots in the pooling allocator, over all modules and tenants.
-/// Live instances are those running a call (at most one per worker thread)
-/// plus each module's idle ones (at most one per worker thread that called
-/// it), so with 2 worker threads this serves some 400 tenants, reloads
-/// included. Past it, instantiation fails and that request gets 500. Each
-/// slot reserves (not commits) about 4 GiB of address space.
+/// Live instances are those running a call (at most a tenant's
+/// `max_concurrent_calls`) plus each module's idle ones (a handful), so
+/// this serves some hundreds of tenants, reloads included. Past it,
+/// instantiation fails and that request gets 500. Each slot reserves (not
+/// commits) about 4 GiB of address space, and one fiber stack, which a
+/// store keeps for its later calls.
 const MAX_INSTANCES: u32 = 1000;
 
 /// Linear memory kept mapped when a pooled slot is freed: reset by memset
@@ -60,9 +90,13 @@ impl GuestEngine {
     /// Builds the engine and starts the epoch ticker.
     pub fn new(options: &EngineOptions) -> anyhow::Result<Arc<Self>> {
         let mut config = Config::new();
-        // Deadlines: a guest loop traps once the epoch passes its deadline.
+        // Deadlines and slices: a running guest meets a check at every tick,
+        // where it yields or, past its deadline, traps.
         config.epoch_interruption(true);
         config.max_wasm_stack(MAX_WASM_STACK);
+        // Calls run on fibers; the stack holds the wasm stack plus the
+        // host frames below it.
+        config.async_stack_size(ASYNC_STACK_SIZE);
 
         // Pre-reserved instance slots: instantiation takes microseconds
         // instead of mapping fresh memory, and memory past the cap cannot be
@@ -71,6 +105,7 @@ impl GuestEngine {
         pool.total_core_instances(MAX_INSTANCES)
             .total_memories(MAX_INSTANCES)
             .total_tables(MAX_INSTANCES)
+            .total_stacks(MAX_INSTANCES)
             .max_memory_size(options.max_memory_bytes.max(1 << 20))
             .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
             // Linux 6.7+: reset only the pages a guest dirtied, and keep them
@@ -125,9 +160,20 @@ impl GuestEngine {
         let engine = self.engine.clone();
         let spawned = thread::Builder::new()
             .name("wasm-epoch".into())
-            .spawn(move || loop {
-                thread::sleep(EPOCH_TICK);
-                engine.increment_epoch();
+            .spawn(move || {
+                let mut slicing_until = Instant::now();
+                loop {
+                    if LONG_CALL_SEEN.swap(false, Ordering::Relaxed) {
+                        slicing_until = Instant::now() + SLICING_HOLD;
+                    }
+                    let tick = if Instant::now() < slicing_until {
+                        SLICE_TICK
+                    } else {
+                        IDLE_TICK
+                    };
+                    thread::sleep(tick);
+                    engine.increment_epoch();
+                }
             });
         if spawned.is_err() {
             // Not running after all: a later call may try again.

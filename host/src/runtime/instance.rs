@@ -1,17 +1,28 @@
 //! One instantiated guest: its store, memory and exports, and the call path
 //! that writes input, runs a hook under a deadline and bounds-checks the
 //! output.
+//!
+//! Every call runs on a wasmtime fiber and gives its worker thread back at
+//! each epoch tick, so a guest that computes for long holds no worker: the
+//! other requests' futures on that worker run between its slices. The
+//! deadline counts the call's own running time (the sum of its slices),
+//! not the time it waited for a turn, so a neighbour's load cannot make an
+//! honest call time out.
 
+use std::future::{poll_fn, Future};
 use std::ops::{Deref, DerefMut};
+use std::pin::pin;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::{
     Caller, Instance, InstancePre, Linker, Memory, ResourceLimiter, Store, StoreLimits,
-    StoreLimitsBuilder, Trap, TypedFunc, UpdateDeadline,
+    StoreLimitsBuilder, Trap, TypedFunc, UpdateDeadline, WasmParams, WasmResults,
 };
 
+use super::engine::{note_long_call, YIELD_AFTER};
 use super::fault::HookFault;
 use super::module::GuestLimits;
 
@@ -23,8 +34,9 @@ const MAX_LOG_LINE: usize = 4096;
 
 /// The parts of a hook's input a lazy-input guest fetches on demand
 /// through `hook.input_part` (`wire::PART_*`). Borrowed for one call, so a
-/// part is encoded only if the guest asks for it.
-pub trait InputParts {
+/// part is encoded only if the guest asks for it. `Sync`, because a call
+/// that yields may resume on another worker thread.
+pub trait InputParts: Sync {
     /// The JSON of `part`, or None if this call has no such part.
     fn part(&self, part: i32) -> Option<&str>;
 }
@@ -46,8 +58,9 @@ impl InputParts for NoParts {
 /// by the `hook.input_part` import, which runs only inside that call.
 struct PartsPtr(NonNull<dyn InputParts>);
 
-// SAFETY: the pointer is only dereferenced on the thread running the call
-// that set it, and never outlives that call (see the invariant above).
+// SAFETY: the referent is `Sync` (a bound of `InputParts`), so using it from
+// whichever thread resumes the call is sound; and the pointer never outlives
+// the borrow, which the call's future holds (see the invariant above).
 unsafe impl Send for PartsPtr {}
 
 impl PartsPtr {
@@ -66,6 +79,80 @@ impl PartsPtr {
     }
 }
 
+/// Where a call's guest running time is charged as it is spent: after
+/// every slice, so a budget sees a long call while it still runs.
+pub trait SliceMeter: Sync {
+    /// `ran` of guest time was just spent.
+    fn charge(&self, ran: Duration);
+}
+
+/// A meter that charges nobody (load-time calls, benches).
+pub struct Unmetered;
+
+impl SliceMeter for Unmetered {
+    fn charge(&self, _ran: Duration) {}
+}
+
+/// The running time of the call in progress: the slices it has finished,
+/// and when the current one started. Shared between the future that polls
+/// the call (which times each slice) and the epoch callback (which checks
+/// the deadline), so it lives outside the store.
+struct CallClock {
+    origin: Instant,
+    /// Nanoseconds since `origin` at which the current slice started.
+    slice_started: AtomicU64,
+    /// Nanoseconds of finished slices.
+    ran: AtomicU64,
+}
+
+impl CallClock {
+    fn new() -> Self {
+        CallClock {
+            origin: Instant::now(),
+            slice_started: AtomicU64::new(0),
+            ran: AtomicU64::new(0),
+        }
+    }
+
+    /// A new call: nothing run yet.
+    fn reset(&self) {
+        self.ran.store(0, Ordering::Relaxed);
+        self.start_slice(Instant::now());
+    }
+
+    fn start_slice(&self, now: Instant) {
+        let since = now.saturating_duration_since(self.origin).as_nanos() as u64;
+        self.slice_started.store(since, Ordering::Relaxed);
+    }
+
+    fn end_slice(&self, ran: Duration) {
+        self.ran.fetch_add(ran.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Running time so far, the current slice included.
+    fn running(&self) -> Duration {
+        let now = self.origin.elapsed().as_nanos() as u64;
+        let slice = now.saturating_sub(self.slice_started.load(Ordering::Relaxed));
+        Duration::from_nanos(self.ran.load(Ordering::Relaxed).saturating_add(slice))
+    }
+}
+
+/// Polls a guest call, timing each slice (each poll) into `clock` and
+/// charging it to `meter`.
+async fn timed<F: Future>(clock: &CallClock, meter: &dyn SliceMeter, call: F) -> F::Output {
+    let mut call = pin!(call);
+    poll_fn(|cx| {
+        let started = Instant::now();
+        clock.start_slice(started);
+        let poll = call.as_mut().poll(cx);
+        let ran = started.elapsed();
+        clock.end_slice(ran);
+        meter.charge(ran);
+        poll
+    })
+    .await
+}
+
 /// Per-store state the host keeps for one instance.
 pub struct GuestState {
     module_name: Arc<str>,
@@ -73,9 +160,12 @@ pub struct GuestState {
     memory: Option<Memory>,
     /// Input parts of the call in progress.
     parts: Option<PartsPtr>,
-    /// When the call in progress started, and how long it may run.
-    call_started: Instant,
+    /// The running time of the call in progress, and how long it may run.
+    clock: Arc<CallClock>,
     hook_timeout: Duration,
+    /// Whether a deadline check may yield: only inside `call_async`, not
+    /// in a start function run by the synchronous instantiation.
+    may_yield: bool,
     limiter: GuestLimiter,
     /// The guest's last error-level log line during the current call.
     last_error_log: Option<String>,
@@ -199,6 +289,7 @@ pub struct GuestInstance {
     init: Option<TypedFunc<(i32, i32), i64>>,
     upstream_peer: TypedFunc<(i32, i32), i64>,
     upstream_request_filter: TypedFunc<(i32, i32), i64>,
+    clock: Arc<CallClock>,
     limits: GuestLimits,
     /// Hook calls served, for the reuse bound.
     pub calls: u64,
@@ -226,12 +317,14 @@ impl GuestInstance {
             .memory_size(limits.memory_limit_bytes())
             .instances(1)
             .build();
+        let clock = Arc::new(CallClock::new());
         let state = GuestState {
             module_name,
             memory: None,
             parts: None,
-            call_started: Instant::now(),
+            clock: clock.clone(),
             hook_timeout: limits.hook_timeout(),
+            may_yield: false,
             limiter: GuestLimiter {
                 limits: store_limits,
                 memory_limit_hit: false,
@@ -240,19 +333,35 @@ impl GuestInstance {
         };
         let mut store = Store::new(pre.module().engine(), state);
         store.limiter(|state| &mut state.limiter);
-        // At each deadline check, a call that has run its time is stopped
-        // (a Timeout fault); any other is checked again a tick later.
+        // At each tick a running call either has run its time and is
+        // stopped (a Timeout fault), or gives its worker back and carries on
+        // when polled again.
         store.epoch_deadline_callback(|store| {
             let state = store.data();
-            Ok(if state.call_started.elapsed() >= state.hook_timeout {
+            let running = state.clock.running();
+            if running < YIELD_AFTER {
+                // A short call that happened to meet a tick: carry on, so
+                // an honest hook never waits behind other requests.
+                return Ok(UpdateDeadline::Continue(1));
+            }
+            note_long_call();
+            Ok(if running >= state.hook_timeout {
                 UpdateDeadline::Interrupt
+            } else if state.may_yield {
+                // Tokio's yield defers the wake-up until the worker has run
+                // its other ready tasks and polled for I/O: a long guest call
+                // goes behind every request that is ready to run, not just
+                // behind those already queued.
+                UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
             } else {
                 UpdateDeadline::Continue(1)
             })
         });
         // A start function runs during instantiation: bound it too.
-        store.set_epoch_deadline(limits.first_check_ticks());
+        clock.reset();
+        store.set_epoch_deadline(1);
         let instance: Instance = pre.instantiate(&mut store)?;
+        store.data_mut().may_yield = true;
         let memory = instance
             .get_memory(&mut store, "memory")
             .ok_or_else(|| wasmtime::Error::msg("missing export `memory` (a memory)"))?;
@@ -286,6 +395,7 @@ impl GuestInstance {
             init,
             upstream_peer,
             upstream_request_filter,
+            clock,
             limits,
             calls: 0,
         })
@@ -297,29 +407,33 @@ impl GuestInstance {
     }
 
     /// Calls `hook_abi_version`.
-    pub fn abi_version(&mut self) -> Result<i32, HookFault> {
-        self.start_clock();
-        let result = self.abi_version.call(&mut self.store, ());
-        result.map_err(|e| self.fault(e))
+    pub async fn abi_version(&mut self) -> Result<i32, HookFault> {
+        self.clock.reset();
+        let func = self.abi_version.clone();
+        self.run(&func, (), &Unmetered).await
     }
 
     /// Runs `export` on `input` (the concatenation of its pieces), with
-    /// `parts` for `hook.input_part`, and hands the output bytes, still in
-    /// guest memory, to `decode`.
-    pub fn call<T>(
+    /// `parts` for `hook.input_part` and its guest time charged to `meter`,
+    /// and hands the output bytes, still in guest memory, to `decode`.
+    pub async fn call<T>(
         &mut self,
         export: Export,
         input: &[&[u8]],
         parts: &dyn InputParts,
+        meter: &dyn SliceMeter,
         decode: impl FnOnce(&[u8]) -> Result<T, HookFault>,
     ) -> Result<T, HookFault> {
-        PartsGuard::set(self, parts).call_with_parts(export, input, decode)
+        PartsGuard::set(self, parts)
+            .call_with_parts(export, input, meter, decode)
+            .await
     }
 
-    fn call_with_parts<T>(
+    async fn call_with_parts<T>(
         &mut self,
         export: Export,
         input: &[&[u8]],
+        meter: &dyn SliceMeter,
         decode: impl FnOnce(&[u8]) -> Result<T, HookFault>,
     ) -> Result<T, HookFault> {
         if export != Export::Init {
@@ -331,23 +445,22 @@ impl GuestInstance {
             .map_err(|_| HookFault::Alloc(format!("input of {total} bytes")))?;
 
         // One deadline for the whole call, input buffer included.
-        self.start_clock();
+        self.clock.reset();
         // No input (a `lazy_ctx` guest): no buffer, (0, 0).
         let ptr = if total == 0 {
             0
         } else {
-            self.alloc_input(len, input)?
+            self.alloc_input(len, input, meter).await?
         };
         let func = match export {
             Export::Init => match &self.init {
-                Some(init) => init,
+                Some(init) => init.clone(),
                 None => return Err(HookFault::Instantiate("no hook_init export".into())),
             },
-            Export::UpstreamPeer => &self.upstream_peer,
-            Export::UpstreamRequestFilter => &self.upstream_request_filter,
+            Export::UpstreamPeer => self.upstream_peer.clone(),
+            Export::UpstreamRequestFilter => self.upstream_request_filter.clone(),
         };
-        let result = func.call(&mut self.store, (ptr, len));
-        let packed = result.map_err(|e| self.fault(e))?;
+        let packed = self.run(&func, (ptr, len), meter).await?;
 
         let (out_ptr, out_len) = ((packed as u64 >> 32) as u32, packed as u64 as u32);
         if out_len as usize > MAX_OUTPUT_BYTES {
@@ -368,13 +481,35 @@ impl GuestInstance {
         decode(output)
     }
 
+    /// Calls `func` on a fiber that yields at every epoch tick, each slice
+    /// timed into the call's clock and charged to `meter`.
+    async fn run<P, R>(
+        &mut self,
+        func: &TypedFunc<P, R>,
+        params: P,
+        meter: &dyn SliceMeter,
+    ) -> Result<R, HookFault>
+    where
+        P: WasmParams + Sync,
+        R: WasmResults + Send + Sync,
+    {
+        // The first deadline check comes at the next tick; a call shorter
+        // than that (nearly all) never meets one.
+        self.store.set_epoch_deadline(1);
+        let result = timed(&self.clock, meter, func.call_async(&mut self.store, params)).await;
+        result.map_err(|e| self.fault(e))
+    }
+
     /// Asks the guest for an input buffer of `len` bytes and writes
     /// `input` into it.
-    fn alloc_input(&mut self, len: i32, input: &[&[u8]]) -> Result<i32, HookFault> {
-        let ptr = self
-            .alloc
-            .call(&mut self.store, len)
-            .map_err(|e| self.fault(e))?;
+    async fn alloc_input(
+        &mut self,
+        len: i32,
+        input: &[&[u8]],
+        meter: &dyn SliceMeter,
+    ) -> Result<i32, HookFault> {
+        let alloc = self.alloc.clone();
+        let ptr = self.run(&alloc, len, meter).await?;
         if ptr == 0 {
             return Err(HookFault::Alloc(format!("returned 0 for {len} bytes")));
         }
@@ -391,13 +526,6 @@ impl GuestInstance {
             at += piece.len();
         }
         Ok(ptr)
-    }
-
-    /// Starts a call's deadline.
-    fn start_clock(&mut self) {
-        self.store.data_mut().call_started = Instant::now();
-        self.store
-            .set_epoch_deadline(self.limits.first_check_ticks());
     }
 
     /// Names what went wrong in a failed call.

@@ -6,9 +6,9 @@ mod fault;
 mod instance;
 mod module;
 
-pub use engine::{EngineOptions, EpochTicker, GuestEngine};
+pub use engine::{EngineOptions, EpochTicker, GuestEngine, IDLE_TICK, SLICE_TICK, YIELD_AFTER};
 pub use fault::HookFault;
-pub use instance::{InputParts, NoParts};
+pub use instance::{InputParts, NoParts, SliceMeter, Unmetered};
 pub use module::{
     decode_json, GuestLimits, GuestModule, Hook, InputMode, MAX_HOOK_TIMEOUT_MS,
     MAX_MEMORY_LIMIT_MIB,

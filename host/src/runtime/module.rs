@@ -10,22 +10,25 @@ use anyhow::{bail, Context};
 use guest_sdk::wire;
 use wasmtime::{ExternType, InstancePre, Linker, Module};
 
-use super::engine::{GuestEngine, EPOCH_TICK};
+use super::engine::GuestEngine;
 use super::fault::HookFault;
-use super::instance::{add_host_imports, Export, GuestInstance, GuestState, InputParts, NoParts};
+use super::instance::{
+    add_host_imports, Export, GuestInstance, GuestState, InputParts, NoParts, SliceMeter, Unmetered,
+};
 
 /// The ABI version this host speaks.
 pub const ABI_VERSION: i32 = guest_sdk::ABI_VERSION;
 
-/// Idle instances kept per module; more are dropped when returned. Calls
-/// are synchronous on Pingora's worker threads, so live instances never
-/// exceed the worker count anyway.
+/// Idle instances kept per module; more are dropped when returned. Fast
+/// calls finish within one poll, so a module rarely has more live instances
+/// than worker threads; only calls that yield add more.
 const MAX_IDLE_INSTANCES: usize = 16;
 
 /// Per-instance limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GuestLimits {
-    /// Wall-clock deadline of one hook call.
+    /// Deadline of one hook call, in the call's own running time (time
+    /// spent waiting for a worker between its slices does not count).
     pub hook_timeout_ms: u64,
     /// Linear memory cap of one instance.
     pub memory_limit_mib: u64,
@@ -65,16 +68,9 @@ impl GuestLimits {
         Ok(())
     }
 
-    /// The wall-clock deadline of one call.
+    /// The deadline of one call, in running time.
     pub fn hook_timeout(&self) -> Duration {
         Duration::from_millis(self.hook_timeout_ms)
-    }
-
-    /// Ticks until a call first checks its deadline: the whole ticks within
-    /// the timeout (at least one). The check then looks at the clock, and
-    /// checks again every tick until the timeout has passed.
-    pub fn first_check_ticks(&self) -> u64 {
-        (self.hook_timeout_ms / EPOCH_TICK.as_millis() as u64).max(1)
     }
 
     /// The memory cap in bytes.
@@ -187,7 +183,7 @@ impl GuestModule {
 
         let mut instance =
             Box::new(GuestInstance::new(&pre, name.clone(), limits).map_err(anyhow::Error::from)?);
-        let version = instance.abi_version().context("calling hook_abi_version")?;
+        let version = block_on(instance.abi_version()).context("calling hook_abi_version")?;
         if version != ABI_VERSION {
             bail!("guest ABI version is {version}, this host speaks version {ABI_VERSION}");
         }
@@ -199,9 +195,8 @@ impl GuestModule {
             input_mode: InputMode::Whole,
             idle: Mutex::new(Vec::new()),
         };
-        guest_module.input_mode = guest_module
-            .initialise(&mut instance)
-            .context("hook_init")?;
+        guest_module.input_mode =
+            block_on(guest_module.initialise(&mut instance, &Unmetered)).context("hook_init")?;
         guest_module.put_idle(instance);
         Ok(guest_module)
     }
@@ -223,24 +218,26 @@ impl GuestModule {
 
     /// Runs `hook` on `input` (the concatenation of its pieces), with
     /// `parts` on demand, in an idle (or new) instance, and decodes the
-    /// output while it is still in guest memory. A faulted instance is
-    /// dropped, never reused.
-    pub fn call<T>(
+    /// output while it is still in guest memory. The guest's running time
+    /// is charged to `meter` slice by slice. A faulted instance is dropped,
+    /// never reused; so is one whose call was dropped before it finished.
+    pub async fn call<T>(
         &self,
         hook: Hook,
         input: &[&[u8]],
         parts: &dyn InputParts,
+        meter: &dyn SliceMeter,
         decode: impl FnOnce(&[u8]) -> Result<T, HookFault>,
     ) -> Result<T, HookFault> {
         let mut instance = match self.take_idle() {
             Some(instance) => instance,
-            None => self.new_instance()?,
+            None => self.new_instance(meter).await?,
         };
         let export = match hook {
             Hook::UpstreamPeer => Export::UpstreamPeer,
             Hook::UpstreamRequestFilter => Export::UpstreamRequestFilter,
         };
-        let result = instance.call(export, input, parts, decode);
+        let result = instance.call(export, input, parts, meter, decode).await;
         if result.is_ok() && instance.calls < self.limits.instance_reuse {
             self.put_idle(instance);
         }
@@ -260,12 +257,13 @@ impl GuestModule {
         }
     }
 
-    fn new_instance(&self) -> Result<Box<GuestInstance>, HookFault> {
+    async fn new_instance(&self, meter: &dyn SliceMeter) -> Result<Box<GuestInstance>, HookFault> {
         let mut instance = GuestInstance::new(&self.pre, self.name.clone(), self.limits)
             .map(Box::new)
             .map_err(|e| HookFault::Instantiate(format!("{e:#}")))?;
         let input_mode = self
-            .initialise(&mut instance)
+            .initialise(&mut instance, meter)
+            .await
             .map_err(|e| HookFault::Instantiate(format!("hook_init: {e:#}")))?;
         if input_mode != self.input_mode {
             return Err(HookFault::Instantiate(
@@ -277,18 +275,40 @@ impl GuestModule {
 
     /// Hands the module configuration to `hook_init`, if exported; returns
     /// how the guest takes its input.
-    fn initialise(&self, instance: &mut GuestInstance) -> anyhow::Result<InputMode> {
+    async fn initialise(
+        &self,
+        instance: &mut GuestInstance,
+        meter: &dyn SliceMeter,
+    ) -> anyhow::Result<InputMode> {
         if !instance.has_init() {
             return Ok(InputMode::Whole);
         }
-        let out: wire::InitOutput =
-            instance.call(Export::Init, &[&self.config_json], &NoParts, |bytes| {
-                decode_json(bytes)
-            })?;
+        let out: wire::InitOutput = instance
+            .call(
+                Export::Init,
+                &[&self.config_json],
+                &NoParts,
+                meter,
+                |bytes| decode_json(bytes),
+            )
+            .await?;
         if let Some(error) = out.error {
             bail!("module refused its configuration: {}", error.message);
         }
         Ok(InputMode::of(&out))
+    }
+}
+
+/// Runs a load-time call to completion on this thread: its yields are
+/// polled again at once, and its deadline still bounds it. Loading is off
+/// the request path (start-up, or the reload thread).
+fn block_on<F: std::future::Future>(call: F) -> F::Output {
+    let mut call = std::pin::pin!(call);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(out) = call.as_mut().poll(&mut cx) {
+            return out;
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod budgets;
 mod failures;
 mod load;
 mod proxying;

@@ -15,6 +15,17 @@ use crate::support::*;
 /// is not stopped without turning scheduling noise into failures.
 const PROMPT: Duration = Duration::from_secs(2);
 
+/// Every bad request reaches the guest: no breaker, budgets out of reach.
+/// These tests are about the sandbox; budgets.rs tests the budgets.
+const NO_BUDGETS: [&str; 6] = [
+    "--breaker-faults",
+    "0",
+    "--max-concurrent-calls",
+    "1000",
+    "--cpu-ms-per-s",
+    "64000",
+];
+
 /// (misbehaviour, hook, what the log must say)
 const MISBEHAVIOURS: &[(&str, &str, &str)] = &[
     ("loop", "upstream_peer", "deadline of 20 ms exceeded"),
@@ -23,7 +34,7 @@ const MISBEHAVIOURS: &[(&str, &str, &str)] = &[
         "upstream_request_filter",
         "deadline of 20 ms exceeded",
     ),
-    ("alloc", "upstream_peer", "memory limit of 16 MiB reached"),
+    ("alloc", "upstream_peer", "memory limit of 8 MiB reached"),
     ("panic", "upstream_peer", "guest said: guest panicked at"),
     (
         "unreachable",
@@ -61,7 +72,11 @@ async fn every_misbehaviour_gets_a_prompt_500_while_good_requests_succeed() {
             json!({"upstream": upstream.addr.to_string(), "misbehave": misbehave,
                    "hook": hook, "on_path": "/bad"}),
         );
-        options.extra_args = vec!["--memory-limit-mib".into(), "16".into()];
+        options.extra_args = ["--memory-limit-mib", "8"]
+            .iter()
+            .chain(&NO_BUDGETS)
+            .map(|a| a.to_string())
+            .collect();
         let proxy = Proxy::start(options);
 
         // Bad and good requests at the same time.
@@ -111,7 +126,11 @@ async fn memory_stays_bounded_over_thousands_of_hostile_requests() {
         "hostile",
         json!({"upstream": upstream.addr.to_string(), "misbehave": "alloc", "on_path": "/bad"}),
     );
-    options.extra_args = vec!["--memory-limit-mib".into(), "8".into()];
+    options.extra_args = ["--memory-limit-mib", "8"]
+        .iter()
+        .chain(&NO_BUDGETS)
+        .map(|a| a.to_string())
+        .collect();
     let proxy = Proxy::start(options);
     let client = client();
 

@@ -48,7 +48,7 @@ pub fn free_port() -> u16 {
 }
 
 /// An HTTP/1.1 upstream on loopback that answers every request with a JSON
-/// echo of it and counts the connections it accepted.
+/// echo of it (and its own port) and counts the connections it accepted.
 pub struct Upstream {
     pub addr: SocketAddr,
     connections: Arc<AtomicUsize>,
@@ -80,12 +80,12 @@ impl Upstream {
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     match tls {
-                        None => serve(stream, false).await,
+                        None => serve(stream, false, addr.port()).await,
                         Some(acceptor) => {
                             let ssl = Ssl::new(acceptor.context()).unwrap();
                             let mut stream = tokio_openssl::SslStream::new(ssl, stream).unwrap();
                             if std::pin::Pin::new(&mut stream).accept().await.is_ok() {
-                                serve(stream, true).await;
+                                serve(stream, true, addr.port()).await;
                             }
                         }
                     }
@@ -111,7 +111,7 @@ impl Drop for Upstream {
     }
 }
 
-async fn serve<S>(stream: S, tls: bool)
+async fn serve<S>(stream: S, tls: bool, port: u16)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -126,6 +126,7 @@ where
             "uri": req.uri().to_string(),
             "headers": headers,
             "tls": tls,
+            "port": port,
         });
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(echo.to_string()))))
     });
@@ -430,6 +431,16 @@ pub fn write_tenants(path: &Path, yaml: &str) {
     let partial = path.with_extension("partial");
     std::fs::write(&partial, yaml).unwrap();
     std::fs::rename(&partial, path).unwrap();
+}
+
+/// A proxy serving `yaml` (GUESTS stands for the guests directory).
+pub fn tenants_proxy(dir: &tempfile::TempDir, yaml: &str, extra_args: &[&str]) -> (Proxy, PathBuf) {
+    let path = dir.path().join("tenants.yaml");
+    write_tenants(&path, yaml);
+    let mut options = ProxyOptions::new("first_proxy", json!({}));
+    options.tenants = Some(path.clone());
+    options.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+    (Proxy::start(options), path)
 }
 
 /// Sends `count` GETs at once to `{path_prefix}{i}`, each with header

@@ -1,22 +1,11 @@
 //! Many tenants in one proxy: routing by Host, isolation from a hostile
 //! neighbour, hot reload under load, fail-open, metrics.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::support::*;
-
-/// A proxy serving `yaml` (GUESTS stands for the guests directory).
-fn tenants_proxy(dir: &tempfile::TempDir, yaml: &str, extra_args: &[&str]) -> (Proxy, PathBuf) {
-    let path = dir.path().join("tenants.yaml");
-    write_tenants(&path, yaml);
-    let mut options = ProxyOptions::new("first_proxy", json!({}));
-    options.tenants = Some(path.clone());
-    options.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
-    (Proxy::start(options), path)
-}
 
 /// GET / with a Host header; returns the status and the Host the upstream
 /// saw (first_proxy sends its configured `host`).
@@ -138,7 +127,8 @@ tenants:
                 );
                 good_times.push(elapsed);
             } else {
-                assert_eq!(status, 500);
+                // A fault, or a budget or the breaker answering first.
+                assert!(matches!(status, 500 | 503 | 429), "evil got {status}");
             }
         }
         good_times.sort();

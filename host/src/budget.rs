@@ -1,0 +1,536 @@
+//! A tenant's guest budget: how many of its guest calls may be in flight,
+//! how much guest time it may spend per second, and a circuit breaker that
+//! stops calling a module that keeps faulting. Each is checked before a
+//! guest call, so a tenant over its budget is answered at once without
+//! running its guest, and its neighbours keep the workers.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+
+use crate::metrics::TenantMetrics;
+use crate::runtime::SliceMeter;
+
+/// A tenant's budget settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetLimits {
+    /// Guest calls of the tenant in flight at once; past it, 503.
+    pub max_concurrent_calls: u32,
+    /// Guest running time per second, in ms (a token bucket holding one
+    /// second's worth); once spent, 429 until it refills.
+    pub cpu_ms_per_s: u32,
+    /// Faults within `breaker_window_ms` that open the breaker; 0 never
+    /// opens it.
+    pub breaker_faults: u32,
+    /// The window in which `breaker_faults` faults open the breaker.
+    pub breaker_window_ms: u64,
+    /// How long the breaker stays open before a probe call is let through.
+    pub breaker_cooldown_ms: u64,
+}
+
+impl Default for BudgetLimits {
+    fn default() -> Self {
+        BudgetLimits {
+            max_concurrent_calls: 32,
+            cpu_ms_per_s: 200,
+            breaker_faults: 5,
+            breaker_window_ms: 10_000,
+            breaker_cooldown_ms: 5_000,
+        }
+    }
+}
+
+/// Largest `max_concurrent_calls` accepted: the pool's instance slots.
+pub const MAX_CONCURRENT_CALLS: u32 = 1000;
+
+/// Largest `cpu_ms_per_s` accepted: 64 cores' worth.
+pub const MAX_CPU_MS_PER_S: u32 = 64_000;
+
+/// Largest breaker window or cool-down accepted: one hour.
+pub const MAX_BREAKER_MS: u64 = 3_600_000;
+
+impl BudgetLimits {
+    /// Refuses settings out of range (the flags' ranges).
+    pub fn check(&self) -> anyhow::Result<()> {
+        if !(1..=MAX_CONCURRENT_CALLS).contains(&self.max_concurrent_calls) {
+            bail!("max_concurrent_calls must be 1-{MAX_CONCURRENT_CALLS}");
+        }
+        if !(1..=MAX_CPU_MS_PER_S).contains(&self.cpu_ms_per_s) {
+            bail!("cpu_ms_per_s must be 1-{MAX_CPU_MS_PER_S}");
+        }
+        if !(1..=MAX_BREAKER_MS).contains(&self.breaker_window_ms) {
+            bail!("breaker window_ms must be 1-{MAX_BREAKER_MS}");
+        }
+        if !(1..=MAX_BREAKER_MS).contains(&self.breaker_cooldown_ms) {
+            bail!("breaker cooldown_ms must be 1-{MAX_BREAKER_MS}");
+        }
+        Ok(())
+    }
+}
+
+/// Why a guest call was not made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Throttle {
+    /// `max_concurrent_calls` calls already in flight.
+    Concurrency,
+    /// The guest-time bucket is empty.
+    Cpu,
+    /// The circuit breaker is open (or half-open with its probe in flight).
+    BreakerOpen,
+}
+
+impl Throttle {
+    /// Every reason, as the metrics label them.
+    pub const ALL: [Throttle; 3] = [Throttle::Concurrency, Throttle::Cpu, Throttle::BreakerOpen];
+
+    /// The metric label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Throttle::Concurrency => "concurrency",
+            Throttle::Cpu => "cpu",
+            Throttle::BreakerOpen => "breaker_open",
+        }
+    }
+
+    /// The client's status: 429 for a rate, 503 otherwise.
+    pub fn status(self) -> u16 {
+        match self {
+            Throttle::Cpu => 429,
+            Throttle::Concurrency | Throttle::BreakerOpen => 503,
+        }
+    }
+
+    /// Words for the log and the error.
+    pub fn explain(self, limits: &BudgetLimits) -> String {
+        match self {
+            Throttle::Concurrency => format!(
+                "{} guest calls already in flight (max_concurrent_calls)",
+                limits.max_concurrent_calls
+            ),
+            Throttle::Cpu => format!(
+                "guest time budget of {} ms per second spent (cpu_ms_per_s)",
+                limits.cpu_ms_per_s
+            ),
+            Throttle::BreakerOpen => format!(
+                "circuit breaker open after {} faults in {} ms",
+                limits.breaker_faults, limits.breaker_window_ms
+            ),
+        }
+    }
+}
+
+/// The breaker's states, as the gauge shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum BreakerState {
+    /// Calls go through.
+    Closed = 0,
+    /// Calls fail fast until the cool-down has passed.
+    Open = 1,
+    /// One probe call is in flight; the others fail fast.
+    HalfOpen = 2,
+}
+
+impl BreakerState {
+    fn from_u8(value: u8) -> Self {
+        match value {
+            1 => BreakerState::Open,
+            2 => BreakerState::HalfOpen,
+            _ => BreakerState::Closed,
+        }
+    }
+}
+
+/// One tenant's budget, shared by all its requests.
+pub struct Budget {
+    limits: BudgetLimits,
+    origin: Instant,
+    in_flight: AtomicU32,
+    /// The guest-time bucket as a theoretical arrival time (GCRA): the
+    /// instant, in ns since `origin`, at which all guest time charged so
+    /// far is paid for at `cpu_ms_per_s`. The bucket is empty when that
+    /// lies more than a second ahead.
+    paid_until: AtomicU64,
+    /// `BreakerState` as u8: read on every call, written on transitions.
+    state: AtomicU8,
+    breaker: Mutex<BreakerLog>,
+    /// The second (since `origin`) of the last throttle log line.
+    throttle_logged: AtomicU64,
+    metrics: TenantMetrics,
+}
+
+/// What the breaker remembers; touched only on faults and transitions.
+struct BreakerLog {
+    /// The most recent faults, at most `breaker_faults` of them.
+    faults: VecDeque<Instant>,
+    /// When it last opened.
+    opened: Instant,
+}
+
+/// How far behind now the bucket's clock may fall: idle credit beyond one
+/// second's bucket is not kept, and the clock is pulled forward at most
+/// once per this much idleness.
+const IDLE_SLACK: Duration = Duration::from_millis(100);
+
+/// The bucket holds one second's worth of guest time.
+const BUCKET: Duration = Duration::from_secs(1);
+
+impl Budget {
+    /// A fresh budget (closed breaker, full bucket).
+    pub fn new(limits: BudgetLimits, metrics: TenantMetrics) -> Self {
+        let origin = Instant::now();
+        metrics.breaker_state(BreakerState::Closed);
+        Budget {
+            limits,
+            origin,
+            in_flight: AtomicU32::new(0),
+            paid_until: AtomicU64::new(0),
+            state: AtomicU8::new(BreakerState::Closed as u8),
+            breaker: Mutex::new(BreakerLog {
+                faults: VecDeque::new(),
+                opened: origin,
+            }),
+            throttle_logged: AtomicU64::new(u64::MAX),
+            metrics,
+        }
+    }
+
+    /// The settings.
+    pub fn limits(&self) -> &BudgetLimits {
+        &self.limits
+    }
+
+    /// The breaker's state now.
+    pub fn breaker_state(&self) -> BreakerState {
+        BreakerState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Asks to make one guest call. The permit holds a concurrency slot
+    /// until dropped; report how the call went with [`CallPermit::finish`].
+    /// A refusal is counted in the metrics; the caller logs and answers.
+    pub fn admit(&self) -> Result<CallPermit<'_>, Throttle> {
+        let admitted = self.try_admit();
+        if let Err(throttle) = admitted {
+            self.metrics.throttled(throttle);
+        }
+        admitted
+    }
+
+    fn try_admit(&self) -> Result<CallPermit<'_>, Throttle> {
+        let probe = match self.breaker_state() {
+            BreakerState::Closed => false,
+            BreakerState::HalfOpen => return Err(Throttle::BreakerOpen),
+            BreakerState::Open => {
+                if !self.try_half_open() {
+                    return Err(Throttle::BreakerOpen);
+                }
+                true
+            }
+        };
+        // From here on, a refusal of the probe must reopen the breaker:
+        // the permit's drop does that.
+        let permit = CallPermit {
+            budget: self,
+            probe,
+            finished: false,
+            holds_slot: false,
+        };
+        if !self.cpu_left() {
+            return Err(Throttle::Cpu);
+        }
+        let in_flight = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let mut permit = permit;
+        permit.holds_slot = true;
+        if in_flight >= self.limits.max_concurrent_calls {
+            return Err(Throttle::Concurrency);
+        }
+        Ok(permit)
+    }
+
+    /// Seconds after which a call refused for `throttle` may succeed, for
+    /// `Retry-After`: when the bucket has room again, when the breaker will
+    /// let a probe through, or 1 for a full house.
+    pub fn retry_after(&self, throttle: Throttle) -> u64 {
+        let wait = match throttle {
+            Throttle::Concurrency => Duration::ZERO,
+            Throttle::Cpu => {
+                let full_until = self.paid_until.load(Ordering::Relaxed);
+                let room_at = full_until.saturating_sub(BUCKET.as_nanos() as u64);
+                Duration::from_nanos(room_at.saturating_sub(self.now_ns()))
+            }
+            Throttle::BreakerOpen => {
+                let log = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+                Duration::from_millis(self.limits.breaker_cooldown_ms)
+                    .saturating_sub(log.opened.elapsed())
+            }
+        };
+        // Whole seconds, rounded up, at least one.
+        (wait.as_millis() as u64).div_ceil(1000).max(1)
+    }
+
+    /// Whether a throttled call should be logged: the first in each
+    /// second, so a flood of refusals does not flood the log.
+    pub fn log_throttle_now(&self) -> bool {
+        let second = self.origin.elapsed().as_secs();
+        self.throttle_logged.swap(second, Ordering::Relaxed) != second
+    }
+
+    /// Whether the bucket still holds guest time.
+    fn cpu_left(&self) -> bool {
+        let now = self.now_ns();
+        let paid_until = self.paid_until.load(Ordering::Relaxed);
+        let slack = IDLE_SLACK.as_nanos() as u64;
+        if paid_until.saturating_add(slack) < now {
+            // Idle for a while: the bucket is full, no older credit kept.
+            // A lost race means another call did the same.
+            let _ = self.paid_until.compare_exchange(
+                paid_until,
+                now,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            return true;
+        }
+        paid_until <= now + BUCKET.as_nanos() as u64
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.origin.elapsed().as_nanos() as u64
+    }
+
+    /// Open -> half-open once the cool-down has passed; true for the one
+    /// caller that made the move (it carries the probe).
+    fn try_half_open(&self) -> bool {
+        let log = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        if log.opened.elapsed() < Duration::from_millis(self.limits.breaker_cooldown_ms) {
+            return false;
+        }
+        let moved = self
+            .state
+            .compare_exchange(
+                BreakerState::Open as u8,
+                BreakerState::HalfOpen as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok();
+        drop(log);
+        if moved {
+            self.metrics.breaker_state(BreakerState::HalfOpen);
+            log::info!(
+                "tenant {}: circuit breaker half-open, probing with one call",
+                self.metrics.tenant()
+            );
+        }
+        moved
+    }
+
+    /// A call's outcome, for the breaker.
+    fn record(&self, probe: bool, faulted: bool) {
+        if !faulted {
+            if probe {
+                self.set_state(BreakerState::Closed, |log| log.faults.clear());
+                log::info!(
+                    "tenant {}: circuit breaker closed, the probe call succeeded",
+                    self.metrics.tenant()
+                );
+            }
+            return;
+        }
+        if probe {
+            self.set_state(BreakerState::Open, |log| log.opened = Instant::now());
+            log::warn!(
+                "tenant {}: circuit breaker open again, the probe call faulted; next probe in {} ms",
+                self.metrics.tenant(),
+                self.limits.breaker_cooldown_ms
+            );
+            return;
+        }
+        let threshold = self.limits.breaker_faults as usize;
+        if threshold == 0 {
+            return;
+        }
+        let window = Duration::from_millis(self.limits.breaker_window_ms);
+        let mut log = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        log.faults.push_back(now);
+        while log.faults.len() > threshold {
+            log.faults.pop_front();
+        }
+        let tripped = log.faults.len() == threshold
+            && log
+                .faults
+                .front()
+                .is_some_and(|first| now - *first <= window);
+        if tripped && self.breaker_state() == BreakerState::Closed {
+            log.opened = now;
+            log.faults.clear();
+            self.state
+                .store(BreakerState::Open as u8, Ordering::Release);
+            drop(log);
+            self.metrics.breaker_state(BreakerState::Open);
+            log::warn!(
+                "tenant {}: circuit breaker open after {threshold} faults in {} ms; calls fail fast for {} ms",
+                self.metrics.tenant(),
+                self.limits.breaker_window_ms,
+                self.limits.breaker_cooldown_ms
+            );
+        }
+    }
+
+    fn set_state(&self, state: BreakerState, update: impl FnOnce(&mut BreakerLog)) {
+        let mut log = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        update(&mut log);
+        self.state.store(state as u8, Ordering::Release);
+        drop(log);
+        self.metrics.breaker_state(state);
+    }
+}
+
+/// Guest time is charged to the bucket slice by slice, so a long call
+/// empties it while it runs.
+impl SliceMeter for Budget {
+    fn charge(&self, ran: Duration) {
+        // Paying `ran` at `cpu_ms_per_s` takes ran * 1000 / cpu_ms_per_s.
+        let cost = (ran.as_nanos() as u64).saturating_mul(1000) / self.limits.cpu_ms_per_s as u64;
+        self.paid_until.fetch_add(cost, Ordering::Relaxed);
+    }
+}
+
+/// Leave to make one guest call; holds a concurrency slot until dropped.
+pub struct CallPermit<'a> {
+    budget: &'a Budget,
+    /// This call is the breaker's half-open probe.
+    probe: bool,
+    finished: bool,
+    holds_slot: bool,
+}
+
+impl CallPermit<'_> {
+    /// The call ended; `faulted` says whether the guest faulted (its own
+    /// refusal is not a fault).
+    pub fn finish(mut self, faulted: bool) {
+        self.finished = true;
+        self.budget.record(self.probe, faulted);
+    }
+}
+
+impl Drop for CallPermit<'_> {
+    fn drop(&mut self) {
+        if self.holds_slot {
+            self.budget.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+        if self.probe && !self.finished {
+            // The probe never ran (throttled) or was abandoned: back to
+            // open with the cool-down already over, so the next call probes.
+            let cooldown = Duration::from_millis(self.budget.limits.breaker_cooldown_ms);
+            let past = Instant::now()
+                .checked_sub(cooldown)
+                .unwrap_or(self.budget.origin);
+            self.budget
+                .set_state(BreakerState::Open, |log| log.opened = past);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn budget(limits: BudgetLimits) -> Budget {
+        Budget::new(limits, Metrics::new().tenant("t"))
+    }
+
+    #[test]
+    fn concurrency_is_capped_and_slots_come_back() {
+        let budget = budget(BudgetLimits {
+            max_concurrent_calls: 2,
+            ..BudgetLimits::default()
+        });
+        let a = budget.admit().unwrap();
+        let b = budget.admit().unwrap();
+        assert_eq!(budget.admit().err(), Some(Throttle::Concurrency));
+        drop(a);
+        let c = budget.admit().unwrap();
+        b.finish(false);
+        c.finish(false);
+        assert_eq!(budget.in_flight.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn the_bucket_holds_one_second_of_guest_time() {
+        let budget = budget(BudgetLimits {
+            cpu_ms_per_s: 100,
+            ..BudgetLimits::default()
+        });
+        // 100 ms of guest time is a full second's budget: still admitted
+        // (the bucket may reach empty), a little more is not.
+        budget.charge(Duration::from_millis(100));
+        assert!(budget.admit().is_ok());
+        budget.charge(Duration::from_millis(5));
+        assert_eq!(budget.admit().err(), Some(Throttle::Cpu));
+        // At 100 ms per second, 5 ms of debt is repaid in 50 ms.
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(budget.admit().is_ok());
+    }
+
+    #[test]
+    fn the_breaker_opens_probes_and_closes() {
+        let budget = budget(BudgetLimits {
+            breaker_faults: 3,
+            breaker_window_ms: 10_000,
+            breaker_cooldown_ms: 50,
+            ..BudgetLimits::default()
+        });
+        for _ in 0..2 {
+            budget.admit().unwrap().finish(true);
+        }
+        assert_eq!(budget.breaker_state(), BreakerState::Closed);
+        budget.admit().unwrap().finish(true);
+        assert_eq!(budget.breaker_state(), BreakerState::Open);
+        assert_eq!(budget.admit().err(), Some(Throttle::BreakerOpen));
+
+        std::thread::sleep(Duration::from_millis(60));
+        let probe = budget.admit().unwrap();
+        assert_eq!(budget.breaker_state(), BreakerState::HalfOpen);
+        assert_eq!(budget.admit().err(), Some(Throttle::BreakerOpen));
+        probe.finish(true);
+        assert_eq!(budget.breaker_state(), BreakerState::Open);
+
+        std::thread::sleep(Duration::from_millis(60));
+        budget.admit().unwrap().finish(false);
+        assert_eq!(budget.breaker_state(), BreakerState::Closed);
+        assert!(budget.admit().is_ok());
+    }
+
+    #[test]
+    fn faults_spread_wider_than_the_window_do_not_open_it() {
+        let budget = budget(BudgetLimits {
+            breaker_faults: 2,
+            breaker_window_ms: 20,
+            ..BudgetLimits::default()
+        });
+        budget.admit().unwrap().finish(true);
+        std::thread::sleep(Duration::from_millis(30));
+        budget.admit().unwrap().finish(true);
+        assert_eq!(budget.breaker_state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn an_abandoned_probe_lets_the_next_call_probe() {
+        let budget = budget(BudgetLimits {
+            breaker_faults: 1,
+            breaker_cooldown_ms: 30,
+            ..BudgetLimits::default()
+        });
+        budget.admit().unwrap().finish(true);
+        std::thread::sleep(Duration::from_millis(40));
+        drop(budget.admit().unwrap());
+        assert_eq!(budget.breaker_state(), BreakerState::Open);
+        assert!(budget.admit().is_ok(), "the next call probes at once");
+    }
+}
