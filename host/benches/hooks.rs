@@ -78,7 +78,7 @@ fn wasm_request(module: &GuestModule, budget: &Budget, req: &RequestHeader) -> B
     let mut ctx = abi::GuestCtx::default();
 
     let permit = budget.admit().unwrap();
-    let (peer, update) = ready(abi::call_upstream_peer(module, &request, &ctx, budget)).unwrap();
+    let (peer, update) = ready(abi::call_upstream_peer(module, &request, &ctx, &permit)).unwrap();
     permit.finish(false);
     ctx.apply(update);
     let abi::PeerAddress::Ip(addr) = abi::peer_address(&peer.address).unwrap() else {
@@ -93,7 +93,7 @@ fn wasm_request(module: &GuestModule, budget: &Budget, req: &RequestHeader) -> B
         &request,
         &mut upstream,
         &ctx,
-        budget,
+        &permit,
     ))
     .unwrap();
     permit.finish(false);

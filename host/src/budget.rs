@@ -154,6 +154,10 @@ pub struct Budget {
     /// far is paid for at `cpu_ms_per_s`. The bucket is empty when that
     /// lies more than a second ahead.
     paid_until: AtomicU64,
+    /// The latest time (ns since `origin`) a charge was made at: a clock
+    /// that costs nothing to read and is never ahead of now, so admitting
+    /// by it is never wrong; only a refusal reads the real clock.
+    last_charge: AtomicU64,
     /// `BreakerState` as u8: read on every call, written on transitions.
     state: AtomicU8,
     breaker: Mutex<BreakerLog>,
@@ -188,6 +192,7 @@ impl Budget {
             origin,
             in_flight: AtomicU32::new(0),
             paid_until: AtomicU64::new(0),
+            last_charge: AtomicU64::new(0),
             state: AtomicU8::new(BreakerState::Closed as u8),
             breaker: Mutex::new(BreakerLog {
                 faults: VecDeque::new(),
@@ -237,6 +242,7 @@ impl Budget {
             probe,
             finished: false,
             holds_slot: false,
+            running_ns: AtomicU64::new(0),
         };
         if !self.cpu_left() {
             return Err(Throttle::Cpu);
@@ -280,7 +286,13 @@ impl Budget {
 
     /// Whether the bucket still holds guest time.
     fn cpu_left(&self) -> bool {
-        let now = self.now_ns();
+        // Judged first by the last charge's time (free to read, never ahead
+        // of now): if the bucket has room then, it has room now.
+        self.cpu_left_at(self.last_charge.load(Ordering::Relaxed))
+            || self.cpu_left_at(self.now_ns())
+    }
+
+    fn cpu_left_at(&self, now: u64) -> bool {
         let paid_until = self.paid_until.load(Ordering::Relaxed);
         let slack = IDLE_SLACK.as_nanos() as u64;
         if paid_until.saturating_add(slack) < now {
@@ -393,23 +405,46 @@ impl Budget {
 /// Guest time is charged to the bucket slice by slice, so a long call
 /// empties it while it runs.
 impl SliceMeter for Budget {
-    fn charge(&self, ran: Duration) {
+    fn charge(&self, ran: Duration, ended: Instant) {
         // Paying `ran` at `cpu_ms_per_s` takes ran * 1000 / cpu_ms_per_s.
         let cost = (ran.as_nanos() as u64).saturating_mul(1000) / self.limits.cpu_ms_per_s as u64;
         self.paid_until.fetch_add(cost, Ordering::Relaxed);
+        let at = ended.saturating_duration_since(self.origin).as_nanos() as u64;
+        // A racing charge may leave it a little behind: still never ahead.
+        if at > self.last_charge.load(Ordering::Relaxed) {
+            self.last_charge.store(at, Ordering::Relaxed);
+        }
     }
 }
 
 /// Leave to make one guest call; holds a concurrency slot until dropped.
+/// It meters the call: each slice is charged to the budget and added up.
 pub struct CallPermit<'a> {
     budget: &'a Budget,
     /// This call is the breaker's half-open probe.
     probe: bool,
     finished: bool,
     holds_slot: bool,
+    /// The call's guest time so far.
+    running_ns: AtomicU64,
+}
+
+impl SliceMeter for CallPermit<'_> {
+    fn charge(&self, ran: Duration, ended: Instant) {
+        self.budget.charge(ran, ended);
+        // Only the thread polling the call charges it: no read-modify-write.
+        let running = self.running_ns.load(Ordering::Relaxed);
+        self.running_ns
+            .store(running + ran.as_nanos() as u64, Ordering::Relaxed);
+    }
 }
 
 impl CallPermit<'_> {
+    /// The call's guest running time, as charged.
+    pub fn running(&self) -> Duration {
+        Duration::from_nanos(self.running_ns.load(Ordering::Relaxed))
+    }
+
     /// The call ended; `faulted` says whether the guest faulted (its own
     /// refusal is not a fault).
     pub fn finish(mut self, faulted: bool) {
@@ -469,9 +504,9 @@ mod tests {
         });
         // 100 ms of guest time is a full second's budget: still admitted
         // (the bucket may reach empty), a little more is not.
-        budget.charge(Duration::from_millis(100));
+        budget.charge(Duration::from_millis(100), Instant::now());
         assert!(budget.admit().is_ok());
-        budget.charge(Duration::from_millis(5));
+        budget.charge(Duration::from_millis(5), Instant::now());
         assert_eq!(budget.admit().err(), Some(Throttle::Cpu));
         // At 100 ms per second, 5 ms of debt is repaid in 50 ms.
         std::thread::sleep(Duration::from_millis(80));

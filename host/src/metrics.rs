@@ -77,10 +77,10 @@ impl Metrics {
         let hook_duration = HistogramVec::new(
             HistogramOpts::new(
                 "wasm_proxy_hook_duration_seconds",
-                "Guest hook call duration.",
+                "Guest running time of a hook call: what its deadline and the tenant's cpu_ms_per_s count (not the time it waited for a worker).",
             )
             .buckets(vec![
-                1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 5e-3, 2e-2, 0.1,
+                2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 5e-3, 2e-2, 0.1,
             ]),
             &["tenant", "hook"],
         )

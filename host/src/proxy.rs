@@ -7,7 +7,7 @@
 //! runs long.
 
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -47,13 +47,14 @@ impl WasmProxy {
         WasmProxy { tenants, metrics }
     }
 
-    /// Counts a finished hook call.
-    fn observe<T>(tenant: &Tenant, hook: Hook, started: Instant, result: &Result<T, HookFailure>) {
+    /// Counts a finished hook call, which ran for `running` (guest time,
+    /// as charged to the budget).
+    fn observe<T>(tenant: &Tenant, hook: Hook, running: Duration, result: &Result<T, HookFailure>) {
         let fault = match result {
             Err(HookFailure::Fault(fault)) => Some(fault),
             _ => None,
         };
-        tenant.metrics.hook_call(hook, started.elapsed(), fault);
+        tenant.metrics.hook_call(hook, running, fault);
     }
 
     /// Asks the tenant's budget for leave to call `hook`. `Ok(None)`: the
@@ -195,15 +196,10 @@ impl ProxyHttp for WasmProxy {
         let peer = match Self::admit(session, &tenant, Hook::UpstreamPeer).await? {
             Some(permit) => {
                 let request = downstream_request(session, ctx);
-                let started = Instant::now();
-                let result = abi::call_upstream_peer(
-                    &tenant.module,
-                    &request,
-                    &ctx.guest_ctx,
-                    &tenant.budget,
-                )
-                .await;
-                Self::observe(&tenant, Hook::UpstreamPeer, started, &result);
+                let result =
+                    abi::call_upstream_peer(&tenant.module, &request, &ctx.guest_ctx, &permit)
+                        .await;
+                Self::observe(&tenant, Hook::UpstreamPeer, permit.running(), &result);
                 let peer = match result {
                     Ok((peer, update)) => {
                         ctx.guest_ctx.apply(update);
@@ -249,16 +245,20 @@ impl ProxyHttp for WasmProxy {
         let result = match Self::admit(session, &tenant, Hook::UpstreamRequestFilter).await? {
             Some(permit) => {
                 let request = downstream_request(session, ctx);
-                let started = Instant::now();
                 let result = abi::filter_upstream_request(
                     &tenant.module,
                     &request,
                     upstream_request,
                     &ctx.guest_ctx,
-                    &tenant.budget,
+                    &permit,
                 )
                 .await;
-                Self::observe(&tenant, Hook::UpstreamRequestFilter, started, &result);
+                Self::observe(
+                    &tenant,
+                    Hook::UpstreamRequestFilter,
+                    permit.running(),
+                    &result,
+                );
                 permit.finish(matches!(result, Err(HookFailure::Fault(_))));
                 result
             }

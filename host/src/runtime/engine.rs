@@ -37,14 +37,22 @@ pub const YIELD_AFTER: Duration = Duration::from_micros(500);
 /// How long the ticker stays at [`SLICE_TICK`] after a long call was seen.
 const SLICING_HOLD: Duration = Duration::from_millis(50);
 
-/// Set by the deadline check of a call that has run past [`YIELD_AFTER`];
-/// the ticker reads it to choose its period. The fast path never touches
-/// it.
-static LONG_CALL_SEEN: AtomicBool = AtomicBool::new(false);
+/// Raised by the deadline check of a call that has run past
+/// [`YIELD_AFTER`]; the engine's ticker reads it to choose its period. The
+/// fast path never touches it.
+#[derive(Clone, Default)]
+pub struct LongCallSignal(Arc<AtomicBool>);
 
-/// Called from a deadline check: some guest call is running long.
-pub(super) fn note_long_call() {
-    LONG_CALL_SEEN.store(true, Ordering::Relaxed);
+impl LongCallSignal {
+    /// Some guest call is running long.
+    pub(super) fn raise(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether one was, since the last look.
+    fn take(&self) -> bool {
+        self.0.swap(false, Ordering::Relaxed)
+    }
 }
 
 /// Bound on the wasm call stack; a deeper recursion traps instead of
@@ -80,6 +88,7 @@ pub struct EngineOptions {
 /// The engine every module is compiled with, plus its epoch ticker.
 pub struct GuestEngine {
     engine: Engine,
+    long_calls: LongCallSignal,
     cache: Option<Cache>,
     /// Process that runs the ticker: after Pingora daemonises (fork), the
     /// child has no ticker thread and must start its own.
@@ -132,6 +141,7 @@ impl GuestEngine {
             .context("configuring wasmtime")?;
         let guest_engine = Arc::new(GuestEngine {
             engine,
+            long_calls: LongCallSignal::default(),
             cache: module_cache,
             ticker_pid: AtomicU32::new(0),
         });
@@ -146,6 +156,11 @@ impl GuestEngine {
         &self.engine
     }
 
+    /// What its instances raise when a call runs long.
+    pub(super) fn long_calls(&self) -> &LongCallSignal {
+        &self.long_calls
+    }
+
     /// Compiled-module cache hits so far (0 without a cache).
     pub fn cache_hits(&self) -> usize {
         self.cache.as_ref().map_or(0, Cache::cache_hits)
@@ -158,12 +173,13 @@ impl GuestEngine {
             return Ok(());
         }
         let engine = self.engine.clone();
+        let long_calls = self.long_calls.clone();
         let spawned = thread::Builder::new()
             .name("wasm-epoch".into())
             .spawn(move || {
                 let mut slicing_until = Instant::now();
                 loop {
-                    if LONG_CALL_SEEN.swap(false, Ordering::Relaxed) {
+                    if long_calls.take() {
                         slicing_until = Instant::now() + SLICING_HOLD;
                     }
                     let tick = if Instant::now() < slicing_until {

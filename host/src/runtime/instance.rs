@@ -2,12 +2,16 @@
 //! that writes input, runs a hook under a deadline and bounds-checks the
 //! output.
 //!
-//! Every call runs on a wasmtime fiber and gives its worker thread back at
-//! each epoch tick, so a guest that computes for long holds no worker: the
-//! other requests' futures on that worker run between its slices. The
-//! deadline counts the call's own running time (the sum of its slices),
-//! not the time it waited for a turn, so a neighbour's load cannot make an
-//! honest call time out.
+//! A hook call first runs directly on the worker's stack, the cheapest way
+//! (a fiber costs about 0.25 us per call). If it runs past
+//! [`YIELD_AFTER`], the deadline check stops it; its instance, stopped
+//! mid-call, is discarded, and the call runs again from the start in a
+//! fresh instance on a wasmtime fiber that gives its worker back at every
+//! epoch tick, so a guest that computes for long holds no worker: the other
+//! requests on that worker run between its slices. The deadline counts the
+//! call's own running time (both runs, the sum of their slices), not the
+//! time it waited for a turn, so a neighbour's load cannot make an honest
+//! call time out.
 
 use std::future::{poll_fn, Future};
 use std::ops::{Deref, DerefMut};
@@ -22,7 +26,7 @@ use wasmtime::{
     StoreLimitsBuilder, Trap, TypedFunc, UpdateDeadline, WasmParams, WasmResults,
 };
 
-use super::engine::{note_long_call, YIELD_AFTER};
+use super::engine::{LongCallSignal, YIELD_AFTER};
 use super::fault::HookFault;
 use super::module::GuestLimits;
 
@@ -82,15 +86,15 @@ impl PartsPtr {
 /// Where a call's guest running time is charged as it is spent: after
 /// every slice, so a budget sees a long call while it still runs.
 pub trait SliceMeter: Sync {
-    /// `ran` of guest time was just spent.
-    fn charge(&self, ran: Duration);
+    /// `ran` of guest time was just spent, ending at `ended`.
+    fn charge(&self, ran: Duration, ended: Instant);
 }
 
 /// A meter that charges nobody (load-time calls, benches).
 pub struct Unmetered;
 
 impl SliceMeter for Unmetered {
-    fn charge(&self, _ran: Duration) {}
+    fn charge(&self, _ran: Duration, _ended: Instant) {}
 }
 
 /// The running time of the call in progress: the slices it has finished,
@@ -114,10 +118,14 @@ impl CallClock {
         }
     }
 
-    /// A new call: nothing run yet.
-    fn reset(&self) {
-        self.ran.store(0, Ordering::Relaxed);
-        self.start_slice(Instant::now());
+    /// A new call, which has already run `ran` (in an earlier attempt).
+    fn begin(&self, ran: Duration) {
+        self.ran.store(ran.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Running time of finished slices.
+    fn finished(&self) -> Duration {
+        Duration::from_nanos(self.ran.load(Ordering::Relaxed))
     }
 
     fn start_slice(&self, now: Instant) {
@@ -126,7 +134,10 @@ impl CallClock {
     }
 
     fn end_slice(&self, ran: Duration) {
-        self.ran.fetch_add(ran.as_nanos() as u64, Ordering::Relaxed);
+        // Only the thread running the call writes: no read-modify-write.
+        let finished = self.ran.load(Ordering::Relaxed);
+        self.ran
+            .store(finished + ran.as_nanos() as u64, Ordering::Relaxed);
     }
 
     /// Running time so far, the current slice included.
@@ -145,12 +156,56 @@ async fn timed<F: Future>(clock: &CallClock, meter: &dyn SliceMeter, call: F) ->
         let started = Instant::now();
         clock.start_slice(started);
         let poll = call.as_mut().poll(cx);
-        let ran = started.elapsed();
+        let ended = Instant::now();
+        let ran = ended - started;
         clock.end_slice(ran);
-        meter.charge(ran);
+        meter.charge(ran, ended);
         poll
     })
     .await
+}
+
+/// How a call runs, and so what its deadline checks do once it has run
+/// [`YIELD_AFTER`] (before its deadline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallMode {
+    /// On the worker's stack: stop it with [`NeedsSlicing`], to run again
+    /// sliced.
+    Direct,
+    /// On a fiber: yield the worker, carry on when polled again.
+    Sliced,
+    /// A start function during (synchronous) instantiation: carry on,
+    /// bounded by the deadline alone.
+    Instantiating,
+}
+
+/// The error a deadline check stops a direct call with: it runs long, and
+/// must run again sliced.
+#[derive(Debug)]
+struct NeedsSlicing;
+
+impl std::fmt::Display for NeedsSlicing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the call runs long and is to run again sliced")
+    }
+}
+
+impl std::error::Error for NeedsSlicing {}
+
+/// How a call ended without output.
+#[derive(Debug)]
+pub enum CallError {
+    /// The guest faulted.
+    Fault(HookFault),
+    /// A direct call ran long and was stopped; its instance is unusable,
+    /// and the call is to run again, sliced, in a fresh one.
+    NeedsSlicing,
+}
+
+impl From<HookFault> for CallError {
+    fn from(fault: HookFault) -> Self {
+        CallError::Fault(fault)
+    }
 }
 
 /// Per-store state the host keeps for one instance.
@@ -163,9 +218,10 @@ pub struct GuestState {
     /// The running time of the call in progress, and how long it may run.
     clock: Arc<CallClock>,
     hook_timeout: Duration,
-    /// Whether a deadline check may yield: only inside `call_async`, not
-    /// in a start function run by the synchronous instantiation.
-    may_yield: bool,
+    /// How the call in progress runs, for its deadline checks.
+    mode: CallMode,
+    /// Raised when a call runs long, so the ticker slices finely.
+    long_calls: LongCallSignal,
     limiter: GuestLimiter,
     /// The guest's last error-level log line during the current call.
     last_error_log: Option<String>,
@@ -284,16 +340,25 @@ fn read_guest_str(caller: &mut Caller<'_, GuestState>, ptr: u32, len: u32) -> St
 pub struct GuestInstance {
     store: Store<GuestState>,
     memory: Memory,
-    alloc: TypedFunc<i32, i32>,
-    abi_version: TypedFunc<(), i32>,
-    init: Option<TypedFunc<(i32, i32), i64>>,
-    upstream_peer: TypedFunc<(i32, i32), i64>,
-    upstream_request_filter: TypedFunc<(i32, i32), i64>,
+    exports: Exports,
     clock: Arc<CallClock>,
     limits: GuestLimits,
     /// Hook calls served, for the reuse bound.
     pub calls: u64,
 }
+
+/// Typed handles to an instance's exports. A call borrows its handle
+/// (cloning one costs type-registry reference counting).
+struct Exports {
+    alloc: TypedFunc<i32, i32>,
+    abi_version: TypedFunc<(), i32>,
+    init: Option<TypedFunc<(i32, i32), i64>>,
+    upstream_peer: TypedFunc<(i32, i32), i64>,
+    upstream_request_filter: TypedFunc<(i32, i32), i64>,
+}
+
+/// Picks the export a call runs; None if the module lacks it.
+type Pick<P, R> = fn(&Exports) -> Option<&TypedFunc<P, R>>;
 
 /// The hook exports an instance can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,11 +372,13 @@ pub enum Export {
 }
 
 impl GuestInstance {
-    /// Instantiates `pre` in a fresh store capped at `memory_limit_bytes`.
+    /// Instantiates `pre` in a fresh store under `limits`; a call that runs
+    /// long raises `long_calls`.
     pub fn new(
         pre: &InstancePre<GuestState>,
         module_name: Arc<str>,
         limits: GuestLimits,
+        long_calls: LongCallSignal,
     ) -> wasmtime::Result<Self> {
         let store_limits = StoreLimitsBuilder::new()
             .memory_size(limits.memory_limit_bytes())
@@ -324,7 +391,8 @@ impl GuestInstance {
             parts: None,
             clock: clock.clone(),
             hook_timeout: limits.hook_timeout(),
-            may_yield: false,
+            mode: CallMode::Instantiating,
+            long_calls,
             limiter: GuestLimiter {
                 limits: store_limits,
                 memory_limit_hit: false,
@@ -333,9 +401,8 @@ impl GuestInstance {
         };
         let mut store = Store::new(pre.module().engine(), state);
         store.limiter(|state| &mut state.limiter);
-        // At each tick a running call either has run its time and is
-        // stopped (a Timeout fault), or gives its worker back and carries on
-        // when polled again.
+        // At each tick a call that has run its time is stopped (a Timeout
+        // fault); one that runs long is sliced (see the module docs).
         store.epoch_deadline_callback(|store| {
             let state = store.data();
             let running = state.clock.running();
@@ -344,24 +411,28 @@ impl GuestInstance {
                 // an honest hook never waits behind other requests.
                 return Ok(UpdateDeadline::Continue(1));
             }
-            note_long_call();
-            Ok(if running >= state.hook_timeout {
-                UpdateDeadline::Interrupt
-            } else if state.may_yield {
+            state.long_calls.raise();
+            if running >= state.hook_timeout {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            match state.mode {
+                CallMode::Direct => Err(wasmtime::Error::new(NeedsSlicing)),
                 // Tokio's yield defers the wake-up until the worker has run
                 // its other ready tasks and polled for I/O: a long guest call
                 // goes behind every request that is ready to run, not just
                 // behind those already queued.
-                UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
-            } else {
-                UpdateDeadline::Continue(1)
-            })
+                CallMode::Sliced => Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                )),
+                CallMode::Instantiating => Ok(UpdateDeadline::Continue(1)),
+            }
         });
         // A start function runs during instantiation: bound it too.
-        clock.reset();
+        clock.begin(Duration::ZERO);
+        clock.start_slice(Instant::now());
         store.set_epoch_deadline(1);
         let instance: Instance = pre.instantiate(&mut store)?;
-        store.data_mut().may_yield = true;
         let memory = instance
             .get_memory(&mut store, "memory")
             .ok_or_else(|| wasmtime::Error::msg("missing export `memory` (a memory)"))?;
@@ -390,11 +461,13 @@ impl GuestInstance {
         Ok(GuestInstance {
             store,
             memory,
-            alloc,
-            abi_version,
-            init,
-            upstream_peer,
-            upstream_request_filter,
+            exports: Exports {
+                alloc,
+                abi_version,
+                init,
+                upstream_peer,
+                upstream_request_filter,
+            },
             clock,
             limits,
             calls: 0,
@@ -403,39 +476,46 @@ impl GuestInstance {
 
     /// Whether the module exports `hook_init`.
     pub fn has_init(&self) -> bool {
-        self.init.is_some()
+        self.exports.init.is_some()
     }
 
     /// Calls `hook_abi_version`.
     pub async fn abi_version(&mut self) -> Result<i32, HookFault> {
-        self.clock.reset();
-        let func = self.abi_version.clone();
-        self.run(&func, (), &Unmetered).await
+        self.clock.begin(Duration::ZERO);
+        let pick: Pick<(), i32> = |exports| Some(&exports.abi_version);
+        match self.run(pick, (), &Unmetered, CallMode::Sliced).await {
+            Ok(version) => Ok(version),
+            Err(error) => Err(error.into_fault()),
+        }
     }
 
-    /// Runs `export` on `input` (the concatenation of its pieces), with
-    /// `parts` for `hook.input_part` and its guest time charged to `meter`,
-    /// and hands the output bytes, still in guest memory, to `decode`.
-    pub async fn call<T>(
+    /// Runs `export` in `mode` on `input` (the concatenation of its
+    /// pieces), with `parts` for `hook.input_part` and its guest time
+    /// charged to `meter`; `ran` is running time the call already spent in
+    /// an earlier attempt. Returns where the output lies in guest memory
+    /// (see [`output`](Self::output)).
+    pub async fn call(
         &mut self,
         export: Export,
         input: &[&[u8]],
         parts: &dyn InputParts,
         meter: &dyn SliceMeter,
-        decode: impl FnOnce(&[u8]) -> Result<T, HookFault>,
-    ) -> Result<T, HookFault> {
+        mode: CallMode,
+        ran: Duration,
+    ) -> Result<(u32, u32), CallError> {
         PartsGuard::set(self, parts)
-            .call_with_parts(export, input, meter, decode)
+            .call_with_parts(export, input, meter, mode, ran)
             .await
     }
 
-    async fn call_with_parts<T>(
+    async fn call_with_parts(
         &mut self,
         export: Export,
         input: &[&[u8]],
         meter: &dyn SliceMeter,
-        decode: impl FnOnce(&[u8]) -> Result<T, HookFault>,
-    ) -> Result<T, HookFault> {
+        mode: CallMode,
+        ran: Duration,
+    ) -> Result<(u32, u32), CallError> {
         if export != Export::Init {
             self.calls += 1;
         }
@@ -445,59 +525,94 @@ impl GuestInstance {
             .map_err(|_| HookFault::Alloc(format!("input of {total} bytes")))?;
 
         // One deadline for the whole call, input buffer included.
-        self.clock.reset();
+        self.clock.begin(ran);
         // No input (a `lazy_ctx` guest): no buffer, (0, 0).
         let ptr = if total == 0 {
             0
         } else {
-            self.alloc_input(len, input, meter).await?
+            self.alloc_input(len, input, meter, mode).await?
         };
-        let func = match export {
-            Export::Init => match &self.init {
-                Some(init) => init.clone(),
-                None => return Err(HookFault::Instantiate("no hook_init export".into())),
-            },
-            Export::UpstreamPeer => self.upstream_peer.clone(),
-            Export::UpstreamRequestFilter => self.upstream_request_filter.clone(),
+        let pick: Pick<(i32, i32), i64> = match export {
+            Export::Init => |exports| exports.init.as_ref(),
+            Export::UpstreamPeer => |exports| Some(&exports.upstream_peer),
+            Export::UpstreamRequestFilter => |exports| Some(&exports.upstream_request_filter),
         };
-        let packed = self.run(&func, (ptr, len), meter).await?;
+        let packed = self.run(pick, (ptr, len), meter, mode).await?;
+        Ok(((packed as u64 >> 32) as u32, packed as u64 as u32))
+    }
 
-        let (out_ptr, out_len) = ((packed as u64 >> 32) as u32, packed as u64 as u32);
-        if out_len as usize > MAX_OUTPUT_BYTES {
+    /// The output bytes a call returned, checked to lie in guest memory.
+    pub fn output(&self, (ptr, len): (u32, u32)) -> Result<&[u8], HookFault> {
+        if len as usize > MAX_OUTPUT_BYTES {
             return Err(HookFault::OutputTooLarge {
-                len: out_len,
+                len,
                 max: MAX_OUTPUT_BYTES,
             });
         }
         let data = self.memory.data(&self.store);
-        let start = out_ptr as usize;
-        let output =
-            data.get(start..start + out_len as usize)
-                .ok_or(HookFault::OutputOutOfBounds {
-                    ptr: out_ptr,
-                    len: out_len,
-                    memory: data.len(),
-                })?;
-        decode(output)
+        let start = ptr as usize;
+        data.get(start..start + len as usize)
+            .ok_or(HookFault::OutputOutOfBounds {
+                ptr,
+                len,
+                memory: data.len(),
+            })
     }
 
-    /// Calls `func` on a fiber that yields at every epoch tick, each slice
-    /// timed into the call's clock and charged to `meter`.
+    /// The running time of the last call, earlier attempts included.
+    pub fn running(&self) -> Duration {
+        self.clock.finished()
+    }
+
+    /// Calls the export `pick` chooses in `mode`, timing each slice into
+    /// the call's clock and charging it to `meter`.
     async fn run<P, R>(
         &mut self,
-        func: &TypedFunc<P, R>,
+        pick: Pick<P, R>,
         params: P,
         meter: &dyn SliceMeter,
-    ) -> Result<R, HookFault>
+        mode: CallMode,
+    ) -> Result<R, CallError>
     where
         P: WasmParams + Sync,
         R: WasmResults + Send + Sync,
     {
+        let Some(func) = pick(&self.exports) else {
+            return Err(HookFault::Instantiate("the module lacks this export".into()).into());
+        };
+        self.store.data_mut().mode = mode;
         // The first deadline check comes at the next tick; a call shorter
         // than that (nearly all) never meets one.
         self.store.set_epoch_deadline(1);
-        let result = timed(&self.clock, meter, func.call_async(&mut self.store, params)).await;
-        result.map_err(|e| self.fault(e))
+        let result = match mode {
+            // Boxed: the fiber's future is large, and only long calls take
+            // this way; the direct way's future stays small.
+            CallMode::Sliced => {
+                Box::pin(timed(
+                    &self.clock,
+                    meter,
+                    func.call_async(&mut self.store, params),
+                ))
+                .await
+            }
+            CallMode::Direct | CallMode::Instantiating => {
+                let started = Instant::now();
+                self.clock.start_slice(started);
+                let result = func.call(&mut self.store, params);
+                let ended = Instant::now();
+                let ran = ended - started;
+                self.clock.end_slice(ran);
+                meter.charge(ran, ended);
+                result
+            }
+        };
+        result.map_err(|e| {
+            if e.downcast_ref::<NeedsSlicing>().is_some() {
+                CallError::NeedsSlicing
+            } else {
+                CallError::Fault(self.fault(e))
+            }
+        })
     }
 
     /// Asks the guest for an input buffer of `len` bytes and writes
@@ -507,11 +622,12 @@ impl GuestInstance {
         len: i32,
         input: &[&[u8]],
         meter: &dyn SliceMeter,
-    ) -> Result<i32, HookFault> {
-        let alloc = self.alloc.clone();
-        let ptr = self.run(&alloc, len, meter).await?;
+        mode: CallMode,
+    ) -> Result<i32, CallError> {
+        let pick: Pick<i32, i32> = |exports| Some(&exports.alloc);
+        let ptr = self.run(pick, len, meter, mode).await?;
         if ptr == 0 {
-            return Err(HookFault::Alloc(format!("returned 0 for {len} bytes")));
+            return Err(HookFault::Alloc(format!("returned 0 for {len} bytes")).into());
         }
         let total = len as usize;
         let target = self
@@ -519,7 +635,11 @@ impl GuestInstance {
             .data_mut(&mut self.store)
             .get_mut(ptr as u32 as usize..)
             .and_then(|rest| rest.get_mut(..total))
-            .ok_or_else(|| HookFault::Alloc(format!("buffer at {ptr:#x} lies outside memory")))?;
+            .ok_or_else(|| {
+                CallError::from(HookFault::Alloc(format!(
+                    "buffer at {ptr:#x} lies outside memory"
+                )))
+            })?;
         let mut at = 0;
         for piece in input {
             target[at..at + piece.len()].copy_from_slice(piece);
@@ -554,6 +674,20 @@ impl GuestInstance {
         HookFault::Trap {
             trap: message,
             guest_said: state.last_error_log.take(),
+        }
+    }
+}
+
+impl CallError {
+    /// The fault to report. A call that needs slicing is run again by the
+    /// module, so only an internal mistake would report it.
+    pub fn into_fault(self) -> HookFault {
+        match self {
+            CallError::Fault(fault) => fault,
+            CallError::NeedsSlicing => HookFault::Trap {
+                trap: "a direct call was stopped and not run again".into(),
+                guest_said: None,
+            },
         }
     }
 }

@@ -10,10 +10,11 @@ use anyhow::{bail, Context};
 use guest_sdk::wire;
 use wasmtime::{ExternType, InstancePre, Linker, Module};
 
-use super::engine::GuestEngine;
+use super::engine::{GuestEngine, LongCallSignal};
 use super::fault::HookFault;
 use super::instance::{
-    add_host_imports, Export, GuestInstance, GuestState, InputParts, NoParts, SliceMeter, Unmetered,
+    add_host_imports, CallError, CallMode, Export, GuestInstance, GuestState, InputParts, NoParts,
+    SliceMeter, Unmetered,
 };
 
 /// The ABI version this host speaks.
@@ -129,6 +130,8 @@ pub struct GuestModule {
     config_json: Vec<u8>,
     /// How the guest takes its hooks' input (said by its hook_init).
     input_mode: InputMode,
+    /// Raised by its instances' long calls, for the engine's ticker.
+    long_calls: LongCallSignal,
     /// Boxed, so that taking and returning one moves a pointer, not the
     /// struct (measured: 40-50 ns less per hook call).
     #[allow(clippy::vec_box)]
@@ -181,8 +184,11 @@ impl GuestModule {
             .map_err(anyhow::Error::from)
             .context("linking host imports")?;
 
-        let mut instance =
-            Box::new(GuestInstance::new(&pre, name.clone(), limits).map_err(anyhow::Error::from)?);
+        let long_calls = engine.long_calls().clone();
+        let mut instance = Box::new(
+            GuestInstance::new(&pre, name.clone(), limits, long_calls.clone())
+                .map_err(anyhow::Error::from)?,
+        );
         let version = block_on(instance.abi_version()).context("calling hook_abi_version")?;
         if version != ABI_VERSION {
             bail!("guest ABI version is {version}, this host speaks version {ABI_VERSION}");
@@ -193,6 +199,7 @@ impl GuestModule {
             limits,
             config_json: config_json.as_bytes().to_vec(),
             input_mode: InputMode::Whole,
+            long_calls,
             idle: Mutex::new(Vec::new()),
         };
         guest_module.input_mode =
@@ -221,6 +228,12 @@ impl GuestModule {
     /// output while it is still in guest memory. The guest's running time
     /// is charged to `meter` slice by slice. A faulted instance is dropped,
     /// never reused; so is one whose call was dropped before it finished.
+    ///
+    /// The call runs directly on the worker's stack; one that runs long is
+    /// stopped and runs again from the start, sliced, in a fresh instance
+    /// (see `instance.rs`). Hooks are functions of their input (any idle
+    /// instance may serve a call), so only the guest's log lines of the
+    /// stopped attempt show that it ran twice.
     pub async fn call<T>(
         &self,
         hook: Hook,
@@ -237,7 +250,26 @@ impl GuestModule {
             Hook::UpstreamPeer => Export::UpstreamPeer,
             Hook::UpstreamRequestFilter => Export::UpstreamRequestFilter,
         };
-        let result = instance.call(export, input, parts, meter, decode).await;
+        let mut outcome = instance
+            .call(
+                export,
+                input,
+                parts,
+                meter,
+                CallMode::Direct,
+                Duration::ZERO,
+            )
+            .await;
+        if let Err(CallError::NeedsSlicing) = outcome {
+            let ran = instance.running();
+            instance = self.new_instance(meter).await?;
+            outcome = instance
+                .call(export, input, parts, meter, CallMode::Sliced, ran)
+                .await;
+        }
+        let result = outcome
+            .map_err(CallError::into_fault)
+            .and_then(|location| decode(instance.output(location)?));
         if result.is_ok() && instance.calls < self.limits.instance_reuse {
             self.put_idle(instance);
         }
@@ -258,9 +290,14 @@ impl GuestModule {
     }
 
     async fn new_instance(&self, meter: &dyn SliceMeter) -> Result<Box<GuestInstance>, HookFault> {
-        let mut instance = GuestInstance::new(&self.pre, self.name.clone(), self.limits)
-            .map(Box::new)
-            .map_err(|e| HookFault::Instantiate(format!("{e:#}")))?;
+        let mut instance = GuestInstance::new(
+            &self.pre,
+            self.name.clone(),
+            self.limits,
+            self.long_calls.clone(),
+        )
+        .map(Box::new)
+        .map_err(|e| HookFault::Instantiate(format!("{e:#}")))?;
         let input_mode = self
             .initialise(&mut instance, meter)
             .await
@@ -283,15 +320,19 @@ impl GuestModule {
         if !instance.has_init() {
             return Ok(InputMode::Whole);
         }
-        let out: wire::InitOutput = instance
+        let input: [&[u8]; 1] = [&self.config_json];
+        let location = instance
             .call(
                 Export::Init,
-                &[&self.config_json],
+                &input,
                 &NoParts,
                 meter,
-                |bytes| decode_json(bytes),
+                CallMode::Sliced,
+                Duration::ZERO,
             )
-            .await?;
+            .await
+            .map_err(CallError::into_fault)?;
+        let out: wire::InitOutput = decode_json(instance.output(location)?)?;
         if let Some(error) = out.error {
             bail!("module refused its configuration: {}", error.message);
         }
@@ -335,4 +376,111 @@ fn check_imports(module: &Module) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+    use crate::runtime::EngineOptions;
+
+    /// Sums the guest time charged to it.
+    #[derive(Default)]
+    struct Charged(AtomicU64);
+
+    impl SliceMeter for Charged {
+        fn charge(&self, ran: Duration, _ended: std::time::Instant) {
+            self.0.fetch_add(ran.as_nanos() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// `upstream_peer` loops for ever; `upstream_request_filter` returns at
+    /// once (an empty output).
+    const LOOP_GUEST: &str = r#"(module
+        (memory (export "memory") 1)
+        (func (export "hook_abi_version") (result i32) i32.const 1)
+        (func (export "hook_alloc") (param i32) (result i32) i32.const 1024)
+        (func (export "upstream_peer") (param i32 i32) (result i64)
+            (loop $forever (br $forever))
+            unreachable)
+        (func (export "upstream_request_filter") (param i32 i32) (result i64) i64.const 0))"#;
+
+    fn load(hook_timeout_ms: u64) -> GuestModule {
+        let limits = GuestLimits {
+            hook_timeout_ms,
+            ..GuestLimits::default()
+        };
+        let engine = GuestEngine::new(&EngineOptions {
+            max_memory_bytes: limits.memory_limit_bytes(),
+            cache_dir: None,
+        })
+        .unwrap();
+        let bytes = wat::parse_str(LOOP_GUEST).unwrap();
+        GuestModule::from_bytes(&engine, "loop".into(), &bytes, "{}", limits).unwrap()
+    }
+
+    /// Polls `call` to completion; returns its output and how often it
+    /// gave the thread back.
+    fn poll_counting<F: std::future::Future>(call: F) -> (F::Output, usize) {
+        let mut call = std::pin::pin!(call);
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut yields = 0;
+        loop {
+            match call.as_mut().poll(&mut cx) {
+                Poll::Ready(out) => return (out, yields),
+                Poll::Pending => yields += 1,
+            }
+        }
+    }
+
+    #[test]
+    fn a_short_call_finishes_in_one_poll() {
+        let module = load(50);
+        let charged = Charged::default();
+        let (out, yields) = poll_counting(module.call(
+            Hook::UpstreamRequestFilter,
+            &[],
+            &NoParts,
+            &charged,
+            |bytes| Ok(bytes.len()),
+        ));
+        assert_eq!((out, yields), (Ok(0), 0));
+        assert!(
+            charged.0.load(Ordering::Relaxed) > 0,
+            "its time was charged"
+        );
+    }
+
+    #[test]
+    fn a_long_call_yields_and_its_running_time_meets_the_deadline() {
+        let module = load(50);
+        let charged = Charged::default();
+        let started = std::time::Instant::now();
+        let (out, yields) =
+            poll_counting(
+                module.call(Hook::UpstreamPeer, &[], &NoParts, &charged, |bytes| {
+                    Ok(bytes.len())
+                }),
+            );
+        assert_eq!(out, Err(HookFault::Timeout { limit_ms: 50 }));
+        let charged = Duration::from_nanos(charged.0.load(Ordering::Relaxed));
+        println!("{yields} yields in {charged:?} of running time");
+        assert!(yields >= 10, "yielded only {yields} times");
+        assert!(
+            charged >= Duration::from_millis(50)
+                && charged < started.elapsed() + Duration::from_millis(1),
+            "charged {charged:?}"
+        );
+        // The module still serves: the stopped instances were discarded.
+        let (out, _) = poll_counting(module.call(
+            Hook::UpstreamRequestFilter,
+            &[],
+            &NoParts,
+            &Unmetered,
+            |bytes| Ok(bytes.len()),
+        ));
+        assert_eq!(out, Ok(0));
+    }
 }
