@@ -35,7 +35,7 @@ impl Default for BudgetLimits {
     fn default() -> Self {
         BudgetLimits {
             max_concurrent_calls: 32,
-            cpu_ms_per_s: 200,
+            cpu_ms_per_s: 100,
             breaker_faults: 5,
             breaker_window_ms: 10_000,
             breaker_cooldown_ms: 5_000,

@@ -39,6 +39,9 @@ pub struct RequestCtx {
     /// The downstream request's JSON, encoded once for both hooks if a
     /// guest asks for it.
     request_json: OnceLock<String>,
+    /// The tenant's budget refused a guest call: logged by us, at most
+    /// once a second, not by Pingora for every request.
+    refused: bool,
 }
 
 impl WasmProxy {
@@ -67,6 +70,7 @@ impl WasmProxy {
         session: &mut Session,
         tenant: &'t Tenant,
         hook: Hook,
+        refused: &mut bool,
     ) -> Result<Option<CallPermit<'t>>> {
         let throttle = match tenant.budget.admit() {
             Ok(permit) => return Ok(Some(permit)),
@@ -75,6 +79,7 @@ impl WasmProxy {
             }
             Err(throttle) => throttle,
         };
+        *refused = true;
         let why = throttle.explain(tenant.budget.limits());
         let status = throttle.status();
         if tenant.budget.log_throttle_now() {
@@ -153,6 +158,7 @@ impl ProxyHttp for WasmProxy {
             tenant: None,
             guest_ctx: GuestCtx::default(),
             request_json: OnceLock::new(),
+            refused: false,
         }
     }
 
@@ -193,7 +199,8 @@ impl ProxyHttp for WasmProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let tenant = routed(ctx)?;
-        let peer = match Self::admit(session, &tenant, Hook::UpstreamPeer).await? {
+        let peer = match Self::admit(session, &tenant, Hook::UpstreamPeer, &mut ctx.refused).await?
+        {
             Some(permit) => {
                 let request = downstream_request(session, ctx);
                 let result =
@@ -242,7 +249,14 @@ impl ProxyHttp for WasmProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let tenant = routed(ctx)?;
-        let result = match Self::admit(session, &tenant, Hook::UpstreamRequestFilter).await? {
+        let result = match Self::admit(
+            session,
+            &tenant,
+            Hook::UpstreamRequestFilter,
+            &mut ctx.refused,
+        )
+        .await?
+        {
             Some(permit) => {
                 let request = downstream_request(session, ctx);
                 let result = abi::filter_upstream_request(
@@ -281,5 +295,12 @@ impl ProxyHttp for WasmProxy {
             }
             (Err(failure), _) => Err(self.failed(&tenant, Hook::UpstreamRequestFilter, failure)),
         }
+    }
+
+    /// A budget's refusal is logged by [`Self::admit`], at most once a
+    /// second per tenant: a flood of refused requests must not flood the
+    /// log.
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
+        ctx.refused
     }
 }
