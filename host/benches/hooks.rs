@@ -15,7 +15,7 @@ use host::abi;
 use host::budget::{Budget, BudgetLimits, MAX_CPU_MS_PER_S};
 use host::metrics::Metrics;
 use host::runtime::{
-    EngineOptions, GuestEngine, GuestLimits, GuestModule, Hook, InputParts, Unmetered,
+    EngineOptions, GuestEngine, GuestLimits, GuestModule, Hook, InputParts, SliceMeter, Unmetered,
 };
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
@@ -71,15 +71,27 @@ fn budget() -> Budget {
 }
 
 /// One request's worth of hook work, as `WasmProxy` does it: each call
-/// admitted by the tenant's budget and its guest time charged to it.
-fn wasm_request(module: &GuestModule, budget: &Budget, req: &RequestHeader) -> Box<HttpPeer> {
+/// admitted by the tenant's budget and its guest time charged to it (or,
+/// with no budget, neither: the cost of the budget alone is the
+/// difference).
+fn wasm_request(
+    module: &GuestModule,
+    budget: Option<&Budget>,
+    req: &RequestHeader,
+) -> Box<HttpPeer> {
     let request_json = OnceLock::new();
     let request = abi::DownstreamRequest::new(req, None, &request_json);
     let mut ctx = abi::GuestCtx::default();
 
-    let permit = budget.admit().unwrap();
-    let (peer, update) = ready(abi::call_upstream_peer(module, &request, &ctx, &permit)).unwrap();
-    permit.finish(false);
+    let permit = budget.map(|budget| budget.admit().unwrap());
+    let meter: &dyn SliceMeter = match &permit {
+        Some(permit) => permit,
+        None => &Unmetered,
+    };
+    let (peer, update) = ready(abi::call_upstream_peer(module, &request, &ctx, meter)).unwrap();
+    if let Some(permit) = permit {
+        permit.finish(false);
+    }
     ctx.apply(update);
     let abi::PeerAddress::Ip(addr) = abi::peer_address(&peer.address).unwrap() else {
         panic!("bench peers are IP addresses");
@@ -87,16 +99,22 @@ fn wasm_request(module: &GuestModule, budget: &Budget, req: &RequestHeader) -> B
     let http_peer = abi::http_peer(addr, &peer).unwrap();
 
     let mut upstream = req.clone();
-    let permit = budget.admit().unwrap();
+    let permit = budget.map(|budget| budget.admit().unwrap());
+    let meter: &dyn SliceMeter = match &permit {
+        Some(permit) => permit,
+        None => &Unmetered,
+    };
     let update = ready(abi::filter_upstream_request(
         module,
         &request,
         &mut upstream,
         &ctx,
-        &permit,
+        meter,
     ))
     .unwrap();
-    permit.finish(false);
+    if let Some(permit) = permit {
+        permit.finish(false);
+    }
     ctx.apply(update);
     black_box((ctx, upstream));
     http_peer
@@ -144,15 +162,18 @@ fn hooks(c: &mut Criterion) {
     });
     let reused = Arc::new(load("first_proxy", first_proxy, 1000));
     group.bench_function("first_proxy, reused instance", |b| {
-        b.iter(|| wasm_request(&reused, &budget, black_box(&req)))
+        b.iter(|| wasm_request(&reused, Some(&budget), black_box(&req)))
+    });
+    group.bench_function("first_proxy, reused instance, no budget", |b| {
+        b.iter(|| wasm_request(&reused, None, black_box(&req)))
     });
     let fresh = load("first_proxy", first_proxy, 1);
     group.bench_function("first_proxy, fresh instance per call", |b| {
-        b.iter(|| wasm_request(&fresh, &budget, black_box(&req)))
+        b.iter(|| wasm_request(&fresh, Some(&budget), black_box(&req)))
     });
     let typed_ctx = load("ctx_relay", ctx_relay, 1000);
     group.bench_function("ctx_relay (typed ctx), reused instance", |b| {
-        b.iter(|| wasm_request(&typed_ctx, &budget, black_box(&req)))
+        b.iter(|| wasm_request(&typed_ctx, Some(&budget), black_box(&req)))
     });
     group.finish();
 
@@ -178,7 +199,7 @@ fn hooks(c: &mut Criterion) {
     group.bench_function("first_proxy, reused instance", |b| {
         b.iter_batched(
             &mut evict,
-            |_| wasm_request(&reused, &budget, black_box(&req)),
+            |_| wasm_request(&reused, Some(&budget), black_box(&req)),
             BatchSize::PerIteration,
         )
     });

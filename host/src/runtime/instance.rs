@@ -360,6 +360,27 @@ struct Exports {
 /// Picks the export a call runs; None if the module lacks it.
 type Pick<P, R> = fn(&Exports) -> Option<&TypedFunc<P, R>>;
 
+/// `hook_alloc`.
+const ALLOC: Pick<i32, i32> = |exports| Some(&exports.alloc);
+
+/// The export that runs `export`.
+fn hook(export: Export) -> Pick<(i32, i32), i64> {
+    match export {
+        Export::Init => |exports| exports.init.as_ref(),
+        Export::UpstreamPeer => |exports| Some(&exports.upstream_peer),
+        Export::UpstreamRequestFilter => |exports| Some(&exports.upstream_request_filter),
+    }
+}
+
+/// A hook's `(ptr, len)` output location, packed in an i64.
+fn unpack(packed: i64) -> (u32, u32) {
+    ((packed as u64 >> 32) as u32, packed as u64 as u32)
+}
+
+fn missing_export() -> CallError {
+    HookFault::Instantiate("the module lacks this export".into()).into()
+}
+
 /// The hook exports an instance can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Export {
@@ -483,62 +504,76 @@ impl GuestInstance {
     pub async fn abi_version(&mut self) -> Result<i32, HookFault> {
         self.clock.begin(Duration::ZERO);
         let pick: Pick<(), i32> = |exports| Some(&exports.abi_version);
-        match self.run(pick, (), &Unmetered, CallMode::Sliced).await {
-            Ok(version) => Ok(version),
-            Err(error) => Err(error.into_fault()),
-        }
+        self.run_sliced(pick, (), &Unmetered)
+            .await
+            .map_err(CallError::into_fault)
     }
 
-    /// Runs `export` in `mode` on `input` (the concatenation of its
-    /// pieces), with `parts` for `hook.input_part` and its guest time
-    /// charged to `meter`; `ran` is running time the call already spent in
-    /// an earlier attempt. Returns where the output lies in guest memory
-    /// (see [`output`](Self::output)).
-    pub async fn call(
+    /// Runs `export` on `input` (the concatenation of its pieces) directly
+    /// on this thread's stack, with `parts` for `hook.input_part` and its
+    /// guest time charged to `meter`. Returns where the output lies in
+    /// guest memory (see [`output`](Self::output)), or
+    /// [`CallError::NeedsSlicing`] if it ran long: then this instance is
+    /// unusable and the call is to run again with
+    /// [`call_sliced`](Self::call_sliced) in a fresh one.
+    pub fn call_direct(
         &mut self,
         export: Export,
         input: &[&[u8]],
         parts: &dyn InputParts,
         meter: &dyn SliceMeter,
-        mode: CallMode,
-        ran: Duration,
     ) -> Result<(u32, u32), CallError> {
-        PartsGuard::set(self, parts)
-            .call_with_parts(export, input, meter, mode, ran)
-            .await
+        let mut this = PartsGuard::set(self, parts);
+        let len = this.begin_call(export, input, Duration::ZERO)?;
+        let ptr = if len == 0 {
+            0
+        } else {
+            let ptr = this.run_direct(ALLOC, len, meter)?;
+            this.write_input(ptr, len, input)?
+        };
+        let packed = this.run_direct(hook(export), (ptr, len), meter)?;
+        Ok(unpack(packed))
     }
 
-    async fn call_with_parts(
+    /// As [`call_direct`](Self::call_direct), on a fiber that yields the
+    /// worker at every tick once the call has run [`YIELD_AFTER`]; `ran`
+    /// is running time the call already spent in a stopped attempt.
+    pub async fn call_sliced(
         &mut self,
         export: Export,
         input: &[&[u8]],
+        parts: &dyn InputParts,
         meter: &dyn SliceMeter,
-        mode: CallMode,
         ran: Duration,
     ) -> Result<(u32, u32), CallError> {
+        let mut this = PartsGuard::set(self, parts);
+        let len = this.begin_call(export, input, ran)?;
+        let ptr = if len == 0 {
+            0
+        } else {
+            let ptr = this.run_sliced(ALLOC, len, meter).await?;
+            this.write_input(ptr, len, input)?
+        };
+        let packed = this.run_sliced(hook(export), (ptr, len), meter).await?;
+        Ok(unpack(packed))
+    }
+
+    /// Starts a call's bookkeeping; returns the input's length.
+    fn begin_call(
+        &mut self,
+        export: Export,
+        input: &[&[u8]],
+        ran: Duration,
+    ) -> Result<i32, CallError> {
         if export != Export::Init {
             self.calls += 1;
         }
         self.store.data_mut().last_error_log = None;
-        let total: usize = input.iter().map(|piece| piece.len()).sum();
-        let len = i32::try_from(total)
-            .map_err(|_| HookFault::Alloc(format!("input of {total} bytes")))?;
-
         // One deadline for the whole call, input buffer included.
         self.clock.begin(ran);
+        let total: usize = input.iter().map(|piece| piece.len()).sum();
         // No input (a `lazy_ctx` guest): no buffer, (0, 0).
-        let ptr = if total == 0 {
-            0
-        } else {
-            self.alloc_input(len, input, meter, mode).await?
-        };
-        let pick: Pick<(i32, i32), i64> = match export {
-            Export::Init => |exports| exports.init.as_ref(),
-            Export::UpstreamPeer => |exports| Some(&exports.upstream_peer),
-            Export::UpstreamRequestFilter => |exports| Some(&exports.upstream_request_filter),
-        };
-        let packed = self.run(pick, (ptr, len), meter, mode).await?;
-        Ok(((packed as u64 >> 32) as u32, packed as u64 as u32))
+        i32::try_from(total).map_err(|_| HookFault::Alloc(format!("input of {total} bytes")).into())
     }
 
     /// The output bytes a call returned, checked to lie in guest memory.
@@ -564,77 +599,83 @@ impl GuestInstance {
         self.clock.finished()
     }
 
-    /// Calls the export `pick` chooses in `mode`, timing each slice into
-    /// the call's clock and charging it to `meter`.
-    async fn run<P, R>(
+    /// Calls the export `pick` chooses on this thread's stack, timing it
+    /// into the call's clock and charging it to `meter`.
+    fn run_direct<P, R>(
         &mut self,
         pick: Pick<P, R>,
         params: P,
         meter: &dyn SliceMeter,
-        mode: CallMode,
+    ) -> Result<R, CallError>
+    where
+        P: WasmParams,
+        R: WasmResults,
+    {
+        let Some(func) = pick(&self.exports) else {
+            return Err(missing_export());
+        };
+        self.store.data_mut().mode = CallMode::Direct;
+        // The first deadline check comes at the next tick; a call shorter
+        // than that (nearly all) never meets one.
+        self.store.set_epoch_deadline(1);
+        let started = Instant::now();
+        self.clock.start_slice(started);
+        let result = func.call(&mut self.store, params);
+        let ended = Instant::now();
+        let ran = ended - started;
+        self.clock.end_slice(ran);
+        meter.charge(ran, ended);
+        result.map_err(|e| self.call_error(e))
+    }
+
+    /// Calls the export `pick` chooses on a fiber that yields at every
+    /// tick, timing each slice into the call's clock and charging it to
+    /// `meter`.
+    async fn run_sliced<P, R>(
+        &mut self,
+        pick: Pick<P, R>,
+        params: P,
+        meter: &dyn SliceMeter,
     ) -> Result<R, CallError>
     where
         P: WasmParams + Sync,
         R: WasmResults + Send + Sync,
     {
         let Some(func) = pick(&self.exports) else {
-            return Err(HookFault::Instantiate("the module lacks this export".into()).into());
+            return Err(missing_export());
         };
-        self.store.data_mut().mode = mode;
-        // The first deadline check comes at the next tick; a call shorter
-        // than that (nearly all) never meets one.
+        self.store.data_mut().mode = CallMode::Sliced;
         self.store.set_epoch_deadline(1);
-        let result = match mode {
-            // Boxed: the fiber's future is large, and only long calls take
-            // this way; the direct way's future stays small.
-            CallMode::Sliced => {
-                Box::pin(timed(
-                    &self.clock,
-                    meter,
-                    func.call_async(&mut self.store, params),
-                ))
-                .await
-            }
-            CallMode::Direct | CallMode::Instantiating => {
-                let started = Instant::now();
-                self.clock.start_slice(started);
-                let result = func.call(&mut self.store, params);
-                let ended = Instant::now();
-                let ran = ended - started;
-                self.clock.end_slice(ran);
-                meter.charge(ran, ended);
-                result
-            }
-        };
-        result.map_err(|e| {
-            if e.downcast_ref::<NeedsSlicing>().is_some() {
-                CallError::NeedsSlicing
-            } else {
-                CallError::Fault(self.fault(e))
-            }
-        })
+        // Boxed: the fiber's future is large, and only long calls (and
+        // load-time calls) come here.
+        let call = Box::pin(timed(
+            &self.clock,
+            meter,
+            func.call_async(&mut self.store, params),
+        ));
+        let result = call.await;
+        result.map_err(|e| self.call_error(e))
     }
 
-    /// Asks the guest for an input buffer of `len` bytes and writes
-    /// `input` into it.
-    async fn alloc_input(
-        &mut self,
-        len: i32,
-        input: &[&[u8]],
-        meter: &dyn SliceMeter,
-        mode: CallMode,
-    ) -> Result<i32, CallError> {
-        let pick: Pick<i32, i32> = |exports| Some(&exports.alloc);
-        let ptr = self.run(pick, len, meter, mode).await?;
+    fn call_error(&mut self, error: wasmtime::Error) -> CallError {
+        if error.downcast_ref::<NeedsSlicing>().is_some() {
+            CallError::NeedsSlicing
+        } else {
+            CallError::Fault(self.fault(error))
+        }
+    }
+
+    /// Writes `input` into the buffer of `len` bytes that `hook_alloc`
+    /// returned at `ptr`; returns `ptr`.
+    fn write_input(&mut self, ptr: i32, len: i32, input: &[&[u8]]) -> Result<i32, CallError> {
         if ptr == 0 {
             return Err(HookFault::Alloc(format!("returned 0 for {len} bytes")).into());
         }
-        let total = len as usize;
         let target = self
             .memory
             .data_mut(&mut self.store)
             .get_mut(ptr as u32 as usize..)
-            .and_then(|rest| rest.get_mut(..total))
+            .and_then(|rest| rest.get_mut(..len as usize))
             .ok_or_else(|| {
                 CallError::from(HookFault::Alloc(format!(
                     "buffer at {ptr:#x} lies outside memory"

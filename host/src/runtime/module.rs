@@ -13,7 +13,7 @@ use wasmtime::{ExternType, InstancePre, Linker, Module};
 use super::engine::{GuestEngine, LongCallSignal};
 use super::fault::HookFault;
 use super::instance::{
-    add_host_imports, CallError, CallMode, Export, GuestInstance, GuestState, InputParts, NoParts,
+    add_host_imports, CallError, Export, GuestInstance, GuestState, InputParts, NoParts,
     SliceMeter, Unmetered,
 };
 
@@ -242,30 +242,21 @@ impl GuestModule {
         meter: &dyn SliceMeter,
         decode: impl FnOnce(&[u8]) -> Result<T, HookFault>,
     ) -> Result<T, HookFault> {
+        // Boxed where rare (a new instance, a long call), so that the
+        // common call's future stays small.
         let mut instance = match self.take_idle() {
             Some(instance) => instance,
-            None => self.new_instance(meter).await?,
+            None => Box::pin(self.new_instance(meter)).await?,
         };
         let export = match hook {
             Hook::UpstreamPeer => Export::UpstreamPeer,
             Hook::UpstreamRequestFilter => Export::UpstreamRequestFilter,
         };
-        let mut outcome = instance
-            .call(
-                export,
-                input,
-                parts,
-                meter,
-                CallMode::Direct,
-                Duration::ZERO,
-            )
-            .await;
+        let mut outcome = instance.call_direct(export, input, parts, meter);
         if let Err(CallError::NeedsSlicing) = outcome {
             let ran = instance.running();
-            instance = self.new_instance(meter).await?;
-            outcome = instance
-                .call(export, input, parts, meter, CallMode::Sliced, ran)
-                .await;
+            instance = Box::pin(self.new_instance(meter)).await?;
+            outcome = Box::pin(instance.call_sliced(export, input, parts, meter, ran)).await;
         }
         let result = outcome
             .map_err(CallError::into_fault)
@@ -322,14 +313,7 @@ impl GuestModule {
         }
         let input: [&[u8]; 1] = [&self.config_json];
         let location = instance
-            .call(
-                Export::Init,
-                &input,
-                &NoParts,
-                meter,
-                CallMode::Sliced,
-                Duration::ZERO,
-            )
+            .call_sliced(Export::Init, &input, &NoParts, meter, Duration::ZERO)
             .await
             .map_err(CallError::into_fault)?;
         let out: wire::InitOutput = decode_json(instance.output(location)?)?;
