@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Time to answer a misbehaving guest's request, one request at a time,
-# release build, default limits: for each misbehaviour of guests/hostile,
-# five requests to /bad (expected 500) and one to /good (expected 200).
+# release build, default limits (budgets and breaker out of the way, so
+# that every bad request reaches the guest): for each misbehaviour of
+# guests/hostile, five requests to /bad (expected 500) and one to /good
+# (expected 200).
 # Loopback only; every request is bounded by curl's --max-time.
 #
 #   bash bench/hostile.sh
@@ -29,6 +31,7 @@ for spec in loop:upstream_peer loop:upstream_request_filter alloc:upstream_peer 
     misbehave=${spec%%:*} hook=${spec##*:}
     port=$(free_port)
     RUST_LOG=error ./target/release/host guests/hostile.wasm -l "127.0.0.1:$port" -c "$(conf proxy)" --no-module-cache \
+        --breaker-faults 0 --cpu-ms-per-s 64000 \
         --module-config "{\"upstream\":\"127.0.0.1:$upstream_port\",\"misbehave\":\"$misbehave\",\"hook\":\"$hook\",\"on_path\":\"/bad\"}" \
         >/dev/null 2>&1 &
     proxy=$!

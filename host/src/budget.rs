@@ -34,13 +34,23 @@ pub struct BudgetLimits {
 impl Default for BudgetLimits {
     fn default() -> Self {
         BudgetLimits {
-            max_concurrent_calls: 32,
+            max_concurrent_calls: default_max_concurrent_calls(),
             cpu_ms_per_s: 100,
             breaker_faults: 5,
             breaker_window_ms: 10_000,
             breaker_cooldown_ms: 5_000,
         }
     }
+}
+
+/// Four calls in flight per core, at least 8. An honest hook never
+/// yields, so its calls in flight are at most one per worker thread; only
+/// long calls pile up, and each admitted one may run its whole deadline
+/// whatever the guest-time bucket says, so this also bounds how far a
+/// burst of them overshoots `cpu_ms_per_s`.
+fn default_max_concurrent_calls() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    cores.saturating_mul(4).clamp(8, MAX_CONCURRENT_CALLS)
 }
 
 /// Largest `max_concurrent_calls` accepted: the pool's instance slots.

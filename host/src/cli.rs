@@ -58,8 +58,9 @@ pub struct Cli {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub instance_reuse: u64,
 
-    /// Guest calls of one tenant in flight at once (1-1000); past it a
-    /// request gets 503 without calling the guest.
+    /// Guest calls of one tenant in flight at once (1-1000; default 4 per
+    /// core, at least 8); past it a request gets 503 without calling the
+    /// guest.
     #[arg(long, value_name = "N", default_value_t = BudgetLimits::default().max_concurrent_calls,
           value_parser = clap::value_parser!(u32).range(1..=MAX_CONCURRENT_CALLS as i64))]
     pub max_concurrent_calls: u32,
