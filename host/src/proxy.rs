@@ -103,6 +103,13 @@ impl WasmProxy {
         Err(Error::explain(HTTPStatus(status), why))
     }
 
+    /// Whether a fail-open failure gets its log line: every fault does; a
+    /// call skipped because the breaker is open does at most once a
+    /// second per tenant (the breaker's own lines say when it opened).
+    fn worth_logging(tenant: &Tenant, failure: &HookFailure) -> bool {
+        !matches!(failure, HookFailure::Skipped) || tenant.budget.log_throttle_now()
+    }
+
     /// Logs a failed hook with module, hook and reason, and turns it into
     /// the error whose type gives the client's status.
     fn failed(&self, tenant: &Tenant, hook: Hook, failure: HookFailure) -> Box<Error> {
@@ -229,10 +236,12 @@ impl ProxyHttp for WasmProxy {
                 GuestErrorPolicy::FailOpen,
                 Some(fallback),
             ) => {
-                log::warn!(
-                    "module {}: upstream_peer failed: {failure}; fail-open to {fallback}",
-                    tenant.module.name()
-                );
+                if Self::worth_logging(&tenant, &failure) {
+                    log::warn!(
+                        "module {}: upstream_peer failed: {failure}; fail-open to {fallback}",
+                        tenant.module.name()
+                    );
+                }
                 Ok(Box::new(HttpPeer::new(fallback, false, String::new())))
             }
             (Err(failure), _, _) => Err(self.failed(&tenant, Hook::UpstreamPeer, failure)),
@@ -287,10 +296,12 @@ impl ProxyHttp for WasmProxy {
                 Err(failure @ (HookFailure::Fault(_) | HookFailure::Skipped)),
                 GuestErrorPolicy::FailOpen,
             ) => {
-                log::warn!(
-                    "module {}: upstream_request_filter failed: {failure}; fail-open, request unchanged",
-                    tenant.module.name()
-                );
+                if Self::worth_logging(&tenant, &failure) {
+                    log::warn!(
+                        "module {}: upstream_request_filter failed: {failure}; fail-open, request unchanged",
+                        tenant.module.name()
+                    );
+                }
                 Ok(())
             }
             (Err(failure), _) => Err(self.failed(&tenant, Hook::UpstreamRequestFilter, failure)),
