@@ -59,6 +59,9 @@ pub const MAX_CONCURRENT_CALLS: u32 = 1000;
 /// Largest `cpu_ms_per_s` accepted: 64 cores' worth.
 pub const MAX_CPU_MS_PER_S: u32 = 64_000;
 
+/// Largest breaker fault count accepted (0 turns the breaker off).
+pub const MAX_BREAKER_FAULTS: u32 = 10_000;
+
 /// Largest breaker window or cool-down accepted: one hour.
 pub const MAX_BREAKER_MS: u64 = 3_600_000;
 
@@ -70,6 +73,9 @@ impl BudgetLimits {
         }
         if !(1..=MAX_CPU_MS_PER_S).contains(&self.cpu_ms_per_s) {
             bail!("cpu_ms_per_s must be 1-{MAX_CPU_MS_PER_S}");
+        }
+        if self.breaker_faults > MAX_BREAKER_FAULTS {
+            bail!("breaker faults must be 0-{MAX_BREAKER_FAULTS}");
         }
         if !(1..=MAX_BREAKER_MS).contains(&self.breaker_window_ms) {
             bail!("breaker window_ms must be 1-{MAX_BREAKER_MS}");
@@ -235,35 +241,42 @@ impl Budget {
     }
 
     fn try_admit(&self) -> Result<CallPermit<'_>, Throttle> {
-        let probe = match self.breaker_state() {
+        let wants_probe = match self.breaker_state() {
             BreakerState::Closed => false,
             BreakerState::HalfOpen => return Err(Throttle::BreakerOpen),
-            BreakerState::Open => {
-                if !self.try_half_open() {
-                    return Err(Throttle::BreakerOpen);
-                }
-                true
-            }
-        };
-        // From here on, a refusal of the probe must reopen the breaker:
-        // the permit's drop does that.
-        let permit = CallPermit {
-            budget: self,
-            probe,
-            finished: false,
-            holds_slot: false,
-            running_ns: AtomicU64::new(0),
+            BreakerState::Open if !self.cooldown_over() => return Err(Throttle::BreakerOpen),
+            BreakerState::Open => true,
         };
         if !self.cpu_left() {
             return Err(Throttle::Cpu);
         }
         let in_flight = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let mut permit = permit;
-        permit.holds_slot = true;
+        // From here on the permit holds a slot: its drop gives it back.
+        let mut permit = CallPermit {
+            budget: self,
+            probe: false,
+            finished: false,
+            holds_slot: true,
+            running_ns: AtomicU64::new(0),
+        };
         if in_flight >= self.limits.max_concurrent_calls {
             return Err(Throttle::Concurrency);
         }
+        // Only a call that will be made becomes the probe, so a probe is
+        // never refused for another reason.
+        if wants_probe {
+            if !self.try_half_open() {
+                return Err(Throttle::BreakerOpen);
+            }
+            permit.probe = true;
+        }
         Ok(permit)
+    }
+
+    /// Whether the breaker has been open for its cool-down.
+    fn cooldown_over(&self) -> bool {
+        let log = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        log.opened.elapsed() >= Duration::from_millis(self.limits.breaker_cooldown_ms)
     }
 
     /// Seconds after which a call refused for `throttle` may succeed, for
@@ -339,9 +352,11 @@ impl Budget {
                 Ordering::Acquire,
             )
             .is_ok();
-        drop(log);
         if moved {
             self.metrics.breaker_state(BreakerState::HalfOpen);
+        }
+        drop(log);
+        if moved {
             log::info!(
                 "tenant {}: circuit breaker half-open, probing with one call",
                 self.metrics.tenant()
@@ -392,8 +407,8 @@ impl Budget {
             log.faults.clear();
             self.state
                 .store(BreakerState::Open as u8, Ordering::Release);
-            drop(log);
             self.metrics.breaker_state(BreakerState::Open);
+            drop(log);
             log::warn!(
                 "tenant {}: circuit breaker open after {threshold} faults in {} ms; calls fail fast for {} ms",
                 self.metrics.tenant(),
@@ -407,7 +422,7 @@ impl Budget {
         let mut log = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
         update(&mut log);
         self.state.store(state as u8, Ordering::Release);
-        drop(log);
+        // Under the lock, so racing transitions leave the gauge right.
         self.metrics.breaker_state(state);
     }
 }
@@ -469,7 +484,7 @@ impl Drop for CallPermit<'_> {
             self.budget.in_flight.fetch_sub(1, Ordering::AcqRel);
         }
         if self.probe && !self.finished {
-            // The probe never ran (throttled) or was abandoned: back to
+            // The probe was abandoned (its request went away): back to
             // open with the cool-down already over, so the next call probes.
             let cooldown = Duration::from_millis(self.budget.limits.breaker_cooldown_ms);
             let past = Instant::now()

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use clap::Parser;
 use pingora::server::configuration::Opt;
 
-use crate::budget::{BudgetLimits, MAX_BREAKER_MS, MAX_CONCURRENT_CALLS, MAX_CPU_MS_PER_S};
+use crate::budget::{
+    BudgetLimits, MAX_BREAKER_FAULTS, MAX_BREAKER_MS, MAX_CONCURRENT_CALLS, MAX_CPU_MS_PER_S,
+};
 use crate::runtime::{GuestLimits, MAX_HOOK_TIMEOUT_MS, MAX_MEMORY_LIMIT_MIB};
 
 /// A Pingora reverse proxy whose `upstream_peer` and
@@ -75,7 +77,8 @@ pub struct Cli {
     /// Guest faults within --breaker-window-ms that open a tenant's circuit
     /// breaker (0: never); while open, its requests get 503 (or go to the
     /// fail-open fallback) without calling the guest.
-    #[arg(long, value_name = "N", default_value_t = BudgetLimits::default().breaker_faults)]
+    #[arg(long, value_name = "N", default_value_t = BudgetLimits::default().breaker_faults,
+          value_parser = clap::value_parser!(u32).range(0..=MAX_BREAKER_FAULTS as i64))]
     pub breaker_faults: u32,
 
     /// The window in which --breaker-faults faults open the breaker, in ms.

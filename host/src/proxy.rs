@@ -214,18 +214,27 @@ impl ProxyHttp for WasmProxy {
                     abi::call_upstream_peer(&tenant.module, &request, &ctx.guest_ctx, &permit)
                         .await;
                 Self::observe(&tenant, Hook::UpstreamPeer, permit.running(), &result);
-                let peer = match result {
+                let peer_fault = |fault| {
+                    tenant.metrics.fault(Hook::UpstreamPeer, &fault);
+                    HookFailure::Fault(fault)
+                };
+                let checked = match result {
                     Ok((peer, update)) => {
                         ctx.guest_ctx.apply(update);
-                        abi::build_peer(&peer).await.map_err(|fault| {
-                            tenant.metrics.fault(Hook::UpstreamPeer, &fault);
-                            HookFailure::Fault(fault)
-                        })
+                        abi::peer_address(&peer.address)
+                            .map(|address| (peer, address))
+                            .map_err(peer_fault)
                     }
                     Err(failure) => Err(failure),
                 };
-                permit.finish(matches!(peer, Err(HookFailure::Fault(_))));
-                peer
+                // The call is over: its slot is free before any name lookup.
+                permit.finish(matches!(checked, Err(HookFailure::Fault(_))));
+                match checked {
+                    Ok((peer, address)) => {
+                        abi::build_peer(address, &peer).await.map_err(peer_fault)
+                    }
+                    Err(failure) => Err(failure),
+                }
             }
             None => Err(HookFailure::Skipped),
         };

@@ -14,9 +14,13 @@ use crate::runtime::HookFault;
 /// How long resolving a host name may take before the request fails.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Validates `peer` and builds the `HttpPeer` Pingora connects to.
-pub async fn build_peer(peer: &wire::Peer) -> Result<Box<HttpPeer>, HookFault> {
-    let addr = match peer_address(&peer.address)? {
+/// Builds the `HttpPeer` Pingora connects to from `peer`, whose address
+/// [`peer_address`] parsed, resolving a host name first.
+pub async fn build_peer(
+    address: PeerAddress,
+    peer: &wire::Peer,
+) -> Result<Box<HttpPeer>, HookFault> {
+    let addr = match address {
         PeerAddress::Ip(addr) => addr,
         PeerAddress::Name(name) => resolve(&name).await?,
     };
@@ -98,6 +102,11 @@ fn is_host_name(name: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// What the proxy does with a guest's peer: parse, then build.
+    async fn parse_and_build(peer: &wire::Peer) -> Result<Box<HttpPeer>, HookFault> {
+        build_peer(peer_address(&peer.address)?, peer).await
+    }
+
     fn peer(address: &str) -> wire::Peer {
         wire::Peer {
             address: address.into(),
@@ -112,15 +121,15 @@ mod tests {
         wire_peer.sni = "example.com".into();
         wire_peer.options.connection_timeout_ms = Some(250);
         wire_peer.options.verify_hostname = false;
-        let built = build_peer(&wire_peer).await.unwrap();
+        let built = parse_and_build(&wire_peer).await.unwrap();
         assert_eq!(built.sni, "example.com");
         assert_eq!(
             built.options.connection_timeout,
             Some(Duration::from_millis(250))
         );
         assert!(!built.options.verify_hostname);
-        assert!(build_peer(&peer("[::1]:443")).await.is_ok());
-        assert!(build_peer(&peer("localhost:80")).await.is_ok());
+        assert!(parse_and_build(&peer("[::1]:443")).await.is_ok());
+        assert!(parse_and_build(&peer("localhost:80")).await.is_ok());
     }
 
     #[tokio::test]
@@ -134,7 +143,7 @@ mod tests {
             ":80",
             "[::1]",
         ] {
-            let err = build_peer(&peer(address)).await.unwrap_err();
+            let err = parse_and_build(&peer(address)).await.unwrap_err();
             assert!(
                 matches!(err, HookFault::InvalidOutput(_)),
                 "{address}: {err}"
@@ -142,6 +151,6 @@ mod tests {
         }
         let mut bad_sni = peer("127.0.0.1:443");
         bad_sni.sni = "evil\r\nname".into();
-        assert!(build_peer(&bad_sni).await.is_err());
+        assert!(parse_and_build(&bad_sni).await.is_err());
     }
 }

@@ -57,9 +57,14 @@ impl InputParts for NoParts {
 /// The input parts of the call in progress, with the borrow's lifetime
 /// erased so that it fits in the `'static` store data.
 ///
-/// Invariant: set only by [`GuestInstance::call`] through [`PartsGuard`],
-/// which clears it before the borrow ends (also when unwinding); read only
-/// by the `hook.input_part` import, which runs only inside that call.
+/// Invariant: set only by [`GuestInstance::call_direct`] and
+/// [`GuestInstance::call_sliced`] through [`PartsGuard`], which clears it
+/// when dropped (also when unwinding, or when the call's future is dropped
+/// half-way), before the borrow ends; read only by the `hook.input_part`
+/// import, which runs only inside such a call (`hook_abi_version` runs on
+/// a fresh instance, where it is `None`). A call future that is leaked
+/// instead of dropped leaks the instance it holds with it: `GuestModule`
+/// owns every instance inside its own call future.
 struct PartsPtr(NonNull<dyn InputParts>);
 
 // SAFETY: the referent is `Sync` (a bound of `InputParts`), so using it from
@@ -172,11 +177,9 @@ pub enum CallMode {
     /// On the worker's stack: stop it with [`NeedsSlicing`], to run again
     /// sliced.
     Direct,
-    /// On a fiber: yield the worker, carry on when polled again.
+    /// On a fiber (a call, or instantiation with its start function):
+    /// yield the worker, carry on when polled again.
     Sliced,
-    /// A start function during (synchronous) instantiation: carry on,
-    /// bounded by the deadline alone.
-    Instantiating,
 }
 
 /// The error a deadline check stops a direct call with: it runs long, and
@@ -394,12 +397,14 @@ pub enum Export {
 
 impl GuestInstance {
     /// Instantiates `pre` in a fresh store under `limits`; a call that runs
-    /// long raises `long_calls`.
-    pub fn new(
+    /// long raises `long_calls`. A start function runs sliced, like a long
+    /// call, under the same deadline, its time charged to `meter`.
+    pub async fn new(
         pre: &InstancePre<GuestState>,
         module_name: Arc<str>,
         limits: GuestLimits,
         long_calls: LongCallSignal,
+        meter: &dyn SliceMeter,
     ) -> wasmtime::Result<Self> {
         let store_limits = StoreLimitsBuilder::new()
             .memory_size(limits.memory_limit_bytes())
@@ -412,7 +417,7 @@ impl GuestInstance {
             parts: None,
             clock: clock.clone(),
             hook_timeout: limits.hook_timeout(),
-            mode: CallMode::Instantiating,
+            mode: CallMode::Sliced,
             long_calls,
             limiter: GuestLimiter {
                 limits: store_limits,
@@ -446,14 +451,13 @@ impl GuestInstance {
                     1,
                     Box::pin(tokio::task::yield_now()),
                 )),
-                CallMode::Instantiating => Ok(UpdateDeadline::Continue(1)),
             }
         });
-        // A start function runs during instantiation: bound it too.
+        // A start function runs during instantiation: bound and slice it too.
         clock.begin(Duration::ZERO);
-        clock.start_slice(Instant::now());
         store.set_epoch_deadline(1);
-        let instance: Instance = pre.instantiate(&mut store)?;
+        let instance: Instance =
+            Box::pin(timed(&clock, meter, pre.instantiate_async(&mut store))).await?;
         let memory = instance
             .get_memory(&mut store, "memory")
             .ok_or_else(|| wasmtime::Error::msg("missing export `memory` (a memory)"))?;

@@ -186,8 +186,14 @@ impl GuestModule {
 
         let long_calls = engine.long_calls().clone();
         let mut instance = Box::new(
-            GuestInstance::new(&pre, name.clone(), limits, long_calls.clone())
-                .map_err(anyhow::Error::from)?,
+            block_on(GuestInstance::new(
+                &pre,
+                name.clone(),
+                limits,
+                long_calls.clone(),
+                &Unmetered,
+            ))
+            .map_err(anyhow::Error::from)?,
         );
         let version = block_on(instance.abi_version()).context("calling hook_abi_version")?;
         if version != ABI_VERSION {
@@ -286,7 +292,9 @@ impl GuestModule {
             self.name.clone(),
             self.limits,
             self.long_calls.clone(),
+            meter,
         )
+        .await
         .map(Box::new)
         .map_err(|e| HookFault::Instantiate(format!("{e:#}")))?;
         let input_mode = self
