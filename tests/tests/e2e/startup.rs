@@ -155,6 +155,20 @@ fn listen_address_that_is_not_an_address() {
 }
 
 #[test]
+fn budget_flags_out_of_range() {
+    for (flag, value) in [
+        ("--cpu-ms-per-s", "0"),
+        ("--max-concurrent-calls", "0"),
+        ("--breaker-faults", "20000"),
+        ("--breaker-cooldown-ms", "0"),
+    ] {
+        let mut options = ProxyOptions::new("first_proxy", json!({}));
+        options.extra_args = vec![flag.into(), value.into()];
+        assert_refused(options, &format!("invalid value '{value}' for '{flag}"));
+    }
+}
+
+#[test]
 fn module_config_from_a_file_and_test_mode_pass() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.json");
@@ -210,6 +224,22 @@ fn tenants_files_that_cannot_serve() {
             "fail_open needs a fallback_upstream",
         ),
         ("tenants:\n  - {name: a, module: GUESTS/first_proxy.wasm, config: {upstraem: x}}\n", "module refused its configuration"),
+        (
+            "tenants:\n  - {name: a, module: GUESTS/first_proxy.wasm, limits: {cpu_ms_per_s: 0}}\n",
+            "limits: cpu_ms_per_s must be 1-64000",
+        ),
+        (
+            "tenants:\n  - {name: a, module: GUESTS/first_proxy.wasm, limits: {max_concurrent_calls: 5000}}\n",
+            "limits: max_concurrent_calls must be 1-1000",
+        ),
+        (
+            "tenants:\n  - {name: a, module: GUESTS/first_proxy.wasm, breaker: {cooldown_ms: 0}}\n",
+            "breaker cooldown_ms must be 1-3600000",
+        ),
+        (
+            "tenants:\n  - {name: a, module: GUESTS/first_proxy.wasm, breaker: {faults: 3, colour: red}}\n",
+            "unknown field `colour`",
+        ),
     ];
     for (yaml, message) in cases {
         let path = dir.path().join("tenants.yaml");
