@@ -256,7 +256,6 @@ impl Budget {
             budget: self,
             probe: false,
             finished: false,
-            holds_slot: true,
             running_ns: AtomicU64::new(0),
         };
         if in_flight >= self.limits.max_concurrent_calls {
@@ -449,7 +448,6 @@ pub struct CallPermit<'a> {
     /// This call is the breaker's half-open probe.
     probe: bool,
     finished: bool,
-    holds_slot: bool,
     /// The call's guest time so far.
     running_ns: AtomicU64,
 }
@@ -480,9 +478,7 @@ impl CallPermit<'_> {
 
 impl Drop for CallPermit<'_> {
     fn drop(&mut self) {
-        if self.holds_slot {
-            self.budget.in_flight.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.budget.in_flight.fetch_sub(1, Ordering::AcqRel);
         if self.probe && !self.finished {
             // The probe was abandoned (its request went away): back to
             // open with the cool-down already over, so the next call probes.
