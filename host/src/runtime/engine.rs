@@ -18,21 +18,21 @@ use wasmtime::{
 /// The epoch tick while every guest call is short: a call's first deadline
 /// check (and first yield) comes at most this long after it starts. Nearly
 /// every call ends long before, so the ticker mostly sleeps.
-pub const IDLE_TICK: Duration = Duration::from_millis(5);
+const IDLE_TICK: Duration = Duration::from_millis(5);
 
 /// The epoch tick while some guest call runs long (it met a tick): the
 /// slice after which a long call gives its worker back, so the longest a
 /// request waits behind a busy guest on its worker. Kept up for
 /// [`SLICING_HOLD`] after the last long call, so a call that yielded and
 /// waits for its next turn is still sliced finely when it resumes.
-pub const SLICE_TICK: Duration = Duration::from_micros(250);
+const SLICE_TICK: Duration = Duration::from_micros(250);
 
 /// Running time before a call first yields. An honest hook takes
 /// microseconds and so never yields (it would wait behind every ready
 /// request); a call past this gives its worker back at every tick. It is
 /// also the shortest deadline that can be enforced (`hook_timeout_ms` is at
 /// least 1 ms).
-pub const YIELD_AFTER: Duration = Duration::from_micros(500);
+pub(super) const YIELD_AFTER: Duration = Duration::from_micros(500);
 
 /// How long the ticker stays at [`SLICE_TICK`] after a long call was seen.
 const SLICING_HOLD: Duration = Duration::from_millis(50);

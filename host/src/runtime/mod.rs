@@ -6,7 +6,7 @@ mod fault;
 mod instance;
 mod module;
 
-pub use engine::{EngineOptions, EpochTicker, GuestEngine, IDLE_TICK, SLICE_TICK, YIELD_AFTER};
+pub use engine::{EngineOptions, EpochTicker, GuestEngine};
 pub use fault::HookFault;
 pub use instance::{InputParts, NoParts, SliceMeter, Unmetered};
 pub use module::{
