@@ -145,6 +145,19 @@ impl CallClock {
             .store(finished + ran.as_nanos() as u64, Ordering::Relaxed);
     }
 
+    /// Runs one slice of the call, `run`, timing it and charging it to
+    /// `meter`.
+    fn slice<T>(&self, meter: &dyn SliceMeter, run: impl FnOnce() -> T) -> T {
+        let started = Instant::now();
+        self.start_slice(started);
+        let out = run();
+        let ended = Instant::now();
+        let ran = ended - started;
+        self.end_slice(ran);
+        meter.charge(ran, ended);
+        out
+    }
+
     /// Running time so far, the current slice included.
     fn running(&self) -> Duration {
         let now = self.origin.elapsed().as_nanos() as u64;
@@ -157,17 +170,7 @@ impl CallClock {
 /// charging it to `meter`.
 async fn timed<F: Future>(clock: &CallClock, meter: &dyn SliceMeter, call: F) -> F::Output {
     let mut call = pin!(call);
-    poll_fn(|cx| {
-        let started = Instant::now();
-        clock.start_slice(started);
-        let poll = call.as_mut().poll(cx);
-        let ended = Instant::now();
-        let ran = ended - started;
-        clock.end_slice(ran);
-        meter.charge(ran, ended);
-        poll
-    })
-    .await
+    poll_fn(|cx| clock.slice(meter, || call.as_mut().poll(cx))).await
 }
 
 /// How a call runs, and so what its deadline checks do once it has run
@@ -615,20 +618,12 @@ impl GuestInstance {
         P: WasmParams,
         R: WasmResults,
     {
+        self.arm(CallMode::Direct);
         let Some(func) = pick(&self.exports) else {
             return Err(missing_export());
         };
-        self.store.data_mut().mode = CallMode::Direct;
-        // The first deadline check comes at the next tick; a call shorter
-        // than that (nearly all) never meets one.
-        self.store.set_epoch_deadline(1);
-        let started = Instant::now();
-        self.clock.start_slice(started);
-        let result = func.call(&mut self.store, params);
-        let ended = Instant::now();
-        let ran = ended - started;
-        self.clock.end_slice(ran);
-        meter.charge(ran, ended);
+        let store = &mut self.store;
+        let result = self.clock.slice(meter, || func.call(store, params));
         result.map_err(|e| self.call_error(e))
     }
 
@@ -645,11 +640,10 @@ impl GuestInstance {
         P: WasmParams + Sync,
         R: WasmResults + Send + Sync,
     {
+        self.arm(CallMode::Sliced);
         let Some(func) = pick(&self.exports) else {
             return Err(missing_export());
         };
-        self.store.data_mut().mode = CallMode::Sliced;
-        self.store.set_epoch_deadline(1);
         // Boxed: the fiber's future is large, and only long calls (and
         // load-time calls) come here.
         let call = Box::pin(timed(
@@ -659,6 +653,14 @@ impl GuestInstance {
         ));
         let result = call.await;
         result.map_err(|e| self.call_error(e))
+    }
+
+    /// Readies the store for a call in `mode`. The first deadline check
+    /// comes at the next tick; a call shorter than that (nearly all) never
+    /// meets one.
+    fn arm(&mut self, mode: CallMode) {
+        self.store.data_mut().mode = mode;
+        self.store.set_epoch_deadline(1);
     }
 
     fn call_error(&mut self, error: wasmtime::Error) -> CallError {
