@@ -38,7 +38,8 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import Processes, free_port, median, pingora_conf, wait_ok  # noqa: E402
+from run import (Processes, cpu_model, free_port, median, pingora_conf, prepare,  # noqa: E402
+                 run_wrk, wait_ok)
 
 ROOT = Path(__file__).resolve().parent.parent
 RELEASE = ROOT / "target" / "release"
@@ -79,17 +80,7 @@ tenants:
 
 def wrk(port, host, connections, duration):
     """wrk against port with Host: host; (req/s, p50 ms, p99 ms, non-2xx)."""
-    cmd = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{duration}s", "--latency",
-           "-H", f"Host: {host}", f"http://127.0.0.1:{port}/"]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=duration + 60).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-
-    def percentile(p):
-        value, unit = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
-        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
-
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return rps, percentile(50), percentile(99), int(errors.group(1)) if errors else 0
+    return run_wrk(port, 1, connections, duration, host)[:4]
 
 
 class FixedRate(threading.Thread):
@@ -163,11 +154,7 @@ def main():
     parser.add_argument("--baseline", type=Path, help="an earlier host binary, measured in the same run")
     parser.add_argument("--no-build", action="store_true", help="use the existing release build")
     args = parser.parse_args()
-    if not shutil.which("wrk"):
-        raise SystemExit("wrk is needed: apt-get install wrk")
-    if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "-p", "host", "--bin", "host", "--examples"],
-                       cwd=ROOT, check=True)
+    prepare(args.no_build)
 
     binaries = [("after", RELEASE / "host")]
     if args.baseline:
@@ -189,17 +176,7 @@ def main():
                                  "--module-cache", workdir / "module-cache",
                                  "-c", pingora_conf(workdir, "proxy", PROXY_THREADS)],
                                 env={**os.environ, "RUST_LOG": "error"})
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    req = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Host": "good.example"})
-                    if urllib.request.urlopen(req, timeout=2).status == 200:
-                        break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"{binary} did not start")
-                time.sleep(0.02)
+            wait_ok(port, host="good.example")
             return child, port, metrics_port
 
         # Calibrate the slow guest to about 2 ms per call on this machine.
@@ -253,10 +230,8 @@ def main():
         procs.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU")
     clock = Path("/sys/devices/system/clocksource/clocksource0/current_clocksource").read_text().strip()
-    print(f"\nMachine: {os.cpu_count()} cores, {cpu}, clock source {clock}. Proxy: {PROXY_THREADS} "
+    print(f"\nMachine: {os.cpu_count()} cores, {cpu_model()}, clock source {clock}. Proxy: {PROXY_THREADS} "
           f"Pingora threads, default limits and budgets. Good tenant: wrk -t1 -c{GOOD_CONNECTIONS} "
           f"-d{args.duration}s, keep-alive, loopback. Medians of {args.rounds} interleaved rounds.\n")
     header = "| scenario |"
