@@ -1,7 +1,7 @@
-//! The hooks' outputs written straight as JSON. Serialising the wire types
-//! with serde_json gives the same values (a test checks), but serde's
-//! generic serializer escapes every key and is several times slower in
-//! wasm; these writers copy fixed keys and escape only what needs it.
+//! The common hook outputs written straight as JSON. Serialising the wire
+//! types with serde_json gives the same values (a test checks), but serde's
+//! generic serializer escapes every key and is slower in wasm; these
+//! writers copy fixed keys and escape only what needs it.
 
 use serde::Serialize;
 
@@ -86,6 +86,16 @@ pub(crate) fn filter_output<C: Serialize>(
     Ok(())
 }
 
+/// `{"error": {"status": N, "message": "..."}}`, a hook's refusal.
+pub(crate) fn error_output(out: &mut Vec<u8>, error: &wire::HookError) -> serde_json::Result<()> {
+    out.extend_from_slice(br#"{"error":{"status":"#);
+    out.extend_from_slice(error.status.to_string().as_bytes());
+    out.extend_from_slice(br#","message":"#);
+    string(out, &error.message)?;
+    out.extend_from_slice(b"}}");
+    Ok(())
+}
+
 fn header_op(out: &mut Vec<u8>, op: &wire::HeaderOp) -> serde_json::Result<()> {
     let (tag, name, value): (&[u8], _, _) = match op {
         wire::HeaderOp::Insert(name, value) => (br#"{"insert":["#, name, Some(value)),
@@ -118,9 +128,8 @@ fn string(out: &mut Vec<u8>, value: &str) -> serde_json::Result<()> {
     }
 }
 
-/// Whether `bytes` holds a control character, `"` or a backslash, eight
-/// bytes at a time: the byte-by-byte loop it replaces was the largest
-/// single cost of a guest call in wasm.
+/// Whether `bytes` holds a control character, `"` or a backslash. Scans
+/// eight bytes at a time: every string of every output goes through here.
 fn needs_escape(bytes: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
@@ -215,17 +224,17 @@ mod tests {
         ] {
             let mut out = Vec::new();
             peer_output(&mut out, &peer, ctx).unwrap();
-            let serde = serde_json::to_vec(&wire::PeerOutput {
+            let serde = serde_json::to_vec(&wire::HookOutput {
                 peer: Some(peer.clone()),
-                ctx,
-                error: None,
+                ctx: ctx.cloned(),
+                ..Default::default()
             })
             .unwrap();
-            let ours: wire::PeerOutput<Value> = decoded(&out);
-            let theirs: wire::PeerOutput<Value> = decoded(&serde);
+            let ours: wire::HookOutput<Value> = decoded(&out);
+            let theirs: wire::HookOutput<Value> = decoded(&serde);
             assert_eq!(ours.peer, theirs.peer);
             assert_eq!(ours.ctx, theirs.ctx);
-            assert!(ours.error.is_none());
+            assert!(ours.error.is_none() && ours.upstream_changes.is_none());
         }
     }
 
@@ -248,20 +257,40 @@ mod tests {
             for ctx in [Some(Value::Null), Some(serde_json::json!([1, "two"])), None] {
                 let mut out = Vec::new();
                 filter_output(&mut out, &changes, ctx.as_ref()).unwrap();
-                let serde = serde_json::to_vec(&wire::FilterOutput::<wire::UpstreamRequest, _> {
-                    upstream_request: None,
+                let serde = serde_json::to_vec(&wire::HookOutput {
                     upstream_changes: (!changes.is_empty()).then(|| changes.clone()),
-                    ctx: ctx.as_ref(),
-                    error: None,
+                    ctx: ctx.clone(),
+                    ..Default::default()
                 })
                 .unwrap();
-                type Output = wire::FilterOutput<wire::UpstreamRequest, Value>;
-                let ours: Output = decoded(&out);
-                let theirs: Output = decoded(&serde);
+                let ours: wire::HookOutput<Value> = decoded(&out);
+                let theirs: wire::HookOutput<Value> = decoded(&serde);
                 assert_eq!(ours.upstream_changes, theirs.upstream_changes);
                 assert_eq!(ours.ctx, theirs.ctx);
                 assert!(ours.upstream_request.is_none() && ours.error.is_none());
+                assert!(ours.peer.is_none() && ours.request_changes.is_none());
             }
+        }
+    }
+
+    #[test]
+    fn error_output_means_what_serde_would_write() {
+        for message in ["", "denied", "a\"b\\c\u{1}\u{e9}"] {
+            let error = wire::HookError {
+                status: 403,
+                message: message.into(),
+            };
+            let mut out = Vec::new();
+            error_output(&mut out, &error).unwrap();
+            let serde = serde_json::to_vec(&wire::HookOutput::<()> {
+                error: Some(error.clone()),
+                ..Default::default()
+            })
+            .unwrap();
+            let ours: wire::HookOutput<Value> = decoded(&out);
+            let theirs: wire::HookOutput<Value> = decoded(&serde);
+            assert_eq!(ours.error, theirs.error);
+            assert!(ours.ctx.is_none() && ours.peer.is_none());
         }
     }
 }

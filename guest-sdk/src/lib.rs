@@ -33,21 +33,32 @@
 //! guest_sdk::export_proxy!(MyProxy);
 //! ```
 //!
+//! The crate is layered, each layer using only those before it:
+//!
+//! - [`wire`]: the JSON types of the ABI, which the host reuses;
+//! - [`sys`]: the raw ABI, with the host's imports, the input and output
+//!   buffers and JSON in and out, on which a guest can be written by hand;
+//! - [`proxy`]: the Pingora-shaped API a guest implements ([`ProxyHttp`],
+//!   [`Session`], [`HttpPeer`], [`RequestHeader`]);
+//! - [`entry`]: the entry points that run a [`ProxyHttp`] hook on a call's
+//!   input, one [`entry::GuestHook`] per hook;
+//! - [`export_proxy!`]: the module's exports, calling [`entry`].
+//!
 //! The ABI itself (exports, JSON shapes, buffer ownership) is described in
-//! `docs/ABI.md`; [`wire`] holds its types, which the host reuses.
+//! `docs/ABI.md`.
 #![deny(missing_docs)]
 
 mod encode;
+pub mod entry;
 pub mod error;
 pub mod log;
 pub mod proxy;
-#[doc(hidden)]
-pub mod rt;
+pub mod sys;
 pub mod wire;
 
 pub use error::{BError, Error, ErrorType, Result};
 pub use proxy::{HttpPeer, PeerOptions, ProxyHttp, RequestHeader, Session, ToPeerAddress};
-pub use rt::ABI_VERSION;
+pub use sys::ABI_VERSION;
 
 #[doc(hidden)]
 pub use serde_json;
@@ -59,21 +70,85 @@ pub mod prelude {
     pub use crate::proxy::{HttpPeer, PeerOptions, ProxyHttp, RequestHeader, Session};
 }
 
-/// Exports a [`ProxyHttp`] implementation as the module's ABI v1 hooks.
+/// Exports a [`ProxyHttp`] implementation as the module's ABI v1 exports.
 ///
-/// `export_proxy!(MyProxy)` builds the proxy with `Default`;
-/// `export_proxy!(MyProxy, constructor)` builds it by calling
-/// `constructor(config)`, where `config` is the module configuration
-/// (`--module-config`, `{}` when absent) decoded into the constructor's
-/// argument type. A constructor's error stops the proxy's start-up.
+/// The forms:
+///
+/// - `export_proxy!(MyProxy)` builds the proxy with `Default`;
+/// - `export_proxy!(MyProxy, constructor)` builds it by calling
+///   `constructor(config)`, where `config` is the module configuration
+///   (`--module-config`, `{}` when absent) decoded into the constructor's
+///   argument type; a constructor's error stops the proxy's start-up;
+/// - either followed by `hooks = [name, ...]` exports only the hooks named,
+///   so the host calls (and the request pays for) only those. Without it,
+///   `upstream_peer` and `upstream_request_filter` are exported.
+///
+/// `hook_abi_version`, `hook_alloc` and `hook_init` are always exported.
+/// Each hook name is that of its export and of its [`ProxyHttp`] method, and
+/// of its type in [`entry::hooks`]; a name not there does not compile.
+///
+/// ```
+/// use guest_sdk::prelude::*;
+/// use serde::Deserialize;
+///
+/// #[derive(Deserialize)]
+/// pub struct Config {
+///     upstream: String,
+/// }
+///
+/// pub struct Fixed {
+///     upstream: String,
+/// }
+///
+/// impl ProxyHttp for Fixed {
+///     type CTX = ();
+///     fn new_ctx(&self) {}
+///
+///     fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+///         Ok(Box::new(HttpPeer::new(&self.upstream, false, String::new())))
+///     }
+/// }
+///
+/// // The upstream request is never changed: no `upstream_request_filter`.
+/// guest_sdk::export_proxy!(
+///     Fixed,
+///     |config: Config| Ok(Fixed { upstream: config.upstream }),
+///     hooks = [upstream_peer]
+/// );
+/// ```
+///
+/// A name that is not a hook is an error:
+///
+/// ```compile_fail
+/// # use guest_sdk::prelude::*;
+/// # #[derive(Default)]
+/// # pub struct MyProxy;
+/// # impl ProxyHttp for MyProxy {
+/// #     type CTX = ();
+/// #     fn new_ctx(&self) {}
+/// #     fn upstream_peer(&self, _: &mut Session, _: &mut ()) -> Result<Box<HttpPeer>> {
+/// #         Ok(Box::new(HttpPeer::new("127.0.0.1:80", false, String::new())))
+/// #     }
+/// # }
+/// guest_sdk::export_proxy!(MyProxy, hooks = [upstream_peer, no_such_hook]);
+/// ```
 #[macro_export]
 macro_rules! export_proxy {
     ($proxy:ty) => {
-        $crate::export_proxy!($proxy, |_: $crate::serde_json::Value| {
-            Ok(<$proxy as ::core::default::Default>::default())
-        });
+        $crate::export_proxy!($proxy, hooks = [upstream_peer, upstream_request_filter]);
     };
-    ($proxy:ty, $constructor:expr) => {
+    // Before the `$constructor:expr` arms: `hooks = [..]` parses as an
+    // assignment expression.
+    ($proxy:ty, hooks = [$($hook:ident),* $(,)?]) => {
+        $crate::export_proxy!(
+            $proxy,
+            |_: $crate::serde_json::Value| {
+                ::core::result::Result::Ok(<$proxy as ::core::default::Default>::default())
+            },
+            hooks = [$($hook),*]
+        );
+    };
+    ($proxy:ty, $constructor:expr, hooks = [$($hook:ident),* $(,)?]) => {
         const _: () = {
             ::std::thread_local! {
                 static PROXY: ::core::cell::OnceCell<$proxy> =
@@ -82,28 +157,37 @@ macro_rules! export_proxy {
 
             #[no_mangle]
             pub extern "C" fn hook_abi_version() -> i32 {
-                $crate::ABI_VERSION
+                $crate::sys::ABI_VERSION
             }
 
             #[no_mangle]
             pub extern "C" fn hook_alloc(len: i32) -> i32 {
-                $crate::rt::alloc(len)
+                $crate::sys::alloc(len)
             }
 
             #[no_mangle]
             pub extern "C" fn hook_init(ptr: i32, len: i32) -> i64 {
-                $crate::rt::init(&PROXY, $constructor, ptr, len)
+                $crate::entry::init(&PROXY, $constructor, ptr, len)
             }
 
-            #[no_mangle]
-            pub extern "C" fn upstream_peer(ptr: i32, len: i32) -> i64 {
-                $crate::rt::upstream_peer(&PROXY, $constructor, ptr, len)
-            }
-
-            #[no_mangle]
-            pub extern "C" fn upstream_request_filter(ptr: i32, len: i32) -> i64 {
-                $crate::rt::upstream_request_filter(&PROXY, $constructor, ptr, len)
-            }
+            $(
+                #[no_mangle]
+                pub extern "C" fn $hook(ptr: i32, len: i32) -> i64 {
+                    $crate::entry::run::<$proxy, _, $crate::entry::hooks::$hook>(
+                        &PROXY,
+                        $constructor,
+                        ptr,
+                        len,
+                    )
+                }
+            )*
         };
+    };
+    ($proxy:ty, $constructor:expr) => {
+        $crate::export_proxy!(
+            $proxy,
+            $constructor,
+            hooks = [upstream_peer, upstream_request_filter]
+        );
     };
 }

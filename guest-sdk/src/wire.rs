@@ -92,58 +92,78 @@ fn yes() -> bool {
 /// A hook's refusal: the host answers the request with `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HookError {
-    /// HTTP status for the client; the host uses 500 if it is not 100-599.
+    /// HTTP status for the client, 400-599; anything else is a guest fault
+    /// (500).
     pub status: u16,
     /// Why; logged by the host, not sent to the client.
     #[serde(default)]
     pub message: String,
 }
 
-/// Input of `upstream_peer`.
+/// The input of every hook. Each hook gets the fields of its phase (see
+/// docs/ABI.md); a lazy-input guest gets only `ctx`, or nothing, and
+/// fetches each other field as an input part (`PART_*`).
 #[derive(Debug, Serialize, Deserialize)]
-pub struct PeerInput<R, C> {
-    /// The downstream request; absent for a guest that asked for
-    /// [`InitOutput::lazy_input`] (it reads it through `hook.input_part`).
+#[serde(bound(deserialize = "P: Deserialize<'de>, C: Deserialize<'de>"))]
+pub struct HookInput<P, C> {
+    /// The downstream request ([`Request`]).
     #[serde(default = "none", skip_serializing_if = "Option::is_none")]
-    pub request: Option<R>,
-    /// The per-request context; `null` on the first hook of a request.
+    pub request: Option<P>,
+    /// `upstream_request_filter`: the request as it would go upstream now
+    /// ([`UpstreamRequest`]).
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub upstream_request: Option<P>,
+    /// `response_filter`, `logging`: the response header ([`Response`]).
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub response: Option<P>,
+    /// `logging`: why the request failed, if it did ([`LoggedError`]).
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub error: Option<P>,
+    /// `logging`: microseconds from the request's arrival to its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_us: Option<u64>,
+    /// The per-request context; `null` in a request's first hook.
     pub ctx: C,
 }
 
-/// Output of `upstream_peer`.
-#[derive(Debug, Serialize, Deserialize)]
+/// The output of every hook; a hook reads the fields of its phase and
+/// ignores the others.
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(bound(deserialize = "C: Deserialize<'de>"))]
-pub struct PeerOutput<C> {
-    /// Where to send the request; required unless `error` is set.
+pub struct HookOutput<C> {
+    /// `upstream_peer`: where to send the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<Peer>,
-    /// The new context; absent means unchanged.
+    /// `request_filter`: changes to the downstream request, seen by the
+    /// later hooks and sent upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_changes: Option<RequestChanges>,
+    /// `request_filter`: answer the request here; no upstream is contacted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<LocalResponse>,
+    /// `upstream_request_filter`: the request to send upstream, whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_request: Option<UpstreamRequest>,
+    /// `upstream_request_filter`: or only the changes to it (ignored if
+    /// `upstream_request` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_changes: Option<RequestChanges>,
+    /// `response_filter`: changes to the response sent downstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_changes: Option<ResponseChanges>,
+    /// The new context; absent means unchanged, `null` sets it to null.
     #[serde(
         default,
         deserialize_with = "present",
         skip_serializing_if = "Option::is_none"
     )]
     pub ctx: Option<C>,
-    /// Set to refuse the request.
+    /// Set to refuse the request (not in `logging`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<HookError>,
 }
 
-/// Input of `upstream_request_filter`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct FilterInput<R, U, C> {
-    /// The downstream request; absent for a lazy-input guest.
-    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
-    pub request: Option<R>,
-    /// The request as it would go upstream now; absent for a lazy-input
-    /// guest.
-    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
-    pub upstream_request: Option<U>,
-    /// The context as `upstream_peer` left it.
-    pub ctx: C,
-}
-
-/// One change to the upstream request's headers.
+/// One change to a request's or a response's headers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HeaderOp {
@@ -155,8 +175,8 @@ pub enum HeaderOp {
     Remove(String),
 }
 
-/// Changes to the upstream request, as an alternative to returning it
-/// whole: only what changed crosses the boundary.
+/// Changes to a request, as an alternative to returning it whole: only
+/// what changed crosses the boundary.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestChanges {
     /// New method, if changed.
@@ -177,26 +197,57 @@ impl RequestChanges {
     }
 }
 
-/// Output of `upstream_request_filter`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(bound(deserialize = "U: Deserialize<'de>, C: Deserialize<'de>"))]
-pub struct FilterOutput<U, C> {
-    /// The request to send upstream, whole; absent means unchanged.
+/// A response header (`RESP` in docs/ABI.md): what the upstream answered
+/// (or a local answer), as `response_filter` and `logging` see it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// Status code, e.g. 200.
+    pub status: u16,
+    /// Header fields in order; the names keep their case.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+}
+
+/// Changes to the response sent downstream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseChanges {
+    /// New status, 200-599, if changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upstream_request: Option<U>,
-    /// Or only the changes to it (ignored if `upstream_request` is set).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upstream_changes: Option<RequestChanges>,
-    /// The new context; absent means unchanged.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub ctx: Option<C>,
-    /// Set to refuse the request.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<HookError>,
+    pub status: Option<u16>,
+    /// Header changes, applied in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderOp>,
+}
+
+impl ResponseChanges {
+    /// Whether there is nothing to change.
+    pub fn is_empty(&self) -> bool {
+        self.status.is_none() && self.headers.is_empty()
+    }
+}
+
+/// A response written by `request_filter` itself (`LOCAL` in docs/ABI.md).
+/// The host sets `Content-Length`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalResponse {
+    /// Status code, 200-599.
+    pub status: u16,
+    /// Header fields in order.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// The body, at most 1 MiB.
+    #[serde(default)]
+    pub body: String,
+}
+
+/// Why a request failed, as `logging` sees it (`ERR` in docs/ABI.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoggedError {
+    /// Pingora's error type, e.g. `ConnectRefused`, `HTTPStatus`.
+    pub kind: String,
+    /// The error in words.
+    #[serde(default)]
+    pub text: String,
 }
 
 /// Output of `hook_init`: `{}` when the module accepted its configuration.
@@ -205,9 +256,9 @@ pub struct InitOutput {
     /// Set when the configuration was refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<HookError>,
-    /// The guest reads `request` and `upstream_request` on demand through
-    /// the import `hook.input_part` instead of receiving them in every
-    /// hook's input: a hook that never looks at them costs less.
+    /// The guest reads every input field but `ctx` on demand through the
+    /// import `hook.input_part` instead of receiving them in every hook's
+    /// input: a hook that never looks at them costs less.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub lazy_input: bool,
     /// With `lazy_input`: the guest fetches the ctx on demand too
@@ -223,6 +274,12 @@ pub const PART_REQUEST: i32 = 0;
 pub const PART_UPSTREAM_REQUEST: i32 = 1;
 /// `hook.input_part` selector for the request's ctx (`lazy_ctx` guests).
 pub const PART_CTX: i32 = 2;
+/// `hook.input_part` selector for the response header (`RESP`).
+pub const PART_RESPONSE: i32 = 3;
+/// `hook.input_part` selector for the failure `logging` sees (`ERR`).
+pub const PART_ERROR: i32 = 4;
+/// `hook.input_part` selector for `logging`'s `duration_us`, a number.
+pub const PART_DURATION_US: i32 = 5;
 
 fn none<T>() -> Option<T> {
     None
@@ -244,10 +301,10 @@ mod tests {
 
     #[test]
     fn ctx_null_is_present_and_absent_is_none() {
-        let out: PeerOutput<serde_json::Value> =
+        let out: HookOutput<serde_json::Value> =
             serde_json::from_str(r#"{"peer":{"address":"1.2.3.4:80"},"ctx":null}"#).unwrap();
         assert_eq!(out.ctx, Some(serde_json::Value::Null));
-        let out: PeerOutput<serde_json::Value> =
+        let out: HookOutput<serde_json::Value> =
             serde_json::from_str(r#"{"peer":{"address":"1.2.3.4:80"}}"#).unwrap();
         assert_eq!(out.ctx, None);
     }
@@ -261,7 +318,7 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_ignored() {
-        let out: FilterOutput<UpstreamRequest, serde_json::Value> =
+        let out: HookOutput<serde_json::Value> =
             serde_json::from_str(r#"{"future":1,"error":{"status":403,"message":"no","x":2}}"#)
                 .unwrap();
         assert_eq!(out.error.unwrap().status, 403);

@@ -11,12 +11,11 @@ use std::future::Future;
 use std::task::{Context, Poll, Waker};
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
-use host::abi;
+use host::abi::v1::{self as abi, GuestModule, InputParts};
 use host::budget::{Budget, BudgetLimits, MAX_CPU_MS_PER_S};
+use host::hooks::Hook;
 use host::metrics::Metrics;
-use host::runtime::{
-    EngineOptions, GuestEngine, GuestLimits, GuestModule, Hook, InputParts, SliceMeter, Unmetered,
-};
+use host::runtime::{EngineOptions, GuestEngine, GuestLimits, SliceMeter, Unmetered};
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 
@@ -88,11 +87,10 @@ fn wasm_request(
         Some(permit) => permit,
         None => &Unmetered,
     };
-    let (peer, update) = ready(abi::call_upstream_peer(module, &request, &ctx, meter)).unwrap();
+    let peer = ready(abi::call_upstream_peer(module, &request, &mut ctx, meter)).unwrap();
     if let Some(permit) = permit {
         permit.finish(false);
     }
-    ctx.apply(update);
     let abi::PeerAddress::Ip(addr) = abi::peer_address(&peer.address).unwrap() else {
         panic!("bench peers are IP addresses");
     };
@@ -104,18 +102,17 @@ fn wasm_request(
         Some(permit) => permit,
         None => &Unmetered,
     };
-    let update = ready(abi::filter_upstream_request(
+    ready(abi::filter_upstream_request(
         module,
         &request,
         &mut upstream,
-        &ctx,
+        &mut ctx,
         meter,
     ))
     .unwrap();
     if let Some(permit) = permit {
         permit.finish(false);
     }
-    ctx.apply(update);
     black_box((ctx, upstream));
     http_peer
 }

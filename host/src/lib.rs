@@ -1,13 +1,15 @@
 //! The proxy host: Pingora plus a wasmtime runtime for guest hooks.
 //!
-//! Follow one request from [`proxy`] (the `ProxyHttp` impl) into [`abi`]
-//! (wire encoding, peer and header checks) and [`runtime`] (instances,
-//! limits, faults).
+//! Follow one request from [`proxy`] (the `ProxyHttp` impl, which calls the
+//! guest hooks of [`hooks`]'s table) into [`abi`] (each guest ABI: its
+//! exports, wire encoding, peer and header checks) and [`runtime`] (the
+//! wasm layer: instances, limits, deadlines, faults).
 
 pub mod abi;
 pub mod budget;
 pub mod cli;
 pub mod config;
+pub mod hooks;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

@@ -11,7 +11,8 @@ use prometheus::{
 };
 
 use crate::budget::{BreakerState, Throttle};
-use crate::runtime::{Hook, HookFault};
+use crate::hooks::Hook;
+use crate::runtime::HookFault;
 
 /// Every metric the proxy exports, in one registry.
 pub struct Metrics {
@@ -50,7 +51,7 @@ impl Metrics {
         );
         let hook_faults = counter(
             "wasm_proxy_hook_faults_total",
-            "Guest hook calls that failed, by kind: trap, timeout, memory_limit, invalid_output, instantiate.",
+            "Guest hook calls that failed, by kind: trap, timeout, memory_limit, invalid_output, alloc, instantiate.",
             &["tenant", "hook", "kind"],
         );
         let module_loads = counter(
@@ -136,8 +137,7 @@ impl Metrics {
         TenantMetrics {
             name: tenant.to_string(),
             requests: self.requests.with_label_values(&[tenant]),
-            upstream_peer: hook(Hook::UpstreamPeer),
-            upstream_request_filter: hook(Hook::UpstreamRequestFilter),
+            hooks: Hook::ALL.map(hook),
             faults: self.hook_faults.clone(),
             throttled: Throttle::ALL
                 .map(|reason| self.throttled.with_label_values(&[tenant, reason.reason()])),
@@ -179,8 +179,8 @@ impl Default for Metrics {
 pub struct TenantMetrics {
     name: String,
     requests: IntCounter,
-    upstream_peer: HookMetrics,
-    upstream_request_filter: HookMetrics,
+    /// By [`Hook::index`].
+    hooks: [HookMetrics; Hook::COUNT],
     faults: IntCounterVec,
     /// By `Throttle::ALL`'s order.
     throttled: [IntCounter; 3],
@@ -215,10 +215,7 @@ impl TenantMetrics {
 
     /// A hook call that took `elapsed`, and its fault if any.
     pub fn hook_call(&self, hook: Hook, elapsed: Duration, fault: Option<&HookFault>) {
-        let metrics = match hook {
-            Hook::UpstreamPeer => &self.upstream_peer,
-            Hook::UpstreamRequestFilter => &self.upstream_request_filter,
-        };
+        let metrics = &self.hooks[hook.index()];
         metrics.calls.inc();
         metrics.duration.observe(elapsed.as_secs_f64());
         if let Some(fault) = fault {

@@ -7,7 +7,6 @@
 //! runs long.
 
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -17,10 +16,11 @@ use pingora::prelude::*;
 use pingora::protocols::http::error_resp::gen_error_response;
 use pingora::proxy::{ProxyHttp, Session};
 
-use crate::abi::{self, DownstreamRequest, GuestCtx, HookFailure};
+use crate::abi::v1::{self, DownstreamRequest, GuestCtx};
+use crate::abi::HookFailure;
 use crate::budget::{CallPermit, Throttle};
+use crate::hooks::Hook;
 use crate::metrics::Metrics;
-use crate::runtime::Hook;
 use crate::tenants::{GuestErrorPolicy, Tenant, TenantSet};
 
 /// A Pingora proxy whose routing is decided by tenants' guest modules.
@@ -48,16 +48,6 @@ impl WasmProxy {
     /// A proxy routing with the live tenant set.
     pub fn new(tenants: Arc<ArcSwap<TenantSet>>, metrics: Arc<Metrics>) -> Self {
         WasmProxy { tenants, metrics }
-    }
-
-    /// Counts a finished hook call, which ran for `running` (guest time,
-    /// as charged to the budget).
-    fn observe<T>(tenant: &Tenant, hook: Hook, running: Duration, result: &Result<T, HookFailure>) {
-        let fault = match result {
-            Err(HookFailure::Fault(fault)) => Some(fault),
-            _ => None,
-        };
-        tenant.metrics.hook_call(hook, running, fault);
     }
 
     /// Asks the tenant's budget for leave to call `hook`. `Ok(None)`: the
@@ -103,11 +93,51 @@ impl WasmProxy {
         Err(Error::explain(HTTPStatus(status), why))
     }
 
+    /// Ends an admitted call: counts it (its guest running time, its
+    /// fault) and frees its slot, telling the breaker whether it faulted.
+    fn finish<T>(
+        tenant: &Tenant,
+        hook: Hook,
+        permit: CallPermit<'_>,
+        result: &Result<T, HookFailure>,
+    ) {
+        let fault = match result {
+            Err(HookFailure::Fault(fault)) => Some(fault),
+            _ => None,
+        };
+        tenant.metrics.hook_call(hook, permit.running(), fault);
+        permit.finish(fault.is_some());
+    }
+
     /// Whether a fail-open failure gets its log line: every fault does; a
     /// call skipped because the breaker is open does at most once a
     /// second per tenant (the breaker's own lines say when it opened).
     fn worth_logging(tenant: &Tenant, failure: &HookFailure) -> bool {
         !matches!(failure, HookFailure::Skipped) || tenant.budget.log_throttle_now()
+    }
+
+    /// Whether the tenant's policy lets the request go on past `failure`
+    /// (a fault, or a call skipped while the breaker is open, under
+    /// fail-open); refusals and host errors never do.
+    fn goes_on(tenant: &Tenant, failure: &HookFailure) -> bool {
+        tenant.on_guest_error == GuestErrorPolicy::FailOpen
+            && matches!(failure, HookFailure::Fault(_) | HookFailure::Skipped)
+    }
+
+    /// Handles a failed hook that changes something: under fail-open the
+    /// request goes on unchanged (`Ok`), otherwise it fails with the
+    /// failure's status.
+    fn skip_or_fail(&self, tenant: &Tenant, hook: Hook, failure: HookFailure) -> Result<()> {
+        if !Self::goes_on(tenant, &failure) {
+            return Err(self.failed(tenant, hook, failure));
+        }
+        if Self::worth_logging(tenant, &failure) {
+            log::warn!(
+                "module {}: {hook} failed: {failure}; fail-open, {hook} skipped",
+                tenant.module.name()
+            );
+        }
+        Ok(())
     }
 
     /// Logs a failed hook with module, hook and reason, and turns it into
@@ -128,6 +158,10 @@ impl WasmProxy {
                 Error::explain(HTTPStatus(refusal.status), refusal.message)
             }
             HookFailure::Skipped => Error::explain(InternalError, "guest call skipped"),
+            HookFailure::Host(error) => {
+                log::error!("module {module}: {hook}: host error: {error}");
+                Error::explain(InternalError, format!("module {module}: {hook}: {error}"))
+            }
             HookFailure::Refused(refusal) => {
                 log::error!(
                     "module {module}: {hook} failed: refusal status {} is not 400-599 ({})",
@@ -140,13 +174,13 @@ impl WasmProxy {
     }
 }
 
-/// The downstream request as the hooks show it, its JSON cached in `ctx`.
-fn downstream_request<'a>(session: &'a Session, ctx: &'a RequestCtx) -> DownstreamRequest<'a> {
-    DownstreamRequest::new(
-        session.req_header(),
-        session.client_addr(),
-        &ctx.request_json,
-    )
+/// The downstream request as the hooks show it, its JSON cached in
+/// `json` for every hook of the request.
+fn downstream_request<'a>(
+    session: &'a Session,
+    json: &'a OnceLock<String>,
+) -> DownstreamRequest<'a> {
+    DownstreamRequest::new(session.req_header(), session.client_addr(), json)
 }
 
 /// The tenant a request was routed to in `request_filter`.
@@ -199,67 +233,53 @@ impl ProxyHttp for WasmProxy {
         Ok(true)
     }
 
-    /// Guest export `upstream_peer`: `{request, ctx}` -> `{peer, ctx}`.
+    /// Guest export `upstream_peer`: where the request goes.
     async fn upstream_peer(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let tenant = routed(ctx)?;
-        let peer = match Self::admit(session, &tenant, Hook::UpstreamPeer, &mut ctx.refused).await?
-        {
+        let hook = Hook::UpstreamPeer;
+        let chosen = match Self::admit(session, &tenant, hook, &mut ctx.refused).await? {
             Some(permit) => {
-                let request = downstream_request(session, ctx);
-                let result =
-                    abi::call_upstream_peer(&tenant.module, &request, &ctx.guest_ctx, &permit)
-                        .await;
-                Self::observe(&tenant, Hook::UpstreamPeer, permit.running(), &result);
-                let peer_fault = |fault| {
-                    tenant.metrics.fault(Hook::UpstreamPeer, &fault);
-                    HookFailure::Fault(fault)
-                };
-                let checked = match result {
-                    Ok((peer, update)) => {
-                        ctx.guest_ctx.apply(update);
-                        abi::peer_address(&peer.address)
-                            .map(|address| (peer, address))
-                            .map_err(peer_fault)
-                    }
-                    Err(failure) => Err(failure),
-                };
+                let request = downstream_request(session, &ctx.request_json);
+                let call =
+                    v1::call_upstream_peer(&tenant.module, &request, &mut ctx.guest_ctx, &permit);
+                let result = call.await.and_then(|peer| {
+                    let address = v1::peer_address(&peer.address)?;
+                    Ok((peer, address))
+                });
                 // The call is over: its slot is free before any name lookup.
-                permit.finish(matches!(checked, Err(HookFailure::Fault(_))));
-                match checked {
-                    Ok((peer, address)) => {
-                        abi::build_peer(address, &peer).await.map_err(peer_fault)
-                    }
-                    Err(failure) => Err(failure),
-                }
+                Self::finish(&tenant, hook, permit, &result);
+                result
             }
             None => Err(HookFailure::Skipped),
         };
-        match (peer, tenant.on_guest_error, tenant.fallback_upstream) {
-            (Ok(peer), _, _) => Ok(peer),
-            (
-                Err(failure @ (HookFailure::Fault(_) | HookFailure::Skipped)),
-                GuestErrorPolicy::FailOpen,
-                Some(fallback),
-            ) => {
+        let peer = match chosen {
+            Ok((peer, address)) => v1::build_peer(address, &peer).await.map_err(|fault| {
+                tenant.metrics.fault(hook, &fault);
+                HookFailure::Fault(fault)
+            }),
+            Err(failure) => Err(failure),
+        };
+        match (peer, tenant.fallback_upstream) {
+            (Ok(peer), _) => Ok(peer),
+            (Err(failure), Some(fallback)) if Self::goes_on(&tenant, &failure) => {
                 if Self::worth_logging(&tenant, &failure) {
                     log::warn!(
-                        "module {}: upstream_peer failed: {failure}; fail-open to {fallback}",
+                        "module {}: {hook} failed: {failure}; fail-open to {fallback}",
                         tenant.module.name()
                     );
                 }
                 Ok(Box::new(HttpPeer::new(fallback, false, String::new())))
             }
-            (Err(failure), _, _) => Err(self.failed(&tenant, Hook::UpstreamPeer, failure)),
+            (Err(failure), _) => Err(self.failed(&tenant, hook, failure)),
         }
     }
 
-    /// Guest export `upstream_request_filter`: `{request, upstream_request,
-    /// ctx}` -> `{upstream_changes | upstream_request, ctx}`, applied to the
-    /// upstream request.
+    /// Guest export `upstream_request_filter`: changes to the request sent
+    /// upstream.
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -267,53 +287,29 @@ impl ProxyHttp for WasmProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let tenant = routed(ctx)?;
-        let result = match Self::admit(
-            session,
-            &tenant,
-            Hook::UpstreamRequestFilter,
-            &mut ctx.refused,
-        )
-        .await?
-        {
+        let hook = Hook::UpstreamRequestFilter;
+        if !tenant.module.exports(hook) {
+            return Ok(());
+        }
+        let result = match Self::admit(session, &tenant, hook, &mut ctx.refused).await? {
             Some(permit) => {
-                let request = downstream_request(session, ctx);
-                let result = abi::filter_upstream_request(
+                let request = downstream_request(session, &ctx.request_json);
+                let result = v1::filter_upstream_request(
                     &tenant.module,
                     &request,
                     upstream_request,
-                    &ctx.guest_ctx,
+                    &mut ctx.guest_ctx,
                     &permit,
                 )
                 .await;
-                Self::observe(
-                    &tenant,
-                    Hook::UpstreamRequestFilter,
-                    permit.running(),
-                    &result,
-                );
-                permit.finish(matches!(result, Err(HookFailure::Fault(_))));
+                Self::finish(&tenant, hook, permit, &result);
                 result
             }
             None => Err(HookFailure::Skipped),
         };
-        match (result, tenant.on_guest_error) {
-            (Ok(update), _) => {
-                ctx.guest_ctx.apply(update);
-                Ok(())
-            }
-            (
-                Err(failure @ (HookFailure::Fault(_) | HookFailure::Skipped)),
-                GuestErrorPolicy::FailOpen,
-            ) => {
-                if Self::worth_logging(&tenant, &failure) {
-                    log::warn!(
-                        "module {}: upstream_request_filter failed: {failure}; fail-open, request unchanged",
-                        tenant.module.name()
-                    );
-                }
-                Ok(())
-            }
-            (Err(failure), _) => Err(self.failed(&tenant, Hook::UpstreamRequestFilter, failure)),
+        match result {
+            Ok(()) => Ok(()),
+            Err(failure) => self.skip_or_fail(&tenant, hook, failure),
         }
     }
 

@@ -11,9 +11,10 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+use crate::abi::v1::GuestModule;
 use crate::budget::{Budget, BudgetLimits};
 use crate::metrics::{Metrics, TenantMetrics};
-use crate::runtime::{GuestEngine, GuestLimits, GuestModule};
+use crate::runtime::{GuestEngine, GuestLimits};
 
 /// What to do when a tenant's guest fails (a fault, not its own refusal).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -15,8 +15,9 @@
 use std::cell::{Cell, OnceCell};
 use std::hint::black_box;
 
+use guest_sdk::entry::{self, hooks};
 use guest_sdk::prelude::*;
-use guest_sdk::rt;
+use guest_sdk::sys;
 use serde::Deserialize;
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -173,13 +174,13 @@ fn crafted(honest: i64) -> i64 {
     static INVALID_UTF8: &[u8] = b"{\"peer\":\"\xff\xfe\"}";
     static BAD_HEADER: &[u8] =
         br#"{"upstream_request":{"method":"GET","uri":"/","headers":[["bad name","v"]]}}"#;
-    let location = |bytes: &'static [u8]| rt::pack(bytes.as_ptr() as usize, bytes.len());
+    let location = |bytes: &'static [u8]| sys::pack(bytes.as_ptr() as usize, bytes.len());
     match RAW_OUTPUT.take() {
         None => honest,
-        Some(Misbehaviour::OobOutput) => rt::pack(0xffff_0000, 4096),
+        Some(Misbehaviour::OobOutput) => sys::pack(0xffff_0000, 4096),
         Some(Misbehaviour::HugeOutput) => {
             let huge = vec![b' '; 4 << 20].leak();
-            rt::pack(huge.as_ptr() as usize, huge.len())
+            sys::pack(huge.as_ptr() as usize, huge.len())
         }
         Some(Misbehaviour::InvalidJson) => location(INVALID_JSON),
         Some(Misbehaviour::InvalidUtf8) => location(INVALID_UTF8),
@@ -188,27 +189,34 @@ fn crafted(honest: i64) -> i64 {
     }
 }
 
+// Written out rather than by `export_proxy!`: each hook's output passes
+// through `crafted`.
+
 #[no_mangle]
 pub extern "C" fn hook_abi_version() -> i32 {
-    guest_sdk::ABI_VERSION
+    sys::ABI_VERSION
 }
 
 #[no_mangle]
 pub extern "C" fn hook_alloc(len: i32) -> i32 {
-    rt::alloc(len)
+    sys::alloc(len)
 }
 
 #[no_mangle]
 pub extern "C" fn hook_init(ptr: i32, len: i32) -> i64 {
-    rt::init(&PROXY, new, ptr, len)
+    entry::init(&PROXY, new, ptr, len)
 }
 
 #[no_mangle]
 pub extern "C" fn upstream_peer(ptr: i32, len: i32) -> i64 {
-    crafted(rt::upstream_peer(&PROXY, new, ptr, len))
+    crafted(entry::run::<_, _, hooks::upstream_peer>(
+        &PROXY, new, ptr, len,
+    ))
 }
 
 #[no_mangle]
 pub extern "C" fn upstream_request_filter(ptr: i32, len: i32) -> i64 {
-    crafted(rt::upstream_request_filter(&PROXY, new, ptr, len))
+    crafted(entry::run::<_, _, hooks::upstream_request_filter>(
+        &PROXY, new, ptr, len,
+    ))
 }

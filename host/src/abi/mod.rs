@@ -1,24 +1,90 @@
-//! ABI v1 from the host's side: typed calls of the two request hooks and
-//! the conversions between Pingora's types and the wire types of
-//! `guest_sdk::wire`.
+//! Guest ABIs: how the host talks to a kind of guest module. Each ABI
+//! owns its export names, input and output shapes and host imports, and
+//! implements [`GuestAbi`]; all of them run on the wasm layer in
+//! `crate::runtime`, so the sandbox's promises hold for every guest. A
+//! module's ABI is told from its exports ([`ModuleKind::of`]).
+//!
+//! - [`v1`]: the project's own ABI (JSON in and out, ctx held by the host).
 
-mod ctx;
-mod hooks;
-mod input;
-mod peer;
-mod request;
+mod failure;
+pub mod v1;
 
-#[cfg(test)]
-mod fuzz_tests;
+use anyhow::{bail, Context};
+use wasmtime::{InstancePre, Linker, Module};
 
-pub use ctx::{CtxUpdate, GuestCtx};
-pub use hooks::{
-    call_upstream_peer, call_upstream_request_filter, decode_filter_output, decode_peer_output,
-    filter_upstream_request, FilterDecision, HookFailure, PeerDecision, UpstreamEdit,
-};
-pub use input::DownstreamRequest;
-pub use peer::{build_peer, http_peer, peer_address, PeerAddress};
-pub use request::{
-    apply_request_changes, apply_upstream_request, upstream_request, RequestJson,
-    UpstreamRequestJson,
-};
+use crate::runtime::{GuestEngine, Sandbox};
+
+pub use failure::{HookFailure, Refusal};
+
+/// A guest ABI, as the wasm layer needs to know it.
+pub trait GuestAbi {
+    /// What each instance keeps in its store for the ABI's imports.
+    type State: Send + 'static;
+
+    /// Refuses any import the ABI does not provide, naming the first.
+    fn check_imports(module: &Module) -> anyhow::Result<()>;
+
+    /// Registers the ABI's host functions.
+    fn add_imports(linker: &mut Linker<Sandbox<Self::State>>) -> wasmtime::Result<()>;
+}
+
+/// The kinds of module the host recognises, by their exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleKind {
+    /// Exports `hook_abi_version`: the project's own ABI.
+    V1,
+    /// Exports `proxy_abi_version_0_2_*`: a proxy-wasm filter.
+    ProxyWasm,
+}
+
+impl ModuleKind {
+    /// The kind `module` declares, or an error that says what a module
+    /// must export.
+    pub fn of(module: &Module) -> anyhow::Result<Self> {
+        let exports = |name: &str| module.get_export(name).is_some();
+        if exports("hook_abi_version") {
+            return Ok(ModuleKind::V1);
+        }
+        if exports("proxy_abi_version_0_2_1") || exports("proxy_abi_version_0_2_0") {
+            return Ok(ModuleKind::ProxyWasm);
+        }
+        bail!(
+            "not a guest module: it exports neither `hook_abi_version` (this host's guest ABI, \
+             see docs/ABI.md) nor `proxy_abi_version_0_2_1` (a proxy-wasm filter)"
+        )
+    }
+}
+
+/// Compiles `bytes` (from the engine's module cache when it has them);
+/// `name` labels the log line.
+pub fn compile(engine: &GuestEngine, name: &str, bytes: &[u8]) -> anyhow::Result<Module> {
+    let started = std::time::Instant::now();
+    let hits = engine.cache_hits();
+    let module = Module::new(engine.engine(), bytes)
+        .map_err(anyhow::Error::from)
+        .context("not a valid WebAssembly module")?;
+    log::info!(
+        "module {name}: compiled in {:.1} ms ({})",
+        started.elapsed().as_secs_f64() * 1e3,
+        if engine.cache_hits() > hits {
+            "from the module cache"
+        } else {
+            "not cached"
+        }
+    );
+    Ok(module)
+}
+
+/// Checks `module`'s imports against ABI `A` and links them.
+pub fn link<A: GuestAbi>(
+    engine: &GuestEngine,
+    module: &Module,
+) -> anyhow::Result<InstancePre<Sandbox<A::State>>> {
+    A::check_imports(module)?;
+    let mut linker = Linker::new(engine.engine());
+    A::add_imports(&mut linker).map_err(anyhow::Error::from)?;
+    linker
+        .instantiate_pre(module)
+        .map_err(anyhow::Error::from)
+        .context("linking host imports")
+}

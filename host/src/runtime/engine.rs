@@ -157,7 +157,7 @@ impl GuestEngine {
     }
 
     /// What its instances raise when a call runs long.
-    pub(super) fn long_calls(&self) -> &LongCallSignal {
+    pub fn long_calls(&self) -> &LongCallSignal {
         &self.long_calls
     }
 

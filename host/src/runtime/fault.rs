@@ -36,7 +36,8 @@ impl HookFault {
             HookFault::Timeout { .. } => "timeout",
             HookFault::MemoryLimit { .. } => "memory_limit",
             HookFault::Trap { .. } => "trap",
-            HookFault::Instantiate(_) | HookFault::Alloc(_) => "instantiate",
+            HookFault::Instantiate(_) => "instantiate",
+            HookFault::Alloc(_) => "alloc",
             HookFault::OutputOutOfBounds { .. }
             | HookFault::OutputTooLarge { .. }
             | HookFault::InvalidUtf8

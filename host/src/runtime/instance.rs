@@ -1,92 +1,34 @@
-//! One instantiated guest: its store, memory and exports, and the call path
-//! that writes input, runs a hook under a deadline and bounds-checks the
-//! output.
+//! One instantiated guest, whatever its ABI: its store, memory and limits,
+//! and the call path that runs an export under a deadline, slices it when
+//! it runs long, and names the fault when it fails.
 //!
-//! A hook call first runs directly on the worker's stack, the cheapest way
-//! (a fiber costs about 0.25 us per call). If it runs past
-//! [`YIELD_AFTER`], the deadline check stops it; its instance, stopped
-//! mid-call, is discarded, and the call runs again from the start in a
-//! fresh instance on a wasmtime fiber that gives its worker back at every
-//! epoch tick, so a guest that computes for long holds no worker: the other
-//! requests on that worker run between its slices. The deadline counts the
-//! call's own running time (both runs, the sum of their slices), not the
-//! time it waited for a turn, so a neighbour's load cannot make an honest
-//! call time out.
+//! A call first runs directly on the worker's stack, the cheapest way. If
+//! it runs past [`YIELD_AFTER`], the deadline check stops it with
+//! [`CallError::NeedsSlicing`]; the ABI layer then discards the instance
+//! (stopped mid-call, it is unusable) and runs the call again in a fresh
+//! one with [`WasmInstance::call_sliced`], on a wasmtime fiber that gives
+//! its worker back at every epoch tick, so a guest that computes for long
+//! holds no worker. The deadline counts the call's own running time (both
+//! runs, the sum of their slices), not the time it waited for a turn, so a
+//! neighbour's load cannot make an honest call time out.
 
 use std::future::{poll_fn, Future};
-use std::ops::{Deref, DerefMut};
 use std::pin::pin;
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::{
-    Caller, Instance, InstancePre, Linker, Memory, ResourceLimiter, Store, StoreLimits,
-    StoreLimitsBuilder, Trap, TypedFunc, UpdateDeadline, WasmParams, WasmResults,
+    Caller, Instance, InstancePre, Memory, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder,
+    Trap, TypedFunc, UpdateDeadline, WasmParams, WasmResults,
 };
 
 use super::engine::{LongCallSignal, YIELD_AFTER};
 use super::fault::HookFault;
-use super::module::GuestLimits;
-
-/// Largest output a hook may return; anything bigger is a fault.
-pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
+use super::limits::GuestLimits;
 
 /// Longest guest log line kept; the rest is cut.
 const MAX_LOG_LINE: usize = 4096;
-
-/// The parts of a hook's input a lazy-input guest fetches on demand
-/// through `hook.input_part` (`wire::PART_*`). Borrowed for one call, so a
-/// part is encoded only if the guest asks for it. `Sync`, because a call
-/// that yields may resume on another worker thread.
-pub trait InputParts: Sync {
-    /// The JSON of `part`, or None if this call has no such part.
-    fn part(&self, part: i32) -> Option<&str>;
-}
-
-/// A call without input parts (`hook_init`).
-pub struct NoParts;
-
-impl InputParts for NoParts {
-    fn part(&self, _part: i32) -> Option<&str> {
-        None
-    }
-}
-
-/// The input parts of the call in progress, with the borrow's lifetime
-/// erased so that it fits in the `'static` store data.
-///
-/// Invariant: set only by [`GuestInstance::call_direct`] and
-/// [`GuestInstance::call_sliced`] through [`PartsGuard`], which clears it
-/// when dropped (also when unwinding, or when the call's future is dropped
-/// half-way), before the borrow ends; read only by the `hook.input_part`
-/// import, which runs only inside such a call (`hook_abi_version` runs on
-/// a fresh instance, where it is `None`). A call future that is leaked
-/// instead of dropped leaks the instance it holds with it: `GuestModule`
-/// owns every instance inside its own call future.
-struct PartsPtr(NonNull<dyn InputParts>);
-
-// SAFETY: the referent is `Sync` (a bound of `InputParts`), so using it from
-// whichever thread resumes the call is sound; and the pointer never outlives
-// the borrow, which the call's future holds (see the invariant above).
-unsafe impl Send for PartsPtr {}
-
-impl PartsPtr {
-    fn new(parts: &dyn InputParts) -> Self {
-        let ptr: NonNull<dyn InputParts + '_> = NonNull::from(parts);
-        // SAFETY: only the lifetime changes; the invariant keeps every use
-        // within the original borrow.
-        PartsPtr(unsafe {
-            std::mem::transmute::<NonNull<dyn InputParts + '_>, NonNull<dyn InputParts>>(ptr)
-        })
-    }
-
-    fn get(&self) -> &dyn InputParts {
-        // SAFETY: by the invariant, the borrow this came from is still live.
-        unsafe { self.0.as_ref() }
-    }
-}
 
 /// Where a call's guest running time is charged as it is spent: after
 /// every slice, so a budget sees a long call while it still runs.
@@ -214,13 +156,12 @@ impl From<HookFault> for CallError {
     }
 }
 
-/// Per-store state the host keeps for one instance.
-pub struct GuestState {
+/// The store data of an instance: what the wasm layer keeps for its
+/// limits, deadline and faults, and `abi`, the guest ABI's own state.
+pub struct Sandbox<T> {
     module_name: Arc<str>,
     /// The instance's memory, for the imports (set once instantiated).
     memory: Option<Memory>,
-    /// Input parts of the call in progress.
-    parts: Option<PartsPtr>,
     /// The running time of the call in progress, and how long it may run.
     clock: Arc<CallClock>,
     hook_timeout: Duration,
@@ -231,6 +172,25 @@ pub struct GuestState {
     limiter: GuestLimiter,
     /// The guest's last error-level log line during the current call.
     last_error_log: Option<String>,
+    /// The guest ABI's per-instance state.
+    pub abi: T,
+}
+
+impl<T> Sandbox<T> {
+    /// The instance's memory, once instantiated.
+    pub fn memory(&self) -> Option<Memory> {
+        self.memory
+    }
+
+    /// Writes one guest log line into the proxy's log, labelled with the
+    /// module; an error-level line is kept for the fault report, as it is
+    /// how a Rust guest's panic message reaches the log.
+    pub fn guest_log(&mut self, level: log::Level, line: String) {
+        log::log!(target: "guest", level, "module {}: {line}", self.module_name);
+        if level == log::Level::Error {
+            self.last_error_log = Some(line);
+        }
+    }
 }
 
 /// `StoreLimits`, remembering whether a limit was hit so the fault can say
@@ -274,58 +234,11 @@ impl ResourceLimiter for GuestLimiter {
     }
 }
 
-/// Registers the host imports (module `hook`) every guest may use.
-pub fn add_host_imports(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
-    linker.func_wrap(
-        "hook",
-        "log",
-        |mut caller: Caller<'_, GuestState>, level: i32, ptr: i32, len: i32| {
-            let line = read_guest_str(&mut caller, ptr as u32, len as u32);
-            let level = match level {
-                1 => log::Level::Error,
-                2 => log::Level::Warn,
-                3 => log::Level::Info,
-                4 => log::Level::Debug,
-                _ => log::Level::Trace,
-            };
-            let state = caller.data_mut();
-            log::log!(target: "guest", level, "module {}: {line}", state.module_name);
-            if level == log::Level::Error {
-                state.last_error_log = Some(line);
-            }
-        },
-    )?;
-    linker.func_wrap(
-        "hook",
-        "input_part",
-        |mut caller: Caller<'_, GuestState>, part: i32, ptr: i32, len: i32| -> i32 {
-            let Some(memory) = caller.data().memory else {
-                return -1;
-            };
-            let (data, state) = memory.data_and_store_mut(&mut caller);
-            let Some(bytes) = state.parts.as_ref().and_then(|p| p.get().part(part)) else {
-                return -1;
-            };
-            let Ok(size) = i32::try_from(bytes.len()) else {
-                return -1;
-            };
-            let copied = bytes.len().min(len as u32 as usize);
-            let start = ptr as u32 as usize;
-            match data.get_mut(start..start + copied) {
-                Some(target) => {
-                    target.copy_from_slice(&bytes.as_bytes()[..copied]);
-                    size
-                }
-                None => -1,
-            }
-        },
-    )?;
-    Ok(())
-}
-
-/// Reads at most [`MAX_LOG_LINE`] bytes of a guest string, lossily; a bad
-/// pointer yields a placeholder rather than a trap.
-fn read_guest_str(caller: &mut Caller<'_, GuestState>, ptr: u32, len: u32) -> String {
+/// Reads at most [`MAX_LOG_LINE`] bytes of a guest string, lossily, for a
+/// log line; a bad pointer yields a placeholder rather than a trap, and
+/// control characters become spaces (one guest line stays one log line:
+/// no forged lines via newlines).
+pub fn read_guest_line<T>(caller: &mut Caller<'_, Sandbox<T>>, ptr: u32, len: u32) -> String {
     let Some(memory) = caller.data().memory else {
         return "<no memory export>".into();
     };
@@ -333,7 +246,6 @@ fn read_guest_str(caller: &mut Caller<'_, GuestState>, ptr: u32, len: u32) -> St
     let start = ptr as usize;
     let end = start.saturating_add((len as usize).min(MAX_LOG_LINE));
     match data.get(start..end) {
-        // One guest line stays one log line: no forged lines via newlines.
         Some(bytes) => String::from_utf8_lossy(bytes)
             .chars()
             .map(|c| if c.is_control() { ' ' } else { c })
@@ -342,82 +254,36 @@ fn read_guest_str(caller: &mut Caller<'_, GuestState>, ptr: u32, len: u32) -> St
     }
 }
 
-/// A live instance of a module and typed handles to its exports.
-pub struct GuestInstance {
-    store: Store<GuestState>,
+/// A live instance of a module, under its limits.
+pub struct WasmInstance<T: 'static> {
+    store: Store<Sandbox<T>>,
+    instance: Instance,
     memory: Memory,
-    exports: Exports,
     clock: Arc<CallClock>,
     limits: GuestLimits,
-    /// Hook calls served, for the reuse bound.
-    pub calls: u64,
 }
 
-/// Typed handles to an instance's exports. A call borrows its handle
-/// (cloning one costs type-registry reference counting).
-struct Exports {
-    alloc: TypedFunc<i32, i32>,
-    abi_version: TypedFunc<(), i32>,
-    init: Option<TypedFunc<(i32, i32), i64>>,
-    upstream_peer: TypedFunc<(i32, i32), i64>,
-    upstream_request_filter: TypedFunc<(i32, i32), i64>,
-}
-
-/// Picks the export a call runs; None if the module lacks it.
-type Pick<P, R> = fn(&Exports) -> Option<&TypedFunc<P, R>>;
-
-/// `hook_alloc`.
-const ALLOC: Pick<i32, i32> = |exports| Some(&exports.alloc);
-
-/// The export that runs `export`.
-fn hook(export: Export) -> Pick<(i32, i32), i64> {
-    match export {
-        Export::Init => |exports| exports.init.as_ref(),
-        Export::UpstreamPeer => |exports| Some(&exports.upstream_peer),
-        Export::UpstreamRequestFilter => |exports| Some(&exports.upstream_request_filter),
-    }
-}
-
-/// A hook's `(ptr, len)` output location, packed in an i64.
-fn unpack(packed: i64) -> (u32, u32) {
-    ((packed as u64 >> 32) as u32, packed as u64 as u32)
-}
-
-fn missing_export() -> CallError {
-    HookFault::Instantiate("the module lacks this export".into()).into()
-}
-
-/// The hook exports an instance can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Export {
-    /// `hook_init`
-    Init,
-    /// `upstream_peer`
-    UpstreamPeer,
-    /// `upstream_request_filter`
-    UpstreamRequestFilter,
-}
-
-impl GuestInstance {
-    /// Instantiates `pre` in a fresh store under `limits`; a call that runs
-    /// long raises `long_calls`. A start function runs sliced, like a long
-    /// call, under the same deadline, its time charged to `meter`.
+impl<T: Send + 'static> WasmInstance<T> {
+    /// Instantiates `pre` in a fresh store under `limits`, with `abi` as
+    /// the ABI's state; a call that runs long raises `long_calls`. A start
+    /// function runs sliced, like a long call, under the same deadline,
+    /// its time charged to `meter`.
     pub async fn new(
-        pre: &InstancePre<GuestState>,
+        pre: &InstancePre<Sandbox<T>>,
         module_name: Arc<str>,
         limits: GuestLimits,
         long_calls: LongCallSignal,
         meter: &dyn SliceMeter,
+        abi: T,
     ) -> wasmtime::Result<Self> {
         let store_limits = StoreLimitsBuilder::new()
             .memory_size(limits.memory_limit_bytes())
             .instances(1)
             .build();
         let clock = Arc::new(CallClock::new());
-        let state = GuestState {
+        let state = Sandbox {
             module_name,
             memory: None,
-            parts: None,
             clock: clock.clone(),
             hook_timeout: limits.hook_timeout(),
             mode: CallMode::Sliced,
@@ -427,6 +293,7 @@ impl GuestInstance {
                 memory_limit_hit: false,
             },
             last_error_log: None,
+            abi,
         };
         let mut store = Store::new(pre.module().engine(), state);
         store.limiter(|state| &mut state.limiter);
@@ -465,152 +332,57 @@ impl GuestInstance {
             .get_memory(&mut store, "memory")
             .ok_or_else(|| wasmtime::Error::msg("missing export `memory` (a memory)"))?;
         store.data_mut().memory = Some(memory);
-        let func = |store: &mut Store<GuestState>, name: &str| {
-            instance
-                .get_typed_func::<(i32, i32), i64>(store, name)
-                .map_err(|e| {
-                    e.context(format!(
-                        "export `{name}` must be a function (i32, i32) -> i64"
-                    ))
-                })
-        };
-        let upstream_peer = func(&mut store, "upstream_peer")?;
-        let upstream_request_filter = func(&mut store, "upstream_request_filter")?;
-        let init = match instance.get_export(&mut store, "hook_init") {
-            Some(_) => Some(func(&mut store, "hook_init")?),
-            None => None,
-        };
-        let alloc = instance
-            .get_typed_func::<i32, i32>(&mut store, "hook_alloc")
-            .map_err(|e| e.context("export `hook_alloc` must be a function (i32) -> i32"))?;
-        let abi_version = instance
-            .get_typed_func::<(), i32>(&mut store, "hook_abi_version")
-            .map_err(|e| e.context("export `hook_abi_version` must be a function () -> i32"))?;
-        Ok(GuestInstance {
+        Ok(WasmInstance {
             store,
+            instance,
             memory,
-            exports: Exports {
-                alloc,
-                abi_version,
-                init,
-                upstream_peer,
-                upstream_request_filter,
-            },
             clock,
             limits,
-            calls: 0,
         })
     }
 
-    /// Whether the module exports `hook_init`.
-    pub fn has_init(&self) -> bool {
-        self.exports.init.is_some()
-    }
-
-    /// Calls `hook_abi_version`.
-    pub async fn abi_version(&mut self) -> Result<i32, HookFault> {
-        self.clock.begin(Duration::ZERO);
-        let pick: Pick<(), i32> = |exports| Some(&exports.abi_version);
-        self.run_sliced(pick, (), &Unmetered)
-            .await
-            .map_err(CallError::into_fault)
-    }
-
-    /// Runs `export` on `input` (the concatenation of its pieces) directly
-    /// on this thread's stack, with `parts` for `hook.input_part` and its
-    /// guest time charged to `meter`. Returns where the output lies in
-    /// guest memory (see [`output`](Self::output)), or
-    /// [`CallError::NeedsSlicing`] if it ran long: then this instance is
-    /// unusable and the call is to run again with
-    /// [`call_sliced`](Self::call_sliced) in a fresh one.
-    pub fn call_direct(
+    /// The export `name` as a function of type `(P) -> R`: None if the
+    /// module has no such export, an error naming the expected type if it
+    /// has one of another type.
+    pub fn func<P: WasmParams, R: WasmResults>(
         &mut self,
-        export: Export,
-        input: &[&[u8]],
-        parts: &dyn InputParts,
-        meter: &dyn SliceMeter,
-    ) -> Result<(u32, u32), CallError> {
-        let mut this = PartsGuard::set(self, parts);
-        let len = this.begin_call(export, input, Duration::ZERO)?;
-        let ptr = if len == 0 {
-            0
-        } else {
-            let ptr = this.run_direct(ALLOC, len, meter)?;
-            this.write_input(ptr, len, input)?
-        };
-        let packed = this.run_direct(hook(export), (ptr, len), meter)?;
-        Ok(unpack(packed))
-    }
-
-    /// As [`call_direct`](Self::call_direct), on a fiber that yields the
-    /// worker at every tick once the call has run [`YIELD_AFTER`]; `ran`
-    /// is running time the call already spent in a stopped attempt.
-    pub async fn call_sliced(
-        &mut self,
-        export: Export,
-        input: &[&[u8]],
-        parts: &dyn InputParts,
-        meter: &dyn SliceMeter,
-        ran: Duration,
-    ) -> Result<(u32, u32), CallError> {
-        let mut this = PartsGuard::set(self, parts);
-        let len = this.begin_call(export, input, ran)?;
-        let ptr = if len == 0 {
-            0
-        } else {
-            let ptr = this.run_sliced(ALLOC, len, meter).await?;
-            this.write_input(ptr, len, input)?
-        };
-        let packed = this.run_sliced(hook(export), (ptr, len), meter).await?;
-        Ok(unpack(packed))
-    }
-
-    /// Starts a call's bookkeeping; returns the input's length.
-    fn begin_call(
-        &mut self,
-        export: Export,
-        input: &[&[u8]],
-        ran: Duration,
-    ) -> Result<i32, CallError> {
-        if export != Export::Init {
-            self.calls += 1;
+        name: &str,
+        signature: &str,
+    ) -> wasmtime::Result<Option<TypedFunc<P, R>>> {
+        if self.instance.get_export(&mut self.store, name).is_none() {
+            return Ok(None);
         }
+        self.instance
+            .get_typed_func::<P, R>(&mut self.store, name)
+            .map(Some)
+            .map_err(|e| e.context(format!("export `{name}` must be a function {signature}")))
+    }
+
+    /// The ABI's state.
+    pub fn abi_mut(&mut self) -> &mut T {
+        &mut self.store.data_mut().abi
+    }
+
+    /// Starts a call: one deadline for all it runs until the next
+    /// `begin`; `ran` is running time it already spent in a stopped
+    /// attempt.
+    pub fn begin(&mut self, ran: Duration) {
         self.store.data_mut().last_error_log = None;
-        // One deadline for the whole call, input buffer included.
         self.clock.begin(ran);
-        let total: usize = input.iter().map(|piece| piece.len()).sum();
-        // No input (a `lazy_ctx` guest): no buffer, (0, 0).
-        i32::try_from(total).map_err(|_| HookFault::Alloc(format!("input of {total} bytes")).into())
     }
 
-    /// The output bytes a call returned, checked to lie in guest memory.
-    pub fn output(&self, (ptr, len): (u32, u32)) -> Result<&[u8], HookFault> {
-        if len as usize > MAX_OUTPUT_BYTES {
-            return Err(HookFault::OutputTooLarge {
-                len,
-                max: MAX_OUTPUT_BYTES,
-            });
-        }
-        let data = self.memory.data(&self.store);
-        let start = ptr as usize;
-        data.get(start..start + len as usize)
-            .ok_or(HookFault::OutputOutOfBounds {
-                ptr,
-                len,
-                memory: data.len(),
-            })
-    }
-
-    /// The running time of the last call, earlier attempts included.
+    /// The running time of the call since [`begin`](Self::begin), earlier
+    /// attempts included.
     pub fn running(&self) -> Duration {
         self.clock.finished()
     }
 
-    /// Calls the export `pick` chooses on this thread's stack, timing it
-    /// into the call's clock and charging it to `meter`.
-    fn run_direct<P, R>(
+    /// Calls `func` on this thread's stack, timing it into the call's
+    /// clock and charging it to `meter`. [`CallError::NeedsSlicing`] if it
+    /// ran long: then this instance is unusable.
+    pub fn call_direct<P, R>(
         &mut self,
-        pick: Pick<P, R>,
+        func: &TypedFunc<P, R>,
         params: P,
         meter: &dyn SliceMeter,
     ) -> Result<R, CallError>
@@ -619,20 +391,17 @@ impl GuestInstance {
         R: WasmResults,
     {
         self.arm(CallMode::Direct);
-        let Some(func) = pick(&self.exports) else {
-            return Err(missing_export());
-        };
         let store = &mut self.store;
         let result = self.clock.slice(meter, || func.call(store, params));
         result.map_err(|e| self.call_error(e))
     }
 
-    /// Calls the export `pick` chooses on a fiber that yields at every
-    /// tick, timing each slice into the call's clock and charging it to
-    /// `meter`.
-    async fn run_sliced<P, R>(
+    /// Calls `func` on a fiber that yields at every tick once the call has
+    /// run [`YIELD_AFTER`], timing each slice into the call's clock and
+    /// charging it to `meter`.
+    pub async fn call_sliced<P, R>(
         &mut self,
-        pick: Pick<P, R>,
+        func: &TypedFunc<P, R>,
         params: P,
         meter: &dyn SliceMeter,
     ) -> Result<R, CallError>
@@ -641,9 +410,6 @@ impl GuestInstance {
         R: WasmResults + Send + Sync,
     {
         self.arm(CallMode::Sliced);
-        let Some(func) = pick(&self.exports) else {
-            return Err(missing_export());
-        };
         // Boxed: the fiber's future is large, and only long calls (and
         // load-time calls) come here.
         let call = Box::pin(timed(
@@ -653,6 +419,27 @@ impl GuestInstance {
         ));
         let result = call.await;
         result.map_err(|e| self.call_error(e))
+    }
+
+    /// The `len` bytes of guest memory at `ptr`, if they lie inside it.
+    pub fn memory(&self, ptr: u32, len: u32) -> Option<&[u8]> {
+        let start = ptr as usize;
+        self.memory
+            .data(&self.store)
+            .get(start..start.checked_add(len as usize)?)
+    }
+
+    /// As [`memory`](Self::memory), writable.
+    pub fn memory_mut(&mut self, ptr: u32, len: u32) -> Option<&mut [u8]> {
+        let start = ptr as usize;
+        self.memory
+            .data_mut(&mut self.store)
+            .get_mut(start..start.checked_add(len as usize)?)
+    }
+
+    /// The size of guest memory in bytes.
+    pub fn memory_size(&self) -> usize {
+        self.memory.data_size(&self.store)
     }
 
     /// Readies the store for a call in `mode`. The first deadline check
@@ -669,30 +456,6 @@ impl GuestInstance {
         } else {
             CallError::Fault(self.fault(error))
         }
-    }
-
-    /// Writes `input` into the buffer of `len` bytes that `hook_alloc`
-    /// returned at `ptr`; returns `ptr`.
-    fn write_input(&mut self, ptr: i32, len: i32, input: &[&[u8]]) -> Result<i32, CallError> {
-        if ptr == 0 {
-            return Err(HookFault::Alloc(format!("returned 0 for {len} bytes")).into());
-        }
-        let target = self
-            .memory
-            .data_mut(&mut self.store)
-            .get_mut(ptr as u32 as usize..)
-            .and_then(|rest| rest.get_mut(..len as usize))
-            .ok_or_else(|| {
-                CallError::from(HookFault::Alloc(format!(
-                    "buffer at {ptr:#x} lies outside memory"
-                )))
-            })?;
-        let mut at = 0;
-        for piece in input {
-            target[at..at + piece.len()].copy_from_slice(piece);
-            at += piece.len();
-        }
-        Ok(ptr)
     }
 
     /// Names what went wrong in a failed call.
@@ -727,7 +490,7 @@ impl GuestInstance {
 
 impl CallError {
     /// The fault to report. A call that needs slicing is run again by the
-    /// module, so only an internal mistake would report it.
+    /// ABI layer, so only an internal mistake would report it.
     pub fn into_fault(self) -> HookFault {
         match self {
             CallError::Fault(fault) => fault,
@@ -739,34 +502,15 @@ impl CallError {
     }
 }
 
-/// An instance whose store holds `parts` until this guard is dropped.
-struct PartsGuard<'i> {
-    instance: &'i mut GuestInstance,
-}
-
-impl<'i> PartsGuard<'i> {
-    fn set(instance: &'i mut GuestInstance, parts: &'i dyn InputParts) -> Self {
-        instance.store.data_mut().parts = Some(PartsPtr::new(parts));
-        PartsGuard { instance }
-    }
-}
-
-impl Drop for PartsGuard<'_> {
-    fn drop(&mut self) {
-        self.instance.store.data_mut().parts = None;
-    }
-}
-
-impl Deref for PartsGuard<'_> {
-    type Target = GuestInstance;
-
-    fn deref(&self) -> &GuestInstance {
-        self.instance
-    }
-}
-
-impl DerefMut for PartsGuard<'_> {
-    fn deref_mut(&mut self) -> &mut GuestInstance {
-        self.instance
+/// Runs a load-time call to completion on this thread: its yields are
+/// polled again at once, and its deadline still bounds it. Loading is off
+/// the request path (start-up, or the reload thread).
+pub fn block_on<F: Future>(call: F) -> F::Output {
+    let mut call = pin!(call);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(out) = call.as_mut().poll(&mut cx) {
+            return out;
+        }
     }
 }

@@ -1,15 +1,18 @@
-//! The wasmtime side: one engine per process, one [`GuestModule`] per
-//! `.wasm` file, and instances that run hooks under limits.
+//! The wasm layer: one engine per process, instances that run a guest's
+//! exports under limits (memory, deadline, slicing) and name its faults,
+//! and pools of idle instances. It knows wasmtime and nothing of HTTP or
+//! of any guest ABI; the ABIs in `crate::abi` build on it.
 
 mod engine;
 mod fault;
 mod instance;
-mod module;
+mod limits;
+mod pool;
 
-pub use engine::{EngineOptions, EpochTicker, GuestEngine};
+pub use engine::{EngineOptions, EpochTicker, GuestEngine, LongCallSignal};
 pub use fault::HookFault;
-pub use instance::{InputParts, NoParts, SliceMeter, Unmetered};
-pub use module::{
-    decode_json, GuestLimits, GuestModule, Hook, InputMode, MAX_HOOK_TIMEOUT_MS,
-    MAX_MEMORY_LIMIT_MIB,
+pub use instance::{
+    block_on, read_guest_line, CallError, Sandbox, SliceMeter, Unmetered, WasmInstance,
 };
+pub use limits::{GuestLimits, MAX_HOOK_TIMEOUT_MS, MAX_MEMORY_LIMIT_MIB};
+pub use pool::IdleInstances;

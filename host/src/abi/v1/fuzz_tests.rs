@@ -76,7 +76,7 @@ proptest! {
         ];
         for output in outputs {
             let bytes = output.to_string().into_bytes();
-            if let Ok(Ok((peer, _ctx))) = decode_peer_output(&bytes, &GuestCtx::default()) {
+            if let Ok((peer, _ctx)) = decode_peer_output(&bytes, &GuestCtx::default()) {
                 if let Ok(PeerAddress::Ip(addr)) = peer_address(&peer.address) {
                     let _ = http_peer(addr, &peer);
                 }
@@ -89,7 +89,7 @@ proptest! {
         new in upstream_request_json(),
     ) {
         let bytes = json!({"upstream_request": new}).to_string().into_bytes();
-        let Ok(Ok((UpstreamEdit::Whole(new), _))) = decode_filter_output(&bytes, &GuestCtx::default()) else {
+        let Ok((UpstreamEdit::Whole(new), _)) = decode_filter_output(&bytes, &GuestCtx::default()) else {
             return Ok(());
         };
         let mut target = request();
@@ -121,7 +121,7 @@ proptest! {
     ) {
         let changes = wire::RequestChanges { method, uri, headers };
         let bytes = json!({"upstream_changes": changes}).to_string().into_bytes();
-        let Ok(Ok((UpstreamEdit::Changes(changes), _))) = decode_filter_output(&bytes, &GuestCtx::default()) else {
+        let Ok((UpstreamEdit::Changes(changes), _)) = decode_filter_output(&bytes, &GuestCtx::default()) else {
             return Ok(());
         };
         let mut target = request();

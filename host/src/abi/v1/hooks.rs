@@ -1,48 +1,90 @@
-//! The two request hooks as typed calls: show the guest its input, run it,
-//! decode and sort its answer.
+//! ABI v1's request hooks as typed calls: show the guest its input, run
+//! it, decode its answer, and apply it (to the request and to the ctx,
+//! which each call takes and updates itself).
 
-use guest_sdk::wire::{self, FilterOutput, HookError, PeerOutput};
-use serde_json::value::RawValue;
-
+use guest_sdk::wire::{self, HookOutput};
 use pingora::http::RequestHeader;
+use serde_json::value::RawValue;
 
 use super::ctx::{CtxUpdate, GuestCtx};
 use super::input::{DownstreamRequest, HookInput};
+use super::module::{decode_json, GuestModule, InputMode};
 use super::request::{apply_request_changes, apply_upstream_request, upstream_request};
-use crate::runtime::{decode_json, GuestModule, Hook, HookFault, InputMode, SliceMeter};
+use crate::abi::{HookFailure, Refusal};
+use crate::hooks::Hook;
+use crate::runtime::SliceMeter;
 
-/// How a hook call can fail to produce its result.
-#[derive(Debug)]
-pub enum HookFailure {
-    /// The guest misbehaved: 500.
-    Fault(HookFault),
-    /// The guest refused the request with its own status.
-    Refused(HookError),
-    /// The guest was not called: its tenant's circuit breaker is open.
-    Skipped,
-}
-
-impl std::fmt::Display for HookFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            HookFailure::Fault(fault) => fault.fmt(f),
-            HookFailure::Refused(refusal) => {
-                write!(f, "refused with {}: {}", refusal.status, refusal.message)
-            }
-            HookFailure::Skipped => f.write_str("not called, the circuit breaker is open"),
+impl From<wire::HookError> for Refusal {
+    fn from(error: wire::HookError) -> Self {
+        Refusal {
+            status: error.status,
+            message: error.message,
         }
     }
 }
 
-impl From<HookFault> for HookFailure {
-    fn from(fault: HookFault) -> Self {
-        HookFailure::Fault(fault)
+/// Decodes a hook's output; a refusal becomes [`HookFailure::Refused`].
+fn decode_output(bytes: &[u8]) -> Result<HookOutput<&RawValue>, HookFailure> {
+    let mut output: HookOutput<&RawValue> = decode_json(bytes)?;
+    match output.error.take() {
+        Some(error) => Err(HookFailure::Refused(error.into())),
+        None => Ok(output),
     }
 }
 
-/// What `upstream_peer` decided: the peer and what becomes of the ctx, or
-/// a refusal.
-pub type PeerDecision = Result<(wire::Peer, CtxUpdate), HookFailure>;
+/// Runs `hook` with `input` given as the module's input mode asks: no
+/// input, just `{"ctx"}`, or the whole input JSON.
+async fn call<T>(
+    module: &GuestModule,
+    hook: Hook,
+    input: &HookInput<'_>,
+    meter: &dyn SliceMeter,
+    decode: impl FnOnce(&[u8]) -> Result<T, HookFailure>,
+) -> Result<T, HookFailure> {
+    match module.input_mode() {
+        InputMode::OnDemand => module.call(hook, &[], input, meter, decode).await,
+        InputMode::LazyParts => {
+            let pieces: [&[u8]; 3] = [br#"{"ctx":"#, input.ctx_json().as_bytes(), b"}"];
+            module.call(hook, &pieces, input, meter, decode).await
+        }
+        InputMode::Whole => {
+            let pieces = input.whole_json();
+            module.call(hook, &pieces, input, meter, decode).await
+        }
+    }
+}
+
+/// Calls `upstream_peer` for `request`, its guest time charged to
+/// `meter`; applies its ctx and returns the peer it chose.
+pub async fn call_upstream_peer(
+    module: &GuestModule,
+    request: &DownstreamRequest<'_>,
+    ctx: &mut GuestCtx,
+    meter: &dyn SliceMeter,
+) -> Result<wire::Peer, HookFailure> {
+    let input = HookInput::new(request, None, ctx.json());
+    let (peer, update) = call(module, Hook::UpstreamPeer, &input, meter, |bytes| {
+        decode_peer_output(bytes, ctx)
+    })
+    .await?;
+    ctx.apply(update);
+    Ok(peer)
+}
+
+/// The peer `upstream_peer` chose and what becomes of the ctx, from its
+/// output bytes; `ctx` is the request's ctx before the call.
+pub fn decode_peer_output(
+    bytes: &[u8],
+    ctx: &GuestCtx,
+) -> Result<(wire::Peer, CtxUpdate), HookFailure> {
+    let output = decode_output(bytes)?;
+    let peer = output.peer.ok_or_else(|| {
+        HookFailure::Fault(crate::runtime::HookFault::InvalidOutput(
+            "neither `peer` nor `error` returned".into(),
+        ))
+    })?;
+    Ok((peer, ctx.update_to(output.ctx)))
+}
 
 /// How `upstream_request_filter` wants the upstream request changed.
 #[derive(Debug)]
@@ -55,125 +97,51 @@ pub enum UpstreamEdit {
     Changes(wire::RequestChanges),
 }
 
-/// What `upstream_request_filter` decided: the edit and what becomes of the
-/// ctx, or a refusal.
-pub type FilterDecision = Result<(UpstreamEdit, CtxUpdate), HookFailure>;
-
-/// Calls `upstream_peer` for `request` with the request's `ctx`, its
-/// guest time charged to `meter`.
-pub async fn call_upstream_peer(
-    module: &GuestModule,
-    request: &DownstreamRequest<'_>,
-    ctx: &GuestCtx,
-    meter: &dyn SliceMeter,
-) -> PeerDecision {
-    let input = HookInput::new(request, None, ctx.json());
-    call(module, Hook::UpstreamPeer, &input, ctx, meter, |bytes| {
-        decode_peer_output(bytes, ctx)
-    })
-    .await?
-}
-
-/// Runs `hook` with `input` given as the module's input mode asks: no
-/// input, just `{"ctx"}`, or the whole input JSON (with
-/// `upstream_request` when the call has one).
-async fn call<T>(
-    module: &GuestModule,
-    hook: Hook,
-    input: &HookInput<'_>,
-    ctx: &GuestCtx,
-    meter: &dyn SliceMeter,
-    decode: impl FnOnce(&[u8]) -> Result<T, HookFault> + Send,
-) -> Result<T, HookFault> {
-    let ctx_json = ctx.json().as_bytes();
-    match module.input_mode() {
-        InputMode::OnDemand => module.call(hook, &[], input, meter, decode).await,
-        InputMode::LazyParts => {
-            let pieces: [&[u8]; 3] = [br#"{"ctx":"#, ctx_json, b"}"];
-            module.call(hook, &pieces, input, meter, decode).await
-        }
-        InputMode::Whole => {
-            let mut pieces: Vec<&[u8]> = vec![br#"{"request":"#, input.request_json().as_bytes()];
-            if let Some(upstream) = input.upstream_json() {
-                pieces.extend([br#","upstream_request":"#.as_slice(), upstream.as_bytes()]);
-            }
-            pieces.extend([br#","ctx":"#.as_slice(), ctx_json, b"}"]);
-            module.call(hook, &pieces, input, meter, decode).await
-        }
-    }
-}
-
-/// The outcome of `upstream_peer` from its output bytes; `ctx` is the
-/// request's ctx before the call.
-pub fn decode_peer_output(bytes: &[u8], ctx: &GuestCtx) -> Result<PeerDecision, HookFault> {
-    let output: PeerOutput<&RawValue> = decode_json(bytes)?;
-    if let Some(error) = output.error {
-        return Ok(Err(HookFailure::Refused(error)));
-    }
-    let peer = output
-        .peer
-        .ok_or_else(|| HookFault::InvalidOutput("neither `peer` nor `error` returned".into()))?;
-    Ok(Ok((peer, ctx.update_to(output.ctx))))
-}
-
-/// Calls `upstream_request_filter` with the current `upstream` request,
-/// its guest time charged to `meter`.
-pub async fn call_upstream_request_filter(
-    module: &GuestModule,
-    request: &DownstreamRequest<'_>,
-    upstream: &RequestHeader,
-    ctx: &GuestCtx,
-    meter: &dyn SliceMeter,
-) -> FilterDecision {
-    let input = HookInput::new(request, Some(upstream), ctx.json());
-    call(
-        module,
-        Hook::UpstreamRequestFilter,
-        &input,
-        ctx,
-        meter,
-        |bytes| decode_filter_output(bytes, ctx),
-    )
-    .await?
-}
-
 /// The whole `upstream_request_filter` step: call the guest with the
-/// current upstream request and apply its edit. Returns what becomes of
-/// the ctx.
+/// current `upstream` request, its guest time charged to `meter`, and
+/// apply its edit and its ctx.
 pub async fn filter_upstream_request(
     module: &GuestModule,
     request: &DownstreamRequest<'_>,
     upstream: &mut RequestHeader,
-    ctx: &GuestCtx,
+    ctx: &mut GuestCtx,
     meter: &dyn SliceMeter,
-) -> Result<CtxUpdate, HookFailure> {
-    let (edit, update) =
-        call_upstream_request_filter(module, request, upstream, ctx, meter).await?;
+) -> Result<(), HookFailure> {
+    let input = HookInput::new(request, Some(upstream), ctx.json());
+    let (edit, update) = call(
+        module,
+        Hook::UpstreamRequestFilter,
+        &input,
+        meter,
+        |bytes| decode_filter_output(bytes, ctx),
+    )
+    .await?;
     match edit {
         UpstreamEdit::Unchanged => {}
         UpstreamEdit::Changes(changes) => apply_request_changes(upstream, changes)?,
         UpstreamEdit::Whole(returned) => {
             // What the guest was shown, to touch only what it changed.
-            let sent = upstream_request(upstream)?;
+            let sent = upstream_request(upstream).map_err(HookFailure::Host)?;
             apply_upstream_request(upstream, &sent, &returned)?;
         }
     }
-    Ok(update)
+    ctx.apply(update);
+    Ok(())
 }
 
-/// The outcome of `upstream_request_filter` from its output bytes; `ctx`
-/// is the request's ctx before the call.
-pub fn decode_filter_output(bytes: &[u8], ctx: &GuestCtx) -> Result<FilterDecision, HookFault> {
-    let output: FilterOutput<wire::UpstreamRequest, &RawValue> = decode_json(bytes)?;
-    if let Some(error) = output.error {
-        return Ok(Err(HookFailure::Refused(error)));
-    }
+/// The edit `upstream_request_filter` asked for and what becomes of the
+/// ctx, from its output bytes; `ctx` is the request's ctx before the call.
+pub fn decode_filter_output(
+    bytes: &[u8],
+    ctx: &GuestCtx,
+) -> Result<(UpstreamEdit, CtxUpdate), HookFailure> {
+    let output = decode_output(bytes)?;
     let edit = match (output.upstream_request, output.upstream_changes) {
         (Some(whole), _) => UpstreamEdit::Whole(whole),
         (None, Some(changes)) => UpstreamEdit::Changes(changes),
         (None, None) => UpstreamEdit::Unchanged,
     };
-    Ok(Ok((edit, ctx.update_to(output.ctx))))
+    Ok((edit, ctx.update_to(output.ctx)))
 }
 
 #[cfg(test)]
@@ -228,18 +196,16 @@ mod tests {
         let cache = std::sync::OnceLock::new();
         let request = DownstreamRequest::new(&downstream, None, &cache);
         let mut ctx = GuestCtx::default();
-        let (peer, update) =
-            ready(call_upstream_peer(&module, &request, &ctx, &Unmetered)).unwrap();
+        let peer = ready(call_upstream_peer(&module, &request, &mut ctx, &Unmetered)).unwrap();
         assert_eq!(peer.address, "127.0.0.1:9");
-        ctx.apply(update);
         assert_eq!(ctx.json(), r#"{"seen":1}"#);
 
         let before = upstream_request_wire(&req).unwrap();
-        let update = ready(filter_upstream_request(
-            &module, &request, &mut req, &ctx, &Unmetered,
+        ready(filter_upstream_request(
+            &module, &request, &mut req, &mut ctx, &Unmetered,
         ))
         .unwrap();
-        assert_eq!(update, CtxUpdate::Unchanged, "the echoed ctx is the same");
+        assert_eq!(ctx.json(), r#"{"seen":1}"#, "the echoed ctx is the same");
         assert_eq!(upstream_request_wire(&req).unwrap(), before);
     }
 
@@ -266,12 +232,16 @@ mod tests {
         let request = DownstreamRequest::new(&req, None, &cache);
         let mut ctx = GuestCtx::default();
         ctx.apply(ctx.update_to(Some(&RawValue::from_string(r#"{"a":1}"#.into()).unwrap())));
-        let (edit, update) = ready(call_upstream_request_filter(
-            &module, &request, &req, &ctx, &Unmetered,
+        let mut upstream = req.clone();
+        ready(filter_upstream_request(
+            &module,
+            &request,
+            &mut upstream,
+            &mut ctx,
+            &Unmetered,
         ))
         .unwrap();
-        assert!(matches!(edit, UpstreamEdit::Unchanged), "{edit:?}");
-        assert_eq!(update, CtxUpdate::Unchanged, "the ctx came back as sent");
+        assert_eq!(ctx.json(), r#"{"a":1}"#, "the ctx came back as sent");
         assert!(cache.get().is_none(), "the request was never encoded");
     }
 }

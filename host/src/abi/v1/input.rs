@@ -9,8 +9,8 @@ use guest_sdk::wire;
 use pingora::http::RequestHeader;
 use pingora::protocols::l4::socket::SocketAddr;
 
+use super::instance::InputParts;
 use super::request::{RequestJson, UpstreamRequestJson};
-use crate::runtime::InputParts;
 
 /// The downstream request as the hooks see it. Its JSON is encoded at most
 /// once per request, into a cell the request's ctx keeps for both hooks.
@@ -67,6 +67,20 @@ impl<'a> HookInput<'a> {
             upstream_json: OnceLock::new(),
             ctx,
         }
+    }
+
+    pub(super) fn ctx_json(&self) -> &str {
+        self.ctx
+    }
+
+    /// The whole input JSON, in pieces to be written one after another.
+    pub(super) fn whole_json(&self) -> Vec<&[u8]> {
+        let mut pieces: Vec<&[u8]> = vec![br#"{"request":"#, self.request_json().as_bytes()];
+        if let Some(upstream) = self.upstream_json() {
+            pieces.extend([br#","upstream_request":"#.as_slice(), upstream.as_bytes()]);
+        }
+        pieces.extend([br#","ctx":"#.as_slice(), self.ctx.as_bytes(), b"}"]);
+        pieces
     }
 
     pub(super) fn request_json(&self) -> &str {

@@ -1,102 +1,25 @@
-//! A loaded guest module: compiled once, checked against ABI v1 at load,
-//! instantiated on demand, its healthy instances reused.
+//! A loaded ABI v1 module: compiled once, checked at load, instantiated
+//! on demand, its healthy instances reused.
 
-use std::fmt;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use guest_sdk::wire;
-use wasmtime::{ExternType, InstancePre, Linker, Module};
+use wasmtime::{InstancePre, Module};
 
-use super::engine::{GuestEngine, LongCallSignal};
-use super::fault::HookFault;
-use super::instance::{
-    add_host_imports, CallError, Export, GuestInstance, GuestState, InputParts, NoParts,
-    SliceMeter, Unmetered,
+use super::imports::V1;
+use super::instance::{Export, InputParts, NoParts, V1Instance, V1State};
+use crate::abi::{self, HookFailure, ModuleKind};
+use crate::hooks::{Hook, HOOKS};
+use crate::runtime::{
+    block_on, CallError, GuestEngine, GuestLimits, HookFault, IdleInstances, LongCallSignal,
+    Sandbox, SliceMeter, Unmetered,
 };
 
 /// The ABI version this host speaks.
 pub const ABI_VERSION: i32 = guest_sdk::ABI_VERSION;
-
-/// Idle instances kept per module; more are dropped when returned. Fast
-/// calls finish within one poll, so a module rarely has more live instances
-/// than worker threads; only calls that yield add more.
-const MAX_IDLE_INSTANCES: usize = 16;
-
-/// Per-instance limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GuestLimits {
-    /// Deadline of one hook call, in the call's own running time (time
-    /// spent waiting for a worker between its slices does not count).
-    pub hook_timeout_ms: u64,
-    /// Linear memory cap of one instance.
-    pub memory_limit_mib: u64,
-    /// Hook calls an instance serves before it is replaced; 1 means a fresh
-    /// instance for every call.
-    pub instance_reuse: u64,
-}
-
-impl Default for GuestLimits {
-    fn default() -> Self {
-        GuestLimits {
-            hook_timeout_ms: 20,
-            memory_limit_mib: 64,
-            instance_reuse: 1000,
-        }
-    }
-}
-
-/// Largest `hook_timeout_ms` accepted.
-pub const MAX_HOOK_TIMEOUT_MS: u64 = 10_000;
-
-/// Largest `memory_limit_mib` accepted.
-pub const MAX_MEMORY_LIMIT_MIB: u64 = 4096;
-
-impl GuestLimits {
-    /// Refuses limits out of range (the flags' ranges).
-    pub fn check(&self) -> anyhow::Result<()> {
-        if !(1..=MAX_HOOK_TIMEOUT_MS).contains(&self.hook_timeout_ms) {
-            bail!("hook_timeout_ms must be 1-{MAX_HOOK_TIMEOUT_MS}");
-        }
-        if !(1..=MAX_MEMORY_LIMIT_MIB).contains(&self.memory_limit_mib) {
-            bail!("memory_limit_mib must be 1-{MAX_MEMORY_LIMIT_MIB}");
-        }
-        if self.instance_reuse == 0 {
-            bail!("instance_reuse must be at least 1");
-        }
-        Ok(())
-    }
-
-    /// The deadline of one call, in running time.
-    pub fn hook_timeout(&self) -> Duration {
-        Duration::from_millis(self.hook_timeout_ms)
-    }
-
-    /// The memory cap in bytes.
-    pub fn memory_limit_bytes(&self) -> usize {
-        (self.memory_limit_mib as usize).saturating_mul(1 << 20)
-    }
-}
-
-/// The hooks a request can call, named as their exports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hook {
-    /// `upstream_peer`
-    UpstreamPeer,
-    /// `upstream_request_filter`
-    UpstreamRequestFilter,
-}
-
-impl fmt::Display for Hook {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Hook::UpstreamPeer => "upstream_peer",
-            Hook::UpstreamRequestFilter => "upstream_request_filter",
-        })
-    }
-}
 
 /// How a module takes its hooks' input, as its `hook_init` said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +27,7 @@ pub enum InputMode {
     /// The whole input JSON in the hook's buffer (no `hook_init`, or one
     /// that asked for nothing).
     Whole,
-    /// `{"ctx": ...}` in the buffer; the request parts on demand through
+    /// `{"ctx": ...}` in the buffer; the other fields on demand through
     /// `hook.input_part` (`lazy_input`).
     LazyParts,
     /// No input buffer at all; the ctx too on demand (`lazy_ctx`).
@@ -121,21 +44,20 @@ impl InputMode {
     }
 }
 
-/// A compiled, validated guest module and its pool of idle instances.
+/// A compiled, validated v1 module and its pool of idle instances.
 pub struct GuestModule {
     name: Arc<str>,
-    pre: InstancePre<GuestState>,
+    pre: InstancePre<Sandbox<V1State>>,
     limits: GuestLimits,
     /// The module configuration handed to `hook_init` of every instance.
     config_json: Vec<u8>,
     /// How the guest takes its hooks' input (said by its hook_init).
     input_mode: InputMode,
+    /// Which hooks it exports, by [`Hook::index`].
+    exports: [bool; Hook::COUNT],
     /// Raised by its instances' long calls, for the engine's ticker.
     long_calls: LongCallSignal,
-    /// Boxed, so that taking and returning one moves a pointer, not the
-    /// struct (measured: 40-50 ns less per hook call).
-    #[allow(clippy::vec_box)]
-    idle: Mutex<Vec<Box<GuestInstance>>>,
+    idle: IdleInstances<V1Instance>,
 }
 
 impl GuestModule {
@@ -162,31 +84,19 @@ impl GuestModule {
         config_json: &str,
         limits: GuestLimits,
     ) -> anyhow::Result<Self> {
-        let started = std::time::Instant::now();
-        let hits = engine.cache_hits();
-        let module = Module::new(engine.engine(), bytes)
-            .map_err(anyhow::Error::from)
-            .context("not a valid WebAssembly module")?;
-        log::info!(
-            "module {name}: compiled in {:.1} ms ({})",
-            started.elapsed().as_secs_f64() * 1e3,
-            if engine.cache_hits() > hits {
-                "from the module cache"
-            } else {
-                "not cached"
-            }
-        );
-        check_imports(&module)?;
-        let mut linker = Linker::new(engine.engine());
-        add_host_imports(&mut linker).map_err(anyhow::Error::from)?;
-        let pre = linker
-            .instantiate_pre(&module)
-            .map_err(anyhow::Error::from)
-            .context("linking host imports")?;
+        let module = abi::compile(engine, &name, bytes)?;
+        if ModuleKind::of(&module)? != ModuleKind::V1 {
+            bail!(
+                "is a proxy-wasm filter; a tenant's `module` must speak this host's guest ABI \
+                 (docs/ABI.md)"
+            );
+        }
+        let exports = hook_exports(&module)?;
+        let pre = abi::link::<V1>(engine, &module)?;
 
         let long_calls = engine.long_calls().clone();
         let mut instance = Box::new(
-            block_on(GuestInstance::new(
+            block_on(V1Instance::new(
                 &pre,
                 name.clone(),
                 limits,
@@ -205,12 +115,13 @@ impl GuestModule {
             limits,
             config_json: config_json.as_bytes().to_vec(),
             input_mode: InputMode::Whole,
+            exports,
             long_calls,
-            idle: Mutex::new(Vec::new()),
+            idle: IdleInstances::new(),
         };
         guest_module.input_mode =
             block_on(guest_module.initialise(&mut instance, &Unmetered)).context("hook_init")?;
-        guest_module.put_idle(instance);
+        guest_module.idle.put(instance);
         Ok(guest_module)
     }
 
@@ -229,6 +140,12 @@ impl GuestModule {
         self.limits
     }
 
+    /// Whether the module exports `hook`; one it leaves out is never
+    /// called.
+    pub fn exports(&self, hook: Hook) -> bool {
+        self.exports[hook.index()]
+    }
+
     /// Runs `hook` on `input` (the concatenation of its pieces), with
     /// `parts` on demand, in an idle (or new) instance, and decodes the
     /// output while it is still in guest memory. The guest's running time
@@ -237,27 +154,29 @@ impl GuestModule {
     ///
     /// The call runs directly on the worker's stack; one that runs long is
     /// stopped and runs again from the start, sliced, in a fresh instance
-    /// (see `instance.rs`). Hooks are functions of their input (any idle
-    /// instance may serve a call), so only the guest's log lines of the
-    /// stopped attempt show that it ran twice.
+    /// (see `runtime::instance`). Hooks are functions of their input (any
+    /// idle instance may serve a call), so only the guest's log lines of
+    /// the stopped attempt show that it ran twice.
     pub async fn call<T>(
         &self,
         hook: Hook,
         input: &[&[u8]],
         parts: &dyn InputParts,
         meter: &dyn SliceMeter,
-        decode: impl FnOnce(&[u8]) -> Result<T, HookFault>,
-    ) -> Result<T, HookFault> {
+        decode: impl FnOnce(&[u8]) -> Result<T, HookFailure>,
+    ) -> Result<T, HookFailure> {
+        if !self.exports(hook) {
+            return Err(HookFailure::Host(format!(
+                "called {hook}, which the module does not export"
+            )));
+        }
         // Boxed where rare (a new instance, a long call), so that the
         // common call's future stays small.
-        let mut instance = match self.take_idle() {
+        let mut instance = match self.idle.take() {
             Some(instance) => instance,
             None => Box::pin(self.new_instance(meter)).await?,
         };
-        let export = match hook {
-            Hook::UpstreamPeer => Export::UpstreamPeer,
-            Hook::UpstreamRequestFilter => Export::UpstreamRequestFilter,
-        };
+        let export = Export::Hook(hook);
         let mut outcome = instance.call_direct(export, input, parts, meter);
         if let Err(CallError::NeedsSlicing) = outcome {
             let ran = instance.running();
@@ -265,29 +184,18 @@ impl GuestModule {
             outcome = Box::pin(instance.call_sliced(export, input, parts, meter, ran)).await;
         }
         let result = outcome
-            .map_err(CallError::into_fault)
+            .map_err(|e| HookFailure::Fault(e.into_fault()))
             .and_then(|location| decode(instance.output(location)?));
-        if result.is_ok() && instance.calls < self.limits.instance_reuse {
-            self.put_idle(instance);
+        if !matches!(result, Err(HookFailure::Fault(_)))
+            && instance.calls < self.limits.instance_reuse
+        {
+            self.idle.put(instance);
         }
         result
     }
 
-    fn take_idle(&self) -> Option<Box<GuestInstance>> {
-        // A poisoned lock only means another thread panicked while pushing
-        // or popping; the Vec itself is intact.
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
-    }
-
-    fn put_idle(&self, instance: Box<GuestInstance>) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < MAX_IDLE_INSTANCES {
-            idle.push(instance);
-        }
-    }
-
-    async fn new_instance(&self, meter: &dyn SliceMeter) -> Result<Box<GuestInstance>, HookFault> {
-        let mut instance = GuestInstance::new(
+    async fn new_instance(&self, meter: &dyn SliceMeter) -> Result<Box<V1Instance>, HookFault> {
+        let mut instance = V1Instance::new(
             &self.pre,
             self.name.clone(),
             self.limits,
@@ -313,7 +221,7 @@ impl GuestModule {
     /// how the guest takes its input.
     async fn initialise(
         &self,
-        instance: &mut GuestInstance,
+        instance: &mut V1Instance,
         meter: &dyn SliceMeter,
     ) -> anyhow::Result<InputMode> {
         if !instance.has_init() {
@@ -332,17 +240,17 @@ impl GuestModule {
     }
 }
 
-/// Runs a load-time call to completion on this thread: its yields are
-/// polled again at once, and its deadline still bounds it. Loading is off
-/// the request path (start-up, or the reload thread).
-fn block_on<F: std::future::Future>(call: F) -> F::Output {
-    let mut call = std::pin::pin!(call);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    loop {
-        if let std::task::Poll::Ready(out) = call.as_mut().poll(&mut cx) {
-            return out;
+/// Which hooks `module` exports; refuses one that leaves out a hook that
+/// is not optional.
+fn hook_exports(module: &Module) -> anyhow::Result<[bool; Hook::COUNT]> {
+    let mut exports = [false; Hook::COUNT];
+    for spec in &HOOKS {
+        exports[spec.hook.index()] = module.get_export(spec.export).is_some();
+        if !spec.optional && !exports[spec.hook.index()] {
+            bail!("missing export `{}`", spec.export);
         }
     }
+    Ok(exports)
 }
 
 /// Decodes a hook's JSON output, naming what is wrong with it. `T` may
@@ -350,24 +258,6 @@ fn block_on<F: std::future::Future>(call: F) -> F::Output {
 pub fn decode_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, HookFault> {
     let text = std::str::from_utf8(bytes).map_err(|_| HookFault::InvalidUtf8)?;
     serde_json::from_str(text).map_err(|e| HookFault::InvalidOutput(e.to_string()))
-}
-
-/// Refuses any import but the host's own (`hook.*`), naming the first
-/// offender.
-fn check_imports(module: &Module) -> anyhow::Result<()> {
-    for import in module.imports() {
-        let known = import.module() == "hook"
-            && matches!(import.name(), "log" | "input_part")
-            && matches!(import.ty(), ExternType::Func(_));
-        if !known {
-            bail!(
-                "imports `{}.{}`, which this host does not provide (guests may import only `hook.log` and `hook.input_part`)",
-                import.module(),
-                import.name()
-            );
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -438,7 +328,7 @@ mod tests {
             &charged,
             |bytes| Ok(bytes.len()),
         ));
-        assert_eq!((out, yields), (Ok(0), 0));
+        assert_eq!((out.ok(), yields), (Some(0), 0));
         assert!(
             charged.0.load(Ordering::Relaxed) > 0,
             "its time was charged"
@@ -456,7 +346,13 @@ mod tests {
                     Ok(bytes.len())
                 }),
             );
-        assert_eq!(out, Err(HookFault::Timeout { limit_ms: 50 }));
+        assert!(
+            matches!(
+                out,
+                Err(HookFailure::Fault(HookFault::Timeout { limit_ms: 50 }))
+            ),
+            "{out:?}"
+        );
         let charged = Duration::from_nanos(charged.0.load(Ordering::Relaxed));
         println!("{yields} yields in {charged:?} of running time");
         assert!(yields >= 10, "yielded only {yields} times");
@@ -473,6 +369,6 @@ mod tests {
             &Unmetered,
             |bytes| Ok(bytes.len()),
         ));
-        assert_eq!(out, Ok(0));
+        assert_eq!(out.ok(), Some(0));
     }
 }

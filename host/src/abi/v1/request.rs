@@ -11,10 +11,11 @@ use serde::{Serialize, Serializer};
 
 use crate::runtime::HookFault;
 
-/// The upstream request exactly as a guest is shown it, decoded.
-pub fn upstream_request(req: &RequestHeader) -> Result<wire::UpstreamRequest, HookFault> {
+/// The upstream request exactly as a guest is shown it, decoded. An error
+/// here is the host's own (its encoding does not decode).
+pub fn upstream_request(req: &RequestHeader) -> Result<wire::UpstreamRequest, String> {
     serde_json::from_str(&UpstreamRequestJson(req).to_json())
-        .map_err(|e| HookFault::InvalidOutput(format!("re-reading the input: {e}")))
+        .map_err(|e| format!("re-reading the upstream request shown to the guest: {e}"))
 }
 
 fn lossy(value: &HeaderValue) -> String {

@@ -1,0 +1,129 @@
+//! [`HttpPeer`]: where a request goes, and how to connect there.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::wire;
+
+/// Anything that names an upstream address: `("1.1.1.1", 443)`,
+/// `"1.1.1.1:443"`, a `SocketAddr`.
+pub trait ToPeerAddress {
+    /// The address as `host:port` (`[v6]:port` for IPv6).
+    fn to_peer_address(&self) -> String;
+}
+
+impl ToPeerAddress for (&str, u16) {
+    fn to_peer_address(&self) -> String {
+        if self.0.contains(':') && !self.0.starts_with('[') {
+            format!("[{}]:{}", self.0, self.1)
+        } else {
+            format!("{}:{}", self.0, self.1)
+        }
+    }
+}
+
+impl ToPeerAddress for (String, u16) {
+    fn to_peer_address(&self) -> String {
+        (self.0.as_str(), self.1).to_peer_address()
+    }
+}
+
+impl ToPeerAddress for &str {
+    fn to_peer_address(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl ToPeerAddress for String {
+    fn to_peer_address(&self) -> String {
+        self.clone()
+    }
+}
+
+impl ToPeerAddress for &String {
+    fn to_peer_address(&self) -> String {
+        (*self).clone()
+    }
+}
+
+impl ToPeerAddress for SocketAddr {
+    fn to_peer_address(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// Connection options of an [`HttpPeer`] (Pingora's `PeerOptions`, the
+/// fields the host honours).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerOptions {
+    /// Timeout to establish the connection, TLS included.
+    pub connection_timeout: Option<Duration>,
+    /// Timeout for each read from the upstream.
+    pub read_timeout: Option<Duration>,
+    /// Verify the upstream certificate chain.
+    pub verify_cert: bool,
+    /// Verify the certificate matches the SNI.
+    pub verify_hostname: bool,
+}
+
+impl Default for PeerOptions {
+    fn default() -> Self {
+        PeerOptions {
+            connection_timeout: None,
+            read_timeout: None,
+            verify_cert: true,
+            verify_hostname: true,
+        }
+    }
+}
+
+/// The upstream to connect to (Pingora's `HttpPeer`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpPeer {
+    /// `ip:port` (or `name:port`, resolved by the host without blocking).
+    pub address: String,
+    /// Speak TLS to the upstream.
+    pub tls: bool,
+    /// TLS server name.
+    pub sni: String,
+    /// Connection options.
+    pub options: PeerOptions,
+}
+
+impl HttpPeer {
+    /// A peer at `address`, with TLS if `tls`, using `sni` as server name.
+    pub fn new(address: impl ToPeerAddress, tls: bool, sni: String) -> Self {
+        HttpPeer {
+            address: address.to_peer_address(),
+            tls,
+            sni,
+            options: PeerOptions::default(),
+        }
+    }
+
+    pub(crate) fn into_wire(self) -> wire::Peer {
+        let millis = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
+        wire::Peer {
+            address: self.address,
+            tls: self.tls,
+            sni: self.sni,
+            options: wire::PeerOptions {
+                connection_timeout_ms: self.options.connection_timeout.map(millis),
+                read_timeout_ms: self.options.read_timeout.map(millis),
+                verify_cert: self.options.verify_cert,
+                verify_hostname: self.options.verify_hostname,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tuple_addresses_bracket_ipv6() {
+        assert_eq!(("::1", 80).to_peer_address(), "[::1]:80");
+        assert_eq!(("1.1.1.1", 443).to_peer_address(), "1.1.1.1:443");
+    }
+}

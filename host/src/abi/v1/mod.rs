@@ -1,0 +1,32 @@
+//! Guest ABI v1, the project's own (docs/ABI.md): a hook's input is JSON
+//! written into a guest buffer, its output JSON in guest memory, and the
+//! per-request ctx is JSON the host carries from hook to hook, so any idle
+//! instance may serve any call. This module converts between Pingora's
+//! types and the wire types of `guest_sdk::wire`.
+
+mod ctx;
+mod hooks;
+mod imports;
+mod input;
+mod instance;
+mod module;
+mod peer;
+mod request;
+
+#[cfg(test)]
+mod fuzz_tests;
+
+pub use ctx::{CtxUpdate, GuestCtx};
+pub use hooks::{
+    call_upstream_peer, decode_filter_output, decode_peer_output, filter_upstream_request,
+    UpstreamEdit,
+};
+pub use imports::V1;
+pub use input::DownstreamRequest;
+pub use instance::{InputParts, NoParts, V1Instance};
+pub use module::{decode_json, GuestModule, InputMode, ABI_VERSION};
+pub use peer::{build_peer, http_peer, peer_address, PeerAddress};
+pub use request::{
+    apply_request_changes, apply_upstream_request, upstream_request, RequestJson,
+    UpstreamRequestJson,
+};
