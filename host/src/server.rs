@@ -72,11 +72,13 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
     let mut proxy = http_proxy_service(&server.configuration, proxy_logic);
     for addr in &listen {
         proxy.add_tcp(addr);
+        log::info!("proxy listening on http://{addr}");
     }
     server.add_service(proxy);
     if let Some(addr) = metrics_addr {
         let mut endpoint = Service::new("metrics".to_string(), MetricsEndpoint(metrics.clone()));
         endpoint.add_tcp(&addr);
+        log::info!("metrics on http://{addr}/metrics");
         server.add_service(endpoint);
     }
     server.add_service(background_service(
