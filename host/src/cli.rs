@@ -37,6 +37,12 @@ pub struct Cli {
     )]
     pub listen: Vec<String>,
 
+    /// A static upstream, `ip:port` over plain HTTP: where requests go if
+    /// the module exports no `upstream_peer`. (A tenants file gives each
+    /// tenant its own `upstream:`.)
+    #[arg(long, value_name = "ADDR", conflicts_with = "tenants")]
+    pub upstream: Option<String>,
+
     /// Configuration handed to the guest's hook_init: inline JSON, or
     /// @FILE to read it from a file. Default: {}.
     #[arg(long, value_name = "JSON|@FILE")]

@@ -10,6 +10,7 @@ use crate::budget::BudgetLimits;
 use crate::cli::Cli;
 use crate::runtime::GuestLimits;
 use crate::tenants::{TenantDefaults, TenantSource};
+use crate::upstream::StaticUpstream;
 
 /// The module configuration as JSON text: `--module-config` inline or
 /// `@FILE`, `{}` when absent. It must be valid JSON.
@@ -87,6 +88,10 @@ pub fn tenant_source(cli: &Cli) -> anyhow::Result<TenantSource> {
         (None, Some(path)) => Ok(TenantSource::Module {
             path: path.clone(),
             config_json: module_config(cli)?,
+            upstream: match &cli.upstream {
+                Some(addr) => Some(StaticUpstream::plain(addr).context("--upstream")?),
+                None => None,
+            },
         }),
         (None, None) => bail!("give a MODULE.wasm or --tenants FILE"),
     }

@@ -8,10 +8,17 @@ use std::fmt;
 /// A guest hook, in the order a request meets them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Hook {
+    /// The downstream request, before routing: change it, answer it, or
+    /// refuse it.
+    RequestFilter,
     /// Where the request goes.
     UpstreamPeer,
     /// Changes to the request sent upstream.
     UpstreamRequestFilter,
+    /// Changes to the response sent downstream.
+    ResponseFilter,
+    /// How the request ended; changes nothing.
+    Logging,
 }
 
 /// One row of the hook table.
@@ -31,10 +38,18 @@ pub struct HookSpec {
 /// Every hook, by [`Hook::index`].
 pub const HOOKS: [HookSpec; Hook::COUNT] = [
     HookSpec {
+        hook: Hook::RequestFilter,
+        export: "request_filter",
+        phase: "request_filter",
+        optional: true,
+    },
+    // Optional for a module whose tenant has a static upstream: the
+    // tenant checks that one of the two says where requests go.
+    HookSpec {
         hook: Hook::UpstreamPeer,
         export: "upstream_peer",
         phase: "upstream_peer",
-        optional: false,
+        optional: true,
     },
     HookSpec {
         hook: Hook::UpstreamRequestFilter,
@@ -42,14 +57,32 @@ pub const HOOKS: [HookSpec; Hook::COUNT] = [
         phase: "upstream_request_filter",
         optional: true,
     },
+    HookSpec {
+        hook: Hook::ResponseFilter,
+        export: "response_filter",
+        phase: "response_filter",
+        optional: true,
+    },
+    HookSpec {
+        hook: Hook::Logging,
+        export: "logging",
+        phase: "logging",
+        optional: true,
+    },
 ];
 
 impl Hook {
     /// How many hooks there are.
-    pub const COUNT: usize = 2;
+    pub const COUNT: usize = 5;
 
     /// Every hook, in table order.
-    pub const ALL: [Hook; Hook::COUNT] = [Hook::UpstreamPeer, Hook::UpstreamRequestFilter];
+    pub const ALL: [Hook; Hook::COUNT] = [
+        Hook::RequestFilter,
+        Hook::UpstreamPeer,
+        Hook::UpstreamRequestFilter,
+        Hook::ResponseFilter,
+        Hook::Logging,
+    ];
 
     /// Its position in [`HOOKS`] and in per-hook arrays.
     pub const fn index(self) -> usize {

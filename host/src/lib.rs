@@ -16,5 +16,6 @@ pub mod reload;
 pub mod runtime;
 pub mod server;
 pub mod tenants;
+pub mod upstream;
 
 pub use server::main;

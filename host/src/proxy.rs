@@ -1,22 +1,32 @@
 //! The `ProxyHttp` implementation. Pingora calls it for every request:
-//! `request_filter` picks the tenant by Host, and the two routing hooks are
-//! delegated to that tenant's guest module, to the exports of the same
-//! names, with the per-request ctx carried as JSON between them. Each
-//! guest call is first admitted by the tenant's budget (calls in flight,
-//! guest time per second, circuit breaker), and yields its worker while it
-//! runs long.
+//! `request_filter` picks the tenant by Host, and then each phase calls the
+//! tenant module's export of the same name, if it has one (see
+//! `hooks.rs`), with the per-request ctx carried as JSON from hook to hook:
+//!
+//! | phase | guest export | what the guest may do |
+//! |---|---|---|
+//! | `request_filter` | `request_filter` | change the request, answer it, refuse it |
+//! | `upstream_peer` | `upstream_peer` | choose the upstream (else the static one) |
+//! | `upstream_request_filter` | `upstream_request_filter` | change the upstream request |
+//! | `response_filter` | `response_filter` | change the response's status and headers |
+//! | `logging` | `logging` | log; changes nothing |
+//!
+//! Each guest call is first admitted by the tenant's budget (calls in
+//! flight, guest time per second, circuit breaker), and yields its worker
+//! while it runs long.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::http::error_resp::gen_error_response;
 use pingora::proxy::{ProxyHttp, Session};
 
-use crate::abi::v1::{self, DownstreamRequest, GuestCtx};
+use crate::abi::v1::{self, DownstreamRequest, GuestCtx, Outcome, RequestVerdict};
 use crate::abi::HookFailure;
 use crate::budget::{CallPermit, Throttle};
 use crate::hooks::Hook;
@@ -42,6 +52,8 @@ pub struct RequestCtx {
     /// The tenant's budget refused a guest call: logged by us, at most
     /// once a second, not by Pingora for every request.
     refused: bool,
+    /// When the request arrived, for `logging`'s duration.
+    started: Instant,
 }
 
 impl WasmProxy {
@@ -91,6 +103,98 @@ impl WasmProxy {
         response.set_content_length(body.len())?;
         session.write_error_response(response, body).await?;
         Err(Error::explain(HTTPStatus(status), why))
+    }
+
+    /// The guest's `request_filter`: `Ok(true)` when it answered the
+    /// request itself (the answer has passed through `response_filter`
+    /// and been sent).
+    async fn guest_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        tenant: &Tenant,
+    ) -> Result<bool> {
+        let hook = Hook::RequestFilter;
+        if !tenant.module.exports(hook) {
+            return Ok(false);
+        }
+        let result = match Self::admit(session, tenant, hook, &mut ctx.refused).await? {
+            Some(permit) => {
+                let request = downstream_request(session, &ctx.request_json);
+                let call =
+                    v1::request_filter(&tenant.module, &request, &mut ctx.guest_ctx, &permit);
+                let result = call.await;
+                Self::finish(tenant, hook, permit, &result);
+                result
+            }
+            None => Err(HookFailure::Skipped),
+        };
+        match result {
+            Ok(RequestVerdict::Continue(None)) => Ok(false),
+            Ok(RequestVerdict::Continue(Some(changes))) => {
+                match v1::apply_request_changes(session.req_header_mut(), changes) {
+                    Ok(()) => {
+                        // Later hooks see the request as changed.
+                        ctx.request_json = OnceLock::new();
+                        Ok(false)
+                    }
+                    Err(fault) => {
+                        tenant.metrics.fault(hook, &fault);
+                        self.skip_or_fail(tenant, hook, HookFailure::Fault(fault))
+                            .map(|()| false)
+                    }
+                }
+            }
+            Ok(RequestVerdict::Answer(mut response, body)) => {
+                // As Envoy does for local replies: the answer passes
+                // through the response hook too.
+                self.guest_response_filter(session, ctx, tenant, &mut response)
+                    .await?;
+                if body.is_empty() {
+                    session.write_response_header(response, true).await?;
+                } else {
+                    session.write_response_header(response, false).await?;
+                    session.write_response_body(Some(body), true).await?;
+                }
+                Ok(true)
+            }
+            Err(failure) => self.skip_or_fail(tenant, hook, failure).map(|()| false),
+        }
+    }
+
+    /// The guest's `response_filter` on `response`, from the upstream or
+    /// from the guest's own answer.
+    async fn guest_response_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        tenant: &Tenant,
+        response: &mut ResponseHeader,
+    ) -> Result<()> {
+        let hook = Hook::ResponseFilter;
+        if !tenant.module.exports(hook) {
+            return Ok(());
+        }
+        let result = match Self::admit(session, tenant, hook, &mut ctx.refused).await? {
+            Some(permit) => {
+                let request = downstream_request(session, &ctx.request_json);
+                let result = v1::response_filter(
+                    &tenant.module,
+                    &request,
+                    response,
+                    &mut ctx.guest_ctx,
+                    &permit,
+                )
+                .await;
+                Self::finish(tenant, hook, permit, &result);
+                result
+            }
+            None => Err(HookFailure::Skipped),
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(failure) => self.skip_or_fail(tenant, hook, failure),
+        }
     }
 
     /// Ends an admitted call: counts it (its guest running time, its
@@ -200,10 +304,12 @@ impl ProxyHttp for WasmProxy {
             guest_ctx: GuestCtx::default(),
             request_json: OnceLock::new(),
             refused: false,
+            started: Instant::now(),
         }
     }
 
     /// Routing by Host: exact name, wildcard, default tenant; else 404.
+    /// Then the tenant's guest export `request_filter`.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
         let host = || {
@@ -221,8 +327,9 @@ impl ProxyHttp for WasmProxy {
         };
         if let Some(tenant) = routed {
             tenant.metrics.request();
+            let tenant = tenant.clone();
             ctx.tenant = Some(tenant.clone());
-            return Ok(false);
+            return self.guest_request_filter(session, ctx, &tenant).await;
         }
         let host = host();
         self.metrics.unrouted_request();
@@ -233,7 +340,8 @@ impl ProxyHttp for WasmProxy {
         Ok(true)
     }
 
-    /// Guest export `upstream_peer`: where the request goes.
+    /// Guest export `upstream_peer`: where the request goes; the tenant's
+    /// static upstream if the module has no such export.
     async fn upstream_peer(
         &self,
         session: &mut Session,
@@ -241,6 +349,12 @@ impl ProxyHttp for WasmProxy {
     ) -> Result<Box<HttpPeer>> {
         let tenant = routed(ctx)?;
         let hook = Hook::UpstreamPeer;
+        if !tenant.module.exports(hook) {
+            // Checked at load: a module without upstream_peer has one.
+            if let Some(upstream) = &tenant.upstream {
+                return Ok(Box::new(upstream.peer()));
+            }
+        }
         let chosen = match Self::admit(session, &tenant, hook, &mut ctx.refused).await? {
             Some(permit) => {
                 let request = downstream_request(session, &ctx.request_json);
@@ -310,6 +424,56 @@ impl ProxyHttp for WasmProxy {
         match result {
             Ok(()) => Ok(()),
             Err(failure) => self.skip_or_fail(&tenant, hook, failure),
+        }
+    }
+
+    /// Guest export `response_filter`: changes to the response's status
+    /// and headers.
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let tenant = routed(ctx)?;
+        self.guest_response_filter(session, ctx, &tenant, upstream_response)
+            .await
+    }
+
+    /// Guest export `logging`, on every path a routed request ends by. A
+    /// failure is logged and counted; nothing that was sent changes.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let hook = Hook::Logging;
+        let Some(tenant) = ctx.tenant.clone() else {
+            return;
+        };
+        if !tenant.module.exports(hook) {
+            return;
+        }
+        // Over budget, the call is not made; the budget counts it, and no
+        // line is logged, as the request itself has already been answered.
+        let Ok(permit) = tenant.budget.admit() else {
+            return;
+        };
+        let request = downstream_request(session, &ctx.request_json);
+        let outcome = Outcome {
+            error: e,
+            duration: ctx.started.elapsed(),
+        };
+        let result = v1::logging(
+            &tenant.module,
+            &request,
+            session.response_written(),
+            outcome,
+            &ctx.guest_ctx,
+            &permit,
+        )
+        .await;
+        Self::finish(&tenant, hook, permit, &result);
+        if let Err(failure) = result {
+            if Self::worth_logging(&tenant, &failure) {
+                log::error!("module {}: {hook} failed: {failure}", tenant.module.name());
+            }
         }
     }
 

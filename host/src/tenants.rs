@@ -13,8 +13,10 @@ use serde::Deserialize;
 
 use crate::abi::v1::GuestModule;
 use crate::budget::{Budget, BudgetLimits};
+use crate::hooks::Hook;
 use crate::metrics::{Metrics, TenantMetrics};
 use crate::runtime::{GuestEngine, GuestLimits};
+use crate::upstream::StaticUpstream;
 
 /// What to do when a tenant's guest fails (a fault, not its own refusal).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -49,6 +51,8 @@ pub struct Tenant {
     pub on_guest_error: GuestErrorPolicy,
     /// Where fail-open requests go when `upstream_peer` failed.
     pub fallback_upstream: Option<SocketAddr>,
+    /// Where requests go when the module exports no `upstream_peer`.
+    pub upstream: Option<StaticUpstream>,
     /// Its guest budget and circuit breaker.
     pub budget: Budget,
     /// Its request and hook metrics.
@@ -64,6 +68,8 @@ pub enum TenantSource {
         path: PathBuf,
         /// Its configuration JSON.
         config_json: String,
+        /// Its static upstream (`--upstream`).
+        upstream: Option<StaticUpstream>,
     },
     /// A tenants file (`host --tenants FILE`).
     File(PathBuf),
@@ -104,6 +110,8 @@ struct TenantSpec {
     #[serde(default)]
     fallback_upstream: Option<String>,
     #[serde(default)]
+    upstream: Option<serde_yaml::Value>,
+    #[serde(default)]
     breaker: BreakerSpec,
 }
 
@@ -135,7 +143,11 @@ impl TenantSet {
         metrics: &Metrics,
     ) -> anyhow::Result<Self> {
         match source {
-            TenantSource::Module { path, config_json } => {
+            TenantSource::Module {
+                path,
+                config_json,
+                upstream,
+            } => {
                 let name = path
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
@@ -148,6 +160,7 @@ impl TenantSet {
                     defaults.limits,
                 )?;
                 metrics.module_load(&name);
+                check_routing(&module, upstream.as_ref(), "--upstream ADDR")?;
                 let tenant = Tenant {
                     budget: Budget::new(defaults.budget, metrics.tenant(&name)),
                     metrics: metrics.tenant(&name),
@@ -155,6 +168,7 @@ impl TenantSet {
                     module: Arc::new(module),
                     on_guest_error: GuestErrorPolicy::FailClosed,
                     fallback_upstream: None,
+                    upstream: upstream.clone(),
                 };
                 Ok(TenantSet {
                     tenants: vec![Arc::new(tenant)],
@@ -313,9 +327,10 @@ fn build_tenant(
         ),
         None => None,
     };
-    if spec.on_guest_error == GuestErrorPolicy::FailOpen && fallback_upstream.is_none() {
-        bail!("on_guest_error: fail_open needs a fallback_upstream");
-    }
+    let upstream = match &spec.upstream {
+        Some(value) => Some(StaticUpstream::from_yaml(value).context("upstream")?),
+        None => None,
+    };
     let config_json = match &spec.config {
         Some(config) => serde_json::to_string(config).context("config is not JSON-compatible")?,
         None => "{}".to_string(),
@@ -331,6 +346,13 @@ fn build_tenant(
     )
     .into();
     let module = GuestModule::load(engine, name, &module_path, &config_json, limits)?;
+    check_routing(&module, upstream.as_ref(), "`upstream:`")?;
+    if spec.on_guest_error == GuestErrorPolicy::FailOpen
+        && module.exports(Hook::UpstreamPeer)
+        && fallback_upstream.is_none()
+    {
+        bail!("on_guest_error: fail_open needs a fallback_upstream for when upstream_peer fails");
+    }
     let tenant = Tenant {
         budget: Budget::new(budget, metrics.tenant(&spec.name)),
         metrics: metrics.tenant(&spec.name),
@@ -338,8 +360,27 @@ fn build_tenant(
         module: Arc::new(module),
         on_guest_error: spec.on_guest_error,
         fallback_upstream,
+        upstream,
     };
     Ok((tenant, spec.module))
+}
+
+/// Refuses a module that cannot say where requests go: it exports no
+/// `upstream_peer` and its tenant has no static upstream (`how` says how
+/// to give one).
+fn check_routing(
+    module: &GuestModule,
+    upstream: Option<&StaticUpstream>,
+    how: &str,
+) -> anyhow::Result<()> {
+    if !module.exports(Hook::UpstreamPeer) && upstream.is_none() {
+        bail!(
+            "module {} exports no `upstream_peer` and has no static upstream: \
+             give one with {how}, or export upstream_peer",
+            module.name()
+        );
+    }
+    Ok(())
 }
 
 /// Lower case, no port, no trailing dot: `Acme.Example.:8080` -> `acme.example`.

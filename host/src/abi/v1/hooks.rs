@@ -1,15 +1,17 @@
-//! ABI v1's request hooks as typed calls: show the guest its input, run
-//! it, decode its answer, and apply it (to the request and to the ctx,
-//! which each call takes and updates itself).
+//! ABI v1's hooks as typed calls, one per phase: show the guest its input,
+//! run it, decode its answer, and apply it (to the upstream request or the
+//! response, and to the ctx, which each call takes and updates itself).
 
+use bytes::Bytes;
 use guest_sdk::wire::{self, HookOutput};
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use serde_json::value::RawValue;
 
 use super::ctx::{CtxUpdate, GuestCtx};
-use super::input::{DownstreamRequest, HookInput};
+use super::input::{DownstreamRequest, HookInput, Outcome};
 use super::module::{decode_json, GuestModule, InputMode};
 use super::request::{apply_request_changes, apply_upstream_request, upstream_request};
+use super::response::{apply_response_changes, local_response};
 use crate::abi::{HookFailure, Refusal};
 use crate::hooks::Hook;
 use crate::runtime::SliceMeter;
@@ -62,7 +64,7 @@ pub async fn call_upstream_peer(
     ctx: &mut GuestCtx,
     meter: &dyn SliceMeter,
 ) -> Result<wire::Peer, HookFailure> {
-    let input = HookInput::new(request, None, ctx.json());
+    let input = HookInput::new(request, ctx.json());
     let (peer, update) = call(module, Hook::UpstreamPeer, &input, meter, |bytes| {
         decode_peer_output(bytes, ctx)
     })
@@ -107,7 +109,7 @@ pub async fn filter_upstream_request(
     ctx: &mut GuestCtx,
     meter: &dyn SliceMeter,
 ) -> Result<(), HookFailure> {
-    let input = HookInput::new(request, Some(upstream), ctx.json());
+    let input = HookInput::new(request, ctx.json()).with_upstream(upstream);
     let (edit, update) = call(
         module,
         Hook::UpstreamRequestFilter,
@@ -142,6 +144,82 @@ pub fn decode_filter_output(
         (None, None) => UpstreamEdit::Unchanged,
     };
     Ok((edit, ctx.update_to(output.ctx)))
+}
+
+/// What `request_filter` decided.
+#[derive(Debug)]
+pub enum RequestVerdict {
+    /// Go on, with these changes to the downstream request, if any.
+    Continue(Option<wire::RequestChanges>),
+    /// Answer the request with this response (checked) and body; no
+    /// upstream is contacted.
+    Answer(Box<ResponseHeader>, Bytes),
+}
+
+/// Calls `request_filter` for `request`, its guest time charged to
+/// `meter`; applies its ctx and returns its verdict. Changes to the
+/// request are left to the caller (see [`apply_request_changes`]), which
+/// holds the request mutably.
+pub async fn request_filter(
+    module: &GuestModule,
+    request: &DownstreamRequest<'_>,
+    ctx: &mut GuestCtx,
+    meter: &dyn SliceMeter,
+) -> Result<RequestVerdict, HookFailure> {
+    let input = HookInput::new(request, ctx.json());
+    let (verdict, update) = call(module, Hook::RequestFilter, &input, meter, |bytes| {
+        let output = decode_output(bytes)?;
+        let verdict = match output.response {
+            Some(answer) => {
+                let (response, body) = local_response(answer)?;
+                RequestVerdict::Answer(Box::new(response), body)
+            }
+            None => RequestVerdict::Continue(output.request_changes),
+        };
+        Ok((verdict, ctx.update_to(output.ctx)))
+    })
+    .await?;
+    ctx.apply(update);
+    Ok(verdict)
+}
+
+/// The whole `response_filter` step: call the guest with `response` (as
+/// the upstream, or `request_filter`, answered) and apply its changes and
+/// its ctx.
+pub async fn response_filter(
+    module: &GuestModule,
+    request: &DownstreamRequest<'_>,
+    response: &mut ResponseHeader,
+    ctx: &mut GuestCtx,
+    meter: &dyn SliceMeter,
+) -> Result<(), HookFailure> {
+    let input = HookInput::new(request, ctx.json()).with_response(Some(response));
+    let (changes, update) = call(module, Hook::ResponseFilter, &input, meter, |bytes| {
+        let output = decode_output(bytes)?;
+        Ok((output.response_changes, ctx.update_to(output.ctx)))
+    })
+    .await?;
+    if let Some(changes) = changes {
+        apply_response_changes(response, changes)?;
+    }
+    ctx.apply(update);
+    Ok(())
+}
+
+/// Calls `logging` with how the request ended. Its output is ignored:
+/// nothing it returns can change what was sent.
+pub async fn logging(
+    module: &GuestModule,
+    request: &DownstreamRequest<'_>,
+    response: Option<&ResponseHeader>,
+    outcome: Outcome<'_>,
+    ctx: &GuestCtx,
+    meter: &dyn SliceMeter,
+) -> Result<(), HookFailure> {
+    let input = HookInput::new(request, ctx.json())
+        .with_response(response)
+        .with_outcome(outcome);
+    call(module, Hook::Logging, &input, meter, |_| Ok(())).await
 }
 
 #[cfg(test)]

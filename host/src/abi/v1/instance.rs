@@ -25,6 +25,10 @@ pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
 pub trait InputParts: Sync {
     /// The JSON of `part`, or None if this call has no such part.
     fn part(&self, part: i32) -> Option<&str>;
+
+    /// The first value of header `name` (any case) of `part` (a request
+    /// or a response), or None if it or the part is absent.
+    fn header(&self, part: i32, name: &str) -> Option<&[u8]>;
 }
 
 /// A call without input parts (`hook_init`).
@@ -32,6 +36,10 @@ pub struct NoParts;
 
 impl InputParts for NoParts {
     fn part(&self, _part: i32) -> Option<&str> {
+        None
+    }
+
+    fn header(&self, _part: i32, _name: &str) -> Option<&[u8]> {
         None
     }
 }

@@ -5,6 +5,7 @@
 //! types and the wire types of `guest_sdk::wire`.
 
 mod ctx;
+mod headers;
 mod hooks;
 mod imports;
 mod input;
@@ -12,17 +13,18 @@ mod instance;
 mod module;
 mod peer;
 mod request;
+mod response;
 
 #[cfg(test)]
 mod fuzz_tests;
 
 pub use ctx::{CtxUpdate, GuestCtx};
 pub use hooks::{
-    call_upstream_peer, decode_filter_output, decode_peer_output, filter_upstream_request,
-    UpstreamEdit,
+    call_upstream_peer, decode_filter_output, decode_peer_output, filter_upstream_request, logging,
+    request_filter, response_filter, RequestVerdict, UpstreamEdit,
 };
 pub use imports::V1;
-pub use input::DownstreamRequest;
+pub use input::{DownstreamRequest, Outcome};
 pub use instance::{InputParts, NoParts, V1Instance};
 pub use module::{decode_json, GuestModule, InputMode, ABI_VERSION};
 pub use peer::{build_peer, http_peer, peer_address, PeerAddress};
@@ -30,3 +32,4 @@ pub use request::{
     apply_request_changes, apply_upstream_request, upstream_request, RequestJson,
     UpstreamRequestJson,
 };
+pub use response::{apply_response_changes, local_response, response_json, MAX_ANSWER_BODY};

@@ -9,6 +9,7 @@ use pingora::http::RequestHeader;
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Serialize, Serializer};
 
+use super::headers::CheckedOps;
 use crate::runtime::HookFault;
 
 /// The upstream request exactly as a guest is shown it, decoded. An error
@@ -201,49 +202,15 @@ pub fn apply_request_changes(
     target: &mut RequestHeader,
     changes: wire::RequestChanges,
 ) -> Result<(), HookFault> {
-    let invalid = |what: String| HookFault::InvalidOutput(what);
     let wire::RequestChanges {
         method,
         uri,
         headers,
     } = changes;
     let line = RequestLine::checked(method.as_deref(), uri.as_deref())?;
-    let mut checked = Vec::with_capacity(headers.len());
-    for op in &headers {
-        let (name, value) = match op {
-            wire::HeaderOp::Insert(name, value) | wire::HeaderOp::Append(name, value) => {
-                (name, Some(value))
-            }
-            wire::HeaderOp::Remove(name) => (name, None),
-        };
-        let header_name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| invalid(format!("invalid header name {name:?}")))?;
-        let value = match value {
-            Some(value) => Some(
-                HeaderValue::from_str(value)
-                    .map_err(|_| invalid(format!("invalid value for header {name}")))?,
-            ),
-            None => None,
-        };
-        checked.push((header_name, value));
-    }
-
+    let headers = CheckedOps::new(headers)?;
     line.apply(target)?;
-    for (op, (header_name, value)) in headers.into_iter().zip(checked) {
-        // The guest's own spelling of the name goes upstream.
-        let result = match (op, value) {
-            (wire::HeaderOp::Insert(name, _), Some(value)) => target.insert_header(name, value),
-            (wire::HeaderOp::Append(name, _), Some(value)) => {
-                target.append_header(name, value).map(drop)
-            }
-            _ => {
-                target.remove_header(&header_name);
-                Ok(())
-            }
-        };
-        result.map_err(|e| invalid(format!("header: {e}")))?;
-    }
-    Ok(())
+    headers.apply(target)
 }
 
 /// Makes `target` what the guest returned. `sent` is what the guest was

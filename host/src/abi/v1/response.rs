@@ -1,0 +1,163 @@
+//! Responses between Pingora and the wire: the response header a guest
+//! reads (`RESP`), the changes it makes to it, and the answer a guest
+//! gives in `request_filter` (`LOCAL`).
+
+use bytes::Bytes;
+use guest_sdk::wire;
+use pingora::http::ResponseHeader;
+
+use super::headers::{header_name, header_value, CheckedOps};
+use super::instance::MAX_OUTPUT_BYTES;
+use crate::runtime::HookFault;
+
+/// The largest body a guest may answer with.
+pub const MAX_ANSWER_BODY: usize = MAX_OUTPUT_BYTES;
+
+/// `response` as a guest is shown it (`RESP`); values that are not UTF-8
+/// come with U+FFFD in place of the bad bytes.
+pub fn response_json(response: &ResponseHeader) -> String {
+    let wire = wire::Response {
+        status: response.status.as_u16(),
+        headers: response
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.as_str().to_string(), value)
+            })
+            .collect(),
+    };
+    // A struct of a number and strings always serialises.
+    serde_json::to_string(&wire).unwrap_or_default()
+}
+
+/// A status a guest gives a response: 200-599 (an informational status is
+/// not a final answer).
+fn checked_status(status: u16) -> Result<u16, HookFault> {
+    if (200..=599).contains(&status) {
+        Ok(status)
+    } else {
+        Err(HookFault::InvalidOutput(format!(
+            "status {status} is not 200-599"
+        )))
+    }
+}
+
+/// Applies `response_filter`'s changes. Everything is checked before
+/// anything is changed.
+pub fn apply_response_changes(
+    target: &mut ResponseHeader,
+    changes: wire::ResponseChanges,
+) -> Result<(), HookFault> {
+    let status = changes.status.map(checked_status).transpose()?;
+    let headers = CheckedOps::new(changes.headers)?;
+    if let Some(status) = status {
+        target
+            .set_status(status)
+            .map_err(|e| HookFault::InvalidOutput(format!("status {status}: {e}")))?;
+    }
+    headers.apply(target)
+}
+
+/// The response a guest answered with in `request_filter`, checked: its
+/// status, every header, and the size of its body. `Content-Length` is the
+/// host's to set, so one from the guest is replaced.
+pub fn local_response(answer: wire::LocalResponse) -> Result<(ResponseHeader, Bytes), HookFault> {
+    let status = checked_status(answer.status)?;
+    if answer.body.len() > MAX_ANSWER_BODY {
+        return Err(HookFault::InvalidOutput(format!(
+            "answer body of {} bytes exceeds the {MAX_ANSWER_BODY} byte cap",
+            answer.body.len()
+        )));
+    }
+    let invalid = |e: Box<pingora::Error>| HookFault::InvalidOutput(format!("answer: {e}"));
+    let mut response =
+        ResponseHeader::build(status, Some(answer.headers.len() + 1)).map_err(invalid)?;
+    for (name, value) in &answer.headers {
+        let checked_name = header_name(name)?;
+        let value = header_value(name, value)?;
+        if checked_name == http::header::CONTENT_LENGTH {
+            continue;
+        }
+        response
+            .append_header(name.clone(), value)
+            .map_err(invalid)?;
+    }
+    response
+        .insert_header(http::header::CONTENT_LENGTH, answer.body.len())
+        .map_err(invalid)?;
+    Ok((response, Bytes::from(answer.body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> wire::LocalResponse {
+        wire::LocalResponse {
+            status,
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            body: body.into(),
+        }
+    }
+
+    #[test]
+    fn an_answer_gets_its_headers_and_the_hosts_content_length() {
+        let (response, body) = local_response(answer(
+            401,
+            &[("WWW-Authenticate", "Basic"), ("Content-Length", "99")],
+            "no\n",
+        ))
+        .unwrap();
+        assert_eq!(response.status.as_u16(), 401);
+        assert_eq!(response.headers["www-authenticate"], "Basic");
+        assert_eq!(response.headers["content-length"], "3");
+        assert_eq!(response.headers.get_all("content-length").iter().count(), 1);
+        assert_eq!(&body[..], b"no\n");
+    }
+
+    #[test]
+    fn bad_answers_are_faults() {
+        for bad in [
+            answer(700, &[], ""),
+            answer(101, &[], ""),
+            answer(200, &[("bad name", "v")], ""),
+            answer(200, &[("x", "a\r\nb")], ""),
+            answer(200, &[], &"x".repeat(MAX_ANSWER_BODY + 1)),
+        ] {
+            let fault = local_response(bad).unwrap_err();
+            assert!(matches!(fault, HookFault::InvalidOutput(_)), "{fault}");
+        }
+    }
+
+    #[test]
+    fn response_changes_are_all_or_nothing() {
+        let mut response = ResponseHeader::build(200, None).unwrap();
+        response.insert_header("Server", "origin").unwrap();
+        let changes = wire::ResponseChanges {
+            status: Some(203),
+            headers: vec![
+                wire::HeaderOp::Remove("server".into()),
+                wire::HeaderOp::Insert("x".into(), "bad\u{0}".into()),
+            ],
+        };
+        assert!(apply_response_changes(&mut response, changes).is_err());
+        assert_eq!(response.status.as_u16(), 200);
+        assert_eq!(response.headers["server"], "origin");
+
+        let changes = wire::ResponseChanges {
+            status: Some(203),
+            headers: vec![
+                wire::HeaderOp::Remove("server".into()),
+                wire::HeaderOp::Insert("Strict-Transport-Security".into(), "max-age=1".into()),
+            ],
+        };
+        apply_response_changes(&mut response, changes).unwrap();
+        assert_eq!(response.status.as_u16(), 203);
+        assert!(response.headers.get("server").is_none());
+        assert_eq!(response.headers["strict-transport-security"], "max-age=1");
+    }
+}
