@@ -36,53 +36,113 @@ pub(crate) fn peer_output<C: Serialize>(
     Ok(())
 }
 
-/// `{"upstream_changes": CHANGES, "ctx": ctx}`, without
-/// `upstream_changes` when there are none and without `ctx` when None
-/// (unchanged).
-pub(crate) fn filter_output<C: Serialize>(
+/// `{key: CHANGES, "ctx": ctx}`, the changes to a request under `key`
+/// (`upstream_changes` or `request_changes`), without them when there are
+/// none and without `ctx` when None (unchanged).
+pub(crate) fn request_changes_output<C: Serialize>(
     out: &mut Vec<u8>,
+    key: &str,
     changes: &wire::RequestChanges,
     ctx: Option<&C>,
 ) -> serde_json::Result<()> {
-    out.push(b'{');
-    let after_brace = out.len();
-    if !changes.is_empty() {
-        out.extend_from_slice(br#""upstream_changes":{"#);
-        let mut first = true;
-        let mut key = |out: &mut Vec<u8>, key: &[u8]| {
-            if !std::mem::take(&mut first) {
-                out.push(b',');
-            }
-            out.extend_from_slice(key);
-        };
+    changes_output(out, key, !changes.is_empty(), ctx, |out, fields| {
         if let Some(method) = &changes.method {
-            key(out, br#""method":"#);
+            fields.key(out, "method");
             string(out, method)?;
         }
         if let Some(uri) = &changes.uri {
-            key(out, br#""uri":"#);
+            fields.key(out, "uri");
             string(out, uri)?;
         }
-        if !changes.headers.is_empty() {
-            key(out, br#""headers":["#);
-            for (i, op) in changes.headers.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                header_op(out, op)?;
+        header_ops(out, fields, &changes.headers)
+    })
+}
+
+/// `{"response_changes": CHANGES, "ctx": ctx}`, without
+/// `response_changes` when there are none and without `ctx` when None
+/// (unchanged).
+pub(crate) fn response_changes_output<C: Serialize>(
+    out: &mut Vec<u8>,
+    changes: &wire::ResponseChanges,
+    ctx: Option<&C>,
+) -> serde_json::Result<()> {
+    changes_output(
+        out,
+        "response_changes",
+        !changes.is_empty(),
+        ctx,
+        |out, fields| {
+            if let Some(status) = changes.status {
+                fields.key(out, "status");
+                out.extend_from_slice(status.to_string().as_bytes());
             }
-            out.push(b']');
-        }
+            header_ops(out, fields, &changes.headers)
+        },
+    )
+}
+
+/// `{key: {...}, "ctx": ctx}`: `fields` writes the object's fields if
+/// `present`; `ctx` follows unless None.
+fn changes_output<C: Serialize>(
+    out: &mut Vec<u8>,
+    key: &str,
+    present: bool,
+    ctx: Option<&C>,
+    fields: impl FnOnce(&mut Vec<u8>, &mut Fields) -> serde_json::Result<()>,
+) -> serde_json::Result<()> {
+    let mut outer = Fields::default();
+    out.push(b'{');
+    if present {
+        outer.key(out, key);
+        out.push(b'{');
+        fields(out, &mut Fields::default())?;
         out.push(b'}');
     }
     if let Some(ctx) = ctx {
-        if out.len() > after_brace {
-            out.push(b',');
-        }
-        out.extend_from_slice(br#""ctx":"#);
+        outer.key(out, "ctx");
         serde_json::to_writer(&mut *out, ctx)?;
     }
     out.push(b'}');
+    Ok(())
+}
+
+/// The keys of one JSON object being written: commas between fields.
+#[derive(Default)]
+struct Fields {
+    any: bool,
+}
+
+impl Fields {
+    /// Writes `"key":`, after a comma unless it is the first. Keys are
+    /// fixed names that need no escaping.
+    fn key(&mut self, out: &mut Vec<u8>, key: &str) {
+        if std::mem::replace(&mut self.any, true) {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\":");
+    }
+}
+
+/// `"headers": [...]`, unless there are no operations.
+fn header_ops(
+    out: &mut Vec<u8>,
+    fields: &mut Fields,
+    ops: &[wire::HeaderOp],
+) -> serde_json::Result<()> {
+    if ops.is_empty() {
+        return Ok(());
+    }
+    fields.key(out, "headers");
+    out.push(b'[');
+    for (i, op) in ops.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        header_op(out, op)?;
+    }
+    out.push(b']');
     Ok(())
 }
 
@@ -239,7 +299,7 @@ mod tests {
     }
 
     #[test]
-    fn filter_output_means_what_serde_would_write() {
+    fn request_changes_output_means_what_serde_would_write() {
         let all = wire::RequestChanges {
             method: Some("POST".into()),
             uri: Some("/a?b=\"c\"".into()),
@@ -253,22 +313,72 @@ mod tests {
             headers: vec![wire::HeaderOp::Remove("X-B".into())],
             ..Default::default()
         };
-        for changes in [all, only_headers, wire::RequestChanges::default()] {
+        let only_uri = wire::RequestChanges {
+            uri: Some("/new".into()),
+            ..Default::default()
+        };
+        for changes in [all, only_headers, only_uri, wire::RequestChanges::default()] {
             for ctx in [Some(Value::Null), Some(serde_json::json!([1, "two"])), None] {
+                for upstream in [true, false] {
+                    let key = if upstream {
+                        "upstream_changes"
+                    } else {
+                        "request_changes"
+                    };
+                    let mut out = Vec::new();
+                    request_changes_output(&mut out, key, &changes, ctx.as_ref()).unwrap();
+                    let some = (!changes.is_empty()).then(|| changes.clone());
+                    let serde = serde_json::to_vec(&wire::HookOutput {
+                        upstream_changes: if upstream { some.clone() } else { None },
+                        request_changes: if upstream { None } else { some },
+                        ctx: ctx.clone(),
+                        ..Default::default()
+                    })
+                    .unwrap();
+                    let ours: wire::HookOutput<Value> = decoded(&out);
+                    let theirs: wire::HookOutput<Value> = decoded(&serde);
+                    assert_eq!(ours.upstream_changes, theirs.upstream_changes);
+                    assert_eq!(ours.request_changes, theirs.request_changes);
+                    assert_eq!(ours.ctx, theirs.ctx);
+                    assert!(ours.upstream_request.is_none() && ours.error.is_none());
+                    assert!(ours.peer.is_none() && ours.response_changes.is_none());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn response_changes_output_means_what_serde_would_write() {
+        let all = wire::ResponseChanges {
+            status: Some(203),
+            headers: vec![
+                wire::HeaderOp::Insert("Server".into(), "My\"Gateway\"".into()),
+                wire::HeaderOp::Remove("alt-svc".into()),
+            ],
+        };
+        let only_status = wire::ResponseChanges {
+            status: Some(404),
+            ..Default::default()
+        };
+        for changes in [all, only_status, wire::ResponseChanges::default()] {
+            for ctx in [
+                Some(Value::Null),
+                Some(serde_json::json!({"seen": ["a"]})),
+                None,
+            ] {
                 let mut out = Vec::new();
-                filter_output(&mut out, &changes, ctx.as_ref()).unwrap();
+                response_changes_output(&mut out, &changes, ctx.as_ref()).unwrap();
                 let serde = serde_json::to_vec(&wire::HookOutput {
-                    upstream_changes: (!changes.is_empty()).then(|| changes.clone()),
+                    response_changes: (!changes.is_empty()).then(|| changes.clone()),
                     ctx: ctx.clone(),
                     ..Default::default()
                 })
                 .unwrap();
                 let ours: wire::HookOutput<Value> = decoded(&out);
                 let theirs: wire::HookOutput<Value> = decoded(&serde);
-                assert_eq!(ours.upstream_changes, theirs.upstream_changes);
+                assert_eq!(ours.response_changes, theirs.response_changes);
                 assert_eq!(ours.ctx, theirs.ctx);
-                assert!(ours.upstream_request.is_none() && ours.error.is_none());
-                assert!(ours.peer.is_none() && ours.request_changes.is_none());
+                assert!(ours.upstream_changes.is_none() && ours.error.is_none());
             }
         }
     }

@@ -177,9 +177,75 @@ where
 #[allow(non_camel_case_types)]
 pub mod hooks {
     use super::{encode, unchanged, GuestHook, Input};
-    use crate::error::Result;
-    use crate::proxy::{ProxyHttp, RequestHeader, Session};
+    use crate::error::{Error, ErrorType, Result};
+    use crate::proxy::{Phase, ProxyHttp, RequestHeader, ResponseHeader, Session};
+    use crate::sys;
     use crate::wire::{self, HookOutput};
+
+    /// `request_filter`: answer or refuse the request, or change it
+    /// ([`ProxyHttp::request_filter`]).
+    pub struct request_filter;
+
+    /// What `request_filter` decided, as it goes to the host.
+    #[derive(Debug)]
+    pub enum RequestFilterOutput {
+        /// Go on, with these changes to the downstream request (maybe
+        /// none): `request_changes`.
+        Continue(wire::RequestChanges),
+        /// Answer the request with this response: `response`.
+        Respond(wire::LocalResponse),
+    }
+
+    impl<P: ProxyHttp> GuestHook<P> for request_filter {
+        type Output = RequestFilterOutput;
+
+        fn call(proxy: &P, input: Input, ctx: &mut P::CTX) -> Result<RequestFilterOutput> {
+            let mut session = Session::from_json(input.request, Phase::RequestFilter);
+            let done = proxy.request_filter(&mut session, ctx)?;
+            // A response written is sent whatever the hook returned: it is
+            // what the guest did, and dropping it would proxy a request the
+            // guest meant to answer.
+            match session.take_response() {
+                Some(response) => Ok(RequestFilterOutput::Respond(response?)),
+                None if done => Error::e_explain(
+                    ErrorType::InternalError,
+                    "request_filter returned Ok(true) without writing a response",
+                ),
+                None => Ok(RequestFilterOutput::Continue(
+                    session.take_request_changes(),
+                )),
+            }
+        }
+
+        fn output<C>(output: RequestFilterOutput, ctx: Option<C>) -> HookOutput<C> {
+            match output {
+                RequestFilterOutput::Continue(changes) => HookOutput {
+                    request_changes: (!changes.is_empty()).then_some(changes),
+                    ..unchanged(ctx)
+                },
+                RequestFilterOutput::Respond(response) => HookOutput {
+                    response: Some(response),
+                    ..unchanged(ctx)
+                },
+            }
+        }
+
+        fn encode(
+            out: &mut Vec<u8>,
+            output: RequestFilterOutput,
+            ctx: Option<&P::CTX>,
+        ) -> serde_json::Result<()> {
+            match output {
+                // On every request's path: written directly.
+                RequestFilterOutput::Continue(changes) => {
+                    encode::request_changes_output(out, "request_changes", &changes, ctx)
+                }
+                respond => {
+                    serde_json::to_writer(out, &<Self as GuestHook<P>>::output(respond, ctx))
+                }
+            }
+        }
+    }
 
     /// `upstream_peer`: where the request goes
     /// ([`ProxyHttp::upstream_peer`]).
@@ -189,7 +255,7 @@ pub mod hooks {
         type Output = wire::Peer;
 
         fn call(proxy: &P, input: Input, ctx: &mut P::CTX) -> Result<wire::Peer> {
-            let mut session = Session::from_json(input.request);
+            let mut session = Session::from_json(input.request, Phase::Other);
             Ok(proxy.upstream_peer(&mut session, ctx)?.into_wire())
         }
 
@@ -217,8 +283,9 @@ pub mod hooks {
         type Output = wire::RequestChanges;
 
         fn call(proxy: &P, input: Input, ctx: &mut P::CTX) -> Result<wire::RequestChanges> {
-            let mut session = Session::from_json(input.request);
-            let mut upstream_request = RequestHeader::from_json(input.upstream_request);
+            let mut session = Session::from_json(input.request, Phase::Other);
+            let mut upstream_request =
+                RequestHeader::from_json(input.upstream_request, wire::PART_UPSTREAM_REQUEST);
             proxy.upstream_request_filter(&mut session, &mut upstream_request, ctx)?;
             Ok(upstream_request.into_changes())
         }
@@ -235,7 +302,80 @@ pub mod hooks {
             changes: wire::RequestChanges,
             ctx: Option<&P::CTX>,
         ) -> serde_json::Result<()> {
-            encode::filter_output(out, &changes, ctx)
+            encode::request_changes_output(out, "upstream_changes", &changes, ctx)
+        }
+    }
+
+    /// `response_filter`: what the client receives
+    /// ([`ProxyHttp::response_filter`]), sent back as changes.
+    pub struct response_filter;
+
+    impl<P: ProxyHttp> GuestHook<P> for response_filter {
+        type Output = wire::ResponseChanges;
+
+        fn call(proxy: &P, input: Input, ctx: &mut P::CTX) -> Result<wire::ResponseChanges> {
+            let mut session = Session::from_json(input.request, Phase::Other);
+            let mut response = ResponseHeader::from_json(input.response, wire::PART_RESPONSE);
+            proxy.response_filter(&mut session, &mut response, ctx)?;
+            Ok(response.into_changes())
+        }
+
+        fn output<C>(changes: wire::ResponseChanges, ctx: Option<C>) -> HookOutput<C> {
+            HookOutput {
+                response_changes: (!changes.is_empty()).then_some(changes),
+                ..unchanged(ctx)
+            }
+        }
+
+        fn encode(
+            out: &mut Vec<u8>,
+            changes: wire::ResponseChanges,
+            ctx: Option<&P::CTX>,
+        ) -> serde_json::Result<()> {
+            encode::response_changes_output(out, &changes, ctx)
+        }
+    }
+
+    /// `logging`: the request has ended ([`ProxyHttp::logging`]). Its
+    /// output is `{}`: the host ignores it.
+    pub struct logging;
+
+    impl<P: ProxyHttp> GuestHook<P> for logging {
+        type Output = ();
+
+        fn call(proxy: &P, input: Input, ctx: &mut P::CTX) -> Result<()> {
+            let mut session =
+                Session::for_logging(input.request, input.response, input.duration_us);
+            let logged = match input.error {
+                Some(raw) => serde_json::from_str(raw.get()).ok(),
+                None => sys::read_part::<wire::LoggedError>(wire::PART_ERROR)
+                    .ok()
+                    .flatten(),
+            };
+            let error = logged.map(|logged| {
+                // The kind `HTTPStatus` does not carry its code; Pingora
+                // answers such an error with that code, so it is the
+                // status the client got.
+                let status = if logged.kind == "HTTPStatus" {
+                    session
+                        .response_written()
+                        .map_or(500, |response| response.status.as_u16())
+                } else {
+                    500
+                };
+                Error::from_logged(logged, status)
+            });
+            proxy.logging(&mut session, error.as_ref(), ctx);
+            Ok(())
+        }
+
+        fn output<C>(_: (), _ctx: Option<C>) -> HookOutput<C> {
+            unchanged(None)
+        }
+
+        fn encode(out: &mut Vec<u8>, _: (), _ctx: Option<&P::CTX>) -> serde_json::Result<()> {
+            out.extend_from_slice(b"{}");
+            Ok(())
         }
     }
 }
@@ -318,7 +458,7 @@ fn sent_ctx<T>(ctx: &T) -> Option<&T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::{HttpPeer, RequestHeader, Session};
+    use crate::proxy::{HttpPeer, RequestHeader, ResponseHeader, Session};
     use serde_json::Value;
 
     struct Echo;
@@ -339,6 +479,52 @@ mod tests {
             _: &mut Value,
         ) -> Result<()> {
             upstream_request.insert_header("Host", "x")
+        }
+        fn request_filter(&self, session: &mut Session, ctx: &mut Value) -> Result<bool> {
+            *ctx = Value::from("request_filter");
+            let path = session.req_header().uri.path().to_string();
+            match path.as_str() {
+                "/answer" => {
+                    let mut header = ResponseHeader::build(401, None)?;
+                    header.insert_header("Content-Type", "text/plain")?;
+                    header.insert_header("WWW-Authenticate", "Basic")?;
+                    session.write_response_header(Box::new(header), false)?;
+                    session.write_response_body(Some("no\n".into()), true)?;
+                    Ok(true)
+                }
+                "/answer-false" => {
+                    session.respond_error(200)?;
+                    Ok(false)
+                }
+                "/rewrite" => {
+                    session.req_header_mut().set_uri("/rewritten")?;
+                    session.req_header_mut().insert_header("x-rewritten", "1")?;
+                    Ok(false)
+                }
+                "/true" => Ok(true),
+                "/deny" => Error::e_explain(ErrorType::HTTPStatus(403), "denied"),
+                _ => Ok(false),
+            }
+        }
+        fn response_filter(
+            &self,
+            _: &mut Session,
+            response: &mut ResponseHeader,
+            _: &mut Value,
+        ) -> Result<()> {
+            if response.status == 201 {
+                response.set_status(203)?;
+            }
+            response.insert_header("Server", "MyGateway")
+        }
+        fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Value) {
+            let status = session.response_written().map_or(0, |r| r.status.as_u16());
+            let error = e.map_or("-".to_string(), |e| e.to_string());
+            *ctx = Value::from(format!(
+                "{} status={status} error={error} us={}",
+                self.request_summary(session, ctx),
+                session.elapsed().as_micros()
+            ));
         }
     }
 
@@ -367,10 +553,111 @@ mod tests {
         let input = || HookInput {
             request: raw(r#"{"method":"GET","uri":"/","headers":[]}"#),
             upstream_request: raw(r#"{"method":"GET","uri":"/","headers":[["host","a"]]}"#),
+            response: raw(r#"{"status":200,"headers":[["server","o"]]}"#),
             ..no_input()
         };
         encoders_agree::<hooks::upstream_peer>(input);
         encoders_agree::<hooks::upstream_request_filter>(input);
+        encoders_agree::<hooks::response_filter>(input);
+        encoders_agree::<hooks::request_filter>(input);
+        let answer = || HookInput {
+            request: raw(r#"{"method":"GET","uri":"/answer","headers":[]}"#),
+            ..no_input()
+        };
+        encoders_agree::<hooks::request_filter>(answer);
+        let unchanged = || HookInput {
+            request: raw(r#"{"method":"GET","uri":"/keep","headers":[]}"#),
+            ..no_input()
+        };
+        encoders_agree::<hooks::request_filter>(unchanged);
+    }
+
+    /// Runs hook `H` of `Echo` on `input` and returns its output JSON as
+    /// the host reads it, and the ctx after the call.
+    fn run_hook<H: GuestHook<Echo>>(input: Input) -> (Value, Value) {
+        let mut ctx = Value::Null;
+        let mut out = Vec::new();
+        match H::call(&Echo, input, &mut ctx) {
+            Ok(output) => H::encode(&mut out, output, Some(&ctx)).unwrap(),
+            Err(e) => encode::error_output(&mut out, &e.to_wire()).unwrap(),
+        }
+        (serde_json::from_slice(&out).unwrap(), ctx)
+    }
+
+    fn request(uri: &str, headers: &str) -> Input {
+        let json = format!(r#"{{"method":"GET","uri":"{uri}","headers":{headers}}}"#);
+        HookInput {
+            request: Some(RawValue::from_string(json).unwrap()),
+            ..no_input()
+        }
+    }
+
+    #[test]
+    fn request_filter_answers_changes_or_refuses() {
+        let (out, ctx) = run_hook::<hooks::request_filter>(request("/answer", "[]"));
+        assert_eq!(out["response"]["status"], 401);
+        assert_eq!(out["response"]["body"], "no\n");
+        assert_eq!(out["response"]["headers"][1][0], "WWW-Authenticate");
+        assert_eq!(out["ctx"], ctx);
+        assert_eq!(ctx, "request_filter");
+
+        let (out, _) = run_hook::<hooks::request_filter>(request("/rewrite", "[]"));
+        assert_eq!(out["request_changes"]["uri"], "/rewritten");
+        assert_eq!(
+            out["request_changes"]["headers"][0]["insert"][0],
+            "x-rewritten"
+        );
+        assert!(out.get("response").is_none());
+
+        let (out, _) = run_hook::<hooks::request_filter>(request("/keep", "[]"));
+        assert!(out.get("request_changes").is_none() && out.get("response").is_none());
+
+        // Written but Ok(false): sent anyway.
+        let (out, _) = run_hook::<hooks::request_filter>(request("/answer-false", "[]"));
+        assert_eq!(out["response"]["status"], 200);
+
+        // Ok(true) with nothing written: the guest's bug, a 500.
+        let (out, _) = run_hook::<hooks::request_filter>(request("/true", "[]"));
+        assert_eq!(out["error"]["status"], 500);
+
+        let (out, _) = run_hook::<hooks::request_filter>(request("/deny", "[]"));
+        assert_eq!(out["error"]["status"], 403);
+    }
+
+    #[test]
+    fn response_filter_sends_changes() {
+        let input = HookInput {
+            response: Some(
+                RawValue::from_string(r#"{"status":201,"headers":[["Server","o"]]}"#.into())
+                    .unwrap(),
+            ),
+            ..request("/", "[]")
+        };
+        let (out, _) = run_hook::<hooks::response_filter>(input);
+        assert_eq!(
+            out["response_changes"],
+            serde_json::json!({"status": 203, "headers": [{"insert": ["Server", "MyGateway"]}]})
+        );
+    }
+
+    #[test]
+    fn logging_sees_error_response_and_duration_and_returns_nothing() {
+        let raw = |json: &str| Some(RawValue::from_string(json.into()).unwrap());
+        let input = HookInput {
+            response: raw(r#"{"status":403,"headers":[]}"#),
+            error: raw(r#"{"kind":"HTTPStatus","text":"denied"}"#),
+            duration_us: Some(1500),
+            ..request("/", r#"[["host","h"]]"#)
+        };
+        let (out, ctx) = run_hook::<hooks::logging>(input);
+        assert_eq!(out, serde_json::json!({}));
+        assert_eq!(
+            ctx,
+            "GET /, Host: h status=403 error=HTTPStatus(403) context: denied us=1500"
+        );
+
+        let (_, ctx) = run_hook::<hooks::logging>(request("/", "[]"));
+        assert_eq!(ctx, "GET /, Host:  status=0 error=- us=0");
     }
 
     #[test]

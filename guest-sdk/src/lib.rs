@@ -1,8 +1,9 @@
 //! # guest-sdk: write a Pingora proxy policy that runs as WebAssembly
 //!
 //! A guest is a `cdylib` built for `wasm32-unknown-unknown`. It implements
-//! [`ProxyHttp`] (Pingora's trait, reduced to the two hooks the host
-//! delegates) and exports it with one macro line:
+//! [`ProxyHttp`] (Pingora's trait, reduced to the hooks the host delegates:
+//! `request_filter`, `upstream_peer`, `upstream_request_filter`,
+//! `response_filter` and `logging`) and exports it with one macro line:
 //!
 //! ```
 //! use guest_sdk::prelude::*;
@@ -38,8 +39,10 @@
 //! - [`wire`]: the JSON types of the ABI, which the host reuses;
 //! - [`sys`]: the raw ABI, with the host's imports, the input and output
 //!   buffers and JSON in and out, on which a guest can be written by hand;
+//! - [`http`]: the value types Pingora code reads (`req.uri.path()`,
+//!   `resp.status.as_u16()`, `req.headers.get(..)`);
 //! - [`proxy`]: the Pingora-shaped API a guest implements ([`ProxyHttp`],
-//!   [`Session`], [`HttpPeer`], [`RequestHeader`]);
+//!   [`Session`], [`HttpPeer`], [`RequestHeader`], [`ResponseHeader`]);
 //! - [`entry`]: the entry points that run a [`ProxyHttp`] hook on a call's
 //!   input, one [`entry::GuestHook`] per hook;
 //! - [`export_proxy!`]: the module's exports, calling [`entry`].
@@ -51,13 +54,17 @@
 mod encode;
 pub mod entry;
 pub mod error;
+pub mod http;
 pub mod log;
 pub mod proxy;
 pub mod sys;
 pub mod wire;
 
+pub use bytes::Bytes;
 pub use error::{BError, Error, ErrorType, Result};
-pub use proxy::{HttpPeer, PeerOptions, ProxyHttp, RequestHeader, Session, ToPeerAddress};
+pub use proxy::{
+    HttpPeer, PeerOptions, ProxyHttp, RequestHeader, ResponseHeader, Session, ToPeerAddress,
+};
 pub use sys::ABI_VERSION;
 
 #[doc(hidden)]
@@ -67,7 +74,10 @@ pub use serde_json;
 pub mod prelude {
     pub use crate::error::ErrorType::{self, HTTPStatus, InternalError};
     pub use crate::error::{BError, Error, Result};
-    pub use crate::proxy::{HttpPeer, PeerOptions, ProxyHttp, RequestHeader, Session};
+    pub use crate::proxy::{
+        HttpPeer, PeerOptions, ProxyHttp, RequestHeader, ResponseHeader, Session,
+    };
+    pub use bytes::Bytes;
 }
 
 /// Exports a [`ProxyHttp`] implementation as the module's ABI v1 exports.
@@ -80,8 +90,12 @@ pub mod prelude {
 ///   (`--module-config`, `{}` when absent) decoded into the constructor's
 ///   argument type; a constructor's error stops the proxy's start-up;
 /// - either followed by `hooks = [name, ...]` exports only the hooks named,
-///   so the host calls (and the request pays for) only those. Without it,
-///   `upstream_peer` and `upstream_request_filter` are exported.
+///   so the host calls (and the request pays for) only those: any of
+///   `request_filter`, `upstream_peer`, `upstream_request_filter`,
+///   `response_filter` and `logging`. Without it, `upstream_peer` and
+///   `upstream_request_filter` are exported. A hook not exported is not
+///   called, whatever its [`ProxyHttp`] method does (without
+///   `upstream_peer`, the host uses its own configured upstream).
 ///
 /// `hook_abi_version`, `hook_alloc` and `hook_init` are always exported.
 /// Each hook name is that of its export and of its [`ProxyHttp`] method, and

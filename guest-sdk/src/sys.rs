@@ -9,7 +9,8 @@
 //! [`write_output`] put it until the next call.
 //!
 //! Off wasm (unit tests, doctests) there is no host: [`log`] writes to
-//! stderr and [`fetch_part`] finds no part.
+//! stderr and [`fetch_part`] and [`fetch_header`] find nothing (the SDK's
+//! own unit tests stand in a fake host, see `fake_host`).
 
 use std::cell::RefCell;
 
@@ -43,6 +44,17 @@ mod import {
         // Copies up to `len` bytes of input part `part` to `ptr`; returns
         // the part's full size, or -1 if it is not available.
         pub fn input_part(part: i32, ptr: *mut u8, len: usize) -> i32;
+        // Copies up to `out_len` bytes of the first value of header `name`
+        // (`name_len` UTF-8 bytes at `name_ptr`, ASCII case-insensitive) of
+        // input part `part` to `out_ptr`; returns the value's full size, or
+        // -1 if the part or the header is absent.
+        pub fn get_header(
+            part: i32,
+            name_ptr: *const u8,
+            name_len: usize,
+            out_ptr: *mut u8,
+            out_len: usize,
+        ) -> i32;
     }
 }
 
@@ -160,9 +172,79 @@ pub fn fetch_part(part: i32, buffer: &mut Vec<u8>) -> bool {
     }
     #[cfg(not(target_arch = "wasm32"))]
     {
-        let _ = (part, buffer);
-        false
+        fake_host::fetch_part(part, buffer)
     }
+}
+
+/// Replaces `buffer`'s contents with the first value of header `name`
+/// (ASCII case-insensitive) of input part `part` (`wire::PART_REQUEST`,
+/// `PART_UPSTREAM_REQUEST` or `PART_RESPONSE`), through `hook.get_header`,
+/// growing the buffer if needed. False if the part or the header is absent
+/// (or outside a call).
+///
+/// Cheaper than fetching and decoding the whole part when a hook reads a
+/// header or two. The host sends values that are not UTF-8 with U+FFFD in
+/// place of the bad bytes, so the bytes are UTF-8.
+pub fn fetch_header(part: i32, name: &str, buffer: &mut Vec<u8>) -> bool {
+    #[cfg(target_arch = "wasm32")]
+    {
+        buffer.clear();
+        buffer.reserve(64);
+        // SAFETY: the host reads `name.len()` bytes at `name`'s pointer,
+        // which `name` owns for the call, and writes at most `capacity`
+        // bytes at the other, `buffer`'s own spare capacity, borrowed
+        // exclusively here.
+        let mut size = unsafe {
+            import::get_header(
+                part,
+                name.as_ptr(),
+                name.len(),
+                buffer.as_mut_ptr(),
+                buffer.capacity(),
+            )
+        };
+        if size > 0 && size as usize > buffer.capacity() {
+            // The value did not fit: ask again with room for all of it.
+            buffer.reserve_exact(size as usize);
+            // SAFETY: as above, with the grown capacity.
+            size = unsafe {
+                import::get_header(
+                    part,
+                    name.as_ptr(),
+                    name.len(),
+                    buffer.as_mut_ptr(),
+                    buffer.capacity(),
+                )
+            };
+        }
+        if size < 0 || size as usize > buffer.capacity() {
+            return false;
+        }
+        // SAFETY: the host has written `size` bytes from the start of the
+        // buffer, within its capacity (checked above), so they are
+        // initialised.
+        unsafe { buffer.set_len(size as usize) };
+        true
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        fake_host::fetch_header(part, name, buffer)
+    }
+}
+
+/// The first value of header `name` of input part `part` (see
+/// [`fetch_header`]), or None if the part or the header is absent.
+pub fn get_header(part: i32, name: &str) -> Option<String> {
+    let mut value = Vec::new();
+    if !fetch_header(part, name, &mut value) {
+        return None;
+    }
+    // The host sends UTF-8; should a byte slip through, it is replaced
+    // rather than trusted.
+    Some(match String::from_utf8(value) {
+        Ok(value) => value,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    })
 }
 
 /// Fetches input part `part` (see [`fetch_part`]) and decodes it as JSON;
@@ -221,6 +303,88 @@ pub fn pack(ptr: usize, len: usize) -> i64 {
     (((ptr as u64) << 32) | (len as u64 & 0xffff_ffff)) as i64
 }
 
+/// Off wasm there is no host. The SDK's unit tests put the parts of a
+/// pretend call here to exercise the paths that fetch from the host;
+/// everywhere else it holds nothing, so nothing is found.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) mod fake_host {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static PARTS: RefCell<Vec<(i32, String)>> = const { RefCell::new(Vec::new()) };
+        static HEADER_CALLS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// Makes `json` input part `part` of the pretend call (tests only).
+    #[cfg(test)]
+    pub(crate) fn set_part(part: i32, json: &str) {
+        PARTS.with_borrow_mut(|parts| {
+            parts.retain(|(p, _)| *p != part);
+            parts.push((part, json.to_string()));
+        });
+    }
+
+    /// Ends the pretend call: no parts, no header calls counted.
+    #[cfg(test)]
+    pub(crate) fn clear() {
+        PARTS.with_borrow_mut(Vec::clear);
+        HEADER_CALLS.set(0);
+    }
+
+    /// How many times `hook.get_header` was called (tests only).
+    #[cfg(test)]
+    pub(crate) fn header_calls() -> usize {
+        HEADER_CALLS.get()
+    }
+
+    fn part(part: i32) -> Option<String> {
+        PARTS.with_borrow(|parts| {
+            parts
+                .iter()
+                .find(|(p, _)| *p == part)
+                .map(|(_, json)| json.clone())
+        })
+    }
+
+    pub(crate) fn fetch_part(part_id: i32, buffer: &mut Vec<u8>) -> bool {
+        match part(part_id) {
+            Some(json) => {
+                buffer.clear();
+                buffer.extend_from_slice(json.as_bytes());
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn fetch_header(part_id: i32, name: &str, buffer: &mut Vec<u8>) -> bool {
+        HEADER_CALLS.set(HEADER_CALLS.get() + 1);
+        #[derive(serde::Deserialize)]
+        struct Headers {
+            #[serde(default)]
+            headers: Vec<(String, String)>,
+        }
+        let Some(json) = part(part_id) else {
+            return false;
+        };
+        let Ok(parsed) = serde_json::from_str::<Headers>(&json) else {
+            return false;
+        };
+        match parsed
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            Some((_, value)) => {
+                buffer.clear();
+                buffer.extend_from_slice(value.as_bytes());
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +408,18 @@ mod tests {
 
     #[test]
     fn no_part_off_wasm() {
+        fake_host::clear();
         assert!(matches!(read_part::<serde_json::Value>(0), Ok(None)));
+        assert_eq!(get_header(0, "host"), None);
+    }
+
+    #[test]
+    fn fake_host_answers_parts_and_headers() {
+        fake_host::clear();
+        fake_host::set_part(0, r#"{"headers":[["Host","a"],["host","b"]]}"#);
+        assert_eq!(get_header(0, "HOST").as_deref(), Some("a"));
+        assert_eq!(get_header(0, "x"), None);
+        assert_eq!(get_header(3, "host"), None);
+        fake_host::clear();
     }
 }

@@ -1,16 +1,30 @@
-//! Test guest: a tenant's module gone wrong. It proxies like first_proxy,
-//! except that requests whose path starts with `on_path` (default: all)
-//! meet the misbehaviour named in its module config:
+//! Test guest: a tenant's module gone wrong. It exports all five hooks and
+//! proxies like first_proxy (to `upstream`; `request_filter`,
+//! `response_filter` and `logging` change nothing), except that requests
+//! whose path starts with `on_path` (default: all) meet the misbehaviour
+//! named in its module config, in the hook named there:
 //!
 //! `{"upstream": "127.0.0.1:8080", "misbehave": "panic", "on_path": "/bad",
-//!   "hook": "upstream_peer"}`
+//!   "hook": "upstream_peer", "spin_iterations": 0}`
 //!
-//! Misbehaviours: `none`, `loop`, `alloc` (without bound), `panic`,
-//! `unreachable`, `recursion`, `oob_output`, `huge_output`, `invalid_json`,
-//! `invalid_utf8`, `bad_peer`, `bad_header`, and `spin`: slow but legal,
-//! `spin_iterations` rounds of arithmetic, then an honest answer. `hook`
-//! picks which hook misbehaves (`upstream_peer` or
-//! `upstream_request_filter`).
+//! Misbehaviours, in any hook: `none`, `loop`, `alloc` (without bound),
+//! `panic`, `unreachable`, `recursion`, `oob_output` (an output outside
+//! memory), `huge_output` (4 MiB of spaces), `invalid_json`,
+//! `invalid_utf8`, `bad_header` (an invalid header in the hook's own
+//! output: in `upstream_peer`, `upstream_request_filter` and `logging` a
+//! whole `upstream_request` with a bad header name, in `request_filter`
+//! `request_changes` inserting a bad header name, in `response_filter`
+//! `response_changes` inserting a value with `\r\n`), and `spin`: slow but
+//! legal, `spin_iterations` rounds of arithmetic, then an honest answer.
+//! Only in `upstream_peer`: `bad_peer` (an address that does not parse).
+//! Answers as `request_filter` gives them, written raw past the SDK's
+//! checks (meant for `request_filter`, returned by whichever hook is
+//! named): `bad_answer_header` (a header name with a space),
+//! `bad_answer_status` (status 700), `huge_answer_body` (a 2 MiB body).
+//!
+//! `hook` picks the hook that misbehaves: `request_filter`,
+//! `upstream_peer` (the default), `upstream_request_filter`,
+//! `response_filter` or `logging`.
 
 use std::cell::{Cell, OnceCell};
 use std::hint::black_box;
@@ -36,13 +50,19 @@ pub enum Misbehaviour {
     BadPeer,
     BadHeader,
     Spin,
+    BadAnswerHeader,
+    BadAnswerStatus,
+    HugeAnswerBody,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum HookName {
+    RequestFilter,
     UpstreamPeer,
     UpstreamRequestFilter,
+    ResponseFilter,
+    Logging,
 }
 
 #[derive(Deserialize)]
@@ -75,6 +95,8 @@ thread_local! {
     static PROXY: OnceCell<Hostile> = const { OnceCell::new() };
     /// Set by a hook that wants its export to return a crafted output.
     static RAW_OUTPUT: Cell<Option<Misbehaviour>> = const { Cell::new(None) };
+    /// The `huge_answer_body` output, once built.
+    static HUGE_ANSWER: OnceCell<Vec<u8>> = const { OnceCell::new() };
 }
 
 impl Hostile {
@@ -139,6 +161,11 @@ impl ProxyHttp for Hostile {
     type CTX = ();
     fn new_ctx(&self) {}
 
+    fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
+        self.misbehave(HookName::RequestFilter, session)?;
+        Ok(false)
+    }
+
     fn upstream_peer(&self, session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
         self.misbehave(HookName::UpstreamPeer, session)?;
         let bad = self.config.misbehave == Misbehaviour::BadPeer
@@ -162,18 +189,39 @@ impl ProxyHttp for Hostile {
     ) -> Result<()> {
         self.misbehave(HookName::UpstreamRequestFilter, session)
     }
+
+    fn response_filter(
+        &self,
+        session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        _ctx: &mut (),
+    ) -> Result<()> {
+        self.misbehave(HookName::ResponseFilter, session)
+    }
+
+    fn logging(&self, session: &mut Session, _e: Option<&Error>, _ctx: &mut ()) {
+        // Nothing to return: the misbehaviour is all there is.
+        let _ = self.misbehave(HookName::Logging, session);
+    }
 }
 
 fn new(config: Config) -> Result<Hostile> {
     Ok(Hostile { config })
 }
 
-/// Replaces a hook's honest output with the crafted one its hook asked for.
-fn crafted(honest: i64) -> i64 {
+/// Replaces hook `hook`'s honest output with the crafted one it asked for.
+fn crafted(honest: i64, hook: HookName) -> i64 {
     static INVALID_JSON: &[u8] = b"{\"peer\": {not json";
     static INVALID_UTF8: &[u8] = b"{\"peer\":\"\xff\xfe\"}";
     static BAD_HEADER: &[u8] =
         br#"{"upstream_request":{"method":"GET","uri":"/","headers":[["bad name","v"]]}}"#;
+    static BAD_REQUEST_CHANGE: &[u8] =
+        br#"{"request_changes":{"headers":[{"insert":["bad name","v"]}]}}"#;
+    static BAD_RESPONSE_CHANGE: &[u8] =
+        br#"{"response_changes":{"headers":[{"insert":["x-bad","a\r\nb"]}]}}"#;
+    static BAD_ANSWER_HEADER: &[u8] =
+        br#"{"response":{"status":200,"headers":[["bad name","v"]],"body":"bad header\n"}}"#;
+    static BAD_ANSWER_STATUS: &[u8] = br#"{"response":{"status":700,"headers":[],"body":""}}"#;
     let location = |bytes: &'static [u8]| sys::pack(bytes.as_ptr() as usize, bytes.len());
     match RAW_OUTPUT.take() {
         None => honest,
@@ -184,9 +232,28 @@ fn crafted(honest: i64) -> i64 {
         }
         Some(Misbehaviour::InvalidJson) => location(INVALID_JSON),
         Some(Misbehaviour::InvalidUtf8) => location(INVALID_UTF8),
-        Some(Misbehaviour::BadHeader) => location(BAD_HEADER),
+        Some(Misbehaviour::BadHeader) => location(match hook {
+            HookName::RequestFilter => BAD_REQUEST_CHANGE,
+            HookName::ResponseFilter => BAD_RESPONSE_CHANGE,
+            _ => BAD_HEADER,
+        }),
+        Some(Misbehaviour::BadAnswerHeader) => location(BAD_ANSWER_HEADER),
+        Some(Misbehaviour::BadAnswerStatus) => location(BAD_ANSWER_STATUS),
+        Some(Misbehaviour::HugeAnswerBody) => HUGE_ANSWER.with(|answer| {
+            let answer = answer.get_or_init(huge_answer);
+            sys::pack(answer.as_ptr() as usize, answer.len())
+        }),
         Some(_) => honest,
     }
+}
+
+/// A local response with a 2 MiB body (over the host's 1 MiB), built
+/// once and kept, so that the output outlives the call.
+fn huge_answer() -> Vec<u8> {
+    let mut answer = br#"{"response":{"status":200,"headers":[],"body":""#.to_vec();
+    answer.resize(answer.len() + (2 << 20), b'a');
+    answer.extend_from_slice(b"\"}}");
+    answer
 }
 
 // Written out rather than by `export_proxy!`: each hook's output passes
@@ -208,15 +275,41 @@ pub extern "C" fn hook_init(ptr: i32, len: i32) -> i64 {
 }
 
 #[no_mangle]
+pub extern "C" fn request_filter(ptr: i32, len: i32) -> i64 {
+    crafted(
+        entry::run::<_, _, hooks::request_filter>(&PROXY, new, ptr, len),
+        HookName::RequestFilter,
+    )
+}
+
+#[no_mangle]
 pub extern "C" fn upstream_peer(ptr: i32, len: i32) -> i64 {
-    crafted(entry::run::<_, _, hooks::upstream_peer>(
-        &PROXY, new, ptr, len,
-    ))
+    crafted(
+        entry::run::<_, _, hooks::upstream_peer>(&PROXY, new, ptr, len),
+        HookName::UpstreamPeer,
+    )
 }
 
 #[no_mangle]
 pub extern "C" fn upstream_request_filter(ptr: i32, len: i32) -> i64 {
-    crafted(entry::run::<_, _, hooks::upstream_request_filter>(
-        &PROXY, new, ptr, len,
-    ))
+    crafted(
+        entry::run::<_, _, hooks::upstream_request_filter>(&PROXY, new, ptr, len),
+        HookName::UpstreamRequestFilter,
+    )
+}
+
+#[no_mangle]
+pub extern "C" fn response_filter(ptr: i32, len: i32) -> i64 {
+    crafted(
+        entry::run::<_, _, hooks::response_filter>(&PROXY, new, ptr, len),
+        HookName::ResponseFilter,
+    )
+}
+
+#[no_mangle]
+pub extern "C" fn logging(ptr: i32, len: i32) -> i64 {
+    crafted(
+        entry::run::<_, _, hooks::logging>(&PROXY, new, ptr, len),
+        HookName::Logging,
+    )
 }

@@ -121,6 +121,12 @@ where
             .iter()
             .map(|(n, v)| json!([n.as_str(), String::from_utf8_lossy(v.as_bytes())]))
             .collect();
+        // `x-echo-status` sets the answer's status, for response hooks.
+        let status = req
+            .headers()
+            .get("x-echo-status")
+            .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
+            .unwrap_or(200);
         let echo = json!({
             "method": req.method().as_str(),
             "uri": req.uri().to_string(),
@@ -128,7 +134,13 @@ where
             "tls": tls,
             "port": port,
         });
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(echo.to_string()))))
+        let mut response = Response::new(Full::new(Bytes::from(echo.to_string())));
+        *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
+        response.headers_mut().insert(
+            "server",
+            hyper::header::HeaderValue::from_static("echo-upstream"),
+        );
+        Ok::<_, Infallible>(response)
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)
@@ -465,6 +477,32 @@ pub async fn stamped_requests(
         results.push(result.expect("request task"));
     }
     results
+}
+
+/// A client that does not follow redirects, to see them.
+pub fn client_no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// GETs `url` with `headers`; returns status, response headers and body.
+pub async fn get_response(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let mut request = client.get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("request to the proxy");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, response.text().await.unwrap_or_default())
 }
 
 /// GETs `url` with `headers`; returns status and body.
