@@ -327,7 +327,7 @@ mod tests {
                     };
                     let mut out = Vec::new();
                     request_changes_output(&mut out, key, &changes, ctx.as_ref()).unwrap();
-                    let some = (!changes.is_empty()).then(|| changes.clone());
+                    let some = (!changes.is_empty()).then(|| Box::new(changes.clone()));
                     let serde = serde_json::to_vec(&wire::HookOutput {
                         upstream_changes: if upstream { some.clone() } else { None },
                         request_changes: if upstream { None } else { some },
@@ -369,7 +369,7 @@ mod tests {
                 let mut out = Vec::new();
                 response_changes_output(&mut out, &changes, ctx.as_ref()).unwrap();
                 let serde = serde_json::to_vec(&wire::HookOutput {
-                    response_changes: (!changes.is_empty()).then(|| changes.clone()),
+                    response_changes: (!changes.is_empty()).then(|| Box::new(changes.clone())),
                     ctx: ctx.clone(),
                     ..Default::default()
                 })

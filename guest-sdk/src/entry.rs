@@ -220,11 +220,11 @@ pub mod hooks {
         fn output<C>(output: RequestFilterOutput, ctx: Option<C>) -> HookOutput<C> {
             match output {
                 RequestFilterOutput::Continue(changes) => HookOutput {
-                    request_changes: (!changes.is_empty()).then_some(changes),
+                    request_changes: (!changes.is_empty()).then(|| Box::new(changes)),
                     ..unchanged(ctx)
                 },
                 RequestFilterOutput::Respond(response) => HookOutput {
-                    response: Some(response),
+                    response: Some(Box::new(response)),
                     ..unchanged(ctx)
                 },
             }
@@ -292,7 +292,7 @@ pub mod hooks {
 
         fn output<C>(changes: wire::RequestChanges, ctx: Option<C>) -> HookOutput<C> {
             HookOutput {
-                upstream_changes: (!changes.is_empty()).then_some(changes),
+                upstream_changes: (!changes.is_empty()).then(|| Box::new(changes)),
                 ..unchanged(ctx)
             }
         }
@@ -322,7 +322,7 @@ pub mod hooks {
 
         fn output<C>(changes: wire::ResponseChanges, ctx: Option<C>) -> HookOutput<C> {
             HookOutput {
-                response_changes: (!changes.is_empty()).then_some(changes),
+                response_changes: (!changes.is_empty()).then(|| Box::new(changes)),
                 ..unchanged(ctx)
             }
         }

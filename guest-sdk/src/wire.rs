@@ -127,7 +127,9 @@ pub struct HookInput<P, C> {
 }
 
 /// The output of every hook; a hook reads the fields of its phase and
-/// ignores the others.
+/// ignores the others. All but `peer` are boxed: the struct is decoded
+/// and returned by value on every call, and inline it would be several
+/// hundred bytes to move.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(bound(deserialize = "C: Deserialize<'de>"))]
 pub struct HookOutput<C> {
@@ -137,20 +139,20 @@ pub struct HookOutput<C> {
     /// `request_filter`: changes to the downstream request, seen by the
     /// later hooks and sent upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_changes: Option<RequestChanges>,
+    pub request_changes: Option<Box<RequestChanges>>,
     /// `request_filter`: answer the request here; no upstream is contacted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response: Option<LocalResponse>,
+    pub response: Option<Box<LocalResponse>>,
     /// `upstream_request_filter`: the request to send upstream, whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upstream_request: Option<UpstreamRequest>,
+    pub upstream_request: Option<Box<UpstreamRequest>>,
     /// `upstream_request_filter`: or only the changes to it (ignored if
     /// `upstream_request` is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upstream_changes: Option<RequestChanges>,
+    pub upstream_changes: Option<Box<RequestChanges>>,
     /// `response_filter`: changes to the response sent downstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response_changes: Option<ResponseChanges>,
+    pub response_changes: Option<Box<ResponseChanges>>,
     /// The new context; absent means unchanged, `null` sets it to null.
     #[serde(
         default,

@@ -139,8 +139,8 @@ pub fn decode_filter_output(
 ) -> Result<(UpstreamEdit, CtxUpdate), HookFailure> {
     let output = decode_output(bytes)?;
     let edit = match (output.upstream_request, output.upstream_changes) {
-        (Some(whole), _) => UpstreamEdit::Whole(whole),
-        (None, Some(changes)) => UpstreamEdit::Changes(changes),
+        (Some(whole), _) => UpstreamEdit::Whole(*whole),
+        (None, Some(changes)) => UpstreamEdit::Changes(*changes),
         (None, None) => UpstreamEdit::Unchanged,
     };
     Ok((edit, ctx.update_to(output.ctx)))
@@ -171,10 +171,10 @@ pub async fn request_filter(
         let output = decode_output(bytes)?;
         let verdict = match output.response {
             Some(answer) => {
-                let (response, body) = local_response(answer)?;
+                let (response, body) = local_response(*answer)?;
                 RequestVerdict::Answer(Box::new(response), body)
             }
-            None => RequestVerdict::Continue(output.request_changes),
+            None => RequestVerdict::Continue(output.request_changes.map(|changes| *changes)),
         };
         Ok((verdict, ctx.update_to(output.ctx)))
     })
@@ -200,7 +200,7 @@ pub async fn response_filter(
     })
     .await?;
     if let Some(changes) = changes {
-        apply_response_changes(response, changes)?;
+        apply_response_changes(response, *changes)?;
     }
     ctx.apply(update);
     Ok(())
