@@ -137,7 +137,9 @@ tenants:
         let (client, url) = (client.clone(), proxy.url("/slow"));
         slow.spawn(async move { get(&client, &url, &[("host", "narrow.example")]).await.0 });
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Long enough for both to be past request_filter and looping in
+    // upstream_peer on a loaded machine, well short of their 300 ms.
+    tokio::time::sleep(Duration::from_millis(150)).await;
     let started = Instant::now();
     let (status, _) = get(&client, &proxy.url("/"), &[("host", "narrow.example")]).await;
     let refused_in = started.elapsed();
