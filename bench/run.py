@@ -44,14 +44,17 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_ok(port, timeout=60.0, host=None):
-    """Waits until GET / on port (with Host: host, if given) answers 200;
-    returns seconds waited."""
+def wait_ok(port, timeout=60.0, host=None, headers=()):
+    """Waits until GET / on port (with Host: host, if given, and the other
+    headers given as "Name: value") answers 200; returns seconds waited."""
     started = time.monotonic()
+    sent = dict(header.split(": ", 1) for header in headers)
+    if host:
+        sent["Host"] = host
     while time.monotonic() - started < timeout:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/", headers={"Host": host} if host else {})
+            conn.request("GET", "/", headers=sent)
             if conn.getresponse().status == 200:
                 return time.monotonic() - started
         except OSError:
@@ -133,24 +136,32 @@ http {{
     return conf
 
 
+def header_args(headers):
+    return [arg for header in headers for arg in ("-H", header)]
+
+
 def warm_up(port, args):
     url = f"http://127.0.0.1:{port}/"
-    warm = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", "2s", url]
+    warm = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", "2s", url,
+            *header_args(getattr(args, "headers", ()))]
     subprocess.run(warm, check=True, capture_output=True, timeout=60)
 
 
 def wrk(port, args):
     """Runs wrk against port; returns (requests/s, p50 ms, p99 ms, non-2xx, socket errors)."""
-    return run_wrk(port, args.threads, args.connections, args.duration)
+    return run_wrk(port, args.threads, args.connections, args.duration,
+                   headers=getattr(args, "headers", ()))
 
 
-def run_wrk(port, threads, connections, duration, host=None):
-    """wrk against port (with Host: host, if given); returns (requests/s,
-    p50 ms, p99 ms, non-2xx, socket errors)."""
+def run_wrk(port, threads, connections, duration, host=None, headers=()):
+    """wrk against port (with Host: host, if given, and the other request
+    headers given as "Name: value"); returns (requests/s, p50 ms, p99 ms,
+    non-2xx, socket errors)."""
     url = f"http://127.0.0.1:{port}/"
     cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency", url]
     if host:
         cmd += ["-H", f"Host: {host}"]
+    cmd += header_args(headers)
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=duration + 60).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
@@ -197,7 +208,12 @@ def main():
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads and Pingora threads (default 1)")
     parser.add_argument("--no-build", action="store_true", help="use the existing release build")
+    parser.add_argument("--policy", action="store_true",
+                        help="measure guests/policy (every lifecycle hook) against the same policy "
+                             "compiled in (host/examples/native_policy) instead of first_proxy")
     args = parser.parse_args()
+    # The policy refuses requests without a key; the benchmark's all have one.
+    args.headers = ["x-api-key: gold-1"] if args.policy else []
     prepare(args.no_build)
 
     procs = Processes()
@@ -209,30 +225,39 @@ def main():
         wait_ok(upstream_port)
         module_config = f'{{"upstream": "127.0.0.1:{upstream_port}", "tls": false}}'
 
+        guest = "policy.wasm" if args.policy else "first_proxy.wasm"
+        if args.policy:
+            module_config = f'{{"upstream": "127.0.0.1:{upstream_port}"}}'
+
         def host(name, *extra):
             def start(port):
                 # The tenant budget is out of reach: this measures the
                 # proxy's cost, and a fresh instance per call spends ~20 us
                 # of guest time instantiating, past the default 100 ms/s at
                 # these rates.
-                return procs.start([RELEASE / "host", ROOT / "guests" / "first_proxy.wasm",
+                return procs.start([RELEASE / "host", ROOT / "guests" / guest,
                                     "--listen", f"127.0.0.1:{port}", "--module-config", module_config,
                                     "--module-cache", workdir / "module-cache", "--cpu-ms-per-s", "64000",
                                     "-c", pingora_conf(workdir, name, args.threads), *extra],
                                    env={**os.environ, "RUST_LOG": "warn"})
             return start
 
+        native, native_label, guest_label = (
+            ("native_policy", "the policy compiled in", "policy") if args.policy
+            else ("native_proxy", "MyProxy compiled in", "first_proxy"))
         targets = [
             ("upstream alone (no proxy)", None),
-            ("native Pingora (MyProxy compiled in)",
-             lambda port: procs.start([RELEASE / "examples" / "native_proxy",
+            (f"native Pingora ({native_label})",
+             lambda port: procs.start([RELEASE / "examples" / native,
                                        "--upstream", f"127.0.0.1:{upstream_port}",
                                        "--listen", f"127.0.0.1:{port}",
                                        "-c", pingora_conf(workdir, "native", args.threads)])),
-            ("wasm first_proxy, instances reused (default)", host("wasm-reuse")),
-            ("wasm first_proxy, fresh instance per call", host("wasm-fresh", "--instance-reuse", "1")),
+            (f"wasm {guest_label}, instances reused (default)", host("wasm-reuse")),
         ]
-        if shutil.which("nginx"):
+        if not args.policy:
+            targets.append(("wasm first_proxy, fresh instance per call",
+                            host("wasm-fresh", "--instance-reuse", "1")))
+        if shutil.which("nginx") and not args.policy:
             targets.append(("nginx reverse proxy", lambda port: procs.start(
                 ["nginx", "-c", nginx_conf(workdir, port, upstream_port, args.threads),
                  "-p", workdir, "-g", "daemon off;"])))
@@ -247,7 +272,7 @@ def main():
                 continue
             port = free_port()
             child = start(port)
-            wait_ok(port)
+            wait_ok(port, headers=args.headers)
             if name.startswith("wasm") and idle_rss is None:
                 idle_rss = rss_mib(child.pid)
             warm_up(port, args)
@@ -270,7 +295,7 @@ def main():
         # Start to first response, cold and warm compiled-module cache.
         startup = []
         cache = workdir / "startup-cache"
-        for label in ("cold cache", "warm cache"):
+        for label in () if args.policy else ("cold cache", "warm cache"):
             port = free_port()
             started = time.monotonic()
             child = procs.start([RELEASE / "host", ROOT / "guests" / "first_proxy.wasm",

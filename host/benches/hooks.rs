@@ -11,12 +11,12 @@ use std::future::Future;
 use std::task::{Context, Poll, Waker};
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
-use host::abi::v1::{self as abi, GuestModule, InputParts};
+use host::abi::v1::{self as abi, GuestModule, InputParts, RequestVerdict};
 use host::budget::{Budget, BudgetLimits, MAX_CPU_MS_PER_S};
 use host::hooks::Hook;
 use host::metrics::Metrics;
 use host::runtime::{EngineOptions, GuestEngine, GuestLimits, SliceMeter, Unmetered};
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::upstreams::peer::HttpPeer;
 
 /// A request as curl sends it, plus a few headers a browser would add.
@@ -130,13 +130,114 @@ fn native_request(req: &RequestHeader) -> Box<HttpPeer> {
     peer
 }
 
+/// The upstream's response header, as `response_filter` sees it.
+fn upstream_response() -> ResponseHeader {
+    let mut response = ResponseHeader::build(200, None).unwrap();
+    response
+        .insert_header("Content-Type", "application/json")
+        .unwrap();
+    response.insert_header("Content-Length", "512").unwrap();
+    response
+}
+
+/// One call of `hook`'s step, admitted by `budget` as `WasmProxy` does.
+fn admitted<T>(budget: &Budget, call: impl FnOnce(&dyn SliceMeter) -> T) -> T {
+    let permit = budget.admit().unwrap();
+    let out = call(&permit);
+    permit.finish(false);
+    out
+}
+
+/// One request through every hook `guests/policy` exports (it does not
+/// export `logging`), as `WasmProxy` calls them, each admitted by the
+/// budget.
+fn policy_request(module: &GuestModule, budget: &Budget, req: &RequestHeader) -> Box<HttpPeer> {
+    let request_json = OnceLock::new();
+    let request = abi::DownstreamRequest::new(req, None, &request_json);
+    let mut ctx = abi::GuestCtx::default();
+    let verdict = admitted(budget, |meter| {
+        ready(abi::request_filter(module, &request, &mut ctx, meter)).unwrap()
+    });
+    assert!(matches!(verdict, RequestVerdict::Continue(None)));
+    let peer = admitted(budget, |meter| {
+        ready(abi::call_upstream_peer(module, &request, &mut ctx, meter)).unwrap()
+    });
+    let abi::PeerAddress::Ip(addr) = abi::peer_address(&peer.address).unwrap() else {
+        panic!("bench peers are IP addresses");
+    };
+    let http_peer = abi::http_peer(addr, &peer).unwrap();
+    let mut upstream = req.clone();
+    admitted(budget, |meter| {
+        ready(abi::filter_upstream_request(
+            module,
+            &request,
+            &mut upstream,
+            &mut ctx,
+            meter,
+        ))
+        .unwrap()
+    });
+    let mut response = upstream_response();
+    admitted(budget, |meter| {
+        ready(abi::response_filter(
+            module,
+            &request,
+            &mut response,
+            &mut ctx,
+            meter,
+        ))
+        .unwrap()
+    });
+    black_box((ctx, upstream, response));
+    http_peer
+}
+
+/// The same policy compiled in (host/examples/native_policy.rs).
+fn native_policy_request(req: &RequestHeader) -> Box<HttpPeer> {
+    let key = req.headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    let Some(key) = key else {
+        panic!("bench requests carry a key");
+    };
+    let curl = req
+        .headers
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|agent| agent.starts_with("curl"));
+    let tier: u8 = if key.starts_with("gold-") && !curl {
+        2
+    } else {
+        1
+    };
+    let peer = Box::new(HttpPeer::new(
+        "127.0.0.1:8080".parse::<std::net::SocketAddr>().unwrap(),
+        false,
+        String::new(),
+    ));
+    let mut upstream = req.clone();
+    upstream.insert_header("x-tier", tier.to_string()).unwrap();
+    let mut response = upstream_response();
+    response.insert_header("x-policy", "ok").unwrap();
+    black_box((upstream, response));
+    peer
+}
+
 /// Input parts encoded ahead, so that only the guest's work is timed.
-struct EncodedParts {
+struct EncodedParts<'a> {
+    header: &'a RequestHeader,
     request: String,
     upstream_request: String,
 }
 
-impl InputParts for EncodedParts {
+impl InputParts for EncodedParts<'_> {
+    fn header(&self, part: i32, name: &str) -> Option<&[u8]> {
+        match part {
+            guest_sdk::wire::PART_REQUEST | guest_sdk::wire::PART_UPSTREAM_REQUEST => {
+                self.header.headers.get(name).map(|value| value.as_bytes())
+            }
+            _ => None,
+        }
+    }
+
     fn part(&self, part: i32) -> Option<&str> {
         match part {
             guest_sdk::wire::PART_REQUEST => Some(&self.request),
@@ -174,6 +275,94 @@ fn hooks(c: &mut Criterion) {
     });
     group.finish();
 
+    // A representative policy: every lifecycle hook but logging.
+    let mut group = c.benchmark_group("policy request");
+    let mut keyed = req.clone();
+    keyed.insert_header("x-api-key", "gold-1234").unwrap();
+    let policy = load("policy", r#"{"upstream": "127.0.0.1:8080"}"#, 1000);
+    group.bench_function("native policy", |b| {
+        b.iter(|| native_policy_request(black_box(&keyed)))
+    });
+    group.bench_function("wasm policy, reused instance", |b| {
+        b.iter(|| policy_request(&policy, &budget, black_box(&keyed)))
+    });
+    group.finish();
+
+    // Each hook alone, as the proxy calls it (input encoded, output
+    // decoded and applied), the policy's hooks and lifecycle's logging.
+    let mut group = c.benchmark_group("hook");
+    let request_json = OnceLock::new();
+    let request = abi::DownstreamRequest::new(&keyed, None, &request_json);
+    group.bench_function("policy request_filter", |b| {
+        b.iter(|| {
+            let mut ctx = abi::GuestCtx::default();
+            ready(abi::request_filter(&policy, &request, &mut ctx, &Unmetered)).unwrap()
+        })
+    });
+    let mut ctx = abi::GuestCtx::default();
+    ready(abi::request_filter(&policy, &request, &mut ctx, &Unmetered)).unwrap();
+    group.bench_function("policy upstream_peer", |b| {
+        b.iter(|| {
+            ready(abi::call_upstream_peer(
+                &policy, &request, &mut ctx, &Unmetered,
+            ))
+            .unwrap()
+        })
+    });
+    group.bench_function("policy upstream_request_filter", |b| {
+        b.iter_batched(
+            || keyed.clone(),
+            |mut upstream| {
+                ready(abi::filter_upstream_request(
+                    &policy,
+                    &request,
+                    &mut upstream,
+                    &mut ctx,
+                    &Unmetered,
+                ))
+                .unwrap()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("policy response_filter", |b| {
+        b.iter_batched(
+            upstream_response,
+            |mut response| {
+                ready(abi::response_filter(
+                    &policy,
+                    &request,
+                    &mut response,
+                    &mut ctx,
+                    &Unmetered,
+                ))
+                .unwrap()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    let lifecycle = load("lifecycle", r#"{"upstream": "127.0.0.1:8080"}"#, 1000);
+    let response = upstream_response();
+    group.bench_function("lifecycle logging (log off)", |b| {
+        b.iter(|| {
+            let outcome = abi::Outcome {
+                error: None,
+                duration: std::time::Duration::from_micros(900),
+            };
+            let ctx = abi::GuestCtx::default();
+            ready(abi::logging(
+                &lifecycle,
+                &request,
+                Some(&response),
+                outcome,
+                &ctx,
+                &Unmetered,
+            ))
+            .unwrap()
+        })
+    });
+    group.finish();
+
     // The same with cold caches, as between two hooks of a proxy under
     // load: before each request (untimed), 8 MiB of other memory is
     // written, evicting the guest's code and data from L1, L2 and most of
@@ -206,6 +395,7 @@ fn hooks(c: &mut Criterion) {
     // SDK fetches its ctx) to the output bytes, without the host's decoding.
     let mut group = c.benchmark_group("guest call only");
     let parts = EncodedParts {
+        header: &req,
         request: abi::RequestJson {
             header: &req,
             client_addr: None,
