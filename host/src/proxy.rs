@@ -46,7 +46,7 @@ pub struct RequestCtx {
     tenant: Option<Arc<Tenant>>,
     /// The guest-visible ctx, kept as the JSON the guest returned.
     guest_ctx: GuestCtx,
-    /// The downstream request's JSON, encoded once for both hooks if a
+    /// The downstream request's JSON, encoded once for every hook if a
     /// guest asks for it.
     request_json: OnceLock<String>,
     /// The tenant's budget refused a guest call: logged by us, at most
