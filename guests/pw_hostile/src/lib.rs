@@ -1,0 +1,219 @@
+//! Test filter: a proxy-wasm (ABI v0.2.1) HTTP filter gone wrong, written
+//! with the `proxy-wasm` crate and built for `wasm32-wasip1`.
+//!
+//! Configuration: the plugin configuration is JSON, every field optional:
+//!
+//! `{"misbehave": "panic", "in": "request_headers", "on_path": "/bad"}`
+//!
+//! - `misbehave`: `none` (the default), `panic` (a Rust panic: the SDK's
+//!   panic hook logs the message through `env.proxy_log` at level 5
+//!   (Critical), then the module aborts with a trap), `loop` (loops
+//!   forever), `alloc` (grows a `Vec` of 1 MiB chunks, each written to,
+//!   without bound until allocation fails, which aborts with a trap).
+//! - `in`: where it misbehaves: `request_headers` (the default, in
+//!   `on_http_request_headers`), `response_headers`
+//!   (`on_http_response_headers`), `log` (`on_log`) or `configure`
+//!   (`on_configure`, for every instance, regardless of `on_path`).
+//! - `on_path`: a prefix of `:path` (default `/`, i.e. every request).
+//!   `:path` is read in `on_http_request_headers` and whether it matches is
+//!   remembered in the request's context; a request whose
+//!   `on_http_request_headers` never ran does not match.
+//!
+//! An empty (or absent) configuration means all defaults, i.e. a plain
+//! pass-through. A configuration that is not JSON of this shape (unknown
+//! fields included) makes `on_configure` return false.
+//!
+//! Just before misbehaving it logs `pw_hostile: <misbehave> in <in>` at warn
+//! (e.g. `pw_hostile: loop in response_headers`); a panic's message, logged
+//! by the SDK's panic hook, is `panicked at <file>:<line>:<col>:\n
+//! pw_hostile: panic in <in>`. `alloc` ends in std's allocation-failure
+//! path, not the SDK's: std writes `memory allocation of 1048576 bytes
+//! failed\n` to fd 2 (`wasi_snapshot_preview1.fd_write`), reads the
+//! environment (`environ_sizes_get`, for `RUST_BACKTRACE`), writes a
+//! `note: run with RUST_BACKTRACE=1 ...` line to fd 2, then aborts (an
+//! `unreachable` trap); so the host's WASI functions must cope with being
+//! called. Otherwise every callback is a pass-through: `Continue`, no
+//! changes. After any trap the instance is unusable: the SDK's dispatcher
+//! stays borrowed, so every later callback panics (`RefCell already
+//! borrowed`).
+
+use std::hint::black_box;
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+use serde::Deserialize;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_context_id| -> Box<dyn RootContext> {
+        Box::new(PwHostileRoot {
+            config: Config::default(),
+        })
+    });
+}}
+
+/// What goes wrong.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Misbehaviour {
+    #[default]
+    None,
+    Panic,
+    Loop,
+    Alloc,
+}
+
+/// Where it goes wrong.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Callback {
+    #[default]
+    RequestHeaders,
+    ResponseHeaders,
+    Log,
+    Configure,
+}
+
+impl Misbehaviour {
+    /// The name the configuration uses.
+    fn name(self) -> &'static str {
+        match self {
+            Misbehaviour::None => "none",
+            Misbehaviour::Panic => "panic",
+            Misbehaviour::Loop => "loop",
+            Misbehaviour::Alloc => "alloc",
+        }
+    }
+}
+
+impl Callback {
+    /// The name the configuration uses.
+    fn name(self) -> &'static str {
+        match self {
+            Callback::RequestHeaders => "request_headers",
+            Callback::ResponseHeaders => "response_headers",
+            Callback::Log => "log",
+            Callback::Configure => "configure",
+        }
+    }
+}
+
+/// The plugin configuration.
+#[derive(Deserialize, Clone, Debug)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub misbehave: Misbehaviour,
+    #[serde(rename = "in")]
+    pub callback: Callback,
+    pub on_path: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            misbehave: Misbehaviour::None,
+            callback: Callback::RequestHeaders,
+            on_path: String::from("/"),
+        }
+    }
+}
+
+/// Does what `misbehave` says; returns only for `none`.
+fn misbehave(misbehave: Misbehaviour, callback: Callback) {
+    if misbehave == Misbehaviour::None {
+        return;
+    }
+    log::warn!("pw_hostile: {} in {}", misbehave.name(), callback.name());
+    match misbehave {
+        Misbehaviour::None => {}
+        Misbehaviour::Panic => panic!("pw_hostile: panic in {}", callback.name()),
+        Misbehaviour::Loop => {
+            let mut n: u64 = 0;
+            loop {
+                n = black_box(n.wrapping_add(1));
+            }
+        }
+        Misbehaviour::Alloc => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1; 1 << 20]);
+                black_box(&hoard);
+            }
+        }
+    }
+}
+
+/// The plugin's root context: holds the configuration.
+struct PwHostileRoot {
+    config: Config,
+}
+
+impl Context for PwHostileRoot {}
+
+impl RootContext for PwHostileRoot {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let config = if bytes.iter().all(u8::is_ascii_whitespace) {
+            Config::default()
+        } else {
+            match serde_json::from_slice::<Config>(&bytes) {
+                Ok(config) => config,
+                Err(e) => {
+                    log::error!("pw_hostile: bad configuration: {e}");
+                    return false;
+                }
+            }
+        };
+        if config.callback == Callback::Configure {
+            misbehave(config.misbehave, Callback::Configure);
+        }
+        self.config = config;
+        true
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(PwHostile {
+            config: self.config.clone(),
+            matched: false,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// One request's context.
+struct PwHostile {
+    config: Config,
+    /// Whether `:path` starts with `on_path`, set in `on_http_request_headers`.
+    matched: bool,
+}
+
+impl PwHostile {
+    fn misbehave_in(&self, callback: Callback) {
+        if self.matched && self.config.callback == callback {
+            misbehave(self.config.misbehave, callback);
+        }
+    }
+}
+
+impl Context for PwHostile {}
+
+impl HttpContext for PwHostile {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let path = self.get_http_request_header(":path").unwrap_or_default();
+        self.matched = path.starts_with(&self.config.on_path);
+        self.misbehave_in(Callback::RequestHeaders);
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.misbehave_in(Callback::ResponseHeaders);
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        self.misbehave_in(Callback::Log);
+    }
+}
