@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use pingora::server::configuration::Opt;
 
 use crate::budget::{
@@ -10,15 +10,36 @@ use crate::budget::{
 };
 use crate::runtime::{GuestLimits, MAX_HOOK_TIMEOUT_MS, MAX_MEMORY_LIMIT_MIB};
 
-/// A Pingora reverse proxy whose `upstream_peer` and
-/// `upstream_request_filter` hooks run in a sandboxed WebAssembly module.
+/// A Pingora reverse proxy whose hooks run in sandboxed WebAssembly: a
+/// routing module of this host's ABI, proxy-wasm filters, or both.
 #[derive(Parser, Debug)]
 #[command(name = "host", version)]
 pub struct Cli {
     /// The guest module (a core wasm module speaking hook ABI v1) that
-    /// serves every request. Give either this or --tenants.
-    #[arg(value_name = "MODULE.wasm", required_unless_present = "tenants")]
+    /// serves every request. Give this, --filter, or --tenants.
+    #[arg(value_name = "MODULE.wasm", required_unless_present_any = ["tenants", "filter"])]
     pub module: Option<PathBuf>,
+
+    /// A proxy-wasm filter (ABI 0.2.1) in front of the module or the
+    /// static upstream; repeat for a chain, run in the order given.
+    #[arg(long, value_name = "FILE.wasm", conflicts_with = "tenants")]
+    pub filter: Vec<PathBuf>,
+
+    /// The plugin configuration of the --filter before it: a string, or
+    /// @FILE to read it from a file.
+    #[arg(long, value_name = "STRING|@FILE", conflicts_with = "tenants")]
+    pub filter_config: Vec<String>,
+
+    /// A cluster filters may dispatch HTTP calls to, NAME=ip:port;
+    /// repeatable.
+    #[arg(long, value_name = "NAME=ADDR")]
+    pub cluster: Vec<String>,
+
+    /// Each --filter's configuration, paired by position (set by
+    /// [`Cli::parse_args`]), or why they do not pair: a --filter-config
+    /// that follows no --filter, or two that follow the same one.
+    #[arg(skip)]
+    pub filter_configs: FilterConfigs,
 
     /// A tenants file (YAML): one module per tenant, routed by Host.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["module", "module_config"])]
@@ -110,4 +131,51 @@ pub struct Cli {
     /// Pingora's options.
     #[command(flatten)]
     pub pingora: Opt,
+}
+
+/// The --filter-config of each --filter, by position.
+#[derive(Debug, Clone)]
+pub struct FilterConfigs(pub Result<Vec<Option<String>>, String>);
+
+impl Default for FilterConfigs {
+    fn default() -> Self {
+        FilterConfigs(Ok(Vec::new()))
+    }
+}
+
+impl Cli {
+    /// Parses the process's arguments, pairing each --filter-config with
+    /// the --filter before it. Exits with clap's message on a bad flag.
+    pub fn parse_args() -> Cli {
+        let matches = Cli::command().get_matches();
+        let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        cli.filter_configs = FilterConfigs(pair_filter_configs(&matches, &cli.filter_config));
+        cli
+    }
+}
+
+/// Each filter's configuration: the --filter-config that follows it on
+/// the command line (before the next --filter), if any.
+fn pair_filter_configs(
+    matches: &ArgMatches,
+    configs: &[String],
+) -> Result<Vec<Option<String>>, String> {
+    let filters: Vec<usize> = matches
+        .indices_of("filter")
+        .map(Iterator::collect)
+        .unwrap_or_default();
+    let mut paired = vec![None; filters.len()];
+    let config_indices = matches.indices_of("filter_config").into_iter().flatten();
+    for (config, index) in configs.iter().zip(config_indices) {
+        let Some(filter) = filters.iter().rposition(|&at| at < index) else {
+            return Err(format!("--filter-config {config:?} follows no --filter"));
+        };
+        if paired[filter].replace(config.clone()).is_some() {
+            return Err(format!(
+                "two --filter-config for --filter number {}",
+                filter + 1
+            ));
+        }
+    }
+    Ok(paired)
 }

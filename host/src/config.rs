@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use crate::budget::BudgetLimits;
 use crate::cli::Cli;
 use crate::runtime::GuestLimits;
-use crate::tenants::{TenantDefaults, TenantSource};
+use crate::tenants::{FilterSource, TenantDefaults, TenantSource};
 use crate::upstream::StaticUpstream;
 
 /// The module configuration as JSON text: `--module-config` inline or
@@ -81,18 +81,56 @@ pub fn metrics_addr(cli: &Cli) -> anyhow::Result<Option<String>> {
     }
 }
 
-/// Where the tenants come from: one module, or a tenants file.
+/// Where the tenants come from: the command line (a module, filters, or
+/// both), or a tenants file.
 pub fn tenant_source(cli: &Cli) -> anyhow::Result<TenantSource> {
-    match (&cli.tenants, &cli.module) {
-        (Some(file), _) => Ok(TenantSource::File(file.clone())),
-        (None, Some(path)) => Ok(TenantSource::Module {
-            path: path.clone(),
-            config_json: module_config(cli)?,
-            upstream: match &cli.upstream {
-                Some(addr) => Some(StaticUpstream::plain(addr).context("--upstream")?),
-                None => None,
-            },
-        }),
-        (None, None) => bail!("give a MODULE.wasm or --tenants FILE"),
+    if let Some(file) = &cli.tenants {
+        return Ok(TenantSource::File(file.clone()));
     }
+    if cli.module.is_none() && cli.filter.is_empty() {
+        bail!("give a MODULE.wasm, a --filter FILE.wasm, or --tenants FILE");
+    }
+    let mut configs = cli.filter_configs.0.clone().map_err(anyhow::Error::msg)?;
+    // Parsed without `parse_args` (a library caller): no pairing known.
+    configs.resize(cli.filter.len(), None);
+    let mut filters = Vec::new();
+    for (path, config) in cli.filter.iter().zip(configs) {
+        let config = match config {
+            Some(config) => match config.strip_prefix('@') {
+                Some(file) => std::fs::read(file)
+                    .with_context(|| format!("--filter-config: reading {file}"))?,
+                None => config.into_bytes(),
+            },
+            None => Vec::new(),
+        };
+        filters.push(FilterSource {
+            path: path.clone(),
+            config,
+        });
+    }
+    Ok(TenantSource::CommandLine {
+        module: cli.module.clone(),
+        config_json: module_config(cli)?,
+        upstream: match &cli.upstream {
+            Some(addr) => Some(StaticUpstream::plain(addr).context("--upstream")?),
+            None => None,
+        },
+        filters,
+    })
+}
+
+/// The clusters given with --cluster NAME=ADDR.
+pub fn clusters(cli: &Cli) -> anyhow::Result<Vec<(String, SocketAddr)>> {
+    cli.cluster
+        .iter()
+        .map(|pair| {
+            let (name, addr) = pair
+                .split_once('=')
+                .with_context(|| format!("--cluster {pair:?} is not NAME=ip:port"))?;
+            let addr = addr
+                .parse()
+                .with_context(|| format!("--cluster {pair:?}: {addr:?} is not ip:port"))?;
+            Ok((name.to_string(), addr))
+        })
+        .collect()
 }

@@ -226,8 +226,13 @@ impl TenantMetrics {
     /// A fault found in a hook's output after the call (e.g. a peer
     /// address that does not resolve).
     pub fn fault(&self, hook: Hook, fault: &HookFault) {
+        self.callback_fault(hook.export(), fault);
+    }
+
+    /// A fault in a proxy-wasm filter's `callback`, labelled as a hook.
+    pub fn callback_fault(&self, callback: &str, fault: &HookFault) {
         self.faults
-            .with_label_values(&[&self.name, &hook.to_string(), fault.kind()])
+            .with_label_values(&[&self.name, callback, fault.kind()])
             .inc();
     }
 }

@@ -26,6 +26,7 @@ use pingora::prelude::*;
 use pingora::protocols::http::error_resp::gen_error_response;
 use pingora::proxy::{ProxyHttp, Session};
 
+use crate::abi::proxy_wasm::FilterStream;
 use crate::abi::v1::{self, DownstreamRequest, GuestCtx, Outcome, RequestVerdict};
 use crate::abi::HookFailure;
 use crate::budget::{CallPermit, Throttle};
@@ -54,6 +55,9 @@ pub struct RequestCtx {
     refused: bool,
     /// When the request arrived, for `logging`'s duration.
     started: Instant,
+    /// Each proxy-wasm filter's HTTP context, by the tenant's filter
+    /// order; None where a filter was skipped or has faulted.
+    filters: Vec<Option<FilterStream>>,
 }
 
 impl WasmProxy {
@@ -71,7 +75,7 @@ impl WasmProxy {
     async fn admit<'t>(
         session: &mut Session,
         tenant: &'t Tenant,
-        hook: Hook,
+        hook: &str,
         refused: &mut bool,
     ) -> Result<Option<CallPermit<'t>>> {
         let throttle = match tenant.budget.admit() {
@@ -89,7 +93,7 @@ impl WasmProxy {
                 "module {}: {hook} not called, answered {status}: {why} \
                  (at most one such line per second; all are counted in \
                  wasm_proxy_tenant_throttled_total)",
-                tenant.module.name()
+                tenant.label
             );
         }
         let why = format!("tenant {}: {why}", tenant.name);
@@ -105,6 +109,171 @@ impl WasmProxy {
         Err(Error::explain(HTTPStatus(status), why))
     }
 
+    /// The tenant's filters on the request headers, in order: each gets
+    /// an HTTP context (an instance of its own until the request ends).
+    /// `Ok(true)` when a filter answered the request itself; its answer
+    /// has passed back through the response callbacks of the filters
+    /// before it and been sent.
+    async fn filter_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        tenant: &Tenant,
+    ) -> Result<bool> {
+        const CALLBACK: &str = "proxy_on_request_headers";
+        ctx.filters = (0..tenant.filters.len()).map(|_| None).collect();
+        for (index, filter) in tenant.filters.iter().enumerate() {
+            let Some(permit) = Self::admit(session, tenant, CALLBACK, &mut ctx.refused).await?
+            else {
+                self.filter_failed(tenant, index, CALLBACK, HookFailure::Skipped)?;
+                continue;
+            };
+            let client = session.client_addr().and_then(|a| a.as_inet()).copied();
+            let end_of_stream = !has_body(session.req_header());
+            let module = &filter.module;
+            let result = match module
+                .begin(session.req_header(), "http", client, &permit)
+                .await
+            {
+                Ok(mut stream) => {
+                    let request = session.req_header_mut();
+                    let result = module
+                        .on_request_headers(&mut stream, request, end_of_stream, &permit)
+                        .await;
+                    ctx.filters[index] = Some(stream).filter(FilterStream::active);
+                    result
+                }
+                Err(fault) => Err(fault),
+            };
+            let result = result.map_err(HookFailure::Fault);
+            Self::finish_callback(tenant, CALLBACK, permit, &result);
+            match result {
+                Ok(None) => {}
+                Ok(Some((mut response, body))) => {
+                    log::info!(
+                        "filter {}: answered the request with {}",
+                        module.name(),
+                        response.status.as_u16()
+                    );
+                    self.filter_response(session, ctx, tenant, &mut response, index + 1)
+                        .await?;
+                    write_answer(session, response, body).await?;
+                    return Ok(true);
+                }
+                Err(failure) => {
+                    ctx.filters[index] = None;
+                    self.filter_failed(tenant, index, CALLBACK, failure)?;
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// The response callbacks of the first `count` filters, last first.
+    async fn filter_response(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        tenant: &Tenant,
+        response: &mut ResponseHeader,
+        count: usize,
+    ) -> Result<()> {
+        const CALLBACK: &str = "proxy_on_response_headers";
+        for index in (0..count.min(ctx.filters.len())).rev() {
+            if ctx.filters[index].is_none() {
+                continue;
+            }
+            let Some(permit) = Self::admit(session, tenant, CALLBACK, &mut ctx.refused).await?
+            else {
+                ctx.filters[index] = None;
+                self.filter_failed(tenant, index, CALLBACK, HookFailure::Skipped)?;
+                continue;
+            };
+            let Some(stream) = ctx.filters[index].as_mut() else {
+                continue;
+            };
+            let module = &tenant.filters[index].module;
+            let result = module
+                .on_response_headers(stream, response, true, &permit)
+                .await
+                .map_err(HookFailure::Fault);
+            Self::finish_callback(tenant, CALLBACK, permit, &result);
+            if let Err(failure) = result {
+                ctx.filters[index] = None;
+                self.filter_failed(tenant, index, CALLBACK, failure)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends every filter's HTTP context, returning healthy instances.
+    async fn end_filters(&self, session: &Session, ctx: &mut RequestCtx, tenant: &Tenant) {
+        const CALLBACK: &str = "proxy_on_log";
+        for (index, stream) in std::mem::take(&mut ctx.filters).into_iter().enumerate() {
+            let Some(stream) = stream else {
+                continue;
+            };
+            // Over budget, the context is dropped with its instance.
+            let Ok(permit) = tenant.budget.admit() else {
+                continue;
+            };
+            let module = &tenant.filters[index].module;
+            let result = module
+                .end(stream, session.response_written(), &permit)
+                .await
+                .map_err(HookFailure::Fault);
+            Self::finish_callback(tenant, CALLBACK, permit, &result);
+            if let Err(failure) = result {
+                log::error!("filter {}: {CALLBACK} failed: {failure}", module.name());
+            }
+        }
+    }
+
+    /// Ends an admitted filter callback: counts a fault and frees its slot.
+    fn finish_callback<T>(
+        tenant: &Tenant,
+        callback: &str,
+        permit: CallPermit<'_>,
+        result: &Result<T, HookFailure>,
+    ) {
+        let fault = match result {
+            Err(HookFailure::Fault(fault)) => Some(fault),
+            _ => None,
+        };
+        if let Some(fault) = fault {
+            tenant.metrics.callback_fault(callback, fault);
+        }
+        permit.finish(fault.is_some());
+    }
+
+    /// A filter failed (or was skipped): under its `fail_open` the request
+    /// goes on without it; otherwise it fails with 500.
+    fn filter_failed(
+        &self,
+        tenant: &Tenant,
+        index: usize,
+        callback: &str,
+        failure: HookFailure,
+    ) -> Result<()> {
+        let filter = &tenant.filters[index];
+        let name = filter.module.name();
+        let goes_on = filter.on_error == GuestErrorPolicy::FailOpen
+            && matches!(failure, HookFailure::Fault(_) | HookFailure::Skipped);
+        if goes_on {
+            if Self::worth_logging(tenant, &failure) {
+                log::warn!(
+                    "filter {name}: {callback} failed: {failure}; fail-open, filter skipped"
+                );
+            }
+            return Ok(());
+        }
+        log::error!("filter {name}: {callback} failed: {failure}");
+        Err(Error::explain(
+            InternalError,
+            format!("filter {name}: {callback}: {failure}"),
+        ))
+    }
+
     /// The guest's `request_filter`: `Ok(true)` when it answered the
     /// request itself (the answer has passed through `response_filter`
     /// and been sent).
@@ -115,14 +284,13 @@ impl WasmProxy {
         tenant: &Tenant,
     ) -> Result<bool> {
         let hook = Hook::RequestFilter;
-        if !tenant.module.exports(hook) {
+        let Some(module) = tenant.module.as_deref().filter(|m| m.exports(hook)) else {
             return Ok(false);
-        }
-        let result = match Self::admit(session, tenant, hook, &mut ctx.refused).await? {
+        };
+        let result = match Self::admit(session, tenant, hook.export(), &mut ctx.refused).await? {
             Some(permit) => {
                 let request = downstream_request(session, &ctx.request_json);
-                let call =
-                    v1::request_filter(&tenant.module, &request, &mut ctx.guest_ctx, &permit);
+                let call = v1::request_filter(module, &request, &mut ctx.guest_ctx, &permit);
                 let result = call.await;
                 Self::finish(tenant, hook, permit, &result);
                 result
@@ -150,12 +318,9 @@ impl WasmProxy {
                 // through the response hook too.
                 self.guest_response_filter(session, ctx, tenant, &mut response)
                     .await?;
-                if body.is_empty() {
-                    session.write_response_header(response, true).await?;
-                } else {
-                    session.write_response_header(response, false).await?;
-                    session.write_response_body(Some(body), true).await?;
-                }
+                self.filter_response(session, ctx, tenant, &mut response, tenant.filters.len())
+                    .await?;
+                write_answer(session, response, body).await?;
                 Ok(true)
             }
             Err(failure) => self.skip_or_fail(tenant, hook, failure).map(|()| false),
@@ -172,20 +337,15 @@ impl WasmProxy {
         response: &mut ResponseHeader,
     ) -> Result<()> {
         let hook = Hook::ResponseFilter;
-        if !tenant.module.exports(hook) {
+        let Some(module) = tenant.module.as_deref().filter(|m| m.exports(hook)) else {
             return Ok(());
-        }
-        let result = match Self::admit(session, tenant, hook, &mut ctx.refused).await? {
+        };
+        let result = match Self::admit(session, tenant, hook.export(), &mut ctx.refused).await? {
             Some(permit) => {
                 let request = downstream_request(session, &ctx.request_json);
-                let result = v1::response_filter(
-                    &tenant.module,
-                    &request,
-                    response,
-                    &mut ctx.guest_ctx,
-                    &permit,
-                )
-                .await;
+                let result =
+                    v1::response_filter(module, &request, response, &mut ctx.guest_ctx, &permit)
+                        .await;
                 Self::finish(tenant, hook, permit, &result);
                 result
             }
@@ -238,7 +398,7 @@ impl WasmProxy {
         if Self::worth_logging(tenant, &failure) {
             log::warn!(
                 "module {}: {hook} failed: {failure}; fail-open, {hook} skipped",
-                tenant.module.name()
+                tenant.label
             );
         }
         Ok(())
@@ -247,7 +407,7 @@ impl WasmProxy {
     /// Logs a failed hook with module, hook and reason, and turns it into
     /// the error whose type gives the client's status.
     fn failed(&self, tenant: &Tenant, hook: Hook, failure: HookFailure) -> Box<Error> {
-        let module = tenant.module.name();
+        let module = &tenant.label;
         match failure {
             HookFailure::Fault(fault) => {
                 log::error!("module {module}: {hook} failed: {fault}");
@@ -287,6 +447,30 @@ fn downstream_request<'a>(
     DownstreamRequest::new(session.req_header(), session.client_addr(), json)
 }
 
+/// Whether the request has a body to follow its headers.
+fn has_body(request: &RequestHeader) -> bool {
+    let headers = &request.headers;
+    headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+            .is_some_and(|length| length > 0)
+}
+
+/// Sends an answer a guest gave instead of proxying.
+async fn write_answer(
+    session: &mut Session,
+    response: Box<ResponseHeader>,
+    body: Bytes,
+) -> Result<()> {
+    if body.is_empty() {
+        session.write_response_header(response, true).await
+    } else {
+        session.write_response_header(response, false).await?;
+        session.write_response_body(Some(body), true).await
+    }
+}
+
 /// The tenant a request was routed to in `request_filter`.
 fn routed(ctx: &RequestCtx) -> Result<Arc<Tenant>> {
     ctx.tenant
@@ -305,11 +489,13 @@ impl ProxyHttp for WasmProxy {
             request_json: OnceLock::new(),
             refused: false,
             started: Instant::now(),
+            filters: Vec::new(),
         }
     }
 
     /// Routing by Host: exact name, wildcard, default tenant; else 404.
-    /// Then the tenant's guest export `request_filter`.
+    /// Then the tenant's proxy-wasm filters (`proxy_on_request_headers`),
+    /// in order, then its module's export `request_filter`.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
         let host = || {
@@ -329,6 +515,9 @@ impl ProxyHttp for WasmProxy {
             tenant.metrics.request();
             let tenant = tenant.clone();
             ctx.tenant = Some(tenant.clone());
+            if self.filter_request(session, ctx, &tenant).await? {
+                return Ok(true);
+            }
             return self.guest_request_filter(session, ctx, &tenant).await;
         }
         let host = host();
@@ -349,17 +538,18 @@ impl ProxyHttp for WasmProxy {
     ) -> Result<Box<HttpPeer>> {
         let tenant = routed(ctx)?;
         let hook = Hook::UpstreamPeer;
-        if !tenant.module.exports(hook) {
-            // Checked at load: a module without upstream_peer has one.
-            if let Some(upstream) = &tenant.upstream {
-                return Ok(Box::new(upstream.peer()));
-            }
-        }
-        let chosen = match Self::admit(session, &tenant, hook, &mut ctx.refused).await? {
+        let Some(module) = tenant.module.as_deref().filter(|m| m.exports(hook)) else {
+            // Checked at load: a tenant whose module does not route has a
+            // static upstream.
+            return match &tenant.upstream {
+                Some(upstream) => Ok(Box::new(upstream.peer())),
+                None => Err(Error::explain(InternalError, "tenant has no upstream")),
+            };
+        };
+        let chosen = match Self::admit(session, &tenant, hook.export(), &mut ctx.refused).await? {
             Some(permit) => {
                 let request = downstream_request(session, &ctx.request_json);
-                let call =
-                    v1::call_upstream_peer(&tenant.module, &request, &mut ctx.guest_ctx, &permit);
+                let call = v1::call_upstream_peer(module, &request, &mut ctx.guest_ctx, &permit);
                 let result = call.await.and_then(|peer| {
                     let address = v1::peer_address(&peer.address)?;
                     Ok((peer, address))
@@ -383,7 +573,7 @@ impl ProxyHttp for WasmProxy {
                 if Self::worth_logging(&tenant, &failure) {
                     log::warn!(
                         "module {}: {hook} failed: {failure}; fail-open to {fallback}",
-                        tenant.module.name()
+                        tenant.label
                     );
                 }
                 Ok(Box::new(HttpPeer::new(fallback, false, String::new())))
@@ -402,14 +592,14 @@ impl ProxyHttp for WasmProxy {
     ) -> Result<()> {
         let tenant = routed(ctx)?;
         let hook = Hook::UpstreamRequestFilter;
-        if !tenant.module.exports(hook) {
+        let Some(module) = tenant.module.as_deref().filter(|m| m.exports(hook)) else {
             return Ok(());
-        }
-        let result = match Self::admit(session, &tenant, hook, &mut ctx.refused).await? {
+        };
+        let result = match Self::admit(session, &tenant, hook.export(), &mut ctx.refused).await? {
             Some(permit) => {
                 let request = downstream_request(session, &ctx.request_json);
                 let result = v1::filter_upstream_request(
-                    &tenant.module,
+                    module,
                     &request,
                     upstream_request,
                     &mut ctx.guest_ctx,
@@ -428,7 +618,8 @@ impl ProxyHttp for WasmProxy {
     }
 
     /// Guest export `response_filter`: changes to the response's status
-    /// and headers.
+    /// and headers; then the filters' `proxy_on_response_headers`, in
+    /// reverse order (the response travels back through the chain).
     async fn response_filter(
         &self,
         session: &mut Session,
@@ -437,19 +628,24 @@ impl ProxyHttp for WasmProxy {
     ) -> Result<()> {
         let tenant = routed(ctx)?;
         self.guest_response_filter(session, ctx, &tenant, upstream_response)
+            .await?;
+        let filters = tenant.filters.len();
+        self.filter_response(session, ctx, &tenant, upstream_response, filters)
             .await
     }
 
-    /// Guest export `logging`, on every path a routed request ends by. A
-    /// failure is logged and counted; nothing that was sent changes.
+    /// The filters' `proxy_on_done`, `proxy_on_log` and `proxy_on_delete`,
+    /// then guest export `logging`, on every path a routed request ends
+    /// by. A failure is logged and counted; nothing that was sent changes.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let hook = Hook::Logging;
         let Some(tenant) = ctx.tenant.clone() else {
             return;
         };
-        if !tenant.module.exports(hook) {
+        self.end_filters(session, ctx, &tenant).await;
+        let Some(module) = tenant.module.as_deref().filter(|m| m.exports(hook)) else {
             return;
-        }
+        };
         // Over budget, the call is not made; the budget counts it, and no
         // line is logged, as the request itself has already been answered.
         let Ok(permit) = tenant.budget.admit() else {
@@ -461,7 +657,7 @@ impl ProxyHttp for WasmProxy {
             duration: ctx.started.elapsed(),
         };
         let result = v1::logging(
-            &tenant.module,
+            module,
             &request,
             session.response_written(),
             outcome,
@@ -472,7 +668,7 @@ impl ProxyHttp for WasmProxy {
         Self::finish(&tenant, hook, permit, &result);
         if let Err(failure) = result {
             if Self::worth_logging(&tenant, &failure) {
-                log::error!("module {}: {hook} failed: {failure}", tenant.module.name());
+                log::error!("module {}: {hook} failed: {failure}", tenant.label);
             }
         }
     }

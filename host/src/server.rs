@@ -38,12 +38,19 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
     let metrics = Arc::new(Metrics::new());
     let tenants = TenantSet::load(&engine, &source, limits, &metrics)?;
     for tenant in tenants.tenants() {
-        let limits = tenant.module.limits();
         let budget = tenant.budget.limits();
+        let filters: Vec<&str> = tenant.filters.iter().map(|f| f.module.name()).collect();
+        if !filters.is_empty() {
+            log::info!("{}: filters {}", tenant.label, filters.join(", "));
+        }
+        let Some(module) = &tenant.module else {
+            continue;
+        };
+        let limits = module.limits();
         log::info!(
             "serving module {} (hook timeout {} ms, memory limit {} MiB, instance reuse {}, \
              {} calls in flight, {} ms guest time per s, breaker {} faults in {} ms)",
-            tenant.module.name(),
+            module.name(),
             limits.hook_timeout_ms,
             limits.memory_limit_mib,
             limits.instance_reuse,
@@ -100,7 +107,7 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
 /// and exit non-zero.
 pub fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = <Cli as clap::Parser>::parse();
+    let cli = Cli::parse_args();
     match build(cli).context("cannot start") {
         Ok(server) => server.run_forever(),
         Err(e) => {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+use crate::abi::proxy_wasm::{FilterModule, FilterSpec};
 use crate::abi::v1::GuestModule;
 use crate::budget::{Budget, BudgetLimits};
 use crate::hooks::Hook;
@@ -40,13 +41,18 @@ pub struct TenantDefaults {
     pub budget: BudgetLimits,
 }
 
-/// One tenant: a name, its module, its budget and what to do when the
-/// module fails.
+/// One tenant: a name, its routing module and filters, its budget and
+/// what to do when a guest fails.
 pub struct Tenant {
     /// The tenant's name, as in logs and metrics.
     pub name: String,
-    /// Its guest module.
-    pub module: Arc<GuestModule>,
+    /// Its routing module (this host's ABI), if it has one.
+    pub module: Option<Arc<GuestModule>>,
+    /// Its proxy-wasm filters, run in this order.
+    pub filters: Vec<TenantFilter>,
+    /// How its guests are named in logs: the module's name, or the
+    /// tenant's.
+    pub label: Arc<str>,
     /// Fail closed or open.
     pub on_guest_error: GuestErrorPolicy,
     /// Where fail-open requests go when `upstream_peer` failed.
@@ -59,17 +65,47 @@ pub struct Tenant {
     pub metrics: TenantMetrics,
 }
 
+/// A proxy-wasm filter of a tenant, and what its faults do.
+pub struct TenantFilter {
+    /// The loaded filter.
+    pub module: Arc<FilterModule>,
+    /// `fail_closed`: a fault answers 500; `fail_open`: the filter is
+    /// skipped for the rest of the request.
+    pub on_error: GuestErrorPolicy,
+}
+
+impl Tenant {
+    /// Whether the tenant's routing module exports `hook`.
+    pub fn exports(&self, hook: Hook) -> bool {
+        self.module
+            .as_ref()
+            .is_some_and(|module| module.exports(hook))
+    }
+}
+
+/// A filter as the command line gives it.
+#[derive(Debug, Clone)]
+pub struct FilterSource {
+    /// The filter's `.wasm`.
+    pub path: PathBuf,
+    /// Its plugin configuration.
+    pub config: Vec<u8>,
+}
+
 /// Where the tenant set comes from, so it can be loaded again.
 #[derive(Debug, Clone)]
 pub enum TenantSource {
-    /// One module serving every Host (`host MODULE.wasm`).
-    Module {
-        /// The module file.
-        path: PathBuf,
+    /// One tenant serving every Host, from the command line: a module
+    /// (`host MODULE.wasm`), filters (`--filter`), or both.
+    CommandLine {
+        /// The module file, if any.
+        module: Option<PathBuf>,
         /// Its configuration JSON.
         config_json: String,
-        /// Its static upstream (`--upstream`).
+        /// The static upstream (`--upstream`).
         upstream: Option<StaticUpstream>,
+        /// The filters (`--filter`, `--filter-config`), in order.
+        filters: Vec<FilterSource>,
     },
     /// A tenants file (`host --tenants FILE`).
     File(PathBuf),
@@ -84,14 +120,33 @@ pub struct TenantSet {
     default: Option<usize>,
     /// Files whose change triggers a reload.
     watched: Vec<PathBuf>,
+    /// Clusters filters may call, by name.
+    clusters: HashMap<String, SocketAddr>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TenantsFile {
+    /// Names a filter may dispatch HTTP calls to: `name: "ip:port"`.
+    #[serde(default)]
+    clusters: HashMap<String, String>,
     tenants: Vec<TenantSpec>,
     #[serde(default)]
     default_tenant: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilterYaml {
+    module: PathBuf,
+    #[serde(default)]
+    config: Option<serde_yaml::Value>,
+    #[serde(default)]
+    vm_config: Option<String>,
+    #[serde(default)]
+    root_id: Option<String>,
+    #[serde(default)]
+    on_error: GuestErrorPolicy,
 }
 
 #[derive(Deserialize)]
@@ -100,7 +155,10 @@ struct TenantSpec {
     name: String,
     #[serde(default)]
     hosts: Vec<String>,
-    module: PathBuf,
+    #[serde(default)]
+    module: Option<PathBuf>,
+    #[serde(default)]
+    filters: Vec<FilterYaml>,
     #[serde(default)]
     config: Option<serde_yaml::Value>,
     #[serde(default)]
@@ -143,29 +201,62 @@ impl TenantSet {
         metrics: &Metrics,
     ) -> anyhow::Result<Self> {
         match source {
-            TenantSource::Module {
-                path,
+            TenantSource::CommandLine {
+                module,
                 config_json,
                 upstream,
+                filters,
             } => {
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| path.display().to_string());
-                let module = GuestModule::load(
-                    engine,
-                    name.as_str().into(),
-                    path,
-                    config_json,
-                    defaults.limits,
-                )?;
+                let file_name = |path: &Path| {
+                    path.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| path.display().to_string())
+                };
+                let name = match (module, filters.first()) {
+                    (Some(path), _) => file_name(path),
+                    (None, Some(filter)) => file_name(&filter.path),
+                    (None, None) => bail!("give a MODULE.wasm, a --filter or --tenants FILE"),
+                };
+                let mut watched: Vec<PathBuf> = module.iter().cloned().collect();
+                let module = match module {
+                    Some(path) => Some(Arc::new(GuestModule::load(
+                        engine,
+                        name.as_str().into(),
+                        path,
+                        config_json,
+                        defaults.limits,
+                    )?)),
+                    None => None,
+                };
+                check_routing(module.as_deref(), upstream.as_ref(), "--upstream ADDR")?;
+                let mut loaded = Vec::new();
+                for filter in filters {
+                    let spec = FilterSpec {
+                        config: filter.config.clone(),
+                        ..FilterSpec::default()
+                    };
+                    let label = file_name(&filter.path);
+                    let filter_module = FilterModule::load(
+                        engine,
+                        label.into(),
+                        &filter.path,
+                        spec,
+                        defaults.limits,
+                    )?;
+                    watched.push(filter.path.clone());
+                    loaded.push(TenantFilter {
+                        module: Arc::new(filter_module),
+                        on_error: GuestErrorPolicy::FailClosed,
+                    });
+                }
                 metrics.module_load(&name);
-                check_routing(&module, upstream.as_ref(), "--upstream ADDR")?;
                 let tenant = Tenant {
                     budget: Budget::new(defaults.budget, metrics.tenant(&name)),
                     metrics: metrics.tenant(&name),
+                    label: name.as_str().into(),
                     name,
-                    module: Arc::new(module),
+                    module,
+                    filters: loaded,
                     on_guest_error: GuestErrorPolicy::FailClosed,
                     fallback_upstream: None,
                     upstream: upstream.clone(),
@@ -175,7 +266,8 @@ impl TenantSet {
                     exact: HashMap::new(),
                     wildcards: Vec::new(),
                     default: Some(0),
-                    watched: vec![path.clone()],
+                    watched,
+                    clusters: HashMap::new(),
                 })
             }
             TenantSource::File(path) => Self::load_file(engine, path, defaults, metrics)
@@ -198,7 +290,14 @@ impl TenantSet {
             wildcards: Vec::new(),
             default: None,
             watched: vec![path.to_path_buf()],
+            clusters: HashMap::new(),
         };
+        for (name, addr) in &file.clusters {
+            let addr = addr
+                .parse::<SocketAddr>()
+                .with_context(|| format!("cluster {name:?}: {addr:?} is not ip:port"))?;
+            set.clusters.insert(name.clone(), addr);
+        }
         let mut names = HashSet::new();
         for spec in file.tenants {
             let name = spec.name.clone();
@@ -210,11 +309,11 @@ impl TenantSet {
                 set.add_host(host, index)
                     .with_context(|| format!("tenant {name:?}"))?;
             }
-            let tenant = build_tenant(engine, base, spec, defaults, metrics)
+            let (tenant, files) = build_tenant(engine, base, spec, defaults, metrics)
                 .with_context(|| format!("tenant {name:?}"))?;
             metrics.module_load(&name);
-            set.watched.push(base.join(&tenant.1));
-            set.tenants.push(Arc::new(tenant.0));
+            set.watched.extend(files);
+            set.tenants.push(Arc::new(tenant));
         }
         if let Some(default) = &file.default_tenant {
             let index = set
@@ -294,14 +393,14 @@ impl TenantSet {
     }
 }
 
-/// Builds one tenant; returns it and its module path (relative to `base`).
+/// Builds one tenant; returns it and the files it was loaded from.
 fn build_tenant(
     engine: &GuestEngine,
     base: &Path,
     spec: TenantSpec,
     defaults: TenantDefaults,
     metrics: &Metrics,
-) -> anyhow::Result<(Tenant, PathBuf)> {
+) -> anyhow::Result<(Tenant, Vec<PathBuf>)> {
     let (given, guest) = (&spec.limits, defaults.limits);
     let limits = GuestLimits {
         hook_timeout_ms: given.hook_timeout_ms.unwrap_or(guest.hook_timeout_ms),
@@ -335,52 +434,101 @@ fn build_tenant(
         Some(config) => serde_json::to_string(config).context("config is not JSON-compatible")?,
         None => "{}".to_string(),
     };
-    let module_path = base.join(&spec.module);
-    let name: Arc<str> = format!(
-        "{} (tenant {})",
-        spec.module
-            .file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        spec.name
-    )
-    .into();
-    let module = GuestModule::load(engine, name, &module_path, &config_json, limits)?;
-    check_routing(&module, upstream.as_ref(), "`upstream:`")?;
+    let label = |file: &Path| -> Arc<str> {
+        format!(
+            "{} (tenant {})",
+            file.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default(),
+            spec.name
+        )
+        .into()
+    };
+    let mut files = Vec::new();
+    let module = match &spec.module {
+        Some(path) => {
+            let module_path = base.join(path);
+            files.push(module_path.clone());
+            Some(Arc::new(GuestModule::load(
+                engine,
+                label(path),
+                &module_path,
+                &config_json,
+                limits,
+            )?))
+        }
+        None => None,
+    };
+    check_routing(module.as_deref(), upstream.as_ref(), "`upstream:`")?;
     if spec.on_guest_error == GuestErrorPolicy::FailOpen
-        && module.exports(Hook::UpstreamPeer)
+        && module
+            .as_ref()
+            .is_some_and(|m| m.exports(Hook::UpstreamPeer))
         && fallback_upstream.is_none()
     {
         bail!("on_guest_error: fail_open needs a fallback_upstream for when upstream_peer fails");
     }
+    let mut filters = Vec::new();
+    for (index, filter) in spec.filters.iter().enumerate() {
+        let path = base.join(&filter.module);
+        let config = match &filter.config {
+            None => Vec::new(),
+            Some(serde_yaml::Value::String(text)) => text.clone().into_bytes(),
+            // A mapping (or any other value) is passed as its JSON text.
+            Some(other) => serde_json::to_vec(other)
+                .with_context(|| format!("filters[{index}].config is not JSON-compatible"))?,
+        };
+        let filter_spec = FilterSpec {
+            config,
+            vm_config: filter.vm_config.clone().unwrap_or_default().into_bytes(),
+            root_id: filter.root_id.clone().unwrap_or_default(),
+        };
+        let loaded = FilterModule::load(engine, label(&filter.module), &path, filter_spec, limits)
+            .with_context(|| format!("filters[{index}]"))?;
+        files.push(path);
+        filters.push(TenantFilter {
+            module: Arc::new(loaded),
+            on_error: filter.on_error,
+        });
+    }
+    let tenant_label: Arc<str> = match (&spec.module, spec.filters.first()) {
+        (Some(path), _) => label(path),
+        _ => format!("tenant {}", spec.name).into(),
+    };
     let tenant = Tenant {
         budget: Budget::new(budget, metrics.tenant(&spec.name)),
         metrics: metrics.tenant(&spec.name),
         name: spec.name,
-        module: Arc::new(module),
+        label: tenant_label,
+        module,
+        filters,
         on_guest_error: spec.on_guest_error,
         fallback_upstream,
         upstream,
     };
-    Ok((tenant, spec.module))
+    Ok((tenant, files))
 }
 
 /// Refuses a module that cannot say where requests go: it exports no
 /// `upstream_peer` and its tenant has no static upstream (`how` says how
 /// to give one).
 fn check_routing(
-    module: &GuestModule,
+    module: Option<&GuestModule>,
     upstream: Option<&StaticUpstream>,
     how: &str,
 ) -> anyhow::Result<()> {
-    if !module.exports(Hook::UpstreamPeer) && upstream.is_none() {
-        bail!(
+    if upstream.is_some() {
+        return Ok(());
+    }
+    match module {
+        Some(module) if !module.exports(Hook::UpstreamPeer) => bail!(
             "module {} exports no `upstream_peer` and has no static upstream: \
              give one with {how}, or export upstream_peer",
             module.name()
-        );
+        ),
+        Some(_) => Ok(()),
+        None => bail!("no module chooses an upstream: give a static one with {how}"),
     }
-    Ok(())
 }
 
 /// Lower case, no port, no trailing dot: `Acme.Example.:8080` -> `acme.example`.
@@ -408,6 +556,7 @@ mod tests {
             wildcards: Vec::new(),
             default,
             watched: Vec::new(),
+            clusters: HashMap::new(),
         };
         for (host, index) in hosts {
             set.add_host(host, *index).unwrap();

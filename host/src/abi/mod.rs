@@ -5,8 +5,11 @@
 //! module's ABI is told from its exports ([`ModuleKind::of`]).
 //!
 //! - [`v1`]: the project's own ABI (JSON in and out, ctx held by the host).
+//! - [`proxy_wasm`]: proxy-wasm v0.2.1 filters (state in the guest, one
+//!   instance per request, hostcalls).
 
 mod failure;
+pub mod proxy_wasm;
 pub mod v1;
 
 use anyhow::{bail, Context};
@@ -24,8 +27,12 @@ pub trait GuestAbi {
     /// Refuses any import the ABI does not provide, naming the first.
     fn check_imports(module: &Module) -> anyhow::Result<()>;
 
-    /// Registers the ABI's host functions.
-    fn add_imports(linker: &mut Linker<Sandbox<Self::State>>) -> wasmtime::Result<()>;
+    /// Registers the ABI's host functions for `module`, whose imports
+    /// have passed [`check_imports`](Self::check_imports).
+    fn add_imports(
+        linker: &mut Linker<Sandbox<Self::State>>,
+        module: &Module,
+    ) -> wasmtime::Result<()>;
 }
 
 /// The kinds of module the host recognises, by their exports.
@@ -82,7 +89,7 @@ pub fn link<A: GuestAbi>(
 ) -> anyhow::Result<InstancePre<Sandbox<A::State>>> {
     A::check_imports(module)?;
     let mut linker = Linker::new(engine.engine());
-    A::add_imports(&mut linker).map_err(anyhow::Error::from)?;
+    A::add_imports(&mut linker, module).map_err(anyhow::Error::from)?;
     linker
         .instantiate_pre(module)
         .map_err(anyhow::Error::from)

@@ -6,6 +6,7 @@ mod support;
 
 mod budgets;
 mod failures;
+mod filters;
 mod lifecycle;
 mod load;
 mod proxying;

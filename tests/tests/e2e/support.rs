@@ -244,6 +244,8 @@ pub struct ProxyOptions {
     pub module_config: Option<Value>,
     pub ca_file: Option<PathBuf>,
     pub extra_args: Vec<String>,
+    /// Start without a module (filters and a static upstream only).
+    pub no_module: bool,
 }
 
 impl ProxyOptions {
@@ -254,6 +256,7 @@ impl ProxyOptions {
             module_config: Some(module_config),
             ca_file: None,
             extra_args: Vec::new(),
+            no_module: false,
         }
     }
 }
@@ -398,9 +401,14 @@ fn spawn(options: &ProxyOptions, args: &[String]) -> (Child, Arc<Mutex<String>>,
 
     let mut command = Command::new(env!("CARGO_BIN_EXE_proxy-under-test"));
     match &options.tenants {
-        Some(tenants) => command.arg("--tenants").arg(tenants),
-        None => command.arg(&options.module),
-    };
+        Some(tenants) => {
+            command.arg("--tenants").arg(tenants);
+        }
+        None if options.no_module => {}
+        None => {
+            command.arg(&options.module);
+        }
+    }
     command.arg("-c").arg(&conf_path);
     if let (Some(config), None) = (&options.module_config, &options.tenants) {
         command.arg("--module-config").arg(config.to_string());

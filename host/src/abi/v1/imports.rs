@@ -35,7 +35,10 @@ impl GuestAbi for V1 {
         Ok(())
     }
 
-    fn add_imports(linker: &mut Linker<Sandbox<V1State>>) -> wasmtime::Result<()> {
+    fn add_imports(
+        linker: &mut Linker<Sandbox<V1State>>,
+        _module: &Module,
+    ) -> wasmtime::Result<()> {
         linker.func_wrap("hook", "log", log)?;
         linker.func_wrap("hook", "input_part", input_part)?;
         linker.func_wrap("hook", "get_header", get_header)?;

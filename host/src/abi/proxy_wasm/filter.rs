@@ -1,0 +1,454 @@
+//! A loaded proxy-wasm filter: compiled and checked once, its instances
+//! started as the Rust SDK's dispatcher expects (`_initialize`, the root
+//! context, `proxy_on_vm_start`, `proxy_on_configure`), and one instance
+//! lent to each request for its whole life, with an HTTP context of its
+//! own.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use wasmtime::{InstancePre, TypedFunc, WasmParams, WasmResults};
+
+use super::{HeaderPairs, LocalReply, Plugin, ProxyWasm, PwState, Stream};
+use crate::abi::{self, ModuleKind};
+use crate::runtime::{
+    block_on, CallError, GuestEngine, GuestLimits, HookFault, IdleInstances, LongCallSignal,
+    Sandbox, SliceMeter, Unmetered, WasmInstance,
+};
+
+/// The root context's id; HTTP contexts count up from it.
+const ROOT_CONTEXT: i32 = 1;
+
+/// How a filter is configured.
+#[derive(Debug, Clone, Default)]
+pub struct FilterSpec {
+    /// Plugin configuration, for `on_configure`.
+    pub config: Vec<u8>,
+    /// VM configuration, for `on_vm_start`.
+    pub vm_config: Vec<u8>,
+    /// The plugin's root id.
+    pub root_id: String,
+}
+
+/// The callbacks the host makes.
+struct Callbacks {
+    on_context_create: TypedFunc<(i32, i32), ()>,
+    on_request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_done: Option<TypedFunc<i32, i32>>,
+    on_log: Option<TypedFunc<i32, ()>>,
+    on_delete: Option<TypedFunc<i32, ()>>,
+}
+
+/// A started instance of a filter.
+pub struct PwInstance {
+    wasm: WasmInstance<PwState>,
+    callbacks: Callbacks,
+    /// The next HTTP context id: unique within the instance.
+    next_context: i32,
+    /// HTTP contexts served, for the reuse bound.
+    streams: u64,
+}
+
+/// A loaded filter and its idle, started instances.
+pub struct FilterModule {
+    name: Arc<str>,
+    pre: InstancePre<Sandbox<PwState>>,
+    plugin: Arc<Plugin>,
+    limits: GuestLimits,
+    long_calls: LongCallSignal,
+    idle: IdleInstances<PwInstance>,
+}
+
+/// One request's HTTP context in one filter: the instance it owns until
+/// the request ends, and the stream its callbacks see.
+pub struct FilterStream {
+    instance: Option<Box<PwInstance>>,
+    context: i32,
+    stream: Stream,
+}
+
+impl FilterStream {
+    /// Whether the filter still serves this request (it has not faulted).
+    pub fn active(&self) -> bool {
+        self.instance.is_some()
+    }
+}
+
+/// Request ids, unique in this process (`request.id`).
+static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
+
+impl FilterModule {
+    /// Reads, compiles and checks the filter at `path`, and starts a first
+    /// instance, whose `on_vm_start` and `on_configure` must accept `spec`.
+    /// `name` labels its log lines.
+    pub fn load(
+        engine: &GuestEngine,
+        name: Arc<str>,
+        path: &Path,
+        spec: FilterSpec,
+        limits: GuestLimits,
+    ) -> anyhow::Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let plugin_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Self::from_bytes(engine, name, plugin_name, &bytes, spec, limits)
+            .with_context(|| format!("loading filter {}", path.display()))
+    }
+
+    /// As [`load`](Self::load), from bytes already read.
+    pub fn from_bytes(
+        engine: &GuestEngine,
+        name: Arc<str>,
+        plugin_name: String,
+        bytes: &[u8],
+        spec: FilterSpec,
+        limits: GuestLimits,
+    ) -> anyhow::Result<Self> {
+        let module = abi::compile(engine, &name, bytes)?;
+        if module.get_export("proxy_abi_version_0_1_0").is_some() {
+            bail!("speaks proxy-wasm ABI 0.1.0; this host runs 0.2.1 (and 0.2.0) filters");
+        }
+        if ModuleKind::of(&module)? != ModuleKind::ProxyWasm {
+            bail!(
+                "speaks this host's own guest ABI, not proxy-wasm: use it as a tenant's \
+                 `module`, not as a filter"
+            );
+        }
+        let pre = abi::link::<ProxyWasm>(engine, &module)?;
+        let plugin = Arc::new(Plugin {
+            name: name.clone(),
+            plugin_name,
+            root_id: spec.root_id,
+            vm_id: String::new(),
+            config: spec.config,
+            vm_config: spec.vm_config,
+            shared: Default::default(),
+            metrics: Default::default(),
+        });
+        let filter = FilterModule {
+            name,
+            pre,
+            plugin,
+            limits,
+            long_calls: engine.long_calls().clone(),
+            idle: IdleInstances::new(),
+        };
+        let first = block_on(filter.start(&Unmetered)).map_err(|e| anyhow::anyhow!("{e}"))?;
+        filter.idle.put(first);
+        Ok(filter)
+    }
+
+    /// The filter's name for logs.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A new instance, started: `_initialize`, the root context, the VM
+    /// and the plugin configured.
+    async fn start(&self, meter: &dyn SliceMeter) -> Result<Box<PwInstance>, String> {
+        let state = PwState {
+            plugin: self.plugin.clone(),
+            alloc: None,
+            stream: None,
+            effective_context: 0,
+        };
+        let mut wasm = WasmInstance::new(
+            &self.pre,
+            self.name.clone(),
+            self.limits,
+            self.long_calls.clone(),
+            meter,
+            state,
+        )
+        .await
+        .map_err(|e| format!("cannot instantiate: {e:#}"))?;
+        let alloc = match export(&mut wasm, "proxy_on_memory_allocate", "(i32) -> i32")? {
+            Some(alloc) => Some(alloc),
+            None => export(&mut wasm, "malloc", "(i32) -> i32")?,
+        };
+        if alloc.is_none() {
+            return Err("exports neither `proxy_on_memory_allocate` nor `malloc`".into());
+        }
+        wasm.abi_mut().alloc = alloc;
+        let initialize: Option<TypedFunc<(), ()>> = export(&mut wasm, "_initialize", "() -> ()")?;
+        let on_context_create = export(&mut wasm, "proxy_on_context_create", "(i32, i32) -> ()")?
+            .ok_or("missing export `proxy_on_context_create`")?;
+        let on_vm_start: Option<TypedFunc<(i32, i32), i32>> =
+            export(&mut wasm, "proxy_on_vm_start", "(i32, i32) -> i32")?;
+        let on_configure: Option<TypedFunc<(i32, i32), i32>> =
+            export(&mut wasm, "proxy_on_configure", "(i32, i32) -> i32")?;
+        let callbacks = Callbacks {
+            on_context_create,
+            on_request_headers: export(
+                &mut wasm,
+                "proxy_on_request_headers",
+                "(i32, i32, i32) -> i32",
+            )?,
+            on_response_headers: export(
+                &mut wasm,
+                "proxy_on_response_headers",
+                "(i32, i32, i32) -> i32",
+            )?,
+            on_done: export(&mut wasm, "proxy_on_done", "(i32) -> i32")?,
+            on_log: export(&mut wasm, "proxy_on_log", "(i32) -> ()")?,
+            on_delete: export(&mut wasm, "proxy_on_delete", "(i32) -> ()")?,
+        };
+        let mut instance = Box::new(PwInstance {
+            wasm,
+            callbacks,
+            next_context: ROOT_CONTEXT + 1,
+            streams: 0,
+        });
+        let failed = |what: &str, e: CallError| format!("{what}: {}", e.into_fault());
+        if let Some(initialize) = initialize {
+            instance
+                .call(&initialize, (), meter)
+                .await
+                .map_err(|e| failed("_initialize", e))?;
+        }
+        let create = instance.callbacks.on_context_create.clone();
+        instance
+            .call(&create, (ROOT_CONTEXT, 0), meter)
+            .await
+            .map_err(|e| failed("proxy_on_context_create", e))?;
+        if let Some(on_vm_start) = on_vm_start {
+            let size = self.plugin.vm_config.len() as i32;
+            let started = instance
+                .call(&on_vm_start, (ROOT_CONTEXT, size), meter)
+                .await
+                .map_err(|e| failed("proxy_on_vm_start", e))?;
+            if started == 0 {
+                return Err(
+                    "proxy_on_vm_start returned false: the VM configuration was refused".into(),
+                );
+            }
+        }
+        if let Some(on_configure) = on_configure {
+            let size = self.plugin.config.len() as i32;
+            let configured = instance
+                .call(&on_configure, (ROOT_CONTEXT, size), meter)
+                .await
+                .map_err(|e| failed("proxy_on_configure", e))?;
+            if configured == 0 {
+                return Err(
+                    "proxy_on_configure returned false: the plugin configuration was refused"
+                        .into(),
+                );
+            }
+        }
+        Ok(instance)
+    }
+
+    /// Starts the filter's HTTP context for a request: an idle (or new)
+    /// instance, which the request keeps until [`end`](Self::end).
+    pub async fn begin(
+        &self,
+        request: &RequestHeader,
+        scheme: &str,
+        client: Option<std::net::SocketAddr>,
+        meter: &dyn SliceMeter,
+    ) -> Result<FilterStream, HookFault> {
+        let mut instance = match self.idle.take() {
+            Some(instance) => instance,
+            None => Box::pin(self.start(meter))
+                .await
+                .map_err(HookFault::Instantiate)?,
+        };
+        let context = instance.next_context;
+        instance.next_context = instance
+            .next_context
+            .checked_add(1)
+            .unwrap_or(ROOT_CONTEXT + 1);
+        let create = instance.callbacks.on_context_create.clone();
+        instance
+            .call(&create, (context, ROOT_CONTEXT), meter)
+            .await
+            .map_err(CallError::into_fault)?;
+        let stream = Stream {
+            request: HeaderPairs::of_request(request, scheme),
+            facts: super::RequestFacts {
+                id: REQUEST_IDS.fetch_add(1, Ordering::Relaxed).to_string(),
+                protocol: format!("{:?}", request.version),
+                source: client,
+                destination: None,
+            },
+            ..Stream::default()
+        };
+        Ok(FilterStream {
+            instance: Some(instance),
+            context,
+            stream,
+        })
+    }
+
+    /// `proxy_on_request_headers`, and the filter's edits applied to
+    /// `request`. Returns the local response the filter sent, if any.
+    pub async fn on_request_headers(
+        &self,
+        filter: &mut FilterStream,
+        request: &mut RequestHeader,
+        end_of_stream: bool,
+        meter: &dyn SliceMeter,
+    ) -> Result<Option<(Box<ResponseHeader>, Bytes)>, HookFault> {
+        filter.stream.request = HeaderPairs::of_request(request, "http");
+        let count = filter.stream.request.pairs().len() as i32;
+        let callback = |instance: &PwInstance| instance.callbacks.on_request_headers.clone();
+        self.run(filter, callback, (count, end_of_stream as i32), meter)
+            .await?;
+        if filter.stream.request.changed() {
+            filter.stream.request.apply_to_request(request)?;
+        }
+        match filter.stream.local_reply.take() {
+            Some(reply) => local_response(reply).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// `proxy_on_response_headers`, and the filter's edits applied to
+    /// `response`.
+    pub async fn on_response_headers(
+        &self,
+        filter: &mut FilterStream,
+        response: &mut ResponseHeader,
+        end_of_stream: bool,
+        meter: &dyn SliceMeter,
+    ) -> Result<(), HookFault> {
+        filter.stream.response = Some(HeaderPairs::of_response(response));
+        let count = filter
+            .stream
+            .response
+            .as_ref()
+            .map_or(0, |r| r.pairs().len()) as i32;
+        let callback = |instance: &PwInstance| instance.callbacks.on_response_headers.clone();
+        self.run(filter, callback, (count, end_of_stream as i32), meter)
+            .await?;
+        // A local response here would replace one already under way: not
+        // supported (docs/PROXY_WASM.md); the headers' edits still apply.
+        filter.stream.local_reply = None;
+        match &filter.stream.response {
+            Some(map) if map.changed() => map.apply_to_response(response),
+            _ => Ok(()),
+        }
+    }
+
+    /// Ends the request's HTTP context (`proxy_on_done`, `proxy_on_log`,
+    /// `proxy_on_delete`) with `response` as the last response seen, and
+    /// returns a healthy instance for reuse.
+    pub async fn end(
+        &self,
+        mut filter: FilterStream,
+        response: Option<&ResponseHeader>,
+        meter: &dyn SliceMeter,
+    ) -> Result<(), HookFault> {
+        if let Some(response) = response {
+            filter.stream.response = Some(HeaderPairs::of_response(response));
+        }
+        let context = filter.context;
+        let Some(instance) = filter.instance.as_mut() else {
+            return Ok(());
+        };
+        instance.wasm.abi_mut().stream = Some(std::mem::take(&mut filter.stream));
+        let result = instance.finish(context, meter).await;
+        instance.wasm.abi_mut().stream = None;
+        if let Err(e) = result {
+            return Err(e.into_fault());
+        }
+        if let Some(mut instance) = filter.instance.take() {
+            instance.streams += 1;
+            if instance.streams < self.limits.instance_reuse {
+                self.idle.put(instance);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the callback `pick` chooses for the filter's context with
+    /// `params` after the context id, the stream lent to the store. A
+    /// fault drops the instance.
+    async fn run(
+        &self,
+        filter: &mut FilterStream,
+        pick: impl Fn(&PwInstance) -> Option<TypedFunc<(i32, i32, i32), i32>>,
+        (count, end_of_stream): (i32, i32),
+        meter: &dyn SliceMeter,
+    ) -> Result<i32, HookFault> {
+        let Some(instance) = filter.instance.as_mut() else {
+            return Ok(0);
+        };
+        let Some(callback) = pick(instance) else {
+            return Ok(0);
+        };
+        instance.wasm.abi_mut().stream = Some(std::mem::take(&mut filter.stream));
+        let result = instance
+            .call(&callback, (filter.context, count, end_of_stream), meter)
+            .await;
+        filter.stream = instance.wasm.abi_mut().stream.take().unwrap_or_default();
+        result.map_err(|e| {
+            filter.instance = None;
+            e.into_fault()
+        })
+    }
+}
+
+impl PwInstance {
+    /// Calls `func` sliced, as one deadline-bound call.
+    async fn call<P, R>(
+        &mut self,
+        func: &TypedFunc<P, R>,
+        params: P,
+        meter: &dyn SliceMeter,
+    ) -> Result<R, CallError>
+    where
+        P: WasmParams + Sync,
+        R: WasmResults + Send + Sync,
+    {
+        self.wasm.begin(Duration::ZERO);
+        self.wasm.call_sliced(func, params, meter).await
+    }
+
+    /// `proxy_on_done`, `proxy_on_log`, `proxy_on_delete` for `context`.
+    async fn finish(&mut self, context: i32, meter: &dyn SliceMeter) -> Result<(), CallError> {
+        if let Some(on_done) = self.callbacks.on_done.clone() {
+            self.call(&on_done, context, meter).await?;
+        }
+        if let Some(on_log) = self.callbacks.on_log.clone() {
+            self.call(&on_log, context, meter).await?;
+        }
+        if let Some(on_delete) = self.callbacks.on_delete.clone() {
+            self.call(&on_delete, context, meter).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The export `name` as a function of type `(P) -> R`, if there is one.
+fn export<P: WasmParams, R: WasmResults>(
+    wasm: &mut WasmInstance<PwState>,
+    name: &str,
+    signature: &str,
+) -> Result<Option<TypedFunc<P, R>>, String> {
+    wasm.func(name, signature).map_err(|e| format!("{e:#}"))
+}
+
+/// The response a filter sent, checked like our own guests' answers.
+fn local_response(reply: LocalReply) -> Result<(Box<ResponseHeader>, Bytes), HookFault> {
+    let answer = guest_sdk::wire::LocalResponse {
+        status: reply.status,
+        headers: reply.headers,
+        body: String::from_utf8_lossy(&reply.body).into_owned(),
+    };
+    let (mut response, _) = crate::abi::v1::local_response(answer)?;
+    // The body goes out as the filter gave it, not as checked text.
+    response
+        .insert_header(http::header::CONTENT_LENGTH, reply.body.len())
+        .map_err(|e| HookFault::InvalidOutput(format!("local response: {e}")))?;
+    Ok((Box::new(response), reply.body))
+}

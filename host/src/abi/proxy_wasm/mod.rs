@@ -1,0 +1,155 @@
+//! Guest ABI proxy-wasm v0.2.1 (with v0.2.0 where it is the same): run
+//! unmodified Envoy/Kong filters, written with the proxy-wasm SDKs, in
+//! front of a tenant's routing.
+//!
+//! Unlike our own ABI, a filter keeps per-request state inside the guest:
+//! one instance owns a request for its whole life (an HTTP context, made
+//! with `proxy_on_context_create`), and its callbacks reach the request
+//! through hostcalls on header maps, buffers and properties. Each
+//! callback runs sliced on the wasm layer under the filter's deadline and
+//! memory cap, like a hook; an instance that trapped is dropped, never
+//! called again (the SDKs' state is poisoned after a trap).
+//!
+//! `docs/PROXY_WASM.md` lists every hostcall and callback and how far it
+//! is supported.
+
+mod filter;
+mod hostcalls;
+mod stream;
+mod wasi;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use wasmtime::{Linker, Module, TypedFunc};
+
+use crate::abi::GuestAbi;
+use crate::runtime::Sandbox;
+
+pub use filter::{FilterModule, FilterSpec, FilterStream};
+pub use stream::{HeaderPairs, LocalReply, RequestFacts, Stream};
+
+/// The proxy-wasm ABI, for [`GuestAbi`].
+pub struct ProxyWasm;
+
+/// What a filter's instance keeps in its store for the hostcalls.
+pub struct PwState {
+    /// The plugin this instance runs.
+    plugin: Arc<Plugin>,
+    /// The guest's allocator (`proxy_on_memory_allocate` or `malloc`), for
+    /// data the host returns.
+    alloc: Option<TypedFunc<i32, i32>>,
+    /// The HTTP stream of the callback in progress, if any.
+    stream: Option<Stream>,
+    /// The context the filter made current (`proxy_set_effective_context`).
+    effective_context: u32,
+}
+
+/// One configured filter, shared by its instances.
+pub struct Plugin {
+    /// Its name in logs: module file and tenant.
+    pub name: Arc<str>,
+    /// `plugin_name`: the module's file name.
+    pub plugin_name: String,
+    /// `root_id` from the configuration (`plugin_root_id`).
+    pub root_id: String,
+    /// `plugin_vm_id`.
+    pub vm_id: String,
+    /// The plugin configuration (`on_configure`).
+    pub config: Vec<u8>,
+    /// The VM configuration (`on_vm_start`).
+    pub vm_config: Vec<u8>,
+    /// Shared data, shared by every instance of this filter.
+    pub shared: SharedData,
+    /// Metrics the filter defined.
+    pub metrics: FilterMetrics,
+}
+
+/// Key-value data shared by a filter's instances, with CAS.
+#[derive(Default)]
+pub struct SharedData {
+    entries: Mutex<HashMap<String, (Vec<u8>, u32)>>,
+}
+
+impl SharedData {
+    /// The value and its CAS token, if set.
+    pub fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.get(key).cloned()
+    }
+
+    /// Sets `key` if `cas` is 0 or matches; false on a CAS mismatch.
+    pub fn set(&self, key: &str, value: Vec<u8>, cas: u32) -> bool {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let current = entries.get(key).map_or(0, |(_, cas)| *cas);
+        if cas != 0 && cas != current {
+            return false;
+        }
+        let next = current.wrapping_add(1).max(1);
+        entries.insert(key.to_string(), (value, next));
+        true
+    }
+}
+
+/// Metrics a filter defined, by id.
+#[derive(Default)]
+pub struct FilterMetrics {
+    metrics: Mutex<Vec<(String, u32, i64)>>,
+}
+
+impl FilterMetrics {
+    /// The id of metric `name` of `kind`, defined now if new.
+    pub fn define(&self, kind: u32, name: &str) -> u32 {
+        let mut metrics = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = metrics.iter().position(|(n, _, _)| n == name) {
+            return id as u32;
+        }
+        metrics.push((name.to_string(), kind, 0));
+        (metrics.len() - 1) as u32
+    }
+
+    /// Applies `change` to metric `id`'s value; false if there is none.
+    pub fn update(&self, id: u32, change: impl FnOnce(&mut i64)) -> bool {
+        let mut metrics = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
+        match metrics.get_mut(id as usize) {
+            Some((_, _, value)) => {
+                change(value);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Metric `id`'s value.
+    pub fn get(&self, id: u32) -> Option<i64> {
+        let metrics = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
+        metrics.get(id as usize).map(|(_, _, value)| *value)
+    }
+}
+
+impl GuestAbi for ProxyWasm {
+    type State = PwState;
+
+    fn check_imports(module: &Module) -> anyhow::Result<()> {
+        for import in module.imports() {
+            let known = match import.module() {
+                "env" => hostcalls::provides(import.name()),
+                "wasi_snapshot_preview1" => wasi::provides(import.name()),
+                _ => false,
+            };
+            if !known {
+                anyhow::bail!(
+                    "imports `{}.{}`, which this host does not provide to proxy-wasm filters",
+                    import.module(),
+                    import.name()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn add_imports(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> wasmtime::Result<()> {
+        hostcalls::add(linker, module)?;
+        wasi::add(linker, module)
+    }
+}

@@ -1,0 +1,343 @@
+//! What a filter's callbacks see of one HTTP stream: copies of the request
+//! and response header maps (with the pseudo-headers), the local response
+//! a filter sends, the properties it sets, and facts about the request.
+//!
+//! A callback works on these copies inside its store; the host applies
+//! them back to Pingora's headers after the callback returns, and only if
+//! the filter changed them.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+
+use crate::runtime::HookFault;
+
+/// A header map as a filter sees it: ordered pairs, pseudo-headers first.
+#[derive(Debug, Default, Clone)]
+pub struct HeaderPairs {
+    pairs: Vec<(String, String)>,
+    changed: bool,
+}
+
+impl HeaderPairs {
+    /// The request's map: `:method`, `:path`, `:authority` (the `Host`
+    /// field), `:scheme`, then its other fields.
+    pub fn of_request(request: &RequestHeader, scheme: &str) -> Self {
+        let authority = request
+            .headers
+            .get(http::header::HOST)
+            .map(|host| String::from_utf8_lossy(host.as_bytes()).into_owned())
+            .or_else(|| request.uri.authority().map(|a| a.to_string()))
+            .unwrap_or_default();
+        let path = String::from_utf8_lossy(request.raw_path()).into_owned();
+        let mut pairs = vec![
+            (":method".to_string(), request.method.as_str().to_string()),
+            (":path".to_string(), path),
+            (":authority".to_string(), authority),
+            (":scheme".to_string(), scheme.to_string()),
+        ];
+        // `Host` is `:authority` here, as in Envoy.
+        pairs.extend(fields(&request.headers).filter(|(name, _)| name != "host"));
+        HeaderPairs {
+            pairs,
+            changed: false,
+        }
+    }
+
+    /// The response's map: `:status`, then its fields.
+    pub fn of_response(response: &ResponseHeader) -> Self {
+        let mut pairs = vec![(":status".to_string(), response.status.as_u16().to_string())];
+        pairs.extend(fields(&response.headers));
+        HeaderPairs {
+            pairs,
+            changed: false,
+        }
+    }
+
+    /// Every pair, in order.
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.pairs
+    }
+
+    /// The first value of `name` (names compare case-insensitively).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Adds a pair.
+    pub fn add(&mut self, name: &str, value: &str) {
+        self.pairs
+            .push((name.to_ascii_lowercase(), value.to_string()));
+        self.changed = true;
+    }
+
+    /// Replaces every pair of `name` with one, where the first was.
+    pub fn replace(&mut self, name: &str, value: &str) {
+        match self
+            .pairs
+            .iter()
+            .position(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            Some(first) => {
+                self.pairs[first].1 = value.to_string();
+                let mut index = 0;
+                self.pairs.retain(|(n, _)| {
+                    index += 1;
+                    index - 1 == first || !n.eq_ignore_ascii_case(name)
+                });
+            }
+            None => self
+                .pairs
+                .push((name.to_ascii_lowercase(), value.to_string())),
+        }
+        self.changed = true;
+    }
+
+    /// Removes every pair of `name`; removing an absent one is fine.
+    pub fn remove(&mut self, name: &str) {
+        self.pairs.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        self.changed = true;
+    }
+
+    /// Replaces the whole map.
+    pub fn set_all(&mut self, pairs: Vec<(String, String)>) {
+        self.pairs = pairs;
+        self.changed = true;
+    }
+
+    /// Whether the filter changed it.
+    pub fn changed(&self) -> bool {
+        self.changed
+    }
+
+    /// The map in the ABI's serialized form: the number of pairs, each
+    /// pair's key and value sizes (u32, little-endian), then each key and
+    /// value followed by a NUL.
+    pub fn serialize(pairs: &[(String, String)]) -> Vec<u8> {
+        let strings: usize = pairs.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
+        let mut out = Vec::with_capacity(4 + pairs.len() * 8 + strings);
+        out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+        for (name, value) in pairs {
+            out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        }
+        for (name, value) in pairs {
+            out.extend_from_slice(name.as_bytes());
+            out.push(0);
+            out.extend_from_slice(value.as_bytes());
+            out.push(0);
+        }
+        out
+    }
+
+    /// Pairs from the serialized form; None if it is malformed.
+    pub fn deserialize(bytes: &[u8]) -> Option<Vec<(String, String)>> {
+        let u32_at = |at: usize| -> Option<usize> {
+            let raw: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+            Some(u32::from_le_bytes(raw) as usize)
+        };
+        let count = u32_at(0)?;
+        let mut sizes = Vec::with_capacity(count.min(1024));
+        for i in 0..count {
+            sizes.push((u32_at(4 + i * 8)?, u32_at(8 + i * 8)?));
+        }
+        let mut at = 4usize.checked_add(count.checked_mul(8)?)?;
+        let mut pairs = Vec::with_capacity(sizes.len());
+        for (name_len, value_len) in sizes {
+            let name = bytes.get(at..at.checked_add(name_len)?)?;
+            at += name_len + 1;
+            let value = bytes.get(at..at.checked_add(value_len)?)?;
+            at += value_len + 1;
+            pairs.push((
+                String::from_utf8_lossy(name).into_owned(),
+                String::from_utf8_lossy(value).into_owned(),
+            ));
+        }
+        Some(pairs)
+    }
+
+    /// Writes the changed map back to the request: pseudo-headers to the
+    /// method, path and `Host`, the rest as its fields. Everything is
+    /// checked before anything is changed.
+    pub fn apply_to_request(&self, request: &mut RequestHeader) -> Result<(), HookFault> {
+        let (mut method, mut path) = (None, None);
+        let mut fields = Vec::new();
+        for (name, value) in &self.pairs {
+            match name.as_str() {
+                ":method" => {
+                    method = Some(
+                        http::Method::from_bytes(value.as_bytes())
+                            .map_err(|_| invalid(format!("invalid :method {value:?}")))?,
+                    )
+                }
+                ":path" if value.starts_with('/') => path = Some(value.as_str()),
+                ":path" => return Err(invalid(format!(":path {value:?} is not a path"))),
+                ":authority" => fields.push(checked("host", value)?),
+                other if other.starts_with(':') => {}
+                other => fields.push(checked(other, value)?),
+            }
+        }
+        if let Some(path) = path {
+            request
+                .set_raw_path(path.as_bytes())
+                .map_err(|e| invalid(format!(":path {path:?}: {e}")))?;
+        }
+        if let Some(method) = method {
+            request.set_method(method);
+        }
+        let names: Vec<http::HeaderName> = request.headers.keys().cloned().collect();
+        for name in names {
+            request.remove_header(&name);
+        }
+        for (name, value) in fields {
+            request
+                .append_header(name, value)
+                .map_err(|e| invalid(format!("header: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the changed map back to the response: `:status` to the
+    /// status, the rest as its fields. Everything is checked before
+    /// anything is changed.
+    pub fn apply_to_response(&self, response: &mut ResponseHeader) -> Result<(), HookFault> {
+        let mut status = None;
+        let mut fields = Vec::new();
+        for (name, value) in &self.pairs {
+            match name.as_str() {
+                ":status" => {
+                    status = Some(
+                        value
+                            .parse::<u16>()
+                            .ok()
+                            .filter(|s| (200..=599).contains(s))
+                            .ok_or_else(|| invalid(format!(":status {value:?} is not 200-599")))?,
+                    )
+                }
+                other if other.starts_with(':') => {}
+                other => fields.push(checked(other, value)?),
+            }
+        }
+        if let Some(status) = status {
+            response
+                .set_status(status)
+                .map_err(|e| invalid(format!(":status: {e}")))?;
+        }
+        let names: Vec<http::HeaderName> = response.headers.keys().cloned().collect();
+        for name in names {
+            response.remove_header(&name);
+        }
+        for (name, value) in fields {
+            response
+                .append_header(name, value)
+                .map_err(|e| invalid(format!("header: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+fn invalid(what: String) -> HookFault {
+    HookFault::InvalidOutput(what)
+}
+
+/// A field from a filter, its name and value checked.
+fn checked(name: &str, value: &str) -> Result<(http::HeaderName, http::HeaderValue), HookFault> {
+    let name = http::HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| invalid(format!("invalid header name {name:?}")))?;
+    let value = http::HeaderValue::from_str(value)
+        .map_err(|_| invalid(format!("invalid value for header {name}")))?;
+    Ok((name, value))
+}
+
+fn fields(headers: &http::HeaderMap) -> impl Iterator<Item = (String, String)> + '_ {
+    headers.iter().map(|(name, value)| {
+        (
+            name.as_str().to_string(),
+            String::from_utf8_lossy(value.as_bytes()).into_owned(),
+        )
+    })
+}
+
+/// A response a filter sent with `proxy_send_local_response`.
+#[derive(Debug, Clone)]
+pub struct LocalReply {
+    /// Its status.
+    pub status: u16,
+    /// Its header fields.
+    pub headers: Vec<(String, String)>,
+    /// Its body.
+    pub body: Bytes,
+}
+
+/// Facts about the request, for properties.
+#[derive(Debug, Default, Clone)]
+pub struct RequestFacts {
+    /// `request.id`: unique per request in this process.
+    pub id: String,
+    /// `request.protocol`, e.g. `HTTP/1.1`.
+    pub protocol: String,
+    /// `source.address` and `source.port`.
+    pub source: Option<std::net::SocketAddr>,
+    /// `destination.address` and `destination.port`.
+    pub destination: Option<std::net::SocketAddr>,
+}
+
+/// One HTTP stream as a filter's callbacks see it.
+#[derive(Debug, Default)]
+pub struct Stream {
+    /// The request header map.
+    pub request: HeaderPairs,
+    /// The response header map, once there is a response.
+    pub response: Option<HeaderPairs>,
+    /// A local response the filter asked for in this callback.
+    pub local_reply: Option<LocalReply>,
+    /// Properties the filter set (`proxy_set_property`), by path.
+    pub properties: HashMap<String, Vec<u8>>,
+    /// Facts about the request.
+    pub facts: RequestFacts,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_serialize_and_back() {
+        let pairs = vec![
+            (":path".to_string(), "/a".to_string()),
+            ("x".to_string(), String::new()),
+        ];
+        let bytes = HeaderPairs::serialize(&pairs);
+        assert_eq!(HeaderPairs::deserialize(&bytes), Some(pairs));
+        assert_eq!(HeaderPairs::deserialize(&bytes[..bytes.len() - 2]), None);
+        assert_eq!(HeaderPairs::deserialize(&[255, 255, 255, 255]), None);
+    }
+
+    #[test]
+    fn edits_reach_the_request_and_pseudo_headers_its_line() {
+        let mut request = RequestHeader::build("GET", b"/a", None).unwrap();
+        request.insert_header("Host", "h.example").unwrap();
+        request.insert_header("x-old", "1").unwrap();
+        let mut map = HeaderPairs::of_request(&request, "http");
+        assert_eq!(map.get(":authority"), Some("h.example"));
+        map.replace(":path", "/b?q=1");
+        map.replace(":method", "POST");
+        map.remove("x-old");
+        map.remove("x-never-there");
+        map.add("x-new", "2");
+        map.apply_to_request(&mut request).unwrap();
+        assert_eq!(request.raw_path(), b"/b?q=1");
+        assert_eq!(request.method, "POST");
+        assert!(request.headers.get("x-old").is_none());
+        assert_eq!(request.headers["x-new"], "2");
+        assert_eq!(request.headers["host"], "h.example");
+
+        map.add("bad name", "v");
+        assert!(map.apply_to_request(&mut request).is_err());
+        assert_eq!(request.headers["x-new"], "2", "a bad map changes nothing");
+    }
+}

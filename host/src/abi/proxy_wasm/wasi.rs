@@ -1,0 +1,235 @@
+//! The WASI preview1 functions that Rust and TinyGo filters import, and no
+//! more: `fd_write` to stdout or stderr becomes log lines, clocks and
+//! random bytes work, the environment and arguments are empty, and
+//! `proc_exit` is a fault. No filesystem, no sockets: every other
+//! function a filter may import returns `ENOSYS`.
+
+use wasmtime::{Caller, Linker, Module, Val};
+
+use super::PwState;
+use crate::runtime::Sandbox;
+
+type Ctx<'a> = Caller<'a, Sandbox<PwState>>;
+
+const SUCCESS: i32 = 0;
+const BADF: i32 = 8;
+const FAULT: i32 = 21;
+const INVAL: i32 = 28;
+const NOSYS: i32 = 52;
+
+/// Functions implemented here.
+const IMPLEMENTED: &[&str] = &[
+    "fd_write",
+    "clock_time_get",
+    "random_get",
+    "environ_get",
+    "environ_sizes_get",
+    "args_get",
+    "args_sizes_get",
+    "proc_exit",
+    "sched_yield",
+];
+
+/// Other preview1 functions a filter may import; they return `ENOSYS`.
+const REFUSED: &[&str] = &[
+    "clock_res_get",
+    "fd_advise",
+    "fd_allocate",
+    "fd_close",
+    "fd_datasync",
+    "fd_fdstat_get",
+    "fd_fdstat_set_flags",
+    "fd_fdstat_set_rights",
+    "fd_filestat_get",
+    "fd_filestat_set_size",
+    "fd_filestat_set_times",
+    "fd_pread",
+    "fd_prestat_get",
+    "fd_prestat_dir_name",
+    "fd_pwrite",
+    "fd_read",
+    "fd_readdir",
+    "fd_renumber",
+    "fd_seek",
+    "fd_sync",
+    "fd_tell",
+    "path_create_directory",
+    "path_filestat_get",
+    "path_filestat_set_times",
+    "path_link",
+    "path_open",
+    "path_readlink",
+    "path_remove_directory",
+    "path_rename",
+    "path_symlink",
+    "path_unlink_file",
+    "poll_oneoff",
+    "proc_raise",
+    "sock_accept",
+    "sock_recv",
+    "sock_send",
+    "sock_shutdown",
+];
+
+/// Whether a filter may import `wasi_snapshot_preview1.<name>`.
+pub(super) fn provides(name: &str) -> bool {
+    IMPLEMENTED.contains(&name) || REFUSED.contains(&name)
+}
+
+fn write(caller: &mut Ctx<'_>, ptr: i32, bytes: &[u8]) -> bool {
+    let Some(memory) = caller.data().memory() else {
+        return false;
+    };
+    let start = ptr as u32 as usize;
+    let Some(end) = start.checked_add(bytes.len()) else {
+        return false;
+    };
+    match memory.data_mut(caller).get_mut(start..end) {
+        Some(target) => {
+            target.copy_from_slice(bytes);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Zero elements of zero bytes: for the environment and the arguments.
+fn nothing(mut caller: Ctx<'_>, count: i32, size: i32) -> i32 {
+    if write(&mut caller, count, &0u32.to_le_bytes())
+        && write(&mut caller, size, &0u32.to_le_bytes())
+    {
+        SUCCESS
+    } else {
+        FAULT
+    }
+}
+
+/// Registers the preview1 functions `module` imports.
+pub(super) fn add(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> wasmtime::Result<()> {
+    const WASI: &str = "wasi_snapshot_preview1";
+    linker.func_wrap(
+        WASI,
+        "fd_write",
+        |mut caller: Ctx<'_>, fd: i32, iovs: i32, iovs_len: i32, written: i32| -> i32 {
+            if fd != 1 && fd != 2 {
+                return BADF;
+            }
+            let Some(memory) = caller.data().memory() else {
+                return FAULT;
+            };
+            let data = memory.data(&caller);
+            let mut text = Vec::new();
+            for i in 0..iovs_len.max(0) as usize {
+                let at = (iovs as u32 as usize).saturating_add(i * 8);
+                let Some(iov) = data.get(at..at + 8) else {
+                    return FAULT;
+                };
+                let ptr = u32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]) as usize;
+                let len = u32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]) as usize;
+                let Some(bytes) = data.get(ptr..ptr.saturating_add(len)) else {
+                    return FAULT;
+                };
+                text.extend_from_slice(bytes);
+            }
+            let total = text.len() as u32;
+            let level = if fd == 2 {
+                log::Level::Warn
+            } else {
+                log::Level::Info
+            };
+            for line in String::from_utf8_lossy(&text).lines() {
+                let line: String = line
+                    .chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect();
+                if !line.is_empty() {
+                    caller.data_mut().guest_log(level, line);
+                }
+            }
+            if write(&mut caller, written, &total.to_le_bytes()) {
+                SUCCESS
+            } else {
+                FAULT
+            }
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "clock_time_get",
+        |mut caller: Ctx<'_>, clock: i32, _precision: i64, time: i32| -> i32 {
+            let nanos = match clock {
+                // Realtime.
+                0 => std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64),
+                // Monotonic (and the CPU-time clocks, approximated by it).
+                1..=3 => {
+                    static START: std::sync::OnceLock<std::time::Instant> =
+                        std::sync::OnceLock::new();
+                    START
+                        .get_or_init(std::time::Instant::now)
+                        .elapsed()
+                        .as_nanos() as u64
+                }
+                _ => return INVAL,
+            };
+            if write(&mut caller, time, &nanos.to_le_bytes()) {
+                SUCCESS
+            } else {
+                FAULT
+            }
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "random_get",
+        |mut caller: Ctx<'_>, buffer: i32, len: i32| -> i32 {
+            let mut bytes = vec![0u8; len as u32 as usize];
+            if getrandom(&mut bytes).is_err() {
+                return NOSYS;
+            }
+            if write(&mut caller, buffer, &bytes) {
+                SUCCESS
+            } else {
+                FAULT
+            }
+        },
+    )?;
+    linker.func_wrap(WASI, "environ_sizes_get", nothing)?;
+    linker.func_wrap(WASI, "args_sizes_get", nothing)?;
+    linker.func_wrap(WASI, "environ_get", |_: Ctx<'_>, _: i32, _: i32| -> i32 {
+        SUCCESS
+    })?;
+    linker.func_wrap(WASI, "args_get", |_: Ctx<'_>, _: i32, _: i32| -> i32 {
+        SUCCESS
+    })?;
+    linker.func_wrap(WASI, "sched_yield", |_: Ctx<'_>| -> i32 { SUCCESS })?;
+    linker.func_wrap(
+        WASI,
+        "proc_exit",
+        |_: Ctx<'_>, code: i32| -> wasmtime::Result<()> {
+            Err(wasmtime::Error::msg(format!("proc_exit({code})")))
+        },
+    )?;
+    for import in module.imports() {
+        if import.module() != WASI || !REFUSED.contains(&import.name()) {
+            continue;
+        }
+        let Some(ty) = import.ty().func().cloned() else {
+            continue;
+        };
+        linker.func_new(WASI, import.name(), ty, |_caller, _params, results| {
+            for result in results.iter_mut() {
+                *result = Val::I32(NOSYS);
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+/// Random bytes from the operating system.
+fn getrandom(bytes: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(bytes)
+}

@@ -1,0 +1,234 @@
+//! Unmodified proxy-wasm filters (written with the `proxy-wasm` crate from
+//! crates.io) in front of a static upstream or a routing module: header
+//! edits, a local response, the plugin configuration, a chain, and what a
+//! filter's faults give.
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+/// A proxy running only filters (`--filter`, `--filter-config`, in order)
+/// in front of `upstream`.
+fn filters_proxy(upstream: &Upstream, filters: &[(&str, &str)], extra: &[&str]) -> Proxy {
+    let mut options = ProxyOptions::new("first_proxy", json!({}));
+    options.tenants = None;
+    options.module_config = None;
+    let mut args = vec!["--upstream".to_string(), upstream.addr.to_string()];
+    for (filter, config) in filters {
+        args.push("--filter".into());
+        args.push(guest(filter).display().to_string());
+        args.push("--filter-config".into());
+        args.push(config.to_string());
+    }
+    args.extend(extra.iter().map(|a| a.to_string()));
+    options.extra_args = args;
+    options.no_module = true;
+    Proxy::start(options)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_filter_edits_request_and_response_headers_and_reads_its_configuration() {
+    let upstream = Upstream::plain().await;
+    let proxy = filters_proxy(&upstream, &[("pw_headers", "hello")], &[]);
+    let (status, headers, body) =
+        get_response(&client(), &proxy.url("/a?b=1"), &[("x-remove-me", "1")]).await;
+    assert_eq!(status, 200, "{}", proxy.log());
+    let echo: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echoed_header(&echo, "x-pw-path").as_deref(), Some("/a?b=1"));
+    assert_eq!(echoed_header(&echo, "x-pw-method").as_deref(), Some("GET"));
+    assert_eq!(echoed_header(&echo, "x-remove-me"), None);
+    assert_eq!(
+        echoed_header(&echo, "host"),
+        Some(proxy.addr.to_string()),
+        "one Host, the client's"
+    );
+    assert_eq!(headers["x-pw-config"], "hello");
+    assert_eq!(headers["server"], "pw_headers");
+    assert_eq!(headers["x-pw-status"], "200");
+    let log = proxy.wait_for_log("pw_headers: done 200");
+    assert!(
+        log.contains("module pw_headers.wasm: pw_headers: request GET /a?b=1"),
+        "the filter's own line, verbatim, prefixed with its name: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_filter_answers_locally_and_the_answer_passes_its_response_callback() {
+    let upstream = Upstream::plain().await;
+    let proxy = filters_proxy(&upstream, &[("pw_headers", "hello")], &[]);
+    let client = client();
+    let (status, headers, body) = get_response(&client, &proxy.url("/deny/x"), &[]).await;
+    assert_eq!(status, 403, "{}", proxy.log());
+    assert_eq!(body, "denied by pw_headers\n");
+    assert_eq!(headers["x-pw-denied"], "1");
+    assert_eq!(headers["content-length"], body.len().to_string());
+    assert_eq!(headers["x-pw-config"], "hello", "on_response_headers ran");
+    assert_eq!(upstream.connections(), 0);
+    // The same keep-alive client goes on.
+    assert_eq!(get(&client, &proxy.url("/ok"), &[]).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_filters_chain_in_front_of_a_routing_module() {
+    let upstream = Upstream::plain().await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        r#"
+clusters:
+  auth: "127.0.0.1:9"
+tenants:
+  - name: acme
+    hosts: ["acme.example"]
+    module: GUESTS/first_proxy.wasm
+    config: {{upstream: "{addr}", tls: false, host: "acme.example"}}
+    filters:
+      - module: GUESTS/pw_chain.wasm
+        config: "a"
+      - module: GUESTS/pw_chain.wasm
+        config: "b"
+        root_id: "second"
+        on_error: fail_closed
+  - name: mapped
+    hosts: ["mapped.example"]
+    upstream: "{addr}"
+    filters:
+      - module: GUESTS/pw_headers.wasm
+        config: {{greeting: hi}}
+default_tenant: acme
+"#,
+        addr = upstream.addr
+    );
+    let (proxy, _) = tenants_proxy(&dir, &yaml, &[]);
+    let client = client();
+    let (status, headers, body) =
+        get_response(&client, &proxy.url("/"), &[("Host", "acme.example")]).await;
+    assert_eq!(status, 200, "{}", proxy.log());
+    let echo: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echoed_header(&echo, "x-pw-chain").as_deref(), Some("a,b"));
+    assert_eq!(
+        echoed_header(&echo, "host").as_deref(),
+        Some("acme.example")
+    );
+    assert_eq!(headers["x-pw-chain-a"], "1");
+    assert_eq!(headers["x-pw-chain-b"], "1");
+
+    // A YAML mapping reaches the filter as its JSON text.
+    let (status, headers, _) =
+        get_response(&client, &proxy.url("/"), &[("Host", "mapped.example")]).await;
+    assert_eq!(status, 200, "{}", proxy.log());
+    assert_eq!(headers["x-pw-config"], r#"{"greeting":"hi"}"#);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_modules_and_refused_configurations_stop_the_start() {
+    let upstream = Upstream::plain().await;
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--filter", "GUEST:first_proxy", "--upstream", "UP"],
+            "speaks this host's own guest ABI, not proxy-wasm",
+        ),
+        (
+            &[
+                "--filter",
+                "GUEST:pw_headers",
+                "--filter-config",
+                "refuse",
+                "--upstream",
+                "UP",
+            ],
+            "proxy_on_configure returned false",
+        ),
+        (
+            &[
+                "--filter-config",
+                "x",
+                "--filter",
+                "GUEST:pw_headers",
+                "--upstream",
+                "UP",
+            ],
+            "follows no --filter",
+        ),
+        (
+            &["--filter", "GUEST:pw_headers"],
+            "no module chooses an upstream",
+        ),
+    ];
+    for (args, says) in cases {
+        let args: Vec<String> = args
+            .iter()
+            .map(|arg| match arg.strip_prefix("GUEST:") {
+                Some(name) => guest(name).display().to_string(),
+                None if *arg == "UP" => upstream.addr.to_string(),
+                None => arg.to_string(),
+            })
+            .collect();
+        let mut options = ProxyOptions::new("first_proxy", json!({}));
+        options.no_module = true;
+        options.module_config = None;
+        let (status, log) = run_to_exit(options, &args);
+        assert!(!status.success(), "{args:?}");
+        assert!(log.contains(says), "{args:?}: {log}");
+    }
+    // A filter given as the routing module.
+    let options = ProxyOptions::new("pw_headers", json!({}));
+    let (status, log) = run_to_exit(options, &[]);
+    assert!(!status.success());
+    assert!(log.contains("is a proxy-wasm filter"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_faulting_filter_gives_500_or_is_skipped_and_the_next_request_succeeds() {
+    let upstream = Upstream::plain().await;
+    let client = client();
+    for callback in ["request_headers", "response_headers"] {
+        for misbehave in ["panic", "loop", "alloc"] {
+            let config = json!({"misbehave": misbehave, "in": callback, "on_path": "/bad"});
+            let proxy = filters_proxy(
+                &upstream,
+                &[("pw_hostile", &config.to_string())],
+                &["--hook-timeout-ms", "50", "--memory-limit-mib", "16"],
+            );
+            let (status, _) = get(&client, &proxy.url("/bad"), &[]).await;
+            assert_eq!(status, 500, "{callback} {misbehave}: {}", proxy.log());
+            let (status, _) = get(&client, &proxy.url("/good"), &[]).await;
+            assert_eq!(status, 200, "{callback} {misbehave}: {}", proxy.log());
+            proxy.wait_for_log("filter pw_hostile.wasm: proxy_on_");
+        }
+    }
+    // A fault in on_log changes nothing that was sent.
+    let config = json!({"misbehave": "panic", "in": "log"});
+    let proxy = filters_proxy(&upstream, &[("pw_hostile", &config.to_string())], &[]);
+    for _ in 0..2 {
+        assert_eq!(get(&client, &proxy.url("/"), &[]).await.0, 200);
+    }
+    proxy.wait_for_log("filter pw_hostile.wasm: proxy_on_log failed");
+
+    // fail_open: the faulting filter is skipped.
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        r#"
+tenants:
+  - name: open
+    hosts: ["open.example"]
+    upstream: "{addr}"
+    filters:
+      - module: GUESTS/pw_hostile.wasm
+        config: {{misbehave: panic, in: request_headers}}
+        on_error: fail_open
+      - module: GUESTS/pw_chain.wasm
+        config: "after"
+"#,
+        addr = upstream.addr
+    );
+    let (proxy, _) = tenants_proxy(&dir, &yaml, &[]);
+    let (status, _, body) =
+        get_response(&client, &proxy.url("/"), &[("Host", "open.example")]).await;
+    assert_eq!(status, 200, "{}", proxy.log());
+    let echo: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        echoed_header(&echo, "x-pw-chain").as_deref(),
+        Some("after"),
+        "the next filter still ran"
+    );
+}
