@@ -116,6 +116,7 @@ pub fn tenant_source(cli: &Cli) -> anyhow::Result<TenantSource> {
             None => None,
         },
         filters,
+        clusters: clusters(cli)?.into_iter().collect(),
     })
 }
 

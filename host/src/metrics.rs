@@ -26,6 +26,7 @@ pub struct Metrics {
     breaker_state: IntGaugeVec,
     reloads: IntCounter,
     reload_failures: IntCounter,
+    filter_metrics: IntGaugeVec,
 }
 
 impl Metrics {
@@ -75,6 +76,18 @@ impl Metrics {
         registry
             .register(Box::new(breaker_state.clone()))
             .expect("unique metric");
+        let filter_metrics = IntGaugeVec::new(
+            Opts::new(
+                "wasm_proxy_filter_metric",
+                "Metrics proxy-wasm filters define (proxy_define_metric): counters and \
+                 gauges; a histogram shows the last value recorded.",
+            ),
+            &["tenant", "filter", "metric"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(filter_metrics.clone()))
+            .expect("unique metric");
         let hook_duration = HistogramVec::new(
             HistogramOpts::new(
                 "wasm_proxy_hook_duration_seconds",
@@ -113,9 +126,15 @@ impl Metrics {
             module_loads,
             throttled,
             breaker_state,
+            filter_metrics,
             reloads,
             reload_failures,
         }
+    }
+
+    /// The family proxy-wasm filters' metrics are exported in.
+    pub fn filter_family(&self) -> IntGaugeVec {
+        self.filter_metrics.clone()
     }
 
     /// A request that matched no tenant.

@@ -13,6 +13,7 @@ use pingora::services::listening::Service;
 
 use crate::cli::Cli;
 use crate::config;
+use crate::filter_ticks::FilterTicker;
 use crate::metrics::{Metrics, MetricsEndpoint};
 use crate::proxy::WasmProxy;
 use crate::reload::TenantReloader;
@@ -91,6 +92,12 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
     server.add_service(background_service(
         "wasm epoch",
         EpochTicker(engine.clone()),
+    ));
+    server.add_service(background_service(
+        "filter ticks",
+        FilterTicker {
+            tenants: live.clone(),
+        },
     ));
     let reloader = TenantReloader {
         source,

@@ -106,6 +106,8 @@ pub enum TenantSource {
         upstream: Option<StaticUpstream>,
         /// The filters (`--filter`, `--filter-config`), in order.
         filters: Vec<FilterSource>,
+        /// Clusters filters may call (`--cluster NAME=ADDR`).
+        clusters: HashMap<String, SocketAddr>,
     },
     /// A tenants file (`host --tenants FILE`).
     File(PathBuf),
@@ -206,6 +208,7 @@ impl TenantSet {
                 config_json,
                 upstream,
                 filters,
+                clusters,
             } => {
                 let file_name = |path: &Path| {
                     path.file_name()
@@ -233,6 +236,7 @@ impl TenantSet {
                 for filter in filters {
                     let spec = FilterSpec {
                         config: filter.config.clone(),
+                        metrics: Some((metrics.filter_family(), name.clone())),
                         ..FilterSpec::default()
                     };
                     let label = file_name(&filter.path);
@@ -267,7 +271,7 @@ impl TenantSet {
                     wildcards: Vec::new(),
                     default: Some(0),
                     watched,
-                    clusters: HashMap::new(),
+                    clusters: clusters.clone(),
                 })
             }
             TenantSource::File(path) => Self::load_file(engine, path, defaults, metrics)
@@ -482,6 +486,7 @@ fn build_tenant(
             config,
             vm_config: filter.vm_config.clone().unwrap_or_default().into_bytes(),
             root_id: filter.root_id.clone().unwrap_or_default(),
+            metrics: Some((metrics.filter_family(), spec.name.clone())),
         };
         let loaded = FilterModule::load(engine, label(&filter.module), &path, filter_spec, limits)
             .with_context(|| format!("filters[{index}]"))?;

@@ -232,3 +232,50 @@ tenants:
         "the next filter still ran"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_shared_data_and_ticks_work_across_instances() {
+    let upstream = Upstream::plain().await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let proxy = filters_proxy(&upstream, &[("pw_counter", "50")], &["--metrics", &metrics]);
+    let client = client();
+    // The first request sets the shared counter; then 20 at once, each
+    // in an instance of its own as they overlap.
+    assert_eq!(get(&client, &proxy.url("/"), &[]).await.0, 200);
+    let results = stamped_requests(&client, &proxy, 20, "/c").await;
+    let mut counts: Vec<u64> = results
+        .iter()
+        .map(|(_, _, status, body)| {
+            assert_eq!(*status, 200, "{}", proxy.log());
+            let echo: Value = serde_json::from_str(body).unwrap();
+            echoed_header(&echo, "x-pw-count").unwrap().parse().unwrap()
+        })
+        .collect();
+    counts.sort_unstable();
+    assert_eq!(
+        counts,
+        (2..=21).collect::<Vec<u64>>(),
+        "no update lost, none twice"
+    );
+
+    // Ticks run off the request path, every 50 ms.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let (_, headers, _) = get_response(&client, &proxy.url("/"), &[]).await;
+    let ticks: u64 = headers["x-pw-ticks"].to_str().unwrap().parse().unwrap();
+    assert!(ticks >= 3, "{ticks} ticks");
+
+    let (_, exposition) = get(&client, &format!("http://{metrics}/metrics"), &[]).await;
+    let value = |metric: &str| -> u64 {
+        let series = format!(
+            r#"wasm_proxy_filter_metric{{filter="pw_counter.wasm",metric="{metric}",tenant="pw_counter.wasm"}} "#
+        );
+        exposition
+            .lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("no {series}in {exposition}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("pw_counter_requests"), 22);
+    assert!(value("pw_counter_ticks") >= 3);
+}

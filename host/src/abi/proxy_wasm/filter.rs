@@ -7,14 +7,14 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use wasmtime::{InstancePre, TypedFunc, WasmParams, WasmResults};
 
-use super::{HeaderPairs, LocalReply, Plugin, ProxyWasm, PwState, Stream};
+use super::{FilterMetrics, HeaderPairs, LocalReply, Plugin, ProxyWasm, PwState, Stream};
 use crate::abi::{self, ModuleKind};
 use crate::runtime::{
     block_on, CallError, GuestEngine, GuestLimits, HookFault, IdleInstances, LongCallSignal,
@@ -33,6 +33,9 @@ pub struct FilterSpec {
     pub vm_config: Vec<u8>,
     /// The plugin's root id.
     pub root_id: String,
+    /// Where the metrics the filter defines are exported, and its
+    /// tenant's name; None: kept in memory only.
+    pub metrics: Option<(prometheus::IntGaugeVec, String)>,
 }
 
 /// The callbacks the host makes.
@@ -43,6 +46,7 @@ struct Callbacks {
     on_done: Option<TypedFunc<i32, i32>>,
     on_log: Option<TypedFunc<i32, ()>>,
     on_delete: Option<TypedFunc<i32, ()>>,
+    on_tick: Option<TypedFunc<i32, ()>>,
 }
 
 /// A started instance of a filter.
@@ -63,6 +67,9 @@ pub struct FilterModule {
     limits: GuestLimits,
     long_calls: LongCallSignal,
     idle: IdleInstances<PwInstance>,
+    /// When the next tick is due, in milliseconds since `origin`.
+    next_tick_ms: AtomicU64,
+    origin: Instant,
 }
 
 /// One request's HTTP context in one filter: the instance it owns until
@@ -123,6 +130,10 @@ impl FilterModule {
             );
         }
         let pre = abi::link::<ProxyWasm>(engine, &module)?;
+        let metrics = FilterMetrics::new(
+            spec.metrics
+                .map(|(family, tenant)| (family, tenant, plugin_name.clone())),
+        );
         let plugin = Arc::new(Plugin {
             name: name.clone(),
             plugin_name,
@@ -131,7 +142,8 @@ impl FilterModule {
             config: spec.config,
             vm_config: spec.vm_config,
             shared: Default::default(),
-            metrics: Default::default(),
+            metrics,
+            tick_period_ms: AtomicU64::new(0),
         });
         let filter = FilterModule {
             name,
@@ -140,6 +152,8 @@ impl FilterModule {
             limits,
             long_calls: engine.long_calls().clone(),
             idle: IdleInstances::new(),
+            next_tick_ms: AtomicU64::new(0),
+            origin: Instant::now(),
         };
         let first = block_on(filter.start(&Unmetered)).map_err(|e| anyhow::anyhow!("{e}"))?;
         filter.idle.put(first);
@@ -149,6 +163,43 @@ impl FilterModule {
     /// The filter's name for logs.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// When the filter's next tick is due, if it asked for ticks
+    /// (`proxy_set_tick_period_milliseconds`).
+    pub fn next_tick(&self) -> Option<Instant> {
+        let period = self.plugin.tick_period_ms.load(Ordering::Relaxed);
+        if period == 0 {
+            return None;
+        }
+        let due = self.next_tick_ms.load(Ordering::Relaxed);
+        Some(self.origin + Duration::from_millis(due))
+    }
+
+    /// `proxy_on_tick` on the root context of an idle instance (ticks are
+    /// the plugin's, not a request's); the next tick is then one period
+    /// away. A fault drops the instance.
+    pub async fn tick(&self, meter: &dyn SliceMeter) -> Result<(), HookFault> {
+        let period = self.plugin.tick_period_ms.load(Ordering::Relaxed);
+        let now = self.origin.elapsed().as_millis() as u64;
+        self.next_tick_ms
+            .store(now + period.max(1), Ordering::Relaxed);
+        let mut instance = match self.idle.take() {
+            Some(instance) => instance,
+            None => Box::pin(self.start(meter))
+                .await
+                .map_err(HookFault::Instantiate)?,
+        };
+        let Some(on_tick) = instance.callbacks.on_tick.clone() else {
+            self.idle.put(instance);
+            return Ok(());
+        };
+        instance
+            .call(&on_tick, ROOT_CONTEXT, meter)
+            .await
+            .map_err(CallError::into_fault)?;
+        self.idle.put(instance);
+        Ok(())
     }
 
     /// A new instance, started: `_initialize`, the root context, the VM
@@ -200,6 +251,7 @@ impl FilterModule {
             on_done: export(&mut wasm, "proxy_on_done", "(i32) -> i32")?,
             on_log: export(&mut wasm, "proxy_on_log", "(i32) -> ()")?,
             on_delete: export(&mut wasm, "proxy_on_delete", "(i32) -> ()")?,
+            on_tick: export(&mut wasm, "proxy_on_tick", "(i32) -> ()")?,
         };
         let mut instance = Box::new(PwInstance {
             wasm,

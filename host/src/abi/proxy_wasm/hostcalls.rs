@@ -48,6 +48,7 @@ const IMPLEMENTED: &[&str] = &[
     "proxy_get_shared_data",
     "proxy_set_shared_data",
     "proxy_define_metric",
+    "proxy_set_tick_period_milliseconds",
     "proxy_increment_metric",
     "proxy_record_metric",
     "proxy_get_metric",
@@ -59,7 +60,6 @@ const IMPLEMENTED: &[&str] = &[
 /// a call to fail (HTTP and gRPC calls, foreign functions):
 /// `UNIMPLEMENTED` is not in the Rust SDK's status enum.
 const UNIMPLEMENTED: &[&str] = &[
-    "proxy_set_tick_period_milliseconds",
     "proxy_set_buffer_bytes",
     "proxy_http_call",
     "proxy_grpc_call",
@@ -493,6 +493,20 @@ pub(super) fn add(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> was
             status::OK
         },
     )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_tick_period_milliseconds",
+        |caller: Ctx<'_>, period: i32| -> i32 {
+            let period = u64::from(period as u32);
+            caller
+                .data()
+                .abi
+                .plugin
+                .tick_period_ms
+                .store(period, std::sync::atomic::Ordering::Relaxed);
+            status::OK
+        },
+    )?;
     linker.func_wrap("env", "proxy_done", |_caller: Ctx<'_>| -> i32 {
         status::OK
     })?;
@@ -561,7 +575,7 @@ pub(super) fn add(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> was
             if !(0..=2).contains(&kind) {
                 return status::BAD_ARGUMENT;
             }
-            let id = caller.data().abi.plugin.metrics.define(kind as u32, &name);
+            let id = caller.data().abi.plugin.metrics.define(&name);
             if write(&mut caller, return_id, &id.to_le_bytes()) {
                 status::OK
             } else {
@@ -573,11 +587,12 @@ pub(super) fn add(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> was
         "env",
         "proxy_increment_metric",
         |caller: Ctx<'_>, id: i32, delta: i64| -> i32 {
-            let metrics = &caller.data().abi.plugin.metrics;
-            if metrics.update(id as u32, |value| *value = value.saturating_add(delta)) {
-                status::OK
-            } else {
-                status::NOT_FOUND
+            match caller.data().abi.plugin.metrics.get(id as u32) {
+                Some(gauge) => {
+                    gauge.add(delta);
+                    status::OK
+                }
+                None => status::NOT_FOUND,
             }
         },
     )?;
@@ -585,11 +600,12 @@ pub(super) fn add(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> was
         "env",
         "proxy_record_metric",
         |caller: Ctx<'_>, id: i32, value: i64| -> i32 {
-            let metrics = &caller.data().abi.plugin.metrics;
-            if metrics.update(id as u32, |current| *current = value) {
-                status::OK
-            } else {
-                status::NOT_FOUND
+            match caller.data().abi.plugin.metrics.get(id as u32) {
+                Some(gauge) => {
+                    gauge.set(value);
+                    status::OK
+                }
+                None => status::NOT_FOUND,
             }
         },
     )?;
@@ -597,7 +613,14 @@ pub(super) fn add(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> was
         "env",
         "proxy_get_metric",
         |mut caller: Ctx<'_>, id: i32, return_value: i32| -> i32 {
-            let Some(value) = caller.data().abi.plugin.metrics.get(id as u32) else {
+            let Some(value) = caller
+                .data()
+                .abi
+                .plugin
+                .metrics
+                .get(id as u32)
+                .map(|g| g.get())
+            else {
                 return status::NOT_FOUND;
             };
             if write(&mut caller, return_value, &value.to_le_bytes()) {

@@ -19,8 +19,10 @@ mod stream;
 mod wasi;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
+use prometheus::{IntGauge, IntGaugeVec};
 use wasmtime::{Linker, Module, TypedFunc};
 
 use crate::abi::GuestAbi;
@@ -63,6 +65,8 @@ pub struct Plugin {
     pub shared: SharedData,
     /// Metrics the filter defined.
     pub metrics: FilterMetrics,
+    /// The tick period the filter asked for, in milliseconds; 0: none.
+    pub tick_period_ms: AtomicU64,
 }
 
 /// Key-value data shared by a filter's instances, with CAS.
@@ -91,39 +95,46 @@ impl SharedData {
     }
 }
 
-/// Metrics a filter defined, by id.
-#[derive(Default)]
+/// Metrics a filter defined, by id, each a gauge of the proxy's
+/// `--metrics` family `wasm_proxy_filter_metric{tenant, filter, metric}`
+/// (a histogram shows the last value recorded).
 pub struct FilterMetrics {
-    metrics: Mutex<Vec<(String, u32, i64)>>,
+    /// The family and the tenant and filter labels; None: not exported.
+    family: Option<(IntGaugeVec, String, String)>,
+    metrics: Mutex<Vec<(String, IntGauge)>>,
 }
 
 impl FilterMetrics {
-    /// The id of metric `name` of `kind`, defined now if new.
-    pub fn define(&self, kind: u32, name: &str) -> u32 {
+    /// Metrics exported in `family` under `tenant` and `filter`, or kept
+    /// only in memory.
+    pub fn new(family: Option<(IntGaugeVec, String, String)>) -> Self {
+        FilterMetrics {
+            family,
+            metrics: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The id of metric `name`, defined now if new.
+    pub fn define(&self, name: &str) -> u32 {
         let mut metrics = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(id) = metrics.iter().position(|(n, _, _)| n == name) {
+        if let Some(id) = metrics.iter().position(|(n, _)| n == name) {
             return id as u32;
         }
-        metrics.push((name.to_string(), kind, 0));
+        let gauge = match &self.family {
+            Some((family, tenant, filter)) => family.with_label_values(&[tenant, filter, name]),
+            None => IntGauge::new("filter_metric", "kept in memory").unwrap_or_else(|_| {
+                // The fixed name and help are valid: this does not happen.
+                IntGauge::with_opts(prometheus::Opts::new("m", "m")).expect("a valid name")
+            }),
+        };
+        metrics.push((name.to_string(), gauge));
         (metrics.len() - 1) as u32
     }
 
-    /// Applies `change` to metric `id`'s value; false if there is none.
-    pub fn update(&self, id: u32, change: impl FnOnce(&mut i64)) -> bool {
-        let mut metrics = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
-        match metrics.get_mut(id as usize) {
-            Some((_, _, value)) => {
-                change(value);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Metric `id`'s value.
-    pub fn get(&self, id: u32) -> Option<i64> {
+    /// Metric `id`, if defined.
+    pub fn get(&self, id: u32) -> Option<IntGauge> {
         let metrics = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
-        metrics.get(id as usize).map(|(_, _, value)| *value)
+        metrics.get(id as usize).map(|(_, gauge)| gauge.clone())
     }
 }
 
