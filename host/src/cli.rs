@@ -31,8 +31,8 @@ pub struct Cli {
     pub filter_config: Vec<String>,
 
     /// A cluster filters may dispatch HTTP calls to, NAME=ip:port;
-    /// repeatable.
-    #[arg(long, value_name = "NAME=ADDR")]
+    /// repeatable. (A tenants file has `clusters:`.)
+    #[arg(long, value_name = "NAME=ADDR", conflicts_with = "tenants")]
     pub cluster: Vec<String>,
 
     /// Each --filter's configuration, paired by position (set by

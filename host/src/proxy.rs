@@ -26,7 +26,7 @@ use pingora::prelude::*;
 use pingora::protocols::http::error_resp::gen_error_response;
 use pingora::proxy::{ProxyHttp, Session};
 
-use crate::abi::proxy_wasm::FilterStream;
+use crate::abi::proxy_wasm::{perform_call, FilterStream, PendingCall, RequestOutcome};
 use crate::abi::v1::{self, DownstreamRequest, GuestCtx, Outcome, RequestVerdict};
 use crate::abi::HookFailure;
 use crate::budget::{CallPermit, Throttle};
@@ -147,9 +147,15 @@ impl WasmProxy {
             };
             let result = result.map_err(HookFailure::Fault);
             Self::finish_callback(tenant, CALLBACK, permit, &result);
-            match result {
-                Ok(None) => {}
-                Ok(Some((mut response, body))) => {
+            let outcome = match result {
+                Ok(RequestOutcome::Calls(calls)) => {
+                    self.filter_calls(session, ctx, tenant, index, calls).await
+                }
+                other => other,
+            };
+            match outcome {
+                Ok(RequestOutcome::Continue | RequestOutcome::Calls(_)) => {}
+                Ok(RequestOutcome::Answer(mut response, body)) => {
                     log::info!(
                         "filter {}: answered the request with {}",
                         module.name(),
@@ -167,6 +173,52 @@ impl WasmProxy {
             }
         }
         Ok(false)
+    }
+
+    /// Makes the HTTP calls filter `index` paused the request for, one
+    /// after another, each from this request's task with no guest slot
+    /// held while it waits, and delivers each response; until the filter
+    /// answers, goes on, or faults.
+    async fn filter_calls(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        tenant: &Tenant,
+        index: usize,
+        mut calls: Vec<PendingCall>,
+    ) -> Result<RequestOutcome, HookFailure> {
+        const CALLBACK: &str = "proxy_on_http_call_response";
+        let module = &tenant.filters[index].module;
+        while !calls.is_empty() {
+            let call = calls.remove(0);
+            let response = perform_call(&call).await;
+            if response.is_none() {
+                log::info!(
+                    "filter {}: HTTP call to {} failed or timed out",
+                    module.name(),
+                    call.address
+                );
+            }
+            let Ok(permit) = tenant.budget.admit() else {
+                return Err(HookFailure::Skipped);
+            };
+            let Some(stream) = ctx.filters[index].as_mut() else {
+                return Ok(RequestOutcome::Continue);
+            };
+            let request = session.req_header_mut();
+            let result = module
+                .on_http_call_response(stream, call.token, response, request, &permit)
+                .await
+                .map_err(HookFailure::Fault);
+            Self::finish_callback(tenant, CALLBACK, permit, &result);
+            match result? {
+                RequestOutcome::Calls(more) => calls.extend(more),
+                outcome if calls.is_empty() => return Ok(outcome),
+                RequestOutcome::Continue => {}
+                answer @ RequestOutcome::Answer(..) => return Ok(answer),
+            }
+        }
+        Ok(RequestOutcome::Continue)
     }
 
     /// The response callbacks of the first `count` filters, last first.
@@ -193,8 +245,9 @@ impl WasmProxy {
                 continue;
             };
             let module = &tenant.filters[index].module;
+            let end_of_stream = !response_has_body(response);
             let result = module
-                .on_response_headers(stream, response, true, &permit)
+                .on_response_headers(stream, response, end_of_stream, &permit)
                 .await
                 .map_err(HookFailure::Fault);
             Self::finish_callback(tenant, CALLBACK, permit, &result);
@@ -455,6 +508,19 @@ fn has_body(request: &RequestHeader) -> bool {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
             .is_some_and(|length| length > 0)
+}
+
+/// Whether a body follows the response's header.
+fn response_has_body(response: &ResponseHeader) -> bool {
+    let status = response.status.as_u16();
+    if status == 204 || status == 304 || status < 200 {
+        return false;
+    }
+    response
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+        .is_none_or(|length| length > 0)
 }
 
 /// Sends an answer a guest gave instead of proxying.

@@ -237,6 +237,7 @@ impl TenantSet {
                     let spec = FilterSpec {
                         config: filter.config.clone(),
                         metrics: Some((metrics.filter_family(), name.clone())),
+                        clusters: clusters.clone(),
                         ..FilterSpec::default()
                     };
                     let label = file_name(&filter.path);
@@ -313,8 +314,9 @@ impl TenantSet {
                 set.add_host(host, index)
                     .with_context(|| format!("tenant {name:?}"))?;
             }
-            let (tenant, files) = build_tenant(engine, base, spec, defaults, metrics)
-                .with_context(|| format!("tenant {name:?}"))?;
+            let (tenant, files) =
+                build_tenant(engine, base, spec, defaults, metrics, &set.clusters)
+                    .with_context(|| format!("tenant {name:?}"))?;
             metrics.module_load(&name);
             set.watched.extend(files);
             set.tenants.push(Arc::new(tenant));
@@ -404,6 +406,7 @@ fn build_tenant(
     spec: TenantSpec,
     defaults: TenantDefaults,
     metrics: &Metrics,
+    clusters: &HashMap<String, SocketAddr>,
 ) -> anyhow::Result<(Tenant, Vec<PathBuf>)> {
     let (given, guest) = (&spec.limits, defaults.limits);
     let limits = GuestLimits {
@@ -487,6 +490,7 @@ fn build_tenant(
             vm_config: filter.vm_config.clone().unwrap_or_default().into_bytes(),
             root_id: filter.root_id.clone().unwrap_or_default(),
             metrics: Some((metrics.filter_family(), spec.name.clone())),
+            clusters: clusters.clone(),
         };
         let loaded = FilterModule::load(engine, label(&filter.module), &path, filter_spec, limits)
             .with_context(|| format!("filters[{index}]"))?;

@@ -24,6 +24,9 @@ use crate::runtime::{
 /// The root context's id; HTTP contexts count up from it.
 const ROOT_CONTEXT: i32 = 1;
 
+/// `proxy_action_t` PAUSE.
+const PAUSE: i32 = 1;
+
 /// How a filter is configured.
 #[derive(Debug, Clone, Default)]
 pub struct FilterSpec {
@@ -36,7 +39,24 @@ pub struct FilterSpec {
     /// Where the metrics the filter defines are exported, and its
     /// tenant's name; None: kept in memory only.
     pub metrics: Option<(prometheus::IntGaugeVec, String)>,
+    /// Where its HTTP calls may go, by cluster name.
+    pub clusters: std::collections::HashMap<String, std::net::SocketAddr>,
 }
+
+/// What a request callback left the request to do next.
+#[derive(Debug)]
+pub enum RequestOutcome {
+    /// Go on to the next filter.
+    Continue,
+    /// The filter answered: send this instead of proxying.
+    Answer(Box<ResponseHeader>, Bytes),
+    /// The filter paused the request for these HTTP calls; deliver each
+    /// one's response with [`FilterModule::on_http_call_response`].
+    Calls(Vec<super::PendingCall>),
+}
+
+/// `proxy_on_http_call_response(root, token, headers, body, trailers)`.
+type CallResponseFunc = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 
 /// The callbacks the host makes.
 struct Callbacks {
@@ -47,6 +67,7 @@ struct Callbacks {
     on_log: Option<TypedFunc<i32, ()>>,
     on_delete: Option<TypedFunc<i32, ()>>,
     on_tick: Option<TypedFunc<i32, ()>>,
+    on_http_call_response: Option<CallResponseFunc>,
 }
 
 /// A started instance of a filter.
@@ -144,6 +165,7 @@ impl FilterModule {
             shared: Default::default(),
             metrics,
             tick_period_ms: AtomicU64::new(0),
+            clusters: spec.clusters,
         });
         let filter = FilterModule {
             name,
@@ -210,6 +232,7 @@ impl FilterModule {
             alloc: None,
             stream: None,
             effective_context: 0,
+            next_call_token: 1,
         };
         let mut wasm = WasmInstance::new(
             &self.pre,
@@ -252,6 +275,11 @@ impl FilterModule {
             on_log: export(&mut wasm, "proxy_on_log", "(i32) -> ()")?,
             on_delete: export(&mut wasm, "proxy_on_delete", "(i32) -> ()")?,
             on_tick: export(&mut wasm, "proxy_on_tick", "(i32) -> ()")?,
+            on_http_call_response: export(
+                &mut wasm,
+                "proxy_on_http_call_response",
+                "(i32, i32, i32, i32, i32) -> ()",
+            )?,
         };
         let mut instance = Box::new(PwInstance {
             wasm,
@@ -342,26 +370,88 @@ impl FilterModule {
     }
 
     /// `proxy_on_request_headers`, and the filter's edits applied to
-    /// `request`. Returns the local response the filter sent, if any.
+    /// `request`.
     pub async fn on_request_headers(
         &self,
         filter: &mut FilterStream,
         request: &mut RequestHeader,
         end_of_stream: bool,
         meter: &dyn SliceMeter,
-    ) -> Result<Option<(Box<ResponseHeader>, Bytes)>, HookFault> {
+    ) -> Result<RequestOutcome, HookFault> {
         filter.stream.request = HeaderPairs::of_request(request, "http");
         let count = filter.stream.request.pairs().len() as i32;
         let callback = |instance: &PwInstance| instance.callbacks.on_request_headers.clone();
-        self.run(filter, callback, (count, end_of_stream as i32), meter)
+        let action = self
+            .run(filter, callback, (count, end_of_stream as i32), meter)
             .await?;
+        Self::request_outcome(filter, request, action == PAUSE)
+    }
+
+    /// Delivers the response of HTTP call `token` (None: it failed or
+    /// timed out) to `proxy_on_http_call_response`, on the root context
+    /// as the SDKs expect, and applies the filter's edits to `request`.
+    pub async fn on_http_call_response(
+        &self,
+        filter: &mut FilterStream,
+        token: u32,
+        response: Option<super::CallResponse>,
+        request: &mut RequestHeader,
+        meter: &dyn SliceMeter,
+    ) -> Result<RequestOutcome, HookFault> {
+        let (headers, body) = match response {
+            Some(response) => (response.headers, response.body),
+            None => (Vec::new(), Vec::new()),
+        };
+        let sizes = (headers.len() as i32, body.len() as i32);
+        filter.stream.request = HeaderPairs::of_request(request, "http");
+        filter.stream.call_response = Some((HeaderPairs::from_pairs(headers), body));
+        let Some(instance) = filter.instance.as_mut() else {
+            return Ok(RequestOutcome::Continue);
+        };
+        let Some(callback) = instance.callbacks.on_http_call_response.clone() else {
+            return Ok(RequestOutcome::Continue);
+        };
+        instance.wasm.abi_mut().stream = Some(std::mem::take(&mut filter.stream));
+        let result = instance
+            .call(
+                &callback,
+                (ROOT_CONTEXT, token as i32, sizes.0, sizes.1, 0),
+                meter,
+            )
+            .await;
+        filter.stream = instance.wasm.abi_mut().stream.take().unwrap_or_default();
+        filter.stream.call_response = None;
+        if let Err(e) = result {
+            filter.instance = None;
+            return Err(e.into_fault());
+        }
+        // Still paused only while it waits for another call.
+        let paused = !filter.stream.calls.is_empty();
+        Self::request_outcome(filter, request, paused)
+    }
+
+    /// After a request callback: its edits applied, then its answer, the
+    /// calls it waits for, or on. A filter that pauses without a call to
+    /// wait for is resumed (this host does not hold requests for
+    /// `proxy_continue_stream` from elsewhere).
+    fn request_outcome(
+        filter: &mut FilterStream,
+        request: &mut RequestHeader,
+        paused: bool,
+    ) -> Result<RequestOutcome, HookFault> {
         if filter.stream.request.changed() {
             filter.stream.request.apply_to_request(request)?;
         }
-        match filter.stream.local_reply.take() {
-            Some(reply) => local_response(reply).map(Some),
-            None => Ok(None),
+        let calls = std::mem::take(&mut filter.stream.calls);
+        filter.stream.resumed = false;
+        if let Some(reply) = filter.stream.local_reply.take() {
+            let (response, body) = local_response(reply)?;
+            return Ok(RequestOutcome::Answer(response, body));
         }
+        if paused && !calls.is_empty() {
+            return Ok(RequestOutcome::Calls(calls));
+        }
+        Ok(RequestOutcome::Continue)
     }
 
     /// `proxy_on_response_headers`, and the filter's edits applied to
@@ -492,10 +582,18 @@ fn export<P: WasmParams, R: WasmResults>(
 
 /// The response a filter sent, checked like our own guests' answers.
 fn local_response(reply: LocalReply) -> Result<(Box<ResponseHeader>, Bytes), HookFault> {
+    if reply.body.len() > crate::abi::v1::MAX_ANSWER_BODY {
+        return Err(HookFault::InvalidOutput(format!(
+            "local response body of {} bytes exceeds the {} byte cap",
+            reply.body.len(),
+            crate::abi::v1::MAX_ANSWER_BODY
+        )));
+    }
+    // Status and headers checked as for our own guests' answers.
     let answer = guest_sdk::wire::LocalResponse {
         status: reply.status,
         headers: reply.headers,
-        body: String::from_utf8_lossy(&reply.body).into_owned(),
+        body: String::new(),
     };
     let (mut response, _) = crate::abi::v1::local_response(answer)?;
     // The body goes out as the filter gave it, not as checked text.

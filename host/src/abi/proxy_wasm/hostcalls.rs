@@ -49,6 +49,7 @@ const IMPLEMENTED: &[&str] = &[
     "proxy_set_shared_data",
     "proxy_define_metric",
     "proxy_set_tick_period_milliseconds",
+    "proxy_http_call",
     "proxy_increment_metric",
     "proxy_record_metric",
     "proxy_get_metric",
@@ -61,7 +62,6 @@ const IMPLEMENTED: &[&str] = &[
 /// `UNIMPLEMENTED` is not in the Rust SDK's status enum.
 const UNIMPLEMENTED: &[&str] = &[
     "proxy_set_buffer_bytes",
-    "proxy_http_call",
     "proxy_grpc_call",
     "proxy_grpc_stream",
     "proxy_grpc_send",
@@ -150,6 +150,7 @@ fn map_of(stream: &mut Stream, map: i32) -> Option<&mut HeaderPairs> {
     match map {
         0 => Some(&mut stream.request),
         2 => stream.response.as_mut(),
+        6 => stream.call_response.as_mut().map(|(headers, _)| headers),
         _ => None,
     }
 }
@@ -272,10 +273,18 @@ pub(super) fn add(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> was
          (buffer, start, max_size, return_data, return_size): (i32, i32, i32, i32, i32)| {
             Box::new(async move {
                 let plugin = caller.data().abi.plugin.clone();
-                let whole: &[u8] = match buffer {
-                    6 => &plugin.vm_config,
-                    7 => &plugin.config,
-                    // Bodies, call responses: not kept by this host yet.
+                let call_body = caller
+                    .data()
+                    .abi
+                    .stream
+                    .as_ref()
+                    .and_then(|stream| stream.call_response.as_ref())
+                    .map(|(_, body)| body.clone());
+                let whole: &[u8] = match (buffer, &call_body) {
+                    (4, Some(body)) => body,
+                    (6, _) => &plugin.vm_config,
+                    (7, _) => &plugin.config,
+                    // Bodies: not kept by this host yet.
                     _ => return status::NOT_FOUND,
                 };
                 // The SDKs pass u32::MAX as max_size: clamp to what there is.
@@ -475,7 +484,8 @@ pub(super) fn add(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> was
             match caller.data_mut().abi.stream.as_mut() {
                 Some(stream) => {
                     stream.local_reply = Some(super::LocalReply {
-                        status: status_code as u32 as u16,
+                        // Out of u16's range: 0, refused when checked.
+                        status: u16::try_from(status_code as u32).unwrap_or(0),
                         headers,
                         body: body.into(),
                     });
@@ -510,12 +520,78 @@ pub(super) fn add(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> was
     linker.func_wrap("env", "proxy_done", |_caller: Ctx<'_>| -> i32 {
         status::OK
     })?;
-    // Streams are never paused by this host (see docs/PROXY_WASM.md), so
-    // continuing or closing one has nothing to do.
+    // The request is resumed after the callback that asked for it; a
+    // response stream is never paused by this host.
     linker.func_wrap(
         "env",
         "proxy_continue_stream",
-        |_caller: Ctx<'_>, _stream: i32| -> i32 { status::OK },
+        |mut caller: Ctx<'_>, stream_type: i32| -> i32 {
+            if let (0, Some(stream)) = (stream_type, caller.data_mut().abi.stream.as_mut()) {
+                stream.resumed = true;
+            }
+            status::OK
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_http_call",
+        |mut caller: Ctx<'_>,
+         upstream: i32,
+         upstream_size: i32,
+         headers: i32,
+         headers_size: i32,
+         body: i32,
+         body_size: i32,
+         _trailers: i32,
+         _trailers_size: i32,
+         timeout_ms: i32,
+         return_token: i32|
+         -> i32 {
+            let (Some(upstream), Some(headers), Some(body)) = (
+                read_str(&mut caller, upstream, upstream_size),
+                read(&mut caller, headers, headers_size),
+                read(&mut caller, body, body_size),
+            ) else {
+                return status::INVALID_MEMORY_ACCESS;
+            };
+            let Some(headers) = HeaderPairs::deserialize(&headers) else {
+                return status::BAD_ARGUMENT;
+            };
+            let has = |name: &str| headers.iter().any(|(n, _)| n == name);
+            if !has(":method") || !has(":path") {
+                return status::BAD_ARGUMENT;
+            }
+            let state = &mut caller.data_mut().abi;
+            // An unknown cluster may name `ip:port` itself, as in
+            // ngx_wasm_module.
+            let Some(address) = state
+                .plugin
+                .clusters
+                .get(&upstream)
+                .copied()
+                .or_else(|| upstream.parse().ok())
+            else {
+                return status::BAD_ARGUMENT;
+            };
+            let token = state.next_call_token;
+            let Some(stream) = state.stream.as_mut() else {
+                // Calls from the root context (e.g. in on_tick): not yet.
+                return status::INTERNAL_FAILURE;
+            };
+            stream.calls.push(super::PendingCall {
+                token,
+                address,
+                headers,
+                body,
+                timeout: std::time::Duration::from_millis(u64::from(timeout_ms as u32).max(1)),
+            });
+            state.next_call_token = token.wrapping_add(1).max(1);
+            if write(&mut caller, return_token, &token.to_le_bytes()) {
+                status::OK
+            } else {
+                status::INVALID_MEMORY_ACCESS
+            }
+        },
     )?;
     linker.func_wrap(
         "env",

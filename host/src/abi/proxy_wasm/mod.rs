@@ -13,6 +13,7 @@
 //! `docs/PROXY_WASM.md` lists every hostcall and callback and how far it
 //! is supported.
 
+mod callout;
 mod filter;
 mod hostcalls;
 mod stream;
@@ -28,7 +29,8 @@ use wasmtime::{Linker, Module, TypedFunc};
 use crate::abi::GuestAbi;
 use crate::runtime::Sandbox;
 
-pub use filter::{FilterModule, FilterSpec, FilterStream};
+pub use callout::{perform as perform_call, CallResponse, PendingCall};
+pub use filter::{FilterModule, FilterSpec, FilterStream, RequestOutcome};
 pub use stream::{HeaderPairs, LocalReply, RequestFacts, Stream};
 
 /// The proxy-wasm ABI, for [`GuestAbi`].
@@ -45,6 +47,8 @@ pub struct PwState {
     stream: Option<Stream>,
     /// The context the filter made current (`proxy_set_effective_context`).
     effective_context: u32,
+    /// The token of the next HTTP call: unique within the instance.
+    next_call_token: u32,
 }
 
 /// One configured filter, shared by its instances.
@@ -67,6 +71,8 @@ pub struct Plugin {
     pub metrics: FilterMetrics,
     /// The tick period the filter asked for, in milliseconds; 0: none.
     pub tick_period_ms: AtomicU64,
+    /// Where the filter's HTTP calls may go, by cluster name.
+    pub clusters: HashMap<String, std::net::SocketAddr>,
 }
 
 /// Key-value data shared by a filter's instances, with CAS.

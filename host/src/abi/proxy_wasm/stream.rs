@@ -45,6 +45,14 @@ impl HeaderPairs {
         }
     }
 
+    /// A map of these pairs, as given.
+    pub fn from_pairs(pairs: Vec<(String, String)>) -> Self {
+        HeaderPairs {
+            pairs,
+            changed: false,
+        }
+    }
+
     /// The response's map: `:status`, then its fields.
     pub fn of_response(response: &ResponseHeader) -> Self {
         let mut pairs = vec![(":status".to_string(), response.status.as_u16().to_string())];
@@ -299,6 +307,14 @@ pub struct Stream {
     pub properties: HashMap<String, Vec<u8>>,
     /// Facts about the request.
     pub facts: RequestFacts,
+    /// HTTP calls the filter dispatched in this callback.
+    pub calls: Vec<super::callout::PendingCall>,
+    /// The response of the call being delivered (`proxy_on_http_call_response`):
+    /// its header map and body.
+    pub call_response: Option<(HeaderPairs, Vec<u8>)>,
+    /// The filter resumed the request (`proxy_continue_stream`) in this
+    /// callback.
+    pub resumed: bool,
 }
 
 #[cfg(test)]

@@ -17,6 +17,10 @@ const FAULT: i32 = 21;
 const INVAL: i32 = 28;
 const NOSYS: i32 = 52;
 
+/// The most one `fd_write` call logs; the rest is counted as written and
+/// dropped.
+const MAX_WRITE: usize = 4096;
+
 /// Functions implemented here.
 const IMPLEMENTED: &[&str] = &[
     "fd_write",
@@ -119,6 +123,7 @@ pub(super) fn add(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> was
             };
             let data = memory.data(&caller);
             let mut text = Vec::new();
+            let mut total: u32 = 0;
             for i in 0..iovs_len.max(0) as usize {
                 let at = (iovs as u32 as usize).saturating_add(i * 8);
                 let Some(iov) = data.get(at..at + 8) else {
@@ -129,11 +134,12 @@ pub(super) fn add(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> was
                 let Some(bytes) = data.get(ptr..ptr.saturating_add(len)) else {
                     return FAULT;
                 };
-                text.extend_from_slice(bytes);
+                total = total.saturating_add(len as u32);
+                let room = MAX_WRITE.saturating_sub(text.len());
+                text.extend_from_slice(&bytes[..bytes.len().min(room)]);
             }
-            let total = text.len() as u32;
             let level = if fd == 2 {
-                log::Level::Warn
+                log::Level::Error
             } else {
                 log::Level::Info
             };
@@ -184,14 +190,20 @@ pub(super) fn add(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> was
         WASI,
         "random_get",
         |mut caller: Ctx<'_>, buffer: i32, len: i32| -> i32 {
-            let mut bytes = vec![0u8; len as u32 as usize];
-            if getrandom(&mut bytes).is_err() {
-                return NOSYS;
-            }
-            if write(&mut caller, buffer, &bytes) {
-                SUCCESS
-            } else {
-                FAULT
+            let Some(memory) = caller.data().memory() else {
+                return FAULT;
+            };
+            let start = buffer as u32 as usize;
+            let Some(end) = start.checked_add(len as u32 as usize) else {
+                return FAULT;
+            };
+            // Filled in place: the guest's own memory bounds the request.
+            match memory.data_mut(&mut caller).get_mut(start..end) {
+                Some(target) => match getrandom(target) {
+                    Ok(()) => SUCCESS,
+                    Err(_) => NOSYS,
+                },
+                None => FAULT,
             }
         },
     )?;
