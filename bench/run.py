@@ -211,6 +211,10 @@ def main():
     parser.add_argument("--policy", action="store_true",
                         help="measure guests/policy (every lifecycle hook) against the same policy "
                              "compiled in (host/examples/native_policy) instead of first_proxy")
+    parser.add_argument("--proxy-wasm", action="store_true",
+                        help="measure a proxy-wasm filter (guests/pw_bench: reads :path, adds a "
+                             "request and a response header) in front of a static upstream, against "
+                             "the same work compiled in (host/examples/native_filter), beside first_proxy")
     args = parser.parse_args()
     # The policy refuses requests without a key; the benchmark's all have one.
     args.headers = ["x-api-key: gold-1"] if args.policy else []
@@ -229,14 +233,16 @@ def main():
         if args.policy:
             module_config = f'{{"upstream": "127.0.0.1:{upstream_port}"}}'
 
-        def host(name, *extra):
+        def host(name, *extra, guests=None):
+            guests = guests or [ROOT / "guests" / guest, "--module-config", module_config]
+
             def start(port):
                 # The tenant budget is out of reach: this measures the
                 # proxy's cost, and a fresh instance per call spends ~20 us
                 # of guest time instantiating, past the default 100 ms/s at
                 # these rates.
-                return procs.start([RELEASE / "host", ROOT / "guests" / guest,
-                                    "--listen", f"127.0.0.1:{port}", "--module-config", module_config,
+                return procs.start([RELEASE / "host", *guests,
+                                    "--listen", f"127.0.0.1:{port}",
                                     "--module-cache", workdir / "module-cache", "--cpu-ms-per-s", "64000",
                                     "-c", pingora_conf(workdir, name, args.threads), *extra],
                                    env={**os.environ, "RUST_LOG": "warn"})
@@ -244,6 +250,7 @@ def main():
 
         native, native_label, guest_label = (
             ("native_policy", "the policy compiled in", "policy") if args.policy
+            else ("native_filter", "the filter's work compiled in", "first_proxy") if args.proxy_wasm
             else ("native_proxy", "MyProxy compiled in", "first_proxy"))
         targets = [
             ("upstream alone (no proxy)", None),
@@ -254,10 +261,14 @@ def main():
                                        "-c", pingora_conf(workdir, "native", args.threads)])),
             (f"wasm {guest_label}, instances reused (default)", host("wasm-reuse")),
         ]
-        if not args.policy:
+        if args.proxy_wasm:
+            targets.append(("wasm proxy-wasm filter pw_bench, static upstream",
+                            host("wasm-filter", guests=["--filter", ROOT / "guests" / "pw_bench.wasm",
+                                                        "--upstream", f"127.0.0.1:{upstream_port}"])))
+        elif not args.policy:
             targets.append(("wasm first_proxy, fresh instance per call",
                             host("wasm-fresh", "--instance-reuse", "1")))
-        if shutil.which("nginx") and not args.policy:
+        if shutil.which("nginx") and not args.policy and not args.proxy_wasm:
             targets.append(("nginx reverse proxy", lambda port: procs.start(
                 ["nginx", "-c", nginx_conf(workdir, port, upstream_port, args.threads),
                  "-p", workdir, "-g", "daemon off;"])))
@@ -295,7 +306,7 @@ def main():
         # Start to first response, cold and warm compiled-module cache.
         startup = []
         cache = workdir / "startup-cache"
-        for label in () if args.policy else ("cold cache", "warm cache"):
+        for label in () if args.policy or args.proxy_wasm else ("cold cache", "warm cache"):
             port = free_port()
             started = time.monotonic()
             child = procs.start([RELEASE / "host", ROOT / "guests" / "first_proxy.wasm",

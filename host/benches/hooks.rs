@@ -11,6 +11,7 @@ use std::future::Future;
 use std::task::{Context, Poll, Waker};
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
+use host::abi::proxy_wasm::{FilterModule, FilterSpec, RequestOutcome};
 use host::abi::v1::{self as abi, GuestModule, InputParts, RequestVerdict};
 use host::budget::{Budget, BudgetLimits, MAX_CPU_MS_PER_S};
 use host::hooks::Hook;
@@ -221,6 +222,40 @@ fn native_policy_request(req: &RequestHeader) -> Box<HttpPeer> {
     peer
 }
 
+/// One request through the proxy-wasm filter `guests/pw_bench` as the
+/// proxy runs it: an HTTP context, `on_request_headers` (reads `:path`,
+/// adds a header), `on_response_headers` (adds a header), then `on_done`,
+/// `on_log`, `on_delete` and the instance back to the pool; each callback
+/// admitted by the budget.
+fn filter_request(filter: &FilterModule, budget: &Budget, req: &RequestHeader) {
+    let mut request = req.clone();
+    let mut stream = admitted(budget, |meter| {
+        ready(filter.begin(&request, "http", (None, None), meter)).unwrap()
+    });
+    let outcome = admitted(budget, |meter| {
+        ready(filter.on_request_headers(&mut stream, &mut request, true, meter)).unwrap()
+    });
+    assert!(matches!(outcome, RequestOutcome::Continue));
+    let mut response = upstream_response();
+    admitted(budget, |meter| {
+        ready(filter.on_response_headers(&mut stream, &mut response, false, meter)).unwrap()
+    });
+    admitted(budget, |meter| {
+        ready(filter.end(stream, Some(&response), meter)).unwrap()
+    });
+    black_box((request, response));
+}
+
+/// The same work compiled in (host/examples/native_filter.rs).
+fn native_filter_request(req: &RequestHeader) {
+    let mut request = req.clone();
+    let path = String::from_utf8_lossy(request.raw_path()).into_owned();
+    request.append_header("x-pw-path", path).unwrap();
+    let mut response = upstream_response();
+    response.append_header("x-pw", "1").unwrap();
+    black_box((request, response));
+}
+
 /// Input parts encoded ahead, so that only the guest's work is timed.
 struct EncodedParts<'a> {
     header: &'a RequestHeader,
@@ -285,6 +320,30 @@ fn hooks(c: &mut Criterion) {
     });
     group.bench_function("wasm policy, reused instance", |b| {
         b.iter(|| policy_request(&policy, &budget, black_box(&keyed)))
+    });
+    group.finish();
+
+    // A proxy-wasm filter, per request, beside native and first_proxy.
+    let mut group = c.benchmark_group("proxy-wasm filter request");
+    let engine = GuestEngine::new(&EngineOptions {
+        max_memory_bytes: GuestLimits::default().memory_limit_bytes(),
+        cache_dir: None,
+    })
+    .unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guests/pw_bench.wasm");
+    let filter = FilterModule::load(
+        &engine,
+        "pw_bench".into(),
+        &path,
+        FilterSpec::default(),
+        GuestLimits::default(),
+    )
+    .unwrap();
+    group.bench_function("native (the filter's work compiled in)", |b| {
+        b.iter(|| native_filter_request(black_box(&req)))
+    });
+    group.bench_function("pw_bench filter, reused instance", |b| {
+        b.iter(|| filter_request(&filter, &budget, black_box(&req)))
     });
     group.finish();
 

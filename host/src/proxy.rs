@@ -129,10 +129,11 @@ impl WasmProxy {
                 continue;
             };
             let client = session.client_addr().and_then(|a| a.as_inet()).copied();
+            let server = session.server_addr().and_then(|a| a.as_inet()).copied();
             let end_of_stream = !has_body(session.req_header());
             let module = &filter.module;
             let result = match module
-                .begin(session.req_header(), "http", client, &permit)
+                .begin(session.req_header(), "http", (client, server), &permit)
                 .await
             {
                 Ok(mut stream) => {

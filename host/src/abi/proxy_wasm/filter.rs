@@ -162,7 +162,7 @@ impl FilterModule {
             vm_id: String::new(),
             config: spec.config,
             vm_config: spec.vm_config,
-            shared: Default::default(),
+            shared: super::SharedData::of_module(bytes),
             metrics,
             tick_period_ms: AtomicU64::new(0),
             clusters: spec.clusters,
@@ -333,7 +333,7 @@ impl FilterModule {
         &self,
         request: &RequestHeader,
         scheme: &str,
-        client: Option<std::net::SocketAddr>,
+        (client, server): (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>),
         meter: &dyn SliceMeter,
     ) -> Result<FilterStream, HookFault> {
         let mut instance = match self.idle.take() {
@@ -358,7 +358,7 @@ impl FilterModule {
                 id: REQUEST_IDS.fetch_add(1, Ordering::Relaxed).to_string(),
                 protocol: format!("{:?}", request.version),
                 source: client,
-                destination: None,
+                destination: server,
             },
             ..Stream::default()
         };

@@ -65,8 +65,9 @@ pub struct Plugin {
     pub config: Vec<u8>,
     /// The VM configuration (`on_vm_start`).
     pub vm_config: Vec<u8>,
-    /// Shared data, shared by every instance of this filter.
-    pub shared: SharedData,
+    /// Shared data, shared by every instance of this filter's module in
+    /// the process (see [`SharedData::of_module`]).
+    pub shared: Arc<SharedData>,
     /// Metrics the filter defined.
     pub metrics: FilterMetrics,
     /// The tick period the filter asked for, in milliseconds; 0: none.
@@ -82,6 +83,31 @@ pub struct SharedData {
 }
 
 impl SharedData {
+    /// The shared data of the module whose bytes are `module`: every
+    /// filter loaded from the same module shares it, while any is loaded
+    /// (a reload that keeps the module keeps its data).
+    pub fn of_module(module: &[u8]) -> Arc<SharedData> {
+        use std::hash::{Hash, Hasher};
+        /// Modules (by length and hash) and their shared data.
+        type Registry = Vec<((usize, u64), std::sync::Weak<SharedData>)>;
+        static MODULES: Mutex<Registry> = Mutex::new(Vec::new());
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        module.hash(&mut hasher);
+        let key = (module.len(), hasher.finish());
+        let mut modules = MODULES.lock().unwrap_or_else(|p| p.into_inner());
+        modules.retain(|(_, data)| data.strong_count() > 0);
+        if let Some(data) = modules
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, data)| data.upgrade())
+        {
+            return data;
+        }
+        let data = Arc::new(SharedData::default());
+        modules.push((key, Arc::downgrade(&data)));
+        data
+    }
+
     /// The value and its CAS token, if set.
     pub fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
