@@ -148,11 +148,12 @@ impl WasmProxy {
             };
             let result = result.map_err(HookFailure::Fault);
             Self::finish_callback(tenant, CALLBACK, permit, &result);
-            let outcome = match result {
-                Ok(RequestOutcome::Calls(calls)) => {
-                    self.filter_calls(session, ctx, tenant, index, calls).await
-                }
-                other => other,
+            let (outcome, callback) = match result {
+                Ok(RequestOutcome::Calls(calls)) => (
+                    self.filter_calls(session, ctx, tenant, index, calls).await,
+                    "proxy_on_http_call_response",
+                ),
+                other => (other, CALLBACK),
             };
             match outcome {
                 Ok(RequestOutcome::Continue | RequestOutcome::Calls(_)) => {}
@@ -169,7 +170,7 @@ impl WasmProxy {
                 }
                 Err(failure) => {
                     ctx.filters[index] = None;
-                    self.filter_failed(tenant, index, CALLBACK, failure)?;
+                    self.filter_failed(tenant, index, callback, failure)?;
                 }
             }
         }

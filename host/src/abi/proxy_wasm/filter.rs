@@ -352,8 +352,9 @@ impl FilterModule {
             .call(&create, (context, ROOT_CONTEXT), meter)
             .await
             .map_err(CallError::into_fault)?;
+        // The request's map is made when a callback first needs it.
+        let _ = (request, scheme);
         let stream = Stream {
-            request: HeaderPairs::of_request(request, scheme),
             facts: super::RequestFacts {
                 id: REQUEST_IDS.fetch_add(1, Ordering::Relaxed).to_string(),
                 protocol: format!("{:?}", request.version),
@@ -443,7 +444,6 @@ impl FilterModule {
             filter.stream.request.apply_to_request(request)?;
         }
         let calls = std::mem::take(&mut filter.stream.calls);
-        filter.stream.resumed = false;
         if let Some(reply) = filter.stream.local_reply.take() {
             let (response, body) = local_response(reply)?;
             return Ok(RequestOutcome::Answer(response, body));
@@ -490,7 +490,7 @@ impl FilterModule {
         response: Option<&ResponseHeader>,
         meter: &dyn SliceMeter,
     ) -> Result<(), HookFault> {
-        if let Some(response) = response {
+        if let (Some(response), None) = (response, &filter.stream.response) {
             filter.stream.response = Some(HeaderPairs::of_response(response));
         }
         let context = filter.context;

@@ -520,17 +520,13 @@ pub(super) fn add(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> was
     linker.func_wrap("env", "proxy_done", |_caller: Ctx<'_>| -> i32 {
         status::OK
     })?;
-    // The request is resumed after the callback that asked for it; a
-    // response stream is never paused by this host.
+    // A request paused for HTTP calls goes on once the last call's
+    // response is delivered, whether or not the filter resumes it (see
+    // docs/PROXY_WASM.md); a response stream is never paused.
     linker.func_wrap(
         "env",
         "proxy_continue_stream",
-        |mut caller: Ctx<'_>, stream_type: i32| -> i32 {
-            if let (0, Some(stream)) = (stream_type, caller.data_mut().abi.stream.as_mut()) {
-                stream.resumed = true;
-            }
-            status::OK
-        },
+        |_caller: Ctx<'_>, _stream: i32| -> i32 { status::OK },
     )?;
     linker.func_wrap(
         "env",

@@ -18,6 +18,9 @@ use crate::runtime::HookFault;
 pub struct HeaderPairs {
     pairs: Vec<(String, String)>,
     changed: bool,
+    /// Where the pairs added since the map was made start, while every
+    /// change is an addition (the common edit, applied by appending).
+    added_from: Option<usize>,
 }
 
 impl HeaderPairs {
@@ -39,17 +42,16 @@ impl HeaderPairs {
         ];
         // `Host` is `:authority` here, as in Envoy.
         pairs.extend(fields(&request.headers).filter(|(name, _)| name != "host"));
-        HeaderPairs {
-            pairs,
-            changed: false,
-        }
+        HeaderPairs::from_pairs(pairs)
     }
 
     /// A map of these pairs, as given.
     pub fn from_pairs(pairs: Vec<(String, String)>) -> Self {
+        let added_from = Some(pairs.len());
         HeaderPairs {
             pairs,
             changed: false,
+            added_from,
         }
     }
 
@@ -57,10 +59,7 @@ impl HeaderPairs {
     pub fn of_response(response: &ResponseHeader) -> Self {
         let mut pairs = vec![(":status".to_string(), response.status.as_u16().to_string())];
         pairs.extend(fields(&response.headers));
-        HeaderPairs {
-            pairs,
-            changed: false,
-        }
+        HeaderPairs::from_pairs(pairs)
     }
 
     /// Every pair, in order.
@@ -97,6 +96,7 @@ impl HeaderPairs {
                     index += 1;
                     index - 1 == first || !n.eq_ignore_ascii_case(name)
                 });
+                self.added_from = None;
             }
             None => self
                 .pairs
@@ -107,14 +107,26 @@ impl HeaderPairs {
 
     /// Removes every pair of `name`; removing an absent one is fine.
     pub fn remove(&mut self, name: &str) {
+        let before = self.pairs.len();
         self.pairs.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-        self.changed = true;
+        if self.pairs.len() != before {
+            self.changed = true;
+            self.added_from = None;
+        }
     }
 
     /// Replaces the whole map.
     pub fn set_all(&mut self, pairs: Vec<(String, String)>) {
         self.pairs = pairs;
         self.changed = true;
+        self.added_from = None;
+    }
+
+    /// The pairs added since the map was made, if every change was an
+    /// addition of a field (not of a pseudo-header).
+    fn only_added(&self) -> Option<&[(String, String)]> {
+        let added = &self.pairs[self.added_from?..];
+        (!added.iter().any(|(name, _)| name.starts_with(':'))).then_some(added)
     }
 
     /// Whether the filter changed it.
@@ -172,6 +184,18 @@ impl HeaderPairs {
     /// method, path and `Host`, the rest as its fields. Everything is
     /// checked before anything is changed.
     pub fn apply_to_request(&self, request: &mut RequestHeader) -> Result<(), HookFault> {
+        if let Some(added) = self.only_added() {
+            let checked: Vec<_> = added
+                .iter()
+                .map(|(name, value)| checked(name, value))
+                .collect::<Result<_, _>>()?;
+            for (name, value) in checked {
+                request
+                    .append_header(name, value)
+                    .map_err(|e| invalid(format!("header: {e}")))?;
+            }
+            return Ok(());
+        }
         let (mut method, mut path) = (None, None);
         let mut fields = Vec::new();
         for (name, value) in &self.pairs {
@@ -213,6 +237,18 @@ impl HeaderPairs {
     /// status, the rest as its fields. Everything is checked before
     /// anything is changed.
     pub fn apply_to_response(&self, response: &mut ResponseHeader) -> Result<(), HookFault> {
+        if let Some(added) = self.only_added() {
+            let checked: Vec<_> = added
+                .iter()
+                .map(|(name, value)| checked(name, value))
+                .collect::<Result<_, _>>()?;
+            for (name, value) in checked {
+                response
+                    .append_header(name, value)
+                    .map_err(|e| invalid(format!("header: {e}")))?;
+            }
+            return Ok(());
+        }
         let mut status = None;
         let mut fields = Vec::new();
         for (name, value) in &self.pairs {
@@ -312,9 +348,6 @@ pub struct Stream {
     /// The response of the call being delivered (`proxy_on_http_call_response`):
     /// its header map and body.
     pub call_response: Option<(HeaderPairs, Vec<u8>)>,
-    /// The filter resumed the request (`proxy_continue_stream`) in this
-    /// callback.
-    pub resumed: bool,
 }
 
 #[cfg(test)]
@@ -352,6 +385,18 @@ mod tests {
         assert_eq!(request.headers["x-new"], "2");
         assert_eq!(request.headers["host"], "h.example");
 
+        let mut response = ResponseHeader::build(200, None).unwrap();
+        response.insert_header("server", "origin").unwrap();
+        let mut map = HeaderPairs::of_response(&response);
+        map.add("x-added", "1");
+        assert!(map.only_added().is_some(), "additions are appended");
+        map.replace("server", "edge");
+        assert!(map.only_added().is_none(), "a replacement rewrites");
+        map.apply_to_response(&mut response).unwrap();
+        assert_eq!(response.headers["server"], "edge");
+        assert_eq!(response.headers["x-added"], "1");
+
+        let mut map = HeaderPairs::of_request(&request, "http");
         map.add("bad name", "v");
         assert!(map.apply_to_request(&mut request).is_err());
         assert_eq!(request.headers["x-new"], "2", "a bad map changes nothing");
