@@ -26,7 +26,9 @@ use pingora::prelude::*;
 use pingora::protocols::http::error_resp::gen_error_response;
 use pingora::proxy::{ProxyHttp, Session};
 
-use crate::abi::proxy_wasm::{perform_call, FilterStream, PendingCall, RequestOutcome};
+use crate::abi::proxy_wasm::{
+    perform_call, BodyError, BodyOutcome, FilterStream, PendingCall, RequestOutcome,
+};
 use crate::abi::v1::{self, DownstreamRequest, GuestCtx, Outcome, RequestVerdict};
 use crate::abi::HookFailure;
 use crate::budget::{CallPermit, Throttle};
@@ -512,6 +514,20 @@ fn has_body(request: &RequestHeader) -> bool {
             .is_some_and(|length| length > 0)
 }
 
+/// Whether one of the request's live filters reads request (or response)
+/// bodies.
+fn reads_bodies(tenant: &Tenant, ctx: &RequestCtx, request: bool) -> bool {
+    ctx.filters.iter().enumerate().any(|(index, stream)| {
+        let module = &tenant.filters[index].module;
+        stream.is_some()
+            && if request {
+                module.reads_request_body()
+            } else {
+                module.reads_response_body()
+            }
+    })
+}
+
 /// Whether a body follows the response's header.
 fn response_has_body(response: &ResponseHeader) -> bool {
     let status = response.status.as_u16();
@@ -659,6 +675,11 @@ impl ProxyHttp for WasmProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let tenant = routed(ctx)?;
+        if has_body(session.req_header()) && reads_bodies(&tenant, ctx, true) {
+            // A filter may change the body's length: frame it by chunks.
+            upstream_request.remove_header(&http::header::CONTENT_LENGTH);
+            upstream_request.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        }
         let hook = Hook::UpstreamRequestFilter;
         let Some(module) = tenant.module.as_deref().filter(|m| m.exports(hook)) else {
             return Ok(());
@@ -699,7 +720,129 @@ impl ProxyHttp for WasmProxy {
             .await?;
         let filters = tenant.filters.len();
         self.filter_response(session, ctx, &tenant, upstream_response, filters)
-            .await
+            .await?;
+        if response_has_body(upstream_response) && reads_bodies(&tenant, ctx, false) {
+            // A filter may change the body's length: frame it by chunks.
+            upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+            upstream_response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        }
+        Ok(())
+    }
+
+    /// The filters' `proxy_on_request_body`, in order, on each piece of the
+    /// request body; a filter that pauses holds the body until its end.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        const CALLBACK: &str = "proxy_on_request_body";
+        let tenant = routed(ctx)?;
+        let mut chunk = body.take().map(|b| b.to_vec()).unwrap_or_default();
+        for index in 0..ctx.filters.len() {
+            let module = &tenant.filters[index].module;
+            let Some(stream) = ctx.filters[index].as_mut() else {
+                continue;
+            };
+            if !module.reads_request_body() {
+                continue;
+            }
+            let permit = tenant.budget.admit().map_err(|throttle| {
+                Error::explain(
+                    HTTPStatus(throttle.status()),
+                    "tenant over its guest budget",
+                )
+            })?;
+            let result = module
+                .on_request_body(stream, &chunk, end_of_stream, &permit)
+                .await;
+            let faulted = matches!(result, Err(BodyError::Fault(_)));
+            permit.finish(faulted);
+            match result {
+                Ok(BodyOutcome::Release(released)) => chunk = released,
+                Ok(BodyOutcome::Buffer) => return Ok(()),
+                Err(BodyError::TooLarge) => {
+                    return Err(Error::explain(
+                        HTTPStatus(413),
+                        format!("filter {}: request body over the buffer cap", module.name()),
+                    ))
+                }
+                Err(BodyError::Fault(fault)) => {
+                    ctx.filters[index] = None;
+                    tenant.metrics.callback_fault(CALLBACK, &fault);
+                    self.filter_failed(&tenant, index, CALLBACK, HookFailure::Fault(fault))?;
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            *body = Some(Bytes::from(chunk));
+        }
+        Ok(())
+    }
+
+    /// The filters' `proxy_on_response_body`, last first, on each piece of
+    /// the response body. Pingora calls this synchronously: each callback
+    /// runs to its end on this worker (bounded by its deadline) instead of
+    /// yielding.
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        const CALLBACK: &str = "proxy_on_response_body";
+        let tenant = routed(ctx)?;
+        if ctx.filters.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        let mut chunk = body.take().map(|b| b.to_vec()).unwrap_or_default();
+        for index in (0..ctx.filters.len()).rev() {
+            let module = &tenant.filters[index].module;
+            let Some(stream) = ctx.filters[index].as_mut() else {
+                continue;
+            };
+            if !module.reads_response_body() {
+                continue;
+            }
+            let Ok(permit) = tenant.budget.admit() else {
+                return Error::e_explain(
+                    InternalError,
+                    "tenant over its guest budget mid-response",
+                );
+            };
+            let result = crate::runtime::block_on(module.on_response_body(
+                stream,
+                &chunk,
+                end_of_stream,
+                &permit,
+            ));
+            permit.finish(matches!(result, Err(BodyError::Fault(_))));
+            match result {
+                Ok(BodyOutcome::Release(released)) => chunk = released,
+                Ok(BodyOutcome::Buffer) => return Ok(None),
+                Err(BodyError::TooLarge) => {
+                    return Error::e_explain(
+                        InternalError,
+                        format!(
+                            "filter {}: response body over the buffer cap",
+                            module.name()
+                        ),
+                    )
+                }
+                Err(BodyError::Fault(fault)) => {
+                    ctx.filters[index] = None;
+                    tenant.metrics.callback_fault(CALLBACK, &fault);
+                    self.filter_failed(&tenant, index, CALLBACK, HookFailure::Fault(fault))?;
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            *body = Some(Bytes::from(chunk));
+        }
+        Ok(None)
     }
 
     /// The filters' `proxy_on_done`, `proxy_on_log` and `proxy_on_delete`,

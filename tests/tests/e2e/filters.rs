@@ -377,3 +377,34 @@ async fn an_auth_filter_grants_or_refuses_on_its_callout_under_concurrency() {
     let (status, _) = get(&client, &proxy.url("/"), &[("x-user", "ok-direct")]).await;
     assert_eq!(status, 200, "{}", proxy.log());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_filter_rewrites_both_bodies_to_other_lengths_and_keep_alive_holds() {
+    let upstream = Upstream::plain().await;
+    let proxy = filters_proxy(&upstream, &[("pw_body", "")], &[]);
+    let client = client();
+    for round in 0..2 {
+        let response = client
+            .post(proxy.url("/b"))
+            .body(format!("hello {round}"))
+            .send()
+            .await
+            .expect("request to the proxy");
+        assert_eq!(response.status().as_u16(), 200, "{}", proxy.log());
+        let text = response.text().await.unwrap();
+        let (prefix, echo) = text.split_once(':').expect("a wrapped body");
+        let echo: Value = serde_json::from_str(echo).unwrap();
+        assert_eq!(prefix, format!("wrapped({})", echo.to_string().len()));
+        assert_eq!(
+            echo["body"],
+            format!("HELLO {round}!!"),
+            "the request body, rewritten"
+        );
+        assert_eq!(echo["method"], "POST");
+    }
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "one keep-alive connection upstream"
+    );
+}

@@ -48,7 +48,8 @@ pub fn free_port() -> u16 {
 }
 
 /// An HTTP/1.1 upstream on loopback that answers every request with a JSON
-/// echo of it (and its own port) and counts the connections it accepted.
+/// echo of it (its body included, and its own port) and counts the
+/// connections it accepted.
 pub struct Upstream {
     pub addr: SocketAddr,
     connections: Arc<AtomicUsize>,
@@ -116,6 +117,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |req: Request<hyper::body::Incoming>| async move {
+        let (parts, body) = req.into_parts();
+        let body = http_body_util::BodyExt::collect(body)
+            .await
+            .map(|collected| collected.to_bytes())
+            .unwrap_or_default();
+        let req = Request::from_parts(parts, ());
         let headers: Vec<Value> = req
             .headers()
             .iter()
@@ -133,6 +140,7 @@ where
             "headers": headers,
             "tls": tls,
             "port": port,
+            "body": String::from_utf8_lossy(&body),
         });
         let mut response = Response::new(Full::new(Bytes::from(echo.to_string())));
         *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();

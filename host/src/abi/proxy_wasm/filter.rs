@@ -68,6 +68,17 @@ struct Callbacks {
     on_delete: Option<TypedFunc<i32, ()>>,
     on_tick: Option<TypedFunc<i32, ()>>,
     on_http_call_response: Option<CallResponseFunc>,
+    on_request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+}
+
+/// What a body callback left the body to do.
+#[derive(Debug)]
+pub enum BodyOutcome {
+    /// Keep buffering: nothing goes on yet.
+    Buffer,
+    /// Send on these bytes (all that was buffered, as the filter left it).
+    Release(Vec<u8>),
 }
 
 /// A started instance of a filter.
@@ -106,6 +117,15 @@ impl FilterStream {
     pub fn active(&self) -> bool {
         self.instance.is_some()
     }
+}
+
+/// Why a body callback gave nothing to send.
+#[derive(Debug)]
+pub enum BodyError {
+    /// The body buffered for the filter grew past the cap.
+    TooLarge,
+    /// The filter faulted.
+    Fault(HookFault),
 }
 
 /// Request ids, unique in this process (`request.id`).
@@ -185,6 +205,86 @@ impl FilterModule {
     /// The filter's name for logs.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether the filter reads request bodies (exports
+    /// `proxy_on_request_body`).
+    pub fn reads_request_body(&self) -> bool {
+        self.pre
+            .module()
+            .get_export("proxy_on_request_body")
+            .is_some()
+    }
+
+    /// Whether the filter reads response bodies.
+    pub fn reads_response_body(&self) -> bool {
+        self.pre
+            .module()
+            .get_export("proxy_on_response_body")
+            .is_some()
+    }
+
+    /// `proxy_on_request_body` with `chunk` added to the buffered request
+    /// body. A filter that pauses before the end keeps buffering; past
+    /// [`MAX_BODY`](super::MAX_BODY) buffered it is an error for the
+    /// caller to answer (413).
+    pub async fn on_request_body(
+        &self,
+        filter: &mut FilterStream,
+        chunk: &[u8],
+        end_of_stream: bool,
+        meter: &dyn SliceMeter,
+    ) -> Result<BodyOutcome, BodyError> {
+        filter.stream.request_body.extend_from_slice(chunk);
+        if filter.stream.request_body.len() > super::MAX_BODY {
+            return Err(BodyError::TooLarge);
+        }
+        let size = filter.stream.request_body.len() as i32;
+        let callback = |instance: &PwInstance| instance.callbacks.on_request_body.clone();
+        let action = self
+            .run(filter, callback, (size, end_of_stream as i32), meter)
+            .await
+            .map_err(BodyError::Fault)?;
+        Ok(Self::body_outcome(
+            &mut filter.stream.request_body,
+            action,
+            end_of_stream,
+        ))
+    }
+
+    /// As [`on_request_body`](Self::on_request_body), for the response.
+    pub async fn on_response_body(
+        &self,
+        filter: &mut FilterStream,
+        chunk: &[u8],
+        end_of_stream: bool,
+        meter: &dyn SliceMeter,
+    ) -> Result<BodyOutcome, BodyError> {
+        filter.stream.response_body.extend_from_slice(chunk);
+        if filter.stream.response_body.len() > super::MAX_BODY {
+            return Err(BodyError::TooLarge);
+        }
+        let size = filter.stream.response_body.len() as i32;
+        let callback = |instance: &PwInstance| instance.callbacks.on_response_body.clone();
+        let action = self
+            .run(filter, callback, (size, end_of_stream as i32), meter)
+            .await
+            .map_err(BodyError::Fault)?;
+        Ok(Self::body_outcome(
+            &mut filter.stream.response_body,
+            action,
+            end_of_stream,
+        ))
+    }
+
+    /// Buffering goes on while the filter pauses before the end; else the
+    /// buffer goes on.
+    fn body_outcome(buffer: &mut Vec<u8>, action: i32, end_of_stream: bool) -> BodyOutcome {
+        if action == PAUSE && !end_of_stream {
+            BodyOutcome::Buffer
+        } else {
+            BodyOutcome::Release(std::mem::take(buffer))
+        }
     }
 
     /// When the filter's next tick is due, if it asked for ticks
@@ -279,6 +379,12 @@ impl FilterModule {
                 &mut wasm,
                 "proxy_on_http_call_response",
                 "(i32, i32, i32, i32, i32) -> ()",
+            )?,
+            on_request_body: export(&mut wasm, "proxy_on_request_body", "(i32, i32, i32) -> i32")?,
+            on_response_body: export(
+                &mut wasm,
+                "proxy_on_response_body",
+                "(i32, i32, i32) -> i32",
             )?,
         };
         let mut instance = Box::new(PwInstance {

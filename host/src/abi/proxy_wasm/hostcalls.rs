@@ -48,6 +48,7 @@ const IMPLEMENTED: &[&str] = &[
     "proxy_get_shared_data",
     "proxy_set_shared_data",
     "proxy_define_metric",
+    "proxy_set_buffer_bytes",
     "proxy_set_tick_period_milliseconds",
     "proxy_http_call",
     "proxy_increment_metric",
@@ -61,7 +62,6 @@ const IMPLEMENTED: &[&str] = &[
 /// a call to fail (HTTP and gRPC calls, foreign functions):
 /// `UNIMPLEMENTED` is not in the Rust SDK's status enum.
 const UNIMPLEMENTED: &[&str] = &[
-    "proxy_set_buffer_bytes",
     "proxy_grpc_call",
     "proxy_grpc_stream",
     "proxy_grpc_send",
@@ -273,20 +273,19 @@ pub(super) fn add(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> was
          (buffer, start, max_size, return_data, return_size): (i32, i32, i32, i32, i32)| {
             Box::new(async move {
                 let plugin = caller.data().abi.plugin.clone();
-                let call_body = caller
-                    .data()
-                    .abi
-                    .stream
-                    .as_ref()
-                    .and_then(|stream| stream.call_response.as_ref())
-                    .map(|(_, body)| body.clone());
-                let whole: &[u8] = match (buffer, &call_body) {
-                    (4, Some(body)) => body,
-                    (6, _) => &plugin.vm_config,
-                    (7, _) => &plugin.config,
-                    // Bodies: not kept by this host yet.
+                let stream = caller.data().abi.stream.as_ref();
+                let owned: Vec<u8> = match (buffer, stream) {
+                    (0, Some(stream)) => stream.request_body.clone(),
+                    (1, Some(stream)) => stream.response_body.clone(),
+                    (4, Some(stream)) => match &stream.call_response {
+                        Some((_, body)) => body.clone(),
+                        None => return status::NOT_FOUND,
+                    },
+                    (6, _) => plugin.vm_config.clone(),
+                    (7, _) => plugin.config.clone(),
                     _ => return status::NOT_FOUND,
                 };
+                let whole = &owned[..];
                 // The SDKs pass u32::MAX as max_size: clamp to what there is.
                 let start = (start as u32 as usize).min(whole.len());
                 let end = start
@@ -301,9 +300,12 @@ pub(super) fn add(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> was
         "proxy_get_buffer_status",
         |mut caller: Ctx<'_>, buffer: i32, return_size: i32, return_flags: i32| -> i32 {
             let plugin = caller.data().abi.plugin.clone();
-            let size = match buffer {
-                6 => plugin.vm_config.len(),
-                7 => plugin.config.len(),
+            let stream = caller.data().abi.stream.as_ref();
+            let size = match (buffer, stream) {
+                (0, Some(stream)) => stream.request_body.len(),
+                (1, Some(stream)) => stream.response_body.len(),
+                (6, _) => plugin.vm_config.len(),
+                (7, _) => plugin.config.len(),
                 _ => return status::NOT_FOUND,
             } as u32;
             if write(&mut caller, return_size, &size.to_le_bytes())
@@ -313,6 +315,38 @@ pub(super) fn add(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> was
             } else {
                 status::INVALID_MEMORY_ACCESS
             }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_buffer_bytes",
+        |mut caller: Ctx<'_>,
+         buffer: i32,
+         start: i32,
+         size: i32,
+         data: i32,
+         data_size: i32|
+         -> i32 {
+            let Some(data) = read(&mut caller, data, data_size) else {
+                return status::INVALID_MEMORY_ACCESS;
+            };
+            let Some(stream) = caller.data_mut().abi.stream.as_mut() else {
+                return status::NOT_FOUND;
+            };
+            let body = match buffer {
+                0 => &mut stream.request_body,
+                1 => &mut stream.response_body,
+                _ => return status::NOT_FOUND,
+            };
+            // Replaces bytes [start, start + size), as the SDKs use it:
+            // (0, len) for the whole body, (len, 0) to append.
+            let start = (start as u32 as usize).min(body.len());
+            let end = start.saturating_add(size as u32 as usize).min(body.len());
+            if body.len() - (end - start) + data.len() > super::MAX_BODY {
+                return status::BAD_ARGUMENT;
+            }
+            body.splice(start..end, data);
+            status::OK
         },
     )?;
     linker.func_wrap_async(

@@ -30,8 +30,12 @@ use crate::abi::GuestAbi;
 use crate::runtime::Sandbox;
 
 pub use callout::{perform as perform_call, CallResponse, PendingCall};
-pub use filter::{FilterModule, FilterSpec, FilterStream, RequestOutcome};
+pub use filter::{BodyError, BodyOutcome, FilterModule, FilterSpec, FilterStream, RequestOutcome};
 pub use stream::{HeaderPairs, LocalReply, RequestFacts, Stream};
+
+/// The largest body a filter may buffer or make, per request and
+/// direction.
+pub const MAX_BODY: usize = 1 << 20;
 
 /// The proxy-wasm ABI, for [`GuestAbi`].
 pub struct ProxyWasm;

@@ -348,6 +348,10 @@ pub struct Stream {
     /// The response of the call being delivered (`proxy_on_http_call_response`):
     /// its header map and body.
     pub call_response: Option<(HeaderPairs, Vec<u8>)>,
+    /// The request body buffered so far (`HTTP_REQUEST_BODY`).
+    pub request_body: Vec<u8>,
+    /// The response body buffered so far (`HTTP_RESPONSE_BODY`).
+    pub response_body: Vec<u8>,
 }
 
 #[cfg(test)]
