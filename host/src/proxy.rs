@@ -733,13 +733,18 @@ impl ProxyHttp for WasmProxy {
     /// request body; a filter that pauses holds the body until its end.
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         const CALLBACK: &str = "proxy_on_request_body";
         let tenant = routed(ctx)?;
+        if !has_body(session.req_header()) || ctx.filters.iter().all(Option::is_none) {
+            // Pingora ends a bodiless request with an empty piece: no
+            // body callback for it.
+            return Ok(());
+        }
         let mut chunk = body.take().map(|b| b.to_vec()).unwrap_or_default();
         for index in 0..ctx.filters.len() {
             let module = &tenant.filters[index].module;
@@ -795,7 +800,8 @@ impl ProxyHttp for WasmProxy {
     ) -> Result<Option<std::time::Duration>> {
         const CALLBACK: &str = "proxy_on_response_body";
         let tenant = routed(ctx)?;
-        if ctx.filters.iter().all(Option::is_none) {
+        let empty = body.as_ref().is_none_or(Bytes::is_empty);
+        if ctx.filters.iter().all(Option::is_none) || (empty && !end_of_stream) {
             return Ok(None);
         }
         let mut chunk = body.take().map(|b| b.to_vec()).unwrap_or_default();

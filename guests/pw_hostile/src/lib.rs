@@ -11,8 +11,9 @@
 //!   forever), `alloc` (grows a `Vec` of 1 MiB chunks, each written to,
 //!   without bound until allocation fails, which aborts with a trap).
 //! - `in`: where it misbehaves: `request_headers` (the default, in
-//!   `on_http_request_headers`), `response_headers`
-//!   (`on_http_response_headers`), `log` (`on_log`) or `configure`
+//!   `on_http_request_headers`), `request_body` (`on_http_request_body`),
+//!   `response_headers` (`on_http_response_headers`), `response_body`
+//!   (`on_http_response_body`), `log` (`on_log`) or `configure`
 //!   (`on_configure`, for every instance, regardless of `on_path`).
 //! - `on_path`: a prefix of `:path` (default `/`, i.e. every request).
 //!   `:path` is read in `on_http_request_headers` and whether it matches is
@@ -69,7 +70,9 @@ pub enum Misbehaviour {
 pub enum Callback {
     #[default]
     RequestHeaders,
+    RequestBody,
     ResponseHeaders,
+    ResponseBody,
     Log,
     Configure,
 }
@@ -91,7 +94,9 @@ impl Callback {
     fn name(self) -> &'static str {
         match self {
             Callback::RequestHeaders => "request_headers",
+            Callback::RequestBody => "request_body",
             Callback::ResponseHeaders => "response_headers",
+            Callback::ResponseBody => "response_body",
             Callback::Log => "log",
             Callback::Configure => "configure",
         }
@@ -208,8 +213,18 @@ impl HttpContext for PwHostile {
         Action::Continue
     }
 
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        self.misbehave_in(Callback::RequestBody);
+        Action::Continue
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.misbehave_in(Callback::ResponseHeaders);
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        self.misbehave_in(Callback::ResponseBody);
         Action::Continue
     }
 

@@ -181,7 +181,12 @@ async fn wrong_modules_and_refused_configurations_stop_the_start() {
 async fn a_faulting_filter_gives_500_or_is_skipped_and_the_next_request_succeeds() {
     let upstream = Upstream::plain().await;
     let client = client();
-    for callback in ["request_headers", "response_headers"] {
+    for callback in [
+        "request_headers",
+        "request_body",
+        "response_headers",
+        "response_body",
+    ] {
         for misbehave in ["panic", "loop", "alloc"] {
             let config = json!({"misbehave": misbehave, "in": callback, "on_path": "/bad"});
             let proxy = filters_proxy(
@@ -189,13 +194,49 @@ async fn a_faulting_filter_gives_500_or_is_skipped_and_the_next_request_succeeds
                 &[("pw_hostile", &config.to_string())],
                 &["--hook-timeout-ms", "50", "--memory-limit-mib", "16"],
             );
-            let (status, _) = get(&client, &proxy.url("/bad"), &[]).await;
-            assert_eq!(status, 500, "{callback} {misbehave}: {}", proxy.log());
-            let (status, _) = get(&client, &proxy.url("/good"), &[]).await;
-            assert_eq!(status, 200, "{callback} {misbehave}: {}", proxy.log());
+            // A body, so that the body callbacks run.
+            let post = |path: &str| {
+                let request = client.post(proxy.url(path)).body("some body");
+                async move { request.send().await.map(|r| r.status().as_u16()) }
+            };
+            let status = post("/bad").await;
+            if callback == "response_body" {
+                // 500 if the response's headers have not left yet (Pingora
+                // holds them until the body starts); else it is cut.
+                assert!(
+                    status.as_ref().map_or(true, |status| *status == 500),
+                    "{misbehave}: {status:?}"
+                );
+            } else {
+                assert_eq!(
+                    status.ok(),
+                    Some(500),
+                    "{callback} {misbehave}: {}",
+                    proxy.log()
+                );
+            }
+            let status = post("/good").await.ok();
+            assert_eq!(status, Some(200), "{callback} {misbehave}: {}", proxy.log());
             proxy.wait_for_log("filter pw_hostile.wasm: proxy_on_");
         }
     }
+    // A filter that faults while it is configured stops the start.
+    let config = json!({"misbehave": "panic", "in": "configure"});
+    let mut options = ProxyOptions::new("first_proxy", json!({}));
+    options.no_module = true;
+    options.module_config = None;
+    let args: Vec<String> = [
+        "--filter".to_string(),
+        guest("pw_hostile").display().to_string(),
+        "--filter-config".into(),
+        config.to_string(),
+        "--upstream".into(),
+        upstream.addr.to_string(),
+    ]
+    .into();
+    let (status, log) = run_to_exit(options, &args);
+    assert!(!status.success());
+    assert!(log.contains("proxy_on_configure"), "{log}");
     // A fault in on_log changes nothing that was sent.
     let config = json!({"misbehave": "panic", "in": "log"});
     let proxy = filters_proxy(&upstream, &[("pw_hostile", &config.to_string())], &[]);
