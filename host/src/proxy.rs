@@ -135,7 +135,7 @@ impl WasmProxy {
             let end_of_stream = !has_body(session.req_header());
             let module = &filter.module;
             let result = match module
-                .begin(session.req_header(), "http", (client, server), &permit)
+                .begin(session.req_header(), (client, server), &permit)
                 .await
             {
                 Ok(mut stream) => {

@@ -438,7 +438,6 @@ impl FilterModule {
     pub async fn begin(
         &self,
         request: &RequestHeader,
-        scheme: &str,
         (client, server): (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>),
         meter: &dyn SliceMeter,
     ) -> Result<FilterStream, HookFault> {
@@ -459,7 +458,6 @@ impl FilterModule {
             .await
             .map_err(CallError::into_fault)?;
         // The request's map is made when a callback first needs it.
-        let _ = (request, scheme);
         let stream = Stream {
             facts: super::RequestFacts {
                 id: REQUEST_IDS.fetch_add(1, Ordering::Relaxed).to_string(),
