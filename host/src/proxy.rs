@@ -11,6 +11,13 @@
 //! | `response_filter` | `response_filter` | change the response's status and headers |
 //! | `logging` | `logging` | log; changes nothing |
 //!
+//! A tenant's proxy-wasm filters run around that: their
+//! `proxy_on_request_headers` (and any HTTP calls they wait for) before the
+//! module's `request_filter`, `proxy_on_request_body` on the request body,
+//! `proxy_on_response_headers` and `proxy_on_response_body` after the
+//! module's `response_filter` (last filter first), and `proxy_on_done`,
+//! `proxy_on_log`, `proxy_on_delete` before its `logging`.
+//!
 //! Each guest call is first admitted by the tenant's budget (calls in
 //! flight, guest time per second, circuit breaker), and yields its worker
 //! while it runs long.
@@ -36,7 +43,7 @@ use crate::hooks::Hook;
 use crate::metrics::Metrics;
 use crate::tenants::{GuestErrorPolicy, Tenant, TenantSet};
 
-/// A Pingora proxy whose routing is decided by tenants' guest modules.
+/// A Pingora proxy whose hooks are tenants' guest modules and filters.
 pub struct WasmProxy {
     tenants: Arc<ArcSwap<TenantSet>>,
     metrics: Arc<Metrics>,
