@@ -170,6 +170,27 @@ async fn wrong_modules_and_refused_configurations_stop_the_start() {
         assert!(!status.success(), "{args:?}");
         assert!(log.contains(says), "{args:?}: {log}");
     }
+    // A filter of proxy-wasm ABI 0.1.0.
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.wasm");
+    let wat = r#"(module
+        (memory (export "memory") 1)
+        (func (export "proxy_abi_version_0_1_0"))
+        (func (export "malloc") (param i32) (result i32) i32.const 0))"#;
+    std::fs::write(&old, wat::parse_str(wat).unwrap()).unwrap();
+    let mut options = ProxyOptions::new("first_proxy", json!({}));
+    options.no_module = true;
+    options.module_config = None;
+    let args = [
+        "--filter".to_string(),
+        old.display().to_string(),
+        "--upstream".into(),
+        upstream.addr.to_string(),
+    ];
+    let (status, log) = run_to_exit(options, &args);
+    assert!(!status.success());
+    assert!(log.contains("speaks proxy-wasm ABI 0.1.0"), "{log}");
+
     // A filter given as the routing module.
     let options = ProxyOptions::new("pw_headers", json!({}));
     let (status, log) = run_to_exit(options, &[]);
