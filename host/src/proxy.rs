@@ -34,7 +34,7 @@ use pingora::protocols::http::error_resp::gen_error_response;
 use pingora::proxy::{ProxyHttp, Session};
 
 use crate::abi::proxy_wasm::{
-    perform_call, BodyError, BodyOutcome, FilterStream, PendingCall, RequestOutcome,
+    perform_call, BodyError, BodyOutcome, Direction, FilterStream, PendingCall, RequestOutcome,
 };
 use crate::abi::v1::{self, DownstreamRequest, GuestCtx, Outcome, RequestVerdict};
 use crate::abi::HookFailure;
@@ -293,6 +293,76 @@ impl WasmProxy {
         }
     }
 
+    /// Runs a piece of a body through the live filters that read
+    /// `direction`'s bodies: in filter order for the request, last first
+    /// for the response. What the last one releases replaces the piece; a
+    /// filter that buffers stops it (nothing goes on yet). Past the buffer
+    /// cap a request gets 413; a response fails (500, or cut if its
+    /// headers have left).
+    async fn filter_body(
+        &self,
+        ctx: &mut RequestCtx,
+        direction: Direction,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+    ) -> Result<()> {
+        let callback = match direction {
+            Direction::Request => "proxy_on_request_body",
+            Direction::Response => "proxy_on_response_body",
+        };
+        let tenant = routed(ctx)?;
+        if !reads_bodies(&tenant, ctx, direction) {
+            return Ok(());
+        }
+        let mut chunk = body.take().map(|b| b.to_vec()).unwrap_or_default();
+        let mut order: Vec<usize> = (0..ctx.filters.len()).collect();
+        if direction == Direction::Response {
+            order.reverse();
+        }
+        for index in order {
+            let module = &tenant.filters[index].module;
+            let Some(stream) = ctx.filters[index].as_mut() else {
+                continue;
+            };
+            if !module.reads_body(direction) {
+                continue;
+            }
+            let permit = tenant.budget.admit().map_err(|throttle| {
+                Error::explain(
+                    HTTPStatus(throttle.status()),
+                    "tenant over its guest budget",
+                )
+            })?;
+            let result = module
+                .on_body(stream, direction, &chunk, end_of_stream, &permit)
+                .await;
+            permit.finish(matches!(result, Err(BodyError::Fault(_))));
+            match result {
+                Ok(BodyOutcome::Release(released)) => chunk = released,
+                Ok(BodyOutcome::Buffer) => return Ok(()),
+                Err(BodyError::TooLarge) => {
+                    let status = match direction {
+                        Direction::Request => 413,
+                        Direction::Response => 500,
+                    };
+                    return Error::e_explain(
+                        HTTPStatus(status),
+                        format!("filter {}: body over the buffer cap", module.name()),
+                    );
+                }
+                Err(BodyError::Fault(fault)) => {
+                    ctx.filters[index] = None;
+                    tenant.metrics.callback_fault(callback, &fault);
+                    self.filter_failed(&tenant, index, callback, HookFailure::Fault(fault))?;
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            *body = Some(Bytes::from(chunk));
+        }
+        Ok(())
+    }
+
     /// Ends an admitted filter callback: counts a fault and frees its slot.
     fn finish_callback<T>(
         tenant: &Tenant,
@@ -521,17 +591,10 @@ fn has_body(request: &RequestHeader) -> bool {
             .is_some_and(|length| length > 0)
 }
 
-/// Whether one of the request's live filters reads request (or response)
-/// bodies.
-fn reads_bodies(tenant: &Tenant, ctx: &RequestCtx, request: bool) -> bool {
+/// Whether one of the request's live filters reads `direction`'s bodies.
+fn reads_bodies(tenant: &Tenant, ctx: &RequestCtx, direction: Direction) -> bool {
     ctx.filters.iter().enumerate().any(|(index, stream)| {
-        let module = &tenant.filters[index].module;
-        stream.is_some()
-            && if request {
-                module.reads_request_body()
-            } else {
-                module.reads_response_body()
-            }
+        stream.is_some() && tenant.filters[index].module.reads_body(direction)
     })
 }
 
@@ -682,7 +745,7 @@ impl ProxyHttp for WasmProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let tenant = routed(ctx)?;
-        if has_body(session.req_header()) && reads_bodies(&tenant, ctx, true) {
+        if has_body(session.req_header()) && reads_bodies(&tenant, ctx, Direction::Request) {
             // A filter may change the body's length: frame it by chunks.
             upstream_request.remove_header(&http::header::CONTENT_LENGTH);
             upstream_request.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
@@ -728,7 +791,7 @@ impl ProxyHttp for WasmProxy {
         let filters = tenant.filters.len();
         self.filter_response(session, ctx, &tenant, upstream_response, filters)
             .await?;
-        if response_has_body(upstream_response) && reads_bodies(&tenant, ctx, false) {
+        if response_has_body(upstream_response) && reads_bodies(&tenant, ctx, Direction::Response) {
             // A filter may change the body's length: frame it by chunks.
             upstream_response.remove_header(&http::header::CONTENT_LENGTH);
             upstream_response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
@@ -745,53 +808,13 @@ impl ProxyHttp for WasmProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        const CALLBACK: &str = "proxy_on_request_body";
-        let tenant = routed(ctx)?;
-        if !has_body(session.req_header()) || ctx.filters.iter().all(Option::is_none) {
+        if !has_body(session.req_header()) {
             // Pingora ends a bodiless request with an empty piece: no
             // body callback for it.
             return Ok(());
         }
-        let mut chunk = body.take().map(|b| b.to_vec()).unwrap_or_default();
-        for index in 0..ctx.filters.len() {
-            let module = &tenant.filters[index].module;
-            let Some(stream) = ctx.filters[index].as_mut() else {
-                continue;
-            };
-            if !module.reads_request_body() {
-                continue;
-            }
-            let permit = tenant.budget.admit().map_err(|throttle| {
-                Error::explain(
-                    HTTPStatus(throttle.status()),
-                    "tenant over its guest budget",
-                )
-            })?;
-            let result = module
-                .on_request_body(stream, &chunk, end_of_stream, &permit)
-                .await;
-            let faulted = matches!(result, Err(BodyError::Fault(_)));
-            permit.finish(faulted);
-            match result {
-                Ok(BodyOutcome::Release(released)) => chunk = released,
-                Ok(BodyOutcome::Buffer) => return Ok(()),
-                Err(BodyError::TooLarge) => {
-                    return Err(Error::explain(
-                        HTTPStatus(413),
-                        format!("filter {}: request body over the buffer cap", module.name()),
-                    ))
-                }
-                Err(BodyError::Fault(fault)) => {
-                    ctx.filters[index] = None;
-                    tenant.metrics.callback_fault(CALLBACK, &fault);
-                    self.filter_failed(&tenant, index, CALLBACK, HookFailure::Fault(fault))?;
-                }
-            }
-        }
-        if !chunk.is_empty() {
-            *body = Some(Bytes::from(chunk));
-        }
-        Ok(())
+        self.filter_body(ctx, Direction::Request, body, end_of_stream)
+            .await
     }
 
     /// The filters' `proxy_on_response_body`, last first, on each piece of
@@ -805,56 +828,10 @@ impl ProxyHttp for WasmProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
-        const CALLBACK: &str = "proxy_on_response_body";
-        let tenant = routed(ctx)?;
-        let empty = body.as_ref().is_none_or(Bytes::is_empty);
-        if ctx.filters.iter().all(Option::is_none) || (empty && !end_of_stream) {
+        if body.as_ref().is_none_or(Bytes::is_empty) && !end_of_stream {
             return Ok(None);
         }
-        let mut chunk = body.take().map(|b| b.to_vec()).unwrap_or_default();
-        for index in (0..ctx.filters.len()).rev() {
-            let module = &tenant.filters[index].module;
-            let Some(stream) = ctx.filters[index].as_mut() else {
-                continue;
-            };
-            if !module.reads_response_body() {
-                continue;
-            }
-            let Ok(permit) = tenant.budget.admit() else {
-                return Error::e_explain(
-                    InternalError,
-                    "tenant over its guest budget mid-response",
-                );
-            };
-            let result = crate::runtime::block_on(module.on_response_body(
-                stream,
-                &chunk,
-                end_of_stream,
-                &permit,
-            ));
-            permit.finish(matches!(result, Err(BodyError::Fault(_))));
-            match result {
-                Ok(BodyOutcome::Release(released)) => chunk = released,
-                Ok(BodyOutcome::Buffer) => return Ok(None),
-                Err(BodyError::TooLarge) => {
-                    return Error::e_explain(
-                        InternalError,
-                        format!(
-                            "filter {}: response body over the buffer cap",
-                            module.name()
-                        ),
-                    )
-                }
-                Err(BodyError::Fault(fault)) => {
-                    ctx.filters[index] = None;
-                    tenant.metrics.callback_fault(CALLBACK, &fault);
-                    self.filter_failed(&tenant, index, CALLBACK, HookFailure::Fault(fault))?;
-                }
-            }
-        }
-        if !chunk.is_empty() {
-            *body = Some(Bytes::from(chunk));
-        }
+        crate::runtime::block_on(self.filter_body(ctx, Direction::Response, body, end_of_stream))?;
         Ok(None)
     }
 

@@ -72,6 +72,15 @@ struct Callbacks {
     on_response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
 }
 
+/// Which body a body callback sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// The request body, going upstream.
+    Request,
+    /// The response body, going to the client.
+    Response,
+}
+
 /// What a body callback left the body to do.
 #[derive(Debug)]
 pub enum BodyOutcome {
@@ -101,6 +110,8 @@ pub struct FilterModule {
     idle: IdleInstances<PwInstance>,
     /// When the next tick is due, in milliseconds since `origin`.
     next_tick_ms: AtomicU64,
+    /// Whether it exports the body callbacks, by [`Direction`].
+    reads_bodies: [bool; 2],
     origin: Instant,
 }
 
@@ -195,6 +206,8 @@ impl FilterModule {
             long_calls: engine.long_calls().clone(),
             idle: IdleInstances::new(),
             next_tick_ms: AtomicU64::new(0),
+            reads_bodies: ["proxy_on_request_body", "proxy_on_response_body"]
+                .map(|callback| module.get_export(callback).is_some()),
             origin: Instant::now(),
         };
         let first = block_on(filter.start(&Unmetered)).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -207,71 +220,41 @@ impl FilterModule {
         &self.name
     }
 
-    /// Whether the filter reads request bodies (exports
-    /// `proxy_on_request_body`).
-    pub fn reads_request_body(&self) -> bool {
-        self.pre
-            .module()
-            .get_export("proxy_on_request_body")
-            .is_some()
+    /// Whether the filter reads `direction`'s bodies (exports its body
+    /// callback).
+    pub fn reads_body(&self, direction: Direction) -> bool {
+        self.reads_bodies[direction as usize]
     }
 
-    /// Whether the filter reads response bodies.
-    pub fn reads_response_body(&self) -> bool {
-        self.pre
-            .module()
-            .get_export("proxy_on_response_body")
-            .is_some()
-    }
-
-    /// `proxy_on_request_body` with `chunk` added to the buffered request
-    /// body. A filter that pauses before the end keeps buffering; past
-    /// [`MAX_BODY`](super::MAX_BODY) buffered it is an error for the
-    /// caller to answer (413).
-    pub async fn on_request_body(
+    /// `proxy_on_request_body` or `proxy_on_response_body` with `chunk`
+    /// added to the body buffered for `direction`. A filter that pauses
+    /// before the end keeps buffering; past [`MAX_BODY`](super::MAX_BODY)
+    /// buffered it is an error for the caller to answer (413 for a
+    /// request).
+    pub async fn on_body(
         &self,
         filter: &mut FilterStream,
+        direction: Direction,
         chunk: &[u8],
         end_of_stream: bool,
         meter: &dyn SliceMeter,
     ) -> Result<BodyOutcome, BodyError> {
-        filter.stream.request_body.extend_from_slice(chunk);
-        if filter.stream.request_body.len() > super::MAX_BODY {
+        let buffer = filter.stream.body_mut(direction);
+        buffer.extend_from_slice(chunk);
+        if buffer.len() > super::MAX_BODY {
             return Err(BodyError::TooLarge);
         }
-        let size = filter.stream.request_body.len() as i32;
-        let callback = |instance: &PwInstance| instance.callbacks.on_request_body.clone();
+        let size = buffer.len() as i32;
+        let callback = |instance: &PwInstance| match direction {
+            Direction::Request => instance.callbacks.on_request_body.clone(),
+            Direction::Response => instance.callbacks.on_response_body.clone(),
+        };
         let action = self
             .run(filter, callback, (size, end_of_stream as i32), meter)
             .await
             .map_err(BodyError::Fault)?;
         Ok(Self::body_outcome(
-            &mut filter.stream.request_body,
-            action,
-            end_of_stream,
-        ))
-    }
-
-    /// As [`on_request_body`](Self::on_request_body), for the response.
-    pub async fn on_response_body(
-        &self,
-        filter: &mut FilterStream,
-        chunk: &[u8],
-        end_of_stream: bool,
-        meter: &dyn SliceMeter,
-    ) -> Result<BodyOutcome, BodyError> {
-        filter.stream.response_body.extend_from_slice(chunk);
-        if filter.stream.response_body.len() > super::MAX_BODY {
-            return Err(BodyError::TooLarge);
-        }
-        let size = filter.stream.response_body.len() as i32;
-        let callback = |instance: &PwInstance| instance.callbacks.on_response_body.clone();
-        let action = self
-            .run(filter, callback, (size, end_of_stream as i32), meter)
-            .await
-            .map_err(BodyError::Fault)?;
-        Ok(Self::body_outcome(
-            &mut filter.stream.response_body,
+            filter.stream.body_mut(direction),
             action,
             end_of_stream,
         ))

@@ -30,7 +30,9 @@ use crate::abi::GuestAbi;
 use crate::runtime::Sandbox;
 
 pub use callout::{perform as perform_call, CallResponse, PendingCall};
-pub use filter::{BodyError, BodyOutcome, FilterModule, FilterSpec, FilterStream, RequestOutcome};
+pub use filter::{
+    BodyError, BodyOutcome, Direction, FilterModule, FilterSpec, FilterStream, RequestOutcome,
+};
 pub use stream::{HeaderPairs, LocalReply, RequestFacts, Stream};
 
 /// The largest body a filter may buffer or make, per request and

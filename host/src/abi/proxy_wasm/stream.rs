@@ -354,6 +354,16 @@ pub struct Stream {
     pub response_body: Vec<u8>,
 }
 
+impl Stream {
+    /// The body buffered for `direction`.
+    pub fn body_mut(&mut self, direction: super::Direction) -> &mut Vec<u8> {
+        match direction {
+            super::Direction::Request => &mut self.request_body,
+            super::Direction::Response => &mut self.response_body,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
