@@ -327,11 +327,14 @@ impl WasmProxy {
             if !module.reads_body(direction) {
                 continue;
             }
-            let permit = tenant.budget.admit().map_err(|throttle| {
-                Error::explain(
+            let permit = tenant.budget.admit().map_err(|throttle| match direction {
+                Direction::Request => Error::explain(
                     HTTPStatus(throttle.status()),
                     "tenant over its guest budget",
-                )
+                ),
+                Direction::Response => {
+                    Error::explain(InternalError, "tenant over its guest budget mid-response")
+                }
             })?;
             let result = module
                 .on_body(stream, direction, &chunk, end_of_stream, &permit)
