@@ -9,6 +9,7 @@
 //!   instance per request, hostcalls).
 
 mod failure;
+mod headers;
 pub mod proxy_wasm;
 pub mod v1;
 
@@ -18,6 +19,7 @@ use wasmtime::{InstancePre, Linker, Module};
 use crate::runtime::{GuestEngine, Sandbox};
 
 pub use failure::{HookFailure, Refusal};
+pub use headers::HeaderTarget;
 
 /// A guest ABI, as the wasm layer needs to know it.
 pub trait GuestAbi {

@@ -96,8 +96,18 @@ fn read_str(caller: &mut Ctx<'_>, ptr: i32, len: i32) -> Option<String> {
     read(caller, ptr, len).map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// `OK` once `bytes` are written at `ptr`; `INVALID_MEMORY_ACCESS` if they
+/// do not fit in memory.
+fn written(caller: &mut Ctx<'_>, ptr: i32, bytes: &[u8]) -> i32 {
+    if write(caller, ptr, bytes) {
+        status::OK
+    } else {
+        status::INVALID_MEMORY_ACCESS
+    }
+}
+
 /// Writes `bytes` at `ptr`; false if they do not fit in memory.
-fn write(caller: &mut Ctx<'_>, ptr: i32, bytes: &[u8]) -> bool {
+pub(super) fn write(caller: &mut Ctx<'_>, ptr: i32, bytes: &[u8]) -> bool {
     let Some(memory) = caller.data().memory() else {
         return false;
     };
@@ -248,22 +258,14 @@ pub(super) fn add(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> was
                 log::LevelFilter::Warn => 3,
                 _ => 4,
             };
-            if write(&mut caller, return_level, &level.to_le_bytes()) {
-                status::OK
-            } else {
-                status::INVALID_MEMORY_ACCESS
-            }
+            written(&mut caller, return_level, &level.to_le_bytes())
         },
     )?;
     linker.func_wrap(
         "env",
         "proxy_get_current_time_nanoseconds",
         |mut caller: Ctx<'_>, return_time: i32| -> i32 {
-            if write(&mut caller, return_time, &now_nanos().to_le_bytes()) {
-                status::OK
-            } else {
-                status::INVALID_MEMORY_ACCESS
-            }
+            written(&mut caller, return_time, &now_nanos().to_le_bytes())
         },
     )?;
     linker.func_wrap_async(
@@ -616,11 +618,7 @@ pub(super) fn add(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> was
                 timeout: std::time::Duration::from_millis(u64::from(timeout_ms as u32).max(1)),
             });
             state.next_call_token = token.wrapping_add(1).max(1);
-            if write(&mut caller, return_token, &token.to_le_bytes()) {
-                status::OK
-            } else {
-                status::INVALID_MEMORY_ACCESS
-            }
+            written(&mut caller, return_token, &token.to_le_bytes())
         },
     )?;
     linker.func_wrap(
@@ -682,11 +680,7 @@ pub(super) fn add(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> was
                 return status::BAD_ARGUMENT;
             }
             let id = caller.data().abi.plugin.metrics.define(&name);
-            if write(&mut caller, return_id, &id.to_le_bytes()) {
-                status::OK
-            } else {
-                status::INVALID_MEMORY_ACCESS
-            }
+            written(&mut caller, return_id, &id.to_le_bytes())
         },
     )?;
     linker.func_wrap(
@@ -729,11 +723,7 @@ pub(super) fn add(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> was
             else {
                 return status::NOT_FOUND;
             };
-            if write(&mut caller, return_value, &value.to_le_bytes()) {
-                status::OK
-            } else {
-                status::INVALID_MEMORY_ACCESS
-            }
+            written(&mut caller, return_value, &value.to_le_bytes())
         },
     )?;
     add_unimplemented(linker, module)

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 
+use crate::abi::HeaderTarget;
 use crate::runtime::HookFault;
 
 /// A header map as a filter sees it: ordered pairs, pseudo-headers first.
@@ -185,16 +186,7 @@ impl HeaderPairs {
     /// checked before anything is changed.
     pub fn apply_to_request(&self, request: &mut RequestHeader) -> Result<(), HookFault> {
         if let Some(added) = self.only_added() {
-            let checked: Vec<_> = added
-                .iter()
-                .map(|(name, value)| checked(name, value))
-                .collect::<Result<_, _>>()?;
-            for (name, value) in checked {
-                request
-                    .append_header(name, value)
-                    .map_err(|e| invalid(format!("header: {e}")))?;
-            }
-            return Ok(());
+            return add_fields(request, checked_all(added)?, false);
         }
         let (mut method, mut path) = (None, None);
         let mut fields = Vec::new();
@@ -221,16 +213,7 @@ impl HeaderPairs {
         if let Some(method) = method {
             request.set_method(method);
         }
-        let names: Vec<http::HeaderName> = request.headers.keys().cloned().collect();
-        for name in names {
-            request.remove_header(&name);
-        }
-        for (name, value) in fields {
-            request
-                .append_header(name, value)
-                .map_err(|e| invalid(format!("header: {e}")))?;
-        }
-        Ok(())
+        add_fields(request, fields, true)
     }
 
     /// Writes the changed map back to the response: `:status` to the
@@ -238,16 +221,7 @@ impl HeaderPairs {
     /// anything is changed.
     pub fn apply_to_response(&self, response: &mut ResponseHeader) -> Result<(), HookFault> {
         if let Some(added) = self.only_added() {
-            let checked: Vec<_> = added
-                .iter()
-                .map(|(name, value)| checked(name, value))
-                .collect::<Result<_, _>>()?;
-            for (name, value) in checked {
-                response
-                    .append_header(name, value)
-                    .map_err(|e| invalid(format!("header: {e}")))?;
-            }
-            return Ok(());
+            return add_fields(response, checked_all(added)?, false);
         }
         let mut status = None;
         let mut fields = Vec::new();
@@ -271,17 +245,36 @@ impl HeaderPairs {
                 .set_status(status)
                 .map_err(|e| invalid(format!(":status: {e}")))?;
         }
-        let names: Vec<http::HeaderName> = response.headers.keys().cloned().collect();
-        for name in names {
-            response.remove_header(&name);
-        }
-        for (name, value) in fields {
-            response
-                .append_header(name, value)
-                .map_err(|e| invalid(format!("header: {e}")))?;
-        }
-        Ok(())
+        add_fields(response, fields, true)
     }
+}
+
+/// Adds checked `fields` to `target`, after removing all it had if
+/// `replace`.
+fn add_fields(
+    target: &mut impl HeaderTarget,
+    fields: Vec<(http::HeaderName, http::HeaderValue)>,
+    replace: bool,
+) -> Result<(), HookFault> {
+    if replace {
+        target.clear_fields();
+    }
+    for (name, value) in fields {
+        target
+            .append(name.as_str().to_string(), value)
+            .map_err(|e| invalid(format!("header: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Every pair checked as a field.
+fn checked_all(
+    pairs: &[(String, String)],
+) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, HookFault> {
+    pairs
+        .iter()
+        .map(|(name, value)| checked(name, value))
+        .collect()
 }
 
 fn invalid(what: String) -> HookFault {

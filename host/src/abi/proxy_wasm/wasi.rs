@@ -6,6 +6,7 @@
 
 use wasmtime::{Caller, Linker, Module, Val};
 
+use super::hostcalls::write;
 use super::PwState;
 use crate::runtime::Sandbox;
 
@@ -78,23 +79,6 @@ const REFUSED: &[&str] = &[
 /// Whether a filter may import `wasi_snapshot_preview1.<name>`.
 pub(super) fn provides(name: &str) -> bool {
     IMPLEMENTED.contains(&name) || REFUSED.contains(&name)
-}
-
-fn write(caller: &mut Ctx<'_>, ptr: i32, bytes: &[u8]) -> bool {
-    let Some(memory) = caller.data().memory() else {
-        return false;
-    };
-    let start = ptr as u32 as usize;
-    let Some(end) = start.checked_add(bytes.len()) else {
-        return false;
-    };
-    match memory.data_mut(caller).get_mut(start..end) {
-        Some(target) => {
-            target.copy_from_slice(bytes);
-            true
-        }
-        None => false,
-    }
 }
 
 /// Zero elements of zero bytes: for the environment and the arguments.

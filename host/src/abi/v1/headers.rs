@@ -3,39 +3,9 @@
 
 use guest_sdk::wire::HeaderOp;
 use http::{HeaderName, HeaderValue};
-use pingora::http::{RequestHeader, ResponseHeader};
 
+use crate::abi::HeaderTarget;
 use crate::runtime::HookFault;
-
-/// A header that operations can change: Pingora's request and response
-/// headers.
-pub(super) trait HeaderTarget {
-    /// Replaces every field called `name` with one `name: value`.
-    fn insert(&mut self, name: String, value: HeaderValue) -> pingora::Result<()>;
-    /// Adds `name: value`.
-    fn append(&mut self, name: String, value: HeaderValue) -> pingora::Result<()>;
-    /// Removes every field called `name`.
-    fn remove(&mut self, name: &HeaderName);
-}
-
-/// Pingora's request and response headers have the same three methods.
-macro_rules! header_target {
-    ($($header:ty),*) => {$(
-        impl HeaderTarget for $header {
-            fn insert(&mut self, name: String, value: HeaderValue) -> pingora::Result<()> {
-                self.insert_header(name, value)
-            }
-            fn append(&mut self, name: String, value: HeaderValue) -> pingora::Result<()> {
-                self.append_header(name, value).map(drop)
-            }
-            fn remove(&mut self, name: &HeaderName) {
-                self.remove_header(name);
-            }
-        }
-    )*};
-}
-
-header_target!(RequestHeader, ResponseHeader);
 
 /// A guest's header operations, each name and value checked.
 pub(super) struct CheckedOps(Vec<(HeaderOp, HeaderName, Option<HeaderValue>)>);
