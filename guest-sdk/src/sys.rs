@@ -79,11 +79,11 @@ pub enum Level {
 /// 4 KiB and turns control characters into spaces.
 pub fn log(level: Level, message: &str) {
     #[cfg(target_arch = "wasm32")]
-    // SAFETY: the host only reads `message.len()` bytes at its pointer,
-    // which `message` owns for the whole call.
-    unsafe {
-        import::log(level as i32, message.as_ptr(), message.len())
-    };
+    {
+        // SAFETY: the host only reads `message.len()` bytes at its
+        // pointer, which `message` owns for the whole call.
+        unsafe { import::log(level as i32, message.as_ptr(), message.len()) };
+    }
     #[cfg(not(target_arch = "wasm32"))]
     eprintln!("[{level:?}] {message}");
 }
@@ -151,29 +151,43 @@ pub fn read_input<T: DeserializeOwned>(ptr: i32, len: i32) -> Result<T> {
 pub fn fetch_part(part: i32, buffer: &mut Vec<u8>) -> bool {
     #[cfg(target_arch = "wasm32")]
     {
-        buffer.clear();
-        buffer.reserve(256);
-        // SAFETY: the host writes at most `capacity` bytes at the pointer,
-        // which is `buffer`'s own spare capacity, borrowed exclusively here.
-        let mut size = unsafe { import::input_part(part, buffer.as_mut_ptr(), buffer.capacity()) };
-        if size > 0 && size as usize > buffer.capacity() {
-            buffer.reserve_exact(size as usize);
-            // SAFETY: as above, with the grown capacity.
-            size = unsafe { import::input_part(part, buffer.as_mut_ptr(), buffer.capacity()) };
-        }
-        if size < 0 || size as usize > buffer.capacity() {
-            return false;
-        }
-        // SAFETY: the host has written `size` bytes from the start of the
-        // buffer, within its capacity (checked above), so they are
-        // initialised.
-        unsafe { buffer.set_len(size as usize) };
-        true
+        fill_from_host(buffer, 256, |ptr, capacity| {
+            // SAFETY: the host writes at most `capacity` bytes at `ptr`,
+            // `buffer`'s own spare capacity (see `fill_from_host`).
+            unsafe { import::input_part(part, ptr, capacity) }
+        })
     }
     #[cfg(not(target_arch = "wasm32"))]
     {
         fake_host::fetch_part(part, buffer)
     }
+}
+
+/// Replaces `buffer`'s contents with what `fill` copies into it: `fill`
+/// is a host import that writes at most `capacity` bytes at `ptr` and
+/// returns the full size of what it has (or -1 if nothing). When it did
+/// not fit, the buffer grows to the full size and `fill` runs once more.
+#[cfg(target_arch = "wasm32")]
+fn fill_from_host(
+    buffer: &mut Vec<u8>,
+    initial: usize,
+    fill: impl Fn(*mut u8, usize) -> i32,
+) -> bool {
+    buffer.clear();
+    buffer.reserve(initial);
+    let mut size = fill(buffer.as_mut_ptr(), buffer.capacity());
+    if size > 0 && size as usize > buffer.capacity() {
+        buffer.reserve_exact(size as usize);
+        size = fill(buffer.as_mut_ptr(), buffer.capacity());
+    }
+    if size < 0 || size as usize > buffer.capacity() {
+        return false;
+    }
+    // SAFETY: `fill` has written `size` bytes from the start of the
+    // buffer, within its capacity (checked above), so they are
+    // initialised.
+    unsafe { buffer.set_len(size as usize) };
+    true
 }
 
 /// Replaces `buffer`'s contents with the first value of header `name`
@@ -188,43 +202,13 @@ pub fn fetch_part(part: i32, buffer: &mut Vec<u8>) -> bool {
 pub fn fetch_header(part: i32, name: &str, buffer: &mut Vec<u8>) -> bool {
     #[cfg(target_arch = "wasm32")]
     {
-        buffer.clear();
-        buffer.reserve(64);
-        // SAFETY: the host reads `name.len()` bytes at `name`'s pointer,
-        // which `name` owns for the call, and writes at most `capacity`
-        // bytes at the other, `buffer`'s own spare capacity, borrowed
-        // exclusively here.
-        let mut size = unsafe {
-            import::get_header(
-                part,
-                name.as_ptr(),
-                name.len(),
-                buffer.as_mut_ptr(),
-                buffer.capacity(),
-            )
-        };
-        if size > 0 && size as usize > buffer.capacity() {
-            // The value did not fit: ask again with room for all of it.
-            buffer.reserve_exact(size as usize);
-            // SAFETY: as above, with the grown capacity.
-            size = unsafe {
-                import::get_header(
-                    part,
-                    name.as_ptr(),
-                    name.len(),
-                    buffer.as_mut_ptr(),
-                    buffer.capacity(),
-                )
-            };
-        }
-        if size < 0 || size as usize > buffer.capacity() {
-            return false;
-        }
-        // SAFETY: the host has written `size` bytes from the start of the
-        // buffer, within its capacity (checked above), so they are
-        // initialised.
-        unsafe { buffer.set_len(size as usize) };
-        true
+        fill_from_host(buffer, 64, |ptr, capacity| {
+            // SAFETY: the host reads `name.len()` bytes at `name`'s pointer,
+            // which `name` owns for the call, and writes at most `capacity`
+            // bytes at `ptr`, `buffer`'s own spare capacity (see
+            // `fill_from_host`).
+            unsafe { import::get_header(part, name.as_ptr(), name.len(), ptr, capacity) }
+        })
     }
     #[cfg(not(target_arch = "wasm32"))]
     {
