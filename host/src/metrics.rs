@@ -65,29 +65,24 @@ impl Metrics {
             "Guest calls not made because the tenant was over a budget, by reason: concurrency, cpu, breaker_open.",
             &["tenant", "reason"],
         );
-        let breaker_state = IntGaugeVec::new(
-            Opts::new(
-                "wasm_proxy_tenant_breaker_state",
-                "The tenant's circuit breaker: 0 closed, 1 open, 2 half-open.",
-            ),
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let vec = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(vec.clone()))
+                .expect("unique metric");
+            vec
+        };
+        let breaker_state = gauge(
+            "wasm_proxy_tenant_breaker_state",
+            "The tenant's circuit breaker: 0 closed, 1 open, 2 half-open.",
             &["tenant"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(breaker_state.clone()))
-            .expect("unique metric");
-        let filter_metrics = IntGaugeVec::new(
-            Opts::new(
-                "wasm_proxy_filter_metric",
-                "Metrics proxy-wasm filters define (proxy_define_metric): counters and \
-                 gauges; a histogram shows the last value recorded.",
-            ),
+        );
+        let filter_metrics = gauge(
+            "wasm_proxy_filter_metric",
+            "Metrics proxy-wasm filters define (proxy_define_metric): counters and \
+             gauges; a histogram shows the last value recorded.",
             &["tenant", "filter", "metric"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(filter_metrics.clone()))
-            .expect("unique metric");
+        );
         let hook_duration = HistogramVec::new(
             HistogramOpts::new(
                 "wasm_proxy_hook_duration_seconds",
