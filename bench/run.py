@@ -1,33 +1,47 @@
 #!/usr/bin/env python3
-"""End-to-end benchmark: one table comparing, on this machine and in one run,
+"""End-to-end benchmark: one run compares, on this machine,
 
-- the bench upstream alone (no proxy),
 - native Pingora (the tutorial's MyProxy compiled in, host/examples/native_proxy.rs),
 - this proxy with guests/first_proxy.wasm, instances reused (the default),
 - this proxy with a fresh instance for every hook call (--instance-reuse 1),
 - nginx as a reverse proxy, when nginx is installed,
 
-all under the same wrk load against the same local upstream, with the same
-Pingora conf. Also: idle RSS of the proxy with one module, and time from
-start to first response with a cold and a warm compiled-module cache.
+in front of the same local upstream, with the same Pingora conf, at 1 and
+at 2 Pingora threads (--pingora-threads). Two measures, each taken in
+interleaved rounds (every target once per round, in turn, the others
+paused with SIGSTOP so not even their timers compete):
 
-The targets are measured in interleaved rounds (every target once per
-round, in turn), so that a drift of the machine's speed during the run
-touches them all alike; each ratio against native is the median of the
-per-round ratios.
+1. **Proxy CPU per request at a fixed offered load** (the primary figure).
+   wrk's connections each wait --delay-ms between requests, which keeps
+   the load well below saturation; the proxy's CPU time (user + system,
+   every thread of every process in its group, from
+   /proc/PID/task/TID/schedstat, in nanoseconds) over the round is
+   divided by the requests served. It depends far less on how the VM
+   schedules wrk and the upstream than req/s at saturation does.
+2. **req/s at saturation** (wrk as fast as answered), the second figure.
 
-Loopback only; every load is bounded by --duration.
+Each ratio against native is the mean of the per-round ratios, with a 95%
+confidence interval (Student's t). The CPU measure runs rounds until every
+interval is within --ci-points (or --max-rounds is reached).
 
-    python3 bench/run.py [--rounds 5] [--duration 4] [--connections 32] [--threads 1]
+Also: idle RSS of the proxy with one module, measured one way (start, 100
+requests on one connection, 1 s idle, then VmRSS), with a cold and a warm
+compiled-module cache; and the time from start to first response.
+
+Loopback only; every load is bounded by --duration and the round counts.
+
+    python3 bench/run.py [--pingora-threads 1 2] [--duration 3] [--max-rounds 30]
 """
 
 import argparse
 import http.client
+import math
 import os
 import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +50,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RELEASE = ROOT / "target" / "release"
+
+# Student's t, two-sided 95%, by degrees of freedom (past 30: 1.96).
+T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+       2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+       2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 
 
 def free_port():
@@ -63,6 +82,19 @@ def wait_ok(port, timeout=60.0, host=None, headers=()):
     raise SystemExit(f"nothing answered 200 on port {port} within {timeout}s")
 
 
+def get_many(port, count, headers=()):
+    """count GETs of / on one keep-alive connection; all must answer 200."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    sent = dict(header.split(": ", 1) for header in headers)
+    for _ in range(count):
+        conn.request("GET", "/", headers=sent)
+        response = conn.getresponse()
+        response.read()
+        if response.status != 200:
+            raise SystemExit(f"port {port} answered {response.status}")
+    conn.close()
+
+
 class Processes:
     """Children started by the benchmark; all are stopped on exit."""
 
@@ -70,7 +102,8 @@ class Processes:
         self.children = []
 
     def start(self, argv, **kwargs):
-        # Own process group: nginx's workers are stopped with their master.
+        # Own process group: nginx's workers are stopped with their master,
+        # and a target's CPU time is its group's.
         child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                  start_new_session=True, **kwargs)
         self.children.append(child)
@@ -93,6 +126,25 @@ class Processes:
     def stop_all(self):
         for child in list(self.children):
             self.stop(child)
+
+
+def group_cpu_ns(pgid):
+    """CPU time (user + system) so far of every thread of every process in
+    process group pgid, in nanoseconds."""
+    total = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            # Field 5 of stat is the process group; the name (field 2) may
+            # hold spaces, so count from the closing parenthesis.
+            if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2]) != pgid:
+                continue
+            for task in (proc / "task").iterdir():
+                total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
 
 
 def pingora_conf(workdir, name, threads):
@@ -140,30 +192,26 @@ def header_args(headers):
     return [arg for header in headers for arg in ("-H", header)]
 
 
-def warm_up(port, args):
-    url = f"http://127.0.0.1:{port}/"
-    warm = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", "2s", url,
-            *header_args(getattr(args, "headers", ()))]
-    subprocess.run(warm, check=True, capture_output=True, timeout=60)
+def delay_script(workdir, delay_ms):
+    """A wrk script that makes each connection wait delay_ms between requests."""
+    script = workdir / f"delay-{delay_ms}.lua"
+    script.write_text(f"function delay()\n  return {delay_ms}\nend\n")
+    return script
 
 
-def wrk(port, args):
-    """Runs wrk against port; returns (requests/s, p50 ms, p99 ms, non-2xx, socket errors)."""
-    return run_wrk(port, args.threads, args.connections, args.duration,
-                   headers=getattr(args, "headers", ()))
-
-
-def run_wrk(port, threads, connections, duration, host=None, headers=()):
+def run_wrk(port, threads, connections, duration, host=None, headers=(), script=None):
     """wrk against port (with Host: host, if given, and the other request
-    headers given as "Name: value"); returns (requests/s, p50 ms, p99 ms,
-    non-2xx, socket errors)."""
+    headers given as "Name: value"); returns a dict with requests, rps,
+    p50 and p99 (ms), non2xx and socket_errors."""
     url = f"http://127.0.0.1:{port}/"
-    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency", url]
+    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency"]
+    if script:
+        cmd += ["-s", str(script)]
+    cmd.append(url)
     if host:
         cmd += ["-H", f"Host: {host}"]
     cmd += header_args(headers)
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=duration + 60).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
     def percentile(p):
         value, unit = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
@@ -171,14 +219,28 @@ def run_wrk(port, threads, connections, duration, host=None, headers=()):
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
-    return (rps, percentile(50), percentile(99), int(errors.group(1)) if errors else 0,
-            socket_errors.group(1) if socket_errors else None)
+    return {
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50": percentile(50),
+        "p99": percentile(99),
+        "non2xx": int(errors.group(1)) if errors else 0,
+        "socket_errors": socket_errors.group(1) if socket_errors else None,
+    }
 
 
 def median(values):
-    values = sorted(values)
-    middle = len(values) // 2
-    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+    return statistics.median(list(values))
+
+
+def mean_ci(values):
+    """Mean and the half-width of its 95% confidence interval."""
+    values = list(values)
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.inf
+    t = T95[len(values) - 2] if len(values) - 1 <= len(T95) else 1.96
+    return mean, t * statistics.stdev(values) / math.sqrt(len(values))
 
 
 def prepare(no_build):
@@ -195,19 +257,211 @@ def cpu_model():
                  if line.startswith("model name")), "unknown CPU")
 
 
+def clock_source():
+    path = Path("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+    return path.read_text().strip() if path.exists() else "unknown"
+
+
+def machine_line():
+    return (f"Machine: {os.cpu_count()} vCPU, {cpu_model()}, clock source {clock_source()}, "
+            f"Linux {os.uname().release}.")
+
+
 def rss_mib(pid):
     status = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
 
 
+class Bench:
+    """The targets of one run and how each is started."""
+
+    def __init__(self, args, procs, workdir, upstream_port):
+        self.args, self.procs, self.workdir = args, procs, workdir
+        self.upstream_port = upstream_port
+        if args.policy:
+            guest, self.module_config = "policy.wasm", f'{{"upstream": "127.0.0.1:{upstream_port}"}}'
+        else:
+            guest = "first_proxy.wasm"
+            self.module_config = f'{{"upstream": "127.0.0.1:{upstream_port}", "tls": false}}'
+        self.guest_args = [ROOT / "guests" / guest, "--module-config", self.module_config]
+        self.native, native_label, guest_label = (
+            ("native_policy", "the policy compiled in", "policy") if args.policy
+            else ("native_filter", "the filter's work compiled in", "first_proxy") if args.proxy_wasm
+            else ("native_proxy", "MyProxy compiled in", "first_proxy"))
+        self.native_name = f"native Pingora ({native_label})"
+        self.targets = [
+            (self.native_name, self.start_native),
+            (f"wasm {guest_label}, instances reused (default)", self.host("wasm-reuse")),
+        ]
+        if args.proxy_wasm:
+            self.targets.append(("wasm proxy-wasm filter pw_bench, static upstream",
+                                 self.host("wasm-filter", guests=[
+                                     "--filter", ROOT / "guests" / "pw_bench.wasm",
+                                     "--upstream", f"127.0.0.1:{upstream_port}"])))
+        elif not args.policy:
+            self.targets.append(("wasm first_proxy, fresh instance per call",
+                                 self.host("wasm-fresh", "--instance-reuse", "1")))
+        if shutil.which("nginx") and not args.policy and not args.proxy_wasm and not args.no_nginx:
+            self.targets.append(("nginx reverse proxy", self.start_nginx))
+
+    def host(self, name, *extra, guests=None, cache=None):
+        def start(port, threads):
+            # The tenant budget is out of reach: this measures the proxy's
+            # cost, and a fresh instance per call spends guest time
+            # instantiating, past the default 100 ms/s at these rates.
+            return self.procs.start(
+                [RELEASE / "host", *(guests or self.guest_args),
+                 "--listen", f"127.0.0.1:{port}",
+                 "--module-cache", cache or self.workdir / "module-cache", "--cpu-ms-per-s", "64000",
+                 "-c", pingora_conf(self.workdir, name, threads), *extra],
+                env={**os.environ, "RUST_LOG": "warn"})
+        return start
+
+    def start_native(self, port, threads):
+        return self.procs.start([RELEASE / "examples" / self.native,
+                                 "--upstream", f"127.0.0.1:{self.upstream_port}",
+                                 "--listen", f"127.0.0.1:{port}",
+                                 "-c", pingora_conf(self.workdir, "native", threads)])
+
+    def start_nginx(self, port, threads):
+        return self.procs.start(["nginx", "-c", nginx_conf(self.workdir, port, self.upstream_port, threads),
+                                 "-p", self.workdir, "-g", "daemon off;"])
+
+    def measure(self, threads):
+        """Both measures at this many Pingora threads; returns (cpu, sat):
+        per target, a list of per-round results."""
+        args, headers = self.args, self.args.headers
+        ports, children = {}, {}
+        for name, start in self.targets:
+            port = free_port()
+            child = start(port, threads)
+            wait_ok(port, headers=headers)
+            run_wrk(port, 1, args.connections, 2, headers=headers)  # warm-up
+            self.procs.pause(child)
+            ports[name], children[name] = port, child
+
+        def one_round(label, round_number, load):
+            results = {}
+            for name, _ in self.targets:
+                print(f"{threads} thread(s), {label} round {round_number}: {name} ...", file=sys.stderr)
+                child = children[name]
+                self.procs.resume(child)
+                before = group_cpu_ns(child.pid)
+                result = load(ports[name])
+                result["cpu_ns"] = group_cpu_ns(child.pid) - before
+                self.procs.pause(child)
+                results[name] = result
+            return results
+
+        script = delay_script(self.workdir, args.delay_ms)
+        fixed = lambda port: run_wrk(port, 1, args.fixed_connections, args.duration,
+                                     headers=headers, script=script)
+        cpu = {name: [] for name, _ in self.targets}
+        for round_number in range(1, args.max_rounds + 1):
+            for name, result in one_round("fixed-load", round_number, fixed).items():
+                cpu[name].append(result)
+            if round_number >= args.min_rounds and all(
+                    mean_ci(ratios(cpu, self.native_name, name, cpu_ratio))[1] * 100 <= args.ci_points
+                    for name in cpu):
+                break
+
+        saturate = lambda port: run_wrk(port, 1, args.connections, args.duration, headers=headers)
+        sat = {name: [] for name, _ in self.targets}
+        for round_number in range(1, args.saturation_rounds + 1):
+            for name, result in one_round("saturation", round_number, saturate).items():
+                sat[name].append(result)
+
+        for child in children.values():
+            self.procs.stop(child)
+        return cpu, sat
+
+    def idle_rss(self):
+        """VmRSS after start, 100 requests on one connection and 1 s idle,
+        with a cold then a warm compiled-module cache; and native's."""
+        cache = self.workdir / "rss-cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        rows = []
+        for label, start in [("wasm, cold module cache", self.host("rss", cache=cache)),
+                             ("wasm, warm module cache", self.host("rss", cache=cache)),
+                             ("native", self.start_native)]:
+            port = free_port()
+            started = time.monotonic()
+            child = start(port, 1)
+            wait_ok(port, headers=self.args.headers)
+            first_response_ms = (time.monotonic() - started) * 1e3
+            get_many(port, 100, self.args.headers)
+            time.sleep(1)
+            rows.append((label, rss_mib(child.pid), first_response_ms))
+            self.procs.stop(child)
+        return rows
+
+
+def cpu_ratio(result, base):
+    """Native's CPU per request over the target's: 100% is as cheap as native."""
+    return (base["cpu_ns"] / base["requests"]) / (result["cpu_ns"] / result["requests"])
+
+
+def rps_ratio(result, base):
+    return result["rps"] / base["rps"]
+
+
+def ratios(runs, native_name, name, ratio):
+    return [ratio(run, base) for run, base in zip(runs[name], runs[native_name])]
+
+
+def print_tables(bench, threads, cpu, sat):
+    args, native_name = bench.args, bench.native_name
+    rounds = len(cpu[native_name])
+    print(f"\n### {threads} Pingora thread(s)\n")
+    print(f"Proxy CPU per request at a fixed offered load: wrk -t1 -c{args.fixed_connections}, each "
+          f"connection waiting {args.delay_ms} ms between requests, {args.duration} s per target "
+          f"and round, {rounds} interleaved rounds. 'vs native' is the mean of the per-round ratios "
+          "native CPU/request over the target's (higher is cheaper), with its 95% interval.\n")
+    print("| target | req/s offered | CPU per request | over native | vs native (95% CI) |")
+    print("|---|---:|---:|---:|---:|")
+    native_us = median(r["cpu_ns"] / r["requests"] / 1e3 for r in cpu[native_name])
+    for name, results in cpu.items():
+        mean, half = mean_ci(ratios(cpu, native_name, name, cpu_ratio))
+        us = median(r["cpu_ns"] / r["requests"] / 1e3 for r in results)
+        print(f"| {name} | {median(r['rps'] for r in results):,.0f} | {us:.2f} µs "
+              f"| {us - native_us:+.2f} µs | {mean:.1%} ± {half:.1%} |")
+    print(f"\nreq/s at saturation: wrk -t1 -c{args.connections}, {args.duration} s per target and round, "
+          f"{len(sat[native_name])} interleaved rounds; medians, and the mean per-round ratio with "
+          "its 95% interval.\n")
+    print("| target | req/s | p50 | p99 | CPU per request | vs native (95% CI) | non-2xx |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, results in sat.items():
+        mean, half = mean_ci(ratios(sat, native_name, name, rps_ratio))
+        errors = sum(r["non2xx"] for r in results)
+        socket_errors = [r["socket_errors"] for r in results if r["socket_errors"]]
+        print(f"| {name} | {median(r['rps'] for r in results):,.0f} | {median(r['p50'] for r in results):.2f} ms "
+              f"| {median(r['p99'] for r in results):.2f} ms "
+              f"| {median(r['cpu_ns'] / r['requests'] / 1e3 for r in results):.2f} µs "
+              f"| {mean:.1%} ± {half:.1%} | {errors}"
+              + (f" (socket errors: {'; '.join(socket_errors)})" if socket_errors else "") + " |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    parser.add_argument("--duration", type=int, default=4,
-                        help="seconds of load per target and round (default 4)")
-    parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
-    parser.add_argument("--threads", type=int, default=1, help="wrk threads and Pingora threads (default 1)")
+    parser.add_argument("--pingora-threads", type=int, nargs="+", default=[1, 2],
+                        help="Pingora threads of every proxy and of the upstream; each count is a "
+                             "separate set of rounds (default: 1 2)")
+    parser.add_argument("--duration", type=int, default=3,
+                        help="seconds of load per target and round (default 3)")
+    parser.add_argument("--delay-ms", type=int, default=1,
+                        help="fixed load: each connection's wait between requests (default 1)")
+    parser.add_argument("--fixed-connections", type=int, default=8,
+                        help="fixed load: wrk connections (default 8)")
+    parser.add_argument("--min-rounds", type=int, default=6, help="fixed load: at least (default 6)")
+    parser.add_argument("--max-rounds", type=int, default=30, help="fixed load: at most (default 30)")
+    parser.add_argument("--ci-points", type=float, default=2.0,
+                        help="fixed load: stop once every ratio's 95%% interval is within this many "
+                             "points (default 2)")
+    parser.add_argument("--saturation-rounds", type=int, default=5,
+                        help="rounds at saturation (default 5)")
+    parser.add_argument("--connections", type=int, default=32, help="saturation: wrk connections (default 32)")
     parser.add_argument("--no-build", action="store_true", help="use the existing release build")
+    parser.add_argument("--no-nginx", action="store_true", help="leave nginx out even if installed")
     parser.add_argument("--policy", action="store_true",
                         help="measure guests/policy (every lifecycle hook) against the same policy "
                              "compiled in (host/examples/native_policy) instead of first_proxy")
@@ -222,123 +476,29 @@ def main():
 
     procs = Processes()
     workdir = Path(tempfile.mkdtemp(prefix="wasm-pingora-bench-"))
+    results = []
     try:
         upstream_port = free_port()
+        # The upstream gets the larger thread count, so it is never the limit.
         procs.start([RELEASE / "examples" / "bench_upstream", "--listen", f"127.0.0.1:{upstream_port}",
-                     "-c", pingora_conf(workdir, "upstream", args.threads)])
+                     "-c", pingora_conf(workdir, "upstream", max(args.pingora_threads))])
         wait_ok(upstream_port)
-        module_config = f'{{"upstream": "127.0.0.1:{upstream_port}", "tls": false}}'
-
-        guest = "policy.wasm" if args.policy else "first_proxy.wasm"
-        if args.policy:
-            module_config = f'{{"upstream": "127.0.0.1:{upstream_port}"}}'
-
-        def host(name, *extra, guests=None):
-            guests = guests or [ROOT / "guests" / guest, "--module-config", module_config]
-
-            def start(port):
-                # The tenant budget is out of reach: this measures the
-                # proxy's cost, and a fresh instance per call spends ~20 us
-                # of guest time instantiating, past the default 100 ms/s at
-                # these rates.
-                return procs.start([RELEASE / "host", *guests,
-                                    "--listen", f"127.0.0.1:{port}",
-                                    "--module-cache", workdir / "module-cache", "--cpu-ms-per-s", "64000",
-                                    "-c", pingora_conf(workdir, name, args.threads), *extra],
-                                   env={**os.environ, "RUST_LOG": "warn"})
-            return start
-
-        native, native_label, guest_label = (
-            ("native_policy", "the policy compiled in", "policy") if args.policy
-            else ("native_filter", "the filter's work compiled in", "first_proxy") if args.proxy_wasm
-            else ("native_proxy", "MyProxy compiled in", "first_proxy"))
-        targets = [
-            ("upstream alone (no proxy)", None),
-            (f"native Pingora ({native_label})",
-             lambda port: procs.start([RELEASE / "examples" / native,
-                                       "--upstream", f"127.0.0.1:{upstream_port}",
-                                       "--listen", f"127.0.0.1:{port}",
-                                       "-c", pingora_conf(workdir, "native", args.threads)])),
-            (f"wasm {guest_label}, instances reused (default)", host("wasm-reuse")),
-        ]
-        if args.proxy_wasm:
-            targets.append(("wasm proxy-wasm filter pw_bench, static upstream",
-                            host("wasm-filter", guests=["--filter", ROOT / "guests" / "pw_bench.wasm",
-                                                        "--upstream", f"127.0.0.1:{upstream_port}"])))
-        elif not args.policy:
-            targets.append(("wasm first_proxy, fresh instance per call",
-                            host("wasm-fresh", "--instance-reuse", "1")))
-        if shutil.which("nginx") and not args.policy and not args.proxy_wasm:
-            targets.append(("nginx reverse proxy", lambda port: procs.start(
-                ["nginx", "-c", nginx_conf(workdir, port, upstream_port, args.threads),
-                 "-p", workdir, "-g", "daemon off;"])))
-
-        # Every target is started once and paused (SIGSTOP) while the
-        # others are measured, so that not even its timers compete.
-        ports, children = {}, {}
-        idle_rss = None
-        for name, start in targets:
-            if start is None:
-                ports[name] = upstream_port
-                continue
-            port = free_port()
-            child = start(port)
-            wait_ok(port, headers=args.headers)
-            if name.startswith("wasm") and idle_rss is None:
-                idle_rss = rss_mib(child.pid)
-            warm_up(port, args)
-            procs.pause(child)
-            ports[name], children[name] = port, child
-
-        runs = {name: [] for name, _ in targets}
-        for round_number in range(1, args.rounds + 1):
-            for name, _ in targets:
-                print(f"round {round_number}/{args.rounds}: {name} ...", file=sys.stderr)
-                child = children.get(name)
-                if child:
-                    procs.resume(child)
-                runs[name].append(wrk(ports[name], args))
-                if child:
-                    procs.pause(child)
-        for child in children.values():
-            procs.stop(child)
-
-        # Start to first response, cold and warm compiled-module cache.
-        startup = []
-        cache = workdir / "startup-cache"
-        for label in () if args.policy or args.proxy_wasm else ("cold cache", "warm cache"):
-            port = free_port()
-            started = time.monotonic()
-            child = procs.start([RELEASE / "host", ROOT / "guests" / "first_proxy.wasm",
-                                 "--listen", f"127.0.0.1:{port}", "--module-config", module_config,
-                                 "--module-cache", cache, "-c", pingora_conf(workdir, "startup", 1)])
-            wait_ok(port)
-            startup.append((label, (time.monotonic() - started) * 1e3))
-            procs.stop(child)
+        bench = Bench(args, procs, workdir, upstream_port)
+        for threads in args.pingora_threads:
+            results.append((threads, *bench.measure(threads)))
+        rss = bench.idle_rss()
     finally:
         procs.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    native_name = next(name for name in runs if name.startswith("native"))
-    native = runs[native_name]
-    print(f"\nMachine: {os.cpu_count()} cores, {cpu_model()}. wrk -t{args.threads} -c{args.connections} "
-          f"-d{args.duration}s x {args.rounds} interleaved rounds, Pingora threads: {args.threads}, "
-          "keep-alive, loopback.\n")
-    print("Medians over the rounds; 'vs native' is the median of the per-round ratios "
-          "(its range in brackets).\n")
-    print("| target | req/s | p50 | p99 | vs native | non-2xx |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, results in runs.items():
-        ratios = [run[0] / base[0] for run, base in zip(results, native)]
-        errors = sum(run[3] for run in results)
-        socket_errors = [run[4] for run in results if run[4]]
-        print(f"| {name} | {median(r[0] for r in results):,.0f} | {median(r[1] for r in results):.2f} ms "
-              f"| {median(r[2] for r in results):.2f} ms | {median(ratios):.1%} "
-              f"({min(ratios):.1%}-{max(ratios):.1%}) | {errors}"
-              + (f" (socket errors: {'; '.join(socket_errors)})" if socket_errors else "") + " |")
-    print(f"\nIdle RSS, proxy with one module: {idle_rss:.1f} MiB")
-    for label, ms in startup:
-        print(f"Start to first response, {label}: {ms:.0f} ms")
+    print(f"\n{machine_line()} Keep-alive, loopback; the upstream is host/examples/bench_upstream.")
+    for threads, cpu, sat in results:
+        print_tables(bench, threads, cpu, sat)
+    print("\nIdle RSS (start, 100 requests on one connection, 1 s idle, then VmRSS; 1 Pingora thread):\n")
+    print("| proxy | idle RSS | start to first response |")
+    print("|---|---:|---:|")
+    for label, mib, ms in rss:
+        print(f"| {label} | {mib:.1f} MiB | {ms:.0f} ms |")
 
 
 if __name__ == "__main__":
