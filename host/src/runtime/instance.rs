@@ -276,6 +276,47 @@ impl<T: Send + 'static> WasmInstance<T> {
         meter: &dyn SliceMeter,
         abi: T,
     ) -> wasmtime::Result<Self> {
+        let (mut store, clock) = Self::store(pre, module_name, limits, long_calls, abi);
+        store.data_mut().mode = CallMode::Sliced;
+        let instance: Instance =
+            Box::pin(timed(&clock, meter, pre.instantiate_async(&mut store))).await?;
+        Self::with_instance(store, instance, clock, limits)
+    }
+
+    /// As [`new`](Self::new), on this thread's stack: no fiber, the way a
+    /// fresh instance is cheapest. A start function that runs past
+    /// [`YIELD_AFTER`] is stopped with [`CallError::NeedsSlicing`]; then
+    /// instantiate again with [`new`](Self::new).
+    pub fn new_direct(
+        pre: &InstancePre<Sandbox<T>>,
+        module_name: Arc<str>,
+        limits: GuestLimits,
+        long_calls: LongCallSignal,
+        meter: &dyn SliceMeter,
+        abi: T,
+    ) -> Result<Self, CallError> {
+        let (mut store, clock) = Self::store(pre, module_name, limits, long_calls, abi);
+        let instance = clock
+            .slice(meter, || pre.instantiate(&mut store))
+            .and_then(|instance| Self::with_instance(store, instance, clock, limits));
+        instance.map_err(|error| {
+            if error.downcast_ref::<NeedsSlicing>().is_some() {
+                CallError::NeedsSlicing
+            } else {
+                CallError::Fault(HookFault::Instantiate(format!("{error:#}")))
+            }
+        })
+    }
+
+    /// A fresh store for one instance, its deadline armed for a direct
+    /// start; and the clock its calls are timed by.
+    fn store(
+        pre: &InstancePre<Sandbox<T>>,
+        module_name: Arc<str>,
+        limits: GuestLimits,
+        long_calls: LongCallSignal,
+        abi: T,
+    ) -> (Store<Sandbox<T>>, Arc<CallClock>) {
         let store_limits = StoreLimitsBuilder::new()
             .memory_size(limits.memory_limit_bytes())
             .instances(1)
@@ -286,7 +327,7 @@ impl<T: Send + 'static> WasmInstance<T> {
             memory: None,
             clock: clock.clone(),
             hook_timeout: limits.hook_timeout(),
-            mode: CallMode::Sliced,
+            mode: CallMode::Direct,
             long_calls,
             limiter: GuestLimiter {
                 limits: store_limits,
@@ -323,11 +364,18 @@ impl<T: Send + 'static> WasmInstance<T> {
                 )),
             }
         });
-        // A start function runs during instantiation: bound and slice it too.
+        // A start function runs during instantiation: bound it too.
         clock.begin(Duration::ZERO);
         store.set_epoch_deadline(1);
-        let instance: Instance =
-            Box::pin(timed(&clock, meter, pre.instantiate_async(&mut store))).await?;
+        (store, clock)
+    }
+
+    fn with_instance(
+        mut store: Store<Sandbox<T>>,
+        instance: Instance,
+        clock: Arc<CallClock>,
+        limits: GuestLimits,
+    ) -> wasmtime::Result<Self> {
         let memory = instance
             .get_memory(&mut store, "memory")
             .ok_or_else(|| wasmtime::Error::msg("missing export `memory` (a memory)"))?;
@@ -349,11 +397,13 @@ impl<T: Send + 'static> WasmInstance<T> {
         name: &str,
         signature: &str,
     ) -> wasmtime::Result<Option<TypedFunc<P, R>>> {
-        if self.instance.get_export(&mut self.store, name).is_none() {
+        let Some(export) = self.instance.get_export(&mut self.store, name) else {
             return Ok(None);
-        }
-        self.instance
-            .get_typed_func::<P, R>(&mut self.store, name)
+        };
+        export
+            .into_func()
+            .ok_or_else(|| wasmtime::Error::msg("not a function"))
+            .and_then(|func| func.typed::<P, R>(&self.store))
             .map(Some)
             .map_err(|e| e.context(format!("export `{name}` must be a function {signature}")))
     }

@@ -142,7 +142,7 @@ impl V1Instance {
         long_calls: LongCallSignal,
         meter: &dyn SliceMeter,
     ) -> wasmtime::Result<Self> {
-        let mut wasm = WasmInstance::new(
+        let wasm = WasmInstance::new(
             pre,
             module_name,
             limits,
@@ -151,6 +151,31 @@ impl V1Instance {
             V1State::default(),
         )
         .await?;
+        Self::with_exports(wasm)
+    }
+
+    /// As [`new`](Self::new), on this thread's stack; see
+    /// [`WasmInstance::new_direct`].
+    pub fn new_direct(
+        pre: &InstancePre<Sandbox<V1State>>,
+        module_name: Arc<str>,
+        limits: GuestLimits,
+        long_calls: LongCallSignal,
+        meter: &dyn SliceMeter,
+    ) -> Result<Self, CallError> {
+        let wasm = WasmInstance::new_direct(
+            pre,
+            module_name,
+            limits,
+            long_calls,
+            meter,
+            V1State::default(),
+        )?;
+        Self::with_exports(wasm)
+            .map_err(|e| CallError::Fault(HookFault::Instantiate(format!("{e:#}"))))
+    }
+
+    fn with_exports(mut wasm: WasmInstance<V1State>) -> wasmtime::Result<Self> {
         const HOOK_SIGNATURE: &str = "(i32, i32) -> i64";
         let mut hooks = [const { None }; Hook::COUNT];
         for hook in Hook::ALL {

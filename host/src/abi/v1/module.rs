@@ -194,7 +194,14 @@ impl GuestModule {
         result
     }
 
+    /// A fresh instance, its `hook_init` run. Both steps first run
+    /// directly on the worker's stack; if either runs long, the instance
+    /// is made again on a fiber, sliced, like a long hook call.
     async fn new_instance(&self, meter: &dyn SliceMeter) -> Result<Box<V1Instance>, HookFault> {
+        match self.new_instance_direct(meter) {
+            Err(CallError::NeedsSlicing) => {}
+            ready => return ready.map_err(CallError::into_fault),
+        }
         let mut instance = V1Instance::new(
             &self.pre,
             self.name.clone(),
@@ -205,16 +212,60 @@ impl GuestModule {
         .await
         .map(Box::new)
         .map_err(|e| HookFault::Instantiate(format!("{e:#}")))?;
-        let input_mode = self
-            .initialise(&mut instance, meter)
-            .await
-            .map_err(|e| HookFault::Instantiate(format!("hook_init: {e:#}")))?;
+        let location = if instance.has_init() {
+            let input: [&[u8]; 1] = [&self.config_json];
+            Some(
+                instance
+                    .call_sliced(Export::Init, &input, &NoParts, meter, Duration::ZERO)
+                    .await
+                    .map_err(|e| init_fault(e.into_fault()))?,
+            )
+        } else {
+            None
+        };
+        self.check_init(&instance, location)?;
+        Ok(instance)
+    }
+
+    fn new_instance_direct(&self, meter: &dyn SliceMeter) -> Result<Box<V1Instance>, CallError> {
+        let mut instance = Box::new(V1Instance::new_direct(
+            &self.pre,
+            self.name.clone(),
+            self.limits,
+            self.long_calls.clone(),
+            meter,
+        )?);
+        let location = if instance.has_init() {
+            let input: [&[u8]; 1] = [&self.config_json];
+            match instance.call_direct(Export::Init, &input, &NoParts, meter) {
+                Err(CallError::Fault(fault)) => return Err(init_fault(fault).into()),
+                other => Some(other?),
+            }
+        } else {
+            None
+        };
+        self.check_init(&instance, location)?;
+        Ok(instance)
+    }
+
+    /// Checks that a fresh instance's `hook_init` (its output at
+    /// `location`, None if not exported) answered as at load.
+    fn check_init(
+        &self,
+        instance: &V1Instance,
+        location: Option<(u32, u32)>,
+    ) -> Result<(), HookFault> {
+        let input_mode = match location {
+            Some(location) => init_output(instance.output(location)?)
+                .map_err(|e| HookFault::Instantiate(format!("hook_init: {e:#}")))?,
+            None => InputMode::Whole,
+        };
         if input_mode != self.input_mode {
             return Err(HookFault::Instantiate(
                 "hook_init changed its answer about lazy input".into(),
             ));
         }
-        Ok(instance)
+        Ok(())
     }
 
     /// Hands the module configuration to `hook_init`, if exported; returns
@@ -232,12 +283,23 @@ impl GuestModule {
             .call_sliced(Export::Init, &input, &NoParts, meter, Duration::ZERO)
             .await
             .map_err(CallError::into_fault)?;
-        let out: wire::InitOutput = decode_json(instance.output(location)?)?;
-        if let Some(error) = out.error {
-            bail!("module refused its configuration: {}", error.message);
-        }
-        Ok(InputMode::of(&out))
+        init_output(instance.output(location)?)
     }
+}
+
+/// How the guest takes its input, from `hook_init`'s output; an error if
+/// it refused its configuration.
+fn init_output(output: &[u8]) -> anyhow::Result<InputMode> {
+    let out: wire::InitOutput = decode_json(output)?;
+    if let Some(error) = out.error {
+        bail!("module refused its configuration: {}", error.message);
+    }
+    Ok(InputMode::of(&out))
+}
+
+/// A fault in a fresh instance's `hook_init`, named as instantiation.
+fn init_fault(fault: HookFault) -> HookFault {
+    HookFault::Instantiate(format!("hook_init: {fault}"))
 }
 
 /// Which hooks `module` exports; refuses one that leaves out a hook that
@@ -297,6 +359,7 @@ mod tests {
         let engine = GuestEngine::new(&EngineOptions {
             max_memory_bytes: limits.memory_limit_bytes(),
             cache_dir: None,
+            fresh_instances: false,
         })
         .unwrap();
         let bytes = wat::parse_str(LOOP_GUEST).unwrap();
