@@ -16,7 +16,7 @@ use host::abi::v1::{self as abi, GuestModule, InputParts, RequestVerdict};
 use host::budget::{Budget, BudgetLimits, MAX_CPU_MS_PER_S};
 use host::hooks::Hook;
 use host::metrics::Metrics;
-use host::runtime::{EngineOptions, GuestEngine, GuestLimits, SliceMeter, Unmetered};
+use host::runtime::{EngineOptions, GuestEngine, GuestLimits, SliceMeter, Unmetered, FEW_CALLS};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::upstreams::peer::HttpPeer;
 
@@ -44,6 +44,7 @@ fn load(guest: &str, config: &str, instance_reuse: u64) -> GuestModule {
     let engine = GuestEngine::new(&EngineOptions {
         max_memory_bytes: limits.memory_limit_bytes(),
         cache_dir: None,
+        fresh_instances: instance_reuse <= FEW_CALLS,
     })
     .unwrap();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../guests/{guest}.wasm"));
@@ -328,6 +329,7 @@ fn hooks(c: &mut Criterion) {
     let engine = GuestEngine::new(&EngineOptions {
         max_memory_bytes: GuestLimits::default().memory_limit_bytes(),
         cache_dir: None,
+        fresh_instances: false,
     })
     .unwrap();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guests/pw_bench.wasm");

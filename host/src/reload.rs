@@ -13,7 +13,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::metrics::Metrics;
-use crate::runtime::GuestEngine;
+use crate::runtime::{release_freed_memory, GuestEngine};
 use crate::tenants::{TenantDefaults, TenantSet, TenantSource};
 
 /// How often watched files are checked for changes.
@@ -43,6 +43,7 @@ impl TenantReloader {
                 log::info!("reloaded tenants ({why}): {}", names.join(", "));
                 self.live.store(Arc::new(set));
                 self.metrics.reload(true);
+                release_freed_memory();
                 true
             }
             Err(e) => {

@@ -17,7 +17,9 @@ use crate::filter_ticks::FilterTicker;
 use crate::metrics::{Metrics, MetricsEndpoint};
 use crate::proxy::WasmProxy;
 use crate::reload::TenantReloader;
-use crate::runtime::{EngineOptions, EpochTicker, GuestEngine, MAX_MEMORY_LIMIT_MIB};
+use crate::runtime::{
+    release_freed_memory, EngineOptions, EpochTicker, GuestEngine, FEW_CALLS, MAX_MEMORY_LIMIT_MIB,
+};
 use crate::tenants::TenantSet;
 
 /// The pooling allocator's per-instance memory ceiling: the largest
@@ -35,9 +37,11 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
     let engine = GuestEngine::new(&EngineOptions {
         max_memory_bytes: MAX_MEMORY_LIMIT_BYTES,
         cache_dir: config::module_cache_dir(&cli),
+        fresh_instances: limits.limits.instance_reuse <= FEW_CALLS,
     })?;
     let metrics = Arc::new(Metrics::new());
     let tenants = TenantSet::load(&engine, &source, limits, &metrics)?;
+    release_freed_memory();
     for tenant in tenants.tenants() {
         let budget = tenant.budget.limits();
         let filters: Vec<&str> = tenant.filters.iter().map(|f| f.module.name()).collect();

@@ -8,8 +8,8 @@
 //!   "hook": "upstream_peer", "spin_iterations": 0}`
 //!
 //! Misbehaviours, in any hook: `none`, `loop`, `alloc` (without bound),
-//! `panic`, `unreachable`, `recursion`, `oob_output` (an output outside
-//! memory), `huge_output` (4 MiB of spaces), `invalid_json`,
+//! `panic`, `unreachable`, `recursion`, `oob_access` (a load past the end
+//! of linear memory), `oob_output` (an output outside memory), `huge_output` (4 MiB of spaces), `invalid_json`,
 //! `invalid_utf8`, `bad_header` (an invalid header in the hook's own
 //! output: in `upstream_peer`, `upstream_request_filter` and `logging` a
 //! whole `upstream_request` with a bad header name, in `request_filter`
@@ -43,6 +43,7 @@ pub enum Misbehaviour {
     Panic,
     Unreachable,
     Recursion,
+    OobAccess,
     OobOutput,
     HugeOutput,
     InvalidJson,
@@ -129,6 +130,9 @@ impl Hostile {
             Misbehaviour::Recursion => {
                 black_box(recurse(black_box(1)));
             }
+            Misbehaviour::OobAccess => {
+                black_box(read_past_memory());
+            }
             Misbehaviour::Spin => {
                 black_box(spin(black_box(self.config.spin_iterations)));
             }
@@ -147,6 +151,20 @@ fn spin(rounds: u64) -> u64 {
         x ^= x << 17;
     }
     x
+}
+
+/// A load 16 bytes past the end of linear memory: the sandbox must trap it.
+#[cfg(target_arch = "wasm32")]
+fn read_past_memory() -> u8 {
+    let end = core::arch::wasm32::memory_size(0) * 65536;
+    // SAFETY: none; this is the hostile guest's point. In wasm the load
+    // traps, so no value is ever produced.
+    unsafe { core::ptr::read_volatile(black_box(end + 16) as *const u8) }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn read_past_memory() -> u8 {
+    std::process::abort()
 }
 
 fn recurse(n: u64) -> u64 {

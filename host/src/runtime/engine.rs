@@ -83,7 +83,18 @@ pub struct EngineOptions {
     pub max_memory_bytes: usize,
     /// Where compiled modules are cached between starts; None disables.
     pub cache_dir: Option<PathBuf>,
+    /// Instances are replaced after a few calls (`--instance-reuse` at most
+    /// [`FEW_CALLS`]). Then guest code checks every memory access itself
+    /// instead of relying on guard pages: a little dearer per access, but
+    /// an instance's memory then needs no page protection changed when it
+    /// grows or when its slot is reset, which costs a system call and a
+    /// TLB flush on every instance.
+    pub fresh_instances: bool,
 }
+
+/// An instance reuse bound this low makes instances short-lived enough to
+/// prefer explicit bounds checks (see [`EngineOptions::fresh_instances`]).
+pub const FEW_CALLS: u64 = 10;
 
 /// The engine every module is compiled with, plus its epoch ticker.
 pub struct GuestEngine {
@@ -122,7 +133,14 @@ impl GuestEngine {
             .pagemap_scan(Enabled::Auto)
             .table_keep_resident(64 << 10);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-
+        if options.fresh_instances {
+            // No guard region and no signal handlers: out-of-bounds
+            // accesses are caught by the checks compiled into the guest.
+            // The reservation is the largest memory, so memory never moves.
+            config.signals_based_traps(false);
+            config.memory_guard_size(0);
+            config.memory_reservation(options.max_memory_bytes.max(1 << 20) as u64);
+        }
         let mut module_cache = None;
         if let Some(dir) = &options.cache_dir {
             // wasmtime's own cache: keyed by the module's hash and the
@@ -218,6 +236,24 @@ impl BackgroundService for EpochTicker {
             if shutdown.changed().await.is_err() {
                 break;
             }
+        }
+    }
+}
+
+/// Gives the heap memory freed since start (compiling a module takes tens
+/// of MiB, which the allocator otherwise keeps) back to the system, so
+/// the idle proxy's resident size is what serving needs. Called after
+/// modules are loaded, off the request path.
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: glibc's malloc_trim takes no pointers and is safe to call
+        // from any thread at any time; it only returns free pages.
+        unsafe {
+            malloc_trim(0);
         }
     }
 }

@@ -9,7 +9,9 @@ mod instance;
 mod limits;
 mod pool;
 
-pub use engine::{EngineOptions, EpochTicker, GuestEngine, LongCallSignal};
+pub use engine::{
+    release_freed_memory, EngineOptions, EpochTicker, GuestEngine, LongCallSignal, FEW_CALLS,
+};
 pub use fault::HookFault;
 pub use instance::{
     block_on, read_guest_line, CallError, Sandbox, SliceMeter, Unmetered, WasmInstance,

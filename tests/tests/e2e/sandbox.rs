@@ -42,6 +42,11 @@ const MISBEHAVIOURS: &[(&str, &str, &str)] = &[
         "trap: wasm `unreachable` instruction executed",
     ),
     ("recursion", "upstream_peer", "trap: "),
+    (
+        "oob_access",
+        "upstream_peer",
+        "trap: out of bounds memory access",
+    ),
     ("oob_output", "upstream_peer", "lies outside guest memory"),
     (
         "huge_output",
@@ -64,9 +69,30 @@ const MISBEHAVIOURS: &[(&str, &str, &str)] = &[
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_misbehaviour_gets_a_prompt_500_while_good_requests_succeed() {
+    every_misbehaviour_is_contained(MISBEHAVIOURS, &[]).await;
+}
+
+/// With a fresh instance per call the engine compiles explicit bounds
+/// checks instead of guard pages: memory faults must be caught the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_fresh_instances_memory_faults_are_contained_too() {
+    let memory_faults: Vec<_> = MISBEHAVIOURS
+        .iter()
+        .copied()
+        .filter(|(misbehave, _, _)| {
+            ["loop", "alloc", "recursion", "oob_access", "oob_output"].contains(misbehave)
+        })
+        .collect();
+    every_misbehaviour_is_contained(&memory_faults, &["--instance-reuse", "1"]).await;
+}
+
+async fn every_misbehaviour_is_contained(
+    misbehaviours: &[(&str, &str, &str)],
+    extra_args: &[&str],
+) {
     let upstream = Upstream::plain().await;
     let client = client();
-    for &(misbehave, hook, reason) in MISBEHAVIOURS {
+    for &(misbehave, hook, reason) in misbehaviours {
         let mut options = ProxyOptions::new(
             "hostile",
             json!({"upstream": upstream.addr.to_string(), "misbehave": misbehave,
@@ -75,6 +101,7 @@ async fn every_misbehaviour_gets_a_prompt_500_while_good_requests_succeed() {
         options.extra_args = ["--memory-limit-mib", "8"]
             .iter()
             .chain(&NO_BUDGETS)
+            .chain(extra_args)
             .map(|a| a.to_string())
             .collect();
         let proxy = Proxy::start(options);

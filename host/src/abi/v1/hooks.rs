@@ -244,6 +244,7 @@ mod tests {
         let engine = GuestEngine::new(&EngineOptions {
             max_memory_bytes: limits.memory_limit_bytes(),
             cache_dir: None,
+            fresh_instances: false,
         })
         .unwrap();
         let bytes = wat::parse_str(wat).unwrap();
