@@ -87,14 +87,26 @@ impl WasmProxy {
         hook: &str,
         refused: &mut bool,
     ) -> Result<Option<CallPermit<'t>>> {
-        let throttle = match tenant.budget.admit() {
-            Ok(permit) => return Ok(Some(permit)),
+        match tenant.budget.admit() {
+            Ok(permit) => Ok(Some(permit)),
             Err(Throttle::BreakerOpen) if tenant.on_guest_error == GuestErrorPolicy::FailOpen => {
-                return Ok(None)
+                Ok(None)
             }
-            Err(throttle) => throttle,
-        };
-        *refused = true;
+            // Boxed: writing the refusal is a large future, and every
+            // phase's future (allocated per request) would carry it.
+            Err(throttle) => Err(Box::pin(Self::refuse(session, tenant, hook, throttle)).await),
+        }
+        .inspect_err(|_| *refused = true)
+    }
+
+    /// Answers a request the tenant's budget refused; returns the error
+    /// that ends it.
+    async fn refuse(
+        session: &mut Session,
+        tenant: &Tenant,
+        hook: &str,
+        throttle: Throttle,
+    ) -> Box<Error> {
         let why = throttle.explain(tenant.budget.limits());
         let status = throttle.status();
         if tenant.budget.log_throttle_now() {
@@ -108,14 +120,19 @@ impl WasmProxy {
         let why = format!("tenant {}: {why}", tenant.name);
         let body = Bytes::from(format!("{why}\n"));
         let mut response = gen_error_response(status);
-        response.insert_header(
-            http::header::RETRY_AFTER,
-            tenant.budget.retry_after(throttle),
-        )?;
-        response.insert_header(http::header::CONTENT_TYPE, "text/plain")?;
-        response.set_content_length(body.len())?;
-        session.write_error_response(response, body).await?;
-        Err(Error::explain(HTTPStatus(status), why))
+        let written = async {
+            response.insert_header(
+                http::header::RETRY_AFTER,
+                tenant.budget.retry_after(throttle),
+            )?;
+            response.insert_header(http::header::CONTENT_TYPE, "text/plain")?;
+            response.set_content_length(body.len())?;
+            session.write_error_response(response, body).await
+        };
+        match written.await {
+            Ok(()) => Error::explain(HTTPStatus(status), why),
+            Err(e) => e,
+        }
     }
 
     /// The tenant's filters on the request headers, in order: each gets
@@ -450,18 +467,29 @@ impl WasmProxy {
                     }
                 }
             }
-            Ok(RequestVerdict::Answer(mut response, body)) => {
-                // As Envoy does for local replies: the answer passes
-                // through the response hook too.
-                self.guest_response_filter(session, ctx, tenant, &mut response)
-                    .await?;
-                self.filter_response(session, ctx, tenant, &mut response, tenant.filters.len())
-                    .await?;
-                write_answer(session, response, body).await?;
+            Ok(RequestVerdict::Answer(response, body)) => {
+                Box::pin(self.answer(session, ctx, tenant, response, body)).await?;
                 Ok(true)
             }
             Err(failure) => self.skip_or_fail(tenant, hook, failure).map(|()| false),
         }
+    }
+
+    /// Sends the guest's own answer to a request. As Envoy does for local
+    /// replies, it passes through the response hooks first.
+    async fn answer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        tenant: &Tenant,
+        mut response: Box<ResponseHeader>,
+        body: Bytes,
+    ) -> Result<()> {
+        self.guest_response_filter(session, ctx, tenant, &mut response)
+            .await?;
+        self.filter_response(session, ctx, tenant, &mut response, tenant.filters.len())
+            .await?;
+        write_answer(session, response, body).await
     }
 
     /// The guest's `response_filter` on `response`, from the upstream or
@@ -672,7 +700,11 @@ impl ProxyHttp for WasmProxy {
             tenant.metrics.request();
             let tenant = tenant.clone();
             ctx.tenant = Some(tenant.clone());
-            if self.filter_request(session, ctx, &tenant).await? {
+            // The filter chain's future is large: boxed, so that a tenant
+            // without filters does not allocate it for every request.
+            if !tenant.filters.is_empty()
+                && Box::pin(self.filter_request(session, ctx, &tenant)).await?
+            {
                 return Ok(true);
             }
             return self.guest_request_filter(session, ctx, &tenant).await;
@@ -680,9 +712,8 @@ impl ProxyHttp for WasmProxy {
         let host = host();
         self.metrics.unrouted_request();
         let body = format!("no tenant serves host {:?}\n", host.unwrap_or_default());
-        session
-            .respond_error_with_body(404, Bytes::from(body))
-            .await?;
+        // Boxed: a rare path, kept out of every request's future.
+        Box::pin(session.respond_error_with_body(404, Bytes::from(body))).await?;
         Ok(true)
     }
 
@@ -791,9 +822,11 @@ impl ProxyHttp for WasmProxy {
         let tenant = routed(ctx)?;
         self.guest_response_filter(session, ctx, &tenant, upstream_response)
             .await?;
-        let filters = tenant.filters.len();
-        self.filter_response(session, ctx, &tenant, upstream_response, filters)
-            .await?;
+        if !ctx.filters.is_empty() {
+            let filters = tenant.filters.len();
+            Box::pin(self.filter_response(session, ctx, &tenant, upstream_response, filters))
+                .await?;
+        }
         if response_has_body(upstream_response) && reads_bodies(&tenant, ctx, Direction::Response) {
             // A filter may change the body's length: frame it by chunks.
             upstream_response.remove_header(&http::header::CONTENT_LENGTH);
@@ -846,7 +879,9 @@ impl ProxyHttp for WasmProxy {
         let Some(tenant) = ctx.tenant.clone() else {
             return;
         };
-        self.end_filters(session, ctx, &tenant).await;
+        if !ctx.filters.is_empty() {
+            Box::pin(self.end_filters(session, ctx, &tenant)).await;
+        }
         let Some(module) = tenant.module.as_deref().filter(|m| m.exports(hook)) else {
             return;
         };
