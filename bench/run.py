@@ -7,22 +7,24 @@
 - nginx as a reverse proxy, when nginx is installed,
 
 in front of the same local upstream, with the same Pingora conf, at 1 and
-at 2 Pingora threads (--pingora-threads). Two measures, each taken in
-interleaved rounds (every target once per round, in turn, the others
-paused with SIGSTOP so not even their timers compete):
+at 2 Pingora threads (--pingora-threads). At 1 thread the proxy runs
+pinned to CPU 0 and wrk and the upstream to CPU 1 (--no-pin turns it
+off). Every target is measured in interleaved rounds (each once per
+round, in turn, the others paused with SIGSTOP so not even their timers
+compete), under two loads:
 
-1. **Proxy CPU per request at a fixed offered load** (the primary figure).
-   wrk's connections each wait --delay-ms between requests, which keeps
-   the load well below saturation; the proxy's CPU time (user + system,
-   every thread of every process in its group, from
-   /proc/PID/task/TID/schedstat, in nanoseconds) over the round is
-   divided by the requests served. It depends far less on how the VM
-   schedules wrk and the upstream than req/s at saturation does.
-2. **req/s at saturation** (wrk as fast as answered), the second figure.
+1. **a fixed offered load** well below saturation: wrk's connections each
+   wait --delay-ms between requests;
+2. **saturation**: wrk as fast as the proxy answers.
 
-Each ratio against native is the mean of the per-round ratios, with a 95%
-confidence interval (Student's t). The CPU measure runs rounds until every
-interval is within --ci-points (or --max-rounds is reached).
+The figure for each is **the proxy's CPU time per request**: user +
+system time of every thread of every process in its group (schedstat, in
+nanoseconds) over the round, divided by the requests served. It depends
+far less on how the VM schedules wrk and the upstream than req/s does
+(req/s at saturation is shown beside it). Each ratio against native is
+the mean of the per-round ratios with a 95% confidence interval
+(Student's t); each load runs rounds until every interval is within
+--ci-points (at least --min-rounds, at most --max-rounds).
 
 Also: idle RSS of the proxy with one module, measured one way (start, 100
 requests on one connection, 1 s idle, then VmRSS), with a cold and a warm
@@ -128,23 +130,30 @@ class Processes:
             self.stop(child)
 
 
-def group_cpu_ns(pgid):
-    """CPU time (user + system) so far of every thread of every process in
-    process group pgid, in nanoseconds."""
-    total = 0
+TICK_NS = 1e9 / os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu(pgid):
+    """CPU time so far of every thread of every process in process group
+    pgid: (user + system in nanoseconds, from schedstat; user and system
+    in nanoseconds, from stat's clock ticks, a coarser split)."""
+    total = user = system = 0
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             # Field 5 of stat is the process group; the name (field 2) may
             # hold spaces, so count from the closing parenthesis.
-            if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2]) != pgid:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pgid:
                 continue
+            user += int(fields[11]) * TICK_NS
+            system += int(fields[12]) * TICK_NS
             for task in (proc / "task").iterdir():
                 total += int((task / "schedstat").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             continue
-    return total
+    return total, user, system
 
 
 def pingora_conf(workdir, name, threads):
@@ -199,12 +208,14 @@ def delay_script(workdir, delay_ms):
     return script
 
 
-def run_wrk(port, threads, connections, duration, host=None, headers=(), script=None):
+def run_wrk(port, threads, connections, duration, host=None, headers=(), script=None, cpus=None):
     """wrk against port (with Host: host, if given, and the other request
     headers given as "Name: value"); returns a dict with requests, rps,
     p50 and p99 (ms), non2xx and socket_errors."""
     url = f"http://127.0.0.1:{port}/"
     cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency"]
+    if cpus:
+        cmd = ["taskset", "-c", cpus, *cmd]
     if script:
         cmd += ["-s", str(script)]
     cmd.append(url)
@@ -301,30 +312,47 @@ class Bench:
         elif not args.policy:
             self.targets.append(("wasm first_proxy, fresh instance per call",
                                  self.host("wasm-fresh", "--instance-reuse", "1")))
+        if args.baseline_host:
+            self.targets.append((f"wasm {guest_label}, instances reused, baseline build",
+                                 self.host("wasm-baseline", binary=args.baseline_host)))
+            if not args.policy and not args.proxy_wasm:
+                self.targets.append(("wasm first_proxy, fresh instance per call, baseline build",
+                                     self.host("wasm-fresh-baseline", "--instance-reuse", "1",
+                                               binary=args.baseline_host)))
         if shutil.which("nginx") and not args.policy and not args.proxy_wasm and not args.no_nginx:
             self.targets.append(("nginx reverse proxy", self.start_nginx))
 
-    def host(self, name, *extra, guests=None, cache=None):
-        def start(port, threads):
+    def host(self, name, *extra, guests=None, cache=None, binary=None):
+        def start(port, threads, pin=True):
             # The tenant budget is out of reach: this measures the proxy's
             # cost, and a fresh instance per call spends guest time
             # instantiating, past the default 100 ms/s at these rates.
             return self.procs.start(
-                [RELEASE / "host", *(guests or self.guest_args),
+                [*(self.pinned(threads) if pin else []), binary or RELEASE / "host", *(guests or self.guest_args),
                  "--listen", f"127.0.0.1:{port}",
                  "--module-cache", cache or self.workdir / "module-cache", "--cpu-ms-per-s", "64000",
                  "-c", pingora_conf(self.workdir, name, threads), *extra],
                 env={**os.environ, "RUST_LOG": "warn"})
         return start
 
-    def start_native(self, port, threads):
-        return self.procs.start([RELEASE / "examples" / self.native,
+    def pinned(self, threads):
+        """The taskset prefix for a proxy at this many threads: with one
+        thread and --pin, every proxy runs on CPU 0 and the load generator
+        and upstream on CPU 1, so they never take the proxy's CPU."""
+        return ["taskset", "-c", "0"] if self.pin(threads) else []
+
+    def pin(self, threads):
+        return self.args.pin and threads == 1
+
+    def start_native(self, port, threads, pin=True):
+        return self.procs.start([*(self.pinned(threads) if pin else []), RELEASE / "examples" / self.native,
                                  "--upstream", f"127.0.0.1:{self.upstream_port}",
                                  "--listen", f"127.0.0.1:{port}",
                                  "-c", pingora_conf(self.workdir, "native", threads)])
 
-    def start_nginx(self, port, threads):
-        return self.procs.start(["nginx", "-c", nginx_conf(self.workdir, port, self.upstream_port, threads),
+    def start_nginx(self, port, threads, pin=True):
+        conf = nginx_conf(self.workdir, port, self.upstream_port, threads)
+        return self.procs.start([*(self.pinned(threads) if pin else []), "nginx", "-c", conf,
                                  "-p", self.workdir, "-g", "daemon off;"])
 
     def measure(self, threads):
@@ -346,34 +374,41 @@ class Bench:
                 print(f"{threads} thread(s), {label} round {round_number}: {name} ...", file=sys.stderr)
                 child = children[name]
                 self.procs.resume(child)
-                before = group_cpu_ns(child.pid)
+                before = group_cpu(child.pid)
                 result = load(ports[name])
-                result["cpu_ns"] = group_cpu_ns(child.pid) - before
+                after = group_cpu(child.pid)
+                result["cpu_ns"], result["user_ns"], result["sys_ns"] = (
+                    b - a for a, b in zip(before, after))
                 self.procs.pause(child)
                 results[name] = result
             return results
 
         script = delay_script(self.workdir, args.delay_ms)
+        cpus = "1" if self.pin(threads) else None
         fixed = lambda port: run_wrk(port, 1, args.fixed_connections, args.duration,
-                                     headers=headers, script=script)
-        cpu = {name: [] for name, _ in self.targets}
-        for round_number in range(1, args.max_rounds + 1):
-            for name, result in one_round("fixed-load", round_number, fixed).items():
-                cpu[name].append(result)
-            if round_number >= args.min_rounds and all(
-                    mean_ci(ratios(cpu, self.native_name, name, cpu_ratio))[1] * 100 <= args.ci_points
-                    for name in cpu):
-                break
-
-        saturate = lambda port: run_wrk(port, 1, args.connections, args.duration, headers=headers)
-        sat = {name: [] for name, _ in self.targets}
-        for round_number in range(1, args.saturation_rounds + 1):
-            for name, result in one_round("saturation", round_number, saturate).items():
-                sat[name].append(result)
+                                     headers=headers, script=script, cpus=cpus)
+        saturate = lambda port: run_wrk(port, 1, args.connections, args.duration, headers=headers,
+                                        cpus=cpus)
+        cpu = self.rounds("fixed-load", one_round, fixed)
+        sat = self.rounds("saturation", one_round, saturate)
 
         for child in children.values():
             self.procs.stop(child)
         return cpu, sat
+
+    def rounds(self, label, one_round, load):
+        """Interleaved rounds of load until every CPU ratio's interval is
+        within --ci-points (at least --min-rounds, at most --max-rounds)."""
+        args = self.args
+        runs = {name: [] for name, _ in self.targets}
+        for round_number in range(1, args.max_rounds + 1):
+            for name, result in one_round(label, round_number, load).items():
+                runs[name].append(result)
+            if round_number >= args.min_rounds and all(
+                    mean_ci(ratios(runs, self.native_name, name, cpu_ratio))[1] * 100 <= args.ci_points
+                    for name in runs):
+                break
+        return runs
 
     def idle_rss(self):
         """VmRSS after start, 100 requests on one connection and 1 s idle,
@@ -386,7 +421,7 @@ class Bench:
                              ("native", self.start_native)]:
             port = free_port()
             started = time.monotonic()
-            child = start(port, 1)
+            child = start(port, 1, pin=False)
             wait_ok(port, headers=self.args.headers)
             first_response_ms = (time.monotonic() - started) * 1e3
             get_many(port, 100, self.args.headers)
@@ -411,34 +446,41 @@ def ratios(runs, native_name, name, ratio):
 
 def print_tables(bench, threads, cpu, sat):
     args, native_name = bench.args, bench.native_name
-    rounds = len(cpu[native_name])
-    print(f"\n### {threads} Pingora thread(s)\n")
-    print(f"Proxy CPU per request at a fixed offered load: wrk -t1 -c{args.fixed_connections}, each "
-          f"connection waiting {args.delay_ms} ms between requests, {args.duration} s per target "
-          f"and round, {rounds} interleaved rounds. 'vs native' is the mean of the per-round ratios "
-          "native CPU/request over the target's (higher is cheaper), with its 95% interval.\n")
-    print("| target | req/s offered | CPU per request | over native | vs native (95% CI) |")
-    print("|---|---:|---:|---:|---:|")
-    native_us = median(r["cpu_ns"] / r["requests"] / 1e3 for r in cpu[native_name])
-    for name, results in cpu.items():
-        mean, half = mean_ci(ratios(cpu, native_name, name, cpu_ratio))
-        us = median(r["cpu_ns"] / r["requests"] / 1e3 for r in results)
-        print(f"| {name} | {median(r['rps'] for r in results):,.0f} | {us:.2f} µs "
-              f"| {us - native_us:+.2f} µs | {mean:.1%} ± {half:.1%} |")
-    print(f"\nreq/s at saturation: wrk -t1 -c{args.connections}, {args.duration} s per target and round, "
-          f"{len(sat[native_name])} interleaved rounds; medians, and the mean per-round ratio with "
-          "its 95% interval.\n")
-    print("| target | req/s | p50 | p99 | CPU per request | vs native (95% CI) | non-2xx |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, results in sat.items():
-        mean, half = mean_ci(ratios(sat, native_name, name, rps_ratio))
-        errors = sum(r["non2xx"] for r in results)
-        socket_errors = [r["socket_errors"] for r in results if r["socket_errors"]]
-        print(f"| {name} | {median(r['rps'] for r in results):,.0f} | {median(r['p50'] for r in results):.2f} ms "
-              f"| {median(r['p99'] for r in results):.2f} ms "
-              f"| {median(r['cpu_ns'] / r['requests'] / 1e3 for r in results):.2f} µs "
-              f"| {mean:.1%} ± {half:.1%} | {errors}"
-              + (f" (socket errors: {'; '.join(socket_errors)})" if socket_errors else "") + " |")
+    pinning = ("the proxy pinned to CPU 0, wrk and the upstream to CPU 1" if bench.pin(threads)
+               else "nothing pinned")
+    print(f"\n### {threads} Pingora thread(s), {pinning}\n")
+    print("'CPU per request' is the proxy's CPU time (all its threads, user + system) over the "
+          "requests served, median of the rounds, split into user and system time; 'vs native' is "
+          "the mean of the per-round ratios native CPU per request over the target's (100% is as "
+          "cheap as native), with its 95% interval. At saturation the req/s ratio is given too.\n")
+    for label, runs, load in [
+            ("fixed offered load", cpu,
+             f"wrk -t1 -c{args.fixed_connections}, each connection waiting {args.delay_ms} ms "
+             "between requests"),
+            ("saturation", sat, f"wrk -t1 -c{args.connections} as fast as answered")]:
+        rounds = len(runs[native_name])
+        print(f"At {label} ({load}; {args.duration} s per target and round, "
+              f"{rounds} interleaved rounds):\n")
+        print("| target | req/s | p50 | p99 | CPU per request (user + sys) | over native "
+              "| CPU vs native (95% CI) | req/s vs native (95% CI) | non-2xx |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        per_request = lambda r, key: r[key] / r["requests"] / 1e3
+        native_us = median(per_request(r, "cpu_ns") for r in runs[native_name])
+        for name, results in runs.items():
+            cpu_mean, cpu_half = mean_ci(ratios(runs, native_name, name, cpu_ratio))
+            rps_mean, rps_half = mean_ci(ratios(runs, native_name, name, rps_ratio))
+            us = median(per_request(r, "cpu_ns") for r in results)
+            errors = sum(r["non2xx"] for r in results)
+            socket_errors = [r["socket_errors"] for r in results if r["socket_errors"]]
+            print(f"| {name} | {median(r['rps'] for r in results):,.0f} "
+                  f"| {median(r['p50'] for r in results):.2f} ms "
+                  f"| {median(r['p99'] for r in results):.2f} ms "
+                  f"| {us:.2f} µs ({median(per_request(r, 'user_ns') for r in results):.1f} "
+                  f"+ {median(per_request(r, 'sys_ns') for r in results):.1f}) "
+                  f"| {us - native_us:+.2f} µs | {cpu_mean:.1%} ± {cpu_half:.1%} "
+                  f"| {rps_mean:.1%} ± {rps_half:.1%} | {errors}"
+                  + (f" (socket errors: {'; '.join(socket_errors)})" if socket_errors else "") + " |")
+        print()
 
 
 def main():
@@ -452,16 +494,21 @@ def main():
                         help="fixed load: each connection's wait between requests (default 1)")
     parser.add_argument("--fixed-connections", type=int, default=8,
                         help="fixed load: wrk connections (default 8)")
-    parser.add_argument("--min-rounds", type=int, default=6, help="fixed load: at least (default 6)")
-    parser.add_argument("--max-rounds", type=int, default=30, help="fixed load: at most (default 30)")
+    parser.add_argument("--min-rounds", type=int, default=6,
+                        help="rounds of each load, at least (default 6)")
+    parser.add_argument("--max-rounds", type=int, default=30,
+                        help="rounds of each load, at most (default 30)")
     parser.add_argument("--ci-points", type=float, default=2.0,
-                        help="fixed load: stop once every ratio's 95%% interval is within this many "
-                             "points (default 2)")
-    parser.add_argument("--saturation-rounds", type=int, default=5,
-                        help="rounds at saturation (default 5)")
+                        help="stop a load's rounds once every CPU ratio's 95%% interval is within "
+                             "this many points (default 2)")
     parser.add_argument("--connections", type=int, default=32, help="saturation: wrk connections (default 32)")
     parser.add_argument("--no-build", action="store_true", help="use the existing release build")
+    parser.add_argument("--no-pin", dest="pin", action="store_false",
+                        help="at 1 Pingora thread, do not pin the proxy to CPU 0 and the load "
+                             "generator and upstream to CPU 1")
     parser.add_argument("--no-nginx", action="store_true", help="leave nginx out even if installed")
+    parser.add_argument("--baseline-host", type=Path, metavar="BINARY",
+                        help="also measure this host binary (an earlier build) with the same guests")
     parser.add_argument("--policy", action="store_true",
                         help="measure guests/policy (every lifecycle hook) against the same policy "
                              "compiled in (host/examples/native_policy) instead of first_proxy")
@@ -480,7 +527,8 @@ def main():
     try:
         upstream_port = free_port()
         # The upstream gets the larger thread count, so it is never the limit.
-        procs.start([RELEASE / "examples" / "bench_upstream", "--listen", f"127.0.0.1:{upstream_port}",
+        pin_upstream = ["taskset", "-c", "1"] if args.pin and 1 in args.pingora_threads else []
+        procs.start([*pin_upstream, RELEASE / "examples" / "bench_upstream", "--listen", f"127.0.0.1:{upstream_port}",
                      "-c", pingora_conf(workdir, "upstream", max(args.pingora_threads))])
         wait_ok(upstream_port)
         bench = Bench(args, procs, workdir, upstream_port)
