@@ -498,6 +498,8 @@ def main():
                         help="rounds of each load, at least (default 6)")
     parser.add_argument("--max-rounds", type=int, default=30,
                         help="rounds of each load, at most (default 30)")
+    # The first harness's flag: rounds were fixed then.
+    parser.add_argument("--rounds", dest="max_rounds", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ci-points", type=float, default=2.0,
                         help="stop a load's rounds once every CPU ratio's 95%% interval is within "
                              "this many points (default 2)")
