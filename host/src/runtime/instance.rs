@@ -263,42 +263,25 @@ pub struct WasmInstance<T: 'static> {
     limits: GuestLimits,
 }
 
-impl<T: Send + 'static> WasmInstance<T> {
-    /// Instantiates `pre` in a fresh store under `limits`, with `abi` as
-    /// the ABI's state; a call that runs long raises `long_calls`. A start
-    /// function runs sliced, like a long call, under the same deadline,
-    /// its time charged to `meter`.
-    pub async fn new(
-        pre: &InstancePre<Sandbox<T>>,
-        module_name: Arc<str>,
-        limits: GuestLimits,
-        long_calls: LongCallSignal,
-        meter: &dyn SliceMeter,
-        abi: T,
-    ) -> wasmtime::Result<Self> {
-        let (mut store, clock) = Self::store(pre, module_name, limits, long_calls, abi);
-        store.data_mut().mode = CallMode::Sliced;
-        let instance: Instance =
-            Box::pin(timed(&clock, meter, pre.instantiate_async(&mut store))).await?;
-        Self::with_instance(store, instance, clock, limits)
-    }
+/// A store ready for one instance, not yet instantiated; see
+/// [`WasmInstance::prepare`].
+pub struct Prepared<'p, T: 'static> {
+    pre: &'p InstancePre<Sandbox<T>>,
+    store: Store<Sandbox<T>>,
+    clock: Arc<CallClock>,
+    limits: GuestLimits,
+}
 
-    /// As [`new`](Self::new), on this thread's stack: no fiber, the way a
-    /// fresh instance is cheapest. A start function that runs past
+impl<T: Send + 'static> Prepared<'_, T> {
+    /// Instantiates on this thread's stack: no fiber, the way a fresh
+    /// instance is cheapest. A start function that runs past
     /// [`YIELD_AFTER`] is stopped with [`CallError::NeedsSlicing`]; then
-    /// instantiate again with [`new`](Self::new).
-    pub fn new_direct(
-        pre: &InstancePre<Sandbox<T>>,
-        module_name: Arc<str>,
-        limits: GuestLimits,
-        long_calls: LongCallSignal,
-        meter: &dyn SliceMeter,
-        abi: T,
-    ) -> Result<Self, CallError> {
-        let (mut store, clock) = Self::store(pre, module_name, limits, long_calls, abi);
-        let instance = clock
-            .slice(meter, || pre.instantiate(&mut store))
-            .and_then(|instance| Self::with_instance(store, instance, clock, limits));
+    /// prepare again and [`start`](Self::start).
+    pub fn start_direct(mut self, meter: &dyn SliceMeter) -> Result<WasmInstance<T>, CallError> {
+        let instance = self
+            .clock
+            .slice(meter, || self.pre.instantiate(&mut self.store))
+            .and_then(|instance| self.started(instance));
         instance.map_err(|error| {
             if error.downcast_ref::<NeedsSlicing>().is_some() {
                 CallError::NeedsSlicing
@@ -308,15 +291,31 @@ impl<T: Send + 'static> WasmInstance<T> {
         })
     }
 
-    /// A fresh store for one instance, its deadline armed for a direct
-    /// start; and the clock its calls are timed by.
-    fn store(
+    /// Instantiates on a fiber: a start function runs sliced, like a long
+    /// call, under the same deadline, its time charged to `meter`.
+    pub async fn start(mut self, meter: &dyn SliceMeter) -> wasmtime::Result<WasmInstance<T>> {
+        self.store.data_mut().mode = CallMode::Sliced;
+        let instantiate = self.pre.instantiate_async(&mut self.store);
+        let instance: Instance = Box::pin(timed(&self.clock, meter, instantiate)).await?;
+        self.started(instance)
+    }
+
+    fn started(self, instance: Instance) -> wasmtime::Result<WasmInstance<T>> {
+        WasmInstance::with_instance(self.store, instance, self.clock, self.limits)
+    }
+}
+
+impl<T: Send + 'static> WasmInstance<T> {
+    /// A fresh store for one instance of `pre` under `limits`, with `abi`
+    /// as the ABI's state; a call that runs long raises `long_calls`.
+    /// Start it with [`Prepared::start_direct`] or [`Prepared::start`].
+    pub fn prepare(
         pre: &InstancePre<Sandbox<T>>,
         module_name: Arc<str>,
         limits: GuestLimits,
         long_calls: LongCallSignal,
         abi: T,
-    ) -> (Store<Sandbox<T>>, Arc<CallClock>) {
+    ) -> Prepared<'_, T> {
         let store_limits = StoreLimitsBuilder::new()
             .memory_size(limits.memory_limit_bytes())
             .instances(1)
@@ -367,7 +366,12 @@ impl<T: Send + 'static> WasmInstance<T> {
         // A start function runs during instantiation: bound it too.
         clock.begin(Duration::ZERO);
         store.set_epoch_deadline(1);
-        (store, clock)
+        Prepared {
+            pre,
+            store,
+            clock,
+            limits,
+        }
     }
 
     fn with_instance(

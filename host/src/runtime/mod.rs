@@ -14,7 +14,7 @@ pub use engine::{
 };
 pub use fault::HookFault;
 pub use instance::{
-    block_on, read_guest_line, CallError, Sandbox, SliceMeter, Unmetered, WasmInstance,
+    block_on, read_guest_line, CallError, Prepared, Sandbox, SliceMeter, Unmetered, WasmInstance,
 };
 pub use limits::{GuestLimits, MAX_HOOK_TIMEOUT_MS, MAX_MEMORY_LIMIT_MIB};
 pub use pool::IdleInstances;

@@ -317,16 +317,17 @@ impl FilterModule {
             effective_context: 0,
             next_call_token: 1,
         };
-        let mut wasm = WasmInstance::new(
+        let prepared = WasmInstance::prepare(
             &self.pre,
             self.name.clone(),
             self.limits,
             self.long_calls.clone(),
-            meter,
             state,
-        )
-        .await
-        .map_err(|e| format!("cannot instantiate: {e:#}"))?;
+        );
+        let mut wasm = prepared
+            .start(meter)
+            .await
+            .map_err(|e| format!("cannot instantiate: {e:#}"))?;
         let alloc = match export(&mut wasm, "proxy_on_memory_allocate", "(i32) -> i32")? {
             Some(alloc) => Some(alloc),
             None => export(&mut wasm, "malloc", "(i32) -> i32")?,

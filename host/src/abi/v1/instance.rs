@@ -12,7 +12,8 @@ use wasmtime::{InstancePre, TypedFunc};
 
 use crate::hooks::Hook;
 use crate::runtime::{
-    CallError, GuestLimits, HookFault, LongCallSignal, Sandbox, SliceMeter, Unmetered, WasmInstance,
+    CallError, GuestLimits, HookFault, LongCallSignal, Prepared, Sandbox, SliceMeter, Unmetered,
+    WasmInstance,
 };
 
 /// Largest output a hook may return; anything bigger is a fault.
@@ -133,49 +134,18 @@ fn unpack(packed: i64) -> (u32, u32) {
 }
 
 impl V1Instance {
-    /// Instantiates `pre` under `limits` and looks up the v1 exports; see
-    /// [`WasmInstance::new`].
-    pub async fn new(
+    /// A store for a v1 instance of `pre`; see [`WasmInstance::prepare`].
+    pub fn prepare(
         pre: &InstancePre<Sandbox<V1State>>,
         module_name: Arc<str>,
         limits: GuestLimits,
         long_calls: LongCallSignal,
-        meter: &dyn SliceMeter,
-    ) -> wasmtime::Result<Self> {
-        let wasm = WasmInstance::new(
-            pre,
-            module_name,
-            limits,
-            long_calls,
-            meter,
-            V1State::default(),
-        )
-        .await?;
-        Self::with_exports(wasm)
+    ) -> Prepared<'_, V1State> {
+        WasmInstance::prepare(pre, module_name, limits, long_calls, V1State::default())
     }
 
-    /// As [`new`](Self::new), on this thread's stack; see
-    /// [`WasmInstance::new_direct`].
-    pub fn new_direct(
-        pre: &InstancePre<Sandbox<V1State>>,
-        module_name: Arc<str>,
-        limits: GuestLimits,
-        long_calls: LongCallSignal,
-        meter: &dyn SliceMeter,
-    ) -> Result<Self, CallError> {
-        let wasm = WasmInstance::new_direct(
-            pre,
-            module_name,
-            limits,
-            long_calls,
-            meter,
-            V1State::default(),
-        )?;
-        Self::with_exports(wasm)
-            .map_err(|e| CallError::Fault(HookFault::Instantiate(format!("{e:#}"))))
-    }
-
-    fn with_exports(mut wasm: WasmInstance<V1State>) -> wasmtime::Result<Self> {
+    /// Looks up the v1 exports of a started instance.
+    pub fn new(mut wasm: WasmInstance<V1State>) -> wasmtime::Result<Self> {
         const HOOK_SIGNATURE: &str = "(i32, i32) -> i64";
         let mut hooks = [const { None }; Hook::COUNT];
         for hook in Hook::ALL {

@@ -15,7 +15,7 @@ use crate::abi::{self, HookFailure, ModuleKind};
 use crate::hooks::{Hook, HOOKS};
 use crate::runtime::{
     block_on, CallError, GuestEngine, GuestLimits, HookFault, IdleInstances, LongCallSignal,
-    Sandbox, SliceMeter, Unmetered,
+    Prepared, Sandbox, SliceMeter, Unmetered,
 };
 
 /// The ABI version this host speaks.
@@ -95,16 +95,9 @@ impl GuestModule {
         let pre = abi::link::<V1>(engine, &module)?;
 
         let long_calls = engine.long_calls().clone();
-        let mut instance = Box::new(
-            block_on(V1Instance::new(
-                &pre,
-                name.clone(),
-                limits,
-                long_calls.clone(),
-                &Unmetered,
-            ))
-            .map_err(anyhow::Error::from)?,
-        );
+        let prepared = V1Instance::prepare(&pre, name.clone(), limits, long_calls.clone());
+        let wasm = block_on(prepared.start(&Unmetered)).map_err(anyhow::Error::from)?;
+        let mut instance = Box::new(V1Instance::new(wasm).map_err(anyhow::Error::from)?);
         let version = block_on(instance.abi_version()).context("calling hook_abi_version")?;
         if version != ABI_VERSION {
             bail!("guest ABI version is {version}, this host speaks version {ABI_VERSION}");
@@ -202,16 +195,13 @@ impl GuestModule {
             Err(CallError::NeedsSlicing) => {}
             ready => return ready.map_err(CallError::into_fault),
         }
-        let mut instance = V1Instance::new(
-            &self.pre,
-            self.name.clone(),
-            self.limits,
-            self.long_calls.clone(),
-            meter,
-        )
-        .await
-        .map(Box::new)
-        .map_err(|e| HookFault::Instantiate(format!("{e:#}")))?;
+        let mut instance = self
+            .prepare()
+            .start(meter)
+            .await
+            .and_then(V1Instance::new)
+            .map(Box::new)
+            .map_err(|e| HookFault::Instantiate(format!("{e:#}")))?;
         let location = if instance.has_init() {
             let input: [&[u8]; 1] = [&self.config_json];
             Some(
@@ -227,14 +217,22 @@ impl GuestModule {
         Ok(instance)
     }
 
-    fn new_instance_direct(&self, meter: &dyn SliceMeter) -> Result<Box<V1Instance>, CallError> {
-        let mut instance = Box::new(V1Instance::new_direct(
+    /// A store for a fresh instance of this module.
+    fn prepare(&self) -> Prepared<'_, V1State> {
+        V1Instance::prepare(
             &self.pre,
             self.name.clone(),
             self.limits,
             self.long_calls.clone(),
-            meter,
-        )?);
+        )
+    }
+
+    fn new_instance_direct(&self, meter: &dyn SliceMeter) -> Result<Box<V1Instance>, CallError> {
+        let wasm = self.prepare().start_direct(meter)?;
+        let mut instance = Box::new(
+            V1Instance::new(wasm)
+                .map_err(|e| CallError::Fault(HookFault::Instantiate(format!("{e:#}"))))?,
+        );
         let location = if instance.has_init() {
             let input: [&[u8]; 1] = [&self.config_json];
             match instance.call_direct(Export::Init, &input, &NoParts, meter) {
