@@ -198,9 +198,8 @@ pub struct HeaderValue(str);
 impl HeaderValue {
     /// Views `value` as a header value.
     pub fn new(value: &str) -> &HeaderValue {
-        // SAFETY: `HeaderValue` is `repr(transparent)` over `str`, so a
-        // `*const str` and a `*const HeaderValue` have the same layout and
-        // metadata (the length); the reference keeps `value`'s lifetime.
+        // `HeaderValue` is `repr(transparent)` over `str`.
+        // SAFETY: same layout and length metadata; `value`'s lifetime kept.
         unsafe { &*(value as *const str as *const HeaderValue) }
     }
 

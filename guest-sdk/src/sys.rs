@@ -183,9 +183,8 @@ fn fill_from_host(
     if size < 0 || size as usize > buffer.capacity() {
         return false;
     }
-    // SAFETY: `fill` has written `size` bytes from the start of the
-    // buffer, within its capacity (checked above), so they are
-    // initialised.
+    // `fill` wrote `size` bytes from the buffer's start, within capacity.
+    // SAFETY: so those bytes are initialised (capacity checked above).
     unsafe { buffer.set_len(size as usize) };
     true
 }
@@ -203,10 +202,9 @@ pub fn fetch_header(part: i32, name: &str, buffer: &mut Vec<u8>) -> bool {
     #[cfg(target_arch = "wasm32")]
     {
         fill_from_host(buffer, 64, |ptr, capacity| {
-            // SAFETY: the host reads `name.len()` bytes at `name`'s pointer,
-            // which `name` owns for the call, and writes at most `capacity`
-            // bytes at `ptr`, `buffer`'s own spare capacity (see
-            // `fill_from_host`).
+            // The host reads `name.len()` bytes of `name`, owned for the call.
+            // SAFETY: it writes at most `capacity` bytes at `ptr`, `buffer`'s
+            // own spare capacity (see `fill_from_host`).
             unsafe { import::get_header(part, name.as_ptr(), name.len(), ptr, capacity) }
         })
     }

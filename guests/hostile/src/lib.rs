@@ -157,8 +157,8 @@ fn spin(rounds: u64) -> u64 {
 #[cfg(target_arch = "wasm32")]
 fn read_past_memory() -> u8 {
     let end = core::arch::wasm32::memory_size(0) * 65536;
-    // SAFETY: none; this is the hostile guest's point. In wasm the load
-    // traps, so no value is ever produced.
+    // SAFETY: none by design: past linear memory the load traps, so no
+    // value is ever produced.
     unsafe { core::ptr::read_volatile(black_box(end + 16) as *const u8) }
 }
 
