@@ -14,8 +14,22 @@ pub(crate) fn peer_output<C: Serialize>(
     peer: &wire::Peer,
     ctx: Option<&C>,
 ) -> serde_json::Result<()> {
-    out.extend_from_slice(br#"{"peer":{"address":"#);
-    string(out, &peer.address)?;
+    out.extend_from_slice(br#"{"peer":{"#);
+    if let Some(pool) = &peer.pool {
+        out.extend_from_slice(br#""pool":"#);
+        string(out, pool)?;
+        if let Some(key) = &peer.key {
+            out.extend_from_slice(br#","key":"#);
+            string(out, key)?;
+        }
+        if !peer.address.is_empty() {
+            out.extend_from_slice(br#","address":"#);
+            string(out, &peer.address)?;
+        }
+    } else {
+        out.extend_from_slice(br#""address":"#);
+        string(out, &peer.address)?;
+    }
     if peer.tls {
         out.extend_from_slice(br#","tls":true"#);
     }
@@ -222,9 +236,20 @@ mod tests {
     fn peer(tls: bool, sni: &str, options: wire::PeerOptions) -> wire::Peer {
         wire::Peer {
             address: "10.0.0.1:8443".into(),
+            pool: None,
+            key: None,
             tls,
             sni: sni.into(),
             options,
+        }
+    }
+
+    fn pool(name: &str, key: Option<&str>) -> wire::Peer {
+        wire::Peer {
+            address: String::new(),
+            pool: Some(name.into()),
+            key: key.map(Into::into),
+            ..Default::default()
         }
     }
 
@@ -281,6 +306,8 @@ mod tests {
             ),
             (peer(false, "", wire::PeerOptions::default()), None),
             (peer(true, "we\"ird\u{1}", options), Some(&ctx)),
+            (pool("api", None), None),
+            (pool("carts", Some("user \"42\"")), Some(&ctx)),
         ] {
             let mut out = Vec::new();
             peer_output(&mut out, &peer, ctx).unwrap();

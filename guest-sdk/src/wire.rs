@@ -44,8 +44,17 @@ pub struct UpstreamRequest {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
     /// `ip:port`; `[v6]:port` for IPv6. Host names are resolved by the host
-    /// without blocking a worker.
+    /// without blocking a worker. Empty when `pool` is given.
+    #[serde(default)]
     pub address: String,
+    /// Instead of `address`: one of the tenant's pools, from which the
+    /// host picks a healthy backend (`tls` and `sni` are then the pool's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// With `pool`: the consistent-hashing key (a user id, a session);
+    /// requests with the same key reach the same backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// Whether to speak TLS to the upstream.
     #[serde(default)]
     pub tls: bool,

@@ -77,16 +77,23 @@ impl Default for PeerOptions {
     }
 }
 
-/// The upstream to connect to (Pingora's `HttpPeer`).
+/// The upstream to connect to (Pingora's `HttpPeer`): an address, or one
+/// of the tenant's pools.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpPeer {
-    /// `ip:port` (or `name:port`, resolved by the host without blocking).
+    /// `ip:port` (or `name:port`, resolved by the host without blocking);
+    /// empty for a pool.
     pub address: String,
-    /// Speak TLS to the upstream.
+    /// The pool the host picks a healthy backend from, instead of
+    /// `address` (see [`HttpPeer::pool`]).
+    pub pool: Option<String>,
+    /// The consistent-hashing key for a pool (see [`HttpPeer::with_key`]).
+    pub key: Option<String>,
+    /// Speak TLS to the upstream (for a pool, the pool's setting applies).
     pub tls: bool,
-    /// TLS server name.
+    /// TLS server name (for a pool, the pool's setting applies).
     pub sni: String,
-    /// Connection options.
+    /// Connection options (for a pool, its timeouts apply).
     pub options: PeerOptions,
 }
 
@@ -95,16 +102,57 @@ impl HttpPeer {
     pub fn new(address: impl ToPeerAddress, tls: bool, sni: String) -> Self {
         HttpPeer {
             address: address.to_peer_address(),
+            pool: None,
+            key: None,
             tls,
             sni,
             options: PeerOptions::default(),
         }
     }
 
+    /// The tenant's pool `name` (a `pools:` entry of the tenants file, or
+    /// `--pool`): the host picks a healthy backend of it by the pool's
+    /// selection, and TLS is as the pool says. A name the tenant does not
+    /// have fails the request (a guest fault); a pool with no healthy
+    /// backend answers 502.
+    ///
+    /// ```
+    /// # use guest_sdk::prelude::*;
+    /// let beta = true;
+    /// let peer = HttpPeer::pool(if beta { "api-v2" } else { "api-v1" });
+    /// # assert_eq!(peer.pool.as_deref(), Some("api-v2"));
+    /// ```
+    pub fn pool(name: impl Into<String>) -> Self {
+        HttpPeer {
+            address: String::new(),
+            pool: Some(name.into()),
+            key: None,
+            tls: false,
+            sni: String::new(),
+            options: PeerOptions::default(),
+        }
+    }
+
+    /// The key a `consistent` pool hashes (a user id, a session cookie):
+    /// requests with the same key reach the same backend while it is
+    /// healthy. Other selections ignore it.
+    ///
+    /// ```
+    /// # use guest_sdk::prelude::*;
+    /// let peer = HttpPeer::pool("carts").with_key("user-42");
+    /// # assert_eq!(peer.key.as_deref(), Some("user-42"));
+    /// ```
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
     pub(crate) fn into_wire(self) -> wire::Peer {
         let millis = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
         wire::Peer {
             address: self.address,
+            pool: self.pool,
+            key: self.key,
             tls: self.tls,
             sni: self.sni,
             options: wire::PeerOptions {
