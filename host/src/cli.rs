@@ -35,6 +35,13 @@ pub struct Cli {
     #[arg(long, value_name = "NAME=ADDR", conflicts_with = "tenants")]
     pub cluster: Vec<String>,
 
+    /// A pool of backends the module may name as `{"pool": NAME}`:
+    /// NAME=ip:port,ip:port,... (or name:port), plain HTTP, round robin,
+    /// a TCP health check every second; repeatable. (A tenants file has
+    /// `pools:`.)
+    #[arg(long, value_name = "NAME=ADDR,...", conflicts_with = "tenants")]
+    pub pool: Vec<String>,
+
     /// Each --filter's configuration, paired by position (set by
     /// [`Cli::parse_args`]), or why they do not pair: a --filter-config
     /// that follows no --filter, or two that follow the same one.

@@ -11,6 +11,7 @@ use crate::cli::Cli;
 use crate::runtime::GuestLimits;
 use crate::tenants::{FilterSource, TenantDefaults, TenantSource};
 use crate::upstream::StaticUpstream;
+use crate::upstream_pools::PoolSpec;
 
 /// The module configuration as JSON text: `--module-config` inline or
 /// `@FILE`, `{}` when absent. It must be valid JSON.
@@ -117,7 +118,21 @@ pub fn tenant_source(cli: &Cli) -> anyhow::Result<TenantSource> {
         },
         filters,
         clusters: clusters(cli)?.into_iter().collect(),
+        pools: pools(cli)?,
     })
+}
+
+/// The pools given with --pool NAME=ADDR,..., each name once.
+pub fn pools(cli: &Cli) -> anyhow::Result<Vec<PoolSpec>> {
+    let mut pools: Vec<PoolSpec> = Vec::new();
+    for flag in &cli.pool {
+        let pool = PoolSpec::from_flag(flag)?;
+        if pools.iter().any(|p| p.name == pool.name) {
+            bail!("--pool {:?} is given twice", pool.name);
+        }
+        pools.push(pool);
+    }
+    Ok(pools)
 }
 
 /// The clusters given with --cluster NAME=ADDR.

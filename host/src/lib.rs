@@ -18,5 +18,6 @@ pub mod runtime;
 pub mod server;
 pub mod tenants;
 pub mod upstream;
+pub mod upstream_pools;
 
 pub use server::main;

@@ -27,6 +27,7 @@ pub struct Metrics {
     reloads: IntCounter,
     reload_failures: IntCounter,
     filter_metrics: IntGaugeVec,
+    backend_healthy: IntGaugeVec,
 }
 
 impl Metrics {
@@ -83,6 +84,12 @@ impl Metrics {
              gauges; a histogram shows the last value recorded.",
             &["tenant", "filter", "metric"],
         );
+        let backend_healthy = gauge(
+            "wasm_proxy_backend_healthy",
+            "Whether a pool's backend passes its health checks (1) or not (0); \
+             tenant \"*\" for the tenants file's shared pools.",
+            &["tenant", "pool", "backend"],
+        );
         let hook_duration = HistogramVec::new(
             HistogramOpts::new(
                 "wasm_proxy_hook_duration_seconds",
@@ -122,6 +129,7 @@ impl Metrics {
             throttled,
             breaker_state,
             filter_metrics,
+            backend_healthy,
             reloads,
             reload_failures,
         }
@@ -130,6 +138,11 @@ impl Metrics {
     /// The family proxy-wasm filters' metrics are exported in.
     pub fn filter_family(&self) -> IntGaugeVec {
         self.filter_metrics.clone()
+    }
+
+    /// `wasm_proxy_backend_healthy{tenant,pool,backend}`.
+    pub fn backend_health(&self) -> IntGaugeVec {
+        self.backend_healthy.clone()
     }
 
     /// A request that matched no tenant.

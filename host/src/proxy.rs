@@ -23,7 +23,7 @@
 //! while it runs long.
 
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -36,12 +36,13 @@ use pingora::proxy::{ProxyHttp, Session};
 use crate::abi::proxy_wasm::{
     perform_call, BodyError, BodyOutcome, Direction, FilterStream, PendingCall, RequestOutcome,
 };
-use crate::abi::v1::{self, DownstreamRequest, GuestCtx, Outcome, RequestVerdict};
+use crate::abi::v1::{self, DownstreamRequest, GuestCtx, Outcome, PeerTarget, RequestVerdict};
 use crate::abi::HookFailure;
 use crate::budget::{CallPermit, Throttle};
 use crate::hooks::Hook;
 use crate::metrics::Metrics;
 use crate::tenants::{GuestErrorPolicy, Tenant, TenantSet};
+use crate::upstream_pools::{PeerTimeouts, PoolRoute};
 
 /// A Pingora proxy whose hooks are tenants' guest modules and filters.
 pub struct WasmProxy {
@@ -67,6 +68,9 @@ pub struct RequestCtx {
     /// Each proxy-wasm filter's HTTP context, by the tenant's filter
     /// order; None where a filter was skipped or has faulted.
     filters: Vec<Option<FilterStream>>,
+    /// The pool `upstream_peer` chose and the backends tried, for a retry
+    /// after a failed connection.
+    pool_route: Option<PoolRoute>,
 }
 
 impl WasmProxy {
@@ -675,6 +679,7 @@ impl ProxyHttp for WasmProxy {
             refused: false,
             started: Instant::now(),
             filters: Vec::new(),
+            pool_route: None,
         }
     }
 
@@ -717,13 +722,18 @@ impl ProxyHttp for WasmProxy {
         Ok(true)
     }
 
-    /// Guest export `upstream_peer`: where the request goes; the tenant's
-    /// static upstream if the module has no such export.
+    /// Guest export `upstream_peer`: where the request goes (an address,
+    /// or a pool's healthy backend); the tenant's static upstream if the
+    /// module has no such export. On a retry after a failed connection to
+    /// a pool's backend: the pool's next backend, without asking again.
     async fn upstream_peer(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        if let Some(route) = &mut ctx.pool_route {
+            return route.next_peer();
+        }
         let tenant = routed(ctx)?;
         let hook = Hook::UpstreamPeer;
         let Some(module) = tenant.module.as_deref().filter(|m| m.exports(hook)) else {
@@ -739,8 +749,8 @@ impl ProxyHttp for WasmProxy {
                 let request = downstream_request(session, &ctx.request_json);
                 let call = v1::call_upstream_peer(module, &request, &mut ctx.guest_ctx, &permit);
                 let result = call.await.and_then(|peer| {
-                    let address = v1::peer_address(&peer.address)?;
-                    Ok((peer, address))
+                    let target = v1::peer_target(&peer)?;
+                    Ok((peer, target))
                 });
                 // The call is over: its slot is free before any name lookup.
                 Self::finish(&tenant, hook, permit, &result);
@@ -749,10 +759,32 @@ impl ProxyHttp for WasmProxy {
             None => Err(HookFailure::Skipped),
         };
         let peer = match chosen {
-            Ok((peer, address)) => v1::build_peer(address, &peer).await.map_err(|fault| {
-                tenant.metrics.fault(hook, &fault);
-                HookFailure::Fault(fault)
-            }),
+            Ok((peer, target)) => {
+                let resolved = match target {
+                    PeerTarget::Address(address) => v1::build_peer(address, &peer).await,
+                    PeerTarget::Pool => {
+                        let timeouts = PeerTimeouts {
+                            connection: peer
+                                .options
+                                .connection_timeout_ms
+                                .map(Duration::from_millis),
+                            read: peer.options.read_timeout_ms.map(Duration::from_millis),
+                        };
+                        let name = peer.pool.as_deref().unwrap_or_default();
+                        match tenant.pools.route(name, peer.key, timeouts) {
+                            // A pool without a healthy backend is not the
+                            // guest's failure: 502, never the fail-open
+                            // fallback.
+                            Ok(route) => return ctx.pool_route.insert(route).next_peer(),
+                            Err(fault) => Err(fault),
+                        }
+                    }
+                };
+                resolved.map_err(|fault| {
+                    tenant.metrics.fault(hook, &fault);
+                    HookFailure::Fault(fault)
+                })
+            }
             Err(failure) => Err(failure),
         };
         match (peer, tenant.fallback_upstream) {
@@ -910,6 +942,25 @@ impl ProxyHttp for WasmProxy {
                 log::error!("module {}: {hook} failed: {failure}", tenant.label);
             }
         }
+    }
+
+    /// A connection to a pool's backend failed: retried with another of
+    /// the pool's healthy backends (each at most once), if one is left and
+    /// the request can be sent again.
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let resendable = !session.as_ref().retry_buffer_truncated();
+        if let Some(route) = &ctx.pool_route {
+            if resendable && route.can_retry() {
+                e.set_retry(true);
+            }
+        }
+        e
     }
 
     /// A budget's refusal is logged by [`Self::admit`], at most once a

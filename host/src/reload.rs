@@ -3,6 +3,7 @@
 //! In-flight requests finish on the set they started with; a set that
 //! fails to load is refused with a log line and the old one keeps serving.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -15,6 +16,7 @@ use pingora::services::background::BackgroundService;
 use crate::metrics::Metrics;
 use crate::runtime::{release_freed_memory, GuestEngine};
 use crate::tenants::{TenantDefaults, TenantSet, TenantSource};
+use crate::upstream_pools::HealthRegistries;
 
 /// How often watched files are checked for changes.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -31,17 +33,38 @@ pub struct TenantReloader {
     pub live: Arc<ArcSwap<TenantSet>>,
     /// Where reloads are counted.
     pub metrics: Arc<Metrics>,
+    /// Pools' health state, kept for the pools a reload keeps.
+    pub registries: Arc<HealthRegistries>,
 }
 
 impl TenantReloader {
     /// Loads the set again; swaps it in if it loads, keeps the old one if
     /// not. Returns whether the new set took effect.
     pub fn reload(&self, why: &str) -> bool {
-        match TenantSet::load(&self.engine, &self.source, self.defaults, &self.metrics) {
+        let loaded = TenantSet::load(
+            &self.engine,
+            &self.source,
+            self.defaults,
+            &self.metrics,
+            &self.registries,
+        );
+        match loaded {
             Ok(set) => {
                 let names: Vec<&str> = set.tenants().iter().map(|t| t.name.as_str()).collect();
                 log::info!("reloaded tenants ({why}): {}", names.join(", "));
-                self.live.store(Arc::new(set));
+                let kept: HashSet<[String; 3]> = set
+                    .pools()
+                    .iter()
+                    .flat_map(|p| p.backend_labels())
+                    .collect();
+                let old = self.live.swap(Arc::new(set));
+                // Backends no pool has any more leave the health gauge.
+                for labels in old.pools().iter().flat_map(|p| p.backend_labels()) {
+                    if !kept.contains(&labels) {
+                        let labels = labels.each_ref().map(String::as_str);
+                        let _ = self.registries.gauge().remove_label_values(&labels);
+                    }
+                }
                 self.metrics.reload(true);
                 release_freed_memory();
                 true

@@ -21,6 +21,7 @@ use crate::runtime::{
     release_freed_memory, EngineOptions, EpochTicker, GuestEngine, FEW_CALLS, MAX_MEMORY_LIMIT_MIB,
 };
 use crate::tenants::TenantSet;
+use crate::upstream_pools::{HealthRegistries, PoolHealthChecks};
 
 /// The pooling allocator's per-instance memory ceiling: the largest
 /// per-tenant cap allowed. Each tenant's own cap is enforced per store.
@@ -40,7 +41,24 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
         fresh_instances: limits.limits.instance_reuse <= FEW_CALLS,
     })?;
     let metrics = Arc::new(Metrics::new());
-    let tenants = TenantSet::load(&engine, &source, limits, &metrics)?;
+
+    let conf_path = cli.pingora.conf.clone();
+    let mut server = Server::new(Some(cli.pingora)).map_err(|e| {
+        anyhow::anyhow!("{e}").context(match conf_path {
+            Some(path) => format!("loading Pingora conf {path}"),
+            None => "configuring Pingora".to_string(),
+        })
+    })?;
+    // Pingora unwraps loading ca_file when it builds the upstream connector.
+    if let Some(ca_file) = &server.configuration.ca_file {
+        std::fs::metadata(ca_file).with_context(|| format!("ca_file {ca_file}"))?;
+    }
+    // TLS health checks trust what proxied requests trust.
+    let registries = Arc::new(HealthRegistries::new(
+        metrics.backend_health(),
+        server.configuration.ca_file.clone(),
+    ));
+    let tenants = TenantSet::load(&engine, &source, limits, &metrics, &registries)?;
     release_freed_memory();
     for tenant in tenants.tenants() {
         let budget = tenant.budget.limits();
@@ -65,19 +83,11 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
             budget.breaker_window_ms
         );
     }
-    let live = Arc::new(ArcSwap::from_pointee(tenants));
-
-    let conf_path = cli.pingora.conf.clone();
-    let mut server = Server::new(Some(cli.pingora)).map_err(|e| {
-        anyhow::anyhow!("{e}").context(match conf_path {
-            Some(path) => format!("loading Pingora conf {path}"),
-            None => "configuring Pingora".to_string(),
-        })
-    })?;
-    // Pingora unwraps loading ca_file when it builds the upstream connector.
-    if let Some(ca_file) = &server.configuration.ca_file {
-        std::fs::metadata(ca_file).with_context(|| format!("ca_file {ca_file}"))?;
+    for pool in tenants.pools() {
+        let backends: Vec<String> = pool.backends().iter().map(|b| b.to_string()).collect();
+        log::info!("{}: backends {}", pool.describe(), backends.join(", "));
     }
+    let live = Arc::new(ArcSwap::from_pointee(tenants));
     server.bootstrap();
 
     let proxy_logic = WasmProxy::new(live.clone(), metrics.clone());
@@ -98,6 +108,12 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
         EpochTicker(engine.clone()),
     ));
     server.add_service(background_service(
+        "pool health checks",
+        PoolHealthChecks {
+            tenants: live.clone(),
+        },
+    ));
+    server.add_service(background_service(
         "filter ticks",
         FilterTicker {
             tenants: live.clone(),
@@ -109,6 +125,7 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
         defaults: limits,
         live,
         metrics,
+        registries,
     };
     server.add_service(background_service("tenant reload", reloader));
     Ok(server)

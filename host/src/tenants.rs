@@ -3,7 +3,7 @@
 //! A [`TenantSet`] is immutable; a reload builds a new one and swaps it in,
 //! so a request keeps the tenant (and module) it was routed to.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use crate::hooks::Hook;
 use crate::metrics::{Metrics, TenantMetrics};
 use crate::runtime::{GuestEngine, GuestLimits};
 use crate::upstream::StaticUpstream;
+use crate::upstream_pools::{HealthRegistries, Pool, PoolSpec, Pools, SHARED};
 
 /// What to do when a tenant's guest fails (a fault, not its own refusal).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -59,6 +60,8 @@ pub struct Tenant {
     pub fallback_upstream: Option<SocketAddr>,
     /// Where requests go when the module exports no `upstream_peer`.
     pub upstream: Option<StaticUpstream>,
+    /// The pools its module may send requests to.
+    pub pools: Pools,
     /// Its guest budget and circuit breaker.
     pub budget: Budget,
     /// Its request and hook metrics.
@@ -108,6 +111,8 @@ pub enum TenantSource {
         filters: Vec<FilterSource>,
         /// Clusters filters may call (`--cluster NAME=ADDR`).
         clusters: HashMap<String, SocketAddr>,
+        /// The module's pools (`--pool NAME=ADDR,...`).
+        pools: Vec<PoolSpec>,
     },
     /// A tenants file (`host --tenants FILE`).
     File(PathBuf),
@@ -124,6 +129,8 @@ pub struct TenantSet {
     watched: Vec<PathBuf>,
     /// Clusters filters may call, by name.
     clusters: HashMap<String, SocketAddr>,
+    /// Every pool: the shared ones, then each tenant's own.
+    pools: Vec<Arc<Pool>>,
 }
 
 #[derive(Deserialize)]
@@ -132,6 +139,9 @@ struct TenantsFile {
     /// Names a filter may dispatch HTTP calls to: `name: "ip:port"`.
     #[serde(default)]
     clusters: HashMap<String, String>,
+    /// Pools every tenant may name (a tenant's own of the same name wins).
+    #[serde(default)]
+    pools: BTreeMap<String, serde_yaml::Value>,
     tenants: Vec<TenantSpec>,
     #[serde(default)]
     default_tenant: Option<String>,
@@ -172,6 +182,8 @@ struct TenantSpec {
     #[serde(default)]
     upstream: Option<serde_yaml::Value>,
     #[serde(default)]
+    pools: BTreeMap<String, serde_yaml::Value>,
+    #[serde(default)]
     breaker: BreakerSpec,
 }
 
@@ -195,12 +207,14 @@ struct BreakerSpec {
 
 impl TenantSet {
     /// Loads every tenant of `source`; any problem refuses the whole set.
-    /// `defaults` are the limits of tenants that do not set their own.
+    /// `defaults` are the limits of tenants that do not set their own;
+    /// pools that stay keep their health state from `registries`.
     pub fn load(
         engine: &GuestEngine,
         source: &TenantSource,
         defaults: TenantDefaults,
         metrics: &Metrics,
+        registries: &HealthRegistries,
     ) -> anyhow::Result<Self> {
         match source {
             TenantSource::CommandLine {
@@ -209,6 +223,7 @@ impl TenantSet {
                 upstream,
                 filters,
                 clusters,
+                pools,
             } => {
                 let file_name = |path: &Path| {
                     path.file_name()
@@ -254,6 +269,10 @@ impl TenantSet {
                         on_error: GuestErrorPolicy::FailClosed,
                     });
                 }
+                let pools = pools
+                    .iter()
+                    .map(|spec| Pool::new(&name, spec, registries).map(Arc::new))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
                 metrics.module_load(&name);
                 let tenant = Tenant {
                     budget: Budget::new(defaults.budget, metrics.tenant(&name)),
@@ -265,6 +284,7 @@ impl TenantSet {
                     on_guest_error: GuestErrorPolicy::FailClosed,
                     fallback_upstream: None,
                     upstream: upstream.clone(),
+                    pools: Pools::new(&pools, &[]),
                 };
                 Ok(TenantSet {
                     tenants: vec![Arc::new(tenant)],
@@ -273,10 +293,13 @@ impl TenantSet {
                     default: Some(0),
                     watched,
                     clusters: clusters.clone(),
+                    pools,
                 })
             }
-            TenantSource::File(path) => Self::load_file(engine, path, defaults, metrics)
-                .with_context(|| format!("tenants file {}", path.display())),
+            TenantSource::File(path) => {
+                Self::load_file(engine, path, defaults, metrics, registries)
+                    .with_context(|| format!("tenants file {}", path.display()))
+            }
         }
     }
 
@@ -285,6 +308,7 @@ impl TenantSet {
         path: &Path,
         defaults: TenantDefaults,
         metrics: &Metrics,
+        registries: &HealthRegistries,
     ) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).context("reading it")?;
         let file: TenantsFile = serde_yaml::from_str(&text).context("parsing it")?;
@@ -296,6 +320,7 @@ impl TenantSet {
             default: None,
             watched: vec![path.to_path_buf()],
             clusters: HashMap::new(),
+            pools: Vec::new(),
         };
         for (name, addr) in &file.clusters {
             let addr = addr
@@ -303,6 +328,8 @@ impl TenantSet {
                 .with_context(|| format!("cluster {name:?}: {addr:?} is not ip:port"))?;
             set.clusters.insert(name.clone(), addr);
         }
+        let shared = build_pools(SHARED, &file.pools, registries).context("pools")?;
+        set.pools.extend(shared.iter().cloned());
         let mut names = HashSet::new();
         for spec in file.tenants {
             let name = spec.name.clone();
@@ -314,10 +341,20 @@ impl TenantSet {
                 set.add_host(host, index)
                     .with_context(|| format!("tenant {name:?}"))?;
             }
+            let own = build_pools(&name, &spec.pools, registries)
+                .with_context(|| format!("tenant {name:?}: pools"))?;
+            let loading = TenantLoad {
+                engine,
+                base,
+                defaults,
+                metrics,
+                clusters: &set.clusters,
+                pools: Pools::new(&own, &shared),
+            };
             let (tenant, files) =
-                build_tenant(engine, base, spec, defaults, metrics, &set.clusters)
-                    .with_context(|| format!("tenant {name:?}"))?;
+                build_tenant(loading, spec).with_context(|| format!("tenant {name:?}"))?;
             metrics.module_load(&name);
+            set.pools.extend(own);
             set.watched.extend(files);
             set.tenants.push(Arc::new(tenant));
         }
@@ -397,17 +434,51 @@ impl TenantSet {
     pub fn watched_files(&self) -> &[PathBuf] {
         &self.watched
     }
+
+    /// Every pool: the shared ones, then each tenant's own.
+    pub fn pools(&self) -> &[Arc<Pool>] {
+        &self.pools
+    }
+}
+
+/// `owner`'s pools from a tenants file's `pools:` mapping.
+fn build_pools(
+    owner: &str,
+    specs: &BTreeMap<String, serde_yaml::Value>,
+    registries: &HealthRegistries,
+) -> anyhow::Result<Vec<Arc<Pool>>> {
+    specs
+        .iter()
+        .map(|(name, value)| {
+            let spec =
+                PoolSpec::from_yaml(name, value).with_context(|| format!("pool {name:?}"))?;
+            Ok(Arc::new(Pool::new(owner, &spec, registries)?))
+        })
+        .collect()
+}
+
+/// What building one tenant of a tenants file needs besides its entry.
+struct TenantLoad<'a> {
+    engine: &'a GuestEngine,
+    /// The tenants file's directory, which relative paths start from.
+    base: &'a Path,
+    defaults: TenantDefaults,
+    metrics: &'a Metrics,
+    clusters: &'a HashMap<String, SocketAddr>,
+    /// The tenant's pools, built already.
+    pools: Pools,
 }
 
 /// Builds one tenant; returns it and the files it was loaded from.
-fn build_tenant(
-    engine: &GuestEngine,
-    base: &Path,
-    spec: TenantSpec,
-    defaults: TenantDefaults,
-    metrics: &Metrics,
-    clusters: &HashMap<String, SocketAddr>,
-) -> anyhow::Result<(Tenant, Vec<PathBuf>)> {
+fn build_tenant(load: TenantLoad, spec: TenantSpec) -> anyhow::Result<(Tenant, Vec<PathBuf>)> {
+    let TenantLoad {
+        engine,
+        base,
+        defaults,
+        metrics,
+        clusters,
+        pools,
+    } = load;
     let (given, guest) = (&spec.limits, defaults.limits);
     let limits = GuestLimits {
         hook_timeout_ms: given.hook_timeout_ms.unwrap_or(guest.hook_timeout_ms),
@@ -514,6 +585,7 @@ fn build_tenant(
         on_guest_error: spec.on_guest_error,
         fallback_upstream,
         upstream,
+        pools,
     };
     Ok((tenant, files))
 }
@@ -566,6 +638,7 @@ mod tests {
             default,
             watched: Vec::new(),
             clusters: HashMap::new(),
+            pools: Vec::new(),
         };
         for (host, index) in hosts {
             set.add_host(host, *index).unwrap();

@@ -27,7 +27,7 @@ pub use imports::V1;
 pub use input::{DownstreamRequest, Outcome};
 pub use instance::{InputParts, NoParts, V1Instance};
 pub use module::{decode_json, GuestModule, InputMode, ABI_VERSION};
-pub use peer::{build_peer, http_peer, peer_address, PeerAddress};
+pub use peer::{build_peer, http_peer, peer_address, peer_target, PeerAddress, PeerTarget};
 pub use request::{
     apply_request_changes, apply_upstream_request, upstream_request, RequestJson,
     UpstreamRequestJson,

@@ -37,6 +37,28 @@ pub enum PeerAddress {
     Name(String),
 }
 
+/// Where a guest's `PEER` sends the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerTarget {
+    /// Its `address`, parsed.
+    Address(PeerAddress),
+    /// The tenant's pool it names in `pool` (with `key`, if any).
+    Pool,
+}
+
+/// Whether `peer` gives an address or a pool (exactly one of them), the
+/// address parsed without resolving anything.
+pub fn peer_target(peer: &wire::Peer) -> Result<PeerTarget, HookFault> {
+    match &peer.pool {
+        None => peer_address(&peer.address).map(PeerTarget::Address),
+        Some(pool) if !peer.address.is_empty() => Err(HookFault::InvalidOutput(format!(
+            "peer gives both address {:?} and pool {pool:?}: give one",
+            peer.address
+        ))),
+        Some(_) => Ok(PeerTarget::Pool),
+    }
+}
+
 /// Parses a guest's peer address without resolving anything.
 pub fn peer_address(address: &str) -> Result<PeerAddress, HookFault> {
     let invalid = |why: &str| HookFault::InvalidOutput(format!("peer address {address:?}: {why}"));
@@ -130,6 +152,24 @@ mod tests {
         assert!(!built.options.verify_hostname);
         assert!(parse_and_build(&peer("[::1]:443")).await.is_ok());
         assert!(parse_and_build(&peer("localhost:80")).await.is_ok());
+    }
+
+    #[test]
+    fn a_peer_gives_an_address_or_a_pool() {
+        let pool = wire::Peer {
+            pool: Some("api".into()),
+            ..Default::default()
+        };
+        assert_eq!(peer_target(&pool).unwrap(), PeerTarget::Pool);
+        let both = wire::Peer {
+            address: "127.0.0.1:1".into(),
+            ..pool
+        };
+        assert!(peer_target(&both)
+            .unwrap_err()
+            .to_string()
+            .contains("give one"));
+        assert!(peer_target(&peer("")).is_err());
     }
 
     #[tokio::test]

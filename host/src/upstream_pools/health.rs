@@ -1,0 +1,273 @@
+//! Pools' health: pingora-load-balancing's TCP and HTTP checks, each
+//! pool's results in a `HealthRegistry` that outlives a reload, and one
+//! Pingora background service that runs every live pool's checks off the
+//! request path.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::connectors::http::Connector as HttpConnector;
+use pingora::connectors::{ConnectorOptions, TransportConnector};
+use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::{Backend, HealthRegistry};
+use pingora::prelude::*;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use prometheus::IntGaugeVec;
+
+use super::spec::{CheckKind, PoolSpec, PoolTls};
+use crate::tenants::TenantSet;
+
+/// How often the service looks for passes that are due (and for pools a
+/// reload added).
+const TICK: Duration = Duration::from_millis(20);
+
+/// One pool's health state and when it is next checked. A reload that
+/// keeps the pool (same owner, name, TLS and check) keeps this, so
+/// backends that stay keep their health.
+pub struct PoolHealth {
+    /// The backends' health, shared by every view of the pool (the old
+    /// tenant set's and the new one's during a reload).
+    pub(super) registry: Arc<HealthRegistry>,
+    /// When passes run; None for `kind: none`.
+    schedule: Option<Mutex<Schedule>>,
+    /// A pass is running: the next waits for it.
+    running: AtomicBool,
+}
+
+/// When a pool's next pass is due, and how often they run.
+struct Schedule {
+    next_pass: Instant,
+    interval: Duration,
+}
+
+/// What decides whether a reloaded pool keeps its health state.
+#[derive(Hash, PartialEq, Eq)]
+struct HealthKey {
+    owner: String,
+    pool: String,
+    tls: Option<PoolTls>,
+    kind: CheckKind,
+    timeout: Duration,
+}
+
+/// Every pool's health state, found again by the next load.
+pub struct HealthRegistries {
+    by_pool: Mutex<HashMap<HealthKey, Weak<PoolHealth>>>,
+    /// The CA file TLS checks verify against (Pingora's `ca_file`).
+    ca_file: Option<String>,
+    /// `wasm_proxy_backend_healthy{tenant,pool,backend}`.
+    gauge: IntGaugeVec,
+}
+
+impl HealthRegistries {
+    /// An empty set; TLS checks trust `ca_file` (else the system's roots).
+    pub fn new(gauge: IntGaugeVec, ca_file: Option<String>) -> Self {
+        HealthRegistries {
+            by_pool: Mutex::new(HashMap::new()),
+            ca_file,
+            gauge,
+        }
+    }
+
+    /// The health state of `owner`'s pool `spec`: the one it had before
+    /// this load if its TLS and check are the same, else a new one whose
+    /// backends start healthy and are checked at once.
+    pub fn health_for(&self, owner: &str, spec: &PoolSpec) -> Arc<PoolHealth> {
+        let key = HealthKey {
+            owner: owner.to_string(),
+            pool: spec.name.clone(),
+            tls: spec.tls.clone(),
+            kind: spec.health_check.kind.clone(),
+            timeout: spec.health_check.timeout,
+        };
+        let mut by_pool = self.by_pool.lock().unwrap_or_else(|p| p.into_inner());
+        by_pool.retain(|_, health| health.strong_count() > 0);
+        let interval = spec.health_check.interval;
+        if let Some(health) = by_pool.get(&key).and_then(Weak::upgrade) {
+            if let Some(schedule) = &health.schedule {
+                // The interval may change without losing the state.
+                schedule.lock().unwrap_or_else(|p| p.into_inner()).interval = interval;
+            }
+            return health;
+        }
+        let registry = Arc::new(HealthRegistry::new());
+        let schedule = match spec.health_check.kind {
+            CheckKind::None => None,
+            _ => {
+                registry.set_health_check(Box::new(ReportingCheck {
+                    inner: checker(spec, self.ca_file.clone()),
+                    owner: owner.to_string(),
+                    pool: spec.name.clone(),
+                    gauge: self.gauge.clone(),
+                }));
+                Some(Mutex::new(Schedule {
+                    next_pass: Instant::now(),
+                    interval,
+                }))
+            }
+        };
+        let health = Arc::new(PoolHealth {
+            registry,
+            schedule,
+            running: AtomicBool::new(false),
+        });
+        by_pool.insert(key, Arc::downgrade(&health));
+        health
+    }
+
+    /// The gauge a backend's health is shown in.
+    pub fn gauge(&self) -> &IntGaugeVec {
+        &self.gauge
+    }
+}
+
+impl PoolHealth {
+    /// Starts a pass if one is due and none is running.
+    fn start_pass_if_due(self: &Arc<Self>, now: Instant) {
+        let Some(schedule) = &self.schedule else {
+            return;
+        };
+        {
+            let mut schedule = schedule.lock().unwrap_or_else(|p| p.into_inner());
+            if schedule.next_pass > now || self.running.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            schedule.next_pass = now + schedule.interval;
+        }
+        let health = self.clone();
+        tokio::spawn(async move {
+            // Every backend at once: one slow backend delays no other.
+            health.registry.run_health_check(true).await;
+            health.running.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// The check pingora-load-balancing runs, naming tenant, pool and backend
+/// in its log lines, and keeping the gauge up to date.
+struct ReportingCheck {
+    inner: Box<dyn HealthCheck + Send + Sync>,
+    owner: String,
+    pool: String,
+    gauge: IntGaugeVec,
+}
+
+#[async_trait]
+impl HealthCheck for ReportingCheck {
+    async fn check(&self, target: &Backend) -> Result<()> {
+        self.inner.check(target).await
+    }
+
+    async fn health_status_change(&self, target: &Backend, healthy: bool) {
+        self.gauge
+            .with_label_values(&[&self.owner, &self.pool, &target.addr.to_string()])
+            .set(i64::from(healthy));
+    }
+
+    fn backend_summary(&self, target: &Backend) -> String {
+        format!(
+            "tenant {}: pool {:?}: backend {}",
+            self.owner, self.pool, target.addr
+        )
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        self.inner.health_threshold(success)
+    }
+}
+
+/// pingora-load-balancing's check for `spec`: one failure marks a backend
+/// down, one success brings it back.
+fn checker(spec: &PoolSpec, ca_file: Option<String>) -> Box<dyn HealthCheck + Send + Sync> {
+    let options = || {
+        let mut options = ConnectorOptions::new(1);
+        options.ca_file = ca_file.clone();
+        Some(options)
+    };
+    let timeout = Some(spec.health_check.timeout);
+    match &spec.health_check.kind {
+        CheckKind::Http {
+            path,
+            expect_status,
+            host,
+        } => {
+            let mut check = HttpHealthCheck::new(host, spec.tls.is_some());
+            let peer = &mut check.peer_template;
+            if let Some(tls) = &spec.tls {
+                peer.sni = tls.sni.clone();
+                peer.options.verify_cert = tls.verify_cert;
+                peer.options.verify_hostname = tls.verify_hostname;
+            }
+            peer.options.connection_timeout = timeout;
+            peer.options.total_connection_timeout = timeout;
+            peer.options.read_timeout = timeout;
+            peer.options.write_timeout = timeout;
+            // Checked to parse when the pool was loaded.
+            if let Ok(uri) = path.parse() {
+                check.req.set_uri(uri);
+            }
+            let expect = *expect_status;
+            check.validator = Some(Box::new(move |response| {
+                let status = response.status.as_u16();
+                if status == expect {
+                    Ok(())
+                } else {
+                    Error::e_explain(
+                        CustomCode("unexpected status", status),
+                        format!("health check answered {status}, expected {expect}"),
+                    )
+                }
+            }));
+            check.set_connector(HttpConnector::new(options()));
+            Box::new(check)
+        }
+        CheckKind::Tcp | CheckKind::None => {
+            let mut check = match &spec.tls {
+                Some(tls) => {
+                    let mut check = TcpHealthCheck::new_tls(&tls.sni);
+                    check.peer_template.options.verify_cert = tls.verify_cert;
+                    check.peer_template.options.verify_hostname = tls.verify_hostname;
+                    check
+                }
+                None => TcpHealthCheck::new(),
+            };
+            check.peer_template.options.connection_timeout = timeout;
+            check.peer_template.options.total_connection_timeout = timeout;
+            check.set_connector(TransportConnector::new(options()));
+            check
+        }
+    }
+}
+
+/// The background service running every live pool's checks: each pool's
+/// pass starts when its interval is up (or at once for a pool a reload
+/// added), checks all its backends concurrently, and never overlaps the
+/// pool's previous pass.
+pub struct PoolHealthChecks {
+    /// The live tenant set, whose pools are checked.
+    pub tenants: Arc<ArcSwap<TenantSet>>,
+}
+
+#[async_trait]
+impl BackgroundService for PoolHealthChecks {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let now = Instant::now();
+            let tenants = self.tenants.load();
+            for pool in tenants.pools() {
+                pool.health().start_pass_if_due(now);
+            }
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! Upstream pools: named sets of backends a guest sends a request to by
+//! name (`{"pool": "api"}` instead of an address). pingora-load-balancing
+//! picks a healthy backend (round robin, consistent hashing of the
+//! guest's key, or random); health checks run in the background
+//! (`health.rs`); a backend that refuses the connection is left for
+//! another of the same pool ([`PoolRoute`]).
+
+mod health;
+mod spec;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use pingora::lb::discovery::Static;
+use pingora::lb::selection::{BackendIter, BackendSelection, Consistent, Random, RoundRobin};
+use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::prelude::*;
+
+pub use health::{HealthRegistries, PoolHealth, PoolHealthChecks};
+pub use spec::{
+    CheckKind, HealthCheckSpec, PoolSpec, PoolTls, Selection, DEFAULT_CHECK_INTERVAL,
+    DEFAULT_CHECK_TIMEOUT,
+};
+
+use crate::runtime::{block_on, HookFault};
+
+/// The owner of the tenants file's top-level pools, shared by every
+/// tenant, in logs and in the `tenant` label.
+pub const SHARED: &str = "*";
+
+/// How many steps one selection may take along its algorithm's order
+/// before it gives up (consistent hashing walks a ring of many points).
+const MAX_SELECT_STEPS: usize = 256;
+
+/// One pool, ready for requests.
+pub struct Pool {
+    name: String,
+    /// A tenant's name, or [`SHARED`].
+    owner: String,
+    balancer: Balancer,
+    tls: Option<PoolTls>,
+    backends: BTreeSet<SocketAddr>,
+    health: Arc<PoolHealth>,
+}
+
+/// pingora-load-balancing's balancer, by selection.
+enum Balancer {
+    RoundRobin(LoadBalancer<RoundRobin>),
+    Random(LoadBalancer<Random>),
+    Consistent(LoadBalancer<Consistent>),
+}
+
+impl Pool {
+    /// Builds `owner`'s pool `spec`, keeping the health state it had if a
+    /// reload keeps it, and shows each backend's health in the gauge.
+    pub fn new(
+        owner: &str,
+        spec: &PoolSpec,
+        registries: &HealthRegistries,
+    ) -> anyhow::Result<Self> {
+        let health = registries.health_for(owner, spec);
+        let backends = spec
+            .backends
+            .iter()
+            .map(|addr| Backend::new(&addr.to_string()))
+            .collect::<Result<BTreeSet<_>>>()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("pool {:?}", spec.name))?;
+        let view = Backends::new_with_health_registry(
+            Static::new(backends.clone()),
+            health.registry.clone(),
+        );
+        let balancer = match spec.selection {
+            Selection::RoundRobin => Balancer::RoundRobin(balancer(view)?),
+            Selection::Random => Balancer::Random(balancer(view)?),
+            Selection::Consistent => Balancer::Consistent(balancer(view)?),
+        };
+        let pool = Pool {
+            name: spec.name.clone(),
+            owner: owner.to_string(),
+            balancer,
+            tls: spec.tls.clone(),
+            backends: spec.backends.clone(),
+            health,
+        };
+        for backend in &backends {
+            let healthy = pool.balancer.backends().ready(backend);
+            registries
+                .gauge()
+                .with_label_values(&[owner, &spec.name, &backend.addr.to_string()])
+                .set(i64::from(healthy));
+        }
+        Ok(pool)
+    }
+
+    /// The name guests give.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its backends.
+    pub fn backends(&self) -> &BTreeSet<SocketAddr> {
+        &self.backends
+    }
+
+    /// Its `(tenant, pool, backend)` labels in the health gauge.
+    pub fn backend_labels(&self) -> impl Iterator<Item = [String; 3]> + '_ {
+        self.backends
+            .iter()
+            .map(|addr| [self.owner.clone(), self.name.clone(), addr.to_string()])
+    }
+
+    pub(crate) fn health(&self) -> &Arc<PoolHealth> {
+        &self.health
+    }
+
+    /// A healthy backend for `key` that is not in `tried`.
+    pub fn select(&self, key: &[u8], tried: &[SocketAddr]) -> Option<SocketAddr> {
+        let accept = |backend: &Backend, healthy: bool| {
+            healthy && backend.addr.as_inet().is_some_and(|a| !tried.contains(a))
+        };
+        let chosen = match &self.balancer {
+            Balancer::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_STEPS, accept),
+            Balancer::Random(lb) => lb.select_with(key, MAX_SELECT_STEPS, accept),
+            Balancer::Consistent(lb) => lb.select_with(key, MAX_SELECT_STEPS, accept),
+        }?;
+        chosen.addr.as_inet().copied()
+    }
+
+    /// `pool "api" of tenant a`, or `shared pool "api"`.
+    pub fn describe(&self) -> String {
+        match self.owner.as_str() {
+            SHARED => format!("shared pool {:?}", self.name),
+            tenant => format!("pool {:?} of tenant {tenant}", self.name),
+        }
+    }
+}
+
+impl Balancer {
+    fn backends(&self) -> &Backends {
+        match self {
+            Balancer::RoundRobin(lb) => lb.backends(),
+            Balancer::Random(lb) => lb.backends(),
+            Balancer::Consistent(lb) => lb.backends(),
+        }
+    }
+}
+
+/// A balancer over `view`'s static backends.
+fn balancer<S>(view: Backends) -> anyhow::Result<LoadBalancer<S>>
+where
+    S: BackendSelection + 'static,
+    S::Iter: BackendIter,
+{
+    let balancer = LoadBalancer::from_backends(view);
+    // Static discovery answers at once: nothing waits here.
+    block_on(balancer.update()).map_err(|e| anyhow::anyhow!("building the balancer: {e}"))?;
+    Ok(balancer)
+}
+
+/// The pools one tenant may name: its own, and the shared ones its own
+/// do not shadow.
+#[derive(Default)]
+pub struct Pools {
+    by_name: HashMap<String, Arc<Pool>>,
+}
+
+/// A guest's timeouts for a pool's backends (`options` of its `PEER`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PeerTimeouts {
+    /// To establish the connection, TLS included.
+    pub connection: Option<Duration>,
+    /// For each read.
+    pub read: Option<Duration>,
+}
+
+impl Pools {
+    /// `own` pools over `shared` ones of the same name.
+    pub fn new(own: &[Arc<Pool>], shared: &[Arc<Pool>]) -> Self {
+        let by_name = shared
+            .iter()
+            .chain(own)
+            .map(|pool| (pool.name.clone(), pool.clone()))
+            .collect();
+        Pools { by_name }
+    }
+
+    /// Whether the tenant has any pool.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// The request's way through pool `name`; a fault if the tenant has
+    /// no such pool, or if it hashes consistently and `key` is None.
+    pub fn route(
+        &self,
+        name: &str,
+        key: Option<String>,
+        timeouts: PeerTimeouts,
+    ) -> Result<PoolRoute, HookFault> {
+        let Some(pool) = self.by_name.get(name) else {
+            let mut names: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
+            names.sort_unstable();
+            return Err(HookFault::InvalidOutput(match names.as_slice() {
+                [] => format!("pool {name:?}: the tenant has no pools"),
+                names => format!(
+                    "pool {name:?} is not one of the tenant's pools ({})",
+                    names.join(", ")
+                ),
+            }));
+        };
+        if matches!(pool.balancer, Balancer::Consistent(_)) && key.is_none() {
+            return Err(HookFault::InvalidOutput(format!(
+                "pool {name:?} hashes consistently: give a key"
+            )));
+        }
+        Ok(PoolRoute {
+            pool: pool.clone(),
+            key: key.unwrap_or_default(),
+            timeouts,
+            tried: Vec::new(),
+        })
+    }
+}
+
+/// One request's way through a pool: the backends it has tried, so that
+/// a retry after a failed connection goes to another, each at most once.
+pub struct PoolRoute {
+    pool: Arc<Pool>,
+    key: String,
+    timeouts: PeerTimeouts,
+    tried: Vec<SocketAddr>,
+}
+
+impl PoolRoute {
+    /// The peer for the next healthy backend not yet tried; an error
+    /// answering 502, naming the pool, if there is none.
+    pub fn next_peer(&mut self) -> Result<Box<HttpPeer>> {
+        let pool = &self.pool;
+        let Some(addr) = pool.select(self.key.as_bytes(), &self.tried) else {
+            let why = match self.tried.len() {
+                0 => format!(
+                    "{}: no healthy backend (of {})",
+                    pool.describe(),
+                    pool.backends.len()
+                ),
+                tried => format!(
+                    "{}: no healthy backend left to try ({tried} of {} failed to connect)",
+                    pool.describe(),
+                    pool.backends.len()
+                ),
+            };
+            return Err(Error::explain(HTTPStatus(502), why));
+        };
+        self.tried.push(addr);
+        let mut peer = match &pool.tls {
+            Some(tls) => {
+                let mut peer = HttpPeer::new(addr, true, tls.sni.clone());
+                peer.options.verify_cert = tls.verify_cert;
+                peer.options.verify_hostname = tls.verify_hostname;
+                peer
+            }
+            None => HttpPeer::new(addr, false, String::new()),
+        };
+        peer.options.connection_timeout = self.timeouts.connection;
+        peer.options.read_timeout = self.timeouts.read;
+        Ok(Box::new(peer))
+    }
+
+    /// Whether a backend is left that this request has not tried.
+    pub fn can_retry(&self) -> bool {
+        self.tried.len() < self.pool.backends.len()
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn spec(selection: &str, backends: &[String]) -> PoolSpec {
+        let yaml = format!(
+            "{{backends: [{}], selection: {selection}, health_check: {{kind: tcp, interval_ms: 100}}}}",
+            backends.join(", ")
+        );
+        PoolSpec::from_yaml("api", &serde_yaml::from_str(&yaml).unwrap()).unwrap()
+    }
+
+    fn addrs(ports: &[u16]) -> Vec<String> {
+        ports.iter().map(|p| format!("127.0.0.1:{p}")).collect()
+    }
+
+    fn port(peer: &HttpPeer) -> u16 {
+        peer._address.as_inet().unwrap().port()
+    }
+
+    fn pools(spec: &PoolSpec, registries: &HealthRegistries) -> Pools {
+        Pools::new(&[Arc::new(Pool::new("t", spec, registries).unwrap())], &[])
+    }
+
+    fn registries() -> HealthRegistries {
+        HealthRegistries::new(Metrics::new().backend_health(), None)
+    }
+
+    #[test]
+    fn round_robin_takes_each_in_turn_and_retries_skip_the_tried() {
+        let pools = pools(&spec("round_robin", &addrs(&[1, 2, 3])), &registries());
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            let mut route = pools.route("api", None, PeerTimeouts::default()).unwrap();
+            seen.push(port(&route.next_peer().unwrap()));
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, [1, 1, 2, 2, 3, 3]);
+
+        let mut route = pools.route("api", None, PeerTimeouts::default()).unwrap();
+        let mut tried: Vec<u16> = (0..3).map(|_| port(&route.next_peer().unwrap())).collect();
+        tried.sort_unstable();
+        assert_eq!(tried, [1, 2, 3], "each backend once");
+        assert!(!route.can_retry());
+        let error = route.next_peer().unwrap_err();
+        assert_eq!(error.etype, HTTPStatus(502));
+        assert!(
+            error.to_string().contains(r#"pool "api" of tenant t"#),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn unknown_pools_and_missing_keys_are_faults() {
+        let pools = pools(&spec("consistent", &addrs(&[1, 2])), &registries());
+        let fault = pools
+            .route("nope", None, PeerTimeouts::default())
+            .err()
+            .unwrap();
+        assert!(fault
+            .to_string()
+            .contains(r#"pool "nope" is not one of the tenant's pools (api)"#));
+        let fault = pools
+            .route("api", None, PeerTimeouts::default())
+            .err()
+            .unwrap();
+        assert!(fault.to_string().contains("give a key"), "{fault}");
+        let empty = Pools::default();
+        let fault = empty
+            .route("api", None, PeerTimeouts::default())
+            .err()
+            .unwrap();
+        assert!(fault.to_string().contains("has no pools"), "{fault}");
+    }
+
+    #[test]
+    fn a_key_keeps_its_backend_and_removing_one_moves_only_its_keys() {
+        let registries = registries();
+        let key_ports = |pools: &Pools| -> Vec<u16> {
+            (0..200)
+                .map(|k| {
+                    let key = Some(format!("user-{k}"));
+                    let mut route = pools.route("api", key, PeerTimeouts::default()).unwrap();
+                    port(&route.next_peer().unwrap())
+                })
+                .collect()
+        };
+        let three = pools(&spec("consistent", &addrs(&[1, 2, 3])), &registries);
+        let before = key_ports(&three);
+        assert_eq!(before, key_ports(&three), "the same key, the same backend");
+        assert!([1, 2, 3].iter().all(|p| before.contains(p)));
+        let two = pools(&spec("consistent", &addrs(&[1, 3])), &registries);
+        for (before, after) in before.iter().zip(key_ports(&two)) {
+            if *before != 2 {
+                assert_eq!(*before, after, "a key not on the removed backend moved");
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reload_keeps_the_health_of_backends_that_stay() {
+        let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let live_port = live.local_addr().unwrap().port();
+        let dead_port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let registries = registries();
+        let first = Pool::new(
+            "t",
+            &spec("round_robin", &addrs(&[live_port, dead_port])),
+            &registries,
+        )
+        .unwrap();
+        first.health().registry.run_health_check(true).await;
+        let ready = |pool: &Pool, port: u16| {
+            let backend = Backend::new(&format!("127.0.0.1:{port}")).unwrap();
+            pool.balancer.backends().ready(&backend)
+        };
+        assert!(ready(&first, live_port) && !ready(&first, dead_port));
+
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let other_port = other.local_addr().unwrap().port();
+        let ports = [live_port, dead_port, other_port];
+        let reloaded = Pool::new("t", &spec("round_robin", &addrs(&ports)), &registries).unwrap();
+        drop(first);
+        assert!(
+            !ready(&reloaded, dead_port),
+            "the dead backend is still skipped"
+        );
+        assert!(ready(&reloaded, live_port) && ready(&reloaded, other_port));
+        let gauge = registries.gauge();
+        let dead = gauge.with_label_values(&["t", "api", &format!("127.0.0.1:{dead_port}")]);
+        assert_eq!(dead.get(), 0);
+
+        // A different check is a new pool: its backends start healthy.
+        let mut http = spec("round_robin", &addrs(&ports));
+        http.health_check.kind = CheckKind::None;
+        let fresh = Pool::new("t", &http, &registries).unwrap();
+        assert!(ready(&fresh, dead_port));
+    }
+}

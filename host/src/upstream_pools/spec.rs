@@ -1,0 +1,379 @@
+//! A pool as configured: the tenants file's `pools:` entries and
+//! `--pool NAME=ADDR,...`, checked and with every backend resolved.
+
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// How often `--pool` pools, and pools whose `health_check` gives no
+/// `interval_ms`, are checked.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_millis(1000);
+
+/// How long one check may take (connect, and for HTTP the response
+/// header) unless `timeout_ms` says otherwise; Pingora's default.
+pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Bounds of `interval_ms` and `timeout_ms`.
+const MIN_CHECK_MS: u64 = 10;
+const MAX_CHECK_MS: u64 = 3_600_000;
+
+/// How a pool picks a backend.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// Each backend in turn.
+    #[default]
+    RoundRobin,
+    /// Ketama consistent hashing of the guest's `key`: a key keeps its
+    /// backend while that backend is healthy, and removing a backend moves
+    /// only its own keys.
+    Consistent,
+    /// A backend at random.
+    Random,
+}
+
+/// What a health check does.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CheckKind {
+    /// No checks: every backend is always taken as healthy.
+    None,
+    /// A TCP (and, for a TLS pool, TLS) connection must be established.
+    Tcp,
+    /// `GET path` must answer `expect_status`.
+    Http {
+        /// The path and query asked for.
+        path: String,
+        /// The status a healthy backend answers.
+        expect_status: u16,
+        /// The `Host` header sent: `host:`, else the pool's `sni`, else
+        /// `localhost`.
+        host: String,
+    },
+}
+
+/// A pool's health check. Two pools with equal checks (and the same
+/// owner and name) share health state across a reload.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HealthCheckSpec {
+    /// What is checked.
+    pub kind: CheckKind,
+    /// From the start of one pass over the backends to the next.
+    pub interval: Duration,
+    /// How long one check may take before it counts as failed.
+    pub timeout: Duration,
+}
+
+/// TLS to a pool's backends, as for a single peer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolTls {
+    /// The server name sent, and the name certificates are checked against.
+    pub sni: String,
+    /// Verify the certificate chain.
+    pub verify_cert: bool,
+    /// Verify the certificate matches `sni`.
+    pub verify_hostname: bool,
+}
+
+/// One pool, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSpec {
+    /// The name a guest gives as `{"pool": NAME}`.
+    pub name: String,
+    /// Every backend, names resolved, without duplicates.
+    pub backends: BTreeSet<SocketAddr>,
+    /// TLS to the backends, if they speak it.
+    pub tls: Option<PoolTls>,
+    /// How a backend is picked.
+    pub selection: Selection,
+    /// How backends are checked.
+    pub health_check: HealthCheckSpec,
+}
+
+/// A pool as the tenants file writes it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolYaml {
+    backends: Vec<String>,
+    #[serde(default)]
+    tls: bool,
+    #[serde(default)]
+    sni: String,
+    #[serde(default = "yes")]
+    verify_cert: bool,
+    #[serde(default = "yes")]
+    verify_hostname: bool,
+    #[serde(default)]
+    selection: Selection,
+    #[serde(default)]
+    health_check: Option<HealthCheckYaml>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum KindYaml {
+    Http,
+    Tcp,
+    None,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthCheckYaml {
+    kind: KindYaml,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    expect_status: Option<u16>,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    interval_ms: Option<u64>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl PoolSpec {
+    /// A pool from a tenants file's `pools:` entry `name`.
+    pub fn from_yaml(name: &str, value: &serde_yaml::Value) -> anyhow::Result<Self> {
+        check_name(name)?;
+        let yaml: PoolYaml = serde_yaml::from_value(value.clone()).context(
+            "must be {backends, tls, sni, verify_cert, verify_hostname, selection, health_check}",
+        )?;
+        let tls = match (yaml.tls, yaml.sni.is_empty()) {
+            (true, true) => bail!(
+                "tls: true needs an sni, the name the backends' certificates are checked against"
+            ),
+            (true, false) => Some(PoolTls {
+                sni: yaml.sni,
+                verify_cert: yaml.verify_cert,
+                verify_hostname: yaml.verify_hostname,
+            }),
+            (false, _) => None,
+        };
+        let health_check = match yaml.health_check {
+            Some(check) => check.checked(tls.as_ref()).context("health_check")?,
+            None => HealthCheckSpec::tcp(),
+        };
+        Ok(PoolSpec {
+            name: name.to_string(),
+            backends: resolve_backends(&yaml.backends)?,
+            tls,
+            selection: yaml.selection,
+            health_check,
+        })
+    }
+
+    /// A pool from `--pool NAME=ADDR,ADDR,...`: plain HTTP, round robin,
+    /// a TCP check every second.
+    pub fn from_flag(flag: &str) -> anyhow::Result<Self> {
+        let (name, backends) = flag
+            .split_once('=')
+            .with_context(|| format!("--pool {flag:?} is not NAME=ADDR,ADDR,..."))?;
+        check_name(name).with_context(|| format!("--pool {flag:?}"))?;
+        let backends: Vec<String> = backends.split(',').map(|b| b.trim().to_string()).collect();
+        Ok(PoolSpec {
+            name: name.to_string(),
+            backends: resolve_backends(&backends).with_context(|| format!("--pool {flag:?}"))?,
+            tls: None,
+            selection: Selection::RoundRobin,
+            health_check: HealthCheckSpec::tcp(),
+        })
+    }
+}
+
+impl HealthCheckSpec {
+    /// A TCP check every [`DEFAULT_CHECK_INTERVAL`].
+    pub fn tcp() -> Self {
+        HealthCheckSpec {
+            kind: CheckKind::Tcp,
+            interval: DEFAULT_CHECK_INTERVAL,
+            timeout: DEFAULT_CHECK_TIMEOUT,
+        }
+    }
+}
+
+impl HealthCheckYaml {
+    fn checked(self, tls: Option<&PoolTls>) -> anyhow::Result<HealthCheckSpec> {
+        let millis = |field: &str, value: Option<u64>, default: Duration| match value {
+            None => Ok(default),
+            Some(ms) if (MIN_CHECK_MS..=MAX_CHECK_MS).contains(&ms) => {
+                Ok(Duration::from_millis(ms))
+            }
+            Some(ms) => bail!("{field} {ms} is not {MIN_CHECK_MS}-{MAX_CHECK_MS}"),
+        };
+        let interval = millis("interval_ms", self.interval_ms, DEFAULT_CHECK_INTERVAL)?;
+        let timeout = millis("timeout_ms", self.timeout_ms, DEFAULT_CHECK_TIMEOUT)?;
+        let http_only = [
+            ("path", self.path.is_some()),
+            ("expect_status", self.expect_status.is_some()),
+            ("host", self.host.is_some()),
+        ];
+        if self.kind != KindYaml::Http {
+            if let Some((field, _)) = http_only.iter().find(|(_, given)| *given) {
+                bail!("{field} is only for kind: http");
+            }
+        }
+        let kind = match self.kind {
+            KindYaml::None => CheckKind::None,
+            KindYaml::Tcp => CheckKind::Tcp,
+            KindYaml::Http => {
+                let path = self.path.unwrap_or_else(|| "/".into());
+                if !path.starts_with('/') || path.parse::<http::Uri>().is_err() {
+                    bail!("path {path:?} is not an absolute path");
+                }
+                let expect_status = self.expect_status.unwrap_or(200);
+                if !(100..=599).contains(&expect_status) {
+                    bail!("expect_status {expect_status} is not 100-599");
+                }
+                let host = self
+                    .host
+                    .or_else(|| tls.map(|tls| tls.sni.clone()))
+                    .unwrap_or_else(|| "localhost".into());
+                if http::HeaderValue::from_str(&host).is_err() || host.is_empty() {
+                    bail!("host {host:?} is not a header value");
+                }
+                CheckKind::Http {
+                    path,
+                    expect_status,
+                    host,
+                }
+            }
+        };
+        Ok(HealthCheckSpec {
+            kind,
+            interval,
+            timeout,
+        })
+    }
+}
+
+/// Pool names are what guests write: letters, digits, `-`, `_`, `.`.
+fn check_name(name: &str) -> anyhow::Result<()> {
+    let fine = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.';
+    if name.is_empty() || name.len() > 128 || !name.bytes().all(fine) {
+        bail!("pool name {name:?} must be 1-128 letters, digits, '-', '_' or '.'");
+    }
+    Ok(())
+}
+
+/// Every backend's addresses: `ip:port` as it is, `name:port` resolved
+/// (here, at load, off the request path) to all its addresses.
+fn resolve_backends(backends: &[String]) -> anyhow::Result<BTreeSet<SocketAddr>> {
+    if backends.is_empty() || backends.iter().all(|b| b.is_empty()) {
+        bail!("a pool needs at least one backend");
+    }
+    let mut resolved = BTreeSet::new();
+    for backend in backends {
+        let addrs: Vec<SocketAddr> = match backend.parse::<SocketAddr>() {
+            Ok(addr) => vec![addr],
+            Err(_) => {
+                let (host, port) = backend
+                    .rsplit_once(':')
+                    .with_context(|| format!("backend {backend:?} is not ip:port or name:port"))?;
+                if host.is_empty() || port.parse::<u16>().is_err() {
+                    bail!("backend {backend:?} is not ip:port or name:port");
+                }
+                backend
+                    .to_socket_addrs()
+                    .with_context(|| format!("backend {backend:?}: resolving it"))?
+                    .collect()
+            }
+        };
+        if addrs.is_empty() {
+            bail!("backend {backend:?} resolves to no address");
+        }
+        if let Some(addr) = addrs.iter().find(|a| a.port() == 0) {
+            bail!("backend {backend:?}: port 0 ({addr})");
+        }
+        resolved.extend(addrs);
+    }
+    Ok(resolved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(text: &str) -> anyhow::Result<PoolSpec> {
+        PoolSpec::from_yaml("api", &serde_yaml::from_str(text).unwrap())
+    }
+
+    #[test]
+    fn the_issue_s_example_parses() {
+        let spec = pool(
+            r#"
+            backends: ["127.0.0.1:8081", "127.0.0.1:8082", "localhost:8083"]
+            tls: false
+            selection: consistent
+            health_check: { kind: http, path: /healthz, interval_ms: 1000, expect_status: 200 }
+            "#,
+        )
+        .unwrap();
+        assert!(spec.backends.len() >= 3);
+        assert_eq!(spec.selection, Selection::Consistent);
+        assert_eq!(spec.health_check.interval, Duration::from_secs(1));
+        assert_eq!(
+            spec.health_check.kind,
+            CheckKind::Http {
+                path: "/healthz".into(),
+                expect_status: 200,
+                host: "localhost".into()
+            }
+        );
+        let defaults = pool(r#"{backends: ["127.0.0.1:1"]}"#).unwrap();
+        assert_eq!(defaults.selection, Selection::RoundRobin);
+        assert_eq!(defaults.health_check, HealthCheckSpec::tcp());
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        for (bad, says) in [
+            ("{backends: []}", "at least one backend"),
+            (r#"{backends: ["nope"]}"#, "not ip:port or name:port"),
+            (r#"{backends: ["127.0.0.1:0"]}"#, "port 0"),
+            (
+                r#"{backends: ["127.0.0.1:1"], selection: fastest}"#,
+                "must be",
+            ),
+            (r#"{backends: ["127.0.0.1:1"], tls: true}"#, "needs an sni"),
+            (r#"{backends: ["127.0.0.1:1"], weight: 2}"#, "unknown field"),
+            (
+                r#"{backends: ["127.0.0.1:1"], health_check: {kind: tcp, path: /}}"#,
+                "only for kind: http",
+            ),
+            (
+                r#"{backends: ["127.0.0.1:1"], health_check: {kind: http, path: x}}"#,
+                "absolute path",
+            ),
+            (
+                r#"{backends: ["127.0.0.1:1"], health_check: {kind: tcp, interval_ms: 0}}"#,
+                "interval_ms 0",
+            ),
+            (
+                r#"{backends: ["127.0.0.1:1"], health_check: {kind: http, expect_status: 42}}"#,
+                "expect_status 42",
+            ),
+        ] {
+            let error = format!("{:#}", pool(bad).unwrap_err());
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn flags_parse_and_mistakes_are_named() {
+        let spec = PoolSpec::from_flag("api=127.0.0.1:8081,127.0.0.1:8082").unwrap();
+        assert_eq!(spec.name, "api");
+        assert_eq!(spec.backends.len(), 2);
+        for bad in ["api", "=127.0.0.1:1", "api=", "api=nope", "a b=127.0.0.1:1"] {
+            let error = format!("{:#}", PoolSpec::from_flag(bad).unwrap_err());
+            assert!(error.contains("--pool"), "{bad}: {error}");
+        }
+    }
+}
