@@ -3,7 +3,10 @@
 //! TLS with SNI and Host `one.one.one.one`.
 //!
 //! Module config (all optional) points it elsewhere:
-//! `{"upstream": "127.0.0.1:8080", "tls": false, "sni": "...", "host": "..."}`.
+//! `{"upstream": "127.0.0.1:8080", "tls": false, "sni": "...", "host": "..."}`,
+//! or to one of the tenant's pools instead of an address:
+//! `{"pool": "api", "host": "..."}`, with `"key_header": "x-user"` to hash
+//! that request header's value in a `consistent` pool.
 
 use guest_sdk::prelude::*;
 use serde::Deserialize;
@@ -17,6 +20,11 @@ pub struct Config {
     sni: String,
     /// Host header sent upstream; defaults to `sni`.
     host: Option<String>,
+    /// A pool to send requests to instead of `upstream` (the pool's TLS
+    /// settings then apply).
+    pool: Option<String>,
+    /// The request header whose value is the pool's hashing key.
+    key_header: Option<String>,
 }
 
 impl Default for Config {
@@ -26,6 +34,8 @@ impl Default for Config {
             tls: true,
             sni: "one.one.one.one".into(),
             host: None,
+            pool: None,
+            key_header: None,
         }
     }
 }
@@ -44,8 +54,15 @@ impl ProxyHttp for MyProxy {
     type CTX = ();
     fn new_ctx(&self) -> Self::CTX {}
 
-    fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+    fn upstream_peer(&self, session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
         let config = &self.config;
+        if let Some(pool) = &config.pool {
+            let mut peer = HttpPeer::pool(pool.as_str());
+            if let Some(name) = &config.key_header {
+                peer = peer.with_key(session.get_header(name).unwrap_or_default());
+            }
+            return Ok(Box::new(peer));
+        }
         let peer = Box::new(HttpPeer::new(
             &config.upstream,
             config.tls,
