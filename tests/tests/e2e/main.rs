@@ -9,6 +9,7 @@ mod failures;
 mod filters;
 mod lifecycle;
 mod load;
+mod pools;
 mod proxying;
 mod sandbox;
 mod startup;

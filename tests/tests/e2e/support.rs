@@ -53,13 +53,26 @@ pub fn free_port() -> u16 {
 pub struct Upstream {
     pub addr: SocketAddr,
     connections: Arc<AtomicUsize>,
+    /// A path answered 503 instead of the echo (a failing health check).
+    failing_path: Arc<Mutex<Option<String>>>,
+    /// Tells the accept loop to close the listener and every open
+    /// connection, then end.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The accept loop; it owns every connection's task, so aborting it
+    /// also closes the listener and all open connections.
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Upstream {
     /// A plain-text upstream.
     pub async fn plain() -> Upstream {
-        Self::start(None).await
+        Self::start(0, None).await
+    }
+
+    /// A plain-text upstream on `port` (for instance one a killed upstream
+    /// listened on).
+    pub async fn plain_at(port: u16) -> Upstream {
+        Self::start(port, None).await
     }
 
     /// A TLS upstream presenting a certificate for `localhost` from `ca`.
@@ -67,35 +80,56 @@ impl Upstream {
         let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
         acceptor.set_private_key(&ca.leaf_key).unwrap();
         acceptor.set_certificate(&ca.leaf_cert).unwrap();
-        Self::start(Some(Arc::new(acceptor.build()))).await
+        Self::start(0, Some(Arc::new(acceptor.build()))).await
     }
 
-    async fn start(tls: Option<Arc<SslAcceptor>>) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    async fn start(port: u16, tls: Option<Arc<SslAcceptor>>) -> Upstream {
+        // tokio sets SO_REUSEADDR: a port whose connections were just
+        // closed can be bound again at once.
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
+        let failing_path = Arc::new(Mutex::new(None));
         let counter = connections.clone();
+        let failing = failing_path.clone();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
+            // Dropped with this task: aborts every connection's task.
+            let mut open = tokio::task::JoinSet::new();
+            loop {
+                let accepted = tokio::select! {
+                    _ = &mut stopped => break,
+                    accepted = listener.accept() => accepted,
+                    // Reap finished connections as they end.
+                    Some(_) = open.join_next(), if !open.is_empty() => continue,
+                };
+                let Ok((stream, _)) = accepted else { break };
                 counter.fetch_add(1, Ordering::SeqCst);
                 let tls = tls.clone();
-                tokio::spawn(async move {
+                let failing = failing.clone();
+                open.spawn(async move {
                     match tls {
-                        None => serve(stream, false, addr.port()).await,
+                        None => serve(stream, false, addr.port(), failing).await,
                         Some(acceptor) => {
                             let ssl = Ssl::new(acceptor.context()).unwrap();
                             let mut stream = tokio_openssl::SslStream::new(ssl, stream).unwrap();
                             if std::pin::Pin::new(&mut stream).accept().await.is_ok() {
-                                serve(stream, true, addr.port()).await;
+                                serve(stream, true, addr.port(), failing).await;
                             }
                         }
                     }
                 });
             }
+            drop(listener);
+            // Aborts every connection's task and waits until they are gone
+            // (their sockets closed).
+            open.shutdown().await;
         });
         Upstream {
             addr,
             connections,
+            failing_path,
+            stop: Some(stop),
             task,
         }
     }
@@ -103,6 +137,21 @@ impl Upstream {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Answers `path` (exactly, query string excluded) with 503 from now
+    /// on; `None` answers every path with the echo again.
+    pub fn fail_path(&self, path: Option<&str>) {
+        *self.failing_path.lock().unwrap() = path.map(str::to_string);
+    }
+
+    /// Stops listening and closes every open connection; returns once the
+    /// port is free to bind again (`Upstream::plain_at(port)`).
+    pub async fn kill(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
     }
 }
 
@@ -112,43 +161,51 @@ impl Drop for Upstream {
     }
 }
 
-async fn serve<S>(stream: S, tls: bool, port: u16)
+async fn serve<S>(stream: S, tls: bool, port: u16, failing_path: Arc<Mutex<Option<String>>>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req: Request<hyper::body::Incoming>| async move {
-        let (parts, body) = req.into_parts();
-        let body = http_body_util::BodyExt::collect(body)
-            .await
-            .map(|collected| collected.to_bytes())
-            .unwrap_or_default();
-        let req = Request::from_parts(parts, ());
-        let headers: Vec<Value> = req
-            .headers()
-            .iter()
-            .map(|(n, v)| json!([n.as_str(), String::from_utf8_lossy(v.as_bytes())]))
-            .collect();
-        // `x-echo-status` sets the answer's status, for response hooks.
-        let status = req
-            .headers()
-            .get("x-echo-status")
-            .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
-            .unwrap_or(200);
-        let echo = json!({
-            "method": req.method().as_str(),
-            "uri": req.uri().to_string(),
-            "headers": headers,
-            "tls": tls,
-            "port": port,
-            "body": String::from_utf8_lossy(&body),
-        });
-        let mut response = Response::new(Full::new(Bytes::from(echo.to_string())));
-        *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
-        response.headers_mut().insert(
-            "server",
-            hyper::header::HeaderValue::from_static("echo-upstream"),
-        );
-        Ok::<_, Infallible>(response)
+    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+        let failing = failing_path.lock().unwrap().clone();
+        async move {
+            if failing.as_deref() == Some(req.uri().path()) {
+                let mut response = Response::new(Full::new(Bytes::from_static(b"failing")));
+                *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                return Ok::<_, Infallible>(response);
+            }
+            let (parts, body) = req.into_parts();
+            let body = http_body_util::BodyExt::collect(body)
+                .await
+                .map(|collected| collected.to_bytes())
+                .unwrap_or_default();
+            let req = Request::from_parts(parts, ());
+            let headers: Vec<Value> = req
+                .headers()
+                .iter()
+                .map(|(n, v)| json!([n.as_str(), String::from_utf8_lossy(v.as_bytes())]))
+                .collect();
+            // `x-echo-status` sets the answer's status, for response hooks.
+            let status = req
+                .headers()
+                .get("x-echo-status")
+                .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
+                .unwrap_or(200);
+            let echo = json!({
+                "method": req.method().as_str(),
+                "uri": req.uri().to_string(),
+                "headers": headers,
+                "tls": tls,
+                "port": port,
+                "body": String::from_utf8_lossy(&body),
+            });
+            let mut response = Response::new(Full::new(Bytes::from(echo.to_string())));
+            *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
+            response.headers_mut().insert(
+                "server",
+                hyper::header::HeaderValue::from_static("echo-upstream"),
+            );
+            Ok::<_, Infallible>(response)
+        }
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)
