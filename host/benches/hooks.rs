@@ -17,6 +17,7 @@ use host::budget::{Budget, BudgetLimits, MAX_CPU_MS_PER_S};
 use host::hooks::Hook;
 use host::metrics::Metrics;
 use host::runtime::{EngineOptions, GuestEngine, GuestLimits, SliceMeter, Unmetered, FEW_CALLS};
+use host::upstream_pools::{HealthRegistries, PeerTimeouts, Pool, PoolSpec, Pools};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::upstreams::peer::HttpPeer;
 
@@ -82,6 +83,35 @@ fn wasm_request(
     budget: Option<&Budget>,
     req: &RequestHeader,
 ) -> Box<HttpPeer> {
+    wasm_request_to(module, budget, req, address_peer)
+}
+
+/// The peer for a `PEER` giving an IP address, as `WasmProxy` builds it.
+fn address_peer(peer: guest_sdk::wire::Peer) -> Box<HttpPeer> {
+    let abi::PeerTarget::Address(abi::PeerAddress::Ip(addr)) = abi::peer_target(&peer).unwrap()
+    else {
+        panic!("bench peers are IP addresses");
+    };
+    abi::http_peer(addr, &peer).unwrap()
+}
+
+/// The peer for a `PEER` naming a pool, as `WasmProxy` builds it.
+fn pool_peer(pools: &Pools, mut peer: guest_sdk::wire::Peer) -> Box<HttpPeer> {
+    assert_eq!(abi::peer_target(&peer).unwrap(), abi::PeerTarget::Pool);
+    let name = peer.pool.take().unwrap();
+    let mut route = pools
+        .route(&name, peer.key.take(), PeerTimeouts::default())
+        .unwrap();
+    route.next_peer().unwrap()
+}
+
+/// [`wasm_request`], the peer made by `to_peer`.
+fn wasm_request_to(
+    module: &GuestModule,
+    budget: Option<&Budget>,
+    req: &RequestHeader,
+    to_peer: impl FnOnce(guest_sdk::wire::Peer) -> Box<HttpPeer>,
+) -> Box<HttpPeer> {
     let request_json = OnceLock::new();
     let request = abi::DownstreamRequest::new(req, None, &request_json);
     let mut ctx = abi::GuestCtx::default();
@@ -95,10 +125,7 @@ fn wasm_request(
     if let Some(permit) = permit {
         permit.finish(false);
     }
-    let abi::PeerAddress::Ip(addr) = abi::peer_address(&peer.address).unwrap() else {
-        panic!("bench peers are IP addresses");
-    };
-    let http_peer = abi::http_peer(addr, &peer).unwrap();
+    let http_peer = to_peer(peer);
 
     let mut upstream = req.clone();
     let permit = budget.map(|budget| budget.admit().unwrap());
@@ -310,6 +337,74 @@ fn hooks(c: &mut Criterion) {
     let typed_ctx = load("ctx_relay", ctx_relay, 1000);
     group.bench_function("ctx_relay (typed ctx), reused instance", |b| {
         b.iter(|| wasm_request(&typed_ctx, Some(&budget), black_box(&req)))
+    });
+    group.finish();
+
+    // The same guest to a plain address, and to pools of three.
+    let mut group = c.benchmark_group("upstream pool");
+    let pools = |selection: &str| {
+        let registries = HealthRegistries::new(Metrics::new().backend_health(), None);
+        let yaml = format!(
+            "{{backends: [127.0.0.1:8081, 127.0.0.1:8082, 127.0.0.1:8083], \
+             selection: {selection}, health_check: {{kind: none}}}}"
+        );
+        let spec = PoolSpec::from_yaml("api", &serde_yaml::from_str(&yaml).unwrap()).unwrap();
+        Pools::new(
+            &[Arc::new(Pool::new("bench", &spec, &registries).unwrap())],
+            &[],
+        )
+    };
+    let to_address = load(
+        "first_proxy",
+        r#"{"upstream": "127.0.0.1:8081", "tls": false}"#,
+        1000,
+    );
+    group.bench_function("first_proxy to an address", |b| {
+        b.iter(|| wasm_request(&to_address, Some(&budget), black_box(&req)))
+    });
+    let to_pool = load("first_proxy", r#"{"pool": "api"}"#, 1000);
+    let round_robin = pools("round_robin");
+    group.bench_function("first_proxy to a round_robin pool", |b| {
+        b.iter(|| {
+            wasm_request_to(&to_pool, Some(&budget), black_box(&req), |peer| {
+                pool_peer(&round_robin, peer)
+            })
+        })
+    });
+    let keyed = load(
+        "first_proxy",
+        r#"{"pool": "api", "key_header": "x-request-id"}"#,
+        1000,
+    );
+    let consistent = pools("consistent");
+    group.bench_function("first_proxy to a consistent pool, keyed by a header", |b| {
+        b.iter(|| {
+            wasm_request_to(&keyed, Some(&budget), black_box(&req), |peer| {
+                pool_peer(&consistent, peer)
+            })
+        })
+    });
+    // The host's part alone: from the decoded PEER to Pingora's HttpPeer.
+    let address = guest_sdk::wire::Peer {
+        address: "127.0.0.1:8081".into(),
+        ..Default::default()
+    };
+    group.bench_function("PEER to HttpPeer: address", |b| {
+        b.iter(|| address_peer(black_box(address.clone())))
+    });
+    let named = guest_sdk::wire::Peer {
+        pool: Some("api".into()),
+        ..Default::default()
+    };
+    group.bench_function("PEER to HttpPeer: round_robin pool", |b| {
+        b.iter(|| pool_peer(&round_robin, black_box(named.clone())))
+    });
+    let named_key = guest_sdk::wire::Peer {
+        key: Some("6f1c2a9e-5d1b-4f53-9b7e-0d7a1f0c3b21".into()),
+        ..named.clone()
+    };
+    group.bench_function("PEER to HttpPeer: consistent pool", |b| {
+        b.iter(|| pool_peer(&consistent, black_box(named_key.clone())))
     });
     group.finish();
 
