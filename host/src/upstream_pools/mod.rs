@@ -22,7 +22,7 @@ use pingora::prelude::*;
 pub use health::{HealthRegistries, PoolHealth, PoolHealthChecks};
 pub use spec::{
     CheckKind, HealthCheckSpec, PoolSpec, PoolTls, Selection, DEFAULT_CHECK_INTERVAL,
-    DEFAULT_CHECK_TIMEOUT,
+    DEFAULT_CHECK_TIMEOUT, DEFAULT_CONNECTION_TIMEOUT,
 };
 
 use crate::runtime::{block_on, HookFault};
@@ -44,6 +44,7 @@ pub struct Pool {
     tls: Option<PoolTls>,
     backends: BTreeSet<SocketAddr>,
     health: Arc<PoolHealth>,
+    connection_timeout: Duration,
 }
 
 /// pingora-load-balancing's balancer, by selection.
@@ -85,6 +86,7 @@ impl Pool {
             tls: spec.tls.clone(),
             backends: spec.backends.clone(),
             health,
+            connection_timeout: spec.connection_timeout,
         };
         for backend in &backends {
             let healthy = pool.balancer.backends().ready(backend);
@@ -168,7 +170,8 @@ pub struct Pools {
     by_name: HashMap<String, Arc<Pool>>,
 }
 
-/// A guest's timeouts for a pool's backends (`options` of its `PEER`).
+/// A guest's timeouts for a pool's backends (`options` of its `PEER`);
+/// without one, the pool's connection timeout applies.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PeerTimeouts {
     /// To establish the connection, TLS included.
@@ -265,7 +268,8 @@ impl PoolRoute {
             }
             None => HttpPeer::new(addr, false, String::new()),
         };
-        peer.options.connection_timeout = self.timeouts.connection;
+        peer.options.connection_timeout =
+            self.timeouts.connection.or(Some(pool.connection_timeout));
         peer.options.read_timeout = self.timeouts.read;
         Ok(Box::new(peer))
     }
@@ -320,6 +324,21 @@ mod tests {
         }
         seen.sort_unstable();
         assert_eq!(seen, [1, 1, 2, 2, 3, 3]);
+
+        let guest_timeout = PeerTimeouts {
+            connection: Some(Duration::from_millis(7)),
+            read: None,
+        };
+        let mut route = pools.route("api", None, guest_timeout).unwrap();
+        let peer = route.next_peer().unwrap();
+        assert_eq!(peer.options.connection_timeout, guest_timeout.connection);
+        let mut route = pools.route("api", None, PeerTimeouts::default()).unwrap();
+        let peer = route.next_peer().unwrap();
+        assert_eq!(
+            peer.options.connection_timeout,
+            Some(DEFAULT_CONNECTION_TIMEOUT),
+            "the pool's own without the guest's"
+        );
 
         let mut route = pools.route("api", None, PeerTimeouts::default()).unwrap();
         let mut tried: Vec<u16> = (0..3).map(|_| port(&route.next_peer().unwrap())).collect();

@@ -16,9 +16,15 @@ pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_millis(1000);
 /// header) unless `timeout_ms` says otherwise; Pingora's default.
 pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Bounds of `interval_ms` and `timeout_ms`.
-const MIN_CHECK_MS: u64 = 10;
-const MAX_CHECK_MS: u64 = 3_600_000;
+/// How long connecting to a backend may take unless the pool's
+/// `connection_timeout_ms` or the guest says otherwise (Envoy's default):
+/// a backend that drops connection attempts costs a request this long
+/// before it is retried on another.
+pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Bounds of `interval_ms`, `timeout_ms` and `connection_timeout_ms`.
+const MIN_MS: u64 = 10;
+const MAX_MS: u64 = 3_600_000;
 
 /// How a pool picks a backend.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -90,6 +96,9 @@ pub struct PoolSpec {
     pub selection: Selection,
     /// How backends are checked.
     pub health_check: HealthCheckSpec,
+    /// How long connecting to a backend may take, unless the guest gives
+    /// its own `connection_timeout_ms`.
+    pub connection_timeout: Duration,
 }
 
 /// A pool as the tenants file writes it.
@@ -109,6 +118,8 @@ struct PoolYaml {
     selection: Selection,
     #[serde(default)]
     health_check: Option<HealthCheckYaml>,
+    #[serde(default)]
+    connection_timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +155,8 @@ impl PoolSpec {
     pub fn from_yaml(name: &str, value: &serde_yaml::Value) -> anyhow::Result<Self> {
         check_name(name)?;
         let yaml: PoolYaml = serde_yaml::from_value(value.clone()).context(
-            "must be {backends, tls, sni, verify_cert, verify_hostname, selection, health_check}",
+            "must be {backends, tls, sni, verify_cert, verify_hostname, selection, \
+             health_check, connection_timeout_ms}",
         )?;
         let tls = match (yaml.tls, yaml.sni.is_empty()) {
             (true, true) => bail!(
@@ -157,6 +169,11 @@ impl PoolSpec {
             }),
             (false, _) => None,
         };
+        let connection_timeout = millis(
+            "connection_timeout_ms",
+            yaml.connection_timeout_ms,
+            DEFAULT_CONNECTION_TIMEOUT,
+        )?;
         let health_check = match yaml.health_check {
             Some(check) => check.checked(tls.as_ref()).context("health_check")?,
             None => HealthCheckSpec::tcp(),
@@ -167,6 +184,7 @@ impl PoolSpec {
             tls,
             selection: yaml.selection,
             health_check,
+            connection_timeout,
         })
     }
 
@@ -184,6 +202,7 @@ impl PoolSpec {
             tls: None,
             selection: Selection::RoundRobin,
             health_check: HealthCheckSpec::tcp(),
+            connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
         })
     }
 }
@@ -201,13 +220,6 @@ impl HealthCheckSpec {
 
 impl HealthCheckYaml {
     fn checked(self, tls: Option<&PoolTls>) -> anyhow::Result<HealthCheckSpec> {
-        let millis = |field: &str, value: Option<u64>, default: Duration| match value {
-            None => Ok(default),
-            Some(ms) if (MIN_CHECK_MS..=MAX_CHECK_MS).contains(&ms) => {
-                Ok(Duration::from_millis(ms))
-            }
-            Some(ms) => bail!("{field} {ms} is not {MIN_CHECK_MS}-{MAX_CHECK_MS}"),
-        };
         let interval = millis("interval_ms", self.interval_ms, DEFAULT_CHECK_INTERVAL)?;
         let timeout = millis("timeout_ms", self.timeout_ms, DEFAULT_CHECK_TIMEOUT)?;
         let http_only = [
@@ -251,6 +263,15 @@ impl HealthCheckYaml {
             interval,
             timeout,
         })
+    }
+}
+
+/// A duration given in milliseconds, `default` if not given.
+fn millis(field: &str, value: Option<u64>, default: Duration) -> anyhow::Result<Duration> {
+    match value {
+        None => Ok(default),
+        Some(ms) if (MIN_MS..=MAX_MS).contains(&ms) => Ok(Duration::from_millis(ms)),
+        Some(ms) => bail!("{field} {ms} is not {MIN_MS}-{MAX_MS}"),
     }
 }
 
@@ -330,6 +351,9 @@ mod tests {
         let defaults = pool(r#"{backends: ["127.0.0.1:1"]}"#).unwrap();
         assert_eq!(defaults.selection, Selection::RoundRobin);
         assert_eq!(defaults.health_check, HealthCheckSpec::tcp());
+        assert_eq!(defaults.connection_timeout, DEFAULT_CONNECTION_TIMEOUT);
+        let quick = pool(r#"{backends: ["127.0.0.1:1"], connection_timeout_ms: 250}"#).unwrap();
+        assert_eq!(quick.connection_timeout, Duration::from_millis(250));
     }
 
     #[test]
@@ -344,6 +368,10 @@ mod tests {
             ),
             (r#"{backends: ["127.0.0.1:1"], tls: true}"#, "needs an sni"),
             (r#"{backends: ["127.0.0.1:1"], weight: 2}"#, "unknown field"),
+            (
+                r#"{backends: ["127.0.0.1:1"], connection_timeout_ms: 0}"#,
+                "connection_timeout_ms 0",
+            ),
             (
                 r#"{backends: ["127.0.0.1:1"], health_check: {kind: tcp, path: /}}"#,
                 "only for kind: http",
