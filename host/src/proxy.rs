@@ -954,11 +954,18 @@ impl ProxyHttp for WasmProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let resendable = !session.as_ref().retry_buffer_truncated();
-        if let Some(route) = &ctx.pool_route {
-            if resendable && route.can_retry() {
-                e.set_retry(true);
-            }
+        let Some(route) = &ctx.pool_route else {
+            return e;
+        };
+        if !route.can_retry() {
+            // The error line names the pool whose backends all failed.
+            return e.more_context(format!(
+                "{}: every backend failed to connect",
+                route.pool().describe()
+            ));
+        }
+        if !session.as_ref().retry_buffer_truncated() {
+            e.set_retry(true);
         }
         e
     }

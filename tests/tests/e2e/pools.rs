@@ -658,6 +658,12 @@ tenants:
     hosts: ["ok.example"]
     module: GUESTS/first_proxy.wasm
     config: {{ pool: "api", host: "x" }}
+  - name: d
+    hosts: ["d.example"]
+    module: GUESTS/first_proxy.wasm
+    config: {{ pool: "unchecked", host: "x" }}
+    pools:
+      unchecked: {unchecked}
 "#,
         api = pool(&addrs(&[&upstream]), "round_robin", &tcp_check(1000)),
         down = pool(
@@ -666,6 +672,7 @@ tenants:
             &tcp_check(300)
         ),
         ring = pool(&addrs(&[&upstream]), "consistent", &tcp_check(1000)),
+        unchecked = pool(&[dead_addr(), dead_addr()], "round_robin", "{ kind: none }"),
     );
     let dir = tempfile::tempdir().unwrap();
     let (proxy, _) = tenants_proxy(&dir, &yaml, &[]);
@@ -697,8 +704,20 @@ tenants:
     }
     let (status, _) = ask(&client, &proxy, "b.example", "/", &[]).await;
     assert_eq!(status, 502);
-    let log = proxy.wait_for_log("pool \"down\"");
-    assert!(log.contains("pool \"down\""), "{log}");
+    let said = [
+        "Fail to proxy",
+        "pool \"down\" of tenant b: no healthy backend (of 2)",
+    ];
+    wait_log_lines(&proxy, &said, 0, Duration::from_secs(5)).await;
+
+    // Never checked, both refuse: each tried once, then 502 naming the pool.
+    let (status, _) = ask(&client, &proxy, "d.example", "/", &[]).await;
+    assert_eq!(status, 502);
+    let said = [
+        "Fail to proxy",
+        "pool \"unchecked\" of tenant d: every backend failed to connect",
+    ];
+    wait_log_lines(&proxy, &said, 0, Duration::from_secs(5)).await;
 
     // The neighbours' faults did not disturb the working tenant.
     assert_eq!(
