@@ -343,7 +343,7 @@ fn hooks(c: &mut Criterion) {
     // The same guest to a plain address, and to pools of three.
     let mut group = c.benchmark_group("upstream pool");
     let pools = |selection: &str| {
-        let registries = HealthRegistries::new(Metrics::new().backend_health(), None);
+        let registries = HealthRegistries::new(None);
         let yaml = format!(
             "{{backends: [127.0.0.1:8081, 127.0.0.1:8082, 127.0.0.1:8083], \
              selection: {selection}, health_check: {{kind: none}}}}"

@@ -954,20 +954,22 @@ impl ProxyHttp for WasmProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let Some(route) = &ctx.pool_route else {
+        let Some(route) = &mut ctx.pool_route else {
             return e;
         };
-        if !route.can_retry() {
-            // The error line names the pool whose backends all failed.
-            return e.more_context(format!(
-                "{}: every backend failed to connect",
-                route.pool().describe()
-            ));
-        }
-        if !session.as_ref().retry_buffer_truncated() {
+        route.connect_failed();
+        let resendable = !session.as_ref().retry_buffer_truncated();
+        if resendable && route.can_retry() {
             e.set_retry(true);
+            return e;
         }
-        e
+        // The error line names the pool.
+        let why = if resendable {
+            "every backend failed to connect"
+        } else {
+            "a backend failed to connect and the request body cannot be sent again"
+        };
+        e.more_context(format!("{}: {why}", route.pool().describe()))
     }
 
     /// A budget's refusal is logged by [`Self::admit`], at most once a

@@ -3,7 +3,6 @@
 //! In-flight requests finish on the set they started with; a set that
 //! fails to load is refused with a log line and the old one keeps serving.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -52,19 +51,7 @@ impl TenantReloader {
             Ok(set) => {
                 let names: Vec<&str> = set.tenants().iter().map(|t| t.name.as_str()).collect();
                 log::info!("reloaded tenants ({why}): {}", names.join(", "));
-                let kept: HashSet<[String; 3]> = set
-                    .pools()
-                    .iter()
-                    .flat_map(|p| p.backend_labels())
-                    .collect();
-                let old = self.live.swap(Arc::new(set));
-                // Backends no pool has any more leave the health gauge.
-                for labels in old.pools().iter().flat_map(|p| p.backend_labels()) {
-                    if !kept.contains(&labels) {
-                        let labels = labels.each_ref().map(String::as_str);
-                        let _ = self.registries.gauge().remove_label_values(&labels);
-                    }
-                }
+                self.live.store(Arc::new(set));
                 self.metrics.reload(true);
                 release_freed_memory();
                 true

@@ -54,10 +54,7 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
         std::fs::metadata(ca_file).with_context(|| format!("ca_file {ca_file}"))?;
     }
     // TLS health checks trust what proxied requests trust.
-    let registries = Arc::new(HealthRegistries::new(
-        metrics.backend_health(),
-        server.configuration.ca_file.clone(),
-    ));
+    let registries = Arc::new(HealthRegistries::new(server.configuration.ca_file.clone()));
     let tenants = TenantSet::load(&engine, &source, limits, &metrics, &registries)?;
     release_freed_memory();
     for tenant in tenants.tenants() {
@@ -111,6 +108,7 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
         "pool health checks",
         PoolHealthChecks {
             tenants: live.clone(),
+            gauge: metrics.backend_health(),
         },
     ));
     server.add_service(background_service(

@@ -3,7 +3,7 @@
 //! Pingora background service that runs every live pool's checks off the
 //! request path.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -33,16 +33,12 @@ pub struct PoolHealth {
     /// The backends' health, shared by every view of the pool (the old
     /// tenant set's and the new one's during a reload).
     pub(super) registry: Arc<HealthRegistry>,
-    /// When passes run; None for `kind: none`.
-    schedule: Option<Mutex<Schedule>>,
+    /// When the next pass is due; None for `kind: none`.
+    next_pass: Option<Mutex<Instant>>,
     /// A pass is running: the next waits for it.
     running: AtomicBool,
-}
-
-/// When a pool's next pass is due, and how often they run.
-struct Schedule {
-    next_pass: Instant,
-    interval: Duration,
+    /// A pass ended since the gauge was last brought up to date.
+    passed: AtomicBool,
 }
 
 /// What decides whether a reloaded pool keeps its health state.
@@ -60,23 +56,21 @@ pub struct HealthRegistries {
     by_pool: Mutex<HashMap<HealthKey, Weak<PoolHealth>>>,
     /// The CA file TLS checks verify against (Pingora's `ca_file`).
     ca_file: Option<String>,
-    /// `wasm_proxy_backend_healthy{tenant,pool,backend}`.
-    gauge: IntGaugeVec,
 }
 
 impl HealthRegistries {
     /// An empty set; TLS checks trust `ca_file` (else the system's roots).
-    pub fn new(gauge: IntGaugeVec, ca_file: Option<String>) -> Self {
+    pub fn new(ca_file: Option<String>) -> Self {
         HealthRegistries {
             by_pool: Mutex::new(HashMap::new()),
             ca_file,
-            gauge,
         }
     }
 
     /// The health state of `owner`'s pool `spec`: the one it had before
-    /// this load if its TLS and check are the same, else a new one whose
-    /// backends start healthy and are checked at once.
+    /// this load if its TLS and check (all but the interval) are the
+    /// same, else a new one whose backends start healthy and are checked
+    /// at once. Nothing live changes here: the load may yet be refused.
     pub fn health_for(&self, owner: &str, spec: &PoolSpec) -> Arc<PoolHealth> {
         let key = HealthKey {
             owner: owner.to_string(),
@@ -87,86 +81,78 @@ impl HealthRegistries {
         };
         let mut by_pool = self.by_pool.lock().unwrap_or_else(|p| p.into_inner());
         by_pool.retain(|_, health| health.strong_count() > 0);
-        let interval = spec.health_check.interval;
         if let Some(health) = by_pool.get(&key).and_then(Weak::upgrade) {
-            if let Some(schedule) = &health.schedule {
-                // The interval may change without losing the state.
-                schedule.lock().unwrap_or_else(|p| p.into_inner()).interval = interval;
-            }
             return health;
         }
         let registry = Arc::new(HealthRegistry::new());
-        let schedule = match spec.health_check.kind {
+        let next_pass = match spec.health_check.kind {
             CheckKind::None => None,
             _ => {
                 registry.set_health_check(Box::new(ReportingCheck {
                     inner: checker(spec, self.ca_file.clone()),
                     owner: owner.to_string(),
                     pool: spec.name.clone(),
-                    gauge: self.gauge.clone(),
+                    timeout: spec.health_check.timeout,
                 }));
-                Some(Mutex::new(Schedule {
-                    next_pass: Instant::now(),
-                    interval,
-                }))
+                Some(Mutex::new(Instant::now()))
             }
         };
         let health = Arc::new(PoolHealth {
             registry,
-            schedule,
+            next_pass,
             running: AtomicBool::new(false),
+            passed: AtomicBool::new(false),
         });
         by_pool.insert(key, Arc::downgrade(&health));
         health
     }
-
-    /// The gauge a backend's health is shown in.
-    pub fn gauge(&self) -> &IntGaugeVec {
-        &self.gauge
-    }
 }
 
 impl PoolHealth {
-    /// Starts a pass if one is due and none is running.
-    fn start_pass_if_due(self: &Arc<Self>, now: Instant) {
-        let Some(schedule) = &self.schedule else {
+    /// Starts a pass if one is due (`interval`, the live pool's, after the
+    /// last one began) and none is running.
+    fn start_pass_if_due(self: &Arc<Self>, now: Instant, interval: Duration) {
+        let Some(next_pass) = &self.next_pass else {
             return;
         };
         {
-            let mut schedule = schedule.lock().unwrap_or_else(|p| p.into_inner());
-            if schedule.next_pass > now || self.running.swap(true, Ordering::AcqRel) {
+            let mut next_pass = next_pass.lock().unwrap_or_else(|p| p.into_inner());
+            if *next_pass > now || self.running.swap(true, Ordering::AcqRel) {
                 return;
             }
-            schedule.next_pass = now + schedule.interval;
+            *next_pass = now + interval;
         }
         let health = self.clone();
         tokio::spawn(async move {
             // Every backend at once: one slow backend delays no other.
             health.registry.run_health_check(true).await;
+            health.passed.store(true, Ordering::Release);
             health.running.store(false, Ordering::Release);
         });
     }
 }
 
-/// The check pingora-load-balancing runs, naming tenant, pool and backend
-/// in its log lines, and keeping the gauge up to date.
+/// The check pingora-load-balancing runs, bounded as a whole by the
+/// pool's timeout and naming tenant, pool and backend in its log lines.
 struct ReportingCheck {
     inner: Box<dyn HealthCheck + Send + Sync>,
     owner: String,
     pool: String,
-    gauge: IntGaugeVec,
+    /// The whole check's bound: an HTTP check's own timeouts are per read,
+    /// and a body that trickles would hold the pool's passes forever.
+    timeout: Duration,
 }
 
 #[async_trait]
 impl HealthCheck for ReportingCheck {
     async fn check(&self, target: &Backend) -> Result<()> {
-        self.inner.check(target).await
-    }
-
-    async fn health_status_change(&self, target: &Backend, healthy: bool) {
-        self.gauge
-            .with_label_values(&[&self.owner, &self.pool, &target.addr.to_string()])
-            .set(i64::from(healthy));
+        match tokio::time::timeout(self.timeout, self.inner.check(target)).await {
+            Ok(result) => result,
+            Err(_) => Error::e_explain(
+                ConnectTimedout,
+                format!("health check took over {:?}", self.timeout),
+            ),
+        }
     }
 
     fn backend_summary(&self, target: &Backend) -> String {
@@ -247,10 +233,15 @@ fn checker(spec: &PoolSpec, ca_file: Option<String>) -> Box<dyn HealthCheck + Se
 /// The background service running every live pool's checks: each pool's
 /// pass starts when its interval is up (or at once for a pool a reload
 /// added), checks all its backends concurrently, and never overlaps the
-/// pool's previous pass.
+/// pool's previous pass. It also keeps
+/// `wasm_proxy_backend_healthy{tenant,pool,backend}` to the live set's
+/// backends: set after each pass and each reload, a series removed when
+/// its backend leaves.
 pub struct PoolHealthChecks {
     /// The live tenant set, whose pools are checked.
     pub tenants: Arc<ArcSwap<TenantSet>>,
+    /// `wasm_proxy_backend_healthy`.
+    pub gauge: IntGaugeVec,
 }
 
 #[async_trait]
@@ -258,15 +249,48 @@ impl BackgroundService for PoolHealthChecks {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut shown: Option<Arc<TenantSet>> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
             let now = Instant::now();
-            let tenants = self.tenants.load();
+            let tenants = self.tenants.load_full();
+            let mut passed = false;
             for pool in tenants.pools() {
-                pool.health().start_pass_if_due(now);
+                passed |= pool.health().passed.swap(false, Ordering::AcqRel);
+                pool.health().start_pass_if_due(now, pool.check_interval());
+            }
+            let reloaded = !shown.as_ref().is_some_and(|s| Arc::ptr_eq(s, &tenants));
+            if passed || reloaded {
+                self.show(shown.as_deref(), &tenants);
+                shown = Some(tenants);
+            }
+        }
+    }
+}
+
+impl PoolHealthChecks {
+    /// Sets the gauge of every backend of `live`, and removes the series
+    /// of backends `before` had and `live` does not.
+    fn show(&self, before: Option<&TenantSet>, live: &TenantSet) {
+        let mut kept = HashSet::new();
+        for pool in live.pools() {
+            for (labels, healthy) in pool.backend_health() {
+                let values = labels.each_ref().map(String::as_str);
+                self.gauge
+                    .with_label_values(&values)
+                    .set(i64::from(healthy));
+                kept.insert(labels);
+            }
+        }
+        for pool in before.map(TenantSet::pools).unwrap_or_default() {
+            for (labels, _) in pool.backend_health() {
+                if !kept.contains(&labels) {
+                    let values = labels.each_ref().map(String::as_str);
+                    let _ = self.gauge.remove_label_values(&values);
+                }
             }
         }
     }

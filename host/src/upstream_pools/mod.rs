@@ -31,9 +31,11 @@ use crate::runtime::{block_on, HookFault};
 /// tenant, in logs and in the `tenant` label.
 pub const SHARED: &str = "*";
 
-/// How many steps one selection may take along its algorithm's order
-/// before it gives up (consistent hashing walks a ring of many points).
-const MAX_SELECT_STEPS: usize = 256;
+/// How many steps one selection may take along its algorithm's order per
+/// backend before it gives up: random picks and the consistent-hash ring
+/// (160 points per backend) revisit backends, and with this many steps
+/// the chance of missing the one healthy backend left is about e^-16.
+const SELECT_STEPS_PER_BACKEND: usize = 16;
 
 /// One pool, ready for requests.
 pub struct Pool {
@@ -44,6 +46,7 @@ pub struct Pool {
     tls: Option<PoolTls>,
     backends: BTreeSet<SocketAddr>,
     health: Arc<PoolHealth>,
+    check_interval: Duration,
     connection_timeout: Duration,
 }
 
@@ -56,7 +59,7 @@ enum Balancer {
 
 impl Pool {
     /// Builds `owner`'s pool `spec`, keeping the health state it had if a
-    /// reload keeps it, and shows each backend's health in the gauge.
+    /// reload keeps it.
     pub fn new(
         owner: &str,
         spec: &PoolSpec,
@@ -79,23 +82,16 @@ impl Pool {
             Selection::Random => Balancer::Random(balancer(view)?),
             Selection::Consistent => Balancer::Consistent(balancer(view)?),
         };
-        let pool = Pool {
+        Ok(Pool {
             name: spec.name.clone(),
             owner: owner.to_string(),
             balancer,
             tls: spec.tls.clone(),
             backends: spec.backends.clone(),
             health,
+            check_interval: spec.health_check.interval,
             connection_timeout: spec.connection_timeout,
-        };
-        for backend in &backends {
-            let healthy = pool.balancer.backends().ready(backend);
-            registries
-                .gauge()
-                .with_label_values(&[owner, &spec.name, &backend.addr.to_string()])
-                .set(i64::from(healthy));
-        }
-        Ok(pool)
+        })
     }
 
     /// The name guests give.
@@ -108,26 +104,43 @@ impl Pool {
         &self.backends
     }
 
-    /// Its `(tenant, pool, backend)` labels in the health gauge.
-    pub fn backend_labels(&self) -> impl Iterator<Item = [String; 3]> + '_ {
-        self.backends
+    /// Each backend's `(tenant, pool, backend)` labels in the health
+    /// gauge, and whether it is healthy now.
+    pub fn backend_health(&self) -> Vec<([String; 3], bool)> {
+        let view = self.balancer.backends();
+        let backends = view.get_backend();
+        backends
             .iter()
-            .map(|addr| [self.owner.clone(), self.name.clone(), addr.to_string()])
+            .map(|backend| {
+                let labels = [
+                    self.owner.clone(),
+                    self.name.clone(),
+                    backend.addr.to_string(),
+                ];
+                (labels, view.ready(backend))
+            })
+            .collect()
     }
 
     pub(crate) fn health(&self) -> &Arc<PoolHealth> {
         &self.health
     }
 
-    /// A healthy backend for `key` that is not in `tried`.
-    pub fn select(&self, key: &[u8], tried: &[SocketAddr]) -> Option<SocketAddr> {
+    /// How often its backends are checked.
+    pub(crate) fn check_interval(&self) -> Duration {
+        self.check_interval
+    }
+
+    /// A healthy backend for `key` that is not in `skip`.
+    pub fn select(&self, key: &[u8], skip: &[SocketAddr]) -> Option<SocketAddr> {
         let accept = |backend: &Backend, healthy: bool| {
-            healthy && backend.addr.as_inet().is_some_and(|a| !tried.contains(a))
+            healthy && backend.addr.as_inet().is_some_and(|a| !skip.contains(a))
         };
+        let steps = SELECT_STEPS_PER_BACKEND * self.backends.len();
         let chosen = match &self.balancer {
-            Balancer::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_STEPS, accept),
-            Balancer::Random(lb) => lb.select_with(key, MAX_SELECT_STEPS, accept),
-            Balancer::Consistent(lb) => lb.select_with(key, MAX_SELECT_STEPS, accept),
+            Balancer::RoundRobin(lb) => lb.select_with(key, steps, accept),
+            Balancer::Random(lb) => lb.select_with(key, steps, accept),
+            Balancer::Consistent(lb) => lb.select_with(key, steps, accept),
         }?;
         chosen.addr.as_inet().copied()
     }
@@ -224,27 +237,38 @@ impl Pools {
             pool: pool.clone(),
             key: key.unwrap_or_default(),
             timeouts,
-            tried: Vec::new(),
+            current: None,
+            failed: Vec::new(),
         })
     }
 }
 
-/// One request's way through a pool: the backends it has tried, so that
-/// a retry after a failed connection goes to another, each at most once.
+/// One request's way through a pool: its backend, and those it failed
+/// to connect to, so that a retry after a failed connection goes to
+/// another backend, each at most once.
 pub struct PoolRoute {
     pool: Arc<Pool>,
     key: String,
     timeouts: PeerTimeouts,
-    tried: Vec<SocketAddr>,
+    /// The backend of the last attempt, unless it failed to connect.
+    current: Option<SocketAddr>,
+    /// Backends this request failed to connect to.
+    failed: Vec<SocketAddr>,
 }
 
 impl PoolRoute {
-    /// The peer for the next healthy backend not yet tried; an error
+    /// The peer for this attempt: the backend of the last one again if
+    /// it connected (Pingora retries a request whose reused connection
+    /// failed), else the next healthy backend not yet failed; an error
     /// answering 502, naming the pool, if there is none.
     pub fn next_peer(&mut self) -> Result<Box<HttpPeer>> {
         let pool = &self.pool;
-        let Some(addr) = pool.select(self.key.as_bytes(), &self.tried) else {
-            let why = match self.tried.len() {
+        let chosen = match self.current {
+            Some(addr) => Some(addr),
+            None => pool.select(self.key.as_bytes(), &self.failed),
+        };
+        let Some(addr) = chosen else {
+            let why = match self.failed.len() {
                 0 => format!(
                     "{}: no healthy backend (of {})",
                     pool.describe(),
@@ -258,7 +282,7 @@ impl PoolRoute {
             };
             return Err(Error::explain(HTTPStatus(502), why));
         };
-        self.tried.push(addr);
+        self.current = Some(addr);
         let mut peer = match &pool.tls {
             Some(tls) => {
                 let mut peer = HttpPeer::new(addr, true, tls.sni.clone());
@@ -268,15 +292,25 @@ impl PoolRoute {
             }
             None => HttpPeer::new(addr, false, String::new()),
         };
-        peer.options.connection_timeout =
-            self.timeouts.connection.or(Some(pool.connection_timeout));
+        let connection_timeout = self.timeouts.connection.or(Some(pool.connection_timeout));
+        peer.options.connection_timeout = connection_timeout;
+        peer.options.total_connection_timeout = connection_timeout;
         peer.options.read_timeout = self.timeouts.read;
         Ok(Box::new(peer))
     }
 
-    /// Whether a backend is left that this request has not tried.
+    /// The last attempt's backend failed to connect: the next attempt
+    /// goes to another.
+    pub fn connect_failed(&mut self) {
+        if let Some(addr) = self.current.take() {
+            self.failed.push(addr);
+        }
+    }
+
+    /// Whether a backend is left that this request has not failed to
+    /// connect to.
     pub fn can_retry(&self) -> bool {
-        self.tried.len() < self.pool.backends.len()
+        self.failed.len() < self.pool.backends.len()
     }
 
     /// The pool.
@@ -288,7 +322,6 @@ impl PoolRoute {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
 
     fn spec(selection: &str, backends: &[String]) -> PoolSpec {
         let yaml = format!(
@@ -311,7 +344,7 @@ mod tests {
     }
 
     fn registries() -> HealthRegistries {
-        HealthRegistries::new(Metrics::new().backend_health(), None)
+        HealthRegistries::new(None)
     }
 
     #[test]
@@ -341,9 +374,20 @@ mod tests {
         );
 
         let mut route = pools.route("api", None, PeerTimeouts::default()).unwrap();
-        let mut tried: Vec<u16> = (0..3).map(|_| port(&route.next_peer().unwrap())).collect();
-        tried.sort_unstable();
-        assert_eq!(tried, [1, 2, 3], "each backend once");
+        let first = port(&route.next_peer().unwrap());
+        assert_eq!(
+            port(&route.next_peer().unwrap()),
+            first,
+            "a retry after the backend connected keeps it"
+        );
+        let mut failed = vec![first];
+        route.connect_failed();
+        for _ in 0..2 {
+            failed.push(port(&route.next_peer().unwrap()));
+            route.connect_failed();
+        }
+        failed.sort_unstable();
+        assert_eq!(failed, [1, 2, 3], "each backend once");
         assert!(!route.can_retry());
         let error = route.next_peer().unwrap_err();
         assert_eq!(error.etype, HTTPStatus(502));
@@ -432,9 +476,13 @@ mod tests {
             "the dead backend is still skipped"
         );
         assert!(ready(&reloaded, live_port) && ready(&reloaded, other_port));
-        let gauge = registries.gauge();
-        let dead = gauge.with_label_values(&["t", "api", &format!("127.0.0.1:{dead_port}")]);
-        assert_eq!(dead.get(), 0);
+        let dead = format!("127.0.0.1:{dead_port}");
+        let shown: Vec<(String, bool)> = reloaded
+            .backend_health()
+            .into_iter()
+            .map(|([_, _, backend], healthy)| (backend, healthy))
+            .collect();
+        assert!(shown.contains(&(dead, false)), "{shown:?}");
 
         // A different check is a new pool: its backends start healthy.
         let mut http = spec("round_robin", &addrs(&ports));

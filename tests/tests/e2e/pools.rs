@@ -162,6 +162,12 @@ async fn wait_gauge(
 }
 
 /// Lines of `log` that contain every one of `needles`.
+/// `backend ADDR becomes STATE`: the health check's log line about
+/// exactly that backend (not one whose port starts with its port).
+fn became(addr: &str, state: &str) -> String {
+    format!("backend {addr} becomes {state}")
+}
+
 fn lines_with(log: &str, needles: &[&str]) -> usize {
     log.lines()
         .filter(|line| needles.iter().all(|n| line.contains(n)))
@@ -456,8 +462,8 @@ async fn a_killed_backend_costs_few_requests_and_comes_back_when_restarted() {
         Duration::from_secs(5),
     )
     .await;
-    let unhealthy_before = lines_with(&proxy.log(), &["becomes unhealthy", &b_addr]);
-    let healthy_before = lines_with(&proxy.log(), &["becomes healthy", &b_addr]);
+    let unhealthy_before = lines_with(&proxy.log(), &[&became(&b_addr, "unhealthy")]);
+    let healthy_before = lines_with(&proxy.log(), &[&became(&b_addr, "healthy")]);
 
     let stop = Arc::new(AtomicBool::new(false));
     let (t0, running) = load(&proxy, "a.example", 4, stop.clone());
@@ -466,7 +472,7 @@ async fn a_killed_backend_costs_few_requests_and_comes_back_when_restarted() {
     b.kill().await;
     wait_log_lines(
         &proxy,
-        &["becomes unhealthy", &b_addr],
+        &[&became(&b_addr, "unhealthy")],
         unhealthy_before,
         Duration::from_secs(5),
     )
@@ -547,7 +553,7 @@ async fn a_killed_backend_costs_few_requests_and_comes_back_when_restarted() {
     eprintln!("restarted backend answered after {:?}", restarted.elapsed());
     wait_log_lines(
         &proxy,
-        &["becomes healthy", &b_addr],
+        &[&became(&b_addr, "healthy")],
         healthy_before,
         Duration::from_secs(2),
     )
@@ -579,11 +585,11 @@ async fn a_failing_http_check_takes_a_backend_out_until_it_passes() {
     assert!((3..=7).contains(&count(&seen, a.addr.port())), "{seen:?}");
 
     // a still proxies fine, but its health check answers 503.
-    let before = lines_with(&proxy.log(), &["becomes unhealthy", &a_addr]);
+    let before = lines_with(&proxy.log(), &[&became(&a_addr, "unhealthy")]);
     a.fail_path(Some("/healthz"));
     wait_log_lines(
         &proxy,
-        &["becomes unhealthy", &a_addr],
+        &[&became(&a_addr, "unhealthy")],
         before,
         Duration::from_secs(3),
     )
@@ -604,7 +610,7 @@ async fn a_failing_http_check_takes_a_backend_out_until_it_passes() {
         "an unhealthy backend answered"
     );
 
-    let before = lines_with(&proxy.log(), &["becomes healthy", &a_addr]);
+    let before = lines_with(&proxy.log(), &[&became(&a_addr, "healthy")]);
     a.fail_path(None);
     let back = eventually(Duration::from_secs(4), || async {
         ask(&client, &proxy, "a.example", "/back", &[]).await.1 == Some(a.addr.port())
@@ -613,7 +619,7 @@ async fn a_failing_http_check_takes_a_backend_out_until_it_passes() {
     assert!(back, "a never came back:\n{}", proxy.log());
     wait_log_lines(
         &proxy,
-        &["becomes healthy", &a_addr],
+        &[&became(&a_addr, "healthy")],
         before,
         Duration::from_secs(2),
     )
@@ -696,7 +702,7 @@ tenants:
     for dead in [&dead1, &dead2] {
         wait_log_lines(
             &proxy,
-            &["becomes unhealthy", dead],
+            &[&became(dead, "unhealthy")],
             0,
             Duration::from_secs(5),
         )
@@ -814,6 +820,7 @@ async fn a_reload_keeps_a_staying_backends_health() {
     )
     .await;
 
+    let went_down = lines_with(&proxy.log(), &[&became(&dead, "unhealthy")]);
     let reloaded = Instant::now();
     reload(
         &proxy,
@@ -847,6 +854,15 @@ async fn a_reload_keeps_a_staying_backends_health() {
         Duration::from_secs(1),
     )
     .await;
+    // Health state started afresh would take the dead backend as healthy
+    // and check it at once (within a tick), logging it down again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        lines_with(&proxy.log(), &[&became(&dead, "unhealthy")]),
+        went_down,
+        "the reload forgot that {dead} is down:\n{}",
+        proxy.log()
+    );
     // Nothing fails, and the new backend serves.
     let seen = ports(&client, &proxy, "a.example", 10).await;
     assert!(count(&seen, c.addr.port()) > 0, "{seen:?}");
