@@ -185,9 +185,20 @@ impl<'a> RequestLine<'a> {
 
     fn apply(self, target: &mut RequestHeader) -> Result<(), HookFault> {
         if let Some(uri) = self.uri {
+            let before = target.uri.clone().into_parts();
             target
                 .set_raw_path(uri.as_bytes())
                 .map_err(|e| HookFault::InvalidOutput(format!("uri {uri:?}: {e}")))?;
+            // An HTTP/2 request (or an absolute-form one) names its host
+            // in the URI, not in a Host header: a new path keeps it.
+            if let (Some(scheme), Some(authority)) = (before.scheme, before.authority) {
+                let mut parts = target.uri.clone().into_parts();
+                parts.scheme = Some(scheme);
+                parts.authority = Some(authority);
+                if let Ok(with_host) = http::Uri::from_parts(parts) {
+                    target.set_uri(with_host);
+                }
+            }
         }
         if let Some(method) = self.method {
             target.set_method(method);
@@ -294,6 +305,26 @@ mod tests {
         req.append_header("X-Raw", HeaderValue::from_bytes(b"caf\xe9").unwrap())
             .unwrap();
         req
+    }
+
+    #[test]
+    fn a_new_path_keeps_the_host_an_http2_request_names_in_its_uri() {
+        let mut req = RequestHeader::build("GET", b"/old", None).unwrap();
+        req.set_uri("https://a.example:8443/old".parse().unwrap());
+        let changes = wire::RequestChanges {
+            uri: Some("/new?x=1".into()),
+            ..Default::default()
+        };
+        apply_request_changes(&mut req, changes).unwrap();
+        assert_eq!(req.uri.to_string(), "https://a.example:8443/new?x=1");
+
+        let mut plain = request();
+        let changes = wire::RequestChanges {
+            uri: Some("/new".into()),
+            ..Default::default()
+        };
+        apply_request_changes(&mut plain, changes).unwrap();
+        assert_eq!(plain.uri.to_string(), "/new");
     }
 
     #[test]
