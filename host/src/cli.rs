@@ -65,6 +65,30 @@ pub struct Cli {
     )]
     pub listen: Vec<String>,
 
+    /// Address to listen on with TLS (HTTP/2 and HTTP/1.1 by ALPN);
+    /// repeat for several. Needs a certificate: --cert/--key, or tenants'
+    /// `tls:`.
+    #[arg(long = "tls-listen", value_name = "ADDR")]
+    pub tls_listen: Vec<String>,
+
+    /// The default certificate (PEM, leaf then intermediates) for TLS
+    /// listeners: served to names no tenant's certificate serves.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+
+    /// Accept HTTP/2 with prior knowledge (h2c) on the plain listeners.
+    #[arg(long)]
+    pub h2c: bool,
+
+    /// Do not add X-Forwarded-For, X-Forwarded-Proto and X-Forwarded-Host
+    /// to upstream requests.
+    #[arg(long)]
+    pub no_forwarded_headers: bool,
+
     /// A static upstream, `ip:port` over plain HTTP: where requests go if
     /// the module exports no `upstream_peer`. (A tenants file gives each
     /// tenant its own `upstream:`.)

@@ -10,6 +10,7 @@ use crate::budget::BudgetLimits;
 use crate::cli::Cli;
 use crate::runtime::GuestLimits;
 use crate::tenants::{FilterSource, TenantDefaults, TenantSource};
+use crate::tls::Certificate;
 use crate::upstream::StaticUpstream;
 use crate::upstream_pools::PoolSpec;
 
@@ -70,6 +71,28 @@ pub fn listen_addrs(cli: &Cli) -> anyhow::Result<Vec<String>> {
         }
     }
     Ok(cli.listen.clone())
+}
+
+/// The `--tls-listen` addresses, each checked to be `ip:port`.
+pub fn tls_listen_addrs(cli: &Cli) -> anyhow::Result<Vec<String>> {
+    for addr in &cli.tls_listen {
+        if addr.parse::<SocketAddr>().is_err() {
+            bail!("--tls-listen {addr:?} is not an ip:port address");
+        }
+    }
+    Ok(cli.tls_listen.clone())
+}
+
+/// The default certificate of TLS listeners (`--cert`, `--key`), loaded
+/// and checked.
+pub fn default_certificate(cli: &Cli) -> anyhow::Result<Option<Certificate>> {
+    match (&cli.cert, &cli.key) {
+        (Some(cert), Some(key)) => Certificate::load(cert, key)
+            .context("--cert/--key")
+            .map(Some),
+        (None, None) => Ok(None),
+        _ => bail!("--cert and --key go together"),
+    }
 }
 
 /// The `--metrics` address, checked to be `ip:port`.

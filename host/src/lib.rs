@@ -10,6 +10,7 @@ pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod filter_ticks;
+pub mod forwarded;
 pub mod hooks;
 pub mod metrics;
 pub mod proxy;
@@ -17,6 +18,7 @@ pub mod reload;
 pub mod runtime;
 pub mod server;
 pub mod tenants;
+pub mod tls;
 pub mod upstream;
 pub mod upstream_pools;
 

@@ -39,6 +39,7 @@ use crate::abi::proxy_wasm::{
 use crate::abi::v1::{self, DownstreamRequest, GuestCtx, Outcome, PeerTarget, RequestVerdict};
 use crate::abi::HookFailure;
 use crate::budget::{CallPermit, Throttle};
+use crate::forwarded::add_forwarded_headers;
 use crate::hooks::Hook;
 use crate::metrics::Metrics;
 use crate::tenants::{GuestErrorPolicy, Tenant, TenantSet};
@@ -48,6 +49,8 @@ use crate::upstream_pools::{PeerTimeouts, PoolRoute};
 pub struct WasmProxy {
     tenants: Arc<ArcSwap<TenantSet>>,
     metrics: Arc<Metrics>,
+    /// Add X-Forwarded-For, -Proto and -Host to upstream requests.
+    forwarded_headers: bool,
 }
 
 /// Per-request state.
@@ -74,9 +77,18 @@ pub struct RequestCtx {
 }
 
 impl WasmProxy {
-    /// A proxy routing with the live tenant set.
-    pub fn new(tenants: Arc<ArcSwap<TenantSet>>, metrics: Arc<Metrics>) -> Self {
-        WasmProxy { tenants, metrics }
+    /// A proxy routing with the live tenant set; `forwarded_headers`
+    /// adds the X-Forwarded-* headers to upstream requests.
+    pub fn new(
+        tenants: Arc<ArcSwap<TenantSet>>,
+        metrics: Arc<Metrics>,
+        forwarded_headers: bool,
+    ) -> Self {
+        WasmProxy {
+            tenants,
+            metrics,
+            forwarded_headers,
+        }
     }
 
     /// Asks the tenant's budget for leave to call `hook`. `Ok(None)`: the
@@ -802,8 +814,8 @@ impl ProxyHttp for WasmProxy {
         }
     }
 
-    /// Guest export `upstream_request_filter`: changes to the request sent
-    /// upstream.
+    /// The X-Forwarded-* headers, then guest export
+    /// `upstream_request_filter`: changes to the request sent upstream.
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -811,6 +823,9 @@ impl ProxyHttp for WasmProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let tenant = routed(ctx)?;
+        if self.forwarded_headers {
+            add_forwarded_headers(session, upstream_request)?;
+        }
         if has_body(session.req_header()) && reads_bodies(&tenant, ctx, Direction::Request) {
             // A filter may change the body's length: frame it by chunks.
             upstream_request.remove_header(&http::header::CONTENT_LENGTH);

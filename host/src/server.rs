@@ -4,8 +4,10 @@
 
 use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
 use pingora::proxy::http_proxy_service;
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -21,6 +23,7 @@ use crate::runtime::{
     release_freed_memory, EngineOptions, EpochTicker, GuestEngine, FEW_CALLS, MAX_MEMORY_LIMIT_MIB,
 };
 use crate::tenants::TenantSet;
+use crate::tls::CertificateSelector;
 use crate::upstream_pools::{HealthRegistries, PoolHealthChecks};
 
 /// The pooling allocator's per-instance memory ceiling: the largest
@@ -32,7 +35,13 @@ const MAX_MEMORY_LIMIT_BYTES: usize = (MAX_MEMORY_LIMIT_MIB as usize) << 20;
 pub fn build(cli: Cli) -> anyhow::Result<Server> {
     let source = config::tenant_source(&cli)?;
     let listen = config::listen_addrs(&cli)?;
+    let tls_listen = config::tls_listen_addrs(&cli)?;
+    let default_certificate = config::default_certificate(&cli)?.map(Arc::new);
+    if tls_listen.is_empty() && default_certificate.is_some() {
+        bail!("--cert and --key are for TLS listeners: add --tls-listen ADDR");
+    }
     let metrics_addr = config::metrics_addr(&cli)?;
+    let (h2c, forwarded_headers) = (cli.h2c, !cli.no_forwarded_headers);
     let limits = config::limits(&cli);
 
     let engine = GuestEngine::new(&EngineOptions {
@@ -57,6 +66,12 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
     let registries = Arc::new(HealthRegistries::new(server.configuration.ca_file.clone()));
     let tenants = TenantSet::load(&engine, &source, limits, &metrics, &registries)?;
     release_freed_memory();
+    if !tls_listen.is_empty() && default_certificate.is_none() && !tenants.has_certificates() {
+        bail!(
+            "--tls-listen needs a certificate: give --cert FILE --key FILE, \
+             or tls: {{cert, key}} to tenants in the tenants file"
+        );
+    }
     for tenant in tenants.tenants() {
         let budget = tenant.budget.limits();
         let filters: Vec<&str> = tenant.filters.iter().map(|f| f.module.name()).collect();
@@ -87,11 +102,32 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
     let live = Arc::new(ArcSwap::from_pointee(tenants));
     server.bootstrap();
 
-    let proxy_logic = WasmProxy::new(live.clone(), metrics.clone());
+    let proxy_logic = WasmProxy::new(live.clone(), metrics.clone(), forwarded_headers);
     let mut proxy = http_proxy_service(&server.configuration, proxy_logic);
+    if h2c {
+        if let Some(proxy) = proxy.app_logic_mut() {
+            let mut options = HttpServerOptions::default();
+            options.h2c = true;
+            proxy.server_options = Some(options);
+        }
+    }
     for addr in &listen {
         proxy.add_tcp(addr);
-        log::info!("proxy listening on http://{addr}");
+        log::info!(
+            "proxy listening on http://{addr}{}",
+            if h2c { " (and h2c)" } else { "" }
+        );
+    }
+    for addr in &tls_listen {
+        let selector = CertificateSelector {
+            tenants: live.clone(),
+            default: default_certificate.clone(),
+        };
+        let mut settings = TlsSettings::with_callbacks(Box::new(selector))
+            .map_err(|e| anyhow::anyhow!("TLS listener {addr}: {e}"))?;
+        settings.enable_h2();
+        proxy.add_tls_with_settings(addr, None, settings);
+        log::info!("proxy listening on https://{addr} (h2, http/1.1)");
     }
     server.add_service(proxy);
     if let Some(addr) = metrics_addr {

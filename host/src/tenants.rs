@@ -17,6 +17,7 @@ use crate::budget::{Budget, BudgetLimits};
 use crate::hooks::Hook;
 use crate::metrics::{Metrics, TenantMetrics};
 use crate::runtime::{GuestEngine, GuestLimits};
+use crate::tls::Certificate;
 use crate::upstream::StaticUpstream;
 use crate::upstream_pools::{HealthRegistries, Pool, PoolSpec, Pools, SHARED};
 
@@ -62,6 +63,8 @@ pub struct Tenant {
     pub upstream: Option<StaticUpstream>,
     /// The pools its module may send requests to.
     pub pools: Pools,
+    /// Its certificate, served on TLS listeners to the names of its hosts.
+    pub certificate: Option<Arc<Certificate>>,
     /// Its guest budget and circuit breaker.
     pub budget: Budget,
     /// Its request and hook metrics.
@@ -184,7 +187,17 @@ struct TenantSpec {
     #[serde(default)]
     pools: BTreeMap<String, serde_yaml::Value>,
     #[serde(default)]
+    tls: Option<TlsSpec>,
+    #[serde(default)]
     breaker: BreakerSpec,
+}
+
+/// A tenant's certificate: PEM files, relative to the tenants file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsSpec {
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Default, Deserialize)]
@@ -285,6 +298,7 @@ impl TenantSet {
                     fallback_upstream: None,
                     upstream: upstream.clone(),
                     pools: Pools::new(&pools, &[]),
+                    certificate: None,
                 };
                 Ok(TenantSet {
                     tenants: vec![Arc::new(tenant)],
@@ -402,21 +416,34 @@ impl TenantSet {
         if !self.routes_by_host() {
             return self.default.and_then(|index| self.tenants.get(index));
         }
-        let host = host.map(normalise_host);
         let index = host
-            .as_deref()
-            .and_then(|host| {
-                self.exact.get(host).copied().or_else(|| {
-                    self.wildcards
-                        .iter()
-                        .find(|(suffix, _)| {
-                            host.len() > suffix.len() && host.ends_with(suffix.as_str())
-                        })
-                        .map(|(_, index)| *index)
-                })
-            })
+            .and_then(|host| self.host_index(host))
             .or(self.default)?;
         self.tenants.get(index)
+    }
+
+    /// The certificate for a TLS server name: that of the tenant whose
+    /// hosts match it (exact, then the longest wildcard), if it has one.
+    pub fn certificate_for(&self, server_name: &str) -> Option<&Arc<Certificate>> {
+        let index = self.host_index(server_name)?;
+        self.tenants.get(index)?.certificate.as_ref()
+    }
+
+    /// Whether any tenant has a certificate.
+    pub fn has_certificates(&self) -> bool {
+        self.tenants.iter().any(|t| t.certificate.is_some())
+    }
+
+    /// The tenant whose hosts match `host`: its exact name, then the
+    /// longest matching wildcard.
+    fn host_index(&self, host: &str) -> Option<usize> {
+        let host = normalise_host(host);
+        self.exact.get(&host).copied().or_else(|| {
+            self.wildcards
+                .iter()
+                .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+                .map(|(_, index)| *index)
+        })
     }
 
     /// Whether any tenant is chosen by Host; if not, every request goes to
@@ -523,6 +550,15 @@ fn build_tenant(load: TenantLoad, spec: TenantSpec) -> anyhow::Result<(Tenant, V
         .into()
     };
     let mut files = Vec::new();
+    let certificate = match &spec.tls {
+        Some(tls) => {
+            let (cert, key) = (base.join(&tls.cert), base.join(&tls.key));
+            let certificate = Certificate::load(&cert, &key).context("tls")?;
+            files.extend([cert, key]);
+            Some(Arc::new(certificate))
+        }
+        None => None,
+    };
     let module = match &spec.module {
         Some(path) => {
             let module_path = base.join(path);
@@ -586,6 +622,7 @@ fn build_tenant(load: TenantLoad, spec: TenantSpec) -> anyhow::Result<(Tenant, V
         fallback_upstream,
         upstream,
         pools,
+        certificate,
     };
     Ok((tenant, files))
 }
@@ -649,17 +686,7 @@ mod tests {
     }
 
     fn index(set: &TenantSet, host: &str) -> Option<usize> {
-        let host = normalise_host(host);
-        set.exact
-            .get(&host)
-            .copied()
-            .or_else(|| {
-                set.wildcards
-                    .iter()
-                    .find(|(s, _)| host.len() > s.len() && host.ends_with(s.as_str()))
-                    .map(|(_, i)| *i)
-            })
-            .or(set.default)
+        set.host_index(host).or(set.default)
     }
 
     #[test]

@@ -1,0 +1,108 @@
+//! Downstream TLS: certificates (the default one from `--cert`/`--key`
+//! and tenants' own from the tenants file), checked when loaded, and the
+//! one for each handshake chosen by SNI from the live tenant set, so that
+//! certificates reload with it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use openssl::asn1::Asn1Time;
+use pingora::listeners::TlsAccept;
+use pingora::protocols::tls::TlsRef;
+use pingora::tls::error::ErrorStack;
+use pingora::tls::ext::{ssl_add_chain_cert, ssl_use_certificate, ssl_use_private_key};
+use pingora::tls::pkey::{PKey, Private};
+use pingora::tls::ssl::{NameType, SslRef};
+use pingora::tls::x509::X509;
+
+use crate::tenants::TenantSet;
+
+/// A certificate chain (leaf first) and its private key, checked to
+/// match.
+pub struct Certificate {
+    chain: Vec<X509>,
+    key: PKey<Private>,
+}
+
+impl Certificate {
+    /// Loads a PEM certificate file (the leaf, then any intermediates)
+    /// and a PEM private key, refusing a key that does not match the
+    /// leaf. An expired or not yet valid leaf is loaded with a warning:
+    /// clients will refuse it, but the proxy serves the others.
+    pub fn load(cert: &Path, key: &Path) -> anyhow::Result<Self> {
+        let (cert_name, key_name) = (cert.display(), key.display());
+        let pem = std::fs::read(cert).with_context(|| format!("certificate {cert_name}"))?;
+        let chain = X509::stack_from_pem(&pem)
+            .with_context(|| format!("certificate {cert_name}: not PEM certificates"))?;
+        let Some(leaf) = chain.first() else {
+            bail!("certificate {cert_name}: no PEM certificate in it");
+        };
+        let pem = std::fs::read(key).with_context(|| format!("key {key_name}"))?;
+        let key = PKey::private_key_from_pem(&pem)
+            .with_context(|| format!("key {key_name}: not a PEM private key"))?;
+        let leaf_key = leaf
+            .public_key()
+            .with_context(|| format!("certificate {cert_name}: its public key"))?;
+        if !leaf_key.public_eq(&key) {
+            bail!("key {key_name} does not match certificate {cert_name}");
+        }
+        let now = Asn1Time::days_from_now(0).context("reading the clock")?;
+        if leaf.not_after() < now {
+            log::warn!(
+                "certificate {cert_name} expired on {}: clients will refuse it",
+                leaf.not_after()
+            );
+        } else if leaf.not_before() > now {
+            log::warn!(
+                "certificate {cert_name} is not valid before {}: clients will refuse it until then",
+                leaf.not_before()
+            );
+        }
+        Ok(Certificate { chain, key })
+    }
+
+    /// Presents this certificate in the handshake of `ssl`.
+    fn use_in(&self, ssl: &mut SslRef) -> Result<(), ErrorStack> {
+        let (leaf, intermediates) = self.chain.split_first().ok_or_else(ErrorStack::get)?;
+        ssl_use_certificate(ssl, leaf)?;
+        ssl_use_private_key(ssl, &self.key)?;
+        for intermediate in intermediates {
+            ssl_add_chain_cert(ssl, intermediate)?;
+        }
+        Ok(())
+    }
+}
+
+/// Chooses each handshake's certificate by SNI: the tenant whose hosts
+/// match the name (exact, then the longest wildcard), else the default
+/// certificate, else none, which refuses the handshake.
+pub struct CertificateSelector {
+    /// The live tenant set, whose certificates reload with it.
+    pub tenants: Arc<ArcSwap<TenantSet>>,
+    /// `--cert`/`--key`, for names no tenant's certificate serves.
+    pub default: Option<Arc<Certificate>>,
+}
+
+#[async_trait]
+impl TlsAccept for CertificateSelector {
+    async fn certificate_callback(&self, ssl: &mut TlsRef) {
+        let tenants = self.tenants.load();
+        let name = ssl.servername(NameType::HOST_NAME).map(str::to_string);
+        let chosen = name
+            .as_deref()
+            .and_then(|name| tenants.certificate_for(name))
+            .or(self.default.as_ref());
+        match chosen {
+            Some(certificate) => {
+                if let Err(e) = certificate.use_in(ssl) {
+                    log::error!("TLS handshake for {name:?}: presenting the certificate: {e}");
+                }
+            }
+            // Scanners send any name: not worth a line each.
+            None => log::debug!("TLS handshake for {name:?} refused: no certificate serves it"),
+        }
+    }
+}
