@@ -18,8 +18,9 @@
 //!   (400 if it is not a `/path`) and adds `x-rewritten: 1` to it.
 //! - `upstream_peer` sends every request to `upstream` (plain HTTP).
 //! - `upstream_request_filter` adds `x-ctx-seen` (the hooks so far, joined
-//!   by `,`) and `x-ctx-user` (if `x-user` was given) to the upstream
-//!   request.
+//!   by `,`), `x-request-version` (the downstream request's `version`,
+//!   e.g. `HTTP/2.0`) and `x-ctx-user` (if `x-user` was given) to the
+//!   upstream request.
 //! - `response_filter` adds `x-ctx-seen` to the response; with `hsts`,
 //!   `Strict-Transport-Security: max-age=31536000`; with `strip_server`,
 //!   removes `Server`; changes the status as `status_map` says.
@@ -147,12 +148,14 @@ impl ProxyHttp for Lifecycle {
 
     fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.seen.push("upstream_request_filter".into());
         upstream_request.insert_header("x-ctx-seen", ctx.seen.join(","))?;
+        let version = session.req_header().version.clone();
+        upstream_request.insert_header("x-request-version", version)?;
         if let Some(user) = &ctx.user {
             upstream_request.insert_header("x-ctx-user", user.as_str())?;
         }
