@@ -39,6 +39,7 @@ use crate::abi::proxy_wasm::{
 use crate::abi::v1::{self, DownstreamRequest, GuestCtx, Outcome, PeerTarget, RequestVerdict};
 use crate::abi::HookFailure;
 use crate::budget::{CallPermit, Throttle};
+use crate::drain::Draining;
 use crate::forwarded::add_forwarded_headers;
 use crate::hooks::Hook;
 use crate::metrics::Metrics;
@@ -51,6 +52,9 @@ pub struct WasmProxy {
     metrics: Arc<Metrics>,
     /// Add X-Forwarded-For, -Proto and -Host to upstream requests.
     forwarded_headers: bool,
+    /// Set once the process is to stop or hand over: connections close
+    /// after their current response.
+    draining: Draining,
 }
 
 /// Per-request state.
@@ -78,16 +82,19 @@ pub struct RequestCtx {
 
 impl WasmProxy {
     /// A proxy routing with the live tenant set; `forwarded_headers`
-    /// adds the X-Forwarded-* headers to upstream requests.
+    /// adds the X-Forwarded-* headers to upstream requests; once
+    /// `draining`, connections are not kept alive.
     pub fn new(
         tenants: Arc<ArcSwap<TenantSet>>,
         metrics: Arc<Metrics>,
         forwarded_headers: bool,
+        draining: Draining,
     ) -> Self {
         WasmProxy {
             tenants,
             metrics,
             forwarded_headers,
+            draining,
         }
     }
 
@@ -699,6 +706,9 @@ impl ProxyHttp for WasmProxy {
     /// Then the tenant's proxy-wasm filters (`proxy_on_request_headers`),
     /// in order, then its module's export `request_filter`.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if self.draining.now() {
+            session.set_keepalive(None);
+        }
         let req = session.req_header();
         let host = || {
             req.headers

@@ -15,6 +15,7 @@ use pingora::services::listening::Service;
 
 use crate::cli::Cli;
 use crate::config;
+use crate::drain::{DrainOnSignal, Draining};
 use crate::filter_ticks::FilterTicker;
 use crate::metrics::{Metrics, MetricsEndpoint};
 use crate::proxy::WasmProxy;
@@ -102,7 +103,13 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
     let live = Arc::new(ArcSwap::from_pointee(tenants));
     server.bootstrap();
 
-    let proxy_logic = WasmProxy::new(live.clone(), metrics.clone(), forwarded_headers);
+    let draining = Draining::default();
+    let proxy_logic = WasmProxy::new(
+        live.clone(),
+        metrics.clone(),
+        forwarded_headers,
+        draining.clone(),
+    );
     let mut proxy = http_proxy_service(&server.configuration, proxy_logic);
     if h2c {
         if let Some(proxy) = proxy.app_logic_mut() {
@@ -136,6 +143,7 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
         log::info!("metrics on http://{addr}/metrics");
         server.add_service(endpoint);
     }
+    server.add_service(background_service("drain", DrainOnSignal(draining)));
     server.add_service(background_service(
         "wasm epoch",
         EpochTicker(engine.clone()),
