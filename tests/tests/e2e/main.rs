@@ -5,6 +5,7 @@
 mod support;
 
 mod budgets;
+mod edge;
 mod failures;
 mod filters;
 mod lifecycle;

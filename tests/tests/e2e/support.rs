@@ -225,35 +225,90 @@ pub fn echoed_header(echo: &Value, name: &str) -> Option<String> {
 /// A throwaway CA and a `localhost` certificate it signed.
 pub struct TestCa {
     pub ca_pem_path: PathBuf,
+    ca_key: PKey<Private>,
+    ca_cert: X509,
     leaf_key: PKey<Private>,
     leaf_cert: X509,
     _dir: TempDir,
 }
 
+/// A leaf certificate `TestCa::issue` wrote: `cert_path` holds the leaf
+/// then the CA (a chain), `key_path` its private key.
+pub struct Leaf {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    pub cert: X509,
+}
+
+/// How long a leaf from `TestCa::issue` is valid: from `.0` to `.1` days
+/// from now (negative: in the past).
+pub const VALID: (i64, i64) = (-1, 2);
+/// An expired leaf: valid from 10 days ago until yesterday.
+pub const EXPIRED: (i64, i64) = (-10, -1);
+
 impl TestCa {
     pub fn new() -> TestCa {
         let ca_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
-        let ca_cert = certificate("wasm-proxy test CA", &ca_key, None, true);
+        let ca_cert = certificate("wasm-proxy test CA", &ca_key, None, &[], (0, 2));
         let leaf_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
-        let leaf_cert = certificate("localhost", &leaf_key, Some((&ca_cert, &ca_key)), false);
+        let leaf_cert = certificate(
+            "localhost",
+            &leaf_key,
+            Some((&ca_cert, &ca_key)),
+            &["localhost", "127.0.0.1"],
+            (0, 2),
+        );
         let dir = tempfile::tempdir().unwrap();
         let ca_pem_path = dir.path().join("ca.pem");
         std::fs::write(&ca_pem_path, ca_cert.to_pem().unwrap()).unwrap();
         TestCa {
             ca_pem_path,
+            ca_key,
+            ca_cert,
             leaf_key,
             leaf_cert,
             _dir: dir,
         }
     }
+
+    /// Issues a leaf for `sans` (DNS names, `*.` wildcards or IP
+    /// addresses; the first is also the CN) valid for `valid_days` (see
+    /// [`VALID`], [`EXPIRED`]) with a fresh key, and writes it as
+    /// `{dir}/{name}.pem` (leaf then CA) and `{dir}/{name}.key`.
+    pub fn issue(&self, dir: &Path, name: &str, sans: &[&str], valid_days: (i64, i64)) -> Leaf {
+        let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let cert = certificate(
+            sans.first().copied().unwrap_or(name),
+            &key,
+            Some((&self.ca_cert, &self.ca_key)),
+            sans,
+            valid_days,
+        );
+        let cert_path = dir.join(format!("{name}.pem"));
+        let key_path = dir.join(format!("{name}.key"));
+        let mut chain = cert.to_pem().unwrap();
+        chain.extend(self.ca_cert.to_pem().unwrap());
+        std::fs::write(&cert_path, chain).unwrap();
+        std::fs::write(&key_path, key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+        Leaf {
+            cert_path,
+            key_path,
+            cert,
+        }
+    }
 }
 
+/// A certificate for `common_name`; a CA if `issuer` is `None` (self
+/// signed), else a leaf with `sans` as its subject alternative names.
+/// Valid from `valid_days.0` to `valid_days.1` days from now.
 fn certificate(
     common_name: &str,
     key: &PKey<Private>,
     issuer: Option<(&X509, &PKey<Private>)>,
-    is_ca: bool,
+    sans: &[&str],
+    valid_days: (i64, i64),
 ) -> X509 {
+    let is_ca = issuer.is_none();
     let mut name = X509NameBuilder::new().unwrap();
     name.append_entry_by_text("CN", common_name).unwrap();
     let name = name.build();
@@ -266,12 +321,13 @@ fn certificate(
         .unwrap();
     builder.set_subject_name(&name).unwrap();
     builder.set_pubkey(key).unwrap();
-    builder
-        .set_not_before(&Asn1Time::days_from_now(0).unwrap())
-        .unwrap();
-    builder
-        .set_not_after(&Asn1Time::days_from_now(2).unwrap())
-        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let at = |days: i64| Asn1Time::from_unix((now + days * 86_400) as _).unwrap();
+    builder.set_not_before(&at(valid_days.0)).unwrap();
+    builder.set_not_after(&at(valid_days.1)).unwrap();
     if is_ca {
         builder
             .append_extension(BasicConstraints::new().critical().ca().build().unwrap())
@@ -285,11 +341,15 @@ fn certificate(
         builder.append_extension(usage).unwrap();
     } else {
         let context = builder.x509v3_context(issuer.map(|(cert, _)| &**cert), None);
-        let san = SubjectAlternativeName::new()
-            .dns("localhost")
-            .ip("127.0.0.1")
-            .build(&context)
-            .unwrap();
+        let mut san = SubjectAlternativeName::new();
+        for name in sans {
+            if name.parse::<std::net::IpAddr>().is_ok() {
+                san.ip(name);
+            } else {
+                san.dns(name);
+            }
+        }
+        let san = san.build(&context).unwrap();
         builder.append_extension(san).unwrap();
     }
     let (issuer_name, signing_key) = match issuer {
@@ -311,6 +371,17 @@ pub struct ProxyOptions {
     pub extra_args: Vec<String>,
     /// Start without a module (filters and a static upstream only).
     pub no_module: bool,
+    /// Also listen with TLS (`--tls-listen`) on a free port
+    /// ([`Proxy::tls_addr`]); the certificate comes from `extra_args` or
+    /// the tenants file.
+    pub tls_listen: bool,
+    /// Where Pingora's conf, pid file and upgrade socket go; two proxies
+    /// given the same directory share them (a `-u` upgrade). Default: a
+    /// fresh temporary directory per process.
+    pub conf_dir: Option<PathBuf>,
+    /// Pingora's `grace_period_seconds` and
+    /// `graceful_shutdown_timeout_seconds`.
+    pub grace_seconds: u64,
 }
 
 impl ProxyOptions {
@@ -322,6 +393,9 @@ impl ProxyOptions {
             ca_file: None,
             extra_args: Vec::new(),
             no_module: false,
+            tls_listen: false,
+            conf_dir: None,
+            grace_seconds: 0,
         }
     }
 }
@@ -330,6 +404,8 @@ impl ProxyOptions {
 pub struct Proxy {
     child: Child,
     pub addr: SocketAddr,
+    /// The `--tls-listen` address, with `ProxyOptions::tls_listen`.
+    pub tls_addr: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
     _dir: TempDir,
 }
@@ -340,10 +416,17 @@ impl Proxy {
     pub fn start(options: ProxyOptions) -> Proxy {
         let port = free_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let (child, log, dir) = spawn(&options, &["--listen".into(), addr.to_string()]);
+        let mut args = vec!["--listen".to_string(), addr.to_string()];
+        let tls_addr = options.tls_listen.then(|| {
+            let tls_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+            args.extend(["--tls-listen".to_string(), tls_addr.to_string()]);
+            tls_addr
+        });
+        let (child, log, dir) = spawn(&options, &args);
         let mut proxy = Proxy {
             child,
             addr,
+            tls_addr,
             log,
             _dir: dir,
         };
@@ -351,13 +434,42 @@ impl Proxy {
         proxy
     }
 
+    /// Starts a new proxy process taking over `addr` from a running one
+    /// (Pingora's `-u`): give `options` the old process's `conf_dir`. It
+    /// does not wait: the new process waits on the upgrade socket
+    /// ([`Proxy::upgrade_socket`]) until the old one gets SIGQUIT
+    /// ([`Proxy::quit`]).
+    pub fn upgrade(options: ProxyOptions, addr: SocketAddr) -> Proxy {
+        assert!(options.conf_dir.is_some(), "an upgrade shares the conf_dir");
+        let args = ["--listen".to_string(), addr.to_string(), "-u".to_string()];
+        let (child, log, dir) = spawn(&options, &args);
+        Proxy {
+            child,
+            addr,
+            tls_addr: None,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// The upgrade socket of the conf in `conf_dir`: it exists while a
+    /// process started with `-u` waits for the listening sockets.
+    pub fn upgrade_socket(conf_dir: &Path) -> PathBuf {
+        conf_dir.join("upgrade.sock")
+    }
+
     fn wait_ready(&mut self) {
         let started = Instant::now();
+        let mut waiting = vec![self.addr];
+        waiting.extend(self.tls_addr);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("proxy exited ({status}) before listening:\n{}", self.log());
             }
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(100)).is_ok() {
+            waiting.retain(|addr| {
+                TcpStream::connect_timeout(addr, Duration::from_millis(100)).is_err()
+            });
+            if waiting.is_empty() {
                 return;
             }
             assert!(
@@ -386,11 +498,43 @@ impl Proxy {
 
     /// Sends SIGHUP (reload).
     pub fn hangup(&self) {
+        self.signal("-HUP");
+    }
+
+    /// Sends SIGQUIT (Pingora's graceful upgrade: hand the listening
+    /// sockets to the process waiting on the upgrade socket, then finish
+    /// and exit).
+    pub fn quit(&self) {
+        self.signal("-QUIT");
+    }
+
+    fn signal(&self, signal: &str) {
         let status = Command::new("kill")
-            .args(["-HUP", &self.pid().to_string()])
+            .args([signal, &self.pid().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// Waits (at most `within`) for the process to exit; its status, or
+    /// `None` if it still runs.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if started.elapsed() > within {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The `--tls-listen` address (panics without `tls_listen`).
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.tls_addr
+            .expect("started with ProxyOptions::tls_listen")
     }
 
     /// Whether the process is still running.
@@ -453,15 +597,17 @@ pub fn run_to_exit(options: ProxyOptions, args: &[String]) -> (ExitStatus, Strin
 
 fn spawn(options: &ProxyOptions, args: &[String]) -> (Child, Arc<Mutex<String>>, TempDir) {
     let dir = tempfile::tempdir().unwrap();
+    let conf_dir = options.conf_dir.as_deref().unwrap_or(dir.path());
     let mut conf = format!(
         "---\nversion: 1\nthreads: 2\npid_file: {0}/proxy.pid\nupgrade_sock: {0}/upgrade.sock\n\
-         grace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 0\n",
-        dir.path().display()
+         grace_period_seconds: {1}\ngraceful_shutdown_timeout_seconds: {1}\n",
+        conf_dir.display(),
+        options.grace_seconds,
     );
     if let Some(ca_file) = &options.ca_file {
         conf.push_str(&format!("ca_file: {}\n", ca_file.display()));
     }
-    let conf_path = dir.path().join("conf.yaml");
+    let conf_path = conf_dir.join("conf.yaml");
     std::fs::write(&conf_path, conf).unwrap();
 
     let mut command = Command::new(env!("CARGO_BIN_EXE_proxy-under-test"));

@@ -1,0 +1,1159 @@
+//! The edge: downstream TLS with the certificate chosen by SNI (tenants'
+//! own, a default one, or none), HTTP/2 by ALPN and h2c, X-Forwarded-*
+//! headers, certificate refusals and reloads, and a zero-downtime upgrade
+//! (Pingora's `-u`) under load.
+//!
+//! TLS clients: openssl (a real handshake with SNI, verified against the
+//! test CA and a name, the served leaf inspected) speaking HTTP/1.1 by
+//! hand, and the `curl` binary for HTTP/2.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openssl::hash::MessageDigest;
+use openssl::ssl::{SslConnector, SslMethod, SslStream, SslVerifyMode};
+use openssl::x509::X509;
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+/// What every hook of the lifecycle guest adds to `x-ctx-seen`: the
+/// upstream request's (at `upstream_request_filter`) and the response's.
+const SEEN_UPSTREAM: &str = "request_filter,upstream_peer,upstream_request_filter";
+const SEEN_RESPONSE: &str = "request_filter,upstream_peer,upstream_request_filter,response_filter";
+
+/// A runtime for the upstreams of a test whose clients block.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+// ---------------------------------------------------------------------
+// TLS client (openssl) and HTTP/1.1 by hand
+
+/// A TLS handshake with `addr`: SNI `sni` (none if `None`); with
+/// `verify`, the chain is verified against the test CA and the leaf
+/// against that name, else nothing is verified; `alpn` offered if not
+/// empty. The TCP connection must succeed: an `Err` is the handshake's.
+fn handshake(
+    addr: SocketAddr,
+    ca: &TestCa,
+    sni: Option<&str>,
+    verify: Option<&str>,
+    alpn: &[&str],
+) -> Result<SslStream<TcpStream>, String> {
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("TCP connection to the TLS listener {addr}: {e}"));
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    builder.set_ca_file(&ca.ca_pem_path).unwrap();
+    if verify.is_none() {
+        builder.set_verify(SslVerifyMode::NONE);
+    }
+    if !alpn.is_empty() {
+        let mut wire = Vec::new();
+        for protocol in alpn {
+            wire.push(protocol.len() as u8);
+            wire.extend_from_slice(protocol.as_bytes());
+        }
+        builder.set_alpn_protos(&wire).unwrap();
+    }
+    let mut config = builder.build().configure().unwrap();
+    config.set_verify_hostname(false);
+    config.set_use_server_name_indication(sni.is_some());
+    let mut ssl = config.into_ssl(sni.unwrap_or("no-sni.invalid")).unwrap();
+    if let Some(name) = verify {
+        ssl.param_mut().set_host(name).unwrap();
+    }
+    ssl.connect(tcp).map_err(|e| e.to_string())
+}
+
+/// The leaf the server presented.
+fn peer_leaf(stream: &SslStream<TcpStream>) -> X509 {
+    stream
+        .ssl()
+        .peer_certificate()
+        .expect("the server presented a certificate")
+}
+
+/// The DNS names of a certificate's subject alternative names.
+fn dns_names(cert: &X509) -> Vec<String> {
+    cert.subject_alt_names()
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|n| n.dnsname().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn fingerprint(cert: &X509) -> Vec<u8> {
+    cert.digest(MessageDigest::sha256()).unwrap().to_vec()
+}
+
+/// The SANs of the leaf served for `sni` (verified against `verify`, if
+/// given); panics if the handshake fails.
+fn served_names(
+    addr: SocketAddr,
+    ca: &TestCa,
+    sni: Option<&str>,
+    verify: Option<&str>,
+) -> Vec<String> {
+    match handshake(addr, ca, sni, verify, &[]) {
+        Ok(stream) => dns_names(&peer_leaf(&stream)),
+        Err(e) => {
+            let served =
+                handshake(addr, ca, sni, None, &[]).map(|stream| dns_names(&peer_leaf(&stream)));
+            panic!(
+                "handshake with SNI {sni:?}, verifying {verify:?}: {e}\n\
+                 (without verification: {served:?})"
+            )
+        }
+    }
+}
+
+/// An HTTP response: status, headers (names lowercase) and body.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The upstream's JSON echo in the body.
+    fn echo(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not an upstream echo ({e}): {self:?}"))
+    }
+}
+
+/// Status line and header lines (CRLF separated) of an HTTP/1.x or curl
+/// `--dump-header` head.
+fn parse_head(head: &str) -> (u16, Vec<(String, String)>) {
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A chunked body, if all of it is in `data`.
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let end = find(data, b"\r\n")?;
+        let size = std::str::from_utf8(&data[..end]).ok()?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        data = &data[end + 2..];
+        if size == 0 {
+            return Some(body);
+        }
+        if data.len() < size + 2 {
+            return None;
+        }
+        body.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+/// The response in `raw`, if complete (`eof`: nothing more will come).
+fn complete_response(raw: &[u8], eof: bool) -> Option<Reply> {
+    let end = find(raw, b"\r\n\r\n")?;
+    let (status, headers) = parse_head(&String::from_utf8_lossy(&raw[..end]));
+    let rest = &raw[end + 4..];
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.to_ascii_lowercase())
+    };
+    let body = if let Some(length) = header("content-length") {
+        let length: usize = length.parse().ok()?;
+        rest.get(..length)?.to_vec()
+    } else if header("transfer-encoding").is_some_and(|te| te.contains("chunked")) {
+        dechunk(rest)?
+    } else if eof {
+        rest.to_vec()
+    } else {
+        return None;
+    };
+    Some(Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// One HTTP/1.1 GET (`Connection: close`) over `stream`.
+fn http1_get<S: Read + Write>(
+    stream: &mut S,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let eof = match stream.read(&mut buf) {
+            Ok(0) => true,
+            Ok(n) => {
+                raw.extend_from_slice(&buf[..n]);
+                false
+            }
+            // A close without close_notify once the response is in.
+            Err(_) if !raw.is_empty() => true,
+            Err(e) => panic!("reading the response to GET {path} (Host {host}): {e}"),
+        };
+        if let Some(reply) = complete_response(&raw, eof) {
+            return reply;
+        }
+        assert!(
+            !eof,
+            "incomplete response: {:?}",
+            String::from_utf8_lossy(&raw)
+        );
+    }
+}
+
+/// GET `path` with Host `host` over a new TLS connection with SNI `host`,
+/// verified against `host`.
+fn https_get(addr: SocketAddr, ca: &TestCa, host: &str, path: &str) -> Reply {
+    let mut stream = handshake(addr, ca, Some(host), Some(host), &[])
+        .unwrap_or_else(|e| panic!("handshake for {host}: {e}"));
+    http1_get(&mut stream, host, path, &[])
+}
+
+// ---------------------------------------------------------------------
+// curl
+
+/// Runs `curl` with `args` (plus quiet output, a 10 s limit, no proxy,
+/// headers dumped and the HTTP version written last); the version it
+/// used (`2`, `1.1`) and the response, or why it failed.
+fn curl(args: &[&str]) -> Result<(String, Reply), String> {
+    let output = Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "10"])
+        .args(["--noproxy", "*", "--dump-header", "-"])
+        .args(["--write-out", "\n%{http_version}"])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running curl (.ci/run installs it)");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        return Err(format!(
+            "curl {args:?}: {}: {} (output {stdout:?})",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    let (rest, version) = stdout
+        .rsplit_once('\n')
+        .ok_or_else(|| format!("curl output without a version: {stdout:?}"))?;
+    let (head, body) = rest
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("curl output without headers: {stdout:?}"))?;
+    let (status, headers) = parse_head(head);
+    let reply = Reply {
+        status,
+        headers,
+        body: body.to_string(),
+    };
+    Ok((version.trim().to_string(), reply))
+}
+
+// ---------------------------------------------------------------------
+// Proxies
+
+/// A proxy serving the tenants file `yaml` (written into `dir`, where
+/// its relative certificate paths point) with a TLS listener too.
+fn tls_tenants_proxy(dir: &Path, yaml: &str, extra_args: &[&str]) -> (Proxy, std::path::PathBuf) {
+    let path = dir.join("tenants.yaml");
+    write_tenants(&path, yaml);
+    let mut options = ProxyOptions::new("first_proxy", json!({}));
+    options.tenants = Some(path.clone());
+    options.tls_listen = true;
+    options.extra_args = strings(extra_args);
+    (Proxy::start(options), path)
+}
+
+/// The lifecycle guest in front of `upstream`, logging each request.
+fn lifecycle_options(upstream: &Upstream, extra_args: &[&str]) -> ProxyOptions {
+    let config = json!({
+        "upstream": upstream.addr.to_string(),
+        "log": true,
+        "redirects": {"/old": "/new"},
+        "refuse_path": "/forbidden",
+    });
+    let mut options = ProxyOptions::new("lifecycle", config);
+    options.extra_args = strings(extra_args);
+    options
+}
+
+/// Two tenants with their own certificates: `a` for `a.example` and `b`
+/// for `*.b.example`, first_proxy to `ua` (Host `a-upstream`) and `ub`
+/// (Host `b-upstream`); the certificates are `a.pem`/`a.key` and
+/// `b.pem`/`b.key` next to the tenants file.
+fn two_tls_tenants(ua: &Upstream, ub: &Upstream) -> String {
+    format!(
+        r#"
+tenants:
+  - name: a
+    hosts: ["a.example"]
+    module: GUESTS/first_proxy.wasm
+    config: {{ upstream: "{ua}", tls: false, host: "a-upstream" }}
+    tls: {{ cert: a.pem, key: a.key }}
+  - name: b
+    hosts: ["*.b.example"]
+    module: GUESTS/first_proxy.wasm
+    config: {{ upstream: "{ub}", tls: false, host: "b-upstream" }}
+    tls: {{ cert: b.pem, key: b.key }}
+"#,
+        ua = ua.addr,
+        ub = ub.addr
+    )
+}
+
+// ---------------------------------------------------------------------
+// 1. Certificates by SNI
+
+#[test]
+fn certificates_are_chosen_by_sni_and_requests_reach_their_tenant() {
+    let rt = runtime();
+    let (ua, ub) = rt.block_on(async { (Upstream::plain().await, Upstream::plain().await) });
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    ca.issue(dir.path(), "a", &["a.example"], VALID);
+    ca.issue(dir.path(), "b", &["*.b.example"], VALID);
+    let yaml = two_tls_tenants(&ua, &ub);
+    let (mut proxy, _) = tls_tenants_proxy(dir.path(), &yaml, &[]);
+    let tls = proxy.tls_addr();
+
+    // Each tenant's certificate, verified against the name asked for.
+    assert_eq!(
+        served_names(tls, &ca, Some("a.example"), Some("a.example")),
+        ["a.example"]
+    );
+    assert_eq!(
+        served_names(tls, &ca, Some("x.b.example"), Some("x.b.example")),
+        ["*.b.example"]
+    );
+    assert_eq!(
+        served_names(tls, &ca, Some("deep.x.b.example"), None),
+        ["*.b.example"],
+        "the wildcard tenant's hosts match deeper names too"
+    );
+
+    // Requests reach the tenant, marked as having come over TLS.
+    for (host, upstream) in [("a.example", "a-upstream"), ("x.b.example", "b-upstream")] {
+        let reply = https_get(tls, &ca, host, "/over-tls");
+        assert_eq!(reply.status, 200, "{reply:?}\n{}", proxy.log());
+        let echo = reply.echo();
+        assert_eq!(echoed_header(&echo, "host").as_deref(), Some(upstream));
+        assert_eq!(
+            echoed_header(&echo, "x-forwarded-proto").as_deref(),
+            Some("https"),
+            "{echo}"
+        );
+        assert_eq!(
+            echoed_header(&echo, "x-forwarded-host").as_deref(),
+            Some(host),
+            "{echo}"
+        );
+        assert_eq!(echo["uri"], "/over-tls");
+    }
+    assert_eq!(ua.connections(), 1);
+    assert_eq!(ub.connections(), 1);
+
+    // No certificate for an unknown name (or none) and no --cert: the
+    // handshake fails, even without verification on the client's side.
+    for sni in [Some("c.example"), Some("b.example"), None] {
+        let refused = handshake(tls, &ca, sni, None, &[]);
+        assert!(
+            refused.is_err(),
+            "a handshake with SNI {sni:?} got a certificate: {:?}",
+            refused.map(|s| dns_names(&peer_leaf(&s)))
+        );
+    }
+    assert!(proxy.is_running());
+    drop(proxy);
+
+    // With --cert, the default certificate for every other name.
+    let default = ca.issue(dir.path(), "default", &["default.example"], VALID);
+    let (proxy, _) = tls_tenants_proxy(
+        dir.path(),
+        &yaml,
+        &[
+            "--cert",
+            path_str(&default.cert_path),
+            "--key",
+            path_str(&default.key_path),
+        ],
+    );
+    let tls = proxy.tls_addr();
+    for sni in [Some("c.example"), None] {
+        assert_eq!(
+            served_names(tls, &ca, sni, Some("default.example")),
+            ["default.example"],
+            "SNI {sni:?}"
+        );
+    }
+    assert_eq!(
+        served_names(tls, &ca, Some("a.example"), Some("a.example")),
+        ["a.example"]
+    );
+    assert_eq!(
+        served_names(tls, &ca, Some("x.b.example"), Some("x.b.example")),
+        ["*.b.example"]
+    );
+    let reply = https_get(tls, &ca, "a.example", "/");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        echoed_header(&reply.echo(), "host").as_deref(),
+        Some("a-upstream")
+    );
+}
+
+// ---------------------------------------------------------------------
+// 2. HTTP/2 by ALPN
+
+#[test]
+fn http2_by_alpn_runs_every_hook_as_http1_does() {
+    let rt = runtime();
+    let upstream = rt.block_on(Upstream::plain());
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let leaf = ca.issue(dir.path(), "localhost", &["localhost"], VALID);
+    let mut options = lifecycle_options(
+        &upstream,
+        &[
+            "--cert",
+            path_str(&leaf.cert_path),
+            "--key",
+            path_str(&leaf.key_path),
+        ],
+    );
+    options.tls_listen = true;
+    let proxy = Proxy::start(options);
+    let tls = proxy.tls_addr();
+    let port = tls.port();
+
+    // The listener offers h2 and http/1.1.
+    let h2 = handshake(
+        tls,
+        &ca,
+        Some("localhost"),
+        Some("localhost"),
+        &["h2", "http/1.1"],
+    )
+    .unwrap();
+    assert_eq!(h2.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+    let h1 = handshake(
+        tls,
+        &ca,
+        Some("localhost"),
+        Some("localhost"),
+        &["http/1.1"],
+    )
+    .unwrap();
+    assert_eq!(h1.ssl().selected_alpn_protocol(), Some(&b"http/1.1"[..]));
+    drop((h1, h2));
+
+    let ca_file = path_str(&ca.ca_pem_path);
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    let url = |path: &str| format!("https://localhost:{port}{path}");
+    let https = |flag: &str, path: &str, extra: &[&str]| {
+        let url = url(path);
+        let mut args = vec![flag, "--cacert", ca_file, "--resolve", &resolve, &url];
+        args.extend_from_slice(extra);
+        curl(&args).unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()))
+    };
+
+    let authority = format!("localhost:{port}");
+    let mut seen = Vec::new();
+    for (flag, version, request_version, user) in [
+        ("--http2", "2", "HTTP/2.0", "h2user"),
+        ("--http1.1", "1.1", "HTTP/1.1", "h1user"),
+    ] {
+        let body = format!("body-of-{user}");
+        let user_header = format!("x-user: {user}");
+        let (used, reply) = https(flag, "/v?q=1", &["-H", &user_header, "--data", &body]);
+        assert_eq!(used, version, "{reply:?}");
+        assert_eq!(reply.status, 200, "{reply:?}\n{}", proxy.log());
+        let echo = reply.echo();
+        let header = |name: &str| echoed_header(&echo, name);
+        assert_eq!(
+            header("x-request-version").as_deref(),
+            Some(request_version),
+            "{echo}"
+        );
+        // request_filter: the ctx's user; upstream_peer: the echo
+        // answered; upstream_request_filter: these headers.
+        assert_eq!(header("x-ctx-user").as_deref(), Some(user), "{echo}");
+        assert_eq!(header("x-ctx-seen").as_deref(), Some(SEEN_UPSTREAM));
+        assert_eq!(echo["uri"], "/v?q=1", "{echo}");
+        assert_eq!(echo["method"], "POST");
+        assert_eq!(echo["body"], body.as_str());
+        // The upstream (HTTP/1.1) gets the :authority of h2 as Host.
+        assert_eq!(header("host"), Some(authority.clone()), "{echo}");
+        assert_eq!(
+            header("x-forwarded-proto").as_deref(),
+            Some("https"),
+            "{echo}"
+        );
+        assert_eq!(
+            header("x-forwarded-host"),
+            Some(authority.clone()),
+            "{echo}"
+        );
+        // response_filter.
+        assert_eq!(reply.header("x-ctx-seen"), Some(SEEN_RESPONSE), "{reply:?}");
+        seen.push((
+            header("x-ctx-seen"),
+            reply.header("x-ctx-seen").map(str::to_string),
+        ));
+        // logging.
+        let line = format!("user={user} seen={SEEN_RESPONSE} error=-");
+        let log = proxy.wait_for_log(&line);
+        assert!(
+            log.lines()
+                .any(|l| l.contains("lifecycle: status=200") && l.contains(&line)),
+            "no logging line {line:?}:\n{log}"
+        );
+
+        // Answers the guest writes itself, over each version.
+        let (used, redirect) = https(flag, "/old", &[]);
+        assert_eq!(used, version);
+        assert_eq!(redirect.status, 301, "{redirect:?}");
+        assert_eq!(redirect.header("location"), Some("/new"));
+        let (used, refused) = https(flag, "/forbidden", &[]);
+        assert_eq!(used, version);
+        assert_eq!(refused.status, 403, "{refused:?}");
+
+        // request_filter rewriting the path: the request keeps its Host.
+        let (used, rewritten) = https(flag, "/v", &["-H", "x-rewrite-to: /rewritten"]);
+        assert_eq!((used.as_str(), rewritten.status), (version, 200));
+        let echo = rewritten.echo();
+        assert_eq!(echo["uri"], "/rewritten", "{echo}");
+        assert_eq!(echoed_header(&echo, "x-rewritten").as_deref(), Some("1"));
+        assert_eq!(
+            [
+                echoed_header(&echo, "host"),
+                echoed_header(&echo, "x-forwarded-host")
+            ],
+            [Some(authority.clone()), Some(authority.clone())],
+            "HTTP/{used}: the Host and X-Forwarded-Host the upstream got after a rewrite: {echo}"
+        );
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "the hooks that ran differ over h2 and h1.1"
+    );
+}
+
+// ---------------------------------------------------------------------
+// 3. h2c
+
+#[test]
+fn h2c_with_prior_knowledge_only_with_the_flag() {
+    let rt = runtime();
+    let upstream = rt.block_on(Upstream::plain());
+
+    let proxy = Proxy::start(lifecycle_options(&upstream, &["--h2c"]));
+    let url = proxy.url("/c");
+    let (used, reply) =
+        curl(&["--http2-prior-knowledge", &url]).unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
+    assert_eq!(used, "2", "{reply:?}");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let echo = reply.echo();
+    assert_eq!(
+        echoed_header(&echo, "x-request-version").as_deref(),
+        Some("HTTP/2.0")
+    );
+    assert_eq!(
+        echoed_header(&echo, "x-ctx-seen").as_deref(),
+        Some(SEEN_UPSTREAM)
+    );
+    assert_eq!(reply.header("x-ctx-seen"), Some(SEEN_RESPONSE));
+    assert_eq!(
+        echoed_header(&echo, "x-forwarded-proto").as_deref(),
+        Some("http"),
+        "{echo}"
+    );
+    assert_eq!(
+        echoed_header(&echo, "x-forwarded-host"),
+        Some(proxy.addr.to_string()),
+        "{echo}"
+    );
+    // HTTP/1.1 on the same listener still works.
+    let (used, reply) = curl(&["--http1.1", &url]).unwrap();
+    assert_eq!((used.as_str(), reply.status), ("1.1", 200));
+    assert_eq!(
+        echoed_header(&reply.echo(), "x-request-version").as_deref(),
+        Some("HTTP/1.1")
+    );
+    drop(proxy);
+
+    // Without --h2c, prior knowledge gets no HTTP/2.
+    let proxy = Proxy::start(lifecycle_options(&upstream, &[]));
+    let url = proxy.url("/c");
+    match curl(&["--http2-prior-knowledge", &url]) {
+        Err(e) => println!("h2c without --h2c: {e}"),
+        Ok((used, reply)) => {
+            assert_ne!(used, "2", "served h2c without --h2c: {reply:?}");
+            println!("h2c without --h2c: HTTP/{used} {}", reply.status);
+        }
+    }
+    let (used, reply) = curl(&["--http1.1", &url]).unwrap();
+    assert_eq!((used.as_str(), reply.status), ("1.1", 200));
+}
+
+// ---------------------------------------------------------------------
+// 4. X-Forwarded-*
+
+/// Every value of header `name` in an echo.
+fn echoed_all(echo: &Value, name: &str) -> Vec<String> {
+    echo["headers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|h| h[0].as_str() == Some(name))
+        .filter_map(|h| h[1].as_str().map(str::to_string))
+        .collect()
+}
+
+fn forwarded(echo: &Value) -> [Vec<String>; 3] {
+    ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"].map(|n| echoed_all(echo, n))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarded_headers_by_default_and_none_with_the_flag() {
+    let upstream = Upstream::plain().await;
+    let client = client();
+    let incoming = [
+        ("host", "shop.example"),
+        ("x-forwarded-for", "203.0.113.7"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "evil.example"),
+    ];
+    let echo = |(status, body): (u16, String)| -> Value {
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+
+    let proxy = Proxy::start(lifecycle_options(&upstream, &[]));
+    let url = proxy.url("/f");
+    // None incoming: the client's address, http, the request's Host.
+    let plain = echo(get(&client, &url, &[]).await);
+    assert_eq!(
+        forwarded(&plain),
+        [
+            vec!["127.0.0.1".to_string()],
+            vec!["http".to_string()],
+            vec![proxy.addr.to_string()],
+        ],
+        "{plain}"
+    );
+    // Incoming ones: For appended to, Proto and Host replaced.
+    let proxied = echo(get(&client, &url, &incoming).await);
+    assert_eq!(
+        forwarded(&proxied),
+        [
+            vec!["203.0.113.7, 127.0.0.1".to_string()],
+            vec!["http".to_string()],
+            vec!["shop.example".to_string()],
+        ],
+        "{proxied}"
+    );
+    drop(proxy);
+
+    let proxy = Proxy::start(lifecycle_options(&upstream, &["--no-forwarded-headers"]));
+    let url = proxy.url("/f");
+    let plain = echo(get(&client, &url, &[]).await);
+    assert_eq!(
+        forwarded(&plain),
+        [vec![], vec![], vec![]] as [Vec<String>; 3],
+        "{plain}"
+    );
+    // Incoming ones pass through untouched.
+    let proxied = echo(get(&client, &url, &incoming).await);
+    assert_eq!(
+        forwarded(&proxied),
+        [
+            vec!["203.0.113.7".to_string()],
+            vec!["https".to_string()],
+            vec!["evil.example".to_string()],
+        ],
+        "{proxied}"
+    );
+}
+
+// ---------------------------------------------------------------------
+// 5. Zero-downtime upgrade
+
+/// Pingora's conf `grace_period_seconds` and
+/// `graceful_shutdown_timeout_seconds` in the upgrade test.
+const GRACE_SECONDS: u64 = 1;
+/// How long after SIGQUIT an old Pingora process keeps serving before its
+/// graceful shutdown starts (pingora-core's fixed CLOSE_TIMEOUT).
+const CLOSE_TIMEOUT_SECONDS: u64 = 5;
+
+/// Client tasks of the upgrade load, each sending a GET every
+/// millisecond or so (as soon as the previous one is answered).
+const LOAD_TASKS: usize = 4;
+/// Attempts of one GET of the upgrade load.
+const ATTEMPTS: usize = 3;
+
+/// One request of the upgrade load: when it started and ended (since the
+/// load began), the Host the upstream saw (`old` or `new`) or what went
+/// wrong, and the attempts retried before (when, why).
+struct Outcome {
+    started: Duration,
+    ended: Duration,
+    result: Result<String, String>,
+    retried: Vec<(Duration, String)>,
+}
+
+/// One GET of the upgrade load. A GET that got no response at all (its
+/// keep-alive connection was closed or reset under it) is tried again on
+/// another connection, as browsers retry idempotent requests, up to
+/// [`ATTEMPTS`] times; each retry is recorded.
+async fn upgrade_get(client: &reqwest::Client, url: &str, t0: Instant) -> Outcome {
+    let started = t0.elapsed();
+    let mut retried = Vec::new();
+    let result = loop {
+        match client.get(url).send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body = response.text().await.unwrap_or_default();
+                let host = serde_json::from_str::<Value>(&body)
+                    .ok()
+                    .and_then(|echo| echoed_header(&echo, "host"));
+                break match (status, host) {
+                    (200, Some(host)) => Ok(host),
+                    _ => Err(format!("{status} {body}")),
+                };
+            }
+            Err(e) if !e.is_timeout() && retried.len() + 1 < ATTEMPTS => {
+                retried.push((t0.elapsed(), format!("{e:?}")));
+            }
+            Err(e) => break Err(format!("{e:?}")),
+        }
+    };
+    Outcome {
+        started,
+        ended: t0.elapsed(),
+        result,
+        retried,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upgrade_under_load_hands_over_without_failing_a_request() {
+    let upstream = Upstream::plain().await;
+    let conf_dir = tempfile::tempdir().unwrap();
+    let options = |host: &str| {
+        let config = json!({"upstream": upstream.addr.to_string(), "tls": false, "host": host});
+        let mut options = ProxyOptions::new("first_proxy", config);
+        options.conf_dir = Some(conf_dir.path().to_path_buf());
+        options.grace_seconds = GRACE_SECONDS;
+        options
+    };
+    let mut old = Proxy::start(options("old"));
+
+    // Keep-alive HTTP/1.1 clients, back to back.
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let mut load = tokio::task::JoinSet::new();
+    let client = client();
+    for _ in 0..LOAD_TASKS {
+        let (client, url, stop) = (client.clone(), old.url("/upgrade"), stop.clone());
+        load.spawn(async move {
+            let mut outcomes = Vec::new();
+            while !stop.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(20) {
+                outcomes.push(upgrade_get(&client, &url, t0).await);
+                // Steady, not flat out: other tests share the machine.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            outcomes
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The new process waits on the upgrade socket for the listeners.
+    let mut new = Proxy::upgrade(options("new"), old.addr);
+    let socket = Proxy::upgrade_socket(conf_dir.path());
+    let waited = Instant::now();
+    while !socket.exists() {
+        assert!(new.is_running(), "the new process exited:\n{}", new.log());
+        assert!(
+            waited.elapsed() < Duration::from_secs(30),
+            "no upgrade socket:\n{}",
+            new.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let quit_at = t0.elapsed();
+    old.quit();
+    let exit_within = Duration::from_secs(CLOSE_TIMEOUT_SECONDS + 2 * GRACE_SECONDS + 4);
+    let (old, exit_status) = tokio::task::spawn_blocking(move || {
+        let status = old.wait_exit(exit_within);
+        (old, status)
+    })
+    .await
+    .unwrap();
+    let exited_at = t0.elapsed();
+    // The new process alone now; some more load on it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut outcomes = Vec::new();
+    while let Some(done) = load.join_next().await {
+        outcomes.extend(done.expect("load task"));
+    }
+
+    let failures: Vec<(Duration, &String)> = outcomes
+        .iter()
+        .filter_map(|o| o.result.as_ref().err().map(|e| (o.started, e)))
+        .collect();
+    let retries: Vec<&(Duration, String)> = outcomes.iter().flat_map(|o| &o.retried).collect();
+    let by = |host: &'static str| {
+        outcomes
+            .iter()
+            .filter(move |o| o.result.as_deref() == Ok(host))
+    };
+    let first_new = by("new").map(|o| o.ended).min();
+    let last_old = by("old").map(|o| o.ended).max();
+    let since_quit = |at: Duration| at.saturating_sub(quit_at);
+    eprintln!(
+        "upgrade under load ({LOAD_TASKS} keep-alive clients): {} requests sent, {} attempts \
+         got no response and were retried, {} failed; {} answered by old, {} by new; first \
+         response from new {:?} after SIGQUIT, last from old {:?} after; old exited {:?} after \
+         SIGQUIT ({exit_status:?})",
+        outcomes.len(),
+        retries.len(),
+        failures.len(),
+        by("old").count(),
+        by("new").count(),
+        first_new.map(since_quit),
+        last_old.map(since_quit),
+        since_quit(exited_at),
+    );
+    for (at, error) in &retries {
+        eprintln!(
+            "  retried an attempt that failed {:?} after SIGQUIT: {error}",
+            since_quit(*at)
+        );
+    }
+    for (started, error) in failures.iter().take(5) {
+        eprintln!(
+            "  failed request started {:?} after SIGQUIT: {error}",
+            since_quit(*started)
+        );
+    }
+
+    assert!(
+        exit_status.is_some(),
+        "the old process still runs {exit_within:?} after SIGQUIT:\n{}",
+        old.log()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed during the upgrade, the first: {:?}\nold:\n{}\nnew:\n{}",
+        failures.len(),
+        outcomes.len(),
+        failures.first(),
+        old.log(),
+        new.log()
+    );
+    // Once SIGQUIT arrives the old process closes each connection after
+    // its response (`Connection: close`): no request is sent down a
+    // keep-alive connection it then closes, so no attempt goes unanswered.
+    assert!(
+        retries.is_empty(),
+        "{} attempts got no response, the first {:?} after SIGQUIT",
+        retries.len(),
+        retries.first().map(|(at, _)| since_quit(*at))
+    );
+    assert!(
+        first_new.is_some(),
+        "the new process answered nothing:\n{}",
+        new.log()
+    );
+    let late_old = outcomes
+        .iter()
+        .filter(|o| o.started > exited_at && o.result.as_deref() != Ok("new"))
+        .count();
+    assert_eq!(late_old, 0, "requests after the old process exited");
+    assert!(new.is_running(), "{}", new.log());
+    // A fresh client (new connections) reaches the new process.
+    let (status, body) = get(&crate::support::client(), &new.url("/after"), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let echo: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echoed_header(&echo, "host").as_deref(), Some("new"));
+}
+
+// ---------------------------------------------------------------------
+// 6. Start-up refusals and an expired certificate
+
+/// Runs the proxy with `args` after `--listen` and `--tls-listen` on
+/// free ports; asserts it exited non-zero with one `error:` line, that
+/// `message` is in that line (or, with `anywhere`, in stderr: clap's
+/// usage errors continue on the next lines), and that nothing listened.
+fn assert_refused(options: ProxyOptions, args: &[&str], message: &str, anywhere: bool) {
+    let (plain, tls) = (free_port(), free_port());
+    let mut all = strings(&[
+        "--listen",
+        &format!("127.0.0.1:{plain}"),
+        "--tls-listen",
+        &format!("127.0.0.1:{tls}"),
+    ]);
+    all.extend(strings(args));
+    let (status, log) = run_to_exit(options, &all);
+    assert!(!status.success(), "exited 0 for {message:?}:\n{log}");
+    let error_lines: Vec<&str> = log.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(error_lines.len(), 1, "one error line expected:\n{log}");
+    let found = if anywhere {
+        log.contains(message)
+    } else {
+        error_lines[0].contains(message)
+    };
+    assert!(found, "expected {message:?} in:\n{log}");
+    for port in [plain, tls] {
+        assert!(
+            TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "something listened on {port}"
+        );
+    }
+}
+
+fn module_options() -> ProxyOptions {
+    ProxyOptions::new(
+        "first_proxy",
+        json!({"upstream": "127.0.0.1:9", "tls": false}),
+    )
+}
+
+#[test]
+fn bad_certificates_and_flags_are_refused_at_start() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let a = ca.issue(dir.path(), "a", &["a.example"], VALID);
+    let b = ca.issue(dir.path(), "b", &["b.example"], VALID);
+    let (a_cert, a_key) = (path_str(&a.cert_path), path_str(&a.key_path));
+    let b_key = path_str(&b.key_path);
+
+    let cases: [(&[&str], &str, bool); 6] = [
+        (
+            &["--cert", "/nonexistent/cert.pem", "--key", a_key],
+            "/nonexistent/cert.pem",
+            false,
+        ),
+        (
+            &["--cert", a_cert, "--key", "/nonexistent/key.pem"],
+            "/nonexistent/key.pem",
+            false,
+        ),
+        (&["--cert", a_cert, "--key", b_key], "does not match", false),
+        (&["--cert", a_cert], "--key", true),
+        (&["--key", a_key], "--cert", true),
+        // --tls-listen without any certificate.
+        (&[], "--cert", false),
+    ];
+    for (args, message, anywhere) in cases {
+        assert_refused(module_options(), args, message, anywhere);
+    }
+
+    // The same from a tenants file: a missing certificate, a mismatched
+    // key, and no tenant with a certificate.
+    let tenant = |tls: &str| {
+        format!(
+            "tenants:\n  - name: a\n    hosts: [a.example]\n    module: GUESTS/first_proxy.wasm\n\
+             \x20   config: {{upstream: \"127.0.0.1:9\", tls: false}}\n{tls}"
+        )
+    };
+    for (yaml, message) in [
+        (
+            tenant("    tls: {cert: missing.pem, key: a.key}\n"),
+            "missing.pem",
+        ),
+        (
+            tenant("    tls: {cert: a.pem, key: missing.key}\n"),
+            "missing.key",
+        ),
+        (
+            tenant("    tls: {cert: a.pem, key: b.key}\n"),
+            "does not match",
+        ),
+        (tenant(""), "--cert"),
+    ] {
+        let path = dir.path().join("tenants.yaml");
+        write_tenants(&path, &yaml);
+        let mut options = module_options();
+        options.tenants = Some(path);
+        assert_refused(options, &[], message, false);
+    }
+}
+
+#[test]
+fn an_expired_certificate_is_served_with_a_warning() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let expired = ca.issue(dir.path(), "expired", &["old.example"], EXPIRED);
+    let mut options = module_options();
+    options.tls_listen = true;
+    options.extra_args = strings(&[
+        "--cert",
+        path_str(&expired.cert_path),
+        "--key",
+        path_str(&expired.key_path),
+    ]);
+    let proxy = Proxy::start(options);
+    let log = proxy.wait_for_log("expired");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("expired")),
+        "no warning about the expired certificate:\n{log}"
+    );
+    let tls = proxy.tls_addr();
+    let stream = handshake(tls, &ca, Some("old.example"), None, &[]).unwrap();
+    assert_eq!(fingerprint(&peer_leaf(&stream)), fingerprint(&expired.cert));
+    // A verifying client refuses it (the certificate is what it says).
+    assert!(handshake(tls, &ca, Some("old.example"), Some("old.example"), &[]).is_err());
+}
+
+// ---------------------------------------------------------------------
+// 7. Reloads
+
+/// Lines of the proxy's log containing `needle`.
+fn log_count(proxy: &Proxy, needle: &str) -> usize {
+    proxy.log().matches(needle).count()
+}
+
+/// Waits (bounded) until the log has more than `before` `needle`s.
+fn wait_log_count(proxy: &Proxy, needle: &str, before: usize) {
+    let started = Instant::now();
+    while log_count(proxy, needle) <= before {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no new {needle:?}:\n{}",
+            proxy.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn certificates_reload_with_the_tenants_file_and_bad_ones_are_refused() {
+    let rt = runtime();
+    let upstream = rt.block_on(Upstream::plain());
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let first = ca.issue(dir.path(), "first", &["a.example"], VALID);
+    let second = ca.issue(dir.path(), "second", &["a.example"], VALID);
+    let other = ca.issue(dir.path(), "other", &["a.example"], VALID);
+    let yaml = |cert: &str, key: &str| {
+        format!(
+            r#"
+tenants:
+  - name: a
+    hosts: ["a.example"]
+    module: GUESTS/first_proxy.wasm
+    config: {{ upstream: "{u}", tls: false, host: "a-upstream" }}
+    tls: {{ cert: {cert}, key: {key} }}
+"#,
+            u = upstream.addr
+        )
+    };
+    let (mut proxy, path) = tls_tenants_proxy(dir.path(), &yaml("first.pem", "first.key"), &[]);
+    let tls = proxy.tls_addr();
+    let served = || {
+        let stream = handshake(tls, &ca, Some("a.example"), Some("a.example"), &[])
+            .unwrap_or_else(|e| panic!("handshake: {e}\n{}", proxy.log()));
+        fingerprint(&peer_leaf(&stream))
+    };
+    assert_eq!(served(), fingerprint(&first.cert));
+
+    // Another valid certificate: served once reloaded.
+    let before = log_count(&proxy, "reloaded tenants");
+    write_tenants(&path, &yaml("second.pem", "second.key"));
+    proxy.hangup();
+    wait_log_count(&proxy, "reloaded tenants", before);
+    let started = Instant::now();
+    while served() != fingerprint(&second.cert) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still the first certificate after the reload:\n{}",
+            proxy.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // A mismatched pair, then a missing file: refused, the second
+    // certificate serves on.
+    for (cert, key) in [("other.pem", "second.key"), ("missing.pem", "second.key")] {
+        let before = log_count(&proxy, "reload refused");
+        write_tenants(&path, &yaml(cert, key));
+        proxy.hangup();
+        wait_log_count(&proxy, "reload refused", before);
+        for _ in 0..5 {
+            assert_eq!(
+                served(),
+                fingerprint(&second.cert),
+                "{cert} with {key}:\n{}",
+                proxy.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_ne!(fingerprint(&other.cert), fingerprint(&second.cert));
+    }
+    let reply = https_get(tls, &ca, "a.example", "/");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        echoed_header(&reply.echo(), "host").as_deref(),
+        Some("a-upstream")
+    );
+    assert!(proxy.is_running());
+}
