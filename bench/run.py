@@ -33,6 +33,10 @@ compiled-module cache; and the time from start to first response.
 Loopback only; every load is bounded by --duration and the round counts.
 
     python3 bench/run.py [--pingora-threads 1 2] [--duration 3] [--max-rounds 30]
+
+`python3 bench/run.py --edge [...]` runs bench/edge.py instead: TLS
+handshakes, keep-alive HTTPS and HTTP/2 against native Pingora with the
+same TLS settings.
 """
 
 import argparse
@@ -208,11 +212,12 @@ def delay_script(workdir, delay_ms):
     return script
 
 
-def run_wrk(port, threads, connections, duration, host=None, headers=(), script=None, cpus=None):
+def run_wrk(port, threads, connections, duration, host=None, headers=(), script=None, cpus=None,
+            scheme="http"):
     """wrk against port (with Host: host, if given, and the other request
     headers given as "Name: value"); returns a dict with requests, rps,
     p50 and p99 (ms), non2xx and socket_errors."""
-    url = f"http://127.0.0.1:{port}/"
+    url = f"{scheme}://127.0.0.1:{port}/"
     cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency"]
     if cpus:
         cmd = ["taskset", "-c", cpus, *cmd]
@@ -327,11 +332,14 @@ class Bench:
             # The tenant budget is out of reach: this measures the proxy's
             # cost, and a fresh instance per call spends guest time
             # instantiating, past the default 100 ms/s at these rates.
+            # Native adds no X-Forwarded-* headers: nor does this host (an
+            # earlier build given as a baseline has no such flag, nor adds them).
+            like_native = [] if binary else ["--no-forwarded-headers"]
             return self.procs.start(
                 [*(self.pinned(threads) if pin else []), binary or RELEASE / "host", *(guests or self.guest_args),
                  "--listen", f"127.0.0.1:{port}",
                  "--module-cache", cache or self.workdir / "module-cache", "--cpu-ms-per-s", "64000",
-                 "-c", pingora_conf(self.workdir, name, threads), *extra],
+                 "-c", pingora_conf(self.workdir, name, threads), *like_native, *extra],
                 env={**os.environ, "RUST_LOG": "warn"})
         return start
 
@@ -484,6 +492,11 @@ def print_tables(bench, threads, cpu, sat):
 
 
 def main():
+    if "--edge" in sys.argv[1:]:
+        # TLS and HTTP/2 downstream: bench/edge.py, with the other flags.
+        sys.argv.remove("--edge")
+        from edge import main as edge_main
+        return edge_main()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pingora-threads", type=int, nargs="+", default=[1, 2],
                         help="Pingora threads of every proxy and of the upstream; each count is a "

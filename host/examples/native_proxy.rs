@@ -2,11 +2,16 @@
 //! doing what `guests/first_proxy` does, with the same Pingora flags.
 //!
 //! `cargo run --release -p host --example native_proxy -- --upstream 127.0.0.1:8080 --listen 127.0.0.1:6190 -c conf.yaml`
+//!
+//! With `--tls-listen ADDR --cert FILE --key FILE` it also listens with
+//! TLS as the host does (Mozilla intermediate, h2 and http/1.1 by ALPN),
+//! for the edge benchmark (bench/edge.py).
 
 use std::net::SocketAddr;
 
 use async_trait::async_trait;
 use clap::Parser;
+use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::*;
 use pingora::server::configuration::Opt;
 
@@ -24,6 +29,15 @@ struct Args {
     /// Address to listen on.
     #[arg(short, long, default_value = "0.0.0.0:6188")]
     listen: String,
+    /// Address to listen on with TLS.
+    #[arg(long, requires_all = ["cert", "key"])]
+    tls_listen: Option<String>,
+    /// Certificate (PEM) of the TLS listener.
+    #[arg(long)]
+    cert: Option<String>,
+    /// Private key (PEM) of the TLS listener.
+    #[arg(long)]
+    key: Option<String>,
     #[command(flatten)]
     pingora: Opt,
 }
@@ -69,6 +83,11 @@ fn main() {
     };
     let mut service = http_proxy_service(&server.configuration, proxy);
     service.add_tcp(&args.listen);
+    if let (Some(addr), Some(cert), Some(key)) = (&args.tls_listen, &args.cert, &args.key) {
+        let mut settings = TlsSettings::intermediate(cert, key).unwrap();
+        settings.enable_h2();
+        service.add_tls_with_settings(addr, None, settings);
+    }
     server.add_service(service);
     server.run_forever();
 }
