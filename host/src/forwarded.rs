@@ -1,11 +1,15 @@
-//! The headers an edge proxy adds to what it forwards: `X-Forwarded-For`
+//! What an edge proxy adds to the requests it takes in: `X-Forwarded-For`
 //! (the client's address, appended to what proxies before it said),
 //! `X-Forwarded-Proto` and `X-Forwarded-Host` (how and for which name the
-//! client asked, replacing whatever the client itself claimed). They are
-//! added before the guest's `upstream_request_filter`, which may change
-//! or remove them.
+//! client asked, replacing whatever the client itself claimed), and a
+//! `Host` for an HTTP/2 request, which names its host in `:authority`.
+//! They go into the downstream request as it arrives, as Envoy adds its
+//! own: every guest (filters, `request_filter`, ...,
+//! `upstream_request_filter`) sees them and may change or remove them, and
+//! what is left goes upstream.
 
 use http::header::{HeaderName, HeaderValue, HOST};
+use http::Version;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
@@ -14,12 +18,36 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Adds the three headers to `upstream`, the request about to go to the
-/// upstream for `session`'s downstream request.
-pub fn add_forwarded_headers(session: &Session, upstream: &mut RequestHeader) -> Result<()> {
-    if let Some(client) = session.client_addr().and_then(|addr| addr.as_inet()) {
+/// An HTTP/2 request without a Host header gets one from its
+/// `:authority`, so that guests read every request's host the same way
+/// (Pingora makes the same Host for an HTTP/1.1 upstream).
+pub fn authority_as_host(request: &mut RequestHeader) {
+    if request.version != Version::HTTP_2 || request.headers.contains_key(HOST) {
+        return;
+    }
+    let host = request
+        .uri
+        .authority()
+        .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok());
+    if let Some(host) = host {
+        // Inserting a valid name and value cannot fail.
+        let _ = request.insert_header(HOST, host);
+    }
+}
+
+/// Adds the three X-Forwarded headers to `session`'s request.
+pub fn add_forwarded_headers(session: &mut Session) -> Result<()> {
+    let client = session
+        .client_addr()
+        .and_then(|addr| addr.as_inet())
+        .copied();
+    let tls = session
+        .digest()
+        .is_some_and(|digest| digest.ssl_digest.is_some());
+    let request = session.req_header_mut();
+    if let Some(client) = client {
         let mut chain = Vec::new();
-        for earlier in upstream.headers.get_all(&X_FORWARDED_FOR) {
+        for earlier in request.headers.get_all(&X_FORWARDED_FOR) {
             chain.extend_from_slice(earlier.as_bytes());
             chain.extend_from_slice(b", ");
         }
@@ -28,25 +56,13 @@ pub fn add_forwarded_headers(session: &Session, upstream: &mut RequestHeader) ->
             InvalidHTTPHeader,
             "X-Forwarded-For of the downstream request",
         )?;
-        upstream.insert_header(X_FORWARDED_FOR, chain)?;
+        request.insert_header(X_FORWARDED_FOR, chain)?;
     }
-    let tls = session
-        .digest()
-        .is_some_and(|digest| digest.ssl_digest.is_some());
-    upstream.insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
-    let downstream = session.req_header();
-    // HTTP/2 carries the name in :authority, not in a Host header.
-    let host = match downstream.headers.get(HOST) {
-        Some(host) => Some(host.clone()),
-        None => downstream
-            .uri
-            .authority()
-            .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok()),
-    };
-    match host {
-        Some(host) => upstream.insert_header(X_FORWARDED_HOST, host)?,
+    request.insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
+    match request.headers.get(HOST).cloned() {
+        Some(host) => request.insert_header(X_FORWARDED_HOST, host)?,
         None => {
-            upstream.remove_header(&X_FORWARDED_HOST);
+            request.remove_header(&X_FORWARDED_HOST);
         }
     }
     Ok(())

@@ -40,7 +40,7 @@ use crate::abi::v1::{self, DownstreamRequest, GuestCtx, Outcome, PeerTarget, Req
 use crate::abi::HookFailure;
 use crate::budget::{CallPermit, Throttle};
 use crate::drain::Draining;
-use crate::forwarded::add_forwarded_headers;
+use crate::forwarded::{add_forwarded_headers, authority_as_host};
 use crate::hooks::Hook;
 use crate::metrics::Metrics;
 use crate::tenants::{GuestErrorPolicy, Tenant, TenantSet};
@@ -702,13 +702,15 @@ impl ProxyHttp for WasmProxy {
         }
     }
 
-    /// Routing by Host: exact name, wildcard, default tenant; else 404.
-    /// Then the tenant's proxy-wasm filters (`proxy_on_request_headers`),
-    /// in order, then its module's export `request_filter`.
+    /// Routing by Host (an HTTP/2 request's `:authority`): exact name,
+    /// wildcard, default tenant; else 404. Then the X-Forwarded-* headers,
+    /// the tenant's proxy-wasm filters (`proxy_on_request_headers`), in
+    /// order, then its module's export `request_filter`.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         if self.draining.now() {
             session.set_keepalive(None);
         }
+        authority_as_host(session.req_header_mut());
         let req = session.req_header();
         let host = || {
             req.headers
@@ -727,6 +729,9 @@ impl ProxyHttp for WasmProxy {
             tenant.metrics.request();
             let tenant = tenant.clone();
             ctx.tenant = Some(tenant.clone());
+            if self.forwarded_headers {
+                add_forwarded_headers(session)?;
+            }
             // The filter chain's future is large: boxed, so that a tenant
             // without filters does not allocate it for every request.
             if !tenant.filters.is_empty()
@@ -824,8 +829,8 @@ impl ProxyHttp for WasmProxy {
         }
     }
 
-    /// The X-Forwarded-* headers, then guest export
-    /// `upstream_request_filter`: changes to the request sent upstream.
+    /// Guest export `upstream_request_filter`: changes to the request sent
+    /// upstream.
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -833,9 +838,6 @@ impl ProxyHttp for WasmProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let tenant = routed(ctx)?;
-        if self.forwarded_headers {
-            add_forwarded_headers(session, upstream_request)?;
-        }
         if has_body(session.req_header()) && reads_bodies(&tenant, ctx, Direction::Request) {
             // A filter may change the body's length: frame it by chunks.
             upstream_request.remove_header(&http::header::CONTENT_LENGTH);

@@ -6,7 +6,7 @@
 //!
 //! `{"upstream": "127.0.0.1:8080", "auth": false, "redirects": {"/old": "/new"},
 //!   "hsts": false, "strip_server": false, "status_map": {"201": 203}, "log": false,
-//!   "refuse_path": "/forbidden"}`
+//!   "refuse_path": "/forbidden", "remove_header": "x-forwarded-for"}`
 //!
 //! - `request_filter` records itself and `x-user` in the ctx; then, with
 //!   `auth`, answers a request without `Authorization` with 401
@@ -15,12 +15,13 @@
 //!   to `refuse_path` with 403 (Pingora's error page); answers a request
 //!   whose path is a key of `redirects` with 301 to its value (empty body);
 //!   else, if the request has `x-rewrite-to`, sets the request's uri to it
-//!   (400 if it is not a `/path`) and adds `x-rewritten: 1` to it.
+//!   (400 if it is not a `/path`) and adds `x-rewritten: 1` to it; with
+//!   `remove_header`, removes that header from the request.
 //! - `upstream_peer` sends every request to `upstream` (plain HTTP).
 //! - `upstream_request_filter` adds `x-ctx-seen` (the hooks so far, joined
 //!   by `,`), `x-request-version` (the downstream request's `version`,
-//!   e.g. `HTTP/2.0`) and `x-ctx-user` (if `x-user` was given) to the
-//!   upstream request.
+//!   e.g. `HTTP/2.0`), `x-request-host` (its Host, as the guest sees it)
+//!   and `x-ctx-user` (if `x-user` was given) to the upstream request.
 //! - `response_filter` adds `x-ctx-seen` to the response; with `hsts`,
 //!   `Strict-Transport-Security: max-age=31536000`; with `strip_server`,
 //!   removes `Server`; changes the status as `status_map` says.
@@ -47,6 +48,8 @@ pub struct Config {
     log: bool,
     /// Requests to this path (exactly) are refused with 403.
     refuse_path: Option<String>,
+    /// A request header `request_filter` removes (e.g. one the host added).
+    remove_header: Option<String>,
 }
 
 impl Default for Config {
@@ -60,6 +63,7 @@ impl Default for Config {
             status_map: BTreeMap::new(),
             log: false,
             refuse_path: None,
+            remove_header: None,
         }
     }
 }
@@ -134,6 +138,9 @@ impl ProxyHttp for Lifecycle {
             }
             request.insert_header("x-rewritten", "1")?;
         }
+        if let Some(name) = &self.config.remove_header {
+            session.req_header_mut().remove_header(name.as_str());
+        }
         Ok(false)
     }
 
@@ -156,6 +163,9 @@ impl ProxyHttp for Lifecycle {
         upstream_request.insert_header("x-ctx-seen", ctx.seen.join(","))?;
         let version = session.req_header().version.clone();
         upstream_request.insert_header("x-request-version", version)?;
+        if let Some(host) = session.get_header("host").map(str::to_string) {
+            upstream_request.insert_header("x-request-host", host)?;
+        }
         if let Some(user) = &ctx.user {
             upstream_request.insert_header("x-ctx-user", user.as_str())?;
         }
