@@ -10,7 +10,7 @@ use crate::budget::BudgetLimits;
 use crate::cli::Cli;
 use crate::runtime::GuestLimits;
 use crate::tenants::{FilterSource, TenantDefaults, TenantSource};
-use crate::tls::Certificate;
+use crate::tls::DefaultCertificate;
 use crate::upstream::StaticUpstream;
 use crate::upstream_pools::PoolSpec;
 
@@ -65,29 +65,27 @@ pub fn module_cache_dir(cli: &Cli) -> Option<PathBuf> {
 
 /// The listen addresses, each checked to be `ip:port`.
 pub fn listen_addrs(cli: &Cli) -> anyhow::Result<Vec<String>> {
-    for addr in &cli.listen {
-        if addr.parse::<SocketAddr>().is_err() {
-            bail!("--listen {addr:?} is not an ip:port address");
-        }
-    }
-    Ok(cli.listen.clone())
+    checked_addrs("--listen", &cli.listen)
 }
 
 /// The `--tls-listen` addresses, each checked to be `ip:port`.
 pub fn tls_listen_addrs(cli: &Cli) -> anyhow::Result<Vec<String>> {
-    for addr in &cli.tls_listen {
-        if addr.parse::<SocketAddr>().is_err() {
-            bail!("--tls-listen {addr:?} is not an ip:port address");
-        }
+    checked_addrs("--tls-listen", &cli.tls_listen)
+}
+
+/// `addrs` of `flag`, each checked to be `ip:port`.
+fn checked_addrs(flag: &str, addrs: &[String]) -> anyhow::Result<Vec<String>> {
+    if let Some(bad) = addrs.iter().find(|a| a.parse::<SocketAddr>().is_err()) {
+        bail!("{flag} {bad:?} is not an ip:port address");
     }
-    Ok(cli.tls_listen.clone())
+    Ok(addrs.to_vec())
 }
 
 /// The default certificate of TLS listeners (`--cert`, `--key`), loaded
 /// and checked.
-pub fn default_certificate(cli: &Cli) -> anyhow::Result<Option<Certificate>> {
+pub fn default_certificate(cli: &Cli) -> anyhow::Result<Option<DefaultCertificate>> {
     match (&cli.cert, &cli.key) {
-        (Some(cert), Some(key)) => Certificate::load(cert, key)
+        (Some(cert), Some(key)) => DefaultCertificate::load(cert.clone(), key.clone())
             .context("--cert/--key")
             .map(Some),
         (None, None) => Ok(None),

@@ -1,12 +1,14 @@
-//! Hot reload: on SIGHUP, or when the tenants file or a module file
-//! changes, build a new tenant set off the request path and swap it in.
+//! Hot reload: on SIGHUP, or when the tenants file, a module file or a
+//! certificate changes, build a new tenant set (and load the default
+//! certificate again) off the request path and swap it in.
 //! In-flight requests finish on the set they started with; a set that
 //! fails to load is refused with a log line and the old one keeps serving.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -15,6 +17,7 @@ use pingora::services::background::BackgroundService;
 use crate::metrics::Metrics;
 use crate::runtime::{release_freed_memory, GuestEngine};
 use crate::tenants::{TenantDefaults, TenantSet, TenantSource};
+use crate::tls::{Certificate, DefaultCertificate};
 use crate::upstream_pools::HealthRegistries;
 
 /// How often watched files are checked for changes.
@@ -34,24 +37,27 @@ pub struct TenantReloader {
     pub metrics: Arc<Metrics>,
     /// Pools' health state, kept for the pools a reload keeps.
     pub registries: Arc<HealthRegistries>,
+    /// `--cert`/`--key`, loaded again with each reload.
+    pub default_certificate: Option<Arc<DefaultCertificate>>,
+    /// Whether there are TLS listeners, which a set must leave a
+    /// certificate to.
+    pub tls_listeners: bool,
 }
 
 impl TenantReloader {
     /// Loads the set again; swaps it in if it loads, keeps the old one if
     /// not. Returns whether the new set took effect.
     pub fn reload(&self, why: &str) -> bool {
-        let loaded = TenantSet::load(
-            &self.engine,
-            &self.source,
-            self.defaults,
-            &self.metrics,
-            &self.registries,
-        );
-        match loaded {
-            Ok(set) => {
+        match self.load() {
+            Ok((set, default_certificate)) => {
                 let names: Vec<&str> = set.tenants().iter().map(|t| t.name.as_str()).collect();
                 log::info!("reloaded tenants ({why}): {}", names.join(", "));
                 self.live.store(Arc::new(set));
+                if let (Some(default), Some(loaded)) =
+                    (&self.default_certificate, default_certificate)
+                {
+                    default.replace(loaded);
+                }
                 self.metrics.reload(true);
                 release_freed_memory();
                 true
@@ -65,9 +71,31 @@ impl TenantReloader {
         }
     }
 
+    /// The new set and default certificate, checked, not yet serving.
+    fn load(&self) -> anyhow::Result<(TenantSet, Option<Arc<Certificate>>)> {
+        let default_certificate = match &self.default_certificate {
+            Some(default) => Some(default.load_again().context("--cert/--key")?),
+            None => None,
+        };
+        let set = TenantSet::load(
+            &self.engine,
+            &self.source,
+            self.defaults,
+            &self.metrics,
+            &self.registries,
+        )?;
+        if self.tls_listeners && default_certificate.is_none() && !set.has_certificates() {
+            bail!("the TLS listeners would be left without a certificate");
+        }
+        Ok((set, default_certificate))
+    }
+
     fn stamps(&self) -> Vec<(PathBuf, Option<(SystemTime, u64)>)> {
         let live = self.live.load();
         let mut files: Vec<PathBuf> = live.watched_files().to_vec();
+        if let Some(default) = &self.default_certificate {
+            files.extend(default.files().map(Path::to_path_buf));
+        }
         if let TenantSource::File(path) = &self.source {
             if !files.contains(path) {
                 files.push(path.clone());

@@ -67,6 +67,9 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
     let registries = Arc::new(HealthRegistries::new(server.configuration.ca_file.clone()));
     let tenants = TenantSet::load(&engine, &source, limits, &metrics, &registries)?;
     release_freed_memory();
+    if tls_listen.is_empty() && tenants.has_certificates() {
+        log::warn!("tenants have certificates, but there is no --tls-listen to serve them on");
+    }
     if !tls_listen.is_empty() && default_certificate.is_none() && !tenants.has_certificates() {
         bail!(
             "--tls-listen needs a certificate: give --cert FILE --key FILE, \
@@ -168,6 +171,8 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
         live,
         metrics,
         registries,
+        default_certificate,
+        tls_listeners: !tls_listen.is_empty(),
     };
     server.add_service(background_service("tenant reload", reloader));
     Ok(server)

@@ -551,6 +551,10 @@ fn build_tenant(load: TenantLoad, spec: TenantSpec) -> anyhow::Result<(Tenant, V
     };
     let mut files = Vec::new();
     let certificate = match &spec.tls {
+        Some(_) if spec.hosts.is_empty() => bail!(
+            "tls: a tenant's certificate is served to the names of its hosts, and it has none \
+             (names no tenant serves get --cert)"
+        ),
         Some(tls) => {
             let (cert, key) = (base.join(&tls.cert), base.join(&tls.key));
             let certificate = Certificate::load(&cert, &key).context("tls")?;

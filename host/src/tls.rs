@@ -3,7 +3,7 @@
 //! one for each handshake chosen by SNI from the live tenant set, so that
 //! certificates reload with it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
@@ -76,6 +76,37 @@ impl Certificate {
     }
 }
 
+/// The default certificate (`--cert`, `--key`): loaded at start and again
+/// at each reload, with the tenants file.
+pub struct DefaultCertificate {
+    cert: PathBuf,
+    key: PathBuf,
+    current: ArcSwap<Certificate>,
+}
+
+impl DefaultCertificate {
+    /// Loads it from `cert` and `key`.
+    pub fn load(cert: PathBuf, key: PathBuf) -> anyhow::Result<Self> {
+        let current = ArcSwap::from_pointee(Certificate::load(&cert, &key)?);
+        Ok(DefaultCertificate { cert, key, current })
+    }
+
+    /// Loads it again from its files, without serving it yet.
+    pub fn load_again(&self) -> anyhow::Result<Arc<Certificate>> {
+        Certificate::load(&self.cert, &self.key).map(Arc::new)
+    }
+
+    /// Serves `certificate` from now on.
+    pub fn replace(&self, certificate: Arc<Certificate>) {
+        self.current.store(certificate);
+    }
+
+    /// Its files, watched for changes.
+    pub fn files(&self) -> [&Path; 2] {
+        [&self.cert, &self.key]
+    }
+}
+
 /// Chooses each handshake's certificate by SNI: the tenant whose hosts
 /// match the name (exact, then the longest wildcard), else the default
 /// certificate, else none, which refuses the handshake.
@@ -83,7 +114,7 @@ pub struct CertificateSelector {
     /// The live tenant set, whose certificates reload with it.
     pub tenants: Arc<ArcSwap<TenantSet>>,
     /// `--cert`/`--key`, for names no tenant's certificate serves.
-    pub default: Option<Arc<Certificate>>,
+    pub default: Option<Arc<DefaultCertificate>>,
 }
 
 #[async_trait]
@@ -91,10 +122,11 @@ impl TlsAccept for CertificateSelector {
     async fn certificate_callback(&self, ssl: &mut TlsRef) {
         let tenants = self.tenants.load();
         let name = ssl.servername(NameType::HOST_NAME).map(str::to_string);
+        let default = self.default.as_ref().map(|d| d.current.load_full());
         let chosen = name
             .as_deref()
             .and_then(|name| tenants.certificate_for(name))
-            .or(self.default.as_ref());
+            .or(default.as_ref());
         match chosen {
             Some(certificate) => {
                 if let Err(e) = certificate.use_in(ssl) {

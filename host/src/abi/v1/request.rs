@@ -195,9 +195,9 @@ impl<'a> RequestLine<'a> {
                 let mut parts = target.uri.clone().into_parts();
                 parts.scheme = Some(scheme);
                 parts.authority = Some(authority);
-                if let Ok(with_host) = http::Uri::from_parts(parts) {
-                    target.set_uri(with_host);
-                }
+                let with_host = http::Uri::from_parts(parts)
+                    .map_err(|e| HookFault::InvalidOutput(format!("uri {uri:?}: {e}")))?;
+                target.set_uri(with_host);
             }
         }
         if let Some(method) = self.method {
