@@ -217,7 +217,8 @@ def run_wrk(port, threads, connections, duration, host=None, headers=(), script=
     """wrk against port (with Host: host, if given, and the other request
     headers given as "Name: value"); returns a dict with requests, rps,
     p50 and p99 (ms), non2xx and socket_errors."""
-    url = f"{scheme}://127.0.0.1:{port}/"
+    # Over TLS, a name: wrk then sends it as SNI, as clients do.
+    url = f"http://127.0.0.1:{port}/" if scheme == "http" else f"{scheme}://localhost:{port}/"
     cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency"]
     if cpus:
         cmd = ["taskset", "-c", cpus, *cmd]

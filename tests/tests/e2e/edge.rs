@@ -537,8 +537,10 @@ fn http2_by_alpn_runs_every_hook_as_http1_does() {
         assert_eq!(echo["uri"], "/v?q=1", "{echo}");
         assert_eq!(echo["method"], "POST");
         assert_eq!(echo["body"], body.as_str());
-        // The upstream (HTTP/1.1) gets the :authority of h2 as Host.
+        // The upstream (HTTP/1.1) gets the :authority of h2 as Host, and
+        // the guest read it as Host too.
         assert_eq!(header("host"), Some(authority.clone()), "{echo}");
+        assert_eq!(header("x-request-host"), Some(authority.clone()), "{echo}");
         assert_eq!(
             header("x-forwarded-proto").as_deref(),
             Some("https"),
@@ -729,6 +731,25 @@ async fn forwarded_headers_by_default_and_none_with_the_flag() {
         ],
         "{proxied}"
     );
+    drop(proxy);
+
+    // A guest sees what the host added, and may remove it.
+    let mut options = lifecycle_options(&upstream, &[]);
+    options.module_config = Some(json!({
+        "upstream": upstream.addr.to_string(),
+        "remove_header": "x-forwarded-for",
+    }));
+    let proxy = Proxy::start(options);
+    let stripped = echo(get(&client, &proxy.url("/f"), &[]).await);
+    assert_eq!(
+        forwarded(&stripped),
+        [
+            vec![],
+            vec!["http".to_string()],
+            vec![proxy.addr.to_string()]
+        ],
+        "{stripped}"
+    );
 }
 
 // ---------------------------------------------------------------------
@@ -813,7 +834,7 @@ async fn upgrade_under_load_hands_over_without_failing_a_request() {
         let (client, url, stop) = (client.clone(), old.url("/upgrade"), stop.clone());
         load.spawn(async move {
             let mut outcomes = Vec::new();
-            while !stop.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(20) {
+            while !stop.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(60) {
                 outcomes.push(upgrade_get(&client, &url, t0).await);
                 // Steady, not flat out: other tests share the machine.
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -830,7 +851,7 @@ async fn upgrade_under_load_hands_over_without_failing_a_request() {
     while !socket.exists() {
         assert!(new.is_running(), "the new process exited:\n{}", new.log());
         assert!(
-            waited.elapsed() < Duration::from_secs(30),
+            waited.elapsed() < Duration::from_secs(20),
             "no upgrade socket:\n{}",
             new.log()
         );
@@ -1028,6 +1049,14 @@ fn bad_certificates_and_flags_are_refused_at_start() {
             "does not match",
         ),
         (tenant(""), "--cert"),
+        (
+            // A certificate no SNI name could reach.
+            "tenants:\n  - name: d\n    module: GUESTS/first_proxy.wasm\n\
+             \x20   config: {upstream: \"127.0.0.1:9\", tls: false}\n\
+             \x20   tls: {cert: a.pem, key: a.key}\ndefault_tenant: d\n"
+                .to_string(),
+            "it has none",
+        ),
     ] {
         let path = dir.path().join("tenants.yaml");
         write_tenants(&path, &yaml);
@@ -1134,10 +1163,14 @@ tenants:
     // A mismatched pair, then a missing file: refused, the second
     // certificate serves on.
     for (cert, key) in [("other.pem", "second.key"), ("missing.pem", "second.key")] {
-        let before = log_count(&proxy, "reload refused");
+        // Only a refusal names the file (it never loads): the file poll
+        // and SIGHUP may each refuse it, and an earlier case's second
+        // refusal must not stand for this one's.
+        let before = log_count(&proxy, cert);
         write_tenants(&path, &yaml(cert, key));
         proxy.hangup();
-        wait_log_count(&proxy, "reload refused", before);
+        wait_log_count(&proxy, cert, before);
+        assert!(proxy.log().contains("reload refused"), "{}", proxy.log());
         for _ in 0..5 {
             assert_eq!(
                 served(),
@@ -1149,6 +1182,16 @@ tenants:
         }
         assert_ne!(fingerprint(&other.cert), fingerprint(&second.cert));
     }
+    // A set with no certificate left for the TLS listener: refused too.
+    let before = log_count(&proxy, "left without a certificate");
+    let no_tls = yaml("second.pem", "second.key")
+        .replace("    tls: { cert: second.pem, key: second.key }\n", "");
+    assert!(!no_tls.contains("tls: {"), "{no_tls}");
+    write_tenants(&path, &no_tls);
+    proxy.hangup();
+    wait_log_count(&proxy, "left without a certificate", before);
+    assert_eq!(served(), fingerprint(&second.cert));
+
     let reply = https_get(tls, &ca, "a.example", "/");
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(
@@ -1156,4 +1199,50 @@ tenants:
         Some("a-upstream")
     );
     assert!(proxy.is_running());
+}
+
+#[test]
+fn the_default_certificate_reloads_when_its_files_change() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let first = ca.issue(dir.path(), "default", &["localhost"], VALID);
+    let next = ca.issue(dir.path(), "next", &["localhost"], VALID);
+    let mut options = module_options();
+    options.tls_listen = true;
+    options.extra_args = strings(&[
+        "--cert",
+        path_str(&first.cert_path),
+        "--key",
+        path_str(&first.key_path),
+    ]);
+    let proxy = Proxy::start(options);
+    let tls = proxy.tls_addr();
+    let served = || {
+        let stream = handshake(tls, &ca, Some("localhost"), Some("localhost"), &[])
+            .unwrap_or_else(|e| panic!("handshake: {e}\n{}", proxy.log()));
+        fingerprint(&peer_leaf(&stream))
+    };
+    assert_eq!(served(), fingerprint(&first.cert));
+
+    // Renewed in place (key first, then certificate, each replaced whole):
+    // the watcher reloads it, and the proxy serves the new one.
+    let before = log_count(&proxy, "reloaded tenants");
+    for (from, to) in [
+        (&next.key_path, &first.key_path),
+        (&next.cert_path, &first.cert_path),
+    ] {
+        let partial = to.with_extension("partial");
+        std::fs::copy(from, &partial).unwrap();
+        std::fs::rename(&partial, to).unwrap();
+    }
+    wait_log_count(&proxy, "reloaded tenants", before);
+    let started = Instant::now();
+    while served() != fingerprint(&next.cert) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still the first certificate:\n{}",
+            proxy.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
