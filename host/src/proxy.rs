@@ -50,7 +50,7 @@ use crate::upstream_pools::{PeerTimeouts, PoolRoute};
 pub struct WasmProxy {
     tenants: Arc<ArcSwap<TenantSet>>,
     metrics: Arc<Metrics>,
-    /// Add X-Forwarded-For, -Proto and -Host to upstream requests.
+    /// Add X-Forwarded-For, -Proto and -Host to requests as they arrive.
     forwarded_headers: bool,
     /// Set once the process is to stop or hand over: connections close
     /// after their current response.
@@ -75,14 +75,14 @@ pub struct RequestCtx {
     /// Each proxy-wasm filter's HTTP context, by the tenant's filter
     /// order; None where a filter was skipped or has faulted.
     filters: Vec<Option<FilterStream>>,
-    /// The pool `upstream_peer` chose and the backends tried, for a retry
-    /// after a failed connection.
+    /// The pool `upstream_peer` chose, its backend and those that failed
+    /// to connect, for a retry.
     pool_route: Option<PoolRoute>,
 }
 
 impl WasmProxy {
     /// A proxy routing with the live tenant set; `forwarded_headers`
-    /// adds the X-Forwarded-* headers to upstream requests; once
+    /// adds the X-Forwarded-* headers to requests as they arrive; once
     /// `draining`, connections are not kept alive.
     pub fn new(
         tenants: Arc<ArcSwap<TenantSet>>,
