@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -17,7 +17,7 @@ use pingora::services::background::BackgroundService;
 use crate::metrics::Metrics;
 use crate::runtime::{release_freed_memory, GuestEngine};
 use crate::tenants::{TenantDefaults, TenantSet, TenantSource};
-use crate::tls::{Certificate, DefaultCertificate};
+use crate::tls::{check_listeners_have_a_certificate, Certificate, DefaultCertificate};
 use crate::upstream_pools::HealthRegistries;
 
 /// How often watched files are checked for changes.
@@ -84,9 +84,11 @@ impl TenantReloader {
             &self.metrics,
             &self.registries,
         )?;
-        if self.tls_listeners && default_certificate.is_none() && !set.has_certificates() {
-            bail!("the TLS listeners would be left without a certificate");
-        }
+        check_listeners_have_a_certificate(
+            self.tls_listeners,
+            default_certificate.is_some(),
+            &set,
+        )?;
         Ok((set, default_certificate))
     }
 

@@ -24,7 +24,7 @@ use crate::runtime::{
     release_freed_memory, EngineOptions, EpochTicker, GuestEngine, FEW_CALLS, MAX_MEMORY_LIMIT_MIB,
 };
 use crate::tenants::TenantSet;
-use crate::tls::CertificateSelector;
+use crate::tls::{check_listeners_have_a_certificate, CertificateSelector};
 use crate::upstream_pools::{HealthRegistries, PoolHealthChecks};
 
 /// The pooling allocator's per-instance memory ceiling: the largest
@@ -70,12 +70,11 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
     if tls_listen.is_empty() && tenants.has_certificates() {
         log::warn!("tenants have certificates, but there is no --tls-listen to serve them on");
     }
-    if !tls_listen.is_empty() && default_certificate.is_none() && !tenants.has_certificates() {
-        bail!(
-            "--tls-listen needs a certificate: give --cert FILE --key FILE, \
-             or tls: {{cert, key}} to tenants in the tenants file"
-        );
-    }
+    check_listeners_have_a_certificate(
+        !tls_listen.is_empty(),
+        default_certificate.is_some(),
+        &tenants,
+    )?;
     for tenant in tenants.tenants() {
         let budget = tenant.budget.limits();
         let filters: Vec<&str> = tenant.filters.iter().map(|f| f.module.name()).collect();

@@ -107,6 +107,22 @@ impl DefaultCertificate {
     }
 }
 
+/// Refuses to serve TLS listeners with no certificate at all: neither a
+/// default one nor any tenant's. Checked at start and at each reload.
+pub fn check_listeners_have_a_certificate(
+    tls_listeners: bool,
+    default: bool,
+    tenants: &TenantSet,
+) -> anyhow::Result<()> {
+    if tls_listeners && !default && !tenants.has_certificates() {
+        bail!(
+            "the TLS listeners (--tls-listen) would be left without a certificate: give \
+             --cert FILE --key FILE, or tls: {{cert, key}} to tenants in the tenants file"
+        );
+    }
+    Ok(())
+}
+
 /// Chooses each handshake's certificate by SNI: the tenant whose hosts
 /// match the name (exact, then the longest wildcard), else the default
 /// certificate, else none, which refuses the handshake.

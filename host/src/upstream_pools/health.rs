@@ -186,8 +186,7 @@ fn checker(spec: &PoolSpec, ca_file: Option<String>) -> Box<dyn HealthCheck + Se
             let peer = &mut check.peer_template;
             if let Some(tls) = &spec.tls {
                 peer.sni = tls.sni.clone();
-                peer.options.verify_cert = tls.verify_cert;
-                peer.options.verify_hostname = tls.verify_hostname;
+                tls.verify_with(&mut peer.options);
             }
             peer.options.connection_timeout = timeout;
             peer.options.total_connection_timeout = timeout;
@@ -216,8 +215,7 @@ fn checker(spec: &PoolSpec, ca_file: Option<String>) -> Box<dyn HealthCheck + Se
             let mut check = match &spec.tls {
                 Some(tls) => {
                     let mut check = TcpHealthCheck::new_tls(&tls.sni);
-                    check.peer_template.options.verify_cert = tls.verify_cert;
-                    check.peer_template.options.verify_hostname = tls.verify_hostname;
+                    tls.verify_with(&mut check.peer_template.options);
                     check
                 }
                 None => TcpHealthCheck::new(),
@@ -249,7 +247,10 @@ impl BackgroundService for PoolHealthChecks {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut shown: Option<Arc<TenantSet>> = None;
+        // The set last shown (weak: a replaced set is not kept alive for
+        // this), and the series shown for it.
+        let mut shown_set = Weak::new();
+        let mut shown = HashSet::new();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -262,19 +263,19 @@ impl BackgroundService for PoolHealthChecks {
                 passed |= pool.health().passed.swap(false, Ordering::AcqRel);
                 pool.health().start_pass_if_due(now, pool.check_interval());
             }
-            let reloaded = !shown.as_ref().is_some_and(|s| Arc::ptr_eq(s, &tenants));
+            let reloaded = !std::ptr::eq(shown_set.as_ptr(), Arc::as_ptr(&tenants));
             if passed || reloaded {
-                self.show(shown.as_deref(), &tenants);
-                shown = Some(tenants);
+                shown = self.show(&tenants, shown);
+                shown_set = Arc::downgrade(&tenants);
             }
         }
     }
 }
 
 impl PoolHealthChecks {
-    /// Sets the gauge of every backend of `live`, and removes the series
-    /// of backends `before` had and `live` does not.
-    fn show(&self, before: Option<&TenantSet>, live: &TenantSet) {
+    /// Sets the gauge of every backend of `live`, removes the series of
+    /// `shown` that `live` no longer has, and returns `live`'s series.
+    fn show(&self, live: &TenantSet, shown: HashSet<[String; 3]>) -> HashSet<[String; 3]> {
         let mut kept = HashSet::new();
         for pool in live.pools() {
             for (labels, healthy) in pool.backend_health() {
@@ -285,13 +286,10 @@ impl PoolHealthChecks {
                 kept.insert(labels);
             }
         }
-        for pool in before.map(TenantSet::pools).unwrap_or_default() {
-            for (labels, _) in pool.backend_health() {
-                if !kept.contains(&labels) {
-                    let values = labels.each_ref().map(String::as_str);
-                    let _ = self.gauge.remove_label_values(&values);
-                }
-            }
+        for gone in shown.difference(&kept) {
+            let values = gone.each_ref().map(String::as_str);
+            let _ = self.gauge.remove_label_values(&values);
         }
+        kept
     }
 }

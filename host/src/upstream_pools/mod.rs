@@ -21,8 +21,7 @@ use pingora::prelude::*;
 
 pub use health::{HealthRegistries, PoolHealth, PoolHealthChecks};
 pub use spec::{
-    CheckKind, HealthCheckSpec, PoolSpec, PoolTls, Selection, DEFAULT_CHECK_INTERVAL,
-    DEFAULT_CHECK_TIMEOUT, DEFAULT_CONNECTION_TIMEOUT,
+    CheckKind, HealthCheckSpec, PoolSpec, PoolTls, Selection, DEFAULT_CONNECTION_TIMEOUT,
 };
 
 use crate::runtime::{block_on, HookFault};
@@ -92,11 +91,6 @@ impl Pool {
             check_interval: spec.health_check.interval,
             connection_timeout: spec.connection_timeout,
         })
-    }
-
-    /// The name guests give.
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     /// Its backends.
@@ -204,11 +198,6 @@ impl Pools {
         Pools { by_name }
     }
 
-    /// Whether the tenant has any pool.
-    pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
-    }
-
     /// The request's way through pool `name`; a fault if the tenant has
     /// no such pool, or if it hashes consistently and `key` is None.
     pub fn route(
@@ -286,8 +275,7 @@ impl PoolRoute {
         let mut peer = match &pool.tls {
             Some(tls) => {
                 let mut peer = HttpPeer::new(addr, true, tls.sni.clone());
-                peer.options.verify_cert = tls.verify_cert;
-                peer.options.verify_hostname = tls.verify_hostname;
+                tls.verify_with(&mut peer.options);
                 peer
             }
             None => HttpPeer::new(addr, false, String::new()),

@@ -6,6 +6,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use pingora::upstreams::peer::PeerOptions;
 use serde::Deserialize;
 
 /// How often `--pool` pools, and pools whose `health_check` gives no
@@ -81,6 +82,15 @@ pub struct PoolTls {
     pub verify_cert: bool,
     /// Verify the certificate matches `sni`.
     pub verify_hostname: bool,
+}
+
+impl PoolTls {
+    /// Verifies backends' certificates as this pool says, in requests and
+    /// health checks alike.
+    pub fn verify_with(&self, options: &mut PeerOptions) {
+        options.verify_cert = self.verify_cert;
+        options.verify_hostname = self.verify_hostname;
+    }
 }
 
 /// One pool, checked.
