@@ -681,55 +681,31 @@ async fn forwarded_headers_by_default_and_none_with_the_flag() {
         ("x-forwarded-proto", "https"),
         ("x-forwarded-host", "evil.example"),
     ];
-    let echo = |(status, body): (u16, String)| -> Value {
-        assert_eq!(status, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
-    };
-
     let proxy = Proxy::start(lifecycle_options(&upstream, &[]));
     let url = proxy.url("/f");
+    let host = proxy.addr.to_string();
     // None incoming: the client's address, http, the request's Host.
-    let plain = echo(get(&client, &url, &[]).await);
     assert_eq!(
-        forwarded(&plain),
-        [
-            vec!["127.0.0.1".to_string()],
-            vec!["http".to_string()],
-            vec![proxy.addr.to_string()],
-        ],
-        "{plain}"
+        forwarded_to(&client, &url, &[]).await,
+        values(&["127.0.0.1"], &["http"], &[&host])
     );
     // Incoming ones: For appended to, Proto and Host replaced.
-    let proxied = echo(get(&client, &url, &incoming).await);
     assert_eq!(
-        forwarded(&proxied),
-        [
-            vec!["203.0.113.7, 127.0.0.1".to_string()],
-            vec!["http".to_string()],
-            vec!["shop.example".to_string()],
-        ],
-        "{proxied}"
+        forwarded_to(&client, &url, &incoming).await,
+        values(&["203.0.113.7, 127.0.0.1"], &["http"], &["shop.example"])
     );
     drop(proxy);
 
     let proxy = Proxy::start(lifecycle_options(&upstream, &["--no-forwarded-headers"]));
     let url = proxy.url("/f");
-    let plain = echo(get(&client, &url, &[]).await);
     assert_eq!(
-        forwarded(&plain),
-        [vec![], vec![], vec![]] as [Vec<String>; 3],
-        "{plain}"
+        forwarded_to(&client, &url, &[]).await,
+        values(&[], &[], &[])
     );
     // Incoming ones pass through untouched.
-    let proxied = echo(get(&client, &url, &incoming).await);
     assert_eq!(
-        forwarded(&proxied),
-        [
-            vec!["203.0.113.7".to_string()],
-            vec!["https".to_string()],
-            vec!["evil.example".to_string()],
-        ],
-        "{proxied}"
+        forwarded_to(&client, &url, &incoming).await,
+        values(&["203.0.113.7"], &["https"], &["evil.example"])
     );
     drop(proxy);
 
@@ -740,16 +716,28 @@ async fn forwarded_headers_by_default_and_none_with_the_flag() {
         "remove_header": "x-forwarded-for",
     }));
     let proxy = Proxy::start(options);
-    let stripped = echo(get(&client, &proxy.url("/f"), &[]).await);
+    let host = proxy.addr.to_string();
     assert_eq!(
-        forwarded(&stripped),
-        [
-            vec![],
-            vec!["http".to_string()],
-            vec![proxy.addr.to_string()]
-        ],
-        "{stripped}"
+        forwarded_to(&client, &proxy.url("/f"), &[]).await,
+        values(&[], &["http"], &[&host])
     );
+}
+
+/// The X-Forwarded-For, -Proto and -Host values the upstream got for a
+/// GET of `url` with `headers` (which must answer 200).
+async fn forwarded_to(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> [Vec<String>; 3] {
+    let (status, body) = get(client, url, headers).await;
+    assert_eq!(status, 200, "{body}");
+    forwarded(&serde_json::from_str(&body).unwrap())
+}
+
+/// Expected X-Forwarded-For, -Proto and -Host values.
+fn values(for_: &[&str], proto: &[&str], host: &[&str]) -> [Vec<String>; 3] {
+    [for_, proto, host].map(|v| v.iter().map(|s| s.to_string()).collect())
 }
 
 // ---------------------------------------------------------------------

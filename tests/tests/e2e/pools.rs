@@ -161,13 +161,13 @@ async fn wait_gauge(
     );
 }
 
-/// Lines of `log` that contain every one of `needles`.
 /// `backend ADDR becomes STATE`: the health check's log line about
 /// exactly that backend (not one whose port starts with its port).
 fn became(addr: &str, state: &str) -> String {
     format!("backend {addr} becomes {state}")
 }
 
+/// Lines of `log` that contain every one of `needles`.
 fn lines_with(log: &str, needles: &[&str]) -> usize {
     log.lines()
         .filter(|line| needles.iter().all(|n| line.contains(n)))
@@ -185,6 +185,24 @@ async fn wait_log_lines(proxy: &Proxy, needles: &[&str], before: usize, within: 
         "no new log line with {needles:?} within {within:?}:\n{}",
         proxy.log()
     );
+}
+
+/// Waits until the health check logs the backend of `gauge` becoming
+/// `state` (`healthy` or `unhealthy`: a line more than `before`, within
+/// `within`), then until its gauge reads so (within 2 s).
+async fn wait_flip(
+    client: &reqwest::Client,
+    proxy: &Proxy,
+    metrics: &str,
+    gauge: (&str, &str, &str),
+    state: &str,
+    before: usize,
+    within: Duration,
+) {
+    let (_, _, backend) = gauge;
+    wait_log_lines(proxy, &[&became(backend, state)], before, within).await;
+    let value = u8::from(state == "healthy");
+    wait_gauge(client, proxy, metrics, gauge, value, Duration::from_secs(2)).await;
 }
 
 /// Rewrites the tenants file, sends SIGHUP, and waits for the reload.
@@ -551,19 +569,13 @@ async fn a_killed_backend_costs_few_requests_and_comes_back_when_restarted() {
         proxy.log()
     );
     eprintln!("restarted backend answered after {:?}", restarted.elapsed());
-    wait_log_lines(
-        &proxy,
-        &[&became(&b_addr, "healthy")],
-        healthy_before,
-        Duration::from_secs(2),
-    )
-    .await;
-    wait_gauge(
+    wait_flip(
         &client,
         &proxy,
         &metrics,
         b_gauge,
-        1,
+        "healthy",
+        healthy_before,
         Duration::from_secs(2),
     )
     .await;
@@ -587,20 +599,14 @@ async fn a_failing_http_check_takes_a_backend_out_until_it_passes() {
     // a still proxies fine, but its health check answers 503.
     let before = lines_with(&proxy.log(), &[&became(&a_addr, "unhealthy")]);
     a.fail_path(Some("/healthz"));
-    wait_log_lines(
-        &proxy,
-        &[&became(&a_addr, "unhealthy")],
-        before,
-        Duration::from_secs(3),
-    )
-    .await;
-    wait_gauge(
+    wait_flip(
         &client,
         &proxy,
         &metrics,
         a_gauge,
-        0,
-        Duration::from_secs(2),
+        "unhealthy",
+        before,
+        Duration::from_secs(3),
     )
     .await;
     let seen = ports(&client, &proxy, "a.example", 20).await;
@@ -617,19 +623,13 @@ async fn a_failing_http_check_takes_a_backend_out_until_it_passes() {
     })
     .await;
     assert!(back, "a never came back:\n{}", proxy.log());
-    wait_log_lines(
-        &proxy,
-        &[&became(&a_addr, "healthy")],
-        before,
-        Duration::from_secs(2),
-    )
-    .await;
-    wait_gauge(
+    wait_flip(
         &client,
         &proxy,
         &metrics,
         a_gauge,
-        1,
+        "healthy",
+        before,
         Duration::from_secs(2),
     )
     .await;
