@@ -123,7 +123,9 @@ fn build_guests(cargo: &OsStr, workspace: &Path, target_dir: &Path, target: &str
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let hint = if stderr.contains(target) && stderr.contains("target may not be installed") {
-            format!("\nhint: rustup target add {target}")
+            "\nhint: run `rustup toolchain install` in the repository root: \
+             it adds the targets rust-toolchain.toml lists"
+                .to_owned()
         } else {
             String::new()
         };
