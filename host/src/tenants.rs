@@ -72,6 +72,7 @@ pub struct Tenant {
 }
 
 /// A proxy-wasm filter of a tenant, and what its faults do.
+#[derive(Clone)]
 pub struct TenantFilter {
     /// The loaded filter.
     pub module: Arc<FilterModule>,

@@ -1,0 +1,374 @@
+//! A request's run through its tenant's proxy-wasm filters, as Envoy's
+//! filter manager iterates its chain: the request headers in filter order
+//! (with the HTTP calls a filter waits for), the response headers last
+//! filter first, the bodies, and the end of each filter's HTTP context.
+//! The chain holds each filter beside the HTTP context it opened for this
+//! request; every callback goes through [`GuestCall`].
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+
+use crate::abi::proxy_wasm::{
+    perform_call, BodyError, BodyOutcome, Direction, FilterStream, PendingCall, RequestOutcome,
+};
+use crate::abi::HookFailure;
+use crate::guest_call::{CallFailure, CallName, Guest, GuestCall, Stage, Stop};
+use crate::tenants::{Tenant, TenantFilter};
+
+const ON_REQUEST_HEADERS: &str = "proxy_on_request_headers";
+const ON_HTTP_CALL_RESPONSE: &str = "proxy_on_http_call_response";
+const ON_RESPONSE_HEADERS: &str = "proxy_on_response_headers";
+const ON_LOG: &str = "proxy_on_log";
+
+/// The filters of one request, each with its HTTP context.
+#[derive(Default)]
+pub(crate) struct FilterChain {
+    links: Vec<Link>,
+}
+
+/// One filter of the chain and its HTTP context for this request; None
+/// once it was skipped or faulted.
+struct Link {
+    filter: TenantFilter,
+    stream: Option<FilterStream>,
+}
+
+/// What the request headers' callbacks decided.
+pub(crate) enum ChainVerdict {
+    /// Every filter let the request go on.
+    Continue,
+    /// A filter answered the request itself: send this. It has passed
+    /// back through the response callbacks of the filters before it.
+    Answer(Box<ResponseHeader>, Bytes),
+}
+
+impl FilterChain {
+    /// Whether the request has no filters (left).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+
+    /// Whether one of the live filters reads `direction`'s bodies.
+    pub(crate) fn reads_bodies(&self, direction: Direction) -> bool {
+        self.links
+            .iter()
+            .any(|link| link.stream.is_some() && link.filter.module.reads_body(direction))
+    }
+
+    /// The tenant's filters on the request headers, in order: each opens
+    /// an HTTP context (an instance of its own until the request ends) and
+    /// sees `request`, which it may change, answer, or pause for HTTP
+    /// calls. `addrs` are the client's and the listener's addresses.
+    pub(crate) async fn on_request_headers(
+        &mut self,
+        tenant: &Tenant,
+        request: &mut RequestHeader,
+        addrs: (Option<SocketAddr>, Option<SocketAddr>),
+    ) -> Result<ChainVerdict, Stop> {
+        self.links = tenant
+            .filters
+            .iter()
+            .map(|filter| Link {
+                filter: filter.clone(),
+                stream: None,
+            })
+            .collect();
+        for index in 0..self.links.len() {
+            // An earlier filter may have changed the request's framing.
+            let end_of_stream = !has_body(request);
+            let Link { filter, stream } = &mut self.links[index];
+            let call = GuestCall::new(
+                tenant,
+                Guest::filter(filter),
+                CallName::Callback(ON_REQUEST_HEADERS),
+                Stage::Headers,
+            );
+            let module = &filter.module;
+            let result = match call.admit() {
+                Ok(permit) => {
+                    let opened = async {
+                        let mut opened = module.begin(request, addrs, &permit).await?;
+                        let outcome = module
+                            .on_request_headers(&mut opened, request, end_of_stream, &permit)
+                            .await;
+                        *stream = Some(opened).filter(FilterStream::active);
+                        outcome
+                    };
+                    let result = opened.await.map_err(HookFailure::Fault);
+                    call.finish(result, permit)
+                }
+                Err(failure) => Err(failure),
+            };
+            let outcome = match result {
+                Ok(RequestOutcome::Calls(calls)) => {
+                    deliver_calls(tenant, filter, stream, request, calls).await?
+                }
+                Ok(outcome) => outcome,
+                Err(failure) => {
+                    *stream = None;
+                    call.settle(failure)?;
+                    RequestOutcome::Continue
+                }
+            };
+            if let RequestOutcome::Answer(mut response, body) = outcome {
+                log::info!(
+                    "filter {}: answered the request with {}",
+                    filter.module.name(),
+                    response.status.as_u16()
+                );
+                // Back through this filter and those before it.
+                self.on_response_headers(tenant, &mut response, index + 1)
+                    .await?;
+                return Ok(ChainVerdict::Answer(response, body));
+            }
+        }
+        Ok(ChainVerdict::Continue)
+    }
+
+    /// The response callbacks of the first `count` filters, last first,
+    /// on `response` (the upstream's, or a local answer).
+    pub(crate) async fn on_response_headers(
+        &mut self,
+        tenant: &Tenant,
+        response: &mut ResponseHeader,
+        count: usize,
+    ) -> Result<(), Stop> {
+        let count = count.min(self.links.len());
+        for link in self.links[..count].iter_mut().rev() {
+            let Link { filter, stream } = link;
+            let Some(open) = stream.as_mut() else {
+                continue;
+            };
+            // A later filter may have changed the response's framing.
+            let end_of_stream = !response_has_body(response);
+            let call = GuestCall::new(
+                tenant,
+                Guest::filter(filter),
+                CallName::Callback(ON_RESPONSE_HEADERS),
+                Stage::Headers,
+            );
+            let result = match call.admit() {
+                Ok(permit) => {
+                    let result = filter
+                        .module
+                        .on_response_headers(open, response, end_of_stream, &permit)
+                        .await
+                        .map_err(HookFailure::Fault);
+                    call.finish(result, permit)
+                }
+                Err(failure) => Err(failure),
+            };
+            if let Err(failure) = result {
+                drop_on_failure(stream, &failure);
+                call.settle(failure)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a piece of a body through the live filters that read
+    /// `direction`'s bodies: in filter order for the request, last first
+    /// for the response. What the last one releases replaces the piece; a
+    /// filter that buffers stops it (nothing goes on yet). Past the buffer
+    /// cap a request gets 413; a response fails (500, or cut if its
+    /// headers have left).
+    pub(crate) async fn on_body(
+        &mut self,
+        tenant: &Tenant,
+        direction: Direction,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+    ) -> Result<(), Box<Error>> {
+        let callback = match direction {
+            Direction::Request => "proxy_on_request_body",
+            Direction::Response => "proxy_on_response_body",
+        };
+        if !self.reads_bodies(direction) {
+            return Ok(());
+        }
+        let mut chunk = body.take().map(|b| b.to_vec()).unwrap_or_default();
+        let count = self.links.len();
+        for step in 0..count {
+            let index = match direction {
+                Direction::Request => step,
+                Direction::Response => count - 1 - step,
+            };
+            let Link { filter, stream } = &mut self.links[index];
+            let Some(open) = stream.as_mut() else {
+                continue;
+            };
+            if !filter.module.reads_body(direction) {
+                continue;
+            }
+            let call = GuestCall::new(
+                tenant,
+                Guest::filter(filter),
+                CallName::Callback(callback),
+                Stage::Body(direction),
+            );
+            let result = match call.admit() {
+                Ok(permit) => {
+                    let result = filter
+                        .module
+                        .on_body(open, direction, &chunk, end_of_stream, &permit)
+                        .await;
+                    // Past the buffer cap is not the filter's fault.
+                    let result = match result {
+                        Ok(outcome) => Ok(Some(outcome)),
+                        Err(BodyError::TooLarge) => Ok(None),
+                        Err(BodyError::Fault(fault)) => Err(HookFailure::Fault(fault)),
+                    };
+                    call.finish(result, permit)
+                }
+                Err(failure) => Err(failure),
+            };
+            match result {
+                Ok(Some(BodyOutcome::Release(released))) => chunk = released,
+                Ok(Some(BodyOutcome::Buffer)) => return Ok(()),
+                Ok(None) => {
+                    let status = match direction {
+                        Direction::Request => 413,
+                        Direction::Response => 500,
+                    };
+                    return Error::e_explain(
+                        HTTPStatus(status),
+                        format!("filter {}: body over the buffer cap", filter.module.name()),
+                    );
+                }
+                Err(failure) => {
+                    drop_on_failure(stream, &failure);
+                    call.settle(failure).map_err(|stop| match stop {
+                        Stop::Failed(error) => error,
+                        // A body stage turns refusals into errors itself.
+                        Stop::Refused { .. } => {
+                            Error::explain(InternalError, "tenant over its guest budget")
+                        }
+                    })?;
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            *body = Some(Bytes::from(chunk));
+        }
+        Ok(())
+    }
+
+    /// Ends every filter's HTTP context (`proxy_on_done`, `proxy_on_log`,
+    /// `proxy_on_delete`) with `response` as the last response seen,
+    /// returning healthy instances. A failure is logged.
+    pub(crate) async fn end(&mut self, tenant: &Tenant, response: Option<&ResponseHeader>) {
+        for Link { filter, stream } in std::mem::take(&mut self.links) {
+            let Some(stream) = stream else {
+                continue;
+            };
+            let call = GuestCall::new(
+                tenant,
+                Guest::filter(&filter),
+                CallName::Callback(ON_LOG),
+                Stage::End,
+            );
+            // Over budget, the context is dropped with its instance.
+            let result = match call.admit() {
+                Ok(permit) => {
+                    let result = filter.module.end(stream, response, &permit).await;
+                    call.finish(result.map_err(HookFailure::Fault), permit)
+                }
+                Err(failure) => Err(failure),
+            };
+            if let Err(failure) = result {
+                // At the end a failure only gets its log line.
+                let _ = call.settle(failure);
+            }
+        }
+    }
+}
+
+/// Makes the HTTP calls `filter` paused the request for, one after
+/// another, each from this request's task with no guest slot held while it
+/// waits, and delivers each response; until the filter answers, goes on,
+/// or fails (then its policy decides, and its context is gone).
+async fn deliver_calls(
+    tenant: &Tenant,
+    filter: &TenantFilter,
+    stream: &mut Option<FilterStream>,
+    request: &mut RequestHeader,
+    mut calls: Vec<PendingCall>,
+) -> Result<RequestOutcome, Stop> {
+    let module = &filter.module;
+    let call = GuestCall::new(
+        tenant,
+        Guest::filter(filter),
+        CallName::Callback(ON_HTTP_CALL_RESPONSE),
+        Stage::Callout,
+    );
+    while !calls.is_empty() {
+        let pending = calls.remove(0);
+        let response = perform_call(&pending).await;
+        if response.is_none() {
+            log::info!(
+                "filter {}: HTTP call to {} failed or timed out",
+                module.name(),
+                pending.address
+            );
+        }
+        let result = match call.admit() {
+            Ok(permit) => {
+                let Some(open) = stream.as_mut() else {
+                    return Ok(RequestOutcome::Continue);
+                };
+                let result = module
+                    .on_http_call_response(open, pending.token, response, request, &permit)
+                    .await
+                    .map_err(HookFailure::Fault);
+                call.finish(result, permit)
+            }
+            Err(failure) => Err(failure),
+        };
+        match result {
+            Ok(RequestOutcome::Calls(more)) => calls.extend(more),
+            Ok(outcome) if calls.is_empty() => return Ok(outcome),
+            Ok(RequestOutcome::Continue) => {}
+            Ok(answer @ RequestOutcome::Answer(..)) => return Ok(answer),
+            Err(failure) => {
+                *stream = None;
+                call.settle(failure)?;
+                return Ok(RequestOutcome::Continue);
+            }
+        }
+    }
+    Ok(RequestOutcome::Continue)
+}
+
+/// A filter whose callback failed is out of the chain for the rest of the
+/// request; one refused by the budget keeps its context, to be ended.
+fn drop_on_failure(stream: &mut Option<FilterStream>, failure: &CallFailure) {
+    if let CallFailure::Hook(_) = failure {
+        *stream = None;
+    }
+}
+
+/// Whether the request has a body to follow its headers.
+pub(crate) fn has_body(request: &RequestHeader) -> bool {
+    let headers = &request.headers;
+    headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+            .is_some_and(|length| length > 0)
+}
+
+/// Whether a body follows the response's header.
+pub(crate) fn response_has_body(response: &ResponseHeader) -> bool {
+    let status = response.status.as_u16();
+    if status == 204 || status == 304 || status < 200 {
+        return false;
+    }
+    response
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+        .is_none_or(|length| length > 0)
+}
