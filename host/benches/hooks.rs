@@ -17,7 +17,7 @@ use host::budget::{Budget, BudgetLimits, MAX_CPU_MS_PER_S};
 use host::hooks::Hook;
 use host::metrics::Metrics;
 use host::runtime::{EngineOptions, GuestEngine, GuestLimits, SliceMeter, Unmetered, FEW_CALLS};
-use host::upstream_pools::{HealthRegistries, PeerTimeouts, Pool, PoolSpec, Pools};
+use host::upstream_pools::{HealthRegistries, Pool, PoolSpec, Pools};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::upstreams::peer::HttpPeer;
 
@@ -86,22 +86,21 @@ fn wasm_request(
     wasm_request_to(module, budget, req, address_peer)
 }
 
-/// The peer for a `PEER` giving an IP address, as `WasmProxy` builds it.
-fn address_peer(peer: guest_sdk::wire::Peer) -> Box<HttpPeer> {
-    let abi::PeerTarget::Address(abi::PeerAddress::Ip(addr)) = abi::peer_target(&peer).unwrap()
-    else {
-        panic!("bench peers are IP addresses");
+/// The peer for a choice of an IP address, as `WasmProxy` builds it.
+fn address_peer(choice: abi::PeerChoice) -> Box<HttpPeer> {
+    let abi::PeerChoice::Address(address) = choice else {
+        panic!("bench peers are addresses");
     };
-    abi::http_peer(addr, &peer).unwrap()
+    // An IP address builds without a lookup: the call never waits.
+    ready(address.build()).unwrap()
 }
 
-/// The peer for a `PEER` naming a pool, as `WasmProxy` builds it.
-fn pool_peer(pools: &Pools, mut peer: guest_sdk::wire::Peer) -> Box<HttpPeer> {
-    assert_eq!(abi::peer_target(&peer).unwrap(), abi::PeerTarget::Pool);
-    let name = peer.pool.take().unwrap();
-    let mut route = pools
-        .route(&name, peer.key.take(), PeerTimeouts::default())
-        .unwrap();
+/// The peer for a choice of a pool, as `WasmProxy` builds it.
+fn pool_peer(pools: &Pools, choice: abi::PeerChoice) -> Box<HttpPeer> {
+    let abi::PeerChoice::Pool(pick) = choice else {
+        panic!("bench peers here are pools");
+    };
+    let mut route = pools.route(&pick.name, pick.key, pick.timeouts).unwrap();
     route.next_peer().unwrap()
 }
 
@@ -110,7 +109,7 @@ fn wasm_request_to(
     module: &GuestModule,
     budget: Option<&Budget>,
     req: &RequestHeader,
-    to_peer: impl FnOnce(guest_sdk::wire::Peer) -> Box<HttpPeer>,
+    to_peer: impl FnOnce(abi::PeerChoice) -> Box<HttpPeer>,
 ) -> Box<HttpPeer> {
     let request_json = OnceLock::new();
     let request = abi::DownstreamRequest::new(req, None, &request_json);
@@ -121,7 +120,7 @@ fn wasm_request_to(
         Some(permit) => permit,
         None => &Unmetered,
     };
-    let peer = ready(abi::call_upstream_peer(module, &request, &mut ctx, meter)).unwrap();
+    let peer = ready(abi::upstream_peer(module, &request, &mut ctx, meter)).unwrap();
     if let Some(permit) = permit {
         permit.finish(false);
     }
@@ -133,7 +132,7 @@ fn wasm_request_to(
         Some(permit) => permit,
         None => &Unmetered,
     };
-    ready(abi::filter_upstream_request(
+    ready(abi::upstream_request_filter(
         module,
         &request,
         &mut upstream,
@@ -182,24 +181,23 @@ fn admitted<T>(budget: &Budget, call: impl FnOnce(&dyn SliceMeter) -> T) -> T {
 /// One request through every hook `guests/policy` exports (it does not
 /// export `logging`), as `WasmProxy` calls them, each admitted by the
 /// budget.
-fn policy_request(module: &GuestModule, budget: &Budget, req: &RequestHeader) -> Box<HttpPeer> {
-    let request_json = OnceLock::new();
-    let request = abi::DownstreamRequest::new(req, None, &request_json);
+fn policy_request(module: &GuestModule, budget: &Budget, req: &mut RequestHeader) -> Box<HttpPeer> {
+    let mut request_json = OnceLock::new();
     let mut ctx = abi::GuestCtx::default();
     let verdict = admitted(budget, |meter| {
-        ready(abi::request_filter(module, &request, &mut ctx, meter)).unwrap()
+        let call = abi::request_filter(module, req, None, &mut request_json, &mut ctx, meter);
+        ready(call).unwrap()
     });
-    assert!(matches!(verdict, RequestVerdict::Continue(None)));
-    let peer = admitted(budget, |meter| {
-        ready(abi::call_upstream_peer(module, &request, &mut ctx, meter)).unwrap()
+    assert!(matches!(verdict, RequestVerdict::Continue));
+    let req = &*req;
+    let request = abi::DownstreamRequest::new(req, None, &request_json);
+    let choice = admitted(budget, |meter| {
+        ready(abi::upstream_peer(module, &request, &mut ctx, meter)).unwrap()
     });
-    let abi::PeerAddress::Ip(addr) = abi::peer_address(&peer.address).unwrap() else {
-        panic!("bench peers are IP addresses");
-    };
-    let http_peer = abi::http_peer(addr, &peer).unwrap();
+    let http_peer = address_peer(choice);
     let mut upstream = req.clone();
     admitted(budget, |meter| {
-        ready(abi::filter_upstream_request(
+        ready(abi::upstream_request_filter(
             module,
             &request,
             &mut upstream,
@@ -390,21 +388,27 @@ fn hooks(c: &mut Criterion) {
         ..Default::default()
     };
     group.bench_function("PEER to HttpPeer: address", |b| {
-        b.iter(|| address_peer(black_box(address.clone())))
+        b.iter(|| address_peer(abi::PeerChoice::of(black_box(address.clone())).unwrap()))
     });
     let named = guest_sdk::wire::Peer {
         pool: Some("api".into()),
         ..Default::default()
     };
     group.bench_function("PEER to HttpPeer: round_robin pool", |b| {
-        b.iter(|| pool_peer(&round_robin, black_box(named.clone())))
+        b.iter(|| {
+            let choice = abi::PeerChoice::of(black_box(named.clone())).unwrap();
+            pool_peer(&round_robin, choice)
+        })
     });
     let named_key = guest_sdk::wire::Peer {
         key: Some("6f1c2a9e-5d1b-4f53-9b7e-0d7a1f0c3b21".into()),
         ..named.clone()
     };
     group.bench_function("PEER to HttpPeer: consistent pool", |b| {
-        b.iter(|| pool_peer(&consistent, black_box(named_key.clone())))
+        b.iter(|| {
+            let choice = abi::PeerChoice::of(black_box(named_key.clone())).unwrap();
+            pool_peer(&consistent, choice)
+        })
     });
     group.finish();
 
@@ -416,8 +420,14 @@ fn hooks(c: &mut Criterion) {
     group.bench_function("native policy", |b| {
         b.iter(|| native_policy_request(black_box(&keyed)))
     });
+    // The request is cloned outside the measure: the proxy's own request
+    // belongs to its session.
     group.bench_function("wasm policy, reused instance", |b| {
-        b.iter(|| policy_request(&policy, &budget, black_box(&keyed)))
+        b.iter_batched_ref(
+            || keyed.clone(),
+            |req| policy_request(&policy, &budget, black_box(req)),
+            BatchSize::SmallInput,
+        )
     });
     group.finish();
 
@@ -449,29 +459,42 @@ fn hooks(c: &mut Criterion) {
     // Each hook alone, as the proxy calls it (input encoded, output
     // decoded and applied), the policy's hooks and lifecycle's logging.
     let mut group = c.benchmark_group("hook");
-    let request_json = OnceLock::new();
-    let request = abi::DownstreamRequest::new(&keyed, None, &request_json);
+    // The request's JSON is encoded once, as for a request's later hooks.
+    let mut request_json = OnceLock::new();
+    let mut filtered = keyed.clone();
     group.bench_function("policy request_filter", |b| {
         b.iter(|| {
             let mut ctx = abi::GuestCtx::default();
-            ready(abi::request_filter(&policy, &request, &mut ctx, &Unmetered)).unwrap()
+            let call = abi::request_filter(
+                &policy,
+                &mut filtered,
+                None,
+                &mut request_json,
+                &mut ctx,
+                &Unmetered,
+            );
+            ready(call).unwrap()
         })
     });
     let mut ctx = abi::GuestCtx::default();
-    ready(abi::request_filter(&policy, &request, &mut ctx, &Unmetered)).unwrap();
+    let call = abi::request_filter(
+        &policy,
+        &mut filtered,
+        None,
+        &mut request_json,
+        &mut ctx,
+        &Unmetered,
+    );
+    ready(call).unwrap();
+    let request = abi::DownstreamRequest::new(&keyed, None, &request_json);
     group.bench_function("policy upstream_peer", |b| {
-        b.iter(|| {
-            ready(abi::call_upstream_peer(
-                &policy, &request, &mut ctx, &Unmetered,
-            ))
-            .unwrap()
-        })
+        b.iter(|| ready(abi::upstream_peer(&policy, &request, &mut ctx, &Unmetered)).unwrap())
     });
     group.bench_function("policy upstream_request_filter", |b| {
         b.iter_batched(
             || keyed.clone(),
             |mut upstream| {
-                ready(abi::filter_upstream_request(
+                ready(abi::upstream_request_filter(
                     &policy,
                     &request,
                     &mut upstream,

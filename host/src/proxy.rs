@@ -35,7 +35,7 @@ use pingora::protocols::http::error_resp::gen_error_response;
 use pingora::proxy::{ProxyHttp, Session};
 
 use crate::abi::proxy_wasm::Direction;
-use crate::abi::v1::{self, DownstreamRequest, GuestCtx, Outcome, PeerTarget, RequestVerdict};
+use crate::abi::v1::{self, DownstreamRequest, GuestCtx, Outcome, PeerChoice, RequestVerdict};
 use crate::abi::HookFailure;
 use crate::budget::Throttle;
 use crate::drain::Draining;
@@ -45,7 +45,7 @@ use crate::guest_call::{CallFailure, CallName, GuestCall, Stage, Stop};
 use crate::hooks::Hook;
 use crate::metrics::Metrics;
 use crate::tenants::{Tenant, TenantSet};
-use crate::upstream_pools::{PeerTimeouts, PoolRoute};
+use crate::upstream_pools::PoolRoute;
 
 /// A Pingora proxy whose hooks are tenants' guest modules and filters.
 pub struct WasmProxy {
@@ -227,37 +227,30 @@ impl WasmProxy {
         let call = GuestCall::hook(tenant, hook, Stage::Headers);
         let result = match call.admit() {
             Ok(permit) => {
-                let request = downstream_request(session, &ctx.request_json);
-                let result =
-                    v1::request_filter(module, &request, &mut ctx.guest_ctx, &permit).await;
+                let client = session.client_addr().cloned();
+                let result = v1::request_filter(
+                    module,
+                    session.req_header_mut(),
+                    client.as_ref(),
+                    &mut ctx.request_json,
+                    &mut ctx.guest_ctx,
+                    &permit,
+                )
+                .await;
                 call.finish(result, permit)
             }
             Err(failure) => Err(failure),
         };
-        let failure = match result {
-            Ok(RequestVerdict::Continue(None)) => return Ok(false),
-            Ok(RequestVerdict::Continue(Some(changes))) => {
-                match v1::apply_request_changes(session.req_header_mut(), changes) {
-                    Ok(()) => {
-                        // Later hooks see the request as changed.
-                        ctx.request_json = OnceLock::new();
-                        return Ok(false);
-                    }
-                    Err(fault) => {
-                        call.fault_after(&fault);
-                        CallFailure::Hook(HookFailure::Fault(fault))
-                    }
-                }
-            }
+        match result {
+            Ok(RequestVerdict::Continue) => Ok(false),
             Ok(RequestVerdict::Answer(response, body)) => {
                 Box::pin(Self::answer(session, ctx, tenant, response, body)).await?;
-                return Ok(true);
+                Ok(true)
             }
-            Err(failure) => failure,
-        };
-        Self::settle(session, ctx, tenant, &call, failure)
-            .await
-            .map(|()| false)
+            Err(failure) => Self::settle(session, ctx, tenant, &call, failure)
+                .await
+                .map(|()| false),
+        }
     }
 
     /// Sends the guest's own answer to a request. As Envoy does for local
@@ -300,6 +293,29 @@ impl WasmProxy {
         match result {
             Ok(()) => Ok(()),
             Err(failure) => Self::settle(session, ctx, tenant, &call, failure).await,
+        }
+    }
+
+    /// `upstream_peer` failed: under fail-open the request goes to the
+    /// tenant's fallback upstream; otherwise it fails.
+    fn fall_back(
+        &self,
+        tenant: &Tenant,
+        call: &GuestCall<'_>,
+        failure: HookFailure,
+    ) -> Result<Box<HttpPeer>> {
+        match tenant.fallback_upstream {
+            Some(fallback) if call.fails_open(&failure) => {
+                if call.worth_logging(&failure) {
+                    log::warn!(
+                        "module {}: {} failed: {failure}; fail-open to {fallback}",
+                        tenant.label,
+                        Hook::UpstreamPeer
+                    );
+                }
+                Ok(Box::new(HttpPeer::new(fallback, false, String::new())))
+            }
+            _ => Err(call.failed(failure)),
         }
     }
 }
@@ -423,67 +439,34 @@ impl ProxyHttp for WasmProxy {
         let chosen = match call.admit() {
             Ok(permit) => {
                 let request = downstream_request(session, &ctx.request_json);
-                let result = v1::call_upstream_peer(module, &request, &mut ctx.guest_ctx, &permit)
-                    .await
-                    .and_then(|peer| {
-                        let target = v1::peer_target(&peer)?;
-                        Ok((peer, target))
-                    });
+                let result = v1::upstream_peer(module, &request, &mut ctx.guest_ctx, &permit).await;
                 // The call is over: its slot is free before any name lookup.
                 call.finish(result, permit)
             }
             Err(failure) => Err(failure),
         };
-        let peer = match chosen {
-            Ok((peer, target)) => {
-                let resolved = match target {
-                    PeerTarget::Address(address) => v1::build_peer(address, &peer).await,
-                    PeerTarget::Pool => {
-                        let timeouts = PeerTimeouts {
-                            connection: peer
-                                .options
-                                .connection_timeout_ms
-                                .map(Duration::from_millis),
-                            read: peer.options.read_timeout_ms.map(Duration::from_millis),
-                        };
-                        let name = peer.pool.as_deref().unwrap_or_default();
-                        match tenant.pools.route(name, peer.key, timeouts) {
-                            // A pool without a healthy backend is not the
-                            // guest's failure: 502, never the fail-open
-                            // fallback.
-                            Ok(route) => return ctx.pool_route.insert(route).next_peer(),
-                            Err(fault) => Err(fault),
-                        }
-                    }
-                };
-                resolved.map_err(|fault| {
-                    call.fault_after(&fault);
-                    CallFailure::Hook(HookFailure::Fault(fault))
-                })
+        let fault = match chosen {
+            Ok(PeerChoice::Address(address)) => match address.build().await {
+                Ok(peer) => return Ok(peer),
+                Err(fault) => fault,
+            },
+            Ok(PeerChoice::Pool(pick)) => {
+                match tenant.pools.route(&pick.name, pick.key, pick.timeouts) {
+                    // A pool without a healthy backend is not the guest's
+                    // failure: 502, never the fail-open fallback.
+                    Ok(route) => return ctx.pool_route.insert(route).next_peer(),
+                    Err(fault) => fault,
+                }
             }
-            Err(failure) => Err(failure),
-        };
-        let failure = match peer {
-            Ok(peer) => return Ok(peer),
-            Err(CallFailure::Hook(failure)) => failure,
+            Err(CallFailure::Hook(failure)) => return self.fall_back(&tenant, &call, failure),
             Err(CallFailure::Refused(throttle)) => {
                 let call = CallName::Hook(hook);
                 let refused = Stop::Refused { throttle, call };
                 return Err(Self::stopped(session, ctx, &tenant, refused).await);
             }
         };
-        match tenant.fallback_upstream {
-            Some(fallback) if call.fails_open(&failure) => {
-                if call.worth_logging(&failure) {
-                    log::warn!(
-                        "module {}: {hook} failed: {failure}; fail-open to {fallback}",
-                        tenant.label
-                    );
-                }
-                Ok(Box::new(HttpPeer::new(fallback, false, String::new())))
-            }
-            _ => Err(call.failed(failure)),
-        }
+        call.fault_after(&fault);
+        self.fall_back(&tenant, &call, HookFailure::Fault(fault))
     }
 
     /// Guest export `upstream_request_filter`: changes to the request sent
@@ -508,7 +491,7 @@ impl ProxyHttp for WasmProxy {
         let result = match call.admit() {
             Ok(permit) => {
                 let request = downstream_request(session, &ctx.request_json);
-                let result = v1::filter_upstream_request(
+                let result = v1::upstream_request_filter(
                     module,
                     &request,
                     upstream_request,
@@ -584,7 +567,7 @@ impl ProxyHttp for WasmProxy {
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
-    ) -> Result<Option<std::time::Duration>> {
+    ) -> Result<Option<Duration>> {
         if body.as_ref().is_none_or(Bytes::is_empty) && !end_of_stream {
             return Ok(None);
         }

@@ -7,6 +7,7 @@ use pingora::http::RequestHeader;
 use proptest::prelude::*;
 use serde_json::json;
 
+use super::peer::{http_peer, peer_address};
 use super::*;
 
 /// Strings biased towards what breaks parsers: separators, control bytes,
@@ -80,6 +81,7 @@ proptest! {
                 if let Ok(PeerAddress::Ip(addr)) = peer_address(&peer.address) {
                     let _ = http_peer(addr, &peer);
                 }
+                let _ = PeerChoice::of(peer);
             }
         }
     }

@@ -2,14 +2,18 @@
 //! run it, decode its answer, and apply it (to the upstream request or the
 //! response, and to the ctx, which each call takes and updates itself).
 
+use std::sync::OnceLock;
+
 use bytes::Bytes;
 use guest_sdk::wire::{self, HookOutput};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::l4::socket::SocketAddr;
 use serde_json::value::RawValue;
 
 use super::ctx::{CtxUpdate, GuestCtx};
 use super::input::{DownstreamRequest, HookInput, Outcome};
 use super::module::{decode_json, GuestModule, InputMode};
+use super::peer::PeerChoice;
 use super::request::{apply_request_changes, apply_upstream_request, upstream_request};
 use super::response::{apply_response_changes, local_response};
 use crate::abi::{HookFailure, Refusal};
@@ -57,20 +61,21 @@ async fn call<T>(
 }
 
 /// Calls `upstream_peer` for `request`, its guest time charged to
-/// `meter`; applies its ctx and returns the peer it chose.
-pub async fn call_upstream_peer(
+/// `meter`; applies its ctx and returns where it sends the request.
+pub async fn upstream_peer(
     module: &GuestModule,
     request: &DownstreamRequest<'_>,
     ctx: &mut GuestCtx,
     meter: &dyn SliceMeter,
-) -> Result<wire::Peer, HookFailure> {
+) -> Result<PeerChoice, HookFailure> {
     let input = HookInput::new(request, ctx.json());
     let (peer, update) = call(module, Hook::UpstreamPeer, &input, meter, |bytes| {
         decode_peer_output(bytes, ctx)
     })
     .await?;
+    let choice = PeerChoice::of(peer)?;
     ctx.apply(update);
-    Ok(peer)
+    Ok(choice)
 }
 
 /// The peer `upstream_peer` chose and what becomes of the ctx, from its
@@ -102,7 +107,7 @@ pub enum UpstreamEdit {
 /// The whole `upstream_request_filter` step: call the guest with the
 /// current `upstream` request, its guest time charged to `meter`, and
 /// apply its edit and its ctx.
-pub async fn filter_upstream_request(
+pub async fn upstream_request_filter(
     module: &GuestModule,
     request: &DownstreamRequest<'_>,
     upstream: &mut RequestHeader,
@@ -146,39 +151,51 @@ pub fn decode_filter_output(
     Ok((edit, ctx.update_to(output.ctx)))
 }
 
-/// What `request_filter` decided.
+/// What `request_filter` decided, its changes to the request applied.
 #[derive(Debug)]
 pub enum RequestVerdict {
-    /// Go on, with these changes to the downstream request, if any.
-    Continue(Option<wire::RequestChanges>),
+    /// Go on.
+    Continue,
     /// Answer the request with this response (checked) and body; no
     /// upstream is contacted.
     Answer(Box<ResponseHeader>, Bytes),
 }
 
-/// Calls `request_filter` for `request`, its guest time charged to
-/// `meter`; applies its ctx and returns its verdict. Changes to the
-/// request are left to the caller (see [`apply_request_changes`]), which
-/// holds the request mutably.
+/// The whole `request_filter` step: call the guest with the downstream
+/// `request` (from `client`; `json` caches its encoding), its guest time
+/// charged to `meter`, and apply its changes to the request (emptying the
+/// cache, so later hooks see the request as changed) and its ctx.
 pub async fn request_filter(
     module: &GuestModule,
-    request: &DownstreamRequest<'_>,
+    request: &mut RequestHeader,
+    client: Option<&SocketAddr>,
+    json: &mut OnceLock<String>,
     ctx: &mut GuestCtx,
     meter: &dyn SliceMeter,
 ) -> Result<RequestVerdict, HookFailure> {
-    let input = HookInput::new(request, ctx.json());
-    let (verdict, update) = call(module, Hook::RequestFilter, &input, meter, |bytes| {
+    let downstream = DownstreamRequest::new(request, client, json);
+    let input = HookInput::new(&downstream, ctx.json());
+    let (decision, update) = call(module, Hook::RequestFilter, &input, meter, |bytes| {
         let output = decode_output(bytes)?;
-        let verdict = match output.response {
+        let decision = match output.response {
             Some(answer) => {
                 let (response, body) = local_response(*answer)?;
-                RequestVerdict::Answer(Box::new(response), body)
+                Err((Box::new(response), body))
             }
-            None => RequestVerdict::Continue(output.request_changes.map(|changes| *changes)),
+            None => Ok(output.request_changes.map(|changes| *changes)),
         };
-        Ok((verdict, ctx.update_to(output.ctx)))
+        Ok((decision, ctx.update_to(output.ctx)))
     })
     .await?;
+    let verdict = match decision {
+        Ok(None) => RequestVerdict::Continue,
+        Ok(Some(changes)) => {
+            apply_request_changes(request, changes)?;
+            *json = OnceLock::new();
+            RequestVerdict::Continue
+        }
+        Err((response, body)) => RequestVerdict::Answer(response, body),
+    };
     ctx.apply(update);
     Ok(verdict)
 }
@@ -275,12 +292,16 @@ mod tests {
         let cache = std::sync::OnceLock::new();
         let request = DownstreamRequest::new(&downstream, None, &cache);
         let mut ctx = GuestCtx::default();
-        let peer = ready(call_upstream_peer(&module, &request, &mut ctx, &Unmetered)).unwrap();
-        assert_eq!(peer.address, "127.0.0.1:9");
+        let choice = ready(upstream_peer(&module, &request, &mut ctx, &Unmetered)).unwrap();
+        let PeerChoice::Address(address) = choice else {
+            panic!("an address");
+        };
+        let peer = ready(address.build()).unwrap();
+        assert_eq!(peer._address.to_string(), "127.0.0.1:9");
         assert_eq!(ctx.json(), r#"{"seen":1}"#);
 
         let before = upstream_request_wire(&req).unwrap();
-        ready(filter_upstream_request(
+        ready(upstream_request_filter(
             &module, &request, &mut req, &mut ctx, &Unmetered,
         ))
         .unwrap();
@@ -312,7 +333,7 @@ mod tests {
         let mut ctx = GuestCtx::default();
         ctx.apply(ctx.update_to(Some(&RawValue::from_string(r#"{"a":1}"#.into()).unwrap())));
         let mut upstream = req.clone();
-        ready(filter_upstream_request(
+        ready(upstream_request_filter(
             &module,
             &request,
             &mut upstream,

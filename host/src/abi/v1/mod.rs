@@ -20,14 +20,14 @@ mod fuzz_tests;
 
 pub use ctx::{CtxUpdate, GuestCtx};
 pub use hooks::{
-    call_upstream_peer, decode_filter_output, decode_peer_output, filter_upstream_request, logging,
-    request_filter, response_filter, RequestVerdict, UpstreamEdit,
+    decode_filter_output, decode_peer_output, logging, request_filter, response_filter,
+    upstream_peer, upstream_request_filter, RequestVerdict, UpstreamEdit,
 };
 pub use imports::V1;
 pub use input::{DownstreamRequest, Outcome};
 pub use instance::{InputParts, NoParts, V1Instance};
 pub use module::{decode_json, GuestModule, InputMode, ABI_VERSION};
-pub use peer::{build_peer, http_peer, peer_address, peer_target, PeerAddress, PeerTarget};
+pub use peer::{AddressPeer, PeerAddress, PeerChoice, PoolPick};
 pub use request::{
     apply_request_changes, apply_upstream_request, upstream_request, RequestJson,
     UpstreamRequestJson,

@@ -10,21 +10,81 @@ use guest_sdk::wire;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::runtime::HookFault;
+use crate::upstream_pools::PeerTimeouts;
 
 /// How long resolving a host name may take before the request fails.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Builds the `HttpPeer` Pingora connects to from `peer`, whose address
-/// [`peer_address`] parsed, resolving a host name first.
-pub async fn build_peer(
+/// Where `upstream_peer` sends the request, checked without resolving
+/// anything: nothing above the ABI reads the guest's `PEER` itself.
+#[derive(Debug)]
+pub enum PeerChoice {
+    /// To an address, with the guest's connection settings.
+    Address(AddressPeer),
+    /// To one of the tenant's pools.
+    Pool(PoolPick),
+}
+
+/// An address a guest chose (a host name still to resolve) and how to
+/// connect to it.
+#[derive(Debug)]
+pub struct AddressPeer {
     address: PeerAddress,
-    peer: &wire::Peer,
-) -> Result<Box<HttpPeer>, HookFault> {
-    let addr = match address {
-        PeerAddress::Ip(addr) => addr,
-        PeerAddress::Name(name) => resolve(&name).await?,
-    };
-    http_peer(addr, peer)
+    peer: wire::Peer,
+}
+
+/// A pool a guest named, with its key for consistent selection and its
+/// own timeouts.
+#[derive(Debug)]
+pub struct PoolPick {
+    /// The pool's name, one of the tenant's (checked by the pools).
+    pub name: String,
+    /// The selection key of a consistent pool.
+    pub key: Option<String>,
+    /// The guest's timeouts for the pool's backends.
+    pub timeouts: PeerTimeouts,
+}
+
+impl PeerChoice {
+    /// The choice a guest's `peer` makes: an address (parsed) or a pool,
+    /// exactly one of them.
+    pub fn of(peer: wire::Peer) -> Result<Self, HookFault> {
+        match &peer.pool {
+            None => Ok(PeerChoice::Address(AddressPeer {
+                address: peer_address(&peer.address)?,
+                peer,
+            })),
+            Some(pool) if !peer.address.is_empty() => Err(HookFault::InvalidOutput(format!(
+                "peer gives both address {:?} and pool {pool:?}: give one",
+                peer.address
+            ))),
+            Some(_) => {
+                let options = &peer.options;
+                let timeouts = PeerTimeouts {
+                    connection: options.connection_timeout_ms.map(Duration::from_millis),
+                    read: options.read_timeout_ms.map(Duration::from_millis),
+                };
+                Ok(PeerChoice::Pool(PoolPick {
+                    name: peer.pool.unwrap_or_default(),
+                    key: peer.key,
+                    timeouts,
+                }))
+            }
+        }
+    }
+}
+
+impl AddressPeer {
+    /// The `HttpPeer` Pingora connects to, a host name resolved first
+    /// (on tokio's blocking pool, bounded in time): Pingora's own
+    /// `HttpPeer::new` would panic on a bad address and block on a name.
+    pub async fn build(self) -> Result<Box<HttpPeer>, HookFault> {
+        let addr = match self.address {
+            PeerAddress::Ip(addr) => addr,
+            PeerAddress::Name(name) => resolve(&name).await?,
+        };
+        http_peer(addr, &self.peer)
+    }
 }
 
 /// A peer address that parsed: an IP socket address, or `name:port` still
@@ -37,30 +97,8 @@ pub enum PeerAddress {
     Name(String),
 }
 
-/// Where a guest's `PEER` sends the request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PeerTarget {
-    /// Its `address`, parsed.
-    Address(PeerAddress),
-    /// The tenant's pool it names in `pool` (with `key`, if any).
-    Pool,
-}
-
-/// Whether `peer` gives an address or a pool (exactly one of them), the
-/// address parsed without resolving anything.
-pub fn peer_target(peer: &wire::Peer) -> Result<PeerTarget, HookFault> {
-    match &peer.pool {
-        None => peer_address(&peer.address).map(PeerTarget::Address),
-        Some(pool) if !peer.address.is_empty() => Err(HookFault::InvalidOutput(format!(
-            "peer gives both address {:?} and pool {pool:?}: give one",
-            peer.address
-        ))),
-        Some(_) => Ok(PeerTarget::Pool),
-    }
-}
-
 /// Parses a guest's peer address without resolving anything.
-pub fn peer_address(address: &str) -> Result<PeerAddress, HookFault> {
+pub(super) fn peer_address(address: &str) -> Result<PeerAddress, HookFault> {
     let invalid = |why: &str| HookFault::InvalidOutput(format!("peer address {address:?}: {why}"));
     if let Ok(addr) = address.parse::<SocketAddr>() {
         if addr.port() == 0 {
@@ -92,7 +130,7 @@ async fn resolve(address: &str) -> Result<SocketAddr, HookFault> {
 }
 
 /// The `HttpPeer` for a resolved address, with the guest's TLS settings.
-pub fn http_peer(addr: SocketAddr, peer: &wire::Peer) -> Result<Box<HttpPeer>, HookFault> {
+pub(super) fn http_peer(addr: SocketAddr, peer: &wire::Peer) -> Result<Box<HttpPeer>, HookFault> {
     if !peer.sni.is_empty() && !is_host_name(&peer.sni) {
         return Err(HookFault::InvalidOutput(format!(
             "invalid sni {:?}",
@@ -126,7 +164,10 @@ mod tests {
 
     /// What the proxy does with a guest's peer: parse, then build.
     async fn parse_and_build(peer: &wire::Peer) -> Result<Box<HttpPeer>, HookFault> {
-        build_peer(peer_address(&peer.address)?, peer).await
+        match PeerChoice::of(peer.clone())? {
+            PeerChoice::Address(address) => address.build().await,
+            PeerChoice::Pool(pick) => panic!("not an address: {pick:?}"),
+        }
     }
 
     fn peer(address: &str) -> wire::Peer {
@@ -156,20 +197,30 @@ mod tests {
 
     #[test]
     fn a_peer_gives_an_address_or_a_pool() {
-        let pool = wire::Peer {
+        let mut pool = wire::Peer {
             pool: Some("api".into()),
+            key: Some("k".into()),
             ..Default::default()
         };
-        assert_eq!(peer_target(&pool).unwrap(), PeerTarget::Pool);
+        pool.options.read_timeout_ms = Some(7);
+        let PeerChoice::Pool(pick) = PeerChoice::of(pool.clone()).unwrap() else {
+            panic!("a pool");
+        };
+        assert_eq!(
+            (pick.name.as_str(), pick.key.as_deref()),
+            ("api", Some("k"))
+        );
+        assert_eq!(pick.timeouts.read, Some(Duration::from_millis(7)));
+        assert_eq!(pick.timeouts.connection, None);
         let both = wire::Peer {
             address: "127.0.0.1:1".into(),
             ..pool
         };
-        assert!(peer_target(&both)
+        assert!(PeerChoice::of(both)
             .unwrap_err()
             .to_string()
             .contains("give one"));
-        assert!(peer_target(&peer("")).is_err());
+        assert!(PeerChoice::of(peer("")).is_err());
     }
 
     #[tokio::test]
