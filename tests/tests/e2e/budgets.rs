@@ -17,19 +17,11 @@ fn served_by(body: &str) -> Option<u16> {
 
 /// `wasm_proxy_*` lines of the metrics text that mention `tenant`.
 async fn metric_lines(client: &reqwest::Client, metrics: &str, tenant: &str) -> String {
-    let (_, text) = get(client, &format!("http://{metrics}/metrics"), &[]).await;
+    let text = scrape(client, metrics).await;
     text.lines()
         .filter(|l| l.contains(&format!("tenant=\"{tenant}\"")))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// The value of the series `series` (`name{labels}`) in `lines`.
-fn metric_value(lines: &str, series: &str) -> u64 {
-    lines
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in:\n{lines}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]

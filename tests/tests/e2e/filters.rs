@@ -326,17 +326,12 @@ async fn metrics_shared_data_and_ticks_work_across_instances() {
     let ticks: u64 = headers["x-pw-ticks"].to_str().unwrap().parse().unwrap();
     assert!(ticks >= 3, "{ticks} ticks");
 
-    let (_, exposition) = get(&client, &format!("http://{metrics}/metrics"), &[]).await;
-    let value = |metric: &str| -> u64 {
+    let exposition = scrape(&client, &metrics).await;
+    let value = |metric: &str| {
         let series = format!(
-            r#"wasm_proxy_filter_metric{{filter="pw_counter.wasm",metric="{metric}",tenant="pw_counter.wasm"}} "#
+            r#"wasm_proxy_filter_metric{{filter="pw_counter.wasm",metric="{metric}",tenant="pw_counter.wasm"}}"#
         );
-        exposition
-            .lines()
-            .find_map(|line| line.strip_prefix(&series))
-            .unwrap_or_else(|| panic!("no {series}in {exposition}"))
-            .parse()
-            .unwrap()
+        metric_value(&exposition, &series)
     };
     assert_eq!(value("pw_counter_requests"), 22);
     assert!(value("pw_counter_ticks") >= 3);

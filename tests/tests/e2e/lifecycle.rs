@@ -400,19 +400,15 @@ async fn hooks_a_module_does_not_export_are_never_called() {
     for _ in 0..3 {
         assert_eq!(get(&client, &proxy.url("/"), &[]).await.0, 200);
     }
-    let (_, exposition) = get(&client, &format!("http://{metrics}/metrics"), &[]).await;
+    let exposition = scrape(&client, &metrics).await;
     let calls = |hook: &str| {
         let series =
-            format!(r#"wasm_proxy_hook_calls_total{{hook="{hook}",tenant="first_proxy.wasm"}} "#);
-        exposition
-            .lines()
-            .find_map(|line| line.strip_prefix(&series))
-            .unwrap_or_else(|| panic!("no {series}in {exposition}"))
-            .to_string()
+            format!(r#"wasm_proxy_hook_calls_total{{hook="{hook}",tenant="first_proxy.wasm"}}"#);
+        metric_value(&exposition, &series)
     };
-    assert_eq!(calls("upstream_peer"), "3");
-    assert_eq!(calls("upstream_request_filter"), "3");
+    assert_eq!(calls("upstream_peer"), 3);
+    assert_eq!(calls("upstream_request_filter"), 3);
     for hook in ["request_filter", "response_filter", "logging"] {
-        assert_eq!(calls(hook), "0", "{hook}");
+        assert_eq!(calls(hook), 0, "{hook}");
     }
 }

@@ -2,6 +2,7 @@
 //! on loopback (plain HTTP and TLS with a test CA), a real HTTP client.
 //! One test binary with topic modules keeps link time down.
 
+mod clients;
 mod support;
 
 mod budgets;

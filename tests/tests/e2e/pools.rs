@@ -91,12 +91,6 @@ fn metrics_addr() -> String {
     format!("127.0.0.1:{}", free_port())
 }
 
-async fn scrape(client: &reqwest::Client, metrics: &str) -> String {
-    let (status, text) = get(client, &format!("http://{metrics}/metrics"), &[]).await;
-    assert_eq!(status, 200, "{text}");
-    text
-}
-
 /// `wasm_proxy_backend_healthy{tenant,pool,backend}` in `text`, labels in
 /// any order.
 fn gauge(text: &str, tenant: &str, pool: &str, backend: &str) -> Option<u8> {

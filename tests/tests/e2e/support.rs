@@ -734,3 +734,18 @@ pub async fn get(client: &reqwest::Client, url: &str, headers: &[(&str, &str)]) 
     let status = response.status().as_u16();
     (status, response.text().await.unwrap_or_default())
 }
+
+/// The text exposition served by a `--metrics` address.
+pub async fn scrape(client: &reqwest::Client, metrics: &str) -> String {
+    let (status, text) = get(client, &format!("http://{metrics}/metrics"), &[]).await;
+    assert_eq!(status, 200, "{text}");
+    text
+}
+
+/// The value of the series `series` (`name{labels}`, exactly as exposed)
+/// in the exposition `text`.
+pub fn metric_value(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
