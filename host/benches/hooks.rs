@@ -14,6 +14,7 @@ use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion
 use host::abi::proxy_wasm::{FilterModule, FilterSpec, RequestOutcome};
 use host::abi::v1::{self as abi, GuestModule, InputParts, RequestVerdict};
 use host::budget::{Budget, BudgetLimits, MAX_CPU_MS_PER_S};
+use host::config_model::from_yaml;
 use host::hooks::Hook;
 use host::metrics::Metrics;
 use host::runtime::{EngineOptions, GuestEngine, GuestLimits, SliceMeter, Unmetered, FEW_CALLS};
@@ -346,7 +347,7 @@ fn hooks(c: &mut Criterion) {
             "{{backends: [127.0.0.1:8081, 127.0.0.1:8082, 127.0.0.1:8083], \
              selection: {selection}, health_check: {{kind: none}}}}"
         );
-        let spec = PoolSpec::from_yaml("api", &serde_yaml::from_str(&yaml).unwrap()).unwrap();
+        let spec = PoolSpec::from_config("api", &from_yaml(&yaml).unwrap()).unwrap();
         Pools::new(
             &[Arc::new(Pool::new("bench", &spec, &registries).unwrap())],
             &[],

@@ -1,6 +1,7 @@
 //! Start-up configuration derived from the command line, checked before
 //! anything listens.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -8,11 +9,15 @@ use anyhow::{bail, Context};
 
 use crate::budget::BudgetLimits;
 use crate::cli::Cli;
+use crate::config_model::{
+    file_name, FilterConfig, JsonText, Located, Naming, PluginConfig, PoolConfig, TenantConfig,
+    TenantsConfig, UpstreamConfig,
+};
 use crate::runtime::GuestLimits;
-use crate::tenants::{FilterSource, TenantDefaults, TenantSource};
+use crate::tenants::{GuestErrorPolicy, TenantDefaults, TenantSource};
 use crate::tls::DefaultCertificate;
 use crate::upstream::StaticUpstream;
-use crate::upstream_pools::PoolSpec;
+use crate::upstream_pools::pool_flag;
 
 /// The module configuration as JSON text: `--module-config` inline or
 /// `@FILE`, `{}` when absent. It must be valid JSON.
@@ -103,15 +108,18 @@ pub fn metrics_addr(cli: &Cli) -> anyhow::Result<Option<String>> {
     }
 }
 
-/// Where the tenants come from: the command line (a module, filters, or
-/// both), or a tenants file.
+/// Where the tenants come from: a tenants file, or the command line (a
+/// module, filters, or both) as the same configuration a one-tenant file
+/// gives: named after the module (or the first filter) file, serving
+/// every Host, failing closed.
 pub fn tenant_source(cli: &Cli) -> anyhow::Result<TenantSource> {
     if let Some(file) = &cli.tenants {
         return Ok(TenantSource::File(file.clone()));
     }
-    if cli.module.is_none() && cli.filter.is_empty() {
-        bail!("give a MODULE.wasm, a --filter FILE.wasm, or --tenants FILE");
-    }
+    let name = match (&cli.module, cli.filter.first()) {
+        (Some(path), _) | (None, Some(path)) => file_name(path),
+        (None, None) => bail!("give a MODULE.wasm, a --filter FILE.wasm, or --tenants FILE"),
+    };
     let mut configs = cli.filter_configs.0.clone().map_err(anyhow::Error::msg)?;
     // Parsed without `parse_args` (a library caller): no pairing known.
     configs.resize(cli.filter.len(), None);
@@ -125,48 +133,70 @@ pub fn tenant_source(cli: &Cli) -> anyhow::Result<TenantSource> {
             },
             None => Vec::new(),
         };
-        filters.push(FilterSource {
-            path: path.clone(),
-            config,
-        });
+        filters.push(Located::new(FilterConfig {
+            module: Located::new(path.clone()),
+            config: Some(PluginConfig::Bytes(config)),
+            vm_config: None,
+            root_id: None,
+            on_error: GuestErrorPolicy::FailClosed,
+        }));
     }
-    Ok(TenantSource::CommandLine {
-        module: cli.module.clone(),
-        config_json: module_config(cli)?,
-        upstream: match &cli.upstream {
-            Some(addr) => Some(StaticUpstream::plain(addr).context("--upstream")?),
-            None => None,
-        },
+    let module_config = JsonText(module_config(cli)?);
+    let upstream = match &cli.upstream {
+        Some(addr) => {
+            StaticUpstream::plain(addr).context("--upstream")?;
+            Some(Located::flag(
+                UpstreamConfig::Address(addr.clone()),
+                "--upstream",
+            ))
+        }
+        None => None,
+    };
+    let clusters = clusters(cli)?;
+    let tenant = TenantConfig {
+        name: name.clone(),
+        module: cli.module.clone().map(Located::new),
         filters,
-        clusters: clusters(cli)?.into_iter().collect(),
+        config: Some(module_config),
+        upstream,
         pools: pools(cli)?,
-    })
+        ..TenantConfig::default()
+    };
+    Ok(TenantSource::CommandLine(TenantsConfig {
+        clusters,
+        pools: BTreeMap::new(),
+        tenants: vec![Located::new(tenant)],
+        default_tenant: Some(Located::new(name)),
+        base: PathBuf::new(),
+        naming: Naming::CommandLine,
+    }))
 }
 
-/// The pools given with --pool NAME=ADDR,..., each name once.
-pub fn pools(cli: &Cli) -> anyhow::Result<Vec<PoolSpec>> {
-    let mut pools: Vec<PoolSpec> = Vec::new();
+/// The pools given with --pool NAME=ADDR,..., each name once; their
+/// backends are resolved when the tenant is built.
+pub fn pools(cli: &Cli) -> anyhow::Result<BTreeMap<String, Located<PoolConfig>>> {
+    let mut pools = BTreeMap::new();
     for flag in &cli.pool {
-        let pool = PoolSpec::from_flag(flag)?;
-        if pools.iter().any(|p| p.name == pool.name) {
-            bail!("--pool {:?} is given twice", pool.name);
+        let (name, pool) = pool_flag(flag)?;
+        if pools.contains_key(&name) {
+            bail!("--pool {name:?} is given twice");
         }
-        pools.push(pool);
+        pools.insert(name, Located::flag(pool, format!("--pool {flag:?}")));
     }
     Ok(pools)
 }
 
-/// The clusters given with --cluster NAME=ADDR.
-pub fn clusters(cli: &Cli) -> anyhow::Result<Vec<(String, SocketAddr)>> {
+/// The clusters given with --cluster NAME=ADDR, each checked.
+pub fn clusters(cli: &Cli) -> anyhow::Result<BTreeMap<String, Located<String>>> {
     cli.cluster
         .iter()
         .map(|pair| {
             let (name, addr) = pair
                 .split_once('=')
                 .with_context(|| format!("--cluster {pair:?} is not NAME=ip:port"))?;
-            let addr = addr
-                .parse()
+            addr.parse::<SocketAddr>()
                 .with_context(|| format!("--cluster {pair:?}: {addr:?} is not ip:port"))?;
+            let addr = Located::flag(addr.to_string(), format!("--cluster {pair:?}"));
             Ok((name.to_string(), addr))
         })
         .collect()

@@ -9,6 +9,7 @@ pub mod abi;
 pub mod budget;
 pub mod cli;
 pub mod config;
+pub mod config_model;
 pub mod drain;
 mod filter_chain;
 pub mod filter_ticks;

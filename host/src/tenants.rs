@@ -8,12 +8,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use serde::Deserialize;
 
 use crate::abi::proxy_wasm::{FilterModule, FilterSpec};
 use crate::abi::v1::GuestModule;
 use crate::budget::{Budget, BudgetLimits};
+use crate::config_model::{
+    JsonText, Located, Naming, Origin, PluginConfig, PoolConfig, TenantConfig, TenantsConfig,
+};
 use crate::hooks::Hook;
 use crate::metrics::{Metrics, TenantMetrics};
 use crate::runtime::{GuestEngine, GuestLimits};
@@ -90,35 +93,14 @@ impl Tenant {
     }
 }
 
-/// A filter as the command line gives it.
-#[derive(Debug, Clone)]
-pub struct FilterSource {
-    /// The filter's `.wasm`.
-    pub path: PathBuf,
-    /// Its plugin configuration.
-    pub config: Vec<u8>,
-}
-
 /// Where the tenant set comes from, so it can be loaded again.
 #[derive(Debug, Clone)]
 pub enum TenantSource {
     /// One tenant serving every Host, from the command line: a module
-    /// (`host MODULE.wasm`), filters (`--filter`), or both.
-    CommandLine {
-        /// The module file, if any.
-        module: Option<PathBuf>,
-        /// Its configuration JSON.
-        config_json: String,
-        /// The static upstream (`--upstream`).
-        upstream: Option<StaticUpstream>,
-        /// The filters (`--filter`, `--filter-config`), in order.
-        filters: Vec<FilterSource>,
-        /// Clusters filters may call (`--cluster NAME=ADDR`).
-        clusters: HashMap<String, SocketAddr>,
-        /// The module's pools (`--pool NAME=ADDR,...`).
-        pools: Vec<PoolSpec>,
-    },
-    /// A tenants file (`host --tenants FILE`).
+    /// (`host MODULE.wasm`), filters (`--filter`), or both; built again
+    /// from the same configuration at each reload.
+    CommandLine(TenantsConfig),
+    /// A tenants file (`host --tenants FILE`), read again at each reload.
     File(PathBuf),
 }
 
@@ -137,88 +119,6 @@ pub struct TenantSet {
     pools: Vec<Arc<Pool>>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TenantsFile {
-    /// Names a filter may dispatch HTTP calls to: `name: "ip:port"`.
-    #[serde(default)]
-    clusters: HashMap<String, String>,
-    /// Pools every tenant may name (a tenant's own of the same name wins).
-    #[serde(default)]
-    pools: BTreeMap<String, serde_yaml::Value>,
-    tenants: Vec<TenantSpec>,
-    #[serde(default)]
-    default_tenant: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FilterYaml {
-    module: PathBuf,
-    #[serde(default)]
-    config: Option<serde_yaml::Value>,
-    #[serde(default)]
-    vm_config: Option<String>,
-    #[serde(default)]
-    root_id: Option<String>,
-    #[serde(default)]
-    on_error: GuestErrorPolicy,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TenantSpec {
-    name: String,
-    #[serde(default)]
-    hosts: Vec<String>,
-    #[serde(default)]
-    module: Option<PathBuf>,
-    #[serde(default)]
-    filters: Vec<FilterYaml>,
-    #[serde(default)]
-    config: Option<serde_yaml::Value>,
-    #[serde(default)]
-    limits: LimitsSpec,
-    #[serde(default)]
-    on_guest_error: GuestErrorPolicy,
-    #[serde(default)]
-    fallback_upstream: Option<String>,
-    #[serde(default)]
-    upstream: Option<serde_yaml::Value>,
-    #[serde(default)]
-    pools: BTreeMap<String, serde_yaml::Value>,
-    #[serde(default)]
-    tls: Option<TlsSpec>,
-    #[serde(default)]
-    breaker: BreakerSpec,
-}
-
-/// A tenant's certificate: PEM files, relative to the tenants file.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TlsSpec {
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LimitsSpec {
-    hook_timeout_ms: Option<u64>,
-    memory_limit_mib: Option<u64>,
-    instance_reuse: Option<u64>,
-    max_concurrent_calls: Option<u32>,
-    cpu_ms_per_s: Option<u32>,
-}
-
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BreakerSpec {
-    faults: Option<u32>,
-    window_ms: Option<u64>,
-    cooldown_ms: Option<u64>,
-}
-
 impl TenantSet {
     /// Loads every tenant of `source`; any problem refuses the whole set.
     /// `defaults` are the limits of tenants that do not set their own;
@@ -230,155 +130,95 @@ impl TenantSet {
         metrics: &Metrics,
         registries: &HealthRegistries,
     ) -> anyhow::Result<Self> {
+        let loading = SetLoad {
+            engine,
+            defaults,
+            metrics,
+            registries,
+        };
         match source {
-            TenantSource::CommandLine {
-                module,
-                config_json,
-                upstream,
-                filters,
-                clusters,
-                pools,
-            } => {
-                let file_name = |path: &Path| {
-                    path.file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_else(|| path.display().to_string())
-                };
-                let name = match (module, filters.first()) {
-                    (Some(path), _) => file_name(path),
-                    (None, Some(filter)) => file_name(&filter.path),
-                    (None, None) => bail!("give a MODULE.wasm, a --filter or --tenants FILE"),
-                };
-                let mut watched: Vec<PathBuf> = module.iter().cloned().collect();
-                let module = match module {
-                    Some(path) => Some(Arc::new(GuestModule::load(
-                        engine,
-                        name.as_str().into(),
-                        path,
-                        config_json,
-                        defaults.limits,
-                    )?)),
-                    None => None,
-                };
-                check_routing(module.as_deref(), upstream.as_ref(), "--upstream ADDR")?;
-                let mut loaded = Vec::new();
-                for filter in filters {
-                    let spec = FilterSpec {
-                        config: filter.config.clone(),
-                        metrics: Some((metrics.filter_family(), name.clone())),
-                        clusters: clusters.clone(),
-                        ..FilterSpec::default()
-                    };
-                    let label = file_name(&filter.path);
-                    let filter_module = FilterModule::load(
-                        engine,
-                        label.into(),
-                        &filter.path,
-                        spec,
-                        defaults.limits,
-                    )?;
-                    watched.push(filter.path.clone());
-                    loaded.push(TenantFilter {
-                        module: Arc::new(filter_module),
-                        on_error: GuestErrorPolicy::FailClosed,
-                    });
-                }
-                let pools = pools
-                    .iter()
-                    .map(|spec| Pool::new(&name, spec, registries).map(Arc::new))
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                metrics.module_load(&name);
-                let tenant = Tenant {
-                    budget: Budget::new(defaults.budget, metrics.tenant(&name)),
-                    metrics: metrics.tenant(&name),
-                    label: name.as_str().into(),
-                    name,
-                    module,
-                    filters: loaded,
-                    on_guest_error: GuestErrorPolicy::FailClosed,
-                    fallback_upstream: None,
-                    upstream: upstream.clone(),
-                    pools: Pools::new(&pools, &[]),
-                    certificate: None,
-                };
-                Ok(TenantSet {
-                    tenants: vec![Arc::new(tenant)],
-                    exact: HashMap::new(),
-                    wildcards: Vec::new(),
-                    default: Some(0),
-                    watched,
-                    clusters: clusters.clone(),
-                    pools,
-                })
-            }
+            TenantSource::CommandLine(config) => Self::build(loading, config),
             TenantSource::File(path) => {
-                Self::load_file(engine, path, defaults, metrics, registries)
-                    .with_context(|| format!("tenants file {}", path.display()))
+                let mut set = TenantsConfig::read(path)
+                    .and_then(|config| Self::build(loading, &config))
+                    .with_context(|| format!("tenants file {}", path.display()))?;
+                set.watched.insert(0, path.clone());
+                Ok(set)
             }
         }
     }
 
-    fn load_file(
-        engine: &GuestEngine,
-        path: &Path,
-        defaults: TenantDefaults,
-        metrics: &Metrics,
-        registries: &HealthRegistries,
-    ) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).context("reading it")?;
-        let file: TenantsFile = serde_yaml::from_str(&text).context("parsing it")?;
-        let base = path.parent().unwrap_or(Path::new("."));
+    /// The tenants of `config`, whether a file or the command line gave it.
+    fn build(load: SetLoad, config: &TenantsConfig) -> anyhow::Result<Self> {
+        let SetLoad {
+            engine,
+            defaults,
+            metrics,
+            registries,
+        } = load;
         let mut set = TenantSet {
             tenants: Vec::new(),
             exact: HashMap::new(),
             wildcards: Vec::new(),
             default: None,
-            watched: vec![path.to_path_buf()],
+            watched: Vec::new(),
             clusters: HashMap::new(),
             pools: Vec::new(),
         };
-        for (name, addr) in &file.clusters {
-            let addr = addr
+        for (name, addr) in &config.clusters {
+            let parsed = addr
+                .value
                 .parse::<SocketAddr>()
-                .with_context(|| format!("cluster {name:?}: {addr:?} is not ip:port"))?;
-            set.clusters.insert(name.clone(), addr);
+                .with_context(|| format!("cluster {name:?}: {:?} is not ip:port", addr.value))
+                .map_err(|e| addr.origin.locate(e, || format!("clusters.{name}")))?;
+            set.clusters.insert(name.clone(), parsed);
         }
-        let shared = build_pools(SHARED, &file.pools, registries).context("pools")?;
+        let shared = build_pools(SHARED, &config.pools, registries, |e, name, origin| {
+            origin.locate(e, || format!("pools.{name}"))
+        })?;
         set.pools.extend(shared.iter().cloned());
         let mut names = HashSet::new();
-        for spec in file.tenants {
+        for (index, entry) in config.tenants.iter().enumerate() {
+            let spec = &entry.value;
+            let place = EntryPlace {
+                origin: &entry.origin,
+                key: format!("tenants[{index}]"),
+                context: config.naming.error_context(&spec.name),
+            };
             let name = spec.name.clone();
             if !names.insert(name.clone()) {
-                bail!("tenant {name:?} appears twice");
+                let error = anyhow!("tenant {name:?} appears twice");
+                return Err(place.error("name", &Origin::Unknown, error));
             }
-            let index = set.tenants.len();
-            for host in &spec.hosts {
-                set.add_host(host, index)
-                    .with_context(|| format!("tenant {name:?}"))?;
+            for (at, host) in spec.hosts.iter().enumerate() {
+                set.add_host(&host.value, index)
+                    .map_err(|e| place.error(&format!("hosts[{at}]"), &host.origin, e))?;
             }
-            let own = build_pools(&name, &spec.pools, registries)
-                .with_context(|| format!("tenant {name:?}: pools"))?;
+            let own = build_pools(&name, &spec.pools, registries, |e, pool, origin| {
+                place.error(&format!("pools.{pool}"), origin, e)
+            })?;
             let loading = TenantLoad {
                 engine,
-                base,
+                base: &config.base,
+                naming: config.naming,
                 defaults,
                 metrics,
                 clusters: &set.clusters,
                 pools: Pools::new(&own, &shared),
             };
-            let (tenant, files) =
-                build_tenant(loading, spec).with_context(|| format!("tenant {name:?}"))?;
+            let (tenant, files) = build_tenant(loading, spec, &place)?;
             metrics.module_load(&name);
             set.pools.extend(own);
             set.watched.extend(files);
             set.tenants.push(Arc::new(tenant));
         }
-        if let Some(default) = &file.default_tenant {
+        if let Some(default) = &config.default_tenant {
             let index = set
                 .tenants
                 .iter()
-                .position(|t| &t.name == default)
-                .with_context(|| format!("default_tenant {default:?} is not a tenant"))?;
+                .position(|t| t.name == default.value)
+                .with_context(|| format!("default_tenant {:?} is not a tenant", default.value))
+                .map_err(|e| default.origin.locate(e, || "default_tenant".into()))?;
             set.default = Some(index);
         }
         set.wildcards
@@ -469,27 +309,37 @@ impl TenantSet {
     }
 }
 
-/// `owner`'s pools from a tenants file's `pools:` mapping.
+/// `owner`'s pools; `place` says where a pool's error comes from.
 fn build_pools(
     owner: &str,
-    specs: &BTreeMap<String, serde_yaml::Value>,
+    configs: &BTreeMap<String, Located<PoolConfig>>,
     registries: &HealthRegistries,
+    place: impl Fn(anyhow::Error, &str, &Origin) -> anyhow::Error,
 ) -> anyhow::Result<Vec<Arc<Pool>>> {
-    specs
+    configs
         .iter()
-        .map(|(name, value)| {
-            let spec =
-                PoolSpec::from_yaml(name, value).with_context(|| format!("pool {name:?}"))?;
-            Ok(Arc::new(Pool::new(owner, &spec, registries)?))
+        .map(|(name, config)| {
+            PoolSpec::from_config(name, &config.value)
+                .and_then(|spec| Ok(Arc::new(Pool::new(owner, &spec, registries)?)))
+                .map_err(|e| place(e, name, &config.origin))
         })
         .collect()
 }
 
-/// What building one tenant of a tenants file needs besides its entry.
+/// What building a tenant set needs besides its configuration.
+struct SetLoad<'a> {
+    engine: &'a GuestEngine,
+    defaults: TenantDefaults,
+    metrics: &'a Metrics,
+    registries: &'a HealthRegistries,
+}
+
+/// What building one tenant needs besides its entry.
 struct TenantLoad<'a> {
     engine: &'a GuestEngine,
-    /// The tenants file's directory, which relative paths start from.
+    /// The directory relative paths start from.
     base: &'a Path,
+    naming: Naming,
     defaults: TenantDefaults,
     metrics: &'a Metrics,
     clusters: &'a HashMap<String, SocketAddr>,
@@ -497,68 +347,109 @@ struct TenantLoad<'a> {
     pools: Pools,
 }
 
+/// Where a tenant's entry is, so that its errors say so.
+struct EntryPlace<'a> {
+    /// The entry's own origin, for fields without one.
+    origin: &'a Origin,
+    /// Its key path: `tenants[2]`.
+    key: String,
+    /// What its errors say first: which tenant.
+    context: Option<String>,
+}
+
+impl EntryPlace<'_> {
+    /// `error` caused by the entry's `field` (its key under the entry,
+    /// written at `origin` if known): `line 7 column 15:
+    /// tenants[2].upstream: tenant "acme": ...`.
+    fn error(&self, field: &str, origin: &Origin, error: anyhow::Error) -> anyhow::Error {
+        let error = match &self.context {
+            Some(context) => error.context(context.clone()),
+            None => error,
+        };
+        origin.or(self.origin).locate(error, || match field {
+            "" => self.key.clone(),
+            field => format!("{}.{field}", self.key),
+        })
+    }
+}
+
 /// Builds one tenant; returns it and the files it was loaded from.
-fn build_tenant(load: TenantLoad, spec: TenantSpec) -> anyhow::Result<(Tenant, Vec<PathBuf>)> {
+fn build_tenant(
+    load: TenantLoad,
+    spec: &TenantConfig,
+    place: &EntryPlace,
+) -> anyhow::Result<(Tenant, Vec<PathBuf>)> {
     let TenantLoad {
         engine,
         base,
+        naming,
         defaults,
         metrics,
         clusters,
         pools,
     } = load;
-    let (given, guest) = (&spec.limits, defaults.limits);
+    let (given, guest) = (&spec.limits.value, defaults.limits);
     let limits = GuestLimits {
         hook_timeout_ms: given.hook_timeout_ms.unwrap_or(guest.hook_timeout_ms),
         memory_limit_mib: given.memory_limit_mib.unwrap_or(guest.memory_limit_mib),
         instance_reuse: given.instance_reuse.unwrap_or(guest.instance_reuse),
     };
-    limits.check().context("limits")?;
-    let (breaker, budget) = (&spec.breaker, defaults.budget);
+    let at_limits = |e: anyhow::Error| place.error("limits", &spec.limits.origin, e);
+    limits.check().context("limits").map_err(at_limits)?;
+    // The limits first, then the breaker, so the error points at the
+    // right one (the flags' values pass).
     let budget = BudgetLimits {
         max_concurrent_calls: given
             .max_concurrent_calls
-            .unwrap_or(budget.max_concurrent_calls),
-        cpu_ms_per_s: given.cpu_ms_per_s.unwrap_or(budget.cpu_ms_per_s),
+            .unwrap_or(defaults.budget.max_concurrent_calls),
+        cpu_ms_per_s: given.cpu_ms_per_s.unwrap_or(defaults.budget.cpu_ms_per_s),
+        ..defaults.budget
+    };
+    budget.check().context("limits").map_err(at_limits)?;
+    let breaker = &spec.breaker.value;
+    let budget = BudgetLimits {
         breaker_faults: breaker.faults.unwrap_or(budget.breaker_faults),
         breaker_window_ms: breaker.window_ms.unwrap_or(budget.breaker_window_ms),
         breaker_cooldown_ms: breaker.cooldown_ms.unwrap_or(budget.breaker_cooldown_ms),
+        ..budget
     };
-    budget.check().context("limits")?;
+    budget
+        .check()
+        .map_err(|e| place.error("breaker", &spec.breaker.origin, e))?;
     let fallback_upstream = match &spec.fallback_upstream {
         Some(addr) => Some(
-            addr.parse::<SocketAddr>()
-                .with_context(|| format!("fallback_upstream {addr:?} is not ip:port"))?,
+            addr.value
+                .parse::<SocketAddr>()
+                .with_context(|| format!("fallback_upstream {:?} is not ip:port", addr.value))
+                .map_err(|e| place.error("fallback_upstream", &addr.origin, e))?,
         ),
         None => None,
     };
     let upstream = match &spec.upstream {
-        Some(value) => Some(StaticUpstream::from_yaml(value).context("upstream")?),
+        Some(config) => Some(
+            StaticUpstream::from_config(&config.value)
+                .map_err(|e| place.error("upstream", &config.origin, e))?,
+        ),
         None => None,
     };
     let config_json = match &spec.config {
-        Some(config) => serde_json::to_string(config).context("config is not JSON-compatible")?,
-        None => "{}".to_string(),
-    };
-    let label = |file: &Path| -> Arc<str> {
-        format!(
-            "{} (tenant {})",
-            file.file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default(),
-            spec.name
-        )
-        .into()
+        Some(JsonText(json)) => json.as_str(),
+        None => "{}",
     };
     let mut files = Vec::new();
     let certificate = match &spec.tls {
-        Some(_) if spec.hosts.is_empty() => bail!(
-            "tls: a tenant's certificate is served to the names of its hosts, and it has none \
-             (names no tenant serves get --cert)"
-        ),
         Some(tls) => {
-            let (cert, key) = (base.join(&tls.cert), base.join(&tls.key));
-            let certificate = Certificate::load(&cert, &key).context("tls")?;
+            let at_tls = |e: anyhow::Error| place.error("tls", &tls.origin, e);
+            if spec.hosts.is_empty() {
+                return Err(at_tls(anyhow!(
+                    "tls: a tenant's certificate is served to the names of its hosts, and it \
+                     has none (names no tenant serves get --cert)"
+                )));
+            }
+            let (cert, key) = (base.join(&tls.value.cert), base.join(&tls.value.key));
+            let certificate = Certificate::load(&cert, &key)
+                .context("tls")
+                .map_err(at_tls)?;
             files.extend([cert, key]);
             Some(Arc::new(certificate))
         }
@@ -566,64 +457,69 @@ fn build_tenant(load: TenantLoad, spec: TenantSpec) -> anyhow::Result<(Tenant, V
     };
     let module = match &spec.module {
         Some(path) => {
-            let module_path = base.join(path);
+            let module_path = base.join(&path.value);
             files.push(module_path.clone());
-            Some(Arc::new(GuestModule::load(
+            let module = GuestModule::load(
                 engine,
-                label(path),
+                naming.guest(&path.value, &spec.name),
                 &module_path,
-                &config_json,
+                config_json,
                 limits,
-            )?))
+            )
+            .map_err(|e| place.error("module", &path.origin, e))?;
+            Some(Arc::new(module))
         }
         None => None,
     };
-    check_routing(module.as_deref(), upstream.as_ref(), "`upstream:`")?;
-    if spec.on_guest_error == GuestErrorPolicy::FailOpen
+    check_routing(module.as_deref(), upstream.as_ref(), naming.upstream_hint()).map_err(|e| {
+        match &spec.module {
+            Some(path) => place.error("module", &path.origin, e),
+            None => place.error("", &Origin::Unknown, e),
+        }
+    })?;
+    if spec.on_guest_error.value == GuestErrorPolicy::FailOpen
         && module
             .as_ref()
             .is_some_and(|m| m.exports(Hook::UpstreamPeer))
         && fallback_upstream.is_none()
     {
-        bail!("on_guest_error: fail_open needs a fallback_upstream for when upstream_peer fails");
+        let error = anyhow!(
+            "on_guest_error: fail_open needs a fallback_upstream for when upstream_peer fails"
+        );
+        return Err(place.error("on_guest_error", &spec.on_guest_error.origin, error));
     }
     let mut filters = Vec::new();
-    for (index, filter) in spec.filters.iter().enumerate() {
-        let path = base.join(&filter.module);
-        let config = match &filter.config {
-            None => Vec::new(),
-            Some(serde_yaml::Value::String(text)) => text.clone().into_bytes(),
-            // A mapping (or any other value) is passed as its JSON text.
-            Some(other) => serde_json::to_vec(other)
-                .with_context(|| format!("filters[{index}].config is not JSON-compatible"))?,
-        };
+    for (index, entry) in spec.filters.iter().enumerate() {
+        let filter = &entry.value;
+        let path = base.join(&filter.module.value);
         let filter_spec = FilterSpec {
-            config,
+            config: filter
+                .config
+                .clone()
+                .map(PluginConfig::into_bytes)
+                .unwrap_or_default(),
             vm_config: filter.vm_config.clone().unwrap_or_default().into_bytes(),
             root_id: filter.root_id.clone().unwrap_or_default(),
             metrics: Some((metrics.filter_family(), spec.name.clone())),
             clusters: clusters.clone(),
         };
-        let loaded = FilterModule::load(engine, label(&filter.module), &path, filter_spec, limits)
-            .with_context(|| format!("filters[{index}]"))?;
+        let label = naming.guest(&filter.module.value, &spec.name);
+        let loaded = FilterModule::load(engine, label, &path, filter_spec, limits)
+            .map_err(|e| place.error(&format!("filters[{index}]"), &entry.origin, e))?;
         files.push(path);
         filters.push(TenantFilter {
             module: Arc::new(loaded),
             on_error: filter.on_error,
         });
     }
-    let tenant_label: Arc<str> = match (&spec.module, spec.filters.first()) {
-        (Some(path), _) => label(path),
-        _ => format!("tenant {}", spec.name).into(),
-    };
     let tenant = Tenant {
         budget: Budget::new(budget, metrics.tenant(&spec.name)),
         metrics: metrics.tenant(&spec.name),
-        name: spec.name,
-        label: tenant_label,
+        name: spec.name.clone(),
+        label: naming.tenant(spec),
         module,
         filters,
-        on_guest_error: spec.on_guest_error,
+        on_guest_error: spec.on_guest_error.value,
         fallback_upstream,
         upstream,
         pools,
@@ -719,5 +615,114 @@ mod tests {
         assert!(set.add_host("*.*.example", 1).is_err());
         assert!(set.add_host("", 1).is_err());
         assert_eq!(index(&set, "b.example"), None);
+    }
+
+    /// Loads a tenants file holding `yaml`; returns its path and the
+    /// error that refused it.
+    fn refusal(yaml: &str) -> (PathBuf, String) {
+        static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("host-tenants-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tenants.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let engine = GuestEngine::new(&crate::runtime::EngineOptions {
+            max_memory_bytes: 64 << 20,
+            cache_dir: None,
+            fresh_instances: false,
+        })
+        .unwrap();
+        let loaded = TenantSet::load(
+            &engine,
+            &TenantSource::File(path.clone()),
+            TenantDefaults::default(),
+            &Metrics::new(),
+            &HealthRegistries::new(None),
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        let error = format!("{:#}", loaded.err().expect("the file is refused"));
+        (path, error)
+    }
+
+    /// Two tenants, then `tail` (more of the second tenant's entry); the
+    /// first loads no module, so the second's errors come first.
+    fn two_tenants(tail: &str) -> String {
+        format!(
+            "tenants:\n  - name: a\n    upstream: 127.0.0.1:1\n  - name: b\n    module: b.wasm\n{tail}"
+        )
+    }
+
+    #[test]
+    fn errors_name_the_file_the_line_and_the_key() {
+        for (tail, says) in [
+            (
+                "    filters:\n      - module: f.wasm\n        on_error: fail_sometimes\n",
+                "parsing it: line 8 column 19: tenants[1].filters[0].on_error: \
+                 unknown variant `fail_sometimes`",
+            ),
+            (
+                "    colour: red\n",
+                "parsing it: line 6 column 5: tenants[1].colour: unknown field `colour`",
+            ),
+            (
+                "    limits:\n      cpu_ms_per_s: lots\n",
+                "parsing it: line 7 column 21: tenants[1].limits.cpu_ms_per_s: invalid u32",
+            ),
+            (
+                "    upstream: \"localhost:80\"\n",
+                "line 6 column 15: tenants[1].upstream: tenant \"b\": \
+                 \"localhost:80\" is not an ip:port address",
+            ),
+            (
+                "    fallback_upstream: nope\n",
+                "line 6 column 24: tenants[1].fallback_upstream: tenant \"b\": \
+                 fallback_upstream \"nope\" is not ip:port",
+            ),
+            (
+                "    limits: {cpu_ms_per_s: 0}\n",
+                "line 6 column 13: tenants[1].limits: tenant \"b\": limits: cpu_ms_per_s must be",
+            ),
+            (
+                "    pools:\n      api: {backends: []}\n",
+                "line 7 column 12: tenants[1].pools.api: tenant \"b\": \
+                 a pool needs at least one backend",
+            ),
+        ] {
+            let (path, error) = refusal(&two_tenants(tail));
+            let expected = format!("tenants file {}: {says}", path.display());
+            assert!(
+                error.starts_with(&expected),
+                "{tail}:\n{error}\nnot {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_outside_tenants_name_the_line_and_the_key() {
+        for (yaml, says) in [
+            (
+                "clusters:\n  auth: \"localhost:1\"\ntenants: []\n",
+                "line 2 column 9: clusters.auth: cluster \"auth\": \"localhost:1\" is not ip:port",
+            ),
+            (
+                "pools:\n  value: {backends: [\"127.0.0.1:1\"], selection: fastest}\ntenants: []\n",
+                "parsing it: line 2 column 49: pools.value.selection: unknown variant `fastest`",
+            ),
+            (
+                "tenants: []\ndefault_tenant: z\n",
+                "line 2 column 17: default_tenant: default_tenant \"z\" is not a tenant",
+            ),
+            (
+                "tenants: [ {name: x",
+                "parsing it: line 1 column 12: tenants: unclosed bracket",
+            ),
+        ] {
+            let (path, error) = refusal(yaml);
+            let expected = format!("tenants file {}: {says}", path.display());
+            assert!(
+                error.starts_with(&expected),
+                "{yaml}:\n{error}\nnot {expected}"
+            );
+        }
     }
 }

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 
 use anyhow::{bail, Context};
 use pingora::upstreams::peer::HttpPeer;
-use serde::Deserialize;
+
+use crate::config_model::UpstreamConfig;
 
 /// A fixed upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,17 +17,6 @@ pub struct StaticUpstream {
     pub tls: bool,
     /// The TLS server name, and the name its certificate must carry.
     pub sni: String,
-}
-
-/// The long form in a tenants file: `{address, tls, sni}`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UpstreamFields {
-    address: String,
-    #[serde(default)]
-    tls: bool,
-    #[serde(default)]
-    sni: String,
 }
 
 impl StaticUpstream {
@@ -40,21 +30,19 @@ impl StaticUpstream {
         })
     }
 
-    /// An upstream as a tenants file gives it: `"ip:port"` or `{address,
-    /// tls, sni}`.
-    pub fn from_yaml(value: &serde_yaml::Value) -> anyhow::Result<Self> {
-        if let Some(address) = value.as_str() {
-            return Self::plain(address);
-        }
-        let fields: UpstreamFields = serde_yaml::from_value(value.clone())
-            .context("must be \"ip:port\" or {address, tls, sni}")?;
+    /// An upstream as configured: `"ip:port"` or `{address, tls, sni}`.
+    pub fn from_config(config: &UpstreamConfig) -> anyhow::Result<Self> {
+        let fields = match config {
+            UpstreamConfig::Address(address) => return Self::plain(address),
+            UpstreamConfig::Fields(fields) => fields,
+        };
         if fields.tls && fields.sni.is_empty() {
             bail!("tls: true needs an sni, the name the upstream's certificate is checked against");
         }
         Ok(StaticUpstream {
             address: parse_address(&fields.address)?,
             tls: fields.tls,
-            sni: fields.sni,
+            sni: fields.sni.clone(),
         })
     }
 
@@ -74,18 +62,15 @@ fn parse_address(address: &str) -> anyhow::Result<SocketAddr> {
 mod tests {
     use super::*;
 
-    fn yaml(text: &str) -> serde_yaml::Value {
-        serde_yaml::from_str(text).unwrap()
+    fn upstream(text: &str) -> anyhow::Result<StaticUpstream> {
+        StaticUpstream::from_config(&crate::config_model::from_yaml(text)?)
     }
 
     #[test]
     fn both_forms_parse_and_mistakes_are_named() {
-        let plain = StaticUpstream::from_yaml(&yaml(r#""127.0.0.1:8080""#)).unwrap();
+        let plain = upstream(r#""127.0.0.1:8080""#).unwrap();
         assert_eq!(plain, StaticUpstream::plain("127.0.0.1:8080").unwrap());
-        let tls = StaticUpstream::from_yaml(&yaml(
-            "{address: \"10.0.0.1:443\", tls: true, sni: api.example}",
-        ))
-        .unwrap();
+        let tls = upstream("{address: \"10.0.0.1:443\", tls: true, sni: api.example}").unwrap();
         assert!(tls.tls && tls.sni == "api.example");
 
         for (bad, says) in [
@@ -94,7 +79,7 @@ mod tests {
             ("{address: \"10.0.0.1:443\", port: 1}", "unknown field"),
             ("[1, 2]", "must be"),
         ] {
-            let error = format!("{:#}", StaticUpstream::from_yaml(&yaml(bad)).unwrap_err());
+            let error = format!("{:#}", upstream(bad).unwrap_err());
             assert!(error.contains(says), "{bad}: {error}");
         }
     }

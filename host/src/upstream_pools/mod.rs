@@ -21,7 +21,7 @@ use pingora::prelude::*;
 
 pub use health::{HealthRegistries, PoolHealth, PoolHealthChecks};
 pub use spec::{
-    CheckKind, HealthCheckSpec, PoolSpec, PoolTls, Selection, DEFAULT_CONNECTION_TIMEOUT,
+    pool_flag, CheckKind, HealthCheckSpec, PoolSpec, PoolTls, Selection, DEFAULT_CONNECTION_TIMEOUT,
 };
 
 use crate::runtime::{block_on, HookFault};
@@ -316,7 +316,7 @@ mod tests {
             "{{backends: [{}], selection: {selection}, health_check: {{kind: tcp, interval_ms: 100}}}}",
             backends.join(", ")
         );
-        PoolSpec::from_yaml("api", &serde_yaml::from_str(&yaml).unwrap()).unwrap()
+        PoolSpec::from_config("api", &crate::config_model::from_yaml(&yaml).unwrap()).unwrap()
     }
 
     fn addrs(ports: &[u16]) -> Vec<String> {

@@ -1,5 +1,6 @@
-//! A pool as configured: the tenants file's `pools:` entries and
-//! `--pool NAME=ADDR,...`, checked and with every backend resolved.
+//! A pool as configured ([`PoolConfig`]: the tenants file's `pools:`
+//! entries and `--pool NAME=ADDR,...`), checked and with every backend
+//! resolved.
 
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -8,6 +9,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use pingora::upstreams::peer::PeerOptions;
 use serde::Deserialize;
+
+use crate::config_model::{CheckKindConfig, HealthCheckConfig, PoolConfig};
 
 /// How often `--pool` pools, and pools whose `health_check` gives no
 /// `interval_ms`, are checked.
@@ -111,110 +114,52 @@ pub struct PoolSpec {
     pub connection_timeout: Duration,
 }
 
-/// A pool as the tenants file writes it.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PoolYaml {
-    backends: Vec<String>,
-    #[serde(default)]
-    tls: bool,
-    #[serde(default)]
-    sni: String,
-    #[serde(default = "yes")]
-    verify_cert: bool,
-    #[serde(default = "yes")]
-    verify_hostname: bool,
-    #[serde(default)]
-    selection: Selection,
-    #[serde(default)]
-    health_check: Option<HealthCheckYaml>,
-    #[serde(default)]
-    connection_timeout_ms: Option<u64>,
-}
-
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-enum KindYaml {
-    Http,
-    Tcp,
-    None,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HealthCheckYaml {
-    kind: KindYaml,
-    #[serde(default)]
-    path: Option<String>,
-    #[serde(default)]
-    expect_status: Option<u16>,
-    #[serde(default)]
-    host: Option<String>,
-    #[serde(default)]
-    interval_ms: Option<u64>,
-    #[serde(default)]
-    timeout_ms: Option<u64>,
-}
-
-fn yes() -> bool {
-    true
-}
-
 impl PoolSpec {
-    /// A pool from a tenants file's `pools:` entry `name`.
-    pub fn from_yaml(name: &str, value: &serde_yaml::Value) -> anyhow::Result<Self> {
+    /// The pool `name` as configured, checked, its backends resolved.
+    pub fn from_config(name: &str, config: &PoolConfig) -> anyhow::Result<Self> {
         check_name(name)?;
-        let yaml: PoolYaml = serde_yaml::from_value(value.clone()).context(
-            "must be {backends, tls, sni, verify_cert, verify_hostname, selection, \
-             health_check, connection_timeout_ms}",
-        )?;
-        let tls = match (yaml.tls, yaml.sni.is_empty()) {
+        let tls = match (config.tls, config.sni.is_empty()) {
             (true, true) => bail!(
                 "tls: true needs an sni, the name the backends' certificates are checked against"
             ),
             (true, false) => Some(PoolTls {
-                sni: yaml.sni,
-                verify_cert: yaml.verify_cert,
-                verify_hostname: yaml.verify_hostname,
+                sni: config.sni.clone(),
+                verify_cert: config.verify_cert,
+                verify_hostname: config.verify_hostname,
             }),
             (false, _) => None,
         };
         let connection_timeout = millis(
             "connection_timeout_ms",
-            yaml.connection_timeout_ms,
+            config.connection_timeout_ms,
             DEFAULT_CONNECTION_TIMEOUT,
         )?;
-        let health_check = match yaml.health_check {
-            Some(check) => check.checked(tls.as_ref()).context("health_check")?,
+        let health_check = match &config.health_check {
+            Some(check) => checked(check, tls.as_ref()).context("health_check")?,
             None => HealthCheckSpec::tcp(),
         };
         Ok(PoolSpec {
             name: name.to_string(),
-            backends: resolve_backends(&yaml.backends)?,
+            backends: resolve_backends(&config.backends)?,
             tls,
-            selection: yaml.selection,
+            selection: config.selection,
             health_check,
             connection_timeout,
         })
     }
+}
 
-    /// A pool from `--pool NAME=ADDR,ADDR,...`: plain HTTP, round robin,
-    /// a TCP check every second.
-    pub fn from_flag(flag: &str) -> anyhow::Result<Self> {
-        let (name, backends) = flag
-            .split_once('=')
-            .with_context(|| format!("--pool {flag:?} is not NAME=ADDR,ADDR,..."))?;
-        check_name(name).with_context(|| format!("--pool {flag:?}"))?;
-        let backends: Vec<String> = backends.split(',').map(|b| b.trim().to_string()).collect();
-        Ok(PoolSpec {
-            name: name.to_string(),
-            backends: resolve_backends(&backends).with_context(|| format!("--pool {flag:?}"))?,
-            tls: None,
-            selection: Selection::RoundRobin,
-            health_check: HealthCheckSpec::tcp(),
-            connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
-        })
-    }
+/// The pool of `--pool NAME=ADDR,ADDR,...`: its name and configuration
+/// (plain HTTP, round robin, a TCP check every second), checked but not
+/// resolved yet.
+pub fn pool_flag(flag: &str) -> anyhow::Result<(String, PoolConfig)> {
+    let (name, backends) = flag
+        .split_once('=')
+        .with_context(|| format!("--pool {flag:?} is not NAME=ADDR,ADDR,..."))?;
+    check_name(name).with_context(|| format!("--pool {flag:?}"))?;
+    let backends: Vec<String> = backends.split(',').map(|b| b.trim().to_string()).collect();
+    check_backends(&backends).with_context(|| format!("--pool {flag:?}"))?;
+    Ok((name.to_string(), PoolConfig::plain(backends)))
 }
 
 impl HealthCheckSpec {
@@ -228,52 +173,52 @@ impl HealthCheckSpec {
     }
 }
 
-impl HealthCheckYaml {
-    fn checked(self, tls: Option<&PoolTls>) -> anyhow::Result<HealthCheckSpec> {
-        let interval = millis("interval_ms", self.interval_ms, DEFAULT_CHECK_INTERVAL)?;
-        let timeout = millis("timeout_ms", self.timeout_ms, DEFAULT_CHECK_TIMEOUT)?;
-        let http_only = [
-            ("path", self.path.is_some()),
-            ("expect_status", self.expect_status.is_some()),
-            ("host", self.host.is_some()),
-        ];
-        if self.kind != KindYaml::Http {
-            if let Some((field, _)) = http_only.iter().find(|(_, given)| *given) {
-                bail!("{field} is only for kind: http");
+/// A `health_check:` checked, for a pool with `tls`.
+fn checked(check: &HealthCheckConfig, tls: Option<&PoolTls>) -> anyhow::Result<HealthCheckSpec> {
+    let interval = millis("interval_ms", check.interval_ms, DEFAULT_CHECK_INTERVAL)?;
+    let timeout = millis("timeout_ms", check.timeout_ms, DEFAULT_CHECK_TIMEOUT)?;
+    let http_only = [
+        ("path", check.path.is_some()),
+        ("expect_status", check.expect_status.is_some()),
+        ("host", check.host.is_some()),
+    ];
+    if check.kind != CheckKindConfig::Http {
+        if let Some((field, _)) = http_only.iter().find(|(_, given)| *given) {
+            bail!("{field} is only for kind: http");
+        }
+    }
+    let kind = match check.kind {
+        CheckKindConfig::None => CheckKind::None,
+        CheckKindConfig::Tcp => CheckKind::Tcp,
+        CheckKindConfig::Http => {
+            let path = check.path.clone().unwrap_or_else(|| "/".into());
+            if !path.starts_with('/') || path.parse::<http::Uri>().is_err() {
+                bail!("path {path:?} is not an absolute path");
+            }
+            let expect_status = check.expect_status.unwrap_or(200);
+            if !(100..=599).contains(&expect_status) {
+                bail!("expect_status {expect_status} is not 100-599");
+            }
+            let host = check
+                .host
+                .clone()
+                .or_else(|| tls.map(|tls| tls.sni.clone()))
+                .unwrap_or_else(|| "localhost".into());
+            if http::HeaderValue::from_str(&host).is_err() || host.is_empty() {
+                bail!("host {host:?} is not a header value");
+            }
+            CheckKind::Http {
+                path,
+                expect_status,
+                host,
             }
         }
-        let kind = match self.kind {
-            KindYaml::None => CheckKind::None,
-            KindYaml::Tcp => CheckKind::Tcp,
-            KindYaml::Http => {
-                let path = self.path.unwrap_or_else(|| "/".into());
-                if !path.starts_with('/') || path.parse::<http::Uri>().is_err() {
-                    bail!("path {path:?} is not an absolute path");
-                }
-                let expect_status = self.expect_status.unwrap_or(200);
-                if !(100..=599).contains(&expect_status) {
-                    bail!("expect_status {expect_status} is not 100-599");
-                }
-                let host = self
-                    .host
-                    .or_else(|| tls.map(|tls| tls.sni.clone()))
-                    .unwrap_or_else(|| "localhost".into());
-                if http::HeaderValue::from_str(&host).is_err() || host.is_empty() {
-                    bail!("host {host:?} is not a header value");
-                }
-                CheckKind::Http {
-                    path,
-                    expect_status,
-                    host,
-                }
-            }
-        };
-        Ok(HealthCheckSpec {
-            kind,
-            interval,
-            timeout,
-        })
-    }
+    };
+    Ok(HealthCheckSpec {
+        kind,
+        interval,
+        timeout,
+    })
 }
 
 /// A duration given in milliseconds, `default` if not given.
@@ -294,16 +239,16 @@ fn check_name(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every backend's addresses: `ip:port` as it is, `name:port` resolved
-/// (here, at load, off the request path) to all its addresses.
-fn resolve_backends(backends: &[String]) -> anyhow::Result<BTreeSet<SocketAddr>> {
+/// Refuses an empty list and any backend that is not `ip:port` or
+/// `name:port`, without resolving names.
+fn check_backends(backends: &[String]) -> anyhow::Result<()> {
     if backends.is_empty() || backends.iter().all(|b| b.is_empty()) {
         bail!("a pool needs at least one backend");
     }
-    let mut resolved = BTreeSet::new();
     for backend in backends {
-        let addrs: Vec<SocketAddr> = match backend.parse::<SocketAddr>() {
-            Ok(addr) => vec![addr],
+        match backend.parse::<SocketAddr>() {
+            Ok(addr) if addr.port() == 0 => bail!("backend {backend:?}: port 0 ({addr})"),
+            Ok(_) => {}
             Err(_) => {
                 let (host, port) = backend
                     .rsplit_once(':')
@@ -311,11 +256,24 @@ fn resolve_backends(backends: &[String]) -> anyhow::Result<BTreeSet<SocketAddr>>
                 if host.is_empty() || port.parse::<u16>().is_err() {
                     bail!("backend {backend:?} is not ip:port or name:port");
                 }
-                backend
-                    .to_socket_addrs()
-                    .with_context(|| format!("backend {backend:?}: resolving it"))?
-                    .collect()
             }
+        }
+    }
+    Ok(())
+}
+
+/// Every backend's addresses: `ip:port` as it is, `name:port` resolved
+/// (here, at load, off the request path) to all its addresses.
+fn resolve_backends(backends: &[String]) -> anyhow::Result<BTreeSet<SocketAddr>> {
+    check_backends(backends)?;
+    let mut resolved = BTreeSet::new();
+    for backend in backends {
+        let addrs: Vec<SocketAddr> = match backend.parse::<SocketAddr>() {
+            Ok(addr) => vec![addr],
+            Err(_) => backend
+                .to_socket_addrs()
+                .with_context(|| format!("backend {backend:?}: resolving it"))?
+                .collect(),
         };
         if addrs.is_empty() {
             bail!("backend {backend:?} resolves to no address");
@@ -333,7 +291,7 @@ mod tests {
     use super::*;
 
     fn pool(text: &str) -> anyhow::Result<PoolSpec> {
-        PoolSpec::from_yaml("api", &serde_yaml::from_str(text).unwrap())
+        PoolSpec::from_config("api", &crate::config_model::from_yaml(text)?)
     }
 
     #[test]
@@ -374,7 +332,7 @@ mod tests {
             (r#"{backends: ["127.0.0.1:0"]}"#, "port 0"),
             (
                 r#"{backends: ["127.0.0.1:1"], selection: fastest}"#,
-                "must be",
+                "selection: unknown variant `fastest`",
             ),
             (r#"{backends: ["127.0.0.1:1"], tls: true}"#, "needs an sni"),
             (r#"{backends: ["127.0.0.1:1"], weight: 2}"#, "unknown field"),
@@ -406,11 +364,14 @@ mod tests {
 
     #[test]
     fn flags_parse_and_mistakes_are_named() {
-        let spec = PoolSpec::from_flag("api=127.0.0.1:8081,127.0.0.1:8082").unwrap();
+        let (name, config) = pool_flag("api=127.0.0.1:8081,127.0.0.1:8082").unwrap();
+        let spec = PoolSpec::from_config(&name, &config).unwrap();
         assert_eq!(spec.name, "api");
         assert_eq!(spec.backends.len(), 2);
+        assert_eq!(spec.health_check, HealthCheckSpec::tcp());
+        assert_eq!(spec.connection_timeout, DEFAULT_CONNECTION_TIMEOUT);
         for bad in ["api", "=127.0.0.1:1", "api=", "api=nope", "a b=127.0.0.1:1"] {
-            let error = format!("{:#}", PoolSpec::from_flag(bad).unwrap_err());
+            let error = format!("{:#}", pool_flag(bad).unwrap_err());
             assert!(error.contains("--pool"), "{bad}: {error}");
         }
     }

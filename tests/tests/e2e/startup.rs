@@ -249,3 +249,33 @@ fn tenants_files_that_cannot_serve() {
         assert_refused(options, message);
     }
 }
+
+/// A refused tenants file names the file, the line and column, and the
+/// key path of what is wrong: YAML that does not fit, and a value refused
+/// while the tenants are built.
+#[test]
+fn tenants_file_errors_name_the_file_the_line_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tenants.yaml");
+    let cases = [
+        (
+            "tenants:\n  - name: a\n    module: GUESTS/first_proxy.wasm\n  - name: b\n    \
+             module: GUESTS/first_proxy.wasm\n    filters:\n      - module: f.wasm\n        \
+             on_error: fail_sometimes\n",
+            "parsing it: line 8 column 19: tenants[1].filters[0].on_error: \
+             unknown variant `fail_sometimes`",
+        ),
+        (
+            "tenants:\n  - name: a\n    module: GUESTS/first_proxy.wasm\n    \
+             upstream: \"localhost:80\"\n",
+            "line 4 column 15: tenants[0].upstream: tenant \"a\": \
+             \"localhost:80\" is not an ip:port address",
+        ),
+    ];
+    for (yaml, says) in cases {
+        write_tenants(&path, yaml);
+        let mut options = ProxyOptions::new("first_proxy", json!({}));
+        options.tenants = Some(path.clone());
+        assert_refused(options, &format!("tenants file {}: {says}", path.display()));
+    }
+}

@@ -221,6 +221,9 @@ tenants:
     assert_eq!(failed, 0, "{log}");
     assert!(reloads >= RELOADS / 2, "{log}");
     assert!(log.contains("reload refused"), "{log}");
+    // The refusal names the file and where in it the YAML broke off.
+    let broken = format!("tenants file {}: parsing it: line 1 column", path.display());
+    assert!(log.contains(&broken), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
