@@ -18,7 +18,7 @@ pub struct Draining(Arc<AtomicBool>);
 
 impl Draining {
     /// Whether connections should close after their current response.
-    pub fn now(&self) -> bool {
+    pub fn has_begun(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
 

@@ -371,7 +371,7 @@ impl ProxyHttp for WasmProxy {
     /// the tenant's proxy-wasm filters (`proxy_on_request_headers`), in
     /// order, then its module's export `request_filter`.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        if self.draining.now() {
+        if self.draining.has_begun() {
             session.set_keepalive(None);
         }
         authority_as_host(session.req_header_mut());

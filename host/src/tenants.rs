@@ -84,15 +84,6 @@ pub struct TenantFilter {
     pub on_error: GuestErrorPolicy,
 }
 
-impl Tenant {
-    /// Whether the tenant's routing module exports `hook`.
-    pub fn exports(&self, hook: Hook) -> bool {
-        self.module
-            .as_ref()
-            .is_some_and(|module| module.exports(hook))
-    }
-}
-
 /// Where the tenant set comes from, so it can be loaded again.
 #[derive(Debug, Clone)]
 pub enum TenantSource {
