@@ -33,12 +33,13 @@ use crate::upstream_pools::Selection;
 #[serde(deny_unknown_fields)]
 pub struct TenantsConfig {
     /// Names a filter may dispatch HTTP calls to: `name: "ip:port"`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "blank_as_default")]
     pub clusters: BTreeMap<String, Located<String>>,
     /// Pools every tenant may name (a tenant's own of the same name wins).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "blank_as_default")]
     pub pools: BTreeMap<String, Located<PoolConfig>>,
     /// The tenants, in order.
+    #[serde(deserialize_with = "blank_as_default")]
     pub tenants: Vec<Located<TenantConfig>>,
     /// The tenant of requests whose Host no tenant serves.
     #[serde(default)]
@@ -59,13 +60,13 @@ pub struct TenantConfig {
     /// Its name, as in logs and metrics.
     pub name: String,
     /// The Host names it serves: `name`, or `*.name` for every subdomain.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "blank_as_default")]
     pub hosts: Vec<Located<String>>,
     /// Its routing module (this host's ABI).
     #[serde(default)]
     pub module: Option<Located<PathBuf>>,
     /// Its proxy-wasm filters, run in this order.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "blank_as_default")]
     pub filters: Vec<Located<FilterConfig>>,
     /// The routing module's configuration, as JSON; `{}` when absent.
     #[serde(default)]
@@ -83,7 +84,7 @@ pub struct TenantConfig {
     #[serde(default)]
     pub upstream: Option<Located<UpstreamConfig>>,
     /// Its own pools.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "blank_as_default")]
     pub pools: BTreeMap<String, Located<PoolConfig>>,
     /// Its certificate.
     #[serde(default)]
@@ -488,6 +489,16 @@ impl TenantsConfig {
     }
 }
 
+/// A list or mapping left blank (`hosts:` with every entry commented
+/// out) as the empty one.
+fn blank_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 /// `T` from YAML `text`; an error names the line, column and key path:
 /// `line 4 column 19: tenants[1].on_guest_error: unknown variant ...`.
 pub fn from_yaml<T: DeserializeOwned>(text: &str) -> anyhow::Result<T> {
@@ -497,6 +508,13 @@ pub fn from_yaml<T: DeserializeOwned>(text: &str) -> anyhow::Result<T> {
         strict_booleans: true,
         // `<<` is an ordinary (and so an unknown) key, as before.
         merge_keys: serde_saphyr::MergeKeyPolicy::AsOrdinary,
+        // A guest's `config:` becomes the JSON it always did: `02134` and
+        // `1_000` stay strings, `.inf` and `.nan` become null, and a blank
+        // or `~` where text is expected is that text.
+        leading_zero_numbers_as_strings: true,
+        underscored_numbers_as_strings: true,
+        non_finite_float_policy: serde_saphyr::NonFiniteFloatPolicy::PassThrough,
+        null_as_string: true,
     };
     let mut failed_at = None;
     let parsed = serde_saphyr::with_deserializer_from_str_with_options(text, options, |yaml| {
@@ -594,6 +612,34 @@ mod tests {
                 Some(PluginConfig::Json(r#"{"b":1,"a":2}"#.into())),
             ]
         );
+    }
+
+    #[test]
+    fn configs_read_numbers_and_blanks_as_serde_yaml_did() {
+        let spec = tenant(
+            "name: a\nconfig: {zip: 02134, big: 1_000, inf: .inf, nan: .nan, n: 7, s: ~, t: x}\n",
+        );
+        assert_eq!(
+            spec.config,
+            Some(JsonText(
+                r#"{"zip":"02134","big":"1_000","inf":null,"nan":null,"n":7,"s":null,"t":"x"}"#
+                    .into()
+            ))
+        );
+        let spec = tenant("name: ~\nupstream: {address: 127.0.0.1:1, sni: }\n");
+        assert_eq!(spec.name, "~");
+        let Some(UpstreamConfig::Fields(fields)) = spec.upstream.map(|u| u.value) else {
+            panic!("the map form");
+        };
+        assert_eq!(fields.sni, "");
+    }
+
+    #[test]
+    fn blank_lists_and_maps_are_empty() {
+        let spec = tenant("name: a\nhosts:\n#  - a.example\nfilters:\npools:\n");
+        assert!(spec.hosts.is_empty() && spec.filters.is_empty() && spec.pools.is_empty());
+        let file: TenantsConfig = from_yaml("clusters:\npools:\ntenants:\n").unwrap();
+        assert!(file.clusters.is_empty() && file.pools.is_empty() && file.tenants.is_empty());
     }
 
     #[test]

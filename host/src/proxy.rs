@@ -649,7 +649,7 @@ impl ProxyHttp for WasmProxy {
         e.more_context(format!("{}: {why}", route.pool().describe()))
     }
 
-    /// A budget's refusal is logged by [`Self::admit`], at most once a
+    /// A budget's refusal is logged by [`Self::stopped`], at most once a
     /// second per tenant: a flood of refused requests must not flood the
     /// log.
     fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {

@@ -73,9 +73,10 @@ pub async fn upstream_peer(
         decode_peer_output(bytes, ctx)
     })
     .await?;
-    let choice = PeerChoice::of(peer)?;
+    // The ctx holds even if the peer is refused (a fail-open request goes
+    // on with it).
     ctx.apply(update);
-    Ok(choice)
+    Ok(PeerChoice::of(peer)?)
 }
 
 /// The peer `upstream_peer` chose and what becomes of the ctx, from its
@@ -187,17 +188,18 @@ pub async fn request_filter(
         Ok((decision, ctx.update_to(output.ctx)))
     })
     .await?;
-    let verdict = match decision {
-        Ok(None) => RequestVerdict::Continue,
+    // The ctx holds even if the changes are refused (a fail-open request
+    // goes on with it).
+    ctx.apply(update);
+    match decision {
+        Ok(None) => Ok(RequestVerdict::Continue),
         Ok(Some(changes)) => {
             apply_request_changes(request, changes)?;
             *json = OnceLock::new();
-            RequestVerdict::Continue
+            Ok(RequestVerdict::Continue)
         }
-        Err((response, body)) => RequestVerdict::Answer(response, body),
-    };
-    ctx.apply(update);
-    Ok(verdict)
+        Err((response, body)) => Ok(RequestVerdict::Answer(response, body)),
+    }
 }
 
 /// The whole `response_filter` step: call the guest with `response` (as
