@@ -519,7 +519,7 @@ pub(super) fn add(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> was
             };
             match caller.data_mut().abi.stream.as_mut() {
                 Some(stream) => {
-                    stream.local_reply = Some(super::LocalReply {
+                    stream.local_reply = Some(crate::abi::LocalReply {
                         // Out of u16's range: 0, refused when checked.
                         status: u16::try_from(status_code as u32).unwrap_or(0),
                         headers,

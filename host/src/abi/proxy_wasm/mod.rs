@@ -33,7 +33,7 @@ pub use callout::{perform as perform_call, CallResponse, PendingCall};
 pub use filter::{
     BodyError, BodyOutcome, Direction, FilterModule, FilterSpec, FilterStream, RequestOutcome,
 };
-pub use stream::{HeaderPairs, LocalReply, RequestFacts, Stream};
+pub use stream::{HeaderPairs, RequestFacts, Stream};
 
 /// The largest body a filter may buffer or make, per request and
 /// direction.

@@ -8,10 +8,11 @@
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 
-use crate::abi::HeaderTarget;
+use crate::abi::{
+    header_name, header_refused, header_value, is_final_status, HeaderTarget, LocalReply,
+};
 use crate::runtime::HookFault;
 
 /// A header map as a filter sees it: ordered pairs, pseudo-headers first.
@@ -232,7 +233,7 @@ impl HeaderPairs {
                         value
                             .parse::<u16>()
                             .ok()
-                            .filter(|s| (200..=599).contains(s))
+                            .filter(|s| is_final_status(*s))
                             .ok_or_else(|| invalid(format!(":status {value:?} is not 200-599")))?,
                     )
                 }
@@ -262,7 +263,7 @@ fn add_fields(
     for (name, value) in fields {
         target
             .append(name.as_str().to_string(), value)
-            .map_err(|e| invalid(format!("header: {e}")))?;
+            .map_err(header_refused)?;
     }
     Ok(())
 }
@@ -281,12 +282,11 @@ fn invalid(what: String) -> HookFault {
     HookFault::InvalidOutput(what)
 }
 
-/// A field from a filter, its name and value checked.
+/// A field from a filter, its name and value checked; a bad value is
+/// named by its lower-cased name.
 fn checked(name: &str, value: &str) -> Result<(http::HeaderName, http::HeaderValue), HookFault> {
-    let name = http::HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| invalid(format!("invalid header name {name:?}")))?;
-    let value = http::HeaderValue::from_str(value)
-        .map_err(|_| invalid(format!("invalid value for header {name}")))?;
+    let name = header_name(name)?;
+    let value = header_value(name.as_str(), value)?;
     Ok((name, value))
 }
 
@@ -297,17 +297,6 @@ fn fields(headers: &http::HeaderMap) -> impl Iterator<Item = (String, String)> +
             String::from_utf8_lossy(value.as_bytes()).into_owned(),
         )
     })
-}
-
-/// A response a filter sent with `proxy_send_local_response`.
-#[derive(Debug, Clone)]
-pub struct LocalReply {
-    /// Its status.
-    pub status: u16,
-    /// Its header fields.
-    pub headers: Vec<(String, String)>,
-    /// Its body.
-    pub body: Bytes,
 }
 
 /// Facts about the request, for properties.
