@@ -310,13 +310,7 @@ impl FilterModule {
     /// A new instance, started: `_initialize`, the root context, the VM
     /// and the plugin configured.
     async fn start(&self, meter: &dyn SliceMeter) -> Result<Box<PwInstance>, String> {
-        let state = PwState {
-            plugin: self.plugin.clone(),
-            alloc: None,
-            stream: None,
-            effective_context: 0,
-            next_call_token: 1,
-        };
+        let state = PwState::new(self.plugin.clone());
         let prepared = WasmInstance::prepare(
             &self.pre,
             self.name.clone(),
