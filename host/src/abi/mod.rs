@@ -7,9 +7,15 @@
 //! - [`v1`]: the project's own ABI (JSON in and out, ctx held by the host).
 //! - [`proxy_wasm`]: proxy-wasm v0.2.1 filters (state in the guest, one
 //!   instance per request, hostcalls).
+//!
+//! The host rules both ABIs apply to what a guest gives live here once:
+//! header names, values and statuses ([`header_name`], [`header_value`],
+//! [`final_status`]) and local replies ([`LocalReply::checked`]). Each
+//! ABI only turns its own wire shapes into these.
 
 mod failure;
 mod headers;
+mod local_reply;
 pub mod proxy_wasm;
 pub mod v1;
 
@@ -19,7 +25,10 @@ use wasmtime::{InstancePre, Linker, Module};
 use crate::runtime::{GuestEngine, Sandbox};
 
 pub use failure::{HookFailure, Refusal};
-pub use headers::HeaderTarget;
+pub use headers::{
+    final_status, header_name, header_refused, header_value, is_final_status, HeaderTarget,
+};
+pub use local_reply::{LocalReply, MAX_LOCAL_REPLY_BODY};
 
 /// A guest ABI, as the wasm layer needs to know it.
 pub trait GuestAbi {

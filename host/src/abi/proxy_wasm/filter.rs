@@ -14,7 +14,7 @@ use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use wasmtime::{InstancePre, TypedFunc, WasmParams, WasmResults};
 
-use super::{FilterMetrics, HeaderPairs, LocalReply, Plugin, ProxyWasm, PwState, Stream};
+use super::{FilterMetrics, HeaderPairs, Plugin, ProxyWasm, PwState, Stream};
 use crate::abi::{self, ModuleKind};
 use crate::runtime::{
     block_on, CallError, GuestEngine, GuestLimits, HookFault, IdleInstances, LongCallSignal,
@@ -310,13 +310,7 @@ impl FilterModule {
     /// A new instance, started: `_initialize`, the root context, the VM
     /// and the plugin configured.
     async fn start(&self, meter: &dyn SliceMeter) -> Result<Box<PwInstance>, String> {
-        let state = PwState {
-            plugin: self.plugin.clone(),
-            alloc: None,
-            stream: None,
-            effective_context: 0,
-            next_call_token: 1,
-        };
+        let state = PwState::new(self.plugin.clone());
         let prepared = WasmInstance::prepare(
             &self.pre,
             self.name.clone(),
@@ -533,8 +527,8 @@ impl FilterModule {
         }
         let calls = std::mem::take(&mut filter.stream.calls);
         if let Some(reply) = filter.stream.local_reply.take() {
-            let (response, body) = local_response(reply)?;
-            return Ok(RequestOutcome::Answer(response, body));
+            let (response, body) = reply.checked("local response")?;
+            return Ok(RequestOutcome::Answer(Box::new(response), body));
         }
         if paused && !calls.is_empty() {
             return Ok(RequestOutcome::Calls(calls));
@@ -666,27 +660,4 @@ fn export<P: WasmParams, R: WasmResults>(
     signature: &str,
 ) -> Result<Option<TypedFunc<P, R>>, String> {
     wasm.func(name, signature).map_err(|e| format!("{e:#}"))
-}
-
-/// The response a filter sent, checked like our own guests' answers.
-fn local_response(reply: LocalReply) -> Result<(Box<ResponseHeader>, Bytes), HookFault> {
-    if reply.body.len() > crate::abi::v1::MAX_ANSWER_BODY {
-        return Err(HookFault::InvalidOutput(format!(
-            "local response body of {} bytes exceeds the {} byte cap",
-            reply.body.len(),
-            crate::abi::v1::MAX_ANSWER_BODY
-        )));
-    }
-    // Status and headers checked as for our own guests' answers.
-    let answer = guest_sdk::wire::LocalResponse {
-        status: reply.status,
-        headers: reply.headers,
-        body: String::new(),
-    };
-    let (mut response, _) = crate::abi::v1::local_response(answer)?;
-    // The body goes out as the filter gave it, not as checked text.
-    response
-        .insert_header(http::header::CONTENT_LENGTH, reply.body.len())
-        .map_err(|e| HookFault::InvalidOutput(format!("local response: {e}")))?;
-    Ok((Box::new(response), reply.body))
 }

@@ -1,109 +1,220 @@
-//! The `env.proxy_*` hostcalls a filter imports. Every pointer from the
-//! guest is bounds-checked: a bad one gets `INVALID_MEMORY_ACCESS`, never
-//! a host panic. Data the host returns is written into memory the guest's
-//! own allocator gave (the SDKs take ownership of it), so those hostcalls
-//! are async: they call back into the guest.
+//! The `env.proxy_*` hostcalls a filter imports, registered from one
+//! table ([`HOSTCALLS`]) that is also the list of what a filter may
+//! import. Each hostcall is glue: it reads its arguments from guest
+//! memory, calls the host logic on [`PwState`] (`state.rs`), and writes
+//! the result back.
+//!
+//! Every pointer from the guest is bounds-checked: a bad one gets
+//! `INVALID_MEMORY_ACCESS`, never a host panic. Data the host returns is
+//! written into memory the guest's own allocator gave (the SDKs take
+//! ownership of it), so those hostcalls are async: they call back into
+//! the guest.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use wasmtime::{Caller, Linker, Module, Val};
+use wasmtime::{Caller, Linker, Module, Val, WasmTy};
 
-use super::{PwState, Stream};
-use crate::abi::proxy_wasm::HeaderPairs;
+use super::types::{BufferType, LogLevel, MapType, MetricType, Status};
+use super::{HeaderPairs, PwState};
+use crate::abi::LocalReply;
 use crate::runtime::{read_guest_line, Sandbox};
 
-/// `proxy_status_t`.
-pub(super) mod status {
-    pub const OK: i32 = 0;
-    pub const NOT_FOUND: i32 = 1;
-    pub const BAD_ARGUMENT: i32 = 2;
-    pub const INVALID_MEMORY_ACCESS: i32 = 6;
-    pub const CAS_MISMATCH: i32 = 8;
-    pub const INTERNAL_FAILURE: i32 = 10;
+type Ctx<'a> = Caller<'a, Sandbox<PwState>>;
+type PwLinker = Linker<Sandbox<PwState>>;
+
+const ENV: &str = "env";
+
+/// How this host links a hostcall.
+#[derive(Clone, Copy)]
+enum Support {
+    /// Implemented: linked by this function.
+    Linked(fn(&mut PwLinker) -> wasmtime::Result<()>),
+    /// Not implemented yet: linked, with the type the module declares, to
+    /// return `INTERNAL_FAILURE`, which the SDKs turn into an error where
+    /// they expect a call to fail (HTTP and gRPC calls, foreign
+    /// functions): `UNIMPLEMENTED` is not in the Rust SDK's status enum.
+    Unimplemented,
 }
 
-type Ctx<'a> = Caller<'a, Sandbox<PwState>>;
+/// The table of hostcalls from rows `name: how`, where `how` is `sync`
+/// (glue `fn(Ctx, params...) -> Result<(), Status>`), `allocates` (glue
+/// `async fn(&mut Ctx, (params...)) -> Result<(), Status>`, for those
+/// that give the guest memory from its allocator) or `unimplemented`.
+macro_rules! hostcalls {
+    ($($name:ident: $how:ident,)*) => {
+        /// Every hostcall of the spec (and of the SDKs' import lists) a
+        /// filter may import, and how this host links it.
+        const HOSTCALLS: &[(&str, Support)] = &[$((stringify!($name), hostcalls!(@$how $name)),)*];
+    };
+    (@sync $name:ident) => {
+        Support::Linked(|linker| Glue::link($name, linker, stringify!($name)))
+    };
+    (@allocates $name:ident) => {
+        Support::Linked(|linker| {
+            linker.func_wrap_async(ENV, stringify!($name), |mut caller: Ctx<'_>, params| {
+                Box::new(async move { Status::code($name(&mut caller, params).await) })
+            })?;
+            Ok(())
+        })
+    };
+    (@unimplemented $name:ident) => {
+        Support::Unimplemented
+    };
+}
 
-/// Hostcalls implemented here.
-const IMPLEMENTED: &[&str] = &[
-    "proxy_log",
-    "proxy_get_log_level",
-    "proxy_get_current_time_nanoseconds",
-    "proxy_get_buffer_bytes",
-    "proxy_get_buffer_status",
-    "proxy_get_header_map_pairs",
-    "proxy_set_header_map_pairs",
-    "proxy_get_header_map_size",
-    "proxy_get_header_map_value",
-    "proxy_add_header_map_value",
-    "proxy_replace_header_map_value",
-    "proxy_remove_header_map_value",
-    "proxy_get_property",
-    "proxy_set_property",
-    "proxy_send_local_response",
-    "proxy_set_effective_context",
-    "proxy_done",
-    "proxy_continue_stream",
-    "proxy_close_stream",
-    "proxy_get_shared_data",
-    "proxy_set_shared_data",
-    "proxy_define_metric",
-    "proxy_set_buffer_bytes",
-    "proxy_set_tick_period_milliseconds",
-    "proxy_http_call",
-    "proxy_increment_metric",
-    "proxy_record_metric",
-    "proxy_get_metric",
-];
-
-/// Hostcalls of the spec (and of the SDKs' import lists) that a filter may
-/// import but this host does not implement yet. They return
-/// `INTERNAL_FAILURE`, which the SDKs turn into an error where they expect
-/// a call to fail (HTTP and gRPC calls, foreign functions):
-/// `UNIMPLEMENTED` is not in the Rust SDK's status enum.
-const UNIMPLEMENTED: &[&str] = &[
-    "proxy_grpc_call",
-    "proxy_grpc_stream",
-    "proxy_grpc_send",
-    "proxy_grpc_cancel",
-    "proxy_grpc_close",
-    "proxy_get_status",
-    "proxy_register_shared_queue",
-    "proxy_resolve_shared_queue",
-    "proxy_enqueue_shared_queue",
-    "proxy_dequeue_shared_queue",
-    "proxy_call_foreign_function",
-    "proxy_continue_request",
-    "proxy_continue_response",
-    "proxy_clear_route_cache",
-];
+hostcalls! {
+    proxy_log: sync,
+    proxy_get_log_level: sync,
+    proxy_get_current_time_nanoseconds: sync,
+    proxy_set_tick_period_milliseconds: sync,
+    proxy_get_buffer_bytes: allocates,
+    proxy_get_buffer_status: sync,
+    proxy_set_buffer_bytes: sync,
+    proxy_get_header_map_pairs: allocates,
+    proxy_get_header_map_size: sync,
+    proxy_set_header_map_pairs: sync,
+    proxy_get_header_map_value: allocates,
+    proxy_add_header_map_value: sync,
+    proxy_replace_header_map_value: sync,
+    proxy_remove_header_map_value: sync,
+    proxy_get_property: allocates,
+    proxy_set_property: sync,
+    proxy_send_local_response: sync,
+    proxy_http_call: sync,
+    proxy_continue_stream: sync,
+    proxy_close_stream: sync,
+    proxy_set_effective_context: sync,
+    proxy_done: sync,
+    proxy_get_shared_data: allocates,
+    proxy_set_shared_data: sync,
+    proxy_define_metric: sync,
+    proxy_increment_metric: sync,
+    proxy_record_metric: sync,
+    proxy_get_metric: sync,
+    proxy_grpc_call: unimplemented,
+    proxy_grpc_stream: unimplemented,
+    proxy_grpc_send: unimplemented,
+    proxy_grpc_cancel: unimplemented,
+    proxy_grpc_close: unimplemented,
+    proxy_get_status: unimplemented,
+    proxy_register_shared_queue: unimplemented,
+    proxy_resolve_shared_queue: unimplemented,
+    proxy_enqueue_shared_queue: unimplemented,
+    proxy_dequeue_shared_queue: unimplemented,
+    proxy_call_foreign_function: unimplemented,
+    proxy_continue_request: unimplemented,
+    proxy_continue_response: unimplemented,
+    proxy_clear_route_cache: unimplemented,
+}
 
 /// Whether a filter may import `env.<name>`.
 pub(super) fn provides(name: &str) -> bool {
-    IMPLEMENTED.contains(&name) || UNIMPLEMENTED.contains(&name)
+    HOSTCALLS.iter().any(|(hostcall, _)| *hostcall == name)
+}
+
+/// Registers every hostcall: the implemented ones all, the others as
+/// `module` imports them.
+pub(super) fn add(linker: &mut PwLinker, module: &Module) -> wasmtime::Result<()> {
+    for (_, support) in HOSTCALLS {
+        if let Support::Linked(link) = support {
+            link(linker)?;
+        }
+    }
+    add_unimplemented(linker, module)
+}
+
+/// Links every hostcall the module imports that this host does not
+/// implement, with its declared type, to return `INTERNAL_FAILURE`.
+fn add_unimplemented(linker: &mut PwLinker, module: &Module) -> wasmtime::Result<()> {
+    let unimplemented = |name: &str| {
+        HOSTCALLS.iter().any(|(hostcall, support)| {
+            *hostcall == name && matches!(support, Support::Unimplemented)
+        })
+    };
+    for import in module.imports() {
+        if import.module() != ENV || !unimplemented(import.name()) {
+            continue;
+        }
+        let Some(ty) = import.ty().func().cloned() else {
+            continue;
+        };
+        linker.func_new(ENV, import.name(), ty, |_caller, _params, results| {
+            for result in results.iter_mut() {
+                *result = Val::I32(Status::InternalFailure.into());
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+/// Glue of a synchronous hostcall, linked with its wasm parameters.
+trait Glue<Params> {
+    /// Links it as `env.<name>`.
+    fn link(self, linker: &mut PwLinker, name: &str) -> wasmtime::Result<()>;
+}
+
+/// [`Glue`] for functions of the caller and `N` wasm parameters.
+macro_rules! glue_of_arity {
+    ($($param:ident),*) => {
+        impl<F, $($param: WasmTy),*> Glue<($($param,)*)> for F
+        where
+            F: Fn(Ctx<'_>, $($param),*) -> Result<(), Status> + Send + Sync + 'static,
+        {
+            #[allow(non_snake_case)]
+            fn link(self, linker: &mut PwLinker, name: &str) -> wasmtime::Result<()> {
+                linker.func_wrap(ENV, name, move |caller: Ctx<'_>, $($param: $param),*| -> i32 {
+                    Status::code(self(caller, $($param),*))
+                })?;
+                Ok(())
+            }
+        }
+    };
+}
+
+glue_of_arity!();
+glue_of_arity!(P1);
+glue_of_arity!(P1, P2);
+glue_of_arity!(P1, P2, P3);
+glue_of_arity!(P1, P2, P3, P4);
+glue_of_arity!(P1, P2, P3, P4, P5);
+glue_of_arity!(P1, P2, P3, P4, P5, P6);
+glue_of_arity!(P1, P2, P3, P4, P5, P6, P7);
+glue_of_arity!(P1, P2, P3, P4, P5, P6, P7, P8);
+glue_of_arity!(P1, P2, P3, P4, P5, P6, P7, P8, P9);
+glue_of_arity!(P1, P2, P3, P4, P5, P6, P7, P8, P9, P10);
+
+// Marshalling.
+
+/// The instance's hostcall state.
+fn state<'c>(caller: &'c Ctx<'_>) -> &'c PwState {
+    &caller.data().abi
+}
+
+/// The instance's hostcall state, to change.
+fn state_mut<'c>(caller: &'c mut Ctx<'_>) -> &'c mut PwState {
+    &mut caller.data_mut().abi
 }
 
 /// The bytes at `(ptr, len)` in guest memory.
-fn read(caller: &mut Ctx<'_>, ptr: i32, len: i32) -> Option<Vec<u8>> {
-    let memory = caller.data().memory()?;
+fn read(caller: &mut Ctx<'_>, ptr: i32, len: i32) -> Result<Vec<u8>, Status> {
+    let memory = caller.data().memory().ok_or(Status::InvalidMemoryAccess)?;
     let start = ptr as u32 as usize;
-    let end = start.checked_add(len as u32 as usize)?;
-    memory.data(&caller).get(start..end).map(<[u8]>::to_vec)
+    let end = start
+        .checked_add(len as u32 as usize)
+        .ok_or(Status::InvalidMemoryAccess)?;
+    memory
+        .data(&caller)
+        .get(start..end)
+        .map(<[u8]>::to_vec)
+        .ok_or(Status::InvalidMemoryAccess)
 }
 
 /// The UTF-8 string at `(ptr, len)`, lossily.
-fn read_str(caller: &mut Ctx<'_>, ptr: i32, len: i32) -> Option<String> {
-    read(caller, ptr, len).map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-}
-
-/// `OK` once `bytes` are written at `ptr`; `INVALID_MEMORY_ACCESS` if they
-/// do not fit in memory.
-fn written(caller: &mut Ctx<'_>, ptr: i32, bytes: &[u8]) -> i32 {
-    if write(caller, ptr, bytes) {
-        status::OK
-    } else {
-        status::INVALID_MEMORY_ACCESS
-    }
+fn read_str(caller: &mut Ctx<'_>, ptr: i32, len: i32) -> Result<String, Status> {
+    let bytes = read(caller, ptr, len)?;
+    Ok(String::from_utf8(bytes)
+        .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned()))
 }
 
 /// Writes `bytes` at `ptr`; false if they do not fit in memory.
@@ -124,630 +235,380 @@ pub(super) fn write(caller: &mut Ctx<'_>, ptr: i32, bytes: &[u8]) -> bool {
     }
 }
 
+/// Writes `bytes` at `ptr`, or `INVALID_MEMORY_ACCESS`.
+fn written(caller: &mut Ctx<'_>, ptr: i32, bytes: &[u8]) -> Result<(), Status> {
+    if write(caller, ptr, bytes) {
+        Ok(())
+    } else {
+        Err(Status::InvalidMemoryAccess)
+    }
+}
+
 /// Hands `bytes` to the guest: copied into memory from its allocator, the
 /// pointer and size written at `return_data` and `return_size`. Nothing
 /// is allocated for no bytes (pointer and size 0).
-async fn give(caller: &mut Ctx<'_>, bytes: &[u8], return_data: i32, return_size: i32) -> i32 {
+async fn give(
+    caller: &mut Ctx<'_>,
+    bytes: &[u8],
+    return_data: i32,
+    return_size: i32,
+) -> Result<(), Status> {
     let ptr = if bytes.is_empty() {
         0
     } else {
-        let Some(alloc) = caller.data().abi.alloc.clone() else {
-            return status::INTERNAL_FAILURE;
-        };
-        let Ok(len) = i32::try_from(bytes.len()) else {
-            return status::BAD_ARGUMENT;
-        };
-        match alloc.call_async(&mut *caller, len).await {
+        let alloc = state(caller).alloc.clone().ok_or(Status::InternalFailure)?;
+        let len = i32::try_from(bytes.len()).map_err(|_| Status::BadArgument)?;
+        let ptr = match alloc.call_async(&mut *caller, len).await {
             Ok(ptr) if ptr != 0 => ptr,
-            _ => return status::INVALID_MEMORY_ACCESS,
-        }
-    };
-    if !bytes.is_empty() && !write(caller, ptr, bytes) {
-        return status::INVALID_MEMORY_ACCESS;
-    }
-    let size = bytes.len() as u32;
-    if write(caller, return_data, &(ptr as u32).to_le_bytes())
-        && write(caller, return_size, &size.to_le_bytes())
-    {
-        status::OK
-    } else {
-        status::INVALID_MEMORY_ACCESS
-    }
-}
-
-/// The header map `map` of the stream in progress.
-fn map_of(stream: &mut Stream, map: i32) -> Option<&mut HeaderPairs> {
-    match map {
-        0 => Some(&mut stream.request),
-        2 => stream.response.as_mut(),
-        6 => stream.call_response.as_mut().map(|(headers, _)| headers),
-        _ => None,
-    }
-}
-
-/// Runs `edit` on header map `map`; NOT_FOUND outside an HTTP stream or
-/// for a map this host does not keep.
-fn with_map<T>(
-    caller: &mut Ctx<'_>,
-    map: i32,
-    edit: impl FnOnce(&mut HeaderPairs) -> T,
-) -> Result<T, i32> {
-    let stream = caller
-        .data_mut()
-        .abi
-        .stream
-        .as_mut()
-        .ok_or(status::NOT_FOUND)?;
-    map_of(stream, map).map(edit).ok_or(status::NOT_FOUND)
-}
-
-/// The value of property `path` (segments separated by NUL).
-fn property(state: &PwState, path: &str) -> Option<Vec<u8>> {
-    let plugin = &state.plugin;
-    match path {
-        "plugin_name" => return Some(plugin.plugin_name.clone().into_bytes()),
-        "plugin_root_id" => return Some(plugin.root_id.clone().into_bytes()),
-        "plugin_vm_id" => return Some(plugin.vm_id.clone().into_bytes()),
-        _ => {}
-    }
-    let stream = state.stream.as_ref()?;
-    if let Some(value) = stream.properties.get(path) {
-        return Some(value.clone());
-    }
-    let request = &stream.request;
-    let path_and_query = request.get(":path").unwrap_or("");
-    let (url_path, query) = match path_and_query.split_once('?') {
-        Some((path, query)) => (path, query),
-        None => (path_and_query, ""),
-    };
-    let value = match path {
-        "request\0path" => path_and_query.to_string(),
-        "request\0url_path" => url_path.to_string(),
-        "request\0query" => query.to_string(),
-        "request\0host" => request.get(":authority")?.to_string(),
-        "request\0scheme" => request.get(":scheme")?.to_string(),
-        "request\0method" => request.get(":method")?.to_string(),
-        "request\0protocol" => stream.facts.protocol.clone(),
-        "request\0id" => stream.facts.id.clone(),
-        "source\0address" => stream.facts.source?.to_string(),
-        "source\0port" => stream.facts.source?.port().to_string(),
-        "destination\0address" => stream.facts.destination?.to_string(),
-        "destination\0port" => stream.facts.destination?.port().to_string(),
-        "response\0code" => stream.response.as_ref()?.get(":status")?.to_string(),
-        other => {
-            let name = other.strip_prefix("request\0headers\0")?;
-            request.get(name)?.to_string()
-        }
-    };
-    Some(value.into_bytes())
-}
-
-/// The current time in nanoseconds since the epoch.
-fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
-/// Registers every hostcall `module` imports.
-pub(super) fn add(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> wasmtime::Result<()> {
-    linker.func_wrap(
-        "env",
-        "proxy_log",
-        |mut caller: Ctx<'_>, level: i32, ptr: i32, len: i32| -> i32 {
-            let line = read_guest_line(&mut caller, ptr as u32, len as u32);
-            let level = match level {
-                0 => log::Level::Trace,
-                1 => log::Level::Debug,
-                2 => log::Level::Info,
-                3 => log::Level::Warn,
-                _ => log::Level::Error,
-            };
-            caller.data_mut().guest_log(level, line);
-            status::OK
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_log_level",
-        |mut caller: Ctx<'_>, return_level: i32| -> i32 {
-            let level: u32 = match log::max_level() {
-                log::LevelFilter::Trace => 0,
-                log::LevelFilter::Debug => 1,
-                log::LevelFilter::Info => 2,
-                log::LevelFilter::Warn => 3,
-                _ => 4,
-            };
-            written(&mut caller, return_level, &level.to_le_bytes())
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_current_time_nanoseconds",
-        |mut caller: Ctx<'_>, return_time: i32| -> i32 {
-            written(&mut caller, return_time, &now_nanos().to_le_bytes())
-        },
-    )?;
-    linker.func_wrap_async(
-        "env",
-        "proxy_get_buffer_bytes",
-        |mut caller: Ctx<'_>,
-         (buffer, start, max_size, return_data, return_size): (i32, i32, i32, i32, i32)| {
-            Box::new(async move {
-                let plugin = caller.data().abi.plugin.clone();
-                let stream = caller.data().abi.stream.as_ref();
-                let owned: Vec<u8> = match (buffer, stream) {
-                    (0, Some(stream)) => stream.request_body.clone(),
-                    (1, Some(stream)) => stream.response_body.clone(),
-                    (4, Some(stream)) => match &stream.call_response {
-                        Some((_, body)) => body.clone(),
-                        None => return status::NOT_FOUND,
-                    },
-                    (6, _) => plugin.vm_config.clone(),
-                    (7, _) => plugin.config.clone(),
-                    _ => return status::NOT_FOUND,
-                };
-                let whole = &owned[..];
-                // The SDKs pass u32::MAX as max_size: clamp to what there is.
-                let start = (start as u32 as usize).min(whole.len());
-                let end = start
-                    .saturating_add(max_size as u32 as usize)
-                    .min(whole.len());
-                give(&mut caller, &whole[start..end], return_data, return_size).await
-            })
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_buffer_status",
-        |mut caller: Ctx<'_>, buffer: i32, return_size: i32, return_flags: i32| -> i32 {
-            let plugin = caller.data().abi.plugin.clone();
-            let stream = caller.data().abi.stream.as_ref();
-            let size = match (buffer, stream) {
-                (0, Some(stream)) => stream.request_body.len(),
-                (1, Some(stream)) => stream.response_body.len(),
-                (6, _) => plugin.vm_config.len(),
-                (7, _) => plugin.config.len(),
-                _ => return status::NOT_FOUND,
-            } as u32;
-            if write(&mut caller, return_size, &size.to_le_bytes())
-                && write(&mut caller, return_flags, &0u32.to_le_bytes())
-            {
-                status::OK
-            } else {
-                status::INVALID_MEMORY_ACCESS
-            }
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_set_buffer_bytes",
-        |mut caller: Ctx<'_>,
-         buffer: i32,
-         start: i32,
-         size: i32,
-         data: i32,
-         data_size: i32|
-         -> i32 {
-            let Some(data) = read(&mut caller, data, data_size) else {
-                return status::INVALID_MEMORY_ACCESS;
-            };
-            let Some(stream) = caller.data_mut().abi.stream.as_mut() else {
-                return status::NOT_FOUND;
-            };
-            let body = match buffer {
-                0 => &mut stream.request_body,
-                1 => &mut stream.response_body,
-                _ => return status::NOT_FOUND,
-            };
-            // Replaces bytes [start, start + size), as the SDKs use it:
-            // (0, len) for the whole body, (len, 0) to append.
-            let start = (start as u32 as usize).min(body.len());
-            let end = start.saturating_add(size as u32 as usize).min(body.len());
-            if body.len() - (end - start) + data.len() > super::MAX_BODY {
-                return status::BAD_ARGUMENT;
-            }
-            body.splice(start..end, data);
-            status::OK
-        },
-    )?;
-    linker.func_wrap_async(
-        "env",
-        "proxy_get_header_map_pairs",
-        |mut caller: Ctx<'_>, (map, return_data, return_size): (i32, i32, i32)| {
-            Box::new(async move {
-                match with_map(&mut caller, map, |map| HeaderPairs::serialize(map.pairs())) {
-                    Ok(bytes) => give(&mut caller, &bytes, return_data, return_size).await,
-                    Err(status) => status,
-                }
-            })
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_header_map_size",
-        |mut caller: Ctx<'_>, map: i32, return_size: i32| -> i32 {
-            match with_map(&mut caller, map, |map| {
-                HeaderPairs::serialize(map.pairs()).len()
-            }) {
-                Ok(size) if write(&mut caller, return_size, &(size as u32).to_le_bytes()) => {
-                    status::OK
-                }
-                Ok(_) => status::INVALID_MEMORY_ACCESS,
-                Err(status) => status,
-            }
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_set_header_map_pairs",
-        |mut caller: Ctx<'_>, map: i32, data: i32, size: i32| -> i32 {
-            let Some(bytes) = read(&mut caller, data, size) else {
-                return status::INVALID_MEMORY_ACCESS;
-            };
-            let Some(pairs) = HeaderPairs::deserialize(&bytes) else {
-                return status::BAD_ARGUMENT;
-            };
-            match with_map(&mut caller, map, |map| map.set_all(pairs)) {
-                Ok(()) => status::OK,
-                Err(status) => status,
-            }
-        },
-    )?;
-    linker.func_wrap_async(
-        "env",
-        "proxy_get_header_map_value",
-        |mut caller: Ctx<'_>,
-         (map, key, key_size, return_data, return_size): (i32, i32, i32, i32, i32)| {
-            Box::new(async move {
-                let Some(key) = read_str(&mut caller, key, key_size) else {
-                    return status::INVALID_MEMORY_ACCESS;
-                };
-                match with_map(&mut caller, map, |map| map.get(&key).map(str::to_string)) {
-                    Ok(Some(value)) => {
-                        give(&mut caller, value.as_bytes(), return_data, return_size).await
-                    }
-                    Ok(None) => status::NOT_FOUND,
-                    Err(status) => status,
-                }
-            })
-        },
-    )?;
-    for (name, edit) in [
-        (
-            "proxy_add_header_map_value",
-            HeaderPairs::add as fn(&mut HeaderPairs, &str, &str),
-        ),
-        ("proxy_replace_header_map_value", HeaderPairs::replace),
-    ] {
-        linker.func_wrap(
-            "env",
-            name,
-            move |mut caller: Ctx<'_>,
-                  map: i32,
-                  key: i32,
-                  key_size: i32,
-                  value: i32,
-                  value_size: i32|
-                  -> i32 {
-                let (Some(key), Some(value)) = (
-                    read_str(&mut caller, key, key_size),
-                    read_str(&mut caller, value, value_size),
-                ) else {
-                    return status::INVALID_MEMORY_ACCESS;
-                };
-                match with_map(&mut caller, map, |map| edit(map, &key, &value)) {
-                    Ok(()) => status::OK,
-                    Err(status) => status,
-                }
-            },
-        )?;
-    }
-    linker.func_wrap(
-        "env",
-        "proxy_remove_header_map_value",
-        |mut caller: Ctx<'_>, map: i32, key: i32, key_size: i32| -> i32 {
-            let Some(key) = read_str(&mut caller, key, key_size) else {
-                return status::INVALID_MEMORY_ACCESS;
-            };
-            match with_map(&mut caller, map, |map| map.remove(&key)) {
-                Ok(()) => status::OK,
-                Err(status) => status,
-            }
-        },
-    )?;
-    linker.func_wrap_async(
-        "env",
-        "proxy_get_property",
-        |mut caller: Ctx<'_>, (path, path_size, return_data, return_size): (i32, i32, i32, i32)| {
-            Box::new(async move {
-                let Some(path) = read_str(&mut caller, path, path_size) else {
-                    return status::INVALID_MEMORY_ACCESS;
-                };
-                match property(&caller.data().abi, &path) {
-                    Some(value) => give(&mut caller, &value, return_data, return_size).await,
-                    None => status::NOT_FOUND,
-                }
-            })
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_set_property",
-        |mut caller: Ctx<'_>, path: i32, path_size: i32, value: i32, value_size: i32| -> i32 {
-            let (Some(path), Some(value)) = (
-                read_str(&mut caller, path, path_size),
-                read(&mut caller, value, value_size),
-            ) else {
-                return status::INVALID_MEMORY_ACCESS;
-            };
-            match caller.data_mut().abi.stream.as_mut() {
-                Some(stream) => {
-                    stream.properties.insert(path, value);
-                    status::OK
-                }
-                None => status::NOT_FOUND,
-            }
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_send_local_response",
-        |mut caller: Ctx<'_>,
-         status_code: i32,
-         _details: i32,
-         _details_size: i32,
-         body: i32,
-         body_size: i32,
-         headers: i32,
-         headers_size: i32,
-         _grpc_status: i32|
-         -> i32 {
-            let (Some(body), Some(headers)) = (
-                read(&mut caller, body, body_size),
-                read(&mut caller, headers, headers_size),
-            ) else {
-                return status::INVALID_MEMORY_ACCESS;
-            };
-            let headers = if headers.is_empty() {
-                Vec::new()
-            } else {
-                match HeaderPairs::deserialize(&headers) {
-                    Some(pairs) => pairs,
-                    None => return status::BAD_ARGUMENT,
-                }
-            };
-            match caller.data_mut().abi.stream.as_mut() {
-                Some(stream) => {
-                    stream.local_reply = Some(super::LocalReply {
-                        // Out of u16's range: 0, refused when checked.
-                        status: u16::try_from(status_code as u32).unwrap_or(0),
-                        headers,
-                        body: body.into(),
-                    });
-                    status::OK
-                }
-                None => status::BAD_ARGUMENT,
-            }
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_set_effective_context",
-        |mut caller: Ctx<'_>, context: i32| -> i32 {
-            caller.data_mut().abi.effective_context = context as u32;
-            status::OK
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_set_tick_period_milliseconds",
-        |caller: Ctx<'_>, period: i32| -> i32 {
-            let period = u64::from(period as u32);
-            caller
-                .data()
-                .abi
-                .plugin
-                .tick_period_ms
-                .store(period, std::sync::atomic::Ordering::Relaxed);
-            status::OK
-        },
-    )?;
-    linker.func_wrap("env", "proxy_done", |_caller: Ctx<'_>| -> i32 {
-        status::OK
-    })?;
-    // A request paused for HTTP calls goes on once the last call's
-    // response is delivered, whether or not the filter resumes it (see
-    // docs/PROXY_WASM.md); a response stream is never paused.
-    linker.func_wrap(
-        "env",
-        "proxy_continue_stream",
-        |_caller: Ctx<'_>, _stream: i32| -> i32 { status::OK },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_http_call",
-        |mut caller: Ctx<'_>,
-         upstream: i32,
-         upstream_size: i32,
-         headers: i32,
-         headers_size: i32,
-         body: i32,
-         body_size: i32,
-         _trailers: i32,
-         _trailers_size: i32,
-         timeout_ms: i32,
-         return_token: i32|
-         -> i32 {
-            let (Some(upstream), Some(headers), Some(body)) = (
-                read_str(&mut caller, upstream, upstream_size),
-                read(&mut caller, headers, headers_size),
-                read(&mut caller, body, body_size),
-            ) else {
-                return status::INVALID_MEMORY_ACCESS;
-            };
-            let Some(headers) = HeaderPairs::deserialize(&headers) else {
-                return status::BAD_ARGUMENT;
-            };
-            let has = |name: &str| headers.iter().any(|(n, _)| n == name);
-            if !has(":method") || !has(":path") {
-                return status::BAD_ARGUMENT;
-            }
-            let state = &mut caller.data_mut().abi;
-            // An unknown cluster may name `ip:port` itself, as in
-            // ngx_wasm_module.
-            let Some(address) = state
-                .plugin
-                .clusters
-                .get(&upstream)
-                .copied()
-                .or_else(|| upstream.parse().ok())
-            else {
-                return status::BAD_ARGUMENT;
-            };
-            let token = state.next_call_token;
-            let Some(stream) = state.stream.as_mut() else {
-                // Calls from the root context (e.g. in on_tick): not yet.
-                return status::INTERNAL_FAILURE;
-            };
-            stream.calls.push(super::PendingCall {
-                token,
-                address,
-                headers,
-                body,
-                timeout: std::time::Duration::from_millis(u64::from(timeout_ms as u32).max(1)),
-            });
-            state.next_call_token = token.wrapping_add(1).max(1);
-            written(&mut caller, return_token, &token.to_le_bytes())
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_close_stream",
-        |_caller: Ctx<'_>, _stream: i32| -> i32 { status::OK },
-    )?;
-    linker.func_wrap_async(
-        "env",
-        "proxy_get_shared_data",
-        |mut caller: Ctx<'_>,
-         (key, key_size, return_data, return_size, return_cas): (i32, i32, i32, i32, i32)| {
-            Box::new(async move {
-                let Some(key) = read_str(&mut caller, key, key_size) else {
-                    return status::INVALID_MEMORY_ACCESS;
-                };
-                let plugin = caller.data().abi.plugin.clone();
-                let Some((value, cas)) = plugin.shared.get(&key) else {
-                    return status::NOT_FOUND;
-                };
-                if !write(&mut caller, return_cas, &cas.to_le_bytes()) {
-                    return status::INVALID_MEMORY_ACCESS;
-                }
-                give(&mut caller, &value, return_data, return_size).await
-            })
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_set_shared_data",
-        |mut caller: Ctx<'_>,
-         key: i32,
-         key_size: i32,
-         value: i32,
-         value_size: i32,
-         cas: i32|
-         -> i32 {
-            let (Some(key), Some(value)) = (
-                read_str(&mut caller, key, key_size),
-                read(&mut caller, value, value_size),
-            ) else {
-                return status::INVALID_MEMORY_ACCESS;
-            };
-            if caller.data().abi.plugin.shared.set(&key, value, cas as u32) {
-                status::OK
-            } else {
-                status::CAS_MISMATCH
-            }
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_define_metric",
-        |mut caller: Ctx<'_>, kind: i32, name: i32, name_size: i32, return_id: i32| -> i32 {
-            let Some(name) = read_str(&mut caller, name, name_size) else {
-                return status::INVALID_MEMORY_ACCESS;
-            };
-            if !(0..=2).contains(&kind) {
-                return status::BAD_ARGUMENT;
-            }
-            let id = caller.data().abi.plugin.metrics.define(&name);
-            written(&mut caller, return_id, &id.to_le_bytes())
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_increment_metric",
-        |caller: Ctx<'_>, id: i32, delta: i64| -> i32 {
-            match caller.data().abi.plugin.metrics.get(id as u32) {
-                Some(gauge) => {
-                    gauge.add(delta);
-                    status::OK
-                }
-                None => status::NOT_FOUND,
-            }
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_record_metric",
-        |caller: Ctx<'_>, id: i32, value: i64| -> i32 {
-            match caller.data().abi.plugin.metrics.get(id as u32) {
-                Some(gauge) => {
-                    gauge.set(value);
-                    status::OK
-                }
-                None => status::NOT_FOUND,
-            }
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_metric",
-        |mut caller: Ctx<'_>, id: i32, return_value: i32| -> i32 {
-            let Some(value) = caller
-                .data()
-                .abi
-                .plugin
-                .metrics
-                .get(id as u32)
-                .map(|g| g.get())
-            else {
-                return status::NOT_FOUND;
-            };
-            written(&mut caller, return_value, &value.to_le_bytes())
-        },
-    )?;
-    add_unimplemented(linker, module)
-}
-
-/// Links every hostcall the module imports that this host does not
-/// implement, with its declared type, to return `INTERNAL_FAILURE`.
-fn add_unimplemented(
-    linker: &mut Linker<Sandbox<PwState>>,
-    module: &Module,
-) -> wasmtime::Result<()> {
-    for import in module.imports() {
-        if import.module() != "env" || !UNIMPLEMENTED.contains(&import.name()) {
-            continue;
-        }
-        let Some(ty) = import.ty().func().cloned() else {
-            continue;
+            _ => return Err(Status::InvalidMemoryAccess),
         };
-        linker.func_new("env", import.name(), ty, |_caller, _params, results| {
-            for result in results.iter_mut() {
-                *result = Val::I32(status::INTERNAL_FAILURE);
-            }
-            Ok(())
-        })?;
-    }
+        written(caller, ptr, bytes)?;
+        ptr
+    };
+    written(caller, return_data, &(ptr as u32).to_le_bytes())?;
+    written(caller, return_size, &(bytes.len() as u32).to_le_bytes())
+}
+
+// The hostcalls, in the table's order.
+
+fn proxy_log(mut caller: Ctx<'_>, level: i32, ptr: i32, len: i32) -> Result<(), Status> {
+    let line = read_guest_line(&mut caller, ptr as u32, len as u32);
+    caller.data_mut().guest_log(LogLevel::of_line(level), line);
     Ok(())
+}
+
+fn proxy_get_log_level(mut caller: Ctx<'_>, return_level: i32) -> Result<(), Status> {
+    let level = LogLevel::of_filter(log::max_level()) as u32;
+    written(&mut caller, return_level, &level.to_le_bytes())
+}
+
+fn proxy_get_current_time_nanoseconds(mut caller: Ctx<'_>, return_time: i32) -> Result<(), Status> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    written(&mut caller, return_time, &now.to_le_bytes())
+}
+
+fn proxy_set_tick_period_milliseconds(caller: Ctx<'_>, period: i32) -> Result<(), Status> {
+    state(&caller).set_tick_period(period as u32);
+    Ok(())
+}
+
+async fn proxy_get_buffer_bytes(
+    caller: &mut Ctx<'_>,
+    (buffer, start, max_size, return_data, return_size): (i32, i32, i32, i32, i32),
+) -> Result<(), Status> {
+    let buffer = BufferType::try_from(buffer)?;
+    let bytes = state(caller)
+        .buffer_bytes(buffer, start as u32, max_size as u32)?
+        .to_vec();
+    give(caller, &bytes, return_data, return_size).await
+}
+
+fn proxy_get_buffer_status(
+    mut caller: Ctx<'_>,
+    buffer: i32,
+    return_size: i32,
+    return_flags: i32,
+) -> Result<(), Status> {
+    let size = state(&caller).buffer_size(BufferType::try_from(buffer)?)? as u32;
+    written(&mut caller, return_size, &size.to_le_bytes())?;
+    written(&mut caller, return_flags, &0u32.to_le_bytes())
+}
+
+fn proxy_set_buffer_bytes(
+    mut caller: Ctx<'_>,
+    buffer: i32,
+    start: i32,
+    size: i32,
+    data: i32,
+    data_size: i32,
+) -> Result<(), Status> {
+    let data = read(&mut caller, data, data_size)?;
+    let buffer = BufferType::try_from(buffer)?;
+    state_mut(&mut caller).set_buffer_bytes(buffer, start as u32, size as u32, data)
+}
+
+async fn proxy_get_header_map_pairs(
+    caller: &mut Ctx<'_>,
+    (map, return_data, return_size): (i32, i32, i32),
+) -> Result<(), Status> {
+    let map = state(caller).header_map(MapType::try_from(map)?)?;
+    let bytes = HeaderPairs::serialize(map.pairs());
+    give(caller, &bytes, return_data, return_size).await
+}
+
+fn proxy_get_header_map_size(
+    mut caller: Ctx<'_>,
+    map: i32,
+    return_size: i32,
+) -> Result<(), Status> {
+    let map = state(&caller).header_map(MapType::try_from(map)?)?;
+    let size = HeaderPairs::serialized_len(map.pairs()) as u32;
+    written(&mut caller, return_size, &size.to_le_bytes())
+}
+
+fn proxy_set_header_map_pairs(
+    mut caller: Ctx<'_>,
+    map: i32,
+    data: i32,
+    size: i32,
+) -> Result<(), Status> {
+    let bytes = read(&mut caller, data, size)?;
+    let pairs = HeaderPairs::deserialize(&bytes).ok_or(Status::BadArgument)?;
+    let map = MapType::try_from(map)?;
+    state_mut(&mut caller).header_map_mut(map)?.set_all(pairs);
+    Ok(())
+}
+
+async fn proxy_get_header_map_value(
+    caller: &mut Ctx<'_>,
+    (map, key, key_size, return_data, return_size): (i32, i32, i32, i32, i32),
+) -> Result<(), Status> {
+    let key = read_str(caller, key, key_size)?;
+    let map = state(caller).header_map(MapType::try_from(map)?)?;
+    let value = map.get(&key).ok_or(Status::NotFound)?.to_string();
+    give(caller, value.as_bytes(), return_data, return_size).await
+}
+
+fn proxy_add_header_map_value(
+    caller: Ctx<'_>,
+    map: i32,
+    key: i32,
+    key_size: i32,
+    value: i32,
+    value_size: i32,
+) -> Result<(), Status> {
+    let value = (value, value_size);
+    edit_header_map(caller, map, (key, key_size), value, HeaderPairs::add)
+}
+
+fn proxy_replace_header_map_value(
+    caller: Ctx<'_>,
+    map: i32,
+    key: i32,
+    key_size: i32,
+    value: i32,
+    value_size: i32,
+) -> Result<(), Status> {
+    let value = (value, value_size);
+    edit_header_map(caller, map, (key, key_size), value, HeaderPairs::replace)
+}
+
+/// `edit` with the key and value at `key` and `value` on map `map`.
+fn edit_header_map(
+    mut caller: Ctx<'_>,
+    map: i32,
+    key: (i32, i32),
+    value: (i32, i32),
+    edit: fn(&mut HeaderPairs, &str, &str),
+) -> Result<(), Status> {
+    let key = read_str(&mut caller, key.0, key.1)?;
+    let value = read_str(&mut caller, value.0, value.1)?;
+    let map = MapType::try_from(map)?;
+    edit(state_mut(&mut caller).header_map_mut(map)?, &key, &value);
+    Ok(())
+}
+
+fn proxy_remove_header_map_value(
+    mut caller: Ctx<'_>,
+    map: i32,
+    key: i32,
+    key_size: i32,
+) -> Result<(), Status> {
+    let key = read_str(&mut caller, key, key_size)?;
+    let map = MapType::try_from(map)?;
+    state_mut(&mut caller).header_map_mut(map)?.remove(&key);
+    Ok(())
+}
+
+async fn proxy_get_property(
+    caller: &mut Ctx<'_>,
+    (path, path_size, return_data, return_size): (i32, i32, i32, i32),
+) -> Result<(), Status> {
+    let path = read_str(caller, path, path_size)?;
+    let value = state(caller).property(&path)?;
+    give(caller, &value, return_data, return_size).await
+}
+
+fn proxy_set_property(
+    mut caller: Ctx<'_>,
+    path: i32,
+    path_size: i32,
+    value: i32,
+    value_size: i32,
+) -> Result<(), Status> {
+    let path = read_str(&mut caller, path, path_size)?;
+    let value = read(&mut caller, value, value_size)?;
+    state_mut(&mut caller).set_property(path, value)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn proxy_send_local_response(
+    mut caller: Ctx<'_>,
+    status_code: i32,
+    _details: i32,
+    _details_size: i32,
+    body: i32,
+    body_size: i32,
+    headers: i32,
+    headers_size: i32,
+    _grpc_status: i32,
+) -> Result<(), Status> {
+    let body = read(&mut caller, body, body_size)?;
+    let headers = read(&mut caller, headers, headers_size)?;
+    // No headers may come as no bytes at all.
+    let headers = if headers.is_empty() {
+        Vec::new()
+    } else {
+        HeaderPairs::deserialize(&headers).ok_or(Status::BadArgument)?
+    };
+    state_mut(&mut caller).send_local_response(LocalReply {
+        // Out of u16's range: 0, refused when checked.
+        status: u16::try_from(status_code as u32).unwrap_or(0),
+        headers,
+        body: body.into(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn proxy_http_call(
+    mut caller: Ctx<'_>,
+    upstream: i32,
+    upstream_size: i32,
+    headers: i32,
+    headers_size: i32,
+    body: i32,
+    body_size: i32,
+    _trailers: i32,
+    _trailers_size: i32,
+    timeout_ms: i32,
+    return_token: i32,
+) -> Result<(), Status> {
+    let upstream = read_str(&mut caller, upstream, upstream_size)?;
+    let headers = read(&mut caller, headers, headers_size)?;
+    let body = read(&mut caller, body, body_size)?;
+    let headers = HeaderPairs::deserialize(&headers).ok_or(Status::BadArgument)?;
+    let token =
+        state_mut(&mut caller).dispatch_http_call(&upstream, headers, body, timeout_ms as u32)?;
+    written(&mut caller, return_token, &token.to_le_bytes())
+}
+
+/// A request paused for HTTP calls goes on once the last call's response
+/// is delivered, whether or not the filter resumes it (see
+/// docs/PROXY_WASM.md); a response stream is never paused.
+fn proxy_continue_stream(_caller: Ctx<'_>, _stream_type: i32) -> Result<(), Status> {
+    Ok(())
+}
+
+/// Not yet: the request is not closed.
+fn proxy_close_stream(_caller: Ctx<'_>, _stream_type: i32) -> Result<(), Status> {
+    Ok(())
+}
+
+/// Nothing to switch: an instance serves one HTTP context at a time, and
+/// a callback on the root context for a request (an HTTP call's response)
+/// already sees that request's stream.
+fn proxy_set_effective_context(_caller: Ctx<'_>, _context: i32) -> Result<(), Status> {
+    Ok(())
+}
+
+/// The host ignores `proxy_on_done`'s result and always goes on.
+fn proxy_done(_caller: Ctx<'_>) -> Result<(), Status> {
+    Ok(())
+}
+
+async fn proxy_get_shared_data(
+    caller: &mut Ctx<'_>,
+    (key, key_size, return_data, return_size, return_cas): (i32, i32, i32, i32, i32),
+) -> Result<(), Status> {
+    let key = read_str(caller, key, key_size)?;
+    let (value, cas) = state(caller).shared_data(&key)?;
+    written(caller, return_cas, &cas.to_le_bytes())?;
+    give(caller, &value, return_data, return_size).await
+}
+
+fn proxy_set_shared_data(
+    mut caller: Ctx<'_>,
+    key: i32,
+    key_size: i32,
+    value: i32,
+    value_size: i32,
+    cas: i32,
+) -> Result<(), Status> {
+    let key = read_str(&mut caller, key, key_size)?;
+    let value = read(&mut caller, value, value_size)?;
+    state(&caller).set_shared_data(&key, value, cas as u32)
+}
+
+fn proxy_define_metric(
+    mut caller: Ctx<'_>,
+    kind: i32,
+    name: i32,
+    name_size: i32,
+    return_id: i32,
+) -> Result<(), Status> {
+    let name = read_str(&mut caller, name, name_size)?;
+    MetricType::try_from(kind)?;
+    let id = state(&caller).define_metric(&name);
+    written(&mut caller, return_id, &id.to_le_bytes())
+}
+
+fn proxy_increment_metric(caller: Ctx<'_>, id: i32, delta: i64) -> Result<(), Status> {
+    state(&caller).metric(id as u32)?.add(delta);
+    Ok(())
+}
+
+fn proxy_record_metric(caller: Ctx<'_>, id: i32, value: i64) -> Result<(), Status> {
+    state(&caller).metric(id as u32)?.set(value);
+    Ok(())
+}
+
+fn proxy_get_metric(mut caller: Ctx<'_>, id: i32, return_value: i32) -> Result<(), Status> {
+    let value = state(&caller).metric(id as u32)?.get();
+    written(&mut caller, return_value, &value.to_le_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_is_the_documented_coverage() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROXY_WASM.md");
+        let docs = std::fs::read_to_string(path).unwrap();
+        // The hostcall table's rows: name and status.
+        let rows: Vec<(&str, &str)> = docs
+            .split("### Hostcalls (`env.proxy_*`)")
+            .nth(1)
+            .and_then(|rest| rest.split("\n### ").next())
+            .unwrap()
+            .lines()
+            .filter_map(|line| {
+                let (name, rest) = line.strip_prefix("| `")?.split_once('`')?;
+                Some((name, rest.split('|').nth(1)?.trim()))
+            })
+            .collect();
+        for (name, support) in HOSTCALLS {
+            let status = rows.iter().find(|(row, _)| row == name).map(|(_, s)| *s);
+            match (support, status) {
+                (Support::Linked(_), Some(_)) => {}
+                (Support::Unimplemented, Some(status)) => {
+                    assert_eq!(status, "**not yet**", "{name}")
+                }
+                // Older SDK names, outside the spec's table.
+                (Support::Unimplemented, None) => {
+                    assert!(
+                        docs.contains(&format!("`env.{name}`")),
+                        "{name} is not documented"
+                    )
+                }
+                (Support::Linked(_), None) => panic!("{name} has no row in docs/PROXY_WASM.md"),
+            }
+        }
+        for (name, _) in &rows {
+            assert!(provides(name), "{name} is documented but not in HOSTCALLS");
+        }
+        assert!(!provides("proxy_no_such_call"));
+    }
 }

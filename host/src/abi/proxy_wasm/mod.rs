@@ -16,7 +16,9 @@
 mod callout;
 mod filter;
 mod hostcalls;
+mod state;
 mod stream;
+mod types;
 mod wasi;
 
 use std::collections::HashMap;
@@ -24,7 +26,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use prometheus::{IntGauge, IntGaugeVec};
-use wasmtime::{Linker, Module, TypedFunc};
+use wasmtime::{Linker, Module};
 
 use crate::abi::GuestAbi;
 use crate::runtime::Sandbox;
@@ -33,7 +35,8 @@ pub use callout::{perform as perform_call, CallResponse, PendingCall};
 pub use filter::{
     BodyError, BodyOutcome, Direction, FilterModule, FilterSpec, FilterStream, RequestOutcome,
 };
-pub use stream::{HeaderPairs, LocalReply, RequestFacts, Stream};
+pub use state::PwState;
+pub use stream::{HeaderPairs, RequestFacts, Stream};
 
 /// The largest body a filter may buffer or make, per request and
 /// direction.
@@ -41,21 +44,6 @@ pub const MAX_BODY: usize = 1 << 20;
 
 /// The proxy-wasm ABI, for [`GuestAbi`].
 pub struct ProxyWasm;
-
-/// What a filter's instance keeps in its store for the hostcalls.
-pub struct PwState {
-    /// The plugin this instance runs.
-    plugin: Arc<Plugin>,
-    /// The guest's allocator (`proxy_on_memory_allocate` or `malloc`), for
-    /// data the host returns.
-    alloc: Option<TypedFunc<i32, i32>>,
-    /// The HTTP stream of the callback in progress, if any.
-    stream: Option<Stream>,
-    /// The context the filter made current (`proxy_set_effective_context`).
-    effective_context: u32,
-    /// The token of the next HTTP call: unique within the instance.
-    next_call_token: u32,
-}
 
 /// One configured filter, shared by its instances.
 pub struct Plugin {

@@ -8,10 +8,12 @@
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 
-use crate::abi::HeaderTarget;
+use super::types::{BufferType, MapType, Status};
+use crate::abi::{
+    header_name, header_refused, header_value, is_final_status, HeaderTarget, LocalReply,
+};
 use crate::runtime::HookFault;
 
 /// A header map as a filter sees it: ordered pairs, pseudo-headers first.
@@ -139,8 +141,7 @@ impl HeaderPairs {
     /// pair's key and value sizes (u32, little-endian), then each key and
     /// value followed by a NUL.
     pub fn serialize(pairs: &[(String, String)]) -> Vec<u8> {
-        let strings: usize = pairs.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
-        let mut out = Vec::with_capacity(4 + pairs.len() * 8 + strings);
+        let mut out = Vec::with_capacity(Self::serialized_len(pairs));
         out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
         for (name, value) in pairs {
             out.extend_from_slice(&(name.len() as u32).to_le_bytes());
@@ -153,6 +154,12 @@ impl HeaderPairs {
             out.push(0);
         }
         out
+    }
+
+    /// The size of the serialized form of `pairs`, without making it.
+    pub fn serialized_len(pairs: &[(String, String)]) -> usize {
+        let strings: usize = pairs.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
+        4 + pairs.len() * 8 + strings
     }
 
     /// Pairs from the serialized form; None if it is malformed.
@@ -232,7 +239,7 @@ impl HeaderPairs {
                         value
                             .parse::<u16>()
                             .ok()
-                            .filter(|s| (200..=599).contains(s))
+                            .filter(|s| is_final_status(*s))
                             .ok_or_else(|| invalid(format!(":status {value:?} is not 200-599")))?,
                     )
                 }
@@ -262,7 +269,7 @@ fn add_fields(
     for (name, value) in fields {
         target
             .append(name.as_str().to_string(), value)
-            .map_err(|e| invalid(format!("header: {e}")))?;
+            .map_err(header_refused)?;
     }
     Ok(())
 }
@@ -281,12 +288,11 @@ fn invalid(what: String) -> HookFault {
     HookFault::InvalidOutput(what)
 }
 
-/// A field from a filter, its name and value checked.
+/// A field from a filter, its name and value checked; a bad value is
+/// named by its lower-cased name.
 fn checked(name: &str, value: &str) -> Result<(http::HeaderName, http::HeaderValue), HookFault> {
-    let name = http::HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| invalid(format!("invalid header name {name:?}")))?;
-    let value = http::HeaderValue::from_str(value)
-        .map_err(|_| invalid(format!("invalid value for header {name}")))?;
+    let name = header_name(name)?;
+    let value = header_value(name.as_str(), value)?;
     Ok((name, value))
 }
 
@@ -297,17 +303,6 @@ fn fields(headers: &http::HeaderMap) -> impl Iterator<Item = (String, String)> +
             String::from_utf8_lossy(value.as_bytes()).into_owned(),
         )
     })
-}
-
-/// A response a filter sent with `proxy_send_local_response`.
-#[derive(Debug, Clone)]
-pub struct LocalReply {
-    /// Its status.
-    pub status: u16,
-    /// Its header fields.
-    pub headers: Vec<(String, String)>,
-    /// Its body.
-    pub body: Bytes,
 }
 
 /// Facts about the request, for properties.
@@ -355,6 +350,67 @@ impl Stream {
             super::Direction::Response => &mut self.response_body,
         }
     }
+
+    /// Header map `map`, if this stream keeps it now.
+    pub(super) fn header_map(&self, map: MapType) -> Result<&HeaderPairs, Status> {
+        match map {
+            MapType::HttpRequestHeaders => Some(&self.request),
+            MapType::HttpResponseHeaders => self.response.as_ref(),
+            MapType::HttpCallResponseHeaders => self.call_response.as_ref().map(|(map, _)| map),
+            _ => None,
+        }
+        .ok_or(Status::NotFound)
+    }
+
+    /// Header map `map` to edit, if this stream keeps it now. An edit of
+    /// the call response's map only changes what the filter reads back.
+    pub(super) fn header_map_mut(&mut self, map: MapType) -> Result<&mut HeaderPairs, Status> {
+        match map {
+            MapType::HttpRequestHeaders => Some(&mut self.request),
+            MapType::HttpResponseHeaders => self.response.as_mut(),
+            MapType::HttpCallResponseHeaders => self.call_response.as_mut().map(|(map, _)| map),
+            _ => None,
+        }
+        .ok_or(Status::NotFound)
+    }
+
+    /// The bytes of buffer `buffer`, if this stream keeps it now.
+    pub(super) fn buffer(&self, buffer: BufferType) -> Result<&[u8], Status> {
+        match buffer {
+            BufferType::HttpRequestBody => Ok(&self.request_body),
+            BufferType::HttpResponseBody => Ok(&self.response_body),
+            BufferType::HttpCallResponseBody => match &self.call_response {
+                Some((_, body)) => Ok(body),
+                None => Err(Status::NotFound),
+            },
+            _ => Err(Status::NotFound),
+        }
+    }
+
+    /// Replaces bytes `[start, start + size)` of a body with `data`, as
+    /// the SDKs use it: `(0, len)` for the whole body, `(len, 0)` to
+    /// append. Both ends are clamped to the body; past
+    /// [`MAX_BODY`](super::MAX_BODY) it is `BAD_ARGUMENT`.
+    pub(super) fn set_body_bytes(
+        &mut self,
+        buffer: BufferType,
+        start: u32,
+        size: u32,
+        data: Vec<u8>,
+    ) -> Result<(), Status> {
+        let body = match buffer {
+            BufferType::HttpRequestBody => &mut self.request_body,
+            BufferType::HttpResponseBody => &mut self.response_body,
+            _ => return Err(Status::NotFound),
+        };
+        let start = (start as usize).min(body.len());
+        let end = start.saturating_add(size as usize).min(body.len());
+        if body.len() - (end - start) + data.len() > super::MAX_BODY {
+            return Err(Status::BadArgument);
+        }
+        body.splice(start..end, data);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -368,6 +424,7 @@ mod tests {
             ("x".to_string(), String::new()),
         ];
         let bytes = HeaderPairs::serialize(&pairs);
+        assert_eq!(HeaderPairs::serialized_len(&pairs), bytes.len());
         assert_eq!(HeaderPairs::deserialize(&bytes), Some(pairs));
         assert_eq!(HeaderPairs::deserialize(&bytes[..bytes.len() - 2]), None);
         assert_eq!(HeaderPairs::deserialize(&[255, 255, 255, 255]), None);

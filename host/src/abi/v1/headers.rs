@@ -4,23 +4,11 @@
 use guest_sdk::wire::HeaderOp;
 use http::{HeaderName, HeaderValue};
 
-use crate::abi::HeaderTarget;
+use crate::abi::{header_name, header_refused, header_value, HeaderTarget};
 use crate::runtime::HookFault;
 
 /// A guest's header operations, each name and value checked.
 pub(super) struct CheckedOps(Vec<(HeaderOp, HeaderName, Option<HeaderValue>)>);
-
-/// A header name from a guest, or the fault that names it.
-pub(super) fn header_name(name: &str) -> Result<HeaderName, HookFault> {
-    HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| HookFault::InvalidOutput(format!("invalid header name {name:?}")))
-}
-
-/// A header value from a guest, or the fault that names its header.
-pub(super) fn header_value(name: &str, value: &str) -> Result<HeaderValue, HookFault> {
-    HeaderValue::from_str(value)
-        .map_err(|_| HookFault::InvalidOutput(format!("invalid value for header {name}")))
-}
 
 impl CheckedOps {
     /// Checks every operation; the first invalid name or value is a fault.
@@ -49,7 +37,7 @@ impl CheckedOps {
                     Ok(())
                 }
             };
-            result.map_err(|e| HookFault::InvalidOutput(format!("header: {e}")))?;
+            result.map_err(header_refused)?;
         }
         Ok(())
     }

@@ -32,4 +32,4 @@ pub use request::{
     apply_request_changes, apply_upstream_request, upstream_request, RequestJson,
     UpstreamRequestJson,
 };
-pub use response::{apply_response_changes, local_response, response_json, MAX_ANSWER_BODY};
+pub use response::{apply_response_changes, local_response, response_json};

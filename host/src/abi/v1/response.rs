@@ -6,12 +6,12 @@ use bytes::Bytes;
 use guest_sdk::wire;
 use pingora::http::ResponseHeader;
 
-use super::headers::{header_name, header_value, CheckedOps};
-use super::instance::MAX_OUTPUT_BYTES;
+use super::headers::CheckedOps;
+use crate::abi::{final_status, LocalReply};
 use crate::runtime::HookFault;
 
-/// The largest body a guest may answer with.
-pub const MAX_ANSWER_BODY: usize = MAX_OUTPUT_BYTES;
+// `local_response` counts on it: an answer's body fits in the output.
+const _: () = assert!(super::instance::MAX_OUTPUT_BYTES <= crate::abi::MAX_LOCAL_REPLY_BODY);
 
 /// `response` as a guest is shown it (`RESP`); values that are not UTF-8
 /// come with U+FFFD in place of the bad bytes.
@@ -31,25 +31,13 @@ pub fn response_json(response: &ResponseHeader) -> String {
     serde_json::to_string(&wire).unwrap_or_default()
 }
 
-/// A status a guest gives a response: 200-599 (an informational status is
-/// not a final answer).
-fn checked_status(status: u16) -> Result<u16, HookFault> {
-    if (200..=599).contains(&status) {
-        Ok(status)
-    } else {
-        Err(HookFault::InvalidOutput(format!(
-            "status {status} is not 200-599"
-        )))
-    }
-}
-
 /// Applies `response_filter`'s changes. Everything is checked before
 /// anything is changed.
 pub fn apply_response_changes(
     target: &mut ResponseHeader,
     changes: wire::ResponseChanges,
 ) -> Result<(), HookFault> {
-    let status = changes.status.map(checked_status).transpose()?;
+    let status = changes.status.map(final_status).transpose()?;
     let headers = CheckedOps::new(changes.headers)?;
     if let Some(status) = status {
         target
@@ -59,34 +47,16 @@ pub fn apply_response_changes(
     headers.apply(target)
 }
 
-/// The response a guest answered with in `request_filter`, checked: its
-/// status, every header, and the size of its body. `Content-Length` is the
-/// host's to set, so one from the guest is replaced.
+/// The response a guest answered with in `request_filter`, checked as
+/// every guest's local reply is ([`LocalReply::checked`]). Its body
+/// cannot pass the cap: the whole output is capped no higher.
 pub fn local_response(answer: wire::LocalResponse) -> Result<(ResponseHeader, Bytes), HookFault> {
-    let status = checked_status(answer.status)?;
-    if answer.body.len() > MAX_ANSWER_BODY {
-        return Err(HookFault::InvalidOutput(format!(
-            "answer body of {} bytes exceeds the {MAX_ANSWER_BODY} byte cap",
-            answer.body.len()
-        )));
+    LocalReply {
+        status: answer.status,
+        headers: answer.headers,
+        body: Bytes::from(answer.body),
     }
-    let invalid = |e: Box<pingora::Error>| HookFault::InvalidOutput(format!("answer: {e}"));
-    let mut response =
-        ResponseHeader::build(status, Some(answer.headers.len() + 1)).map_err(invalid)?;
-    for (name, value) in &answer.headers {
-        let checked_name = header_name(name)?;
-        let value = header_value(name, value)?;
-        if checked_name == http::header::CONTENT_LENGTH {
-            continue;
-        }
-        response
-            .append_header(name.clone(), value)
-            .map_err(invalid)?;
-    }
-    response
-        .insert_header(http::header::CONTENT_LENGTH, answer.body.len())
-        .map_err(invalid)?;
-    Ok((response, Bytes::from(answer.body)))
+    .checked("answer")
 }
 
 #[cfg(test)]
@@ -126,7 +96,7 @@ mod tests {
             answer(101, &[], ""),
             answer(200, &[("bad name", "v")], ""),
             answer(200, &[("x", "a\r\nb")], ""),
-            answer(200, &[], &"x".repeat(MAX_ANSWER_BODY + 1)),
+            answer(200, &[], &"x".repeat(crate::abi::MAX_LOCAL_REPLY_BODY + 1)),
         ] {
             let fault = local_response(bad).unwrap_err();
             assert!(matches!(fault, HookFault::InvalidOutput(_)), "{fault}");

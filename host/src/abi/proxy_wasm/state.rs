@@ -1,0 +1,388 @@
+//! What a filter's instance keeps for its hostcalls, and the host logic
+//! behind them: which buffer or map a number names, what a property's
+//! value is, what a local reply or an HTTP call records. The hostcalls
+//! themselves (`hostcalls.rs`) only move arguments and results across
+//! guest memory; everything here is plain Rust, testable without wasm.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::IntGauge;
+use wasmtime::TypedFunc;
+
+use super::types::{BufferType, MapType, Status};
+use super::{HeaderPairs, PendingCall, Plugin, Stream};
+use crate::abi::LocalReply;
+
+/// What a filter's instance keeps in its store for the hostcalls.
+pub struct PwState {
+    /// The plugin this instance runs.
+    pub(super) plugin: Arc<Plugin>,
+    /// The guest's allocator (`proxy_on_memory_allocate` or `malloc`), for
+    /// data the host returns.
+    pub(super) alloc: Option<TypedFunc<i32, i32>>,
+    /// The HTTP stream of the callback in progress, if any.
+    pub(super) stream: Option<Stream>,
+    /// The token of the next HTTP call: unique within the instance.
+    next_call_token: u32,
+}
+
+impl PwState {
+    /// The state of a new instance of `plugin`, outside any stream.
+    pub(super) fn new(plugin: Arc<Plugin>) -> Self {
+        PwState {
+            plugin,
+            alloc: None,
+            stream: None,
+            next_call_token: 1,
+        }
+    }
+
+    /// The HTTP stream in progress; `NOT_FOUND` outside one.
+    fn stream(&self) -> Result<&Stream, Status> {
+        self.stream.as_ref().ok_or(Status::NotFound)
+    }
+
+    /// Header map `map` of the stream in progress.
+    pub(super) fn header_map(&self, map: MapType) -> Result<&HeaderPairs, Status> {
+        self.stream()?.header_map(map)
+    }
+
+    /// Header map `map` of the stream in progress, to edit.
+    pub(super) fn header_map_mut(&mut self, map: MapType) -> Result<&mut HeaderPairs, Status> {
+        self.stream
+            .as_mut()
+            .ok_or(Status::NotFound)?
+            .header_map_mut(map)
+    }
+
+    /// The bytes of buffer `buffer`: the configurations from any
+    /// callback, the others from the stream in progress.
+    fn buffer(&self, buffer: BufferType) -> Result<&[u8], Status> {
+        match buffer {
+            BufferType::VmConfiguration => Ok(&self.plugin.vm_config),
+            BufferType::PluginConfiguration => Ok(&self.plugin.config),
+            _ => self.stream()?.buffer(buffer),
+        }
+    }
+
+    /// At most `max_size` bytes of buffer `buffer` from `start`, clamped
+    /// to what there is (the SDKs pass `u32::MAX` as `max_size`).
+    pub(super) fn buffer_bytes(
+        &self,
+        buffer: BufferType,
+        start: u32,
+        max_size: u32,
+    ) -> Result<&[u8], Status> {
+        let whole = self.buffer(buffer)?;
+        let start = (start as usize).min(whole.len());
+        let end = start.saturating_add(max_size as usize).min(whole.len());
+        Ok(&whole[start..end])
+    }
+
+    /// The size of buffer `buffer`. The call response's body is not
+    /// reported (`NOT_FOUND`): the callback's `body_size` gives it, and
+    /// the Rust SDK does not ask (docs/PROXY_WASM.md).
+    pub(super) fn buffer_size(&self, buffer: BufferType) -> Result<usize, Status> {
+        if buffer == BufferType::HttpCallResponseBody {
+            return Err(Status::NotFound);
+        }
+        self.buffer(buffer).map(<[u8]>::len)
+    }
+
+    /// Replaces bytes of a body of the stream in progress (see
+    /// [`Stream::set_body_bytes`]).
+    pub(super) fn set_buffer_bytes(
+        &mut self,
+        buffer: BufferType,
+        start: u32,
+        size: u32,
+        data: Vec<u8>,
+    ) -> Result<(), Status> {
+        self.stream
+            .as_mut()
+            .ok_or(Status::NotFound)?
+            .set_body_bytes(buffer, start, size, data)
+    }
+
+    /// The value of property `path` (segments separated by NUL):
+    /// `plugin_*` from any callback, then what the filter set, then the
+    /// request's facts.
+    pub(super) fn property(&self, path: &str) -> Result<Vec<u8>, Status> {
+        self.lookup_property(path).ok_or(Status::NotFound)
+    }
+
+    fn lookup_property(&self, path: &str) -> Option<Vec<u8>> {
+        let plugin = &self.plugin;
+        match path {
+            "plugin_name" => return Some(plugin.plugin_name.clone().into_bytes()),
+            "plugin_root_id" => return Some(plugin.root_id.clone().into_bytes()),
+            "plugin_vm_id" => return Some(plugin.vm_id.clone().into_bytes()),
+            _ => {}
+        }
+        let stream = self.stream.as_ref()?;
+        if let Some(value) = stream.properties.get(path) {
+            return Some(value.clone());
+        }
+        let request = &stream.request;
+        let path_and_query = request.get(":path").unwrap_or("");
+        let (url_path, query) = match path_and_query.split_once('?') {
+            Some((path, query)) => (path, query),
+            None => (path_and_query, ""),
+        };
+        let value = match path {
+            "request\0path" => path_and_query.to_string(),
+            "request\0url_path" => url_path.to_string(),
+            "request\0query" => query.to_string(),
+            "request\0host" => request.get(":authority")?.to_string(),
+            "request\0scheme" => request.get(":scheme")?.to_string(),
+            "request\0method" => request.get(":method")?.to_string(),
+            "request\0protocol" => stream.facts.protocol.clone(),
+            "request\0id" => stream.facts.id.clone(),
+            "source\0address" => stream.facts.source?.to_string(),
+            "source\0port" => stream.facts.source?.port().to_string(),
+            "destination\0address" => stream.facts.destination?.to_string(),
+            "destination\0port" => stream.facts.destination?.port().to_string(),
+            "response\0code" => stream.response.as_ref()?.get(":status")?.to_string(),
+            other => {
+                let name = other.strip_prefix("request\0headers\0")?;
+                request.get(name)?.to_string()
+            }
+        };
+        Some(value.into_bytes())
+    }
+
+    /// Sets property `path` for the rest of the stream in progress.
+    pub(super) fn set_property(&mut self, path: String, value: Vec<u8>) -> Result<(), Status> {
+        let stream = self.stream.as_mut().ok_or(Status::NotFound)?;
+        stream.properties.insert(path, value);
+        Ok(())
+    }
+
+    /// Records the local reply the filter sent; it is checked once the
+    /// callback returns. `BAD_ARGUMENT` outside an HTTP stream.
+    pub(super) fn send_local_response(&mut self, reply: LocalReply) -> Result<(), Status> {
+        let stream = self.stream.as_mut().ok_or(Status::BadArgument)?;
+        stream.local_reply = Some(reply);
+        Ok(())
+    }
+
+    /// Shared value `key` and its CAS token.
+    pub(super) fn shared_data(&self, key: &str) -> Result<(Vec<u8>, u32), Status> {
+        self.plugin.shared.get(key).ok_or(Status::NotFound)
+    }
+
+    /// Sets shared value `key` if `cas` is 0 or matches its token.
+    pub(super) fn set_shared_data(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        cas: u32,
+    ) -> Result<(), Status> {
+        if self.plugin.shared.set(key, value, cas) {
+            Ok(())
+        } else {
+            Err(Status::CasMismatch)
+        }
+    }
+
+    /// The id of metric `name`, defined now if new. Every kind is kept as
+    /// a gauge.
+    pub(super) fn define_metric(&self, name: &str) -> u32 {
+        self.plugin.metrics.define(name)
+    }
+
+    /// Metric `id`.
+    pub(super) fn metric(&self, id: u32) -> Result<IntGauge, Status> {
+        self.plugin.metrics.get(id).ok_or(Status::NotFound)
+    }
+
+    /// Asks for `proxy_on_tick` every `period_ms` (0: never).
+    pub(super) fn set_tick_period(&self, period_ms: u32) {
+        self.plugin
+            .tick_period_ms
+            .store(u64::from(period_ms), Ordering::Relaxed);
+    }
+
+    /// Records an HTTP call to `upstream` (a configured cluster, or else
+    /// an `ip:port`), made once the callback returns, and gives its token.
+    /// The headers must have `:method` and `:path`. From the root context
+    /// alone (no stream): `INTERNAL_FAILURE`, not yet supported.
+    pub(super) fn dispatch_http_call(
+        &mut self,
+        upstream: &str,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        timeout_ms: u32,
+    ) -> Result<u32, Status> {
+        let has = |name: &str| headers.iter().any(|(n, _)| n == name);
+        if !has(":method") || !has(":path") {
+            return Err(Status::BadArgument);
+        }
+        // An unknown cluster may name `ip:port` itself, as in
+        // ngx_wasm_module.
+        let address = self
+            .plugin
+            .clusters
+            .get(upstream)
+            .copied()
+            .or_else(|| upstream.parse().ok())
+            .ok_or(Status::BadArgument)?;
+        let token = self.next_call_token;
+        let stream = self.stream.as_mut().ok_or(Status::InternalFailure)?;
+        stream.calls.push(PendingCall {
+            token,
+            address,
+            headers,
+            body,
+            timeout: Duration::from_millis(u64::from(timeout_ms).max(1)),
+        });
+        self.next_call_token = token.wrapping_add(1).max(1);
+        Ok(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+    use crate::abi::proxy_wasm::{FilterMetrics, SharedData};
+
+    fn state() -> PwState {
+        PwState::new(Arc::new(Plugin {
+            name: "test".into(),
+            plugin_name: "f.wasm".into(),
+            root_id: "root".into(),
+            vm_id: String::new(),
+            config: b"plugin".to_vec(),
+            vm_config: b"vm".to_vec(),
+            shared: Arc::new(SharedData::default()),
+            metrics: FilterMetrics::new(None),
+            tick_period_ms: AtomicU64::new(0),
+            clusters: HashMap::from([("auth".to_string(), "127.0.0.1:9".parse().unwrap())]),
+        }))
+    }
+
+    fn pairs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn outside_a_stream_only_the_plugins_own_data_is_there() {
+        let mut state = state();
+        assert_eq!(
+            state.buffer_bytes(BufferType::PluginConfiguration, 0, u32::MAX),
+            Ok(&b"plugin"[..])
+        );
+        assert_eq!(state.buffer_size(BufferType::VmConfiguration), Ok(2));
+        assert_eq!(state.property("plugin_root_id"), Ok(b"root".to_vec()));
+        assert_eq!(
+            state.buffer_bytes(BufferType::HttpRequestBody, 0, 1),
+            Err(Status::NotFound)
+        );
+        assert_eq!(
+            state.header_map(MapType::HttpRequestHeaders).err(),
+            Some(Status::NotFound)
+        );
+        assert_eq!(
+            state.set_property("a".into(), vec![]),
+            Err(Status::NotFound)
+        );
+        let reply = LocalReply {
+            status: 200,
+            headers: Vec::new(),
+            body: Default::default(),
+        };
+        assert_eq!(state.send_local_response(reply), Err(Status::BadArgument));
+        let call = pairs(&[(":method", "GET"), (":path", "/")]);
+        assert_eq!(
+            state.dispatch_http_call("auth", call, vec![], 10),
+            Err(Status::InternalFailure)
+        );
+    }
+
+    #[test]
+    fn buffers_are_windows_and_bodies_are_spliced_under_the_cap() {
+        let mut state = state();
+        state.stream = Some(Stream::default());
+        let body = BufferType::HttpRequestBody;
+        state
+            .set_buffer_bytes(body, 0, 0, b"hello".to_vec())
+            .unwrap();
+        state.set_buffer_bytes(body, 5, 0, b"!".to_vec()).unwrap();
+        state.set_buffer_bytes(body, 0, 1, b"J".to_vec()).unwrap();
+        assert_eq!(state.buffer_bytes(body, 0, u32::MAX), Ok(&b"Jello!"[..]));
+        assert_eq!(state.buffer_bytes(body, 1, 3), Ok(&b"ell"[..]));
+        assert_eq!(state.buffer_bytes(body, 99, 3), Ok(&b""[..]));
+        let too_big = vec![0; super::super::MAX_BODY];
+        assert_eq!(
+            state.set_buffer_bytes(body, 0, 0, too_big),
+            Err(Status::BadArgument)
+        );
+        for other in [BufferType::DownstreamData, BufferType::VmConfiguration] {
+            assert_eq!(
+                state.set_buffer_bytes(other, 0, 0, vec![]),
+                Err(Status::NotFound)
+            );
+        }
+        // The call response's body is readable during its callback only,
+        // and its size is never reported.
+        let call_body = BufferType::HttpCallResponseBody;
+        assert_eq!(state.buffer_bytes(call_body, 0, 9), Err(Status::NotFound));
+        state.stream.as_mut().unwrap().call_response =
+            Some((HeaderPairs::default(), b"ok".to_vec()));
+        assert_eq!(state.buffer_bytes(call_body, 0, 9), Ok(&b"ok"[..]));
+        assert_eq!(state.buffer_size(call_body), Err(Status::NotFound));
+    }
+
+    #[test]
+    fn maps_are_there_while_the_stream_keeps_them() {
+        let mut state = state();
+        state.stream = Some(Stream::default());
+        state
+            .header_map_mut(MapType::HttpRequestHeaders)
+            .unwrap()
+            .add("X-A", "1");
+        let request = state.header_map(MapType::HttpRequestHeaders).unwrap();
+        assert_eq!(request.get("x-a"), Some("1"));
+        for absent in [
+            MapType::HttpResponseHeaders,
+            MapType::HttpCallResponseHeaders,
+            MapType::HttpRequestTrailers,
+        ] {
+            assert_eq!(state.header_map(absent).err(), Some(Status::NotFound));
+        }
+    }
+
+    #[test]
+    fn http_calls_need_a_target_and_a_request_line() {
+        let mut state = state();
+        state.stream = Some(Stream::default());
+        let call = pairs(&[(":method", "GET"), (":path", "/")]);
+        assert_eq!(
+            state.dispatch_http_call("auth", pairs(&[(":path", "/")]), vec![], 0),
+            Err(Status::BadArgument)
+        );
+        assert_eq!(
+            state.dispatch_http_call("nowhere", call.clone(), vec![], 0),
+            Err(Status::BadArgument)
+        );
+        assert_eq!(
+            state.dispatch_http_call("auth", call.clone(), vec![], 0),
+            Ok(1)
+        );
+        assert_eq!(
+            state.dispatch_http_call("127.0.0.1:1", call, vec![], 5),
+            Ok(2)
+        );
+        let calls = &state.stream.as_ref().unwrap().calls;
+        assert_eq!(calls[0].timeout, Duration::from_millis(1));
+        assert_eq!(calls[1].address, "127.0.0.1:1".parse().unwrap());
+    }
+}
