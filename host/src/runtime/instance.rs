@@ -118,7 +118,7 @@ async fn timed<F: Future>(clock: &CallClock, meter: &dyn SliceMeter, call: F) ->
 /// How a call runs, and so what its deadline checks do once it has run
 /// [`YIELD_AFTER`] (before its deadline).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallMode {
+pub(super) enum CallMode {
     /// On the worker's stack: stop it with [`NeedsSlicing`], to run again
     /// sliced.
     Direct,

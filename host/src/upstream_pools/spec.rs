@@ -14,11 +14,11 @@ use crate::config_model::{CheckKindConfig, HealthCheckConfig, PoolConfig};
 
 /// How often `--pool` pools, and pools whose `health_check` gives no
 /// `interval_ms`, are checked.
-pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_millis(1000);
+pub(super) const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_millis(1000);
 
 /// How long one check may take (connect, and for HTTP the response
 /// header) unless `timeout_ms` says otherwise; Pingora's default.
-pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long connecting to a backend may take unless the pool's
 /// `connection_timeout_ms` or the guest says otherwise (Envoy's default):

@@ -33,14 +33,14 @@ use tokio::net::TcpListener;
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A guest module built by the host's build script.
-pub fn guest(name: &str) -> PathBuf {
+pub(crate) fn guest(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../guests")
         .join(format!("{name}.wasm"))
 }
 
 /// A loopback port nothing listens on (right now).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("binding an ephemeral port")
@@ -50,7 +50,7 @@ pub fn free_port() -> u16 {
 /// An HTTP/1.1 upstream on loopback that answers every request with a JSON
 /// echo of it (its body included, and its own port) and counts the
 /// connections it accepted.
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub addr: SocketAddr,
     connections: Arc<AtomicUsize>,
     /// A path answered 503 instead of the echo (a failing health check).
@@ -65,18 +65,18 @@ pub struct Upstream {
 
 impl Upstream {
     /// A plain-text upstream.
-    pub async fn plain() -> Upstream {
+    pub(crate) async fn plain() -> Upstream {
         Self::start(0, None).await
     }
 
     /// A plain-text upstream on `port` (for instance one a killed upstream
     /// listened on).
-    pub async fn plain_at(port: u16) -> Upstream {
+    pub(crate) async fn plain_at(port: u16) -> Upstream {
         Self::start(port, None).await
     }
 
     /// A TLS upstream presenting a certificate for `localhost` from `ca`.
-    pub async fn tls(ca: &TestCa) -> Upstream {
+    pub(crate) async fn tls(ca: &TestCa) -> Upstream {
         let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
         acceptor.set_private_key(&ca.leaf_key).unwrap();
         acceptor.set_certificate(&ca.leaf_cert).unwrap();
@@ -135,19 +135,19 @@ impl Upstream {
     }
 
     /// Connections accepted so far.
-    pub fn connections(&self) -> usize {
+    pub(crate) fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
 
     /// Answers `path` (exactly, query string excluded) with 503 from now
     /// on; `None` answers every path with the echo again.
-    pub fn fail_path(&self, path: Option<&str>) {
+    pub(crate) fn fail_path(&self, path: Option<&str>) {
         *self.failing_path.lock().unwrap() = path.map(str::to_string);
     }
 
     /// Stops listening and closes every open connection; returns once the
     /// port is free to bind again (`Upstream::plain_at(port)`).
-    pub async fn kill(&mut self) {
+    pub(crate) async fn kill(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -213,7 +213,7 @@ where
 }
 
 /// The first value of header `name` in an upstream's echo.
-pub fn echoed_header(echo: &Value, name: &str) -> Option<String> {
+pub(crate) fn echoed_header(echo: &Value, name: &str) -> Option<String> {
     echo["headers"]
         .as_array()?
         .iter()
@@ -223,7 +223,7 @@ pub fn echoed_header(echo: &Value, name: &str) -> Option<String> {
 }
 
 /// A throwaway CA and a `localhost` certificate it signed.
-pub struct TestCa {
+pub(crate) struct TestCa {
     pub ca_pem_path: PathBuf,
     ca_key: PKey<Private>,
     ca_cert: X509,
@@ -234,7 +234,7 @@ pub struct TestCa {
 
 /// A leaf certificate `TestCa::issue` wrote: `cert_path` holds the leaf
 /// then the CA (a chain), `key_path` its private key.
-pub struct Leaf {
+pub(crate) struct Leaf {
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
     pub cert: X509,
@@ -242,12 +242,12 @@ pub struct Leaf {
 
 /// How long a leaf from `TestCa::issue` is valid: from `.0` to `.1` days
 /// from now (negative: in the past).
-pub const VALID: (i64, i64) = (-1, 2);
+pub(crate) const VALID: (i64, i64) = (-1, 2);
 /// An expired leaf: valid from 10 days ago until yesterday.
-pub const EXPIRED: (i64, i64) = (-10, -1);
+pub(crate) const EXPIRED: (i64, i64) = (-10, -1);
 
 impl TestCa {
-    pub fn new() -> TestCa {
+    pub(crate) fn new() -> TestCa {
         let ca_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
         let ca_cert = certificate("wasm-proxy test CA", &ca_key, None, &[], (0, 2));
         let leaf_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
@@ -275,7 +275,13 @@ impl TestCa {
     /// addresses; the first is also the CN) valid for `valid_days` (see
     /// [`VALID`], [`EXPIRED`]) with a fresh key, and writes it as
     /// `{dir}/{name}.pem` (leaf then CA) and `{dir}/{name}.key`.
-    pub fn issue(&self, dir: &Path, name: &str, sans: &[&str], valid_days: (i64, i64)) -> Leaf {
+    pub(crate) fn issue(
+        &self,
+        dir: &Path,
+        name: &str,
+        sans: &[&str],
+        valid_days: (i64, i64),
+    ) -> Leaf {
         let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
         let cert = certificate(
             sans.first().copied().unwrap_or(name),
@@ -362,7 +368,7 @@ fn certificate(
 }
 
 /// How to start the proxy.
-pub struct ProxyOptions {
+pub(crate) struct ProxyOptions {
     pub module: PathBuf,
     /// Serve a tenants file instead of `module`.
     pub tenants: Option<PathBuf>,
@@ -385,7 +391,7 @@ pub struct ProxyOptions {
 }
 
 impl ProxyOptions {
-    pub fn new(guest_name: &str, module_config: Value) -> Self {
+    pub(crate) fn new(guest_name: &str, module_config: Value) -> Self {
         ProxyOptions {
             module: guest(guest_name),
             tenants: None,
@@ -401,7 +407,7 @@ impl ProxyOptions {
 }
 
 /// The proxy binary running as a child process; killed on drop.
-pub struct Proxy {
+pub(crate) struct Proxy {
     child: Child,
     pub addr: SocketAddr,
     /// The `--tls-listen` address, with `ProxyOptions::tls_listen`.
@@ -413,7 +419,7 @@ pub struct Proxy {
 impl Proxy {
     /// Starts the proxy on a free loopback port and waits until it accepts
     /// connections.
-    pub fn start(options: ProxyOptions) -> Proxy {
+    pub(crate) fn start(options: ProxyOptions) -> Proxy {
         let port = free_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let mut args = vec!["--listen".to_string(), addr.to_string()];
@@ -439,7 +445,7 @@ impl Proxy {
     /// does not wait: the new process waits on the upgrade socket
     /// ([`Proxy::upgrade_socket`]) until the old one gets SIGQUIT
     /// ([`Proxy::quit`]).
-    pub fn upgrade(options: ProxyOptions, addr: SocketAddr) -> Proxy {
+    pub(crate) fn upgrade(options: ProxyOptions, addr: SocketAddr) -> Proxy {
         assert!(options.conf_dir.is_some(), "an upgrade shares the conf_dir");
         let args = ["--listen".to_string(), addr.to_string(), "-u".to_string()];
         let (child, log, dir) = spawn(&options, &args);
@@ -454,7 +460,7 @@ impl Proxy {
 
     /// The upgrade socket of the conf in `conf_dir`: it exists while a
     /// process started with `-u` waits for the listening sockets.
-    pub fn upgrade_socket(conf_dir: &Path) -> PathBuf {
+    pub(crate) fn upgrade_socket(conf_dir: &Path) -> PathBuf {
         conf_dir.join("upgrade.sock")
     }
 
@@ -482,12 +488,12 @@ impl Proxy {
     }
 
     /// The proxy's process id.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Resident memory of the proxy process, in KiB.
-    pub fn rss_kib(&self) -> u64 {
+    pub(crate) fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         status
             .lines()
@@ -497,14 +503,14 @@ impl Proxy {
     }
 
     /// Sends SIGHUP (reload).
-    pub fn hangup(&self) {
+    pub(crate) fn hangup(&self) {
         self.signal("-HUP");
     }
 
     /// Sends SIGQUIT (Pingora's graceful upgrade: hand the listening
     /// sockets to the process waiting on the upgrade socket, then finish
     /// and exit).
-    pub fn quit(&self) {
+    pub(crate) fn quit(&self) {
         self.signal("-QUIT");
     }
 
@@ -518,7 +524,7 @@ impl Proxy {
 
     /// Waits (at most `within`) for the process to exit; its status, or
     /// `None` if it still runs.
-    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+    pub(crate) fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -532,28 +538,28 @@ impl Proxy {
     }
 
     /// The `--tls-listen` address (panics without `tls_listen`).
-    pub fn tls_addr(&self) -> SocketAddr {
+    pub(crate) fn tls_addr(&self) -> SocketAddr {
         self.tls_addr
             .expect("started with ProxyOptions::tls_listen")
     }
 
     /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
+    pub(crate) fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
 
     /// `http://addr{path}`.
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
     /// Everything the proxy wrote to stderr so far.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
 
     /// Waits (bounded) until the log contains `needle`.
-    pub fn wait_for_log(&self, needle: &str) -> String {
+    pub(crate) fn wait_for_log(&self, needle: &str) -> String {
         let started = Instant::now();
         loop {
             let log = self.log();
@@ -574,7 +580,7 @@ impl Drop for Proxy {
 
 /// Runs the proxy expecting it to stop by itself; returns its exit status
 /// and stderr. Fails the test if it is still running after a minute.
-pub fn run_to_exit(options: ProxyOptions, args: &[String]) -> (ExitStatus, String) {
+pub(crate) fn run_to_exit(options: ProxyOptions, args: &[String]) -> (ExitStatus, String) {
     let (mut child, log, _dir) = spawn(&options, args);
     let started = Instant::now();
     loop {
@@ -646,7 +652,7 @@ fn spawn(options: &ProxyOptions, args: &[String]) -> (Child, Arc<Mutex<String>>,
 }
 
 /// A reqwest client that never goes through an environment proxy.
-pub fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(20))
@@ -655,7 +661,7 @@ pub fn client() -> reqwest::Client {
 }
 
 /// A tenants file for the proxy: guests' paths are absolute.
-pub fn write_tenants(path: &Path, yaml: &str) {
+pub(crate) fn write_tenants(path: &Path, yaml: &str) {
     let guests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guests");
     let yaml = yaml.replace("GUESTS", &guests.display().to_string());
     // Write then rename: the proxy never reads half a file.
@@ -665,7 +671,11 @@ pub fn write_tenants(path: &Path, yaml: &str) {
 }
 
 /// A proxy serving `yaml` (GUESTS stands for the guests directory).
-pub fn tenants_proxy(dir: &tempfile::TempDir, yaml: &str, extra_args: &[&str]) -> (Proxy, PathBuf) {
+pub(crate) fn tenants_proxy(
+    dir: &tempfile::TempDir,
+    yaml: &str,
+    extra_args: &[&str],
+) -> (Proxy, PathBuf) {
     let path = dir.path().join("tenants.yaml");
     write_tenants(&path, yaml);
     let mut options = ProxyOptions::new("first_proxy", json!({}));
@@ -676,7 +686,7 @@ pub fn tenants_proxy(dir: &tempfile::TempDir, yaml: &str, extra_args: &[&str]) -
 
 /// Sends `count` GETs at once to `{path_prefix}{i}`, each with header
 /// `x-stamp: stamp-{i}`; returns `(i, stamp, status, body)` per request.
-pub async fn stamped_requests(
+pub(crate) async fn stamped_requests(
     client: &reqwest::Client,
     proxy: &Proxy,
     count: usize,
@@ -699,7 +709,7 @@ pub async fn stamped_requests(
 }
 
 /// A client that does not follow redirects, to see them.
-pub fn client_no_redirects() -> reqwest::Client {
+pub(crate) fn client_no_redirects() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
@@ -709,7 +719,7 @@ pub fn client_no_redirects() -> reqwest::Client {
 }
 
 /// GETs `url` with `headers`; returns status, response headers and body.
-pub async fn get_response(
+pub(crate) async fn get_response(
     client: &reqwest::Client,
     url: &str,
     headers: &[(&str, &str)],
@@ -725,7 +735,11 @@ pub async fn get_response(
 }
 
 /// GETs `url` with `headers`; returns status and body.
-pub async fn get(client: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> (u16, String) {
+pub(crate) async fn get(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     let mut request = client.get(url);
     for (name, value) in headers {
         request = request.header(*name, *value);
@@ -736,7 +750,7 @@ pub async fn get(client: &reqwest::Client, url: &str, headers: &[(&str, &str)]) 
 }
 
 /// The text exposition served by a `--metrics` address.
-pub async fn scrape(client: &reqwest::Client, metrics: &str) -> String {
+pub(crate) async fn scrape(client: &reqwest::Client, metrics: &str) -> String {
     let (status, text) = get(client, &format!("http://{metrics}/metrics"), &[]).await;
     assert_eq!(status, 200, "{text}");
     text
@@ -744,7 +758,7 @@ pub async fn scrape(client: &reqwest::Client, metrics: &str) -> String {
 
 /// The value of the series `series` (`name{labels}`, exactly as exposed)
 /// in the exposition `text`.
-pub fn metric_value(text: &str, series: &str) -> u64 {
+pub(crate) fn metric_value(text: &str, series: &str) -> u64 {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {series} in:\n{text}"))

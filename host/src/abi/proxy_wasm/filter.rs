@@ -91,7 +91,7 @@ pub enum BodyOutcome {
 }
 
 /// A started instance of a filter.
-pub struct PwInstance {
+pub(super) struct PwInstance {
     wasm: WasmInstance<PwState>,
     callbacks: Callbacks,
     /// The next HTTP context id: unique within the instance.

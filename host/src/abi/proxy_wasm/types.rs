@@ -51,7 +51,7 @@ macro_rules! wire_enum {
         $(#[$meta])*
         #[repr($repr)]
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub enum $name {
+        pub(super) enum $name {
             $($(#[$variant_meta])* $variant = $number,)*
         }
 
@@ -136,7 +136,7 @@ wire_enum! {
 
 impl LogLevel {
     /// The level a filter's line is logged at: an unknown one at error.
-    pub fn of_line(number: i32) -> log::Level {
+    pub(super) fn of_line(number: i32) -> log::Level {
         match LogLevel::try_from(number) {
             Ok(LogLevel::Trace) => log::Level::Trace,
             Ok(LogLevel::Debug) => log::Level::Debug,
@@ -147,7 +147,7 @@ impl LogLevel {
     }
 
     /// The level a filter is told the proxy logs at.
-    pub fn of_filter(filter: log::LevelFilter) -> LogLevel {
+    pub(super) fn of_filter(filter: log::LevelFilter) -> LogLevel {
         match filter {
             log::LevelFilter::Trace => LogLevel::Trace,
             log::LevelFilter::Debug => LogLevel::Debug,

@@ -17,7 +17,7 @@ use crate::runtime::{
 };
 
 /// Largest output a hook may return; anything bigger is a fault.
-pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
+pub(super) const MAX_OUTPUT_BYTES: usize = 1 << 20;
 
 /// The parts of a hook's input a lazy-input guest fetches on demand
 /// through `hook.input_part` (`wire::PART_*`). Borrowed for one call, so a
