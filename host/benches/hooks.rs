@@ -18,7 +18,7 @@ use host::config_model::from_yaml;
 use host::hooks::Hook;
 use host::metrics::Metrics;
 use host::runtime::{EngineOptions, GuestEngine, GuestLimits, SliceMeter, Unmetered, FEW_CALLS};
-use host::upstream_pools::{HealthRegistries, Pool, PoolSpec, Pools};
+use host::upstream_pools::{HealthRegistries, PeerTimeouts, Pool, PoolSpec, Pools};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::upstreams::peer::HttpPeer;
 
@@ -101,7 +101,11 @@ fn pool_peer(pools: &Pools, choice: abi::PeerChoice) -> Box<HttpPeer> {
     let abi::PeerChoice::Pool(pick) = choice else {
         panic!("bench peers here are pools");
     };
-    let mut route = pools.route(&pick.name, pick.key, pick.timeouts).unwrap();
+    let timeouts = PeerTimeouts {
+        connection: pick.connection_timeout,
+        read: pick.read_timeout,
+    };
+    let mut route = pools.route(&pick.name, pick.key, timeouts).unwrap();
     route.next_peer().unwrap()
 }
 

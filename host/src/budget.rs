@@ -13,6 +13,7 @@ use anyhow::bail;
 
 use crate::metrics::TenantMetrics;
 use crate::runtime::SliceMeter;
+pub use crate::throttle::{BreakerState, Throttle};
 
 /// A tenant's budget settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +67,25 @@ pub const MAX_BREAKER_FAULTS: u32 = 10_000;
 pub const MAX_BREAKER_MS: u64 = 3_600_000;
 
 impl BudgetLimits {
+    /// Why `throttle` refused a call, in words for the log and the error.
+    pub fn explain(&self, throttle: Throttle) -> String {
+        let limits = self;
+        match throttle {
+            Throttle::Concurrency => format!(
+                "{} guest calls already in flight (max_concurrent_calls)",
+                limits.max_concurrent_calls
+            ),
+            Throttle::Cpu => format!(
+                "guest time budget of {} ms per second spent (cpu_ms_per_s)",
+                limits.cpu_ms_per_s
+            ),
+            Throttle::BreakerOpen => format!(
+                "circuit breaker open after {} faults in {} ms",
+                limits.breaker_faults, limits.breaker_window_ms
+            ),
+        }
+    }
+
     /// Refuses settings out of range (the flags' ranges).
     pub fn check(&self) -> anyhow::Result<()> {
         if !(1..=MAX_CONCURRENT_CALLS).contains(&self.max_concurrent_calls) {
@@ -84,79 +104,6 @@ impl BudgetLimits {
             bail!("breaker cooldown_ms must be 1-{MAX_BREAKER_MS}");
         }
         Ok(())
-    }
-}
-
-/// Why a guest call was not made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Throttle {
-    /// `max_concurrent_calls` calls already in flight.
-    Concurrency,
-    /// The guest-time bucket is empty.
-    Cpu,
-    /// The circuit breaker is open (or half-open with its probe in flight).
-    BreakerOpen,
-}
-
-impl Throttle {
-    /// Every reason, as the metrics label them.
-    pub const ALL: [Throttle; 3] = [Throttle::Concurrency, Throttle::Cpu, Throttle::BreakerOpen];
-
-    /// The metric label.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Throttle::Concurrency => "concurrency",
-            Throttle::Cpu => "cpu",
-            Throttle::BreakerOpen => "breaker_open",
-        }
-    }
-
-    /// The client's status: 429 for a rate, 503 otherwise.
-    pub fn status(self) -> u16 {
-        match self {
-            Throttle::Cpu => 429,
-            Throttle::Concurrency | Throttle::BreakerOpen => 503,
-        }
-    }
-
-    /// Words for the log and the error.
-    pub fn explain(self, limits: &BudgetLimits) -> String {
-        match self {
-            Throttle::Concurrency => format!(
-                "{} guest calls already in flight (max_concurrent_calls)",
-                limits.max_concurrent_calls
-            ),
-            Throttle::Cpu => format!(
-                "guest time budget of {} ms per second spent (cpu_ms_per_s)",
-                limits.cpu_ms_per_s
-            ),
-            Throttle::BreakerOpen => format!(
-                "circuit breaker open after {} faults in {} ms",
-                limits.breaker_faults, limits.breaker_window_ms
-            ),
-        }
-    }
-}
-
-/// The breaker's states, as the gauge shows them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum BreakerState {
-    /// Calls go through.
-    Closed = 0,
-    /// Calls fail fast until the cool-down has passed.
-    Open = 1,
-    /// One probe call is in flight; the others fail fast.
-    HalfOpen = 2,
-}
-
-impl BreakerState {
-    fn from_u8(value: u8) -> Self {
-        match value {
-            1 => BreakerState::Open,
-            2 => BreakerState::HalfOpen,
-            _ => BreakerState::Closed,
-        }
     }
 }
 

@@ -25,8 +25,32 @@ use serde::Deserialize;
 use serde_path_to_error::Segment;
 use serde_saphyr::{MessageFormatter, Spanned};
 
-use crate::tenants::GuestErrorPolicy;
-use crate::upstream_pools::Selection;
+/// How a pool picks a backend.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// Each backend in turn.
+    #[default]
+    RoundRobin,
+    /// Ketama consistent hashing of the guest's `key`: a key keeps its
+    /// backend while that backend is healthy, and removing a backend moves
+    /// only its own keys.
+    Consistent,
+    /// A backend at random.
+    Random,
+}
+
+/// What to do when a tenant's guest fails (a fault, not its own refusal).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestErrorPolicy {
+    /// Answer 500.
+    #[default]
+    FailClosed,
+    /// Proxy anyway: to `fallback_upstream` if `upstream_peer` failed,
+    /// with the request unchanged if `upstream_request_filter` failed.
+    FailOpen,
+}
 
 /// A tenants file, or the command line's one tenant.
 #[derive(Debug, Clone, Default, Deserialize)]

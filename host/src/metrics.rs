@@ -10,9 +10,9 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::budget::{BreakerState, Throttle};
 use crate::hooks::Hook;
 use crate::runtime::HookFault;
+use crate::throttle::{BreakerState, Throttle};
 
 /// Every metric the proxy exports, in one registry.
 pub struct Metrics {

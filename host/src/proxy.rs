@@ -45,7 +45,7 @@ use crate::guest_call::{CallFailure, CallName, GuestCall, Stage, Stop};
 use crate::hooks::Hook;
 use crate::metrics::Metrics;
 use crate::tenants::{Tenant, TenantSet};
-use crate::upstream_pools::PoolRoute;
+use crate::upstream_pools::{PeerTimeouts, PoolRoute};
 
 /// A Pingora proxy whose hooks are tenants' guest modules and filters.
 pub struct WasmProxy {
@@ -142,7 +142,7 @@ impl WasmProxy {
         call: CallName,
         throttle: Throttle,
     ) -> Box<Error> {
-        let why = throttle.explain(tenant.budget.limits());
+        let why = tenant.budget.limits().explain(throttle);
         let status = throttle.status();
         if tenant.budget.log_throttle_now() {
             log::warn!(
@@ -451,7 +451,11 @@ impl ProxyHttp for WasmProxy {
                 Err(fault) => fault,
             },
             Ok(PeerChoice::Pool(pick)) => {
-                match tenant.pools.route(&pick.name, pick.key, pick.timeouts) {
+                let timeouts = PeerTimeouts {
+                    connection: pick.connection_timeout,
+                    read: pick.read_timeout,
+                };
+                match tenant.pools.route(&pick.name, pick.key, timeouts) {
                     // A pool without a healthy backend is not the guest's
                     // failure: 502, never the fail-open fallback.
                     Ok(route) => return ctx.pool_route.insert(route).next_peer(),

@@ -16,8 +16,9 @@ use pingora::services::background::BackgroundService;
 
 use crate::metrics::Metrics;
 use crate::runtime::{release_freed_memory, GuestEngine};
+use crate::sni::check_listeners_have_a_certificate;
 use crate::tenants::{TenantDefaults, TenantSet, TenantSource};
-use crate::tls::{check_listeners_have_a_certificate, Certificate, DefaultCertificate};
+use crate::tls::{Certificate, DefaultCertificate};
 use crate::upstream_pools::HealthRegistries;
 
 /// How often watched files are checked for changes.

@@ -23,8 +23,8 @@ use crate::reload::TenantReloader;
 use crate::runtime::{
     release_freed_memory, EngineOptions, EpochTicker, GuestEngine, FEW_CALLS, MAX_MEMORY_LIMIT_MIB,
 };
+use crate::sni::{check_listeners_have_a_certificate, CertificateSelector};
 use crate::tenants::TenantSet;
-use crate::tls::{check_listeners_have_a_certificate, CertificateSelector};
 use crate::upstream_pools::{HealthRegistries, PoolHealthChecks};
 
 /// The pooling allocator's per-instance memory ceiling: the largest

@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
-use serde::Deserialize;
 
 use crate::abi::proxy_wasm::{FilterModule, FilterSpec};
 use crate::abi::v1::GuestModule;
 use crate::budget::{Budget, BudgetLimits};
+pub use crate::config_model::GuestErrorPolicy;
 use crate::config_model::{
     JsonText, Located, Naming, Origin, PluginConfig, PoolConfig, TenantConfig, TenantsConfig,
 };
@@ -23,18 +23,6 @@ use crate::runtime::{GuestEngine, GuestLimits};
 use crate::tls::Certificate;
 use crate::upstream::StaticUpstream;
 use crate::upstream_pools::{HealthRegistries, Pool, PoolSpec, Pools, SHARED};
-
-/// What to do when a tenant's guest fails (a fault, not its own refusal).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GuestErrorPolicy {
-    /// Answer 500.
-    #[default]
-    FailClosed,
-    /// Proxy anyway: to `fallback_upstream` if `upstream_peer` failed,
-    /// with the request unchanged if `upstream_request_filter` failed.
-    FailOpen,
-}
 
 /// The limits and budget of a tenant that sets none of its own (from the
 /// command line flags).

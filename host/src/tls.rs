@@ -1,24 +1,18 @@
-//! Downstream TLS: certificates (the default one from `--cert`/`--key`
-//! and tenants' own from the tenants file), checked when loaded, and the
-//! one for each handshake chosen by SNI from the live tenant set, so that
-//! certificates reload with it.
+//! Downstream TLS certificates: the default one from `--cert`/`--key`
+//! and tenants' own from the tenants file, checked when loaded. Which one
+//! a handshake gets is `sni.rs`'s choice.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
 use openssl::asn1::Asn1Time;
-use pingora::listeners::TlsAccept;
-use pingora::protocols::tls::TlsRef;
 use pingora::tls::error::ErrorStack;
 use pingora::tls::ext::{ssl_add_chain_cert, ssl_use_certificate, ssl_use_private_key};
 use pingora::tls::pkey::{PKey, Private};
-use pingora::tls::ssl::{NameType, SslRef};
+use pingora::tls::ssl::SslRef;
 use pingora::tls::x509::X509;
-
-use crate::tenants::TenantSet;
 
 /// A certificate chain (leaf first) and its private key, checked to
 /// match.
@@ -65,7 +59,7 @@ impl Certificate {
     }
 
     /// Presents this certificate in the handshake of `ssl`.
-    fn use_in(&self, ssl: &mut SslRef) -> Result<(), ErrorStack> {
+    pub(crate) fn use_in(&self, ssl: &mut SslRef) -> Result<(), ErrorStack> {
         let (leaf, intermediates) = self.chain.split_first().ok_or_else(ErrorStack::get)?;
         ssl_use_certificate(ssl, leaf)?;
         ssl_use_private_key(ssl, &self.key)?;
@@ -101,56 +95,13 @@ impl DefaultCertificate {
         self.current.store(certificate);
     }
 
+    /// The certificate served now.
+    pub(crate) fn current(&self) -> Arc<Certificate> {
+        self.current.load_full()
+    }
+
     /// Its files, watched for changes.
     pub fn files(&self) -> [&Path; 2] {
         [&self.cert, &self.key]
-    }
-}
-
-/// Refuses to serve TLS listeners with no certificate at all: neither a
-/// default one nor any tenant's. Checked at start and at each reload.
-pub fn check_listeners_have_a_certificate(
-    tls_listeners: bool,
-    default: bool,
-    tenants: &TenantSet,
-) -> anyhow::Result<()> {
-    if tls_listeners && !default && !tenants.has_certificates() {
-        bail!(
-            "the TLS listeners (--tls-listen) would be left without a certificate: give \
-             --cert FILE --key FILE, or tls: {{cert, key}} to tenants in the tenants file"
-        );
-    }
-    Ok(())
-}
-
-/// Chooses each handshake's certificate by SNI: the tenant whose hosts
-/// match the name (exact, then the longest wildcard), else the default
-/// certificate, else none, which refuses the handshake.
-pub struct CertificateSelector {
-    /// The live tenant set, whose certificates reload with it.
-    pub tenants: Arc<ArcSwap<TenantSet>>,
-    /// `--cert`/`--key`, for names no tenant's certificate serves.
-    pub default: Option<Arc<DefaultCertificate>>,
-}
-
-#[async_trait]
-impl TlsAccept for CertificateSelector {
-    async fn certificate_callback(&self, ssl: &mut TlsRef) {
-        let tenants = self.tenants.load();
-        let name = ssl.servername(NameType::HOST_NAME).map(str::to_string);
-        let default = self.default.as_ref().map(|d| d.current.load_full());
-        let chosen = name
-            .as_deref()
-            .and_then(|name| tenants.certificate_for(name))
-            .or(default.as_ref());
-        match chosen {
-            Some(certificate) => {
-                if let Err(e) = certificate.use_in(ssl) {
-                    log::error!("TLS handshake for {name:?}: presenting the certificate: {e}");
-                }
-            }
-            // Scanners send any name: not worth a line each.
-            None => log::debug!("TLS handshake for {name:?} refused: no certificate serves it"),
-        }
     }
 }

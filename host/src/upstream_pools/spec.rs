@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use pingora::upstreams::peer::PeerOptions;
-use serde::Deserialize;
 
+pub use crate::config_model::Selection;
 use crate::config_model::{CheckKindConfig, HealthCheckConfig, PoolConfig};
 
 /// How often `--pool` pools, and pools whose `health_check` gives no
@@ -29,21 +29,6 @@ pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bounds of `interval_ms`, `timeout_ms` and `connection_timeout_ms`.
 const MIN_MS: u64 = 10;
 const MAX_MS: u64 = 3_600_000;
-
-/// How a pool picks a backend.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Selection {
-    /// Each backend in turn.
-    #[default]
-    RoundRobin,
-    /// Ketama consistent hashing of the guest's `key`: a key keeps its
-    /// backend while that backend is healthy, and removing a backend moves
-    /// only its own keys.
-    Consistent,
-    /// A backend at random.
-    Random,
-}
 
 /// What a health check does.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -10,7 +10,6 @@ use guest_sdk::wire;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::runtime::HookFault;
-use crate::upstream_pools::PeerTimeouts;
 
 /// How long resolving a host name may take before the request fails.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,8 +40,10 @@ pub struct PoolPick {
     pub name: String,
     /// The selection key of a consistent pool.
     pub key: Option<String>,
-    /// The guest's timeouts for the pool's backends.
-    pub timeouts: PeerTimeouts,
+    /// The guest's connection timeout for the pool's backends.
+    pub connection_timeout: Option<Duration>,
+    /// The guest's read timeout for the pool's backends.
+    pub read_timeout: Option<Duration>,
 }
 
 impl PeerChoice {
@@ -60,14 +61,11 @@ impl PeerChoice {
             ))),
             Some(_) => {
                 let options = &peer.options;
-                let timeouts = PeerTimeouts {
-                    connection: options.connection_timeout_ms.map(Duration::from_millis),
-                    read: options.read_timeout_ms.map(Duration::from_millis),
-                };
                 Ok(PeerChoice::Pool(PoolPick {
+                    connection_timeout: options.connection_timeout_ms.map(Duration::from_millis),
+                    read_timeout: options.read_timeout_ms.map(Duration::from_millis),
                     name: peer.pool.unwrap_or_default(),
                     key: peer.key,
-                    timeouts,
                 }))
             }
         }
@@ -210,8 +208,8 @@ mod tests {
             (pick.name.as_str(), pick.key.as_deref()),
             ("api", Some("k"))
         );
-        assert_eq!(pick.timeouts.read, Some(Duration::from_millis(7)));
-        assert_eq!(pick.timeouts.connection, None);
+        assert_eq!(pick.read_timeout, Some(Duration::from_millis(7)));
+        assert_eq!(pick.connection_timeout, None);
         let both = wire::Peer {
             address: "127.0.0.1:1".into(),
             ..pool

@@ -1,0 +1,57 @@
+//! Why a tenant's guest call was refused, and the states of its circuit
+//! breaker: the words both the budget and the metrics speak.
+
+/// Why a guest call was not made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Throttle {
+    /// `max_concurrent_calls` calls already in flight.
+    Concurrency,
+    /// The guest-time bucket is empty.
+    Cpu,
+    /// The circuit breaker is open (or half-open with its probe in flight).
+    BreakerOpen,
+}
+
+impl Throttle {
+    /// Every reason, as the metrics label them.
+    pub const ALL: [Throttle; 3] = [Throttle::Concurrency, Throttle::Cpu, Throttle::BreakerOpen];
+
+    /// The metric label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Throttle::Concurrency => "concurrency",
+            Throttle::Cpu => "cpu",
+            Throttle::BreakerOpen => "breaker_open",
+        }
+    }
+
+    /// The client's status: 429 for a rate, 503 otherwise.
+    pub fn status(self) -> u16 {
+        match self {
+            Throttle::Cpu => 429,
+            Throttle::Concurrency | Throttle::BreakerOpen => 503,
+        }
+    }
+}
+
+/// The breaker's states, as the gauge shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum BreakerState {
+    /// Calls go through.
+    Closed = 0,
+    /// Calls fail fast until the cool-down has passed.
+    Open = 1,
+    /// One probe call is in flight; the others fail fast.
+    HalfOpen = 2,
+}
+
+impl BreakerState {
+    pub(crate) fn from_u8(value: u8) -> Self {
+        match value {
+            1 => BreakerState::Open,
+            2 => BreakerState::HalfOpen,
+            _ => BreakerState::Closed,
+        }
+    }
+}
