@@ -22,7 +22,7 @@ use crate::metrics::{Metrics, TenantMetrics};
 use crate::runtime::{GuestEngine, GuestLimits};
 use crate::tls::Certificate;
 use crate::upstream::StaticUpstream;
-use crate::upstream_pools::{HealthRegistries, Pool, PoolSpec, Pools, SHARED};
+use crate::upstream_pools::{HealthRegistries, LivePools, Pool, PoolSpec, Pools, SHARED};
 
 /// The limits and budget of a tenant that sets none of its own (from the
 /// command line flags).
@@ -284,6 +284,12 @@ impl TenantSet {
 
     /// Every pool: the shared ones, then each tenant's own.
     pub fn pools(&self) -> &[Arc<Pool>] {
+        &self.pools
+    }
+}
+
+impl LivePools for TenantSet {
+    fn pools(&self) -> &[Arc<Pool>] {
         &self.pools
     }
 }

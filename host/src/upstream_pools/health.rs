@@ -20,7 +20,6 @@ use pingora::services::background::BackgroundService;
 use prometheus::IntGaugeVec;
 
 use super::spec::{CheckKind, PoolSpec, PoolTls};
-use crate::tenants::TenantSet;
 
 /// How often the service looks for passes that are due (and for pools a
 /// reload added).
@@ -235,15 +234,21 @@ fn checker(spec: &PoolSpec, ca_file: Option<String>) -> Box<dyn HealthCheck + Se
 /// `wasm_proxy_backend_healthy{tenant,pool,backend}` to the live set's
 /// backends: set after each pass and each reload, a series removed when
 /// its backend leaves.
-pub struct PoolHealthChecks {
-    /// The live tenant set, whose pools are checked.
-    pub tenants: Arc<ArcSwap<TenantSet>>,
+pub struct PoolHealthChecks<S> {
+    /// The live set (the tenant set), whose pools are checked.
+    pub tenants: Arc<ArcSwap<S>>,
     /// `wasm_proxy_backend_healthy`.
     pub gauge: IntGaugeVec,
 }
 
+/// What holds the live pools: the tenant set, replaced whole at a reload.
+pub trait LivePools: Send + Sync + 'static {
+    /// Every pool to check.
+    fn pools(&self) -> &[Arc<super::Pool>];
+}
+
 #[async_trait]
-impl BackgroundService for PoolHealthChecks {
+impl<S: LivePools> BackgroundService for PoolHealthChecks<S> {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -272,10 +277,10 @@ impl BackgroundService for PoolHealthChecks {
     }
 }
 
-impl PoolHealthChecks {
+impl<S: LivePools> PoolHealthChecks<S> {
     /// Sets the gauge of every backend of `live`, removes the series of
     /// `shown` that `live` no longer has, and returns `live`'s series.
-    fn show(&self, live: &TenantSet, shown: HashSet<[String; 3]>) -> HashSet<[String; 3]> {
+    fn show(&self, live: &S, shown: HashSet<[String; 3]>) -> HashSet<[String; 3]> {
         let mut kept = HashSet::new();
         for pool in live.pools() {
             for (labels, healthy) in pool.backend_health() {

@@ -19,7 +19,7 @@ use pingora::lb::selection::{BackendIter, BackendSelection, Consistent, Random, 
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::*;
 
-pub use health::{HealthRegistries, PoolHealth, PoolHealthChecks};
+pub use health::{HealthRegistries, LivePools, PoolHealth, PoolHealthChecks};
 pub use spec::{
     pool_flag, CheckKind, HealthCheckSpec, PoolSpec, PoolTls, Selection, DEFAULT_CONNECTION_TIMEOUT,
 };
