@@ -531,7 +531,7 @@ fn hooks(c: &mut Criterion) {
     let response = upstream_response();
     group.bench_function("lifecycle logging (log off)", |b| {
         b.iter(|| {
-            let outcome = abi::Outcome {
+            let outcome = abi::RequestEnd {
                 error: None,
                 duration: std::time::Duration::from_micros(900),
             };

@@ -35,7 +35,7 @@ use pingora::protocols::http::error_resp::gen_error_response;
 use pingora::proxy::{ProxyHttp, Session};
 
 use crate::abi::proxy_wasm::Direction;
-use crate::abi::v1::{self, DownstreamRequest, GuestCtx, Outcome, PeerChoice, RequestVerdict};
+use crate::abi::v1::{self, DownstreamRequest, GuestCtx, PeerChoice, RequestEnd, RequestVerdict};
 use crate::abi::HookFailure;
 use crate::budget::Throttle;
 use crate::drain::Draining;
@@ -606,7 +606,7 @@ impl ProxyHttp for WasmProxy {
             return;
         };
         let request = downstream_request(session, &ctx.request_json);
-        let outcome = Outcome {
+        let outcome = RequestEnd {
             error: e,
             duration: ctx.started.elapsed(),
         };

@@ -91,7 +91,7 @@ pub enum BodyOutcome {
 }
 
 /// A started instance of a filter.
-pub(super) struct PwInstance {
+pub(super) struct FilterInstance {
     wasm: WasmInstance<PwState>,
     callbacks: Callbacks,
     /// The next HTTP context id: unique within the instance.
@@ -107,7 +107,7 @@ pub struct FilterModule {
     plugin: Arc<Plugin>,
     limits: GuestLimits,
     long_calls: LongCallSignal,
-    idle: IdleInstances<PwInstance>,
+    idle: IdleInstances<FilterInstance>,
     /// When the next tick is due, in milliseconds since `origin`.
     next_tick_ms: AtomicU64,
     /// Whether it exports the body callbacks, by [`Direction`].
@@ -118,7 +118,7 @@ pub struct FilterModule {
 /// One request's HTTP context in one filter: the instance it owns until
 /// the request ends, and the stream its callbacks see.
 pub struct FilterStream {
-    instance: Option<Box<PwInstance>>,
+    instance: Option<Box<FilterInstance>>,
     context: i32,
     stream: Stream,
 }
@@ -245,7 +245,7 @@ impl FilterModule {
             return Err(BodyError::TooLarge);
         }
         let size = buffer.len() as i32;
-        let callback = |instance: &PwInstance| match direction {
+        let callback = |instance: &FilterInstance| match direction {
             Direction::Request => instance.callbacks.on_request_body.clone(),
             Direction::Response => instance.callbacks.on_response_body.clone(),
         };
@@ -309,7 +309,7 @@ impl FilterModule {
 
     /// A new instance, started: `_initialize`, the root context, the VM
     /// and the plugin configured.
-    async fn start(&self, meter: &dyn SliceMeter) -> Result<Box<PwInstance>, String> {
+    async fn start(&self, meter: &dyn SliceMeter) -> Result<Box<FilterInstance>, String> {
         let state = PwState::new(self.plugin.clone());
         let prepared = WasmInstance::prepare(
             &self.pre,
@@ -365,7 +365,7 @@ impl FilterModule {
                 "(i32, i32, i32) -> i32",
             )?,
         };
-        let mut instance = Box::new(PwInstance {
+        let mut instance = Box::new(FilterInstance {
             wasm,
             callbacks,
             next_context: ROOT_CONTEXT + 1,
@@ -463,7 +463,7 @@ impl FilterModule {
     ) -> Result<RequestOutcome, HookFault> {
         filter.stream.request = HeaderPairs::of_request(request, "http");
         let count = filter.stream.request.pairs().len() as i32;
-        let callback = |instance: &PwInstance| instance.callbacks.on_request_headers.clone();
+        let callback = |instance: &FilterInstance| instance.callbacks.on_request_headers.clone();
         let action = self
             .run(filter, callback, (count, end_of_stream as i32), meter)
             .await?;
@@ -551,7 +551,7 @@ impl FilterModule {
             .response
             .as_ref()
             .map_or(0, |r| r.pairs().len()) as i32;
-        let callback = |instance: &PwInstance| instance.callbacks.on_response_headers.clone();
+        let callback = |instance: &FilterInstance| instance.callbacks.on_response_headers.clone();
         self.run(filter, callback, (count, end_of_stream as i32), meter)
             .await?;
         // A local response here would replace one already under way: not
@@ -600,7 +600,7 @@ impl FilterModule {
     async fn run(
         &self,
         filter: &mut FilterStream,
-        pick: impl Fn(&PwInstance) -> Option<TypedFunc<(i32, i32, i32), i32>>,
+        pick: impl Fn(&FilterInstance) -> Option<TypedFunc<(i32, i32, i32), i32>>,
         (count, end_of_stream): (i32, i32),
         meter: &dyn SliceMeter,
     ) -> Result<i32, HookFault> {
@@ -622,7 +622,7 @@ impl FilterModule {
     }
 }
 
-impl PwInstance {
+impl FilterInstance {
     /// Calls `func` sliced, as one deadline-bound call.
     async fn call<P, R>(
         &mut self,

@@ -11,7 +11,7 @@ use pingora::protocols::l4::socket::SocketAddr;
 use serde_json::value::RawValue;
 
 use super::ctx::{CtxUpdate, GuestCtx};
-use super::input::{DownstreamRequest, HookInput, Outcome};
+use super::input::{DownstreamRequest, HookInput, RequestEnd};
 use super::module::{decode_json, GuestModule, InputMode};
 use super::peer::PeerChoice;
 use super::request::{apply_request_changes, apply_upstream_request, upstream_request};
@@ -231,7 +231,7 @@ pub async fn logging(
     module: &GuestModule,
     request: &DownstreamRequest<'_>,
     response: Option<&ResponseHeader>,
-    outcome: Outcome<'_>,
+    outcome: RequestEnd<'_>,
     ctx: &GuestCtx,
     meter: &dyn SliceMeter,
 ) -> Result<(), HookFailure> {

@@ -50,7 +50,7 @@ impl<'a> DownstreamRequest<'a> {
 }
 
 /// How a request ended, as `logging` is shown it.
-pub struct Outcome<'a> {
+pub struct RequestEnd<'a> {
     /// Why it failed, if it did.
     pub error: Option<&'a pingora::Error>,
     /// From its arrival to now.
@@ -67,7 +67,7 @@ pub(super) struct HookInput<'a> {
     upstream_json: OnceLock<String>,
     response: Option<&'a ResponseHeader>,
     response_json: OnceLock<String>,
-    outcome: Option<Outcome<'a>>,
+    outcome: Option<RequestEnd<'a>>,
     error_json: OnceLock<Option<String>>,
     duration_json: OnceLock<String>,
     ctx: &'a str,
@@ -102,7 +102,7 @@ impl<'a> HookInput<'a> {
     }
 
     /// Shows how the request ended too.
-    pub(super) fn with_outcome(mut self, outcome: Outcome<'a>) -> Self {
+    pub(super) fn with_outcome(mut self, outcome: RequestEnd<'a>) -> Self {
         self.outcome = Some(outcome);
         self
     }

@@ -24,7 +24,7 @@ pub use hooks::{
     upstream_peer, upstream_request_filter, RequestVerdict, UpstreamEdit,
 };
 pub use imports::V1;
-pub use input::{DownstreamRequest, Outcome};
+pub use input::{DownstreamRequest, RequestEnd};
 pub use instance::{InputParts, NoParts, V1Instance};
 pub use module::{decode_json, GuestModule, InputMode, ABI_VERSION};
 pub use peer::{AddressPeer, PeerAddress, PeerChoice, PoolPick};
