@@ -467,30 +467,23 @@ fn hooks(c: &mut Criterion) {
     // The request's JSON is encoded once, as for a request's later hooks.
     let mut request_json = OnceLock::new();
     let mut filtered = keyed.clone();
+    let mut request_filter = |ctx: &mut abi::GuestCtx| {
+        let call = abi::request_filter(
+            &policy,
+            &mut filtered,
+            None,
+            &mut request_json,
+            ctx,
+            &Unmetered,
+        );
+        ready(call).unwrap()
+    };
     group.bench_function("policy request_filter", |b| {
-        b.iter(|| {
-            let mut ctx = abi::GuestCtx::default();
-            let call = abi::request_filter(
-                &policy,
-                &mut filtered,
-                None,
-                &mut request_json,
-                &mut ctx,
-                &Unmetered,
-            );
-            ready(call).unwrap()
-        })
+        b.iter(|| request_filter(&mut abi::GuestCtx::default()))
     });
+    // The ctx the later hooks see.
     let mut ctx = abi::GuestCtx::default();
-    let call = abi::request_filter(
-        &policy,
-        &mut filtered,
-        None,
-        &mut request_json,
-        &mut ctx,
-        &Unmetered,
-    );
-    ready(call).unwrap();
+    request_filter(&mut ctx);
     let request = abi::DownstreamRequest::new(&keyed, None, &request_json);
     group.bench_function("policy upstream_peer", |b| {
         b.iter(|| ready(abi::upstream_peer(&policy, &request, &mut ctx, &Unmetered)).unwrap())

@@ -131,12 +131,6 @@ pub(crate) enum Stop {
     Failed(Box<Error>),
 }
 
-impl From<Box<Error>> for Stop {
-    fn from(error: Box<Error>) -> Self {
-        Stop::Failed(error)
-    }
-}
-
 /// One guest call: whose, which, and where in the request.
 pub(crate) struct GuestCall<'t> {
     tenant: &'t Tenant,
