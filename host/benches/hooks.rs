@@ -12,15 +12,15 @@ use std::task::{Context, Poll, Waker};
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
 use host::abi::proxy_wasm::{FilterModule, FilterSpec, RequestOutcome};
-use host::abi::v1::{self as abi, GuestModule, InputParts, RequestVerdict};
+use host::abi::v1::{self as abi, V1Module, InputParts, RequestVerdict};
 use host::budget::{Budget, BudgetLimits, MAX_CPU_MS_PER_S};
 use host::config_model::from_yaml;
 use host::hooks::Hook;
 use host::metrics::Metrics;
-use host::runtime::{EngineOptions, GuestEngine, GuestLimits, SliceMeter, Unmetered, FEW_CALLS};
 use host::upstream_pools::{HealthRegistries, PeerTimeouts, Pool, PoolSpec, Pools};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::upstreams::peer::HttpPeer;
+use wasm_runtime::{EngineOptions, GuestEngine, GuestLimits, SliceMeter, Unmetered, FEW_CALLS};
 
 /// A request as curl sends it, plus a few headers a browser would add.
 fn client_request() -> RequestHeader {
@@ -38,7 +38,7 @@ fn client_request() -> RequestHeader {
     req
 }
 
-fn load(guest: &str, config: &str, instance_reuse: u64) -> GuestModule {
+fn load(guest: &str, config: &str, instance_reuse: u64) -> V1Module {
     let limits = GuestLimits {
         instance_reuse,
         ..GuestLimits::default()
@@ -50,7 +50,7 @@ fn load(guest: &str, config: &str, instance_reuse: u64) -> GuestModule {
     })
     .unwrap();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../guests/{guest}.wasm"));
-    GuestModule::load(&engine, guest.into(), &path, config, limits).unwrap()
+    V1Module::load(&engine, guest.into(), &path, config, limits).unwrap()
 }
 
 /// Runs a hook call to its end. A fast call finishes within one poll, as
@@ -80,7 +80,7 @@ fn budget() -> Budget {
 /// with no budget, neither: the cost of the budget alone is the
 /// difference).
 fn wasm_request(
-    module: &GuestModule,
+    module: &V1Module,
     budget: Option<&Budget>,
     req: &RequestHeader,
 ) -> Box<HttpPeer> {
@@ -111,7 +111,7 @@ fn pool_peer(pools: &Pools, choice: abi::PeerChoice) -> Box<HttpPeer> {
 
 /// [`wasm_request`], the peer made by `to_peer`.
 fn wasm_request_to(
-    module: &GuestModule,
+    module: &V1Module,
     budget: Option<&Budget>,
     req: &RequestHeader,
     to_peer: impl FnOnce(abi::PeerChoice) -> Box<HttpPeer>,
@@ -186,7 +186,7 @@ fn admitted<T>(budget: &Budget, call: impl FnOnce(&dyn SliceMeter) -> T) -> T {
 /// One request through every hook `guests/policy` exports (it does not
 /// export `logging`), as `WasmProxy` calls them, each admitted by the
 /// budget.
-fn policy_request(module: &GuestModule, budget: &Budget, req: &mut RequestHeader) -> Box<HttpPeer> {
+fn policy_request(module: &V1Module, budget: &Budget, req: &mut RequestHeader) -> Box<HttpPeer> {
     let mut request_json = OnceLock::new();
     let mut ctx = abi::GuestCtx::default();
     let verdict = admitted(budget, |meter| {

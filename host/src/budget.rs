@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 
 use crate::metrics::TenantMetrics;
-use crate::runtime::SliceMeter;
 pub use crate::throttle::{BreakerState, Throttle};
+use wasm_runtime::SliceMeter;
 
 /// A tenant's budget settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

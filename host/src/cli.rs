@@ -8,7 +8,7 @@ use pingora::server::configuration::Opt;
 use crate::budget::{
     BudgetLimits, MAX_BREAKER_FAULTS, MAX_BREAKER_MS, MAX_CONCURRENT_CALLS, MAX_CPU_MS_PER_S,
 };
-use crate::runtime::{GuestLimits, MAX_HOOK_TIMEOUT_MS, MAX_MEMORY_LIMIT_MIB};
+use wasm_runtime::{GuestLimits, MAX_HOOK_TIMEOUT_MS, MAX_MEMORY_LIMIT_MIB};
 
 /// A Pingora reverse proxy whose hooks run in sandboxed WebAssembly: a
 /// routing module of this host's ABI, proxy-wasm filters, or both.

@@ -13,11 +13,11 @@ use crate::config_model::{
     file_name, FilterConfig, JsonText, Located, Naming, PluginConfig, PoolConfig, TenantConfig,
     TenantsConfig, UpstreamConfig,
 };
-use crate::runtime::GuestLimits;
 use crate::tenants::{GuestErrorPolicy, TenantDefaults, TenantSource};
 use crate::tls::DefaultCertificate;
 use crate::upstream::StaticUpstream;
 use crate::upstream_pools::pool_flag;
+use wasm_runtime::GuestLimits;
 
 /// The module configuration as JSON text: `--module-config` inline or
 /// `@FILE`, `{}` when absent. It must be valid JSON.

@@ -15,9 +15,9 @@ use pingora::prelude::*;
 
 use crate::abi::proxy_wasm::Direction;
 use crate::abi::HookFailure;
+use crate::abi::HookFault;
 use crate::budget::{CallPermit, Throttle};
 use crate::hooks::Hook;
-use crate::runtime::HookFault;
 use crate::tenants::{GuestErrorPolicy, Tenant, TenantFilter};
 
 /// The guest a call goes to, as its log lines and failure policy need it.
@@ -340,7 +340,7 @@ mod tests {
     }
 
     fn fault() -> HookFailure {
-        HookFailure::Fault(HookFault::Timeout { limit_ms: 5 })
+        HookFailure::from(wasm_runtime::RuntimeFault::Timeout { limit_ms: 5 })
     }
 
     /// A tenant whose breaker opens at its first fault.

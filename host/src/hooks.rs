@@ -1,5 +1,8 @@
 //! The hook table: every guest hook the proxy can call, as data. A hook's
-//! row names its export and the Pingora phase that calls it; instances,
+//! export is named after the Pingora `ProxyHttp` phase that calls it, and
+//! every hook is optional (a module that leaves one out pays nothing for
+//! it; the tenant checks that the module or a static upstream says where
+//! requests go); instances,
 //! metrics and the proxy hold per-hook arrays indexed by [`Hook`], so a
 //! new hook is a new row here and its call in `proxy.rs`.
 
@@ -28,11 +31,6 @@ pub struct HookSpec {
     pub hook: Hook,
     /// The guest export that runs it.
     pub export: &'static str,
-    /// The `ProxyHttp` phase that calls it.
-    pub phase: &'static str,
-    /// Whether a module may leave it out. A module that leaves out an
-    /// optional hook is not called for it, and pays nothing.
-    pub optional: bool,
 }
 
 /// Every hook, by [`Hook::index`].
@@ -40,34 +38,22 @@ pub const HOOKS: [HookSpec; Hook::COUNT] = [
     HookSpec {
         hook: Hook::RequestFilter,
         export: "request_filter",
-        phase: "request_filter",
-        optional: true,
     },
-    // Optional for a module whose tenant has a static upstream: the
-    // tenant checks that one of the two says where requests go.
     HookSpec {
         hook: Hook::UpstreamPeer,
         export: "upstream_peer",
-        phase: "upstream_peer",
-        optional: true,
     },
     HookSpec {
         hook: Hook::UpstreamRequestFilter,
         export: "upstream_request_filter",
-        phase: "upstream_request_filter",
-        optional: true,
     },
     HookSpec {
         hook: Hook::ResponseFilter,
         export: "response_filter",
-        phase: "response_filter",
-        optional: true,
     },
     HookSpec {
         hook: Hook::Logging,
         export: "logging",
-        phase: "logging",
-        optional: true,
     },
 ];
 

@@ -2,8 +2,8 @@
 //!
 //! Follow one request from [`proxy`] (the `ProxyHttp` impl, which calls the
 //! guest hooks of [`hooks`]'s table) into [`abi`] (each guest ABI: its
-//! exports, wire encoding, peer and header checks) and [`runtime`] (the
-//! wasm layer: instances, limits, deadlines, faults).
+//! exports, wire encoding, peer and header checks) and the `wasm-runtime`
+//! crate (the wasm layer: instances, limits, deadlines, faults).
 
 pub mod abi;
 pub mod budget;
@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod config_model;
 pub mod drain;
+mod epoch_ticker;
 mod filter_chain;
 pub mod filter_ticks;
 pub mod forwarded;
@@ -19,7 +20,6 @@ pub mod hooks;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
-pub mod runtime;
 pub mod server;
 pub mod sni;
 pub mod tenants;

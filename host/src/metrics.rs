@@ -10,8 +10,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::abi::HookFault;
 use crate::hooks::Hook;
-use crate::runtime::HookFault;
 use crate::throttle::{BreakerState, Throttle};
 
 /// Every metric the proxy exports, in one registry.

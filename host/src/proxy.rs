@@ -459,7 +459,7 @@ impl ProxyHttp for WasmProxy {
                     // A pool without a healthy backend is not the guest's
                     // failure: 502, never the fail-open fallback.
                     Ok(route) => return ctx.pool_route.insert(route).next_peer(),
-                    Err(fault) => fault,
+                    Err(error) => error.into(),
                 }
             }
             Err(CallFailure::Hook(failure)) => return self.fall_back(&tenant, &call, failure),
@@ -576,7 +576,7 @@ impl ProxyHttp for WasmProxy {
             return Ok(None);
         }
         let tenant = routed(ctx)?;
-        crate::runtime::block_on(ctx.filters.on_body(
+        wasm_runtime::block_on(ctx.filters.on_body(
             &tenant,
             Direction::Response,
             body,

@@ -15,11 +15,11 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::metrics::Metrics;
-use crate::runtime::{release_freed_memory, GuestEngine};
 use crate::sni::check_listeners_have_a_certificate;
 use crate::tenants::{TenantDefaults, TenantSet, TenantSource};
 use crate::tls::{Certificate, DefaultCertificate};
 use crate::upstream_pools::HealthRegistries;
+use wasm_runtime::{release_freed_memory, GuestEngine};
 
 /// How often watched files are checked for changes.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);

@@ -16,16 +16,17 @@ use pingora::services::listening::Service;
 use crate::cli::Cli;
 use crate::config;
 use crate::drain::{DrainOnSignal, Draining};
+use crate::epoch_ticker::EpochTicker;
 use crate::filter_ticks::FilterTicker;
 use crate::metrics::{Metrics, MetricsEndpoint};
 use crate::proxy::WasmProxy;
 use crate::reload::TenantReloader;
-use crate::runtime::{
-    release_freed_memory, EngineOptions, EpochTicker, GuestEngine, FEW_CALLS, MAX_MEMORY_LIMIT_MIB,
-};
 use crate::sni::{check_listeners_have_a_certificate, CertificateSelector};
 use crate::tenants::TenantSet;
 use crate::upstream_pools::{HealthRegistries, PoolHealthChecks};
+use wasm_runtime::{
+    release_freed_memory, EngineOptions, GuestEngine, FEW_CALLS, MAX_MEMORY_LIMIT_MIB,
+};
 
 /// The pooling allocator's per-instance memory ceiling: the largest
 /// per-tenant cap allowed. Each tenant's own cap is enforced per store.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context};
 
 use crate::abi::proxy_wasm::{FilterModule, FilterSpec};
-use crate::abi::v1::GuestModule;
+use crate::abi::v1::V1Module;
 use crate::budget::{Budget, BudgetLimits};
 pub use crate::config_model::GuestErrorPolicy;
 use crate::config_model::{
@@ -19,10 +19,10 @@ use crate::config_model::{
 };
 use crate::hooks::Hook;
 use crate::metrics::{Metrics, TenantMetrics};
-use crate::runtime::{GuestEngine, GuestLimits};
 use crate::tls::Certificate;
 use crate::upstream::StaticUpstream;
 use crate::upstream_pools::{HealthRegistries, LivePools, Pool, PoolSpec, Pools, SHARED};
+use wasm_runtime::{GuestEngine, GuestLimits};
 
 /// The limits and budget of a tenant that sets none of its own (from the
 /// command line flags).
@@ -40,7 +40,7 @@ pub struct Tenant {
     /// The tenant's name, as in logs and metrics.
     pub name: String,
     /// Its routing module (this host's ABI), if it has one.
-    pub module: Option<Arc<GuestModule>>,
+    pub module: Option<Arc<V1Module>>,
     /// Its proxy-wasm filters, run in this order.
     pub filters: Vec<TenantFilter>,
     /// How its guests are named in logs: the module's name, or the
@@ -444,7 +444,7 @@ fn build_tenant(
         Some(path) => {
             let module_path = base.join(&path.value);
             files.push(module_path.clone());
-            let module = GuestModule::load(
+            let module = V1Module::load(
                 engine,
                 naming.guest(&path.value, &spec.name),
                 &module_path,
@@ -517,7 +517,7 @@ fn build_tenant(
 /// `upstream_peer` and its tenant has no static upstream (`how` says how
 /// to give one).
 fn check_routing(
-    module: Option<&GuestModule>,
+    module: Option<&V1Module>,
     upstream: Option<&StaticUpstream>,
     how: &str,
 ) -> anyhow::Result<()> {
@@ -611,7 +611,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("tenants.yaml");
         std::fs::write(&path, yaml).unwrap();
-        let engine = GuestEngine::new(&crate::runtime::EngineOptions {
+        let engine = GuestEngine::new(&wasm_runtime::EngineOptions {
             max_memory_bytes: 64 << 20,
             cache_dir: None,
             fresh_instances: false,

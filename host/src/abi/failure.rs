@@ -2,7 +2,127 @@
 
 use std::fmt;
 
-use crate::runtime::HookFault;
+use wasm_runtime::RuntimeFault;
+
+use crate::upstream_pools::PoolError;
+
+/// A guest fault: the request gets 500 (or the hook is skipped under
+/// fail-open) and the log says which.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookFault {
+    /// The wasm layer stopped the call: deadline, memory, trap, or no
+    /// instance.
+    Runtime(RuntimeFault),
+    /// `hook_alloc` returned 0 or a buffer outside memory.
+    Alloc(String),
+    /// The returned `(ptr, len)` is outside the guest's memory.
+    OutputOutOfBounds { ptr: u32, len: u32, memory: usize },
+    /// The output is larger than the host accepts.
+    OutputTooLarge { len: u32, max: usize },
+    /// The output is not UTF-8.
+    InvalidUtf8,
+    /// The output is not JSON of the expected shape, or asks for what the
+    /// host refuses (a bad header, status or peer).
+    InvalidOutput(String),
+    /// The guest named a pool its tenant does not have, or gave no key
+    /// for a consistent one.
+    Pool(PoolError),
+}
+
+impl HookFault {
+    /// A new instance could not be made, for `why`.
+    pub fn instantiate(why: String) -> Self {
+        RuntimeFault::Instantiate(why).into()
+    }
+
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HookFault::Runtime(fault) => fault.kind(),
+            HookFault::Alloc(_) => "alloc",
+            HookFault::OutputOutOfBounds { .. }
+            | HookFault::OutputTooLarge { .. }
+            | HookFault::InvalidUtf8
+            | HookFault::InvalidOutput(_)
+            | HookFault::Pool(_) => "invalid_output",
+        }
+    }
+}
+
+impl fmt::Display for HookFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HookFault::Runtime(fault) => fault.fmt(f),
+            HookFault::Alloc(e) => write!(f, "hook_alloc failed: {e}"),
+            HookFault::OutputOutOfBounds { ptr, len, memory } => write!(
+                f,
+                "output ({ptr:#x}, {len}) lies outside guest memory of {memory} bytes"
+            ),
+            HookFault::OutputTooLarge { len, max } => {
+                write!(f, "output of {len} bytes exceeds the {max} byte cap")
+            }
+            HookFault::InvalidUtf8 => write!(f, "output is not UTF-8"),
+            HookFault::InvalidOutput(e) => write!(f, "invalid output: {e}"),
+            HookFault::Pool(e) => write!(f, "invalid output: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for HookFault {}
+
+impl From<RuntimeFault> for HookFault {
+    fn from(fault: RuntimeFault) -> Self {
+        HookFault::Runtime(fault)
+    }
+}
+
+impl From<PoolError> for HookFault {
+    fn from(error: PoolError) -> Self {
+        HookFault::Pool(error)
+    }
+}
+
+/// How an ABI's call ended without output: the wasm layer's
+/// [`wasm_runtime::CallError`], or a fault in the guest's output.
+#[derive(Debug)]
+pub enum CallError {
+    /// The guest faulted.
+    Fault(HookFault),
+    /// A direct call ran long and was stopped; run it again, sliced, in a
+    /// fresh instance.
+    NeedsSlicing,
+}
+
+impl CallError {
+    /// The fault to report (see [`wasm_runtime::CallError::into_fault`]).
+    pub fn into_fault(self) -> HookFault {
+        match self {
+            CallError::Fault(fault) => fault,
+            CallError::NeedsSlicing => wasm_runtime::CallError::NeedsSlicing.into_fault().into(),
+        }
+    }
+}
+
+impl From<wasm_runtime::CallError> for CallError {
+    fn from(error: wasm_runtime::CallError) -> Self {
+        match error {
+            wasm_runtime::CallError::Fault(fault) => CallError::Fault(fault.into()),
+            wasm_runtime::CallError::NeedsSlicing => CallError::NeedsSlicing,
+        }
+    }
+}
+
+impl From<HookFault> for CallError {
+    fn from(fault: HookFault) -> Self {
+        CallError::Fault(fault)
+    }
+}
+
+impl From<RuntimeFault> for CallError {
+    fn from(fault: RuntimeFault) -> Self {
+        CallError::Fault(fault.into())
+    }
+}
 
 /// Why a hook gave no result.
 #[derive(Debug)]
@@ -45,6 +165,12 @@ impl fmt::Display for HookFailure {
             HookFailure::Skipped => f.write_str("not called, the circuit breaker is open"),
             HookFailure::Host(error) => write!(f, "host error: {error}"),
         }
+    }
+}
+
+impl From<RuntimeFault> for HookFailure {
+    fn from(fault: RuntimeFault) -> Self {
+        HookFailure::Fault(fault.into())
     }
 }
 

@@ -6,7 +6,7 @@
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 
-use crate::runtime::HookFault;
+use crate::abi::HookFault;
 
 /// A header name from a guest, or the fault that names it.
 pub fn header_name(name: &str) -> Result<HeaderName, HookFault> {

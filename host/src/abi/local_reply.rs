@@ -6,7 +6,7 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 
 use super::headers::{final_status, header_name, header_value};
-use crate::runtime::HookFault;
+use crate::abi::HookFault;
 
 /// The largest body a guest may answer with.
 pub const MAX_LOCAL_REPLY_BODY: usize = 1 << 20;

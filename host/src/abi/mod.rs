@@ -1,7 +1,7 @@
 //! Guest ABIs: how the host talks to a kind of guest module. Each ABI
 //! owns its export names, input and output shapes and host imports, and
 //! implements [`GuestAbi`]; all of them run on the wasm layer in
-//! `crate::runtime`, so the sandbox's promises hold for every guest. A
+//! `wasm_runtime`, so the sandbox's promises hold for every guest. A
 //! module's ABI is told from its exports ([`ModuleKind::of`]).
 //!
 //! - [`v1`]: the project's own ABI (JSON in and out, ctx held by the host).
@@ -22,9 +22,9 @@ pub mod v1;
 use anyhow::{bail, Context};
 use wasmtime::{InstancePre, Linker, Module};
 
-use crate::runtime::{GuestEngine, Sandbox};
+use wasm_runtime::{GuestEngine, Sandbox};
 
-pub use failure::{HookFailure, Refusal};
+pub use failure::{CallError, HookFailure, HookFault, Refusal};
 pub use headers::{
     final_status, header_name, header_refused, header_value, is_final_status, HeaderTarget,
 };

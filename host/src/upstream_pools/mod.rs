@@ -24,7 +24,7 @@ pub use spec::{
     pool_flag, CheckKind, HealthCheckSpec, PoolSpec, PoolTls, Selection, DEFAULT_CONNECTION_TIMEOUT,
 };
 
-use crate::runtime::{block_on, HookFault};
+use wasm_runtime::block_on;
 
 /// The owner of the tenants file's top-level pools, shared by every
 /// tenant, in logs and in the `tenant` label.
@@ -205,11 +205,11 @@ impl Pools {
         name: &str,
         key: Option<String>,
         timeouts: PeerTimeouts,
-    ) -> Result<PoolRoute, HookFault> {
+    ) -> Result<PoolRoute, PoolError> {
         let Some(pool) = self.by_name.get(name) else {
             let mut names: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
             names.sort_unstable();
-            return Err(HookFault::InvalidOutput(match names.as_slice() {
+            return Err(PoolError(match names.as_slice() {
                 [] => format!("pool {name:?}: the tenant has no pools"),
                 names => format!(
                     "pool {name:?} is not one of the tenant's pools ({})",
@@ -218,7 +218,7 @@ impl Pools {
             }));
         };
         if matches!(pool.balancer, Balancer::Consistent(_)) && key.is_none() {
-            return Err(HookFault::InvalidOutput(format!(
+            return Err(PoolError(format!(
                 "pool {name:?} hashes consistently: give a key"
             )));
         }
@@ -229,6 +229,18 @@ impl Pools {
             current: None,
             failed: Vec::new(),
         })
+    }
+}
+
+/// Why a guest's pool choice cannot be routed: the tenant has no pool of
+/// that name, or the pool hashes consistently and no key was given. It is
+/// the guest's fault (its output named it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolError(String);
+
+impl std::fmt::Display for PoolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 

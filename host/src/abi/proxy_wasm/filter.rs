@@ -16,9 +16,10 @@ use wasmtime::{InstancePre, TypedFunc, WasmParams, WasmResults};
 
 use super::{FilterMetrics, HeaderPairs, Plugin, ProxyWasm, PwState, Stream};
 use crate::abi::{self, ModuleKind};
-use crate::runtime::{
-    block_on, CallError, GuestEngine, GuestLimits, HookFault, IdleInstances, LongCallSignal,
-    Sandbox, SliceMeter, Unmetered, WasmInstance,
+use crate::abi::{CallError, HookFault};
+use wasm_runtime::{
+    block_on, GuestEngine, GuestLimits, IdleInstances, LongCallSignal, Sandbox, SliceMeter,
+    Unmetered, WasmInstance,
 };
 
 /// The root context's id; HTTP contexts count up from it.
@@ -293,7 +294,7 @@ impl FilterModule {
             Some(instance) => instance,
             None => Box::pin(self.start(meter))
                 .await
-                .map_err(HookFault::Instantiate)?,
+                .map_err(HookFault::instantiate)?,
         };
         let Some(on_tick) = instance.callbacks.on_tick.clone() else {
             self.idle.put(instance);
@@ -423,7 +424,7 @@ impl FilterModule {
             Some(instance) => instance,
             None => Box::pin(self.start(meter))
                 .await
-                .map_err(HookFault::Instantiate)?,
+                .map_err(HookFault::instantiate)?,
         };
         let context = instance.next_context;
         instance.next_context = instance
@@ -635,7 +636,7 @@ impl FilterInstance {
         R: WasmResults + Send + Sync,
     {
         self.wasm.begin(Duration::ZERO);
-        self.wasm.call_sliced(func, params, meter).await
+        Ok(self.wasm.call_sliced(func, params, meter).await?)
     }
 
     /// `proxy_on_done`, `proxy_on_log`, `proxy_on_delete` for `context`.

@@ -17,7 +17,7 @@ use wasmtime::{Caller, Linker, Module, Val, WasmTy};
 use super::types::{BufferType, LogLevel, MapType, MetricType, Status};
 use super::{HeaderPairs, PwState};
 use crate::abi::LocalReply;
-use crate::runtime::{read_guest_line, Sandbox};
+use wasm_runtime::{read_guest_line, Sandbox};
 
 type Ctx<'a> = Caller<'a, Sandbox<PwState>>;
 type PwLinker = Linker<Sandbox<PwState>>;

@@ -29,7 +29,7 @@ use prometheus::{IntGauge, IntGaugeVec};
 use wasmtime::{Linker, Module};
 
 use crate::abi::GuestAbi;
-use crate::runtime::Sandbox;
+use wasm_runtime::Sandbox;
 
 pub use callout::{perform as perform_call, CallResponse, PendingCall};
 pub use filter::{

@@ -11,10 +11,10 @@ use std::collections::HashMap;
 use pingora::http::{RequestHeader, ResponseHeader};
 
 use super::types::{BufferType, MapType, Status};
+use crate::abi::HookFault;
 use crate::abi::{
     header_name, header_refused, header_value, is_final_status, HeaderTarget, LocalReply,
 };
-use crate::runtime::HookFault;
 
 /// A header map as a filter sees it: ordered pairs, pseudo-headers first.
 #[derive(Debug, Default, Clone)]

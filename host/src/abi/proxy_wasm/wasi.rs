@@ -8,7 +8,7 @@ use wasmtime::{Caller, Linker, Module, Val};
 
 use super::hostcalls::write;
 use super::PwState;
-use crate::runtime::Sandbox;
+use wasm_runtime::Sandbox;
 
 type Ctx<'a> = Caller<'a, Sandbox<PwState>>;
 

@@ -4,8 +4,8 @@
 use guest_sdk::wire::HeaderOp;
 use http::{HeaderName, HeaderValue};
 
+use crate::abi::HookFault;
 use crate::abi::{header_name, header_refused, header_value, HeaderTarget};
-use crate::runtime::HookFault;
 
 /// A guest's header operations, each name and value checked.
 pub(super) struct CheckedOps(Vec<(HeaderOp, HeaderName, Option<HeaderValue>)>);

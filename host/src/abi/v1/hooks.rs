@@ -12,13 +12,13 @@ use serde_json::value::RawValue;
 
 use super::ctx::{CtxUpdate, GuestCtx};
 use super::input::{DownstreamRequest, HookInput, RequestEnd};
-use super::module::{decode_json, GuestModule, InputMode};
+use super::module::{decode_json, V1Module, InputMode};
 use super::peer::PeerChoice;
 use super::request::{apply_request_changes, apply_upstream_request, upstream_request};
 use super::response::{apply_response_changes, local_response};
 use crate::abi::{HookFailure, Refusal};
 use crate::hooks::Hook;
-use crate::runtime::SliceMeter;
+use wasm_runtime::SliceMeter;
 
 impl From<wire::HookError> for Refusal {
     fn from(error: wire::HookError) -> Self {
@@ -41,7 +41,7 @@ fn decode_output(bytes: &[u8]) -> Result<HookOutput<&RawValue>, HookFailure> {
 /// Runs `hook` with `input` given as the module's input mode asks: no
 /// input, just `{"ctx"}`, or the whole input JSON.
 async fn call<T>(
-    module: &GuestModule,
+    module: &V1Module,
     hook: Hook,
     input: &HookInput<'_>,
     meter: &dyn SliceMeter,
@@ -63,7 +63,7 @@ async fn call<T>(
 /// Calls `upstream_peer` for `request`, its guest time charged to
 /// `meter`; applies its ctx and returns where it sends the request.
 pub async fn upstream_peer(
-    module: &GuestModule,
+    module: &V1Module,
     request: &DownstreamRequest<'_>,
     ctx: &mut GuestCtx,
     meter: &dyn SliceMeter,
@@ -87,7 +87,7 @@ pub fn decode_peer_output(
 ) -> Result<(wire::Peer, CtxUpdate), HookFailure> {
     let output = decode_output(bytes)?;
     let peer = output.peer.ok_or_else(|| {
-        HookFailure::Fault(crate::runtime::HookFault::InvalidOutput(
+        HookFailure::Fault(crate::abi::HookFault::InvalidOutput(
             "neither `peer` nor `error` returned".into(),
         ))
     })?;
@@ -109,7 +109,7 @@ pub enum UpstreamEdit {
 /// current `upstream` request, its guest time charged to `meter`, and
 /// apply its edit and its ctx.
 pub async fn upstream_request_filter(
-    module: &GuestModule,
+    module: &V1Module,
     request: &DownstreamRequest<'_>,
     upstream: &mut RequestHeader,
     ctx: &mut GuestCtx,
@@ -167,7 +167,7 @@ pub enum RequestVerdict {
 /// charged to `meter`, and apply its changes to the request (emptying the
 /// cache, so later hooks see the request as changed) and its ctx.
 pub async fn request_filter(
-    module: &GuestModule,
+    module: &V1Module,
     request: &mut RequestHeader,
     client: Option<&SocketAddr>,
     json: &mut OnceLock<String>,
@@ -206,7 +206,7 @@ pub async fn request_filter(
 /// the upstream, or `request_filter`, answered) and apply its changes and
 /// its ctx.
 pub async fn response_filter(
-    module: &GuestModule,
+    module: &V1Module,
     request: &DownstreamRequest<'_>,
     response: &mut ResponseHeader,
     ctx: &mut GuestCtx,
@@ -228,7 +228,7 @@ pub async fn response_filter(
 /// Calls `logging` with how the request ended. Its output is ignored:
 /// nothing it returns can change what was sent.
 pub async fn logging(
-    module: &GuestModule,
+    module: &V1Module,
     request: &DownstreamRequest<'_>,
     response: Option<&ResponseHeader>,
     outcome: RequestEnd<'_>,
@@ -245,7 +245,7 @@ pub async fn logging(
 mod tests {
     use super::super::request::upstream_request as upstream_request_wire;
     use super::*;
-    use crate::runtime::{EngineOptions, GuestEngine, GuestLimits, Unmetered};
+    use wasm_runtime::{EngineOptions, GuestEngine, GuestLimits, Unmetered};
 
     /// Runs a hook call to completion: these calls never yield.
     fn ready<F: std::future::Future>(call: F) -> F::Output {
@@ -258,7 +258,7 @@ mod tests {
     }
 
     /// A module from WebAssembly text, with default limits and `{}` config.
-    fn load_wat(wat: &str) -> GuestModule {
+    fn load_wat(wat: &str) -> V1Module {
         let limits = GuestLimits::default();
         let engine = GuestEngine::new(&EngineOptions {
             max_memory_bytes: limits.memory_limit_bytes(),
@@ -267,7 +267,7 @@ mod tests {
         })
         .unwrap();
         let bytes = wat::parse_str(wat).unwrap();
-        GuestModule::from_bytes(&engine, "test".into(), &bytes, "{}", limits).unwrap()
+        V1Module::from_bytes(&engine, "test".into(), &bytes, "{}", limits).unwrap()
     }
 
     /// A guest without lazy input: `upstream_peer` returns a fixed answer,

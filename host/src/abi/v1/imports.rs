@@ -7,7 +7,7 @@ use wasmtime::{Caller, ExternType, Linker, Module};
 
 use super::instance::{InputParts, V1State};
 use crate::abi::GuestAbi;
-use crate::runtime::{read_guest_line, Sandbox};
+use wasm_runtime::{read_guest_line, Sandbox};
 
 /// The project's own guest ABI, version 1 (docs/ABI.md).
 pub struct V1;

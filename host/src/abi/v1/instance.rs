@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use wasmtime::{InstancePre, TypedFunc};
 
+use crate::abi::{CallError, HookFault};
 use crate::hooks::Hook;
-use crate::runtime::{
-    CallError, GuestLimits, HookFault, LongCallSignal, Prepared, Sandbox, SliceMeter, Unmetered,
+use wasm_runtime::{
+    GuestLimits, LongCallSignal, Prepared, RuntimeFault, Sandbox, SliceMeter, Unmetered,
     WasmInstance,
 };
 
@@ -54,7 +55,7 @@ impl InputParts for NoParts {
 /// half-way), before the borrow ends; read only by the `hook.input_part`
 /// import, which runs only inside such a call (`hook_abi_version` runs on
 /// a fresh instance, where it is `None`). A call future that is leaked
-/// instead of dropped leaks the instance it holds with it: `GuestModule`
+/// instead of dropped leaks the instance it holds with it: `V1Module`
 /// owns every instance inside its own call future.
 struct PartsPtr(NonNull<dyn InputParts>);
 
@@ -178,7 +179,7 @@ impl V1Instance {
         self.wasm
             .call_sliced(&self.exports.abi_version, (), &Unmetered)
             .await
-            .map_err(CallError::into_fault)
+            .map_err(|e| e.into_fault().into())
     }
 
     /// Runs `export` on `input` (the concatenation of its pieces) directly
@@ -310,10 +311,13 @@ impl Exports {
         // The module checks exports before it calls; reaching here without
         // one is the host's mistake, reported as a trap.
         func.ok_or_else(|| {
-            CallError::Fault(HookFault::Trap {
-                trap: "the host called an export the module lacks".into(),
-                guest_said: None,
-            })
+            CallError::Fault(
+                RuntimeFault::Trap {
+                    trap: "the host called an export the module lacks".into(),
+                    guest_said: None,
+                }
+                .into(),
+            )
         })
     }
 }

@@ -12,10 +12,11 @@ use wasmtime::{InstancePre, Module};
 use super::imports::V1;
 use super::instance::{Export, InputParts, NoParts, V1Instance, V1State};
 use crate::abi::{self, HookFailure, ModuleKind};
+use crate::abi::{CallError, HookFault};
 use crate::hooks::{Hook, HOOKS};
-use crate::runtime::{
-    block_on, CallError, GuestEngine, GuestLimits, HookFault, IdleInstances, LongCallSignal,
-    Prepared, Sandbox, SliceMeter, Unmetered,
+use wasm_runtime::{
+    block_on, GuestEngine, GuestLimits, IdleInstances, LongCallSignal, Prepared, Sandbox,
+    SliceMeter, Unmetered,
 };
 
 /// The ABI version this host speaks.
@@ -45,7 +46,7 @@ impl InputMode {
 }
 
 /// A compiled, validated v1 module and its pool of idle instances.
-pub struct GuestModule {
+pub struct V1Module {
     name: Arc<str>,
     pre: InstancePre<Sandbox<V1State>>,
     limits: GuestLimits,
@@ -60,7 +61,7 @@ pub struct GuestModule {
     idle: IdleInstances<V1Instance>,
 }
 
-impl GuestModule {
+impl V1Module {
     /// Reads, compiles and checks the module at `path`, then makes a first
     /// instance and hands it `config_json`. Every failure names its cause;
     /// `name` labels its log lines.
@@ -91,7 +92,7 @@ impl GuestModule {
                  (docs/ABI.md)"
             );
         }
-        let exports = hook_exports(&module)?;
+        let exports = hook_exports(&module);
         let pre = abi::link::<V1>(engine, &module)?;
 
         let long_calls = engine.long_calls().clone();
@@ -102,7 +103,7 @@ impl GuestModule {
         if version != ABI_VERSION {
             bail!("guest ABI version is {version}, this host speaks version {ABI_VERSION}");
         }
-        let mut guest_module = GuestModule {
+        let mut guest_module = V1Module {
             name,
             pre,
             limits,
@@ -201,7 +202,7 @@ impl GuestModule {
             .await
             .and_then(V1Instance::new)
             .map(Box::new)
-            .map_err(|e| HookFault::Instantiate(format!("{e:#}")))?;
+            .map_err(|e| HookFault::instantiate(format!("{e:#}")))?;
         let location = if instance.has_init() {
             let input: [&[u8]; 1] = [&self.config_json];
             Some(
@@ -231,7 +232,7 @@ impl GuestModule {
         let wasm = self.prepare().start_direct(meter)?;
         let mut instance = Box::new(
             V1Instance::new(wasm)
-                .map_err(|e| CallError::Fault(HookFault::Instantiate(format!("{e:#}"))))?,
+                .map_err(|e| CallError::Fault(HookFault::instantiate(format!("{e:#}"))))?,
         );
         let location = if instance.has_init() {
             let input: [&[u8]; 1] = [&self.config_json];
@@ -255,11 +256,11 @@ impl GuestModule {
     ) -> Result<(), HookFault> {
         let input_mode = match location {
             Some(location) => init_output(instance.output(location)?)
-                .map_err(|e| HookFault::Instantiate(format!("hook_init: {e:#}")))?,
+                .map_err(|e| HookFault::instantiate(format!("hook_init: {e:#}")))?,
             None => InputMode::Whole,
         };
         if input_mode != self.input_mode {
-            return Err(HookFault::Instantiate(
+            return Err(HookFault::instantiate(
                 "hook_init changed its answer about lazy input".into(),
             ));
         }
@@ -297,20 +298,16 @@ fn init_output(output: &[u8]) -> anyhow::Result<InputMode> {
 
 /// A fault in a fresh instance's `hook_init`, named as instantiation.
 fn init_fault(fault: HookFault) -> HookFault {
-    HookFault::Instantiate(format!("hook_init: {fault}"))
+    HookFault::instantiate(format!("hook_init: {fault}"))
 }
 
-/// Which hooks `module` exports; refuses one that leaves out a hook that
-/// is not optional.
-fn hook_exports(module: &Module) -> anyhow::Result<[bool; Hook::COUNT]> {
+/// Which hooks `module` exports.
+fn hook_exports(module: &Module) -> [bool; Hook::COUNT] {
     let mut exports = [false; Hook::COUNT];
     for spec in &HOOKS {
         exports[spec.hook.index()] = module.get_export(spec.export).is_some();
-        if !spec.optional && !exports[spec.hook.index()] {
-            bail!("missing export `{}`", spec.export);
-        }
     }
-    Ok(exports)
+    exports
 }
 
 /// Decodes a hook's JSON output, naming what is wrong with it. `T` may
@@ -326,7 +323,7 @@ mod tests {
     use std::task::{Context, Poll, Waker};
 
     use super::*;
-    use crate::runtime::EngineOptions;
+    use wasm_runtime::EngineOptions;
 
     /// Sums the guest time charged to it.
     #[derive(Default)]
@@ -349,7 +346,7 @@ mod tests {
             unreachable)
         (func (export "upstream_request_filter") (param i32 i32) (result i64) i64.const 0))"#;
 
-    fn load(hook_timeout_ms: u64) -> GuestModule {
+    fn load(hook_timeout_ms: u64) -> V1Module {
         let limits = GuestLimits {
             hook_timeout_ms,
             ..GuestLimits::default()
@@ -361,7 +358,7 @@ mod tests {
         })
         .unwrap();
         let bytes = wat::parse_str(LOOP_GUEST).unwrap();
-        GuestModule::from_bytes(&engine, "loop".into(), &bytes, "{}", limits).unwrap()
+        V1Module::from_bytes(&engine, "loop".into(), &bytes, "{}", limits).unwrap()
     }
 
     /// Polls `call` to completion; returns its output and how often it
@@ -410,7 +407,9 @@ mod tests {
         assert!(
             matches!(
                 out,
-                Err(HookFailure::Fault(HookFault::Timeout { limit_ms: 50 }))
+                Err(HookFailure::Fault(HookFault::Runtime(
+                    wasm_runtime::RuntimeFault::Timeout { limit_ms: 50 }
+                )))
             ),
             "{out:?}"
         );

@@ -9,7 +9,7 @@ use std::time::Duration;
 use guest_sdk::wire;
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::runtime::HookFault;
+use crate::abi::HookFault;
 
 /// How long resolving a host name may take before the request fails.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -10,7 +10,7 @@ use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Serialize, Serializer};
 
 use super::headers::CheckedOps;
-use crate::runtime::HookFault;
+use crate::abi::HookFault;
 
 /// The upstream request exactly as a guest is shown it, decoded. An error
 /// here is the host's own (its encoding does not decode).

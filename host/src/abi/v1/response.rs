@@ -7,8 +7,8 @@ use guest_sdk::wire;
 use pingora::http::ResponseHeader;
 
 use super::headers::CheckedOps;
+use crate::abi::HookFault;
 use crate::abi::{final_status, LocalReply};
-use crate::runtime::HookFault;
 
 // `local_response` counts on it: an answer's body fits in the output.
 const _: () = assert!(super::instance::MAX_OUTPUT_BYTES <= crate::abi::MAX_LOCAL_REPLY_BODY);

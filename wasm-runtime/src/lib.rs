@@ -1,7 +1,7 @@
 //! The wasm layer: one engine per process, instances that run a guest's
 //! exports under limits (memory, deadline, slicing) and name its faults,
-//! and pools of idle instances. It knows wasmtime and nothing of HTTP or
-//! of any guest ABI; the ABIs in `crate::abi` build on it.
+//! and pools of idle instances. It knows wasmtime and nothing of HTTP,
+//! Pingora or any guest ABI; the host's ABIs build on it.
 
 mod engine;
 mod fault;
@@ -9,10 +9,8 @@ mod instance;
 mod limits;
 mod pool;
 
-pub use engine::{
-    release_freed_memory, EngineOptions, EpochTicker, GuestEngine, LongCallSignal, FEW_CALLS,
-};
-pub use fault::HookFault;
+pub use engine::{release_freed_memory, EngineOptions, GuestEngine, LongCallSignal, FEW_CALLS};
+pub use fault::RuntimeFault;
 pub use instance::{
     block_on, read_guest_line, CallError, Prepared, Sandbox, SliceMeter, Unmetered, WasmInstance,
 };

@@ -24,7 +24,7 @@ use wasmtime::{
 };
 
 use super::engine::{LongCallSignal, YIELD_AFTER};
-use super::fault::HookFault;
+use super::fault::RuntimeFault;
 use super::limits::GuestLimits;
 
 /// Longest guest log line kept; the rest is cut.
@@ -144,14 +144,14 @@ impl std::error::Error for NeedsSlicing {}
 #[derive(Debug)]
 pub enum CallError {
     /// The guest faulted.
-    Fault(HookFault),
+    Fault(RuntimeFault),
     /// A direct call ran long and was stopped; its instance is unusable,
     /// and the call is to run again, sliced, in a fresh one.
     NeedsSlicing,
 }
 
-impl From<HookFault> for CallError {
-    fn from(fault: HookFault) -> Self {
+impl From<RuntimeFault> for CallError {
+    fn from(fault: RuntimeFault) -> Self {
         CallError::Fault(fault)
     }
 }
@@ -286,7 +286,7 @@ impl<T: Send + 'static> Prepared<'_, T> {
             if error.downcast_ref::<NeedsSlicing>().is_some() {
                 CallError::NeedsSlicing
             } else {
-                CallError::Fault(HookFault::Instantiate(format!("{error:#}")))
+                CallError::Fault(RuntimeFault::Instantiate(format!("{error:#}")))
             }
         })
     }
@@ -513,12 +513,12 @@ impl<T: Send + 'static> WasmInstance<T> {
     }
 
     /// Names what went wrong in a failed call.
-    fn fault(&mut self, error: wasmtime::Error) -> HookFault {
+    fn fault(&mut self, error: wasmtime::Error) -> RuntimeFault {
         let limits = self.limits;
         let state = self.store.data_mut();
         let trap = error.downcast_ref::<Trap>().copied();
         if trap == Some(Trap::Interrupt) {
-            return HookFault::Timeout {
+            return RuntimeFault::Timeout {
                 limit_ms: limits.hook_timeout_ms,
             };
         }
@@ -530,12 +530,12 @@ impl<T: Send + 'static> WasmInstance<T> {
             None => format!("{error:#}"),
         };
         if std::mem::take(&mut state.limiter.memory_limit_hit) {
-            return HookFault::MemoryLimit {
+            return RuntimeFault::MemoryLimit {
                 limit_mib: limits.memory_limit_mib,
                 trap: message,
             };
         }
-        HookFault::Trap {
+        RuntimeFault::Trap {
             trap: message,
             guest_said: state.last_error_log.take(),
         }
@@ -545,10 +545,10 @@ impl<T: Send + 'static> WasmInstance<T> {
 impl CallError {
     /// The fault to report. A call that needs slicing is run again by the
     /// ABI layer, so only an internal mistake would report it.
-    pub fn into_fault(self) -> HookFault {
+    pub fn into_fault(self) -> RuntimeFault {
         match self {
             CallError::Fault(fault) => fault,
-            CallError::NeedsSlicing => HookFault::Trap {
+            CallError::NeedsSlicing => RuntimeFault::Trap {
                 trap: "a direct call was stopped and not run again".into(),
                 guest_said: None,
             },
@@ -556,9 +556,11 @@ impl CallError {
     }
 }
 
-/// Runs a load-time call to completion on this thread: its yields are
-/// polled again at once, and its deadline still bounds it. Loading is off
-/// the request path (start-up, or the reload thread).
+/// Runs a call to its end on this thread: its yields are polled again at
+/// once, and its deadline still bounds it. For load-time calls (start-up,
+/// the reload thread) and for a caller that cannot await: then the thread
+/// is held for as long as the call runs, up to its deadline, as if the
+/// call were never sliced.
 pub fn block_on<F: Future>(call: F) -> F::Output {
     let mut call = pin!(call);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());

@@ -1,0 +1,53 @@
+//! Why a guest call failed in the wasm layer, in words for the log.
+
+use std::fmt;
+
+/// A fault the wasm layer names: the guest ran too long, wanted too much
+/// memory, trapped, or could not be instantiated. What an ABI makes of a
+/// guest's output is the ABI's to name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeFault {
+    /// The hook ran past its deadline (`--hook-timeout-ms`).
+    Timeout { limit_ms: u64 },
+    /// The instance tried to grow memory past `--memory-limit-mib`.
+    MemoryLimit { limit_mib: u64, trap: String },
+    /// The guest trapped; `guest_said` is its last error log line (a panic
+    /// message, for Rust guests).
+    Trap {
+        trap: String,
+        guest_said: Option<String>,
+    },
+    /// A new instance could not be made.
+    Instantiate(String),
+}
+
+impl RuntimeFault {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RuntimeFault::Timeout { .. } => "timeout",
+            RuntimeFault::MemoryLimit { .. } => "memory_limit",
+            RuntimeFault::Trap { .. } => "trap",
+            RuntimeFault::Instantiate(_) => "instantiate",
+        }
+    }
+}
+
+impl fmt::Display for RuntimeFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RuntimeFault::Timeout { limit_ms } => write!(f, "deadline of {limit_ms} ms exceeded"),
+            RuntimeFault::MemoryLimit { limit_mib, trap } => {
+                write!(f, "memory limit of {limit_mib} MiB reached ({trap})")
+            }
+            RuntimeFault::Trap {
+                trap,
+                guest_said: Some(said),
+            } => write!(f, "trap: {trap}; guest said: {said}"),
+            RuntimeFault::Trap { trap, .. } => write!(f, "trap: {trap}"),
+            RuntimeFault::Instantiate(e) => write!(f, "cannot instantiate: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RuntimeFault {}
