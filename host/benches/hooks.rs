@@ -12,12 +12,12 @@ use std::task::{Context, Poll, Waker};
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
 use host::abi::proxy_wasm::{FilterModule, FilterSpec, RequestOutcome};
-use host::abi::v1::{self as abi, V1Module, InputParts, RequestVerdict};
-use host::budget::{Budget, BudgetLimits, MAX_CPU_MS_PER_S};
-use host::config_model::from_yaml;
-use host::hooks::Hook;
+use host::abi::v1::{self as abi, InputParts, RequestVerdict, V1Module};
+use host::guest::budget::{Budget, BudgetLimits, MAX_CPU_MS_PER_S};
+use host::guest::hooks::Hook;
 use host::metrics::Metrics;
-use host::upstream_pools::{HealthRegistries, PeerTimeouts, Pool, PoolSpec, Pools};
+use host::tenancy::config_model::from_yaml;
+use host::upstream::pools::{HealthRegistries, PeerTimeouts, Pool, PoolSpec, Pools};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::upstreams::peer::HttpPeer;
 use wasm_runtime::{EngineOptions, GuestEngine, GuestLimits, SliceMeter, Unmetered, FEW_CALLS};
@@ -79,11 +79,7 @@ fn budget() -> Budget {
 /// admitted by the tenant's budget and its guest time charged to it (or,
 /// with no budget, neither: the cost of the budget alone is the
 /// difference).
-fn wasm_request(
-    module: &V1Module,
-    budget: Option<&Budget>,
-    req: &RequestHeader,
-) -> Box<HttpPeer> {
+fn wasm_request(module: &V1Module, budget: Option<&Budget>, req: &RequestHeader) -> Box<HttpPeer> {
     wasm_request_to(module, budget, req, address_peer)
 }
 

@@ -11,8 +11,8 @@ use prometheus::{
 };
 
 use crate::abi::HookFault;
-use crate::hooks::Hook;
-use crate::throttle::{BreakerState, Throttle};
+use crate::guest::hooks::Hook;
+use crate::guest::throttle::{BreakerState, Throttle};
 
 /// Every metric the proxy exports, in one registry.
 pub struct Metrics {

@@ -37,18 +37,18 @@ use pingora::proxy::{ProxyHttp, Session};
 use crate::abi::proxy_wasm::Direction;
 use crate::abi::v1::{self, DownstreamRequest, GuestCtx, PeerChoice, RequestEnd, RequestVerdict};
 use crate::abi::HookFailure;
-use crate::budget::Throttle;
-use crate::drain::Draining;
-use crate::filter_chain::{has_body, response_has_body, ChainVerdict, FilterChain};
-use crate::forwarded::{add_forwarded_headers, authority_as_host};
-use crate::guest_call::{CallFailure, CallName, GuestCall, Stage, Stop};
-use crate::hooks::Hook;
+use crate::edge::drain::Draining;
+use crate::edge::forwarded::{add_forwarded_headers, authority_as_host};
+use crate::guest::budget::Throttle;
+use crate::guest::filter_chain::{has_body, response_has_body, ChainVerdict, FilterChain};
+use crate::guest::guest_call::{CallFailure, CallName, GuestCall, Stage, Stop};
+use crate::guest::hooks::Hook;
 use crate::metrics::Metrics;
-use crate::tenants::{Tenant, TenantSet};
-use crate::upstream_pools::{PeerTimeouts, PoolRoute};
+use crate::tenancy::tenants::{Tenant, TenantSet};
+use crate::upstream::pools::{PeerTimeouts, PoolRoute};
 
 /// A Pingora proxy whose hooks are tenants' guest modules and filters.
-pub struct WasmProxy {
+pub(crate) struct WasmProxy {
     tenants: Arc<ArcSwap<TenantSet>>,
     metrics: Arc<Metrics>,
     /// Add X-Forwarded-For, -Proto and -Host to requests as they arrive.
@@ -59,7 +59,7 @@ pub struct WasmProxy {
 }
 
 /// Per-request state.
-pub struct RequestCtx {
+pub(crate) struct RequestCtx {
     /// The tenant this request was routed to; it keeps its module alive
     /// even if a reload replaces the tenant set meanwhile.
     tenant: Option<Arc<Tenant>>,
@@ -84,7 +84,7 @@ impl WasmProxy {
     /// A proxy routing with the live tenant set; `forwarded_headers`
     /// adds the X-Forwarded-* headers to requests as they arrive; once
     /// `draining`, connections are not kept alive.
-    pub fn new(
+    pub(crate) fn new(
         tenants: Arc<ArcSwap<TenantSet>>,
         metrics: Arc<Metrics>,
         forwarded_headers: bool,

@@ -13,17 +13,17 @@ use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
-use crate::cli::Cli;
-use crate::config;
-use crate::drain::{DrainOnSignal, Draining};
-use crate::epoch_ticker::EpochTicker;
-use crate::filter_ticks::FilterTicker;
+use crate::edge::drain::{DrainOnSignal, Draining};
+use crate::edge::sni::{check_listeners_have_a_certificate, CertificateSelector};
+use crate::guest::epoch_ticker::EpochTicker;
+use crate::guest::filter_ticks::FilterTicker;
 use crate::metrics::{Metrics, MetricsEndpoint};
 use crate::proxy::WasmProxy;
-use crate::reload::TenantReloader;
-use crate::sni::{check_listeners_have_a_certificate, CertificateSelector};
-use crate::tenants::TenantSet;
-use crate::upstream_pools::{HealthRegistries, PoolHealthChecks};
+use crate::tenancy::cli::Cli;
+use crate::tenancy::config;
+use crate::tenancy::reload::TenantReloader;
+use crate::tenancy::tenants::TenantSet;
+use crate::upstream::pools::{HealthRegistries, PoolHealthChecks};
 use wasm_runtime::{
     release_freed_memory, EngineOptions, GuestEngine, FEW_CALLS, MAX_MEMORY_LIMIT_MIB,
 };

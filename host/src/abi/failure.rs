@@ -4,7 +4,7 @@ use std::fmt;
 
 use wasm_runtime::RuntimeFault;
 
-use crate::upstream_pools::PoolError;
+use crate::upstream::pools::PoolError;
 
 /// A guest fault: the request gets 500 (or the hook is skipped under
 /// fail-open) and the log says which.

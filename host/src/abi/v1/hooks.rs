@@ -12,12 +12,12 @@ use serde_json::value::RawValue;
 
 use super::ctx::{CtxUpdate, GuestCtx};
 use super::input::{DownstreamRequest, HookInput, RequestEnd};
-use super::module::{decode_json, V1Module, InputMode};
+use super::module::{decode_json, InputMode, V1Module};
 use super::peer::PeerChoice;
 use super::request::{apply_request_changes, apply_upstream_request, upstream_request};
 use super::response::{apply_response_changes, local_response};
 use crate::abi::{HookFailure, Refusal};
-use crate::hooks::Hook;
+use crate::guest::hooks::Hook;
 use wasm_runtime::SliceMeter;
 
 impl From<wire::HookError> for Refusal {

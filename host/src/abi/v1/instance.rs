@@ -11,7 +11,7 @@ use std::time::Duration;
 use wasmtime::{InstancePre, TypedFunc};
 
 use crate::abi::{CallError, HookFault};
-use crate::hooks::Hook;
+use crate::guest::hooks::Hook;
 use wasm_runtime::{
     GuestLimits, LongCallSignal, Prepared, RuntimeFault, Sandbox, SliceMeter, Unmetered,
     WasmInstance,

@@ -26,7 +26,7 @@ pub use hooks::{
 pub use imports::V1;
 pub use input::{DownstreamRequest, RequestEnd};
 pub use instance::{InputParts, NoParts, V1Instance};
-pub use module::{decode_json, V1Module, InputMode, ABI_VERSION};
+pub use module::{decode_json, InputMode, V1Module, ABI_VERSION};
 pub use peer::{AddressPeer, PeerAddress, PeerChoice, PoolPick};
 pub use request::{
     apply_request_changes, apply_upstream_request, upstream_request, RequestJson,

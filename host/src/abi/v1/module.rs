@@ -13,7 +13,7 @@ use super::imports::V1;
 use super::instance::{Export, InputParts, NoParts, V1Instance, V1State};
 use crate::abi::{self, HookFailure, ModuleKind};
 use crate::abi::{CallError, HookFault};
-use crate::hooks::{Hook, HOOKS};
+use crate::guest::hooks::{Hook, HOOKS};
 use wasm_runtime::{
     block_on, GuestEngine, GuestLimits, IdleInstances, LongCallSignal, Prepared, Sandbox,
     SliceMeter, Unmetered,

@@ -21,7 +21,7 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// An HTTP/2 request without a Host header gets one from its
 /// `:authority`, so that guests read every request's host the same way
 /// (Pingora makes the same Host for an HTTP/1.1 upstream).
-pub fn authority_as_host(request: &mut RequestHeader) {
+pub(crate) fn authority_as_host(request: &mut RequestHeader) {
     if request.version != Version::HTTP_2 || request.headers.contains_key(HOST) {
         return;
     }
@@ -36,7 +36,7 @@ pub fn authority_as_host(request: &mut RequestHeader) {
 }
 
 /// Adds the three X-Forwarded headers to `session`'s request.
-pub fn add_forwarded_headers(session: &mut Session) -> Result<()> {
+pub(crate) fn add_forwarded_headers(session: &mut Session) -> Result<()> {
     let client = session
         .client_addr()
         .and_then(|addr| addr.as_inet())

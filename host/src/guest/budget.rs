@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
+pub use crate::guest::throttle::{BreakerState, Throttle};
 use crate::metrics::TenantMetrics;
-pub use crate::throttle::{BreakerState, Throttle};
 use wasm_runtime::SliceMeter;
 
 /// A tenant's budget settings.

@@ -10,13 +10,13 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::tenants::TenantSet;
+use crate::tenancy::tenants::TenantSet;
 
 /// How long the service sleeps when no filter wants ticks.
 const IDLE: Duration = Duration::from_secs(1);
 
 /// Runs the live tenants' filters' ticks when due.
-pub struct FilterTicker {
+pub(crate) struct FilterTicker {
     /// The live tenant set; a reload's filters tick from their first due
     /// time.
     pub tenants: Arc<ArcSwap<TenantSet>>,

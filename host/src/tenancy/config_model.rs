@@ -1,7 +1,7 @@
 //! The typed configuration of the tenants: the shape of a tenants file,
 //! deserialised straight from its YAML. The command line builds the same
 //! model (a one-tenant file in memory), and
-//! [`TenantSet::load`](crate::tenants::TenantSet::load) builds the tenants
+//! [`TenantSet::load`](crate::tenancy::tenants::TenantSet::load) builds the tenants
 //! from it in one function for both.
 //!
 //! Each value a later check can refuse keeps where it came from

@@ -15,8 +15,8 @@ use crate::abi::proxy_wasm::{
     perform_call, BodyError, BodyOutcome, Direction, FilterStream, PendingCall, RequestOutcome,
 };
 use crate::abi::HookFailure;
-use crate::guest_call::{CallFailure, CallName, Guest, GuestCall, Stage, Stop};
-use crate::tenants::{Tenant, TenantFilter};
+use crate::guest::guest_call::{CallFailure, CallName, Guest, GuestCall, Stage, Stop};
+use crate::tenancy::tenants::{Tenant, TenantFilter};
 
 const ON_REQUEST_HEADERS: &str = "proxy_on_request_headers";
 const ON_HTTP_CALL_RESPONSE: &str = "proxy_on_http_call_response";

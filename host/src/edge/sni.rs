@@ -11,12 +11,12 @@ use pingora::listeners::TlsAccept;
 use pingora::protocols::tls::TlsRef;
 use pingora::tls::ssl::NameType;
 
-use crate::tenants::TenantSet;
-use crate::tls::DefaultCertificate;
+use crate::edge::tls::DefaultCertificate;
+use crate::tenancy::tenants::TenantSet;
 
 /// Refuses to serve TLS listeners with no certificate at all: neither a
 /// default one nor any tenant's. Checked at start and at each reload.
-pub fn check_listeners_have_a_certificate(
+pub(crate) fn check_listeners_have_a_certificate(
     tls_listeners: bool,
     default: bool,
     tenants: &TenantSet,
@@ -33,7 +33,7 @@ pub fn check_listeners_have_a_certificate(
 /// Chooses each handshake's certificate by SNI: the tenant whose hosts
 /// match the name (exact, then the longest wildcard), else the default
 /// certificate, else none, which refuses the handshake.
-pub struct CertificateSelector {
+pub(crate) struct CertificateSelector {
     /// The live tenant set, whose certificates reload with it.
     pub tenants: Arc<ArcSwap<TenantSet>>,
     /// `--cert`/`--key`, for names no tenant's certificate serves.

@@ -14,18 +14,18 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use crate::edge::sni::check_listeners_have_a_certificate;
+use crate::edge::tls::{Certificate, DefaultCertificate};
 use crate::metrics::Metrics;
-use crate::sni::check_listeners_have_a_certificate;
-use crate::tenants::{TenantDefaults, TenantSet, TenantSource};
-use crate::tls::{Certificate, DefaultCertificate};
-use crate::upstream_pools::HealthRegistries;
+use crate::tenancy::tenants::{TenantDefaults, TenantSet, TenantSource};
+use crate::upstream::pools::HealthRegistries;
 use wasm_runtime::{release_freed_memory, GuestEngine};
 
 /// How often watched files are checked for changes.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Rebuilds and swaps the live tenant set.
-pub struct TenantReloader {
+pub(crate) struct TenantReloader {
     /// Where the set comes from.
     pub source: TenantSource,
     /// The engine new modules are compiled with.
@@ -48,7 +48,7 @@ pub struct TenantReloader {
 impl TenantReloader {
     /// Loads the set again; swaps it in if it loads, keeps the old one if
     /// not. Returns whether the new set took effect.
-    pub fn reload(&self, why: &str) -> bool {
+    pub(crate) fn reload(&self, why: &str) -> bool {
         match self.load() {
             Ok((set, default_certificate)) => {
                 let names: Vec<&str> = set.tenants().iter().map(|t| t.name.as_str()).collect();

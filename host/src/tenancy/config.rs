@@ -7,16 +7,16 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
-use crate::budget::BudgetLimits;
-use crate::cli::Cli;
-use crate::config_model::{
+use crate::edge::tls::DefaultCertificate;
+use crate::guest::budget::BudgetLimits;
+use crate::tenancy::cli::Cli;
+use crate::tenancy::config_model::{
     file_name, FilterConfig, JsonText, Located, Naming, PluginConfig, PoolConfig, TenantConfig,
     TenantsConfig, UpstreamConfig,
 };
-use crate::tenants::{GuestErrorPolicy, TenantDefaults, TenantSource};
-use crate::tls::DefaultCertificate;
+use crate::tenancy::tenants::{GuestErrorPolicy, TenantDefaults, TenantSource};
+use crate::upstream::pools::pool_flag;
 use crate::upstream::StaticUpstream;
-use crate::upstream_pools::pool_flag;
 use wasm_runtime::GuestLimits;
 
 /// The module configuration as JSON text: `--module-config` inline or

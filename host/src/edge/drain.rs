@@ -14,11 +14,11 @@ use pingora::services::background::BackgroundService;
 
 /// Whether this process is on its way out.
 #[derive(Default, Clone)]
-pub struct Draining(Arc<AtomicBool>);
+pub(crate) struct Draining(Arc<AtomicBool>);
 
 impl Draining {
     /// Whether connections should close after their current response.
-    pub fn has_begun(&self) -> bool {
+    pub(crate) fn has_begun(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
 
@@ -29,7 +29,7 @@ impl Draining {
 
 /// Sets [`Draining`] on SIGQUIT or SIGTERM; Pingora's own handlers of
 /// those signals run as before.
-pub struct DrainOnSignal(pub Draining);
+pub(crate) struct DrainOnSignal(pub Draining);
 
 #[async_trait]
 impl BackgroundService for DrainOnSignal {

@@ -12,16 +12,16 @@ use anyhow::{anyhow, bail, Context};
 
 use crate::abi::proxy_wasm::{FilterModule, FilterSpec};
 use crate::abi::v1::V1Module;
-use crate::budget::{Budget, BudgetLimits};
-pub use crate::config_model::GuestErrorPolicy;
-use crate::config_model::{
+use crate::edge::tls::Certificate;
+use crate::guest::budget::{Budget, BudgetLimits};
+use crate::guest::hooks::Hook;
+use crate::metrics::{Metrics, TenantMetrics};
+pub use crate::tenancy::config_model::GuestErrorPolicy;
+use crate::tenancy::config_model::{
     JsonText, Located, Naming, Origin, PluginConfig, PoolConfig, TenantConfig, TenantsConfig,
 };
-use crate::hooks::Hook;
-use crate::metrics::{Metrics, TenantMetrics};
-use crate::tls::Certificate;
+use crate::upstream::pools::{HealthRegistries, LivePools, Pool, PoolSpec, Pools, SHARED};
 use crate::upstream::StaticUpstream;
-use crate::upstream_pools::{HealthRegistries, LivePools, Pool, PoolSpec, Pools, SHARED};
 use wasm_runtime::{GuestEngine, GuestLimits};
 
 /// The limits and budget of a tenant that sets none of its own (from the

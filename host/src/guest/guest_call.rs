@@ -16,9 +16,9 @@ use pingora::prelude::*;
 use crate::abi::proxy_wasm::Direction;
 use crate::abi::HookFailure;
 use crate::abi::HookFault;
-use crate::budget::{CallPermit, Throttle};
-use crate::hooks::Hook;
-use crate::tenants::{GuestErrorPolicy, Tenant, TenantFilter};
+use crate::guest::budget::{CallPermit, Throttle};
+use crate::guest::hooks::Hook;
+use crate::tenancy::tenants::{GuestErrorPolicy, Tenant, TenantFilter};
 
 /// The guest a call goes to, as its log lines and failure policy need it.
 #[derive(Debug, Clone, Copy)]
@@ -316,9 +316,9 @@ impl<'t> GuestCall<'t> {
 mod tests {
     use super::*;
     use crate::abi::Refusal;
-    use crate::budget::{Budget, BudgetLimits};
+    use crate::guest::budget::{Budget, BudgetLimits};
     use crate::metrics::Metrics;
-    use crate::upstream_pools::Pools;
+    use crate::upstream::pools::Pools;
 
     /// A tenant with no guests loaded: the policy needs only its budget,
     /// metrics, label and `on_guest_error`.

@@ -1,0 +1,10 @@
+//! Where requests go: a tenant's static upstream, its pools of backends
+//! with their health checks, and the egress rules for destinations a
+//! guest chooses itself.
+
+#[allow(dead_code)]
+pub(crate) mod egress;
+pub mod pools;
+mod static_upstream;
+
+pub use static_upstream::StaticUpstream;
