@@ -49,11 +49,13 @@ impl GuestLimits {
     }
 
     /// The deadline of one call, in running time.
+    #[inline]
     pub fn hook_timeout(&self) -> Duration {
         Duration::from_millis(self.hook_timeout_ms)
     }
 
     /// The memory cap in bytes.
+    #[inline]
     pub fn memory_limit_bytes(&self) -> usize {
         (self.memory_limit_mib as usize).saturating_mul(1 << 20)
     }
