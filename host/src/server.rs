@@ -88,14 +88,15 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
         let limits = module.limits();
         log::info!(
             "serving module {} (hook timeout {} ms, memory limit {} MiB, instance reuse {}, \
-             {} calls in flight, {} ms guest time per s, breaker {} faults in {} ms)",
+             {} calls in flight, {} ms guest time per s, breaker at {}% of {} calls in {} ms)",
             module.name(),
             limits.hook_timeout_ms,
             limits.memory_limit_mib,
             limits.instance_reuse,
             budget.max_concurrent_calls,
             budget.cpu_ms_per_s,
-            budget.breaker_faults,
+            budget.breaker_fault_percent,
+            budget.breaker_min_calls,
             budget.breaker_window_ms
         );
     }

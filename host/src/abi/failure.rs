@@ -131,8 +131,10 @@ pub enum HookFailure {
     Fault(HookFault),
     /// The guest refused the request with its own status.
     Refused(Refusal),
-    /// The guest was not called: its tenant's circuit breaker is open.
-    Skipped,
+    /// The guest was not called: its tenant's budget refused the call
+    /// (the words say why: the breaker, the guest-time bucket, the calls
+    /// in flight).
+    Skipped(&'static str),
     /// The host failed around the call (not the guest's fault, so not
     /// counted against it): 500.
     Host(String),
@@ -162,7 +164,7 @@ impl fmt::Display for HookFailure {
             HookFailure::Refused(refusal) => {
                 write!(f, "refused with {}: {}", refusal.status, refusal.message)
             }
-            HookFailure::Skipped => f.write_str("not called, the circuit breaker is open"),
+            HookFailure::Skipped(why) => write!(f, "not called, {why}"),
             HookFailure::Host(error) => write!(f, "host error: {error}"),
         }
     }

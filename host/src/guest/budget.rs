@@ -4,7 +4,6 @@
 //! guest call, so a tenant over its budget is answered at once without
 //! running its guest, and its neighbours keep the workers.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -23,10 +22,13 @@ pub struct BudgetLimits {
     /// Guest running time per second, in ms (a token bucket holding one
     /// second's worth); once spent, 429 until it refills.
     pub cpu_ms_per_s: u32,
-    /// Faults within `breaker_window_ms` that open the breaker; 0 never
-    /// opens it.
-    pub breaker_faults: u32,
-    /// The window in which `breaker_faults` faults open the breaker.
+    /// Calls within `breaker_window_ms` below which the breaker does not
+    /// judge (Hystrix's requestVolumeThreshold); 0 never opens it.
+    pub breaker_min_calls: u32,
+    /// The share of those calls, in percent, that must have faulted for
+    /// the breaker to open (Hystrix's errorThresholdPercentage).
+    pub breaker_fault_percent: u32,
+    /// The sliding window the breaker counts calls and faults in.
     pub breaker_window_ms: u64,
     /// How long the breaker stays open before a probe call is let through.
     pub breaker_cooldown_ms: u64,
@@ -37,7 +39,8 @@ impl Default for BudgetLimits {
         BudgetLimits {
             max_concurrent_calls: default_max_concurrent_calls(),
             cpu_ms_per_s: 100,
-            breaker_faults: 5,
+            breaker_min_calls: 20,
+            breaker_fault_percent: 50,
             breaker_window_ms: 10_000,
             breaker_cooldown_ms: 5_000,
         }
@@ -60,8 +63,8 @@ pub const MAX_CONCURRENT_CALLS: u32 = 1000;
 /// Largest `cpu_ms_per_s` accepted: 64 cores' worth.
 pub const MAX_CPU_MS_PER_S: u32 = 64_000;
 
-/// Largest breaker fault count accepted (0 turns the breaker off).
-pub const MAX_BREAKER_FAULTS: u32 = 10_000;
+/// Largest breaker `min_calls` accepted (0 turns the breaker off).
+pub const MAX_BREAKER_MIN_CALLS: u32 = 1_000_000;
 
 /// Largest breaker window or cool-down accepted: one hour.
 pub const MAX_BREAKER_MS: u64 = 3_600_000;
@@ -80,8 +83,8 @@ impl BudgetLimits {
                 limits.cpu_ms_per_s
             ),
             Throttle::BreakerOpen => format!(
-                "circuit breaker open after {} faults in {} ms",
-                limits.breaker_faults, limits.breaker_window_ms
+                "circuit breaker open: at least {}% of at least {} calls in {} ms faulted",
+                limits.breaker_fault_percent, limits.breaker_min_calls, limits.breaker_window_ms
             ),
         }
     }
@@ -94,8 +97,11 @@ impl BudgetLimits {
         if !(1..=MAX_CPU_MS_PER_S).contains(&self.cpu_ms_per_s) {
             bail!("cpu_ms_per_s must be 1-{MAX_CPU_MS_PER_S}");
         }
-        if self.breaker_faults > MAX_BREAKER_FAULTS {
-            bail!("breaker faults must be 0-{MAX_BREAKER_FAULTS}");
+        if self.breaker_min_calls > MAX_BREAKER_MIN_CALLS {
+            bail!("breaker min_calls must be 0-{MAX_BREAKER_MIN_CALLS}");
+        }
+        if !(1..=100).contains(&self.breaker_fault_percent) {
+            bail!("breaker fault_percent must be 1-100");
         }
         if !(1..=MAX_BREAKER_MS).contains(&self.breaker_window_ms) {
             bail!("breaker window_ms must be 1-{MAX_BREAKER_MS}");
@@ -123,18 +129,31 @@ pub struct Budget {
     last_charge: AtomicU64,
     /// `BreakerState` as u8: read on every call, written on transitions.
     state: AtomicU8,
+    /// Calls and faults in the breaker's sliding window.
+    window: [WindowBucket; WINDOW_BUCKETS],
     breaker: Mutex<BreakerLog>,
     /// The second (since `origin`) of the last throttle log line.
     throttle_logged: AtomicU64,
     metrics: TenantMetrics,
 }
 
-/// What the breaker remembers; touched only on faults and transitions.
+/// What the breaker remembers; touched only on transitions.
 struct BreakerLog {
-    /// The most recent faults, at most `breaker_faults` of them.
-    faults: VecDeque<Instant>,
     /// When it last opened.
     opened: Instant,
+}
+
+/// The breaker's window is this many buckets, each a tenth of it, as in
+/// Hystrix's rolling statistics: a call costs two relaxed atomic adds.
+const WINDOW_BUCKETS: usize = 10;
+
+/// Calls and faults in one tenth of the breaker's window.
+#[derive(Default)]
+struct WindowBucket {
+    /// The window slot (time / bucket width) the counts belong to.
+    slot: AtomicU64,
+    calls: AtomicU32,
+    faults: AtomicU32,
 }
 
 /// How far behind now the bucket's clock may fall: idle credit beyond one
@@ -157,10 +176,8 @@ impl Budget {
             paid_until: AtomicU64::new(0),
             last_charge: AtomicU64::new(0),
             state: AtomicU8::new(BreakerState::Closed as u8),
-            breaker: Mutex::new(BreakerLog {
-                faults: VecDeque::new(),
-                opened: origin,
-            }),
+            window: Default::default(),
+            breaker: Mutex::new(BreakerLog { opened: origin }),
             throttle_logged: AtomicU64::new(u64::MAX),
             metrics,
         }
@@ -187,7 +204,22 @@ impl Budget {
         admitted
     }
 
+    /// Like [`admit`](Self::admit), for a call to an instance a request
+    /// already holds: not refused for the calls in flight (it is counted
+    /// in them while it runs).
+    pub fn admit_held(&self) -> Result<CallPermit<'_>, Throttle> {
+        let admitted = self.try_admit_with(false);
+        if let Err(throttle) = admitted {
+            self.metrics.throttled(throttle);
+        }
+        admitted
+    }
+
     fn try_admit(&self) -> Result<CallPermit<'_>, Throttle> {
+        self.try_admit_with(true)
+    }
+
+    fn try_admit_with(&self, capped: bool) -> Result<CallPermit<'_>, Throttle> {
         let wants_probe = match self.breaker_state() {
             BreakerState::Closed => false,
             BreakerState::HalfOpen => return Err(Throttle::BreakerOpen),
@@ -205,7 +237,7 @@ impl Budget {
             finished: false,
             running_ns: AtomicU64::new(0),
         };
-        if in_flight >= self.limits.max_concurrent_calls {
+        if capped && in_flight >= self.limits.max_concurrent_calls {
             return Err(Throttle::Concurrency);
         }
         // Only a call that will be made becomes the probe, so a probe is
@@ -313,9 +345,17 @@ impl Budget {
 
     /// A call's outcome, for the breaker.
     fn record(&self, probe: bool, faulted: bool) {
-        if !faulted {
-            if probe {
-                self.set_state(BreakerState::Closed, |log| log.faults.clear());
+        if probe {
+            if faulted {
+                self.set_state(BreakerState::Open, |log| log.opened = Instant::now());
+                log::warn!(
+                    "tenant {}: circuit breaker open again, the probe call faulted; next probe in {} ms",
+                    self.metrics.tenant(),
+                    self.limits.breaker_cooldown_ms
+                );
+            } else {
+                self.clear_window();
+                self.set_state(BreakerState::Closed, |_| {});
                 log::info!(
                     "tenant {}: circuit breaker closed, the probe call succeeded",
                     self.metrics.tenant()
@@ -323,44 +363,80 @@ impl Budget {
             }
             return;
         }
-        if probe {
-            self.set_state(BreakerState::Open, |log| log.opened = Instant::now());
-            log::warn!(
-                "tenant {}: circuit breaker open again, the probe call faulted; next probe in {} ms",
-                self.metrics.tenant(),
-                self.limits.breaker_cooldown_ms
-            );
+        if self.limits.breaker_min_calls == 0 {
             return;
         }
-        let threshold = self.limits.breaker_faults as usize;
-        if threshold == 0 {
+        // The clock of the call's last charge: free, and at most a slice
+        // behind now.
+        let slot = self.last_charge.load(Ordering::Relaxed) / self.bucket_ns();
+        let bucket = &self.window[slot as usize % WINDOW_BUCKETS];
+        let seen = bucket.slot.load(Ordering::Relaxed);
+        if seen != slot
+            && bucket
+                .slot
+                .compare_exchange(seen, slot, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            // The bucket is reused for a new tenth of the window. A call
+            // counted by a racing thread in between may be lost: the
+            // breaker judges a rate, and one call more or less is noise.
+            bucket.calls.store(0, Ordering::Relaxed);
+            bucket.faults.store(0, Ordering::Relaxed);
+        }
+        bucket.calls.fetch_add(1, Ordering::Relaxed);
+        if !faulted {
             return;
         }
-        let window = Duration::from_millis(self.limits.breaker_window_ms);
-        let mut log = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        log.faults.push_back(now);
-        while log.faults.len() > threshold {
-            log.faults.pop_front();
+        bucket.faults.fetch_add(1, Ordering::Relaxed);
+        let (calls, faults) = self.window_counts(slot);
+        let limits = &self.limits;
+        let tripped = calls >= u64::from(limits.breaker_min_calls)
+            && faults * 100 >= calls * u64::from(limits.breaker_fault_percent);
+        if !tripped {
+            return;
         }
-        let tripped = log.faults.len() == threshold
-            && log
-                .faults
-                .front()
-                .is_some_and(|first| now - *first <= window);
-        if tripped && self.breaker_state() == BreakerState::Closed {
-            log.opened = now;
-            log.faults.clear();
-            self.state
-                .store(BreakerState::Open as u8, Ordering::Release);
-            self.metrics.breaker_state(BreakerState::Open);
-            drop(log);
-            log::warn!(
-                "tenant {}: circuit breaker open after {threshold} faults in {} ms; calls fail fast for {} ms",
-                self.metrics.tenant(),
-                self.limits.breaker_window_ms,
-                self.limits.breaker_cooldown_ms
-            );
+        let log = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        if self.breaker_state() != BreakerState::Closed {
+            return;
+        }
+        drop(log);
+        self.clear_window();
+        self.set_state(BreakerState::Open, |log| log.opened = Instant::now());
+        log::warn!(
+            "tenant {}: circuit breaker open: {faults} of {calls} calls in {} ms faulted \
+             (at least {}% of at least {}); calls fail fast for {} ms",
+            self.metrics.tenant(),
+            limits.breaker_window_ms,
+            limits.breaker_fault_percent,
+            limits.breaker_min_calls,
+            limits.breaker_cooldown_ms
+        );
+    }
+
+    /// The width of one bucket of the window, in ns (at least 1).
+    fn bucket_ns(&self) -> u64 {
+        (self.limits.breaker_window_ms * 1_000_000 / WINDOW_BUCKETS as u64).max(1)
+    }
+
+    /// Calls and faults in the window that ends with `slot`.
+    fn window_counts(&self, slot: u64) -> (u64, u64) {
+        let oldest = slot.saturating_sub(WINDOW_BUCKETS as u64 - 1);
+        self.window
+            .iter()
+            .filter(|b| (oldest..=slot).contains(&b.slot.load(Ordering::Relaxed)))
+            .fold((0, 0), |(calls, faults), b| {
+                (
+                    calls + u64::from(b.calls.load(Ordering::Relaxed)),
+                    faults + u64::from(b.faults.load(Ordering::Relaxed)),
+                )
+            })
+    }
+
+    /// Forgets the window's counts (on opening and closing).
+    fn clear_window(&self) {
+        for bucket in &self.window {
+            bucket.calls.store(0, Ordering::Relaxed);
+            bucket.faults.store(0, Ordering::Relaxed);
         }
     }
 
@@ -481,19 +557,28 @@ mod tests {
         assert!(budget.admit().is_ok());
     }
 
+    /// One admitted call that ran now and `faulted` or not.
+    fn call(budget: &Budget, faulted: bool) {
+        let permit = budget.admit().unwrap();
+        permit.charge(Duration::ZERO, Instant::now());
+        permit.finish(faulted);
+    }
+
     #[test]
-    fn the_breaker_opens_probes_and_closes() {
+    fn the_breaker_opens_on_a_rate_probes_and_closes() {
         let budget = budget(BudgetLimits {
-            breaker_faults: 3,
+            breaker_min_calls: 4,
+            breaker_fault_percent: 50,
             breaker_window_ms: 10_000,
             breaker_cooldown_ms: 50,
             ..BudgetLimits::default()
         });
-        for _ in 0..2 {
-            budget.admit().unwrap().finish(true);
+        // Three faults are too few calls to judge.
+        for _ in 0..3 {
+            call(&budget, true);
         }
         assert_eq!(budget.breaker_state(), BreakerState::Closed);
-        budget.admit().unwrap().finish(true);
+        call(&budget, true);
         assert_eq!(budget.breaker_state(), BreakerState::Open);
         assert_eq!(budget.admit().err(), Some(Throttle::BreakerOpen));
 
@@ -505,32 +590,69 @@ mod tests {
         assert_eq!(budget.breaker_state(), BreakerState::Open);
 
         std::thread::sleep(Duration::from_millis(60));
-        budget.admit().unwrap().finish(false);
+        call(&budget, false);
         assert_eq!(budget.breaker_state(), BreakerState::Closed);
         assert!(budget.admit().is_ok());
     }
 
     #[test]
+    fn a_few_faults_among_good_calls_do_not_open_it() {
+        let budget = budget(BudgetLimits::default());
+        // Six faults among 100 good calls: 6%, far under 50%.
+        for at in 0..106 {
+            call(&budget, at % 17 == 0 && at < 102);
+        }
+        assert_eq!(budget.breaker_state(), BreakerState::Closed);
+        // Six faults alone are under min_calls (20).
+        let fresh = self::budget(BudgetLimits::default());
+        for _ in 0..6 {
+            call(&fresh, true);
+        }
+        assert_eq!(fresh.breaker_state(), BreakerState::Closed);
+        // Half of twenty is enough: it opens at the first fault counted
+        // once there are twenty calls (14 faults of 21).
+        let mut calls = 6;
+        while fresh.breaker_state() == BreakerState::Closed {
+            call(&fresh, calls % 2 == 0);
+            calls += 1;
+            assert!(calls <= 21, "still closed after {calls} calls");
+        }
+        assert_eq!(calls, 21);
+    }
+
+    #[test]
     fn faults_spread_wider_than_the_window_do_not_open_it() {
         let budget = budget(BudgetLimits {
-            breaker_faults: 2,
+            breaker_min_calls: 2,
             breaker_window_ms: 20,
             ..BudgetLimits::default()
         });
-        budget.admit().unwrap().finish(true);
+        call(&budget, true);
         std::thread::sleep(Duration::from_millis(30));
-        budget.admit().unwrap().finish(true);
+        call(&budget, true);
+        assert_eq!(budget.breaker_state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn min_calls_zero_never_opens_it() {
+        let budget = budget(BudgetLimits {
+            breaker_min_calls: 0,
+            ..BudgetLimits::default()
+        });
+        for _ in 0..50 {
+            call(&budget, true);
+        }
         assert_eq!(budget.breaker_state(), BreakerState::Closed);
     }
 
     #[test]
     fn an_abandoned_probe_lets_the_next_call_probe() {
         let budget = budget(BudgetLimits {
-            breaker_faults: 1,
+            breaker_min_calls: 1,
             breaker_cooldown_ms: 30,
             ..BudgetLimits::default()
         });
-        budget.admit().unwrap().finish(true);
+        call(&budget, true);
         std::thread::sleep(Duration::from_millis(40));
         drop(budget.admit().unwrap());
         assert_eq!(budget.breaker_state(), BreakerState::Open);

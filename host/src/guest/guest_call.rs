@@ -159,8 +159,16 @@ impl<'t> GuestCall<'t> {
     /// holds a concurrency slot and meters the call; give it back with
     /// [`finish`](Self::finish).
     pub(crate) fn admit(&self) -> Result<CallPermit<'t>, CallFailure> {
-        self.tenant.budget.admit().map_err(|throttle| {
-            let skipped = CallFailure::Hook(HookFailure::Skipped);
+        // A callout's response goes to the instance its request already
+        // holds: it adds no instance, so it is not held to the calls in
+        // flight (refusing it would fail a request that was let in).
+        let budget = &self.tenant.budget;
+        let admitted = match self.stage {
+            Stage::Callout => budget.admit_held(),
+            _ => budget.admit(),
+        };
+        admitted.map_err(|throttle| {
+            let skipped = CallFailure::Hook(HookFailure::Skipped(throttle.skipped_because()));
             match self.stage {
                 Stage::Headers
                     if throttle == Throttle::BreakerOpen
@@ -212,7 +220,7 @@ impl<'t> GuestCall<'t> {
     /// under fail-open). A refusal by the guest or a host error never does.
     pub(crate) fn fails_open(&self, failure: &HookFailure) -> bool {
         self.guest.on_error == GuestErrorPolicy::FailOpen
-            && matches!(failure, HookFailure::Fault(_) | HookFailure::Skipped)
+            && matches!(failure, HookFailure::Fault(_) | HookFailure::Skipped(_))
     }
 
     /// Whether a failure the request goes on past gets its log line: every
@@ -220,7 +228,7 @@ impl<'t> GuestCall<'t> {
     /// once a second per tenant (the breaker's own lines say when it
     /// opened).
     pub(crate) fn worth_logging(&self, failure: &HookFailure) -> bool {
-        !matches!(failure, HookFailure::Skipped) || self.tenant.budget.log_throttle_now()
+        !matches!(failure, HookFailure::Skipped(_)) || self.tenant.budget.log_throttle_now()
     }
 
     /// What the request does after the call failed: goes on (`Ok`: under
@@ -232,7 +240,7 @@ impl<'t> GuestCall<'t> {
             CallFailure::Hook(failure) => failure,
         };
         if self.stage == Stage::End {
-            if !matches!(failure, HookFailure::Skipped) {
+            if !matches!(failure, HookFailure::Skipped(_)) {
                 log::error!("{guest}: {call} failed: {failure}");
             }
             return Ok(());
@@ -297,14 +305,14 @@ impl<'t> GuestCall<'t> {
                 );
                 Error::explain(InternalError, "guest refusal with a non-error status")
             }
-            HookFailure::Skipped if guest.kind == GuestKind::Module => {
+            HookFailure::Skipped(_) if guest.kind == GuestKind::Module => {
                 Error::explain(InternalError, "guest call skipped")
             }
             HookFailure::Host(error) => {
                 log::error!("{guest}: {call}: host error: {error}");
                 Error::explain(InternalError, format!("{guest}: {call}: {error}"))
             }
-            skipped @ HookFailure::Skipped => {
+            skipped @ HookFailure::Skipped(_) => {
                 log::error!("{guest}: {call} failed: {skipped}");
                 Error::explain(InternalError, format!("{guest}: {call}: {skipped}"))
             }
@@ -346,7 +354,7 @@ mod tests {
     /// A tenant whose breaker opens at its first fault.
     fn tripped(on_guest_error: GuestErrorPolicy) -> Tenant {
         let limits = BudgetLimits {
-            breaker_faults: 1,
+            breaker_min_calls: 1,
             ..BudgetLimits::default()
         };
         let tenant = tenant(on_guest_error, limits);
@@ -368,7 +376,10 @@ mod tests {
         let open = tripped(GuestErrorPolicy::FailOpen);
         let call = GuestCall::hook(&open, Hook::UpstreamRequestFilter, Stage::Headers);
         let failure = call.admit().err().unwrap();
-        assert!(matches!(failure, CallFailure::Hook(HookFailure::Skipped)));
+        assert!(matches!(
+            failure,
+            CallFailure::Hook(HookFailure::Skipped(_))
+        ));
         assert!(call.settle(failure).is_ok(), "fail-open goes on");
 
         let closed = tripped(GuestErrorPolicy::FailClosed);
@@ -401,7 +412,7 @@ mod tests {
             );
             let failure = call.admit().err().unwrap();
             (
-                matches!(failure, CallFailure::Hook(HookFailure::Skipped)),
+                matches!(failure, CallFailure::Hook(HookFailure::Skipped(_))),
                 call.settle(failure),
             )
         };
@@ -432,7 +443,9 @@ mod tests {
         let open = tenant(GuestErrorPolicy::FailOpen, BudgetLimits::default());
         let call = GuestCall::hook(&open, Hook::ResponseFilter, Stage::Headers);
         assert!(call.settle(fault().into()).is_ok());
-        assert!(call.settle(HookFailure::Skipped.into()).is_ok());
+        assert!(call
+            .settle(HookFailure::Skipped("the test says so").into())
+            .is_ok());
         // The guest's own refusal and a host error never go on.
         let refusal = HookFailure::Refused(Refusal {
             status: 403,
@@ -457,7 +470,7 @@ mod tests {
     #[test]
     fn finishing_counts_the_call_and_feeds_the_breaker() {
         let limits = BudgetLimits {
-            breaker_faults: 2,
+            breaker_min_calls: 2,
             ..BudgetLimits::default()
         };
         let tenant = tenant(GuestErrorPolicy::FailClosed, limits);

@@ -25,6 +25,17 @@ impl Throttle {
         }
     }
 
+    /// Why a call refused for it was skipped, for the log.
+    pub fn skipped_because(self) -> &'static str {
+        match self {
+            Throttle::Concurrency => {
+                "the tenant's guest calls in flight are at max_concurrent_calls"
+            }
+            Throttle::Cpu => "the tenant's guest time budget is spent",
+            Throttle::BreakerOpen => "the circuit breaker is open",
+        }
+    }
+
     /// The client's status: 429 for a rate, 503 otherwise.
     pub fn status(self) -> u16 {
         match self {

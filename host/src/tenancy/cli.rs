@@ -6,7 +6,7 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use pingora::server::configuration::Opt;
 
 use crate::guest::budget::{
-    BudgetLimits, MAX_BREAKER_FAULTS, MAX_BREAKER_MS, MAX_CONCURRENT_CALLS, MAX_CPU_MS_PER_S,
+    BudgetLimits, MAX_BREAKER_MIN_CALLS, MAX_BREAKER_MS, MAX_CONCURRENT_CALLS, MAX_CPU_MS_PER_S,
 };
 use wasm_runtime::{GuestLimits, MAX_HOOK_TIMEOUT_MS, MAX_MEMORY_LIMIT_MIB};
 
@@ -132,14 +132,21 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(1..=MAX_CPU_MS_PER_S as i64))]
     pub cpu_ms_per_s: u32,
 
-    /// Guest faults within --breaker-window-ms that open a tenant's circuit
-    /// breaker (0: never); while open, its requests get 503 (or go to the
-    /// fail-open fallback) without calling the guest.
-    #[arg(long, value_name = "N", default_value_t = BudgetLimits::default().breaker_faults,
-          value_parser = clap::value_parser!(u32).range(0..=MAX_BREAKER_FAULTS as i64))]
-    pub breaker_faults: u32,
+    /// Guest calls within --breaker-window-ms below which a tenant's
+    /// circuit breaker does not judge (0: it never opens). When at least
+    /// this many calls saw at least --breaker-fault-percent faults, it
+    /// opens: its requests get 503 (or go to the fail-open fallback)
+    /// without calling the guest.
+    #[arg(long, value_name = "N", default_value_t = BudgetLimits::default().breaker_min_calls,
+          value_parser = clap::value_parser!(u32).range(0..=MAX_BREAKER_MIN_CALLS as i64))]
+    pub breaker_min_calls: u32,
 
-    /// The window in which --breaker-faults faults open the breaker, in ms.
+    /// The share of faulted calls, in percent, that opens the breaker.
+    #[arg(long, value_name = "PERCENT", default_value_t = BudgetLimits::default().breaker_fault_percent,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub breaker_fault_percent: u32,
+
+    /// The sliding window the breaker counts calls and faults in, in ms.
     #[arg(long, value_name = "MS", default_value_t = BudgetLimits::default().breaker_window_ms,
           value_parser = clap::value_parser!(u64).range(1..=MAX_BREAKER_MS))]
     pub breaker_window_ms: u64,

@@ -46,7 +46,8 @@ pub fn limits(cli: &Cli) -> TenantDefaults {
         budget: BudgetLimits {
             max_concurrent_calls: cli.max_concurrent_calls,
             cpu_ms_per_s: cli.cpu_ms_per_s,
-            breaker_faults: cli.breaker_faults,
+            breaker_min_calls: cli.breaker_min_calls,
+            breaker_fault_percent: cli.breaker_fault_percent,
             breaker_window_ms: cli.breaker_window_ms,
             breaker_cooldown_ms: cli.breaker_cooldown_ms,
         },

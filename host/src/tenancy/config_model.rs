@@ -203,7 +203,11 @@ pub struct LimitsConfig {
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerConfig {
-    pub faults: Option<u32>,
+    /// Replaced by `min_calls` and `fault_percent`: refused with a
+    /// message that says so.
+    pub faults: Option<serde::de::IgnoredAny>,
+    pub min_calls: Option<u32>,
+    pub fault_percent: Option<u32>,
     pub window_ms: Option<u64>,
     pub cooldown_ms: Option<u64>,
 }

@@ -392,8 +392,19 @@ fn build_tenant(
     };
     budget.check().context("limits").map_err(at_limits)?;
     let breaker = &spec.breaker.value;
+    if breaker.faults.is_some() {
+        let error = anyhow!(
+            "breaker.faults was replaced by min_calls and fault_percent: the breaker opens \
+             when at least min_calls calls in window_ms saw at least fault_percent% faults \
+             (defaults 20 and 50)"
+        );
+        return Err(place.error("breaker", &spec.breaker.origin, error));
+    }
     let budget = BudgetLimits {
-        breaker_faults: breaker.faults.unwrap_or(budget.breaker_faults),
+        breaker_min_calls: breaker.min_calls.unwrap_or(budget.breaker_min_calls),
+        breaker_fault_percent: breaker
+            .fault_percent
+            .unwrap_or(budget.breaker_fault_percent),
         breaker_window_ms: breaker.window_ms.unwrap_or(budget.breaker_window_ms),
         breaker_cooldown_ms: breaker.cooldown_ms.unwrap_or(budget.breaker_cooldown_ms),
         ..budget

@@ -42,7 +42,7 @@ tenants:
     module: GUESTS/hostile.wasm
     config: {{ upstream: "{u}", misbehave: "loop" }}
     limits: {{ max_concurrent_calls: 1000, cpu_ms_per_s: 64000 }}
-    breaker: {{ faults: 0 }}
+    breaker: {{ min_calls: 0 }}
 "#,
         u = upstream.addr
     );
@@ -107,13 +107,13 @@ tenants:
     module: GUESTS/hostile.wasm
     config: {{ upstream: "{u}", misbehave: "loop", on_path: "/slow" }}
     limits: {{ hook_timeout_ms: 300, max_concurrent_calls: 2, cpu_ms_per_s: 64000 }}
-    breaker: {{ faults: 0 }}
+    breaker: {{ min_calls: 0 }}
   - name: frugal
     hosts: ["frugal.example"]
     module: GUESTS/hostile.wasm
     config: {{ upstream: "{u}", misbehave: "loop", on_path: "/slow" }}
     limits: {{ hook_timeout_ms: 50, cpu_ms_per_s: 10 }}
-    breaker: {{ faults: 0 }}
+    breaker: {{ min_calls: 0 }}
 "#,
         u = upstream.addr
     );
@@ -211,7 +211,7 @@ tenants:
     hosts: ["shaky.example"]
     module: GUESTS/hostile.wasm
     config: {{ upstream: "{u}", misbehave: "panic", on_path: "/bad", hook: request_filter }}
-    breaker: {{ faults: 3, window_ms: 10000, cooldown_ms: 400 }}
+    breaker: {{ min_calls: 3, window_ms: 10000, cooldown_ms: 400 }}
 "#,
         u = upstream.addr
     );
@@ -224,10 +224,15 @@ tenants:
         async move { get(&client, &url, &[("host", "shaky.example")]).await.0 }
     };
 
-    assert_eq!(shaky("/").await, 200);
-    for _ in 0..3 {
-        assert_eq!(shaky("/bad").await, 500);
+    // Every call faults (request_filter) or not (the hooks after it):
+    // the breaker opens once at least 3 calls in the window were at least
+    // half faults, on the second or third bad request.
+    let mut faulted = 0;
+    while shaky("/bad").await == 500 {
+        faulted += 1;
+        assert!(faulted <= 3, "{}", proxy.log());
     }
+    assert!(faulted >= 2, "{}", proxy.log());
     // Open: even a path the guest would serve fails fast.
     let started = Instant::now();
     assert_eq!(shaky("/").await, 503);
@@ -255,7 +260,8 @@ tenants:
     );
     assert!(skipped >= 2, "{lines}");
     for needle in [
-        "tenant shaky: circuit breaker open after 3 faults in 10000 ms; calls fail fast for 400 ms",
+        "tenant shaky: circuit breaker open: ",
+        "calls in 10000 ms faulted (at least 50% of at least 3); calls fail fast for 400 ms",
         "tenant shaky: circuit breaker half-open, probing with one call",
         "tenant shaky: circuit breaker open again, the probe call faulted",
         "tenant shaky: circuit breaker closed, the probe call succeeded",
@@ -263,6 +269,49 @@ tenants:
         let log = proxy.wait_for_log(needle);
         assert!(log.contains(needle), "missing {needle:?} in:\n{log}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn six_faulting_requests_among_good_ones_do_not_open_the_breaker() {
+    let upstream = Upstream::plain().await;
+    let yaml = format!(
+        r#"
+tenants:
+  - name: steady
+    hosts: ["steady.example"]
+    module: GUESTS/hostile.wasm
+    config: {{ upstream: "{u}", misbehave: "panic", on_path: "/bad", hook: request_filter }}
+"#,
+        u = upstream.addr
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let (proxy, _) = tenants_proxy(&dir, &yaml, &["--metrics", &metrics]);
+    let client = client();
+    let steady = |path: &str| {
+        let (client, url) = (client.clone(), proxy.url(path));
+        async move { get(&client, &url, &[("host", "steady.example")]).await.0 }
+    };
+    // The default breaker (50% of at least 20 calls): a client that finds
+    // a fault path cannot take the tenant down with a handful of requests.
+    for round in 0..36 {
+        let (path, status) = if round % 6 == 5 {
+            ("/bad", 500)
+        } else {
+            ("/", 200)
+        };
+        assert_eq!(steady(path).await, status, "round {round}: {}", proxy.log());
+    }
+    let lines = metric_lines(&client, &metrics, "steady").await;
+    assert!(
+        lines.contains(r#"wasm_proxy_tenant_breaker_state{tenant="steady"} 0"#),
+        "{lines}"
+    );
+    assert!(
+        !proxy.log().contains("circuit breaker open"),
+        "{}",
+        proxy.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -277,7 +326,7 @@ tenants:
     config: {{ upstream: "{u}", misbehave: "panic", on_path: "/bad" }}
     on_guest_error: fail_open
     fallback_upstream: "{f}"
-    breaker: {{ faults: 2, cooldown_ms: 60000 }}
+    breaker: {{ min_calls: 2, fault_percent: 15, cooldown_ms: 60000 }}
 "#,
         u = upstream.addr,
         f = fallback.addr
@@ -296,7 +345,10 @@ tenants:
     let (guest_choice, fallback) = (Some(upstream.addr.port()), Some(fallback.addr.port()));
 
     assert_eq!(open("/").await, (200, guest_choice));
-    // Faults fail open to the fallback, and open the breaker.
+    // Faults fail open to the fallback, and open the breaker: the first
+    // is one fault in 7 calls (the good request's five hooks, this one's
+    // request_filter and upstream_peer), 14%; the second one of at least
+    // 11, over 15%.
     assert_eq!(open("/bad").await, (200, fallback));
     assert_eq!(open("/bad").await, (200, fallback));
     // Open: the guest is not called; every request goes to the fallback.

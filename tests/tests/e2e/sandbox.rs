@@ -18,7 +18,7 @@ const PROMPT: Duration = Duration::from_secs(2);
 /// Every bad request reaches the guest: no breaker, budgets out of reach.
 /// These tests are about the sandbox; budgets.rs tests the budgets.
 const NO_BUDGETS: [&str; 6] = [
-    "--breaker-faults",
+    "--breaker-min-calls",
     "0",
     "--max-concurrent-calls",
     "1000",

@@ -159,7 +159,8 @@ fn budget_flags_out_of_range() {
     for (flag, value) in [
         ("--cpu-ms-per-s", "0"),
         ("--max-concurrent-calls", "0"),
-        ("--breaker-faults", "20000"),
+        ("--breaker-min-calls", "2000000"),
+        ("--breaker-fault-percent", "101"),
         ("--breaker-cooldown-ms", "0"),
     ] {
         let mut options = ProxyOptions::new("first_proxy", json!({}));
@@ -239,6 +240,14 @@ fn tenants_files_that_cannot_serve() {
         (
             "tenants:\n  - {name: a, module: GUESTS/first_proxy.wasm, breaker: {faults: 3, colour: red}}\n",
             "unknown field `colour`",
+        ),
+        (
+            "tenants:\n  - {name: a, module: GUESTS/first_proxy.wasm, breaker: {faults: 3}}\n",
+            "breaker.faults was replaced by min_calls and fault_percent",
+        ),
+        (
+            "tenants:\n  - {name: a, module: GUESTS/first_proxy.wasm, breaker: {fault_percent: 0}}\n",
+            "breaker fault_percent must be 1-100",
         ),
     ];
     for (yaml, message) in cases {
