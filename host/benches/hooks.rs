@@ -89,7 +89,7 @@ fn address_peer(choice: abi::PeerChoice) -> Box<HttpPeer> {
         panic!("bench peers are addresses");
     };
     // An IP address builds without a lookup: the call never waits.
-    ready(address.build()).unwrap()
+    ready(address.build(&Default::default())).unwrap().unwrap()
 }
 
 /// The peer for a choice of a pool, as `WasmProxy` builds it.

@@ -28,6 +28,7 @@ pub struct Metrics {
     reload_failures: IntCounter,
     filter_metrics: IntGaugeVec,
     backend_healthy: IntGaugeVec,
+    egress_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -65,6 +66,12 @@ impl Metrics {
             "wasm_proxy_tenant_throttled_total",
             "Guest calls not made because the tenant was over a budget, by reason: concurrency, cpu, breaker_open.",
             &["tenant", "reason"],
+        );
+        let egress_refused = counter(
+            "wasm_proxy_egress_refused_total",
+            "Destinations a tenant's guest chose itself (an upstream_peer address, a \
+             proxy_http_call ip:port) that its egress rules refused.",
+            &["tenant"],
         );
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let vec = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
@@ -132,7 +139,13 @@ impl Metrics {
             backend_healthy,
             reloads,
             reload_failures,
+            egress_refused,
         }
+    }
+
+    /// `wasm_proxy_egress_refused_total{tenant}` of `tenant`.
+    pub fn egress_refused(&self, tenant: &str) -> IntCounter {
+        self.egress_refused.with_label_values(&[tenant])
     }
 
     /// The family proxy-wasm filters' metrics are exported in.

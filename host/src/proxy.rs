@@ -446,8 +446,20 @@ impl ProxyHttp for WasmProxy {
             Err(failure) => Err(failure),
         };
         let fault = match chosen {
-            Ok(PeerChoice::Address(address)) => match address.build().await {
-                Ok(peer) => return Ok(peer),
+            Ok(PeerChoice::Address(address)) => match address.build(&tenant.scope.egress).await {
+                Ok(Ok(peer)) => return Ok(peer),
+                // Not the guest's fault (it is not counted, and never goes
+                // to the fail-open fallback): the operator's rules say no.
+                Ok(Err(refused)) => {
+                    tenant.scope.refused(&refused.address, refused.why);
+                    return Err(Error::explain(
+                        HTTPStatus(502),
+                        format!(
+                            "tenant {}: egress to {} refused ({})",
+                            tenant.name, refused.address, refused.why
+                        ),
+                    ));
+                }
                 Err(fault) => fault,
             },
             Ok(PeerChoice::Pool(pick)) => {

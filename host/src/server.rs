@@ -23,6 +23,7 @@ use crate::tenancy::cli::Cli;
 use crate::tenancy::config;
 use crate::tenancy::reload::TenantReloader;
 use crate::tenancy::tenants::TenantSet;
+use crate::upstream::egress::OwnAddresses;
 use crate::upstream::pools::{HealthRegistries, PoolHealthChecks};
 use wasm_runtime::{
     release_freed_memory, EngineOptions, GuestEngine, FEW_CALLS, MAX_MEMORY_LIMIT_MIB,
@@ -44,7 +45,14 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
     }
     let metrics_addr = config::metrics_addr(&cli)?;
     let (h2c, forwarded_headers) = (cli.h2c, !cli.no_forwarded_headers);
-    let limits = config::limits(&cli);
+    let mut limits = config::limits(&cli);
+    limits.own = Arc::new(OwnAddresses::new(
+        listen
+            .iter()
+            .chain(&tls_listen)
+            .chain(&metrics_addr)
+            .filter_map(|addr| addr.parse().ok()),
+    ));
 
     let engine = GuestEngine::new(&EngineOptions {
         max_memory_bytes: MAX_MEMORY_LIMIT_BYTES,
@@ -66,7 +74,7 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
     }
     // TLS health checks trust what proxied requests trust.
     let registries = Arc::new(HealthRegistries::new(server.configuration.ca_file.clone()));
-    let tenants = TenantSet::load(&engine, &source, limits, &metrics, &registries)?;
+    let tenants = TenantSet::load(&engine, &source, limits.clone(), &metrics, &registries)?;
     release_freed_memory();
     if tls_listen.is_empty() && tenants.has_certificates() {
         log::warn!("tenants have certificates, but there is no --tls-listen to serve them on");

@@ -343,6 +343,7 @@ mod tests {
             pools: Pools::new(&[], &[]),
             certificate: None,
             budget: Budget::new(limits, metrics.tenant("t")),
+            scope: Default::default(),
             metrics: metrics.tenant("t"),
         }
     }

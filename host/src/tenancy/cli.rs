@@ -30,6 +30,13 @@ pub struct Cli {
     #[arg(long, value_name = "STRING|@FILE", conflicts_with = "tenants")]
     pub filter_config: Vec<String>,
 
+    /// Where guests may send traffic they address themselves (an
+    /// upstream_peer address, a proxy_http_call ip:port): an IP or CIDR
+    /// with an optional :PORT, or NAME:PORT; repeatable. The default
+    /// egress of every tenant (a tenants file's `egress:` replaces it).
+    #[arg(long = "egress-allow", value_name = "ENTRY")]
+    pub egress_allow: Vec<String>,
+
     /// A cluster filters may dispatch HTTP calls to, NAME=ip:port;
     /// repeatable. (A tenants file has `clusters:`.)
     #[arg(long, value_name = "NAME=ADDR", conflicts_with = "tenants")]

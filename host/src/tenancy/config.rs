@@ -51,6 +51,8 @@ pub fn limits(cli: &Cli) -> TenantDefaults {
             breaker_window_ms: cli.breaker_window_ms,
             breaker_cooldown_ms: cli.breaker_cooldown_ms,
         },
+        egress: (!cli.egress_allow.is_empty()).then(|| cli.egress_allow.clone()),
+        own: Default::default(),
     }
 }
 
@@ -165,6 +167,8 @@ pub fn tenant_source(cli: &Cli) -> anyhow::Result<TenantSource> {
     };
     Ok(TenantSource::CommandLine(TenantsConfig {
         clusters,
+        // --egress-allow reaches the tenant through its defaults.
+        egress: None,
         pools: BTreeMap::new(),
         tenants: vec![Located::new(tenant)],
         default_tenant: Some(Located::new(name)),

@@ -59,6 +59,10 @@ pub struct TenantsConfig {
     /// Names a filter may dispatch HTTP calls to: `name: "ip:port"`.
     #[serde(default, deserialize_with = "blank_as_default")]
     pub clusters: BTreeMap<String, Located<String>>,
+    /// Where guests may send traffic they address themselves, for every
+    /// tenant without its own `egress:`.
+    #[serde(default)]
+    pub egress: Option<Located<EgressConfig>>,
     /// Pools every tenant may name (a tenant's own of the same name wins).
     #[serde(default, deserialize_with = "blank_as_default")]
     pub pools: BTreeMap<String, Located<PoolConfig>>,
@@ -110,6 +114,13 @@ pub struct TenantConfig {
     /// Its own pools.
     #[serde(default, deserialize_with = "blank_as_default")]
     pub pools: BTreeMap<String, Located<PoolConfig>>,
+    /// Its own clusters: only its filters may call them.
+    #[serde(default, deserialize_with = "blank_as_default")]
+    pub clusters: BTreeMap<String, Located<String>>,
+    /// Where its guests may send traffic they address themselves
+    /// (replaces the file's `egress:`).
+    #[serde(default)]
+    pub egress: Option<Located<EgressConfig>>,
     /// Its certificate.
     #[serde(default)]
     pub tls: Option<Located<TlsConfig>>,
@@ -127,9 +138,10 @@ pub struct FilterConfig {
     /// Its plugin configuration; empty when absent.
     #[serde(default)]
     pub config: Option<PluginConfig>,
-    /// Its VM configuration; empty when absent.
-    #[serde(default)]
-    pub vm_config: Option<String>,
+    /// Its VM: the configuration text, or `{vm_id, configuration}` as in
+    /// Envoy; empty when absent.
+    #[serde(default, deserialize_with = "vm_config_form")]
+    pub vm_config: Option<VmConfig>,
     /// Its root context id; empty when absent.
     #[serde(default)]
     pub root_id: Option<String>,
@@ -137,6 +149,29 @@ pub struct FilterConfig {
     /// skipped for the rest of the request.
     #[serde(default)]
     pub on_error: GuestErrorPolicy,
+}
+
+/// A filter's `vm_config`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// Filters of one tenant with the same `vm_id` share their shared
+    /// data (and `plugin_vm_id` reads it); empty: the module's digest.
+    #[serde(default)]
+    pub vm_id: String,
+    /// The VM configuration (`on_vm_start`).
+    #[serde(default)]
+    pub configuration: String,
+}
+
+impl VmConfig {
+    /// The text form: the configuration alone.
+    fn text(configuration: &str) -> Self {
+        VmConfig {
+            vm_id: String::new(),
+            configuration: configuration.to_string(),
+        }
+    }
 }
 
 /// A filter's plugin configuration: the bytes the filter reads.
@@ -196,6 +231,10 @@ pub struct LimitsConfig {
     pub instance_reuse: Option<u64>,
     pub max_concurrent_calls: Option<u32>,
     pub cpu_ms_per_s: Option<u32>,
+    pub max_pending_calls: Option<u32>,
+    pub max_call_timeout_ms: Option<u32>,
+    pub shared_data_bytes: Option<u64>,
+    pub max_metrics: Option<u32>,
 }
 
 /// A tenant's circuit breaker; each absent value is its `--breaker-*`
@@ -505,6 +544,43 @@ impl<'de> Deserialize<'de> for UpstreamConfig {
         }
         deserializer.deserialize_any(Forms)
     }
+}
+
+impl<'de> Deserialize<'de> for VmConfigForm {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Forms;
+        impl<'de> Visitor<'de> for Forms {
+            type Value = VmConfigForm;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("the VM configuration text, or {vm_id, configuration}")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(VmConfigForm(VmConfig::text(text)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                VmConfig::deserialize(de::value::MapAccessDeserializer::new(map)).map(VmConfigForm)
+            }
+        }
+        deserializer.deserialize_any(Forms)
+    }
+}
+
+/// `vm_config:` as written: text or a map.
+struct VmConfigForm(VmConfig);
+
+fn vm_config_form<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<VmConfig>, D::Error> {
+    Option::<VmConfigForm>::deserialize(deserializer).map(|form| form.map(|f| f.0))
+}
+
+/// A tenant's (or the file's) `egress:`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressConfig {
+    /// IP, CIDR (each with an optional `:port`) or `name:port` entries.
+    #[serde(default, deserialize_with = "blank_as_default")]
+    pub allow: Vec<String>,
 }
 
 impl TenantsConfig {

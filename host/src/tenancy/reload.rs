@@ -81,7 +81,7 @@ impl TenantReloader {
         let set = TenantSet::load(
             &self.engine,
             &self.source,
-            self.defaults,
+            self.defaults.clone(),
             &self.metrics,
             &self.registries,
         )?;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 
-use crate::abi::proxy_wasm::{FilterModule, FilterSpec};
+use crate::abi::proxy_wasm::{FilterLimits, FilterModule, FilterSpec, TenantScope};
 use crate::abi::v1::V1Module;
 use crate::edge::tls::Certificate;
 use crate::guest::budget::{Budget, BudgetLimits};
@@ -18,20 +18,28 @@ use crate::guest::hooks::Hook;
 use crate::metrics::{Metrics, TenantMetrics};
 pub use crate::tenancy::config_model::GuestErrorPolicy;
 use crate::tenancy::config_model::{
-    JsonText, Located, Naming, Origin, PluginConfig, PoolConfig, TenantConfig, TenantsConfig,
+    EgressConfig, JsonText, Located, Naming, Origin, PluginConfig, PoolConfig, TenantConfig,
+    TenantsConfig,
 };
+use crate::upstream::egress::{Egress, OwnAddresses};
 use crate::upstream::pools::{HealthRegistries, LivePools, Pool, PoolSpec, Pools, SHARED};
 use crate::upstream::StaticUpstream;
 use wasm_runtime::{GuestEngine, GuestLimits};
 
 /// The limits and budget of a tenant that sets none of its own (from the
 /// command line flags).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct TenantDefaults {
     /// Per-instance limits.
     pub limits: GuestLimits,
     /// Per-tenant budget and breaker.
     pub budget: BudgetLimits,
+    /// `--egress-allow` entries: the egress of tenants when the tenants
+    /// file has none (None: the flag was not given).
+    pub egress: Option<Vec<String>>,
+    /// The proxy's own listeners and metrics address, which no guest may
+    /// reach.
+    pub own: Arc<OwnAddresses>,
 }
 
 /// One tenant: a name, its routing module and filters, its budget and
@@ -58,6 +66,9 @@ pub struct Tenant {
     pub certificate: Option<Arc<Certificate>>,
     /// Its guest budget and circuit breaker.
     pub budget: Budget,
+    /// What its guests share and may reach: shared data, clusters,
+    /// egress, callout and metric bounds.
+    pub scope: Arc<TenantScope>,
     /// Its request and hook metrics.
     pub metrics: TenantMetrics,
 }
@@ -180,7 +191,8 @@ impl TenantSet {
                 engine,
                 base: &config.base,
                 naming: config.naming,
-                defaults,
+                defaults: defaults.clone(),
+                file_egress: config.egress.as_ref(),
                 metrics,
                 clusters: &set.clusters,
                 pools: Pools::new(&own, &shared),
@@ -326,6 +338,8 @@ struct TenantLoad<'a> {
     base: &'a Path,
     naming: Naming,
     defaults: TenantDefaults,
+    /// The file's own `egress:`, for tenants without one.
+    file_egress: Option<&'a Located<EgressConfig>>,
     metrics: &'a Metrics,
     clusters: &'a HashMap<String, SocketAddr>,
     /// The tenant's pools, built already.
@@ -369,6 +383,7 @@ fn build_tenant(
         base,
         naming,
         defaults,
+        file_egress,
         metrics,
         clusters,
         pools,
@@ -484,6 +499,14 @@ fn build_tenant(
         );
         return Err(place.error("on_guest_error", &spec.on_guest_error.origin, error));
     }
+    let scope = Arc::new(build_scope(
+        spec,
+        place,
+        &defaults,
+        file_egress,
+        clusters,
+        metrics,
+    )?);
     let mut filters = Vec::new();
     for (index, entry) in spec.filters.iter().enumerate() {
         let filter = &entry.value;
@@ -494,10 +517,19 @@ fn build_tenant(
                 .clone()
                 .map(PluginConfig::into_bytes)
                 .unwrap_or_default(),
-            vm_config: filter.vm_config.clone().unwrap_or_default().into_bytes(),
+            vm_config: filter
+                .vm_config
+                .as_ref()
+                .map(|vm| vm.configuration.clone().into_bytes())
+                .unwrap_or_default(),
+            vm_id: filter
+                .vm_config
+                .as_ref()
+                .map(|vm| vm.vm_id.clone())
+                .unwrap_or_default(),
             root_id: filter.root_id.clone().unwrap_or_default(),
             metrics: Some((metrics.filter_family(), spec.name.clone())),
-            clusters: clusters.clone(),
+            scope: scope.clone(),
         };
         let label = naming.guest(&filter.module.value, &spec.name);
         let loaded = FilterModule::load(engine, label, &path, filter_spec, limits)
@@ -510,6 +542,7 @@ fn build_tenant(
     }
     let tenant = Tenant {
         budget: Budget::new(budget, metrics.tenant(&spec.name)),
+        scope,
         metrics: metrics.tenant(&spec.name),
         name: spec.name.clone(),
         label: naming.tenant(spec),
@@ -522,6 +555,60 @@ fn build_tenant(
         certificate,
     };
     Ok((tenant, files))
+}
+
+/// The tenant's scope: its clusters (the shared ones, then its own, which
+/// win), its egress (its own `egress:`, else the file's, else
+/// `--egress-allow`), its filter bounds and its shared data.
+fn build_scope(
+    spec: &TenantConfig,
+    place: &EntryPlace,
+    defaults: &TenantDefaults,
+    file_egress: Option<&Located<EgressConfig>>,
+    shared_clusters: &HashMap<String, SocketAddr>,
+    metrics: &Metrics,
+) -> anyhow::Result<TenantScope> {
+    let mut clusters = shared_clusters.clone();
+    for (name, addr) in &spec.clusters {
+        let parsed = addr
+            .value
+            .parse::<SocketAddr>()
+            .with_context(|| format!("cluster {name:?}: {:?} is not ip:port", addr.value))
+            .map_err(|e| place.error(&format!("clusters.{name}"), &addr.origin, e))?;
+        clusters.insert(name.clone(), parsed);
+    }
+    let egress = match spec.egress.as_ref().or(file_egress) {
+        Some(config) => Egress::new(Some(&config.value.allow), defaults.own.clone())
+            .context("egress")
+            .map_err(|e| place.error("egress", &config.origin, e))?,
+        None => Egress::new(defaults.egress.as_deref(), defaults.own.clone())
+            .context("--egress-allow")?,
+    };
+    let given = &spec.limits.value;
+    let standard = FilterLimits::default();
+    let limits = FilterLimits {
+        max_pending_calls: given
+            .max_pending_calls
+            .unwrap_or(standard.max_pending_calls),
+        max_call_timeout_ms: given
+            .max_call_timeout_ms
+            .unwrap_or(standard.max_call_timeout_ms),
+        shared_data_bytes: given
+            .shared_data_bytes
+            .unwrap_or(standard.shared_data_bytes),
+        max_metrics: given.max_metrics.unwrap_or(standard.max_metrics),
+    };
+    limits
+        .check()
+        .context("limits")
+        .map_err(|e| place.error("limits", &spec.limits.origin, e))?;
+    Ok(TenantScope::new(
+        &spec.name,
+        clusters,
+        egress,
+        metrics.egress_refused(&spec.name),
+        limits,
+    ))
 }
 
 /// Refuses a module that cannot say where requests go: it exports no

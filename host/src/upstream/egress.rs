@@ -116,14 +116,14 @@ impl Entry {
 
 /// What no guest may reach: the proxy's own listening addresses.
 #[derive(Debug, Default)]
-pub(crate) struct OwnAddresses {
+pub struct OwnAddresses {
     listeners: Vec<SocketAddr>,
 }
 
 impl OwnAddresses {
     /// The listeners and the metrics address, as given on the command
     /// line (each `ip:port`; names are refused elsewhere).
-    pub(crate) fn new(addresses: impl IntoIterator<Item = SocketAddr>) -> Self {
+    pub fn new(addresses: impl IntoIterator<Item = SocketAddr>) -> Self {
         OwnAddresses {
             listeners: addresses.into_iter().collect(),
         }
@@ -162,7 +162,7 @@ fn is_link_local(ip: IpAddr) -> bool {
 
 /// A tenant's egress rules.
 #[derive(Debug, Clone)]
-pub(crate) struct Egress {
+pub struct Egress {
     /// The `allow` entries; None: no `egress:` was given anywhere.
     allow: Option<Vec<Entry>>,
     own: Arc<OwnAddresses>,
@@ -170,7 +170,7 @@ pub(crate) struct Egress {
 
 /// Why a destination was refused, for the log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refusal {
+pub enum Refusal {
     /// Not in the tenant's `egress.allow` (or no list, for a callout).
     NotAllowed,
     /// One of the proxy's own listeners.
@@ -179,10 +179,20 @@ pub(crate) enum Refusal {
     LinkLocal,
 }
 
+impl Default for Egress {
+    /// No `egress:` and no own addresses: only link-local is refused.
+    fn default() -> Self {
+        Egress {
+            allow: None,
+            own: Arc::default(),
+        }
+    }
+}
+
 impl Egress {
     /// Rules from `allow` (None: no `egress:` given), never reaching
     /// `own`.
-    pub(crate) fn new(allow: Option<&[String]>, own: Arc<OwnAddresses>) -> anyhow::Result<Self> {
+    pub fn new(allow: Option<&[String]>, own: Arc<OwnAddresses>) -> anyhow::Result<Self> {
         let allow = match allow {
             Some(entries) => Some(
                 entries
@@ -197,7 +207,7 @@ impl Egress {
     }
 
     /// Whether any `egress:` was given.
-    pub(crate) fn is_configured(&self) -> bool {
+    pub fn is_configured(&self) -> bool {
         self.allow.is_some()
     }
 
@@ -205,7 +215,7 @@ impl Egress {
     /// `name` if it gave a host name. `open_by_default`: without any
     /// `egress:`, everything not forbidden is allowed (ABI v1's
     /// `upstream_peer`); otherwise nothing is (callouts).
-    pub(crate) fn check(
+    pub fn check(
         &self,
         name: Option<(&str, u16)>,
         address: SocketAddr,

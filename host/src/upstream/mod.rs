@@ -2,8 +2,7 @@
 //! with their health checks, and the egress rules for destinations a
 //! guest chooses itself.
 
-#[allow(dead_code)]
-pub(crate) mod egress;
+pub mod egress;
 pub mod pools;
 mod static_upstream;
 

@@ -337,43 +337,6 @@ async fn metrics_shared_data_and_ticks_work_across_instances() {
     assert!(value("pw_counter_ticks") >= 3);
 }
 
-/// An auth service on loopback: `/check?user=NAME` answers `allow NAME`
-/// for a user starting with `ok`, 403 otherwise, and for `slow` answers
-/// only after 2 s.
-async fn auth_service() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-    use http_body_util::Full;
-    use hyper::service::service_fn;
-    use hyper_util::rt::TokioIo;
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                    let query = req.uri().query().unwrap_or("").to_string();
-                    let user = query.strip_prefix("user=").unwrap_or("").to_string();
-                    if user == "slow" {
-                        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-                    }
-                    let (status, body) = if user.starts_with("ok") {
-                        (200, format!("allow {user}"))
-                    } else {
-                        (403, "no".to_string())
-                    };
-                    let mut response = hyper::Response::new(Full::new(bytes::Bytes::from(body)));
-                    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                    Ok::<_, std::convert::Infallible>(response)
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (addr, task)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_auth_filter_grants_or_refuses_on_its_callout_under_concurrency() {
     let upstream = Upstream::plain().await;
@@ -429,8 +392,18 @@ async fn an_auth_filter_grants_or_refuses_on_its_callout_under_concurrency() {
     // Refused and failed requests never reached the upstream.
     assert!(upstream.connections() <= 14, "{}", upstream.connections());
 
-    // A cluster that is not configured, named as ip:port, is called too.
-    let proxy = filters_proxy(&upstream, &[("pw_auth", &auth.to_string())], &[]);
+    // An ip:port instead of a cluster: refused without egress (clusters
+    // only, as Envoy), called once --egress-allow grants it.
+    let target = auth.to_string();
+    let proxy = filters_proxy(&upstream, &[("pw_auth", &target)], &[]);
+    let (status, body) = get(&client, &proxy.url("/"), &[("x-user", "ok-direct")]).await;
+    assert_eq!((status, body.as_str()), (500, "auth call not made\n"));
+    let granted = format!("{}/32:{}", auth.ip(), auth.port());
+    let proxy = filters_proxy(
+        &upstream,
+        &[("pw_auth", &target)],
+        &["--egress-allow", &granted],
+    );
     let (status, _) = get(&client, &proxy.url("/"), &[("x-user", "ok-direct")]).await;
     assert_eq!(status, 200, "{}", proxy.log());
 }

@@ -5,6 +5,7 @@
 mod clients;
 mod support;
 
+mod boundaries;
 mod budgets;
 mod edge;
 mod failures;

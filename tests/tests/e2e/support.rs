@@ -763,3 +763,40 @@ pub(crate) fn metric_value(text: &str, series: &str) -> u64 {
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
 }
+
+/// An auth service on loopback: `/check?user=NAME` answers `allow NAME`
+/// for a user starting with `ok`, 403 otherwise, and for `slow` answers
+/// only after 2 s.
+pub(crate) async fn auth_service() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let query = req.uri().query().unwrap_or("").to_string();
+                    let user = query.strip_prefix("user=").unwrap_or("").to_string();
+                    if user == "slow" {
+                        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    }
+                    let (status, body) = if user.starts_with("ok") {
+                        (200, format!("allow {user}"))
+                    } else {
+                        (403, "no".to_string())
+                    };
+                    let mut response = hyper::Response::new(Full::new(bytes::Bytes::from(body)));
+                    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                    Ok::<_, std::convert::Infallible>(response)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}

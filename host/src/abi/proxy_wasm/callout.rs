@@ -13,8 +13,9 @@ use tokio::net::TcpStream;
 /// The largest call response kept; a larger one fails the call.
 const MAX_RESPONSE: usize = 1 << 20;
 
-/// A call a filter dispatched, waiting to be made.
-#[derive(Debug, Clone)]
+/// A call a filter dispatched, waiting to be made. It holds one of its
+/// tenant's callout slots until it is dropped (answered or abandoned).
+#[derive(Debug)]
 pub struct PendingCall {
     /// The token the filter was given.
     pub token: u32,
@@ -26,6 +27,8 @@ pub struct PendingCall {
     pub body: Vec<u8>,
     /// How long it may take.
     pub timeout: Duration,
+    /// The tenant's callout slot it holds.
+    pub slot: super::CallSlot,
 }
 
 /// What a call got back.

@@ -40,8 +40,11 @@ pub struct FilterSpec {
     /// Where the metrics the filter defines are exported, and its
     /// tenant's name; None: kept in memory only.
     pub metrics: Option<(prometheus::IntGaugeVec, String)>,
-    /// Where its HTTP calls may go, by cluster name.
-    pub clusters: std::collections::HashMap<String, std::net::SocketAddr>,
+    /// `vm_config.vm_id`: its namespace in the tenant's shared data (and
+    /// `plugin_vm_id`); empty: the module's digest names it.
+    pub vm_id: String,
+    /// What its tenant's filters share and are bounded by.
+    pub scope: Arc<super::TenantScope>,
 }
 
 /// What a request callback left the request to do next.
@@ -186,18 +189,24 @@ impl FilterModule {
         let metrics = FilterMetrics::new(
             spec.metrics
                 .map(|(family, tenant)| (family, tenant, plugin_name.clone())),
+            spec.scope.limits.max_metrics as usize,
         );
+        let shared_namespace: Arc<str> = if spec.vm_id.is_empty() {
+            module_digest(bytes).into()
+        } else {
+            format!("vm_id {}", spec.vm_id).into()
+        };
         let plugin = Arc::new(Plugin {
             name: name.clone(),
             plugin_name,
             root_id: spec.root_id,
-            vm_id: String::new(),
+            vm_id: spec.vm_id,
             config: spec.config,
             vm_config: spec.vm_config,
-            shared: super::SharedData::of_module(bytes),
+            shared_namespace,
+            scope: spec.scope,
             metrics,
             tick_period_ms: AtomicU64::new(0),
-            clusters: spec.clusters,
         });
         let filter = FilterModule {
             name,
@@ -661,4 +670,13 @@ fn export<P: WasmParams, R: WasmResults>(
     signature: &str,
 ) -> Result<Option<TypedFunc<P, R>>, String> {
     wasm.func(name, signature).map_err(|e| format!("{e:#}"))
+}
+
+/// `sha256:<hex>` of a module's bytes: its name in its tenant's shared
+/// data when the filter gives no `vm_id`.
+fn module_digest(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(bytes);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
 }

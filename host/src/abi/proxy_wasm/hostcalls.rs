@@ -550,7 +550,7 @@ fn proxy_define_metric(
 ) -> Result<(), Status> {
     let name = read_str(&mut caller, name, name_size)?;
     MetricType::try_from(kind)?;
-    let id = state(&caller).define_metric(&name);
+    let id = state(&caller).define_metric(&name)?;
     written(&mut caller, return_id, &id.to_le_bytes())
 }
 

@@ -22,13 +22,15 @@ mod types;
 mod wasi;
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use prometheus::{IntGauge, IntGaugeVec};
+use prometheus::{IntCounter, IntGauge, IntGaugeVec};
 use wasmtime::{Linker, Module};
 
 use crate::abi::GuestAbi;
+use crate::upstream::egress::{self, Egress};
 use wasm_runtime::Sandbox;
 
 pub use callout::{perform as perform_call, CallResponse, PendingCall};
@@ -59,65 +61,299 @@ pub struct Plugin {
     pub config: Vec<u8>,
     /// The VM configuration (`on_vm_start`).
     pub vm_config: Vec<u8>,
-    /// Shared data, shared by every instance of this filter's module in
-    /// the process (see [`SharedData::of_module`]).
-    pub shared: Arc<SharedData>,
+    /// Its namespace in its tenant's shared data: `vm_id`, else the
+    /// module's digest.
+    pub shared_namespace: Arc<str>,
+    /// What its tenant's filters share and are bounded by.
+    pub scope: Arc<TenantScope>,
     /// Metrics the filter defined.
     pub metrics: FilterMetrics,
     /// The tick period the filter asked for, in milliseconds; 0: none.
     pub tick_period_ms: AtomicU64,
-    /// Where the filter's HTTP calls may go, by cluster name.
-    pub clusters: HashMap<String, std::net::SocketAddr>,
 }
 
-/// Key-value data shared by a filter's instances, with CAS.
-#[derive(Default)]
+/// What a tenant's filters share and are held to: its shared data, the
+/// clusters and addresses its callouts may reach, and its bounds on
+/// callouts and metrics.
+pub struct TenantScope {
+    /// The tenant's name, for log lines.
+    pub tenant: String,
+    /// The tenant's shared data.
+    pub shared: Arc<SharedData>,
+    /// Clusters its filters may call by name: the shared ones and the
+    /// tenant's own (which win).
+    pub clusters: HashMap<String, SocketAddr>,
+    /// Where a callout to an `ip:port` may go.
+    pub egress: Egress,
+    /// Counts refused destinations (`wasm_proxy_egress_refused_total`).
+    pub egress_refused: IntCounter,
+    /// The tenant's callout and metric bounds.
+    pub limits: FilterLimits,
+    /// Callouts dispatched and not yet answered, over the tenant's filters.
+    pending_calls: AtomicU32,
+    /// The second (since the process began) of the last egress refusal
+    /// logged: at most one line a second per tenant.
+    refusal_logged: AtomicU64,
+}
+
+/// A tenant's bounds on what its filters do outside their instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FilterLimits {
+    /// Callouts in flight at once (`max_pending_calls`).
+    pub max_pending_calls: u32,
+    /// The longest callout timeout a filter may ask for
+    /// (`max_call_timeout_ms`); a longer one is cut to it.
+    pub max_call_timeout_ms: u32,
+    /// Metrics each filter may define (`max_metrics`).
+    pub max_metrics: u32,
+    /// Bytes of keys and values in the tenant's shared data
+    /// (`shared_data_bytes`).
+    pub shared_data_bytes: u64,
+}
+
+impl Default for FilterLimits {
+    fn default() -> Self {
+        FilterLimits {
+            max_pending_calls: 32,
+            max_call_timeout_ms: 30_000,
+            max_metrics: 1000,
+            shared_data_bytes: 16 << 20,
+        }
+    }
+}
+
+/// Largest `max_pending_calls`, `max_metrics` accepted.
+const MAX_COUNT_LIMIT: u32 = 100_000;
+
+/// Largest `max_call_timeout_ms` accepted: ten minutes.
+const MAX_CALL_TIMEOUT_MS: u32 = 600_000;
+
+/// Largest `shared_data_bytes` accepted: 1 GiB.
+const MAX_SHARED_DATA_BYTES: u64 = 1 << 30;
+
+impl FilterLimits {
+    /// Refuses bounds out of range.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if !(1..=MAX_COUNT_LIMIT).contains(&self.max_pending_calls) {
+            anyhow::bail!("max_pending_calls must be 1-{MAX_COUNT_LIMIT}");
+        }
+        if !(1..=MAX_CALL_TIMEOUT_MS).contains(&self.max_call_timeout_ms) {
+            anyhow::bail!("max_call_timeout_ms must be 1-{MAX_CALL_TIMEOUT_MS}");
+        }
+        if self.max_metrics > MAX_COUNT_LIMIT {
+            anyhow::bail!("max_metrics must be 0-{MAX_COUNT_LIMIT}");
+        }
+        if self.shared_data_bytes > MAX_SHARED_DATA_BYTES {
+            anyhow::bail!("shared_data_bytes must be 0-{MAX_SHARED_DATA_BYTES}");
+        }
+        Ok(())
+    }
+}
+
+impl TenantScope {
+    /// The scope of tenant `tenant`.
+    pub fn new(
+        tenant: &str,
+        clusters: HashMap<String, SocketAddr>,
+        egress: Egress,
+        egress_refused: IntCounter,
+        limits: FilterLimits,
+    ) -> Self {
+        TenantScope {
+            tenant: tenant.to_string(),
+            shared: SharedData::of_tenant(
+                tenant,
+                usize::try_from(limits.shared_data_bytes).unwrap_or(usize::MAX),
+            ),
+            clusters,
+            egress,
+            egress_refused,
+            limits,
+            pending_calls: AtomicU32::new(0),
+            refusal_logged: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// Where a callout to `upstream` goes: a cluster by name, or an
+    /// `ip:port` the tenant's egress allows. A refusal is counted and
+    /// logged (at most once a second).
+    pub fn callout_address(&self, upstream: &str) -> Option<SocketAddr> {
+        if let Some(address) = self.clusters.get(upstream) {
+            return Some(*address);
+        }
+        let address: SocketAddr = upstream.parse().ok()?;
+        match self.egress.check(None, address, false) {
+            Ok(()) => Some(address),
+            Err(why) => {
+                self.refused(&address.to_string(), why);
+                None
+            }
+        }
+    }
+
+    /// Counts and logs a refused destination.
+    pub fn refused(&self, address: &str, why: egress::Refusal) {
+        self.egress_refused.inc();
+        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let second = ORIGIN
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_secs();
+        if self.refusal_logged.swap(second, Ordering::Relaxed) != second {
+            log::warn!(
+                "tenant {}: egress to {address} refused ({why})",
+                self.tenant
+            );
+        }
+    }
+
+    /// Takes one of the tenant's callout slots; None when
+    /// `max_pending_calls` are in flight. The slot is given back when the
+    /// returned guard is dropped.
+    pub fn take_call_slot(self: &Arc<Self>) -> Option<CallSlot> {
+        let taken = self.pending_calls.fetch_add(1, Ordering::AcqRel);
+        let slot = CallSlot(self.clone());
+        (taken < self.limits.max_pending_calls).then_some(slot)
+    }
+}
+
+impl Default for TenantScope {
+    /// A scope of its own (its own shared data, no clusters, no egress),
+    /// for a filter loaded outside any tenant (benches, tests).
+    fn default() -> Self {
+        let limits = FilterLimits::default();
+        TenantScope {
+            shared: Arc::new(SharedData::new(limits.shared_data_bytes as usize)),
+            ..TenantScope::new(
+                "",
+                HashMap::new(),
+                Egress::new(None, Arc::default()).expect("no entries to refuse"),
+                IntCounter::new("egress_refused", "kept in memory").expect("a valid metric name"),
+                limits,
+            )
+        }
+    }
+}
+
+impl std::fmt::Debug for TenantScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantScope")
+            .field("tenant", &self.tenant)
+            .field("clusters", &self.clusters)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One of a tenant's callout slots, given back on drop.
+pub struct CallSlot(Arc<TenantScope>);
+
+impl Drop for CallSlot {
+    fn drop(&mut self) {
+        self.0.pending_calls.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl std::fmt::Debug for CallSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallSlot")
+    }
+}
+
+/// A tenant's shared data (`proxy_get/set_shared_data`), with CAS: one
+/// store per tenant, so two tenants never share whatever their bytes, and
+/// within it one namespace per VM (`vm_config.vm_id`, else the module's
+/// digest), as Envoy shares data between the filters of one VM. Keys and
+/// values together are held to the tenant's `shared_data_bytes`; they
+/// live on the host heap, outside every instance's memory cap.
 pub struct SharedData {
-    entries: Mutex<HashMap<String, (Vec<u8>, u32)>>,
+    entries: Mutex<SharedEntries>,
+    /// The tenant's `shared_data_bytes`, updated when a reload changes it.
+    limit: AtomicUsize,
+}
+
+#[derive(Default)]
+struct SharedEntries {
+    /// `(namespace, key)` -> (value, CAS token).
+    values: HashMap<(Arc<str>, String), (Vec<u8>, u32)>,
+    /// Bytes of keys and values held.
+    bytes: usize,
+}
+
+/// Why a set was not made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetRefused {
+    /// The CAS token did not match.
+    CasMismatch,
+    /// The tenant's `shared_data_bytes` would be passed.
+    Full,
 }
 
 impl SharedData {
-    /// The shared data of the module whose bytes are `module`: every
-    /// filter loaded from the same module shares it, while any is loaded
-    /// (a reload that keeps the module keeps its data).
-    pub fn of_module(module: &[u8]) -> Arc<SharedData> {
-        use std::hash::{Hash, Hasher};
-        /// Modules (by length and hash) and their shared data.
-        type Registry = Vec<((usize, u64), std::sync::Weak<SharedData>)>;
-        static MODULES: Mutex<Registry> = Mutex::new(Vec::new());
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        module.hash(&mut hasher);
-        let key = (module.len(), hasher.finish());
-        let mut modules = MODULES.lock().unwrap_or_else(|p| p.into_inner());
-        modules.retain(|(_, data)| data.strong_count() > 0);
-        if let Some(data) = modules
+    /// The shared data of tenant `tenant`, holding at most `limit` bytes:
+    /// the same store for as long as a tenant of that name is loaded, so
+    /// a reload keeps its data.
+    pub fn of_tenant(tenant: &str, limit: usize) -> Arc<SharedData> {
+        type Registry = Vec<(String, std::sync::Weak<SharedData>)>;
+        static TENANTS: Mutex<Registry> = Mutex::new(Vec::new());
+        let mut tenants = TENANTS.lock().unwrap_or_else(|p| p.into_inner());
+        tenants.retain(|(_, data)| data.strong_count() > 0);
+        if let Some(data) = tenants
             .iter()
-            .find(|(k, _)| *k == key)
+            .find(|(name, _)| name == tenant)
             .and_then(|(_, data)| data.upgrade())
         {
+            data.limit.store(limit, Ordering::Relaxed);
             return data;
         }
-        let data = Arc::new(SharedData::default());
-        modules.push((key, Arc::downgrade(&data)));
+        let data = Arc::new(SharedData::new(limit));
+        tenants.push((tenant.to_string(), Arc::downgrade(&data)));
         data
     }
 
-    /// The value and its CAS token, if set.
-    pub fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.get(key).cloned()
+    /// An empty store holding at most `limit` bytes, shared with no one.
+    pub fn new(limit: usize) -> Self {
+        SharedData {
+            entries: Mutex::new(SharedEntries::default()),
+            limit: AtomicUsize::new(limit),
+        }
     }
 
-    /// Sets `key` if `cas` is 0 or matches; false on a CAS mismatch.
-    pub fn set(&self, key: &str, value: Vec<u8>, cas: u32) -> bool {
+    /// The value of `key` in `namespace` and its CAS token, if set.
+    pub fn get(&self, namespace: &Arc<str>, key: &str) -> Option<(Vec<u8>, u32)> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .values
+            .get(&(namespace.clone(), key.to_string()))
+            .cloned()
+    }
+
+    /// Sets `key` in `namespace` if `cas` is 0 or matches, and the
+    /// tenant's bytes stay within its limit.
+    pub fn set(
+        &self,
+        namespace: &Arc<str>,
+        key: &str,
+        value: Vec<u8>,
+        cas: u32,
+    ) -> Result<(), SetRefused> {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let current = entries.get(key).map_or(0, |(_, cas)| *cas);
+        let id = (namespace.clone(), key.to_string());
+        let (current, old_size) = entries
+            .values
+            .get(&id)
+            .map_or((0, 0), |(value, cas)| (*cas, key.len() + value.len()));
         if cas != 0 && cas != current {
-            return false;
+            return Err(SetRefused::CasMismatch);
+        }
+        let bytes = entries.bytes - old_size + key.len() + value.len();
+        if bytes > self.limit.load(Ordering::Relaxed) {
+            return Err(SetRefused::Full);
         }
         let next = current.wrapping_add(1).max(1);
-        entries.insert(key.to_string(), (value, next));
-        true
+        entries.bytes = bytes;
+        entries.values.insert(id, (value, next));
+        Ok(())
     }
 }
 
@@ -128,23 +364,32 @@ pub struct FilterMetrics {
     /// The family and the tenant and filter labels; None: not exported.
     family: Option<(IntGaugeVec, String, String)>,
     metrics: Mutex<Vec<(String, IntGauge)>>,
+    /// The most metrics the filter may define (its tenant's
+    /// `max_metrics`).
+    limit: usize,
 }
 
 impl FilterMetrics {
     /// Metrics exported in `family` under `tenant` and `filter`, or kept
     /// only in memory.
-    pub fn new(family: Option<(IntGaugeVec, String, String)>) -> Self {
+    /// At most `limit` of them.
+    pub fn new(family: Option<(IntGaugeVec, String, String)>, limit: usize) -> Self {
         FilterMetrics {
             family,
             metrics: Mutex::new(Vec::new()),
+            limit,
         }
     }
 
-    /// The id of metric `name`, defined now if new.
-    pub fn define(&self, name: &str) -> u32 {
+    /// The id of metric `name`, defined now if new; None once `limit`
+    /// metrics are defined.
+    pub fn define(&self, name: &str) -> Option<u32> {
         let mut metrics = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(id) = metrics.iter().position(|(n, _)| n == name) {
-            return id as u32;
+            return Some(id as u32);
+        }
+        if metrics.len() >= self.limit {
+            return None;
         }
         let gauge = match &self.family {
             Some((family, tenant, filter)) => family.with_label_values(&[tenant, filter, name]),
@@ -152,7 +397,19 @@ impl FilterMetrics {
             None => IntGauge::new("filter_metric", "kept in memory").expect("a valid metric name"),
         };
         metrics.push((name.to_string(), gauge));
-        (metrics.len() - 1) as u32
+        Some((metrics.len() - 1) as u32)
+    }
+
+    /// Removes the filter's series from the family (when its tenant is
+    /// gone or reloaded without it).
+    pub fn remove_series(&self) {
+        let Some((family, tenant, filter)) = &self.family else {
+            return;
+        };
+        let metrics = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, _) in metrics.iter() {
+            let _ = family.remove_label_values(&[tenant, filter, name]);
+        }
     }
 
     /// Metric `id`, if defined.

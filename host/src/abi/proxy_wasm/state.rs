@@ -12,7 +12,7 @@ use prometheus::IntGauge;
 use wasmtime::TypedFunc;
 
 use super::types::{BufferType, MapType, Status};
-use super::{HeaderPairs, PendingCall, Plugin, Stream};
+use super::{HeaderPairs, PendingCall, Plugin, SetRefused, Stream};
 use crate::abi::LocalReply;
 
 /// What a filter's instance keeps in its store for the hostcalls.
@@ -168,29 +168,46 @@ impl PwState {
         Ok(())
     }
 
-    /// Shared value `key` and its CAS token.
+    /// Shared value `key` and its CAS token, in the filter's namespace of
+    /// its tenant's shared data.
     pub(super) fn shared_data(&self, key: &str) -> Result<(Vec<u8>, u32), Status> {
-        self.plugin.shared.get(key).ok_or(Status::NotFound)
+        let plugin = &self.plugin;
+        plugin
+            .scope
+            .shared
+            .get(&plugin.shared_namespace, key)
+            .ok_or(Status::NotFound)
     }
 
-    /// Sets shared value `key` if `cas` is 0 or matches its token.
+    /// Sets shared value `key` if `cas` is 0 or matches its token. Past
+    /// the tenant's `shared_data_bytes`: `INTERNAL_FAILURE` (the Rust SDK
+    /// panics on any status but `OK` and `CAS_MISMATCH`, so a filter that
+    /// floods its store stops itself).
     pub(super) fn set_shared_data(
         &self,
         key: &str,
         value: Vec<u8>,
         cas: u32,
     ) -> Result<(), Status> {
-        if self.plugin.shared.set(key, value, cas) {
-            Ok(())
-        } else {
-            Err(Status::CasMismatch)
+        let plugin = &self.plugin;
+        match plugin
+            .scope
+            .shared
+            .set(&plugin.shared_namespace, key, value, cas)
+        {
+            Ok(()) => Ok(()),
+            Err(SetRefused::CasMismatch) => Err(Status::CasMismatch),
+            Err(SetRefused::Full) => Err(Status::InternalFailure),
         }
     }
 
     /// The id of metric `name`, defined now if new. Every kind is kept as
-    /// a gauge.
-    pub(super) fn define_metric(&self, name: &str) -> u32 {
-        self.plugin.metrics.define(name)
+    /// a gauge. Past the tenant's `max_metrics`: `INTERNAL_FAILURE`.
+    pub(super) fn define_metric(&self, name: &str) -> Result<u32, Status> {
+        self.plugin
+            .metrics
+            .define(name)
+            .ok_or(Status::InternalFailure)
     }
 
     /// Metric `id`.
@@ -205,10 +222,14 @@ impl PwState {
             .store(u64::from(period_ms), Ordering::Relaxed);
     }
 
-    /// Records an HTTP call to `upstream` (a configured cluster, or else
-    /// an `ip:port`), made once the callback returns, and gives its token.
-    /// The headers must have `:method` and `:path`. From the root context
-    /// alone (no stream): `INTERNAL_FAILURE`, not yet supported.
+    /// Records an HTTP call to `upstream` (one of the tenant's or the
+    /// shared clusters, or an `ip:port` its egress allows), made once the
+    /// callback returns, and gives its token. The headers must have
+    /// `:method` and `:path`; the timeout is cut to the tenant's
+    /// `max_call_timeout_ms`. `BAD_ARGUMENT` for a destination not
+    /// granted (as Envoy answers an unknown cluster); `INTERNAL_FAILURE`
+    /// when the tenant's `max_pending_calls` are in flight, and from the
+    /// root context alone (no stream, not yet supported).
     pub(super) fn dispatch_http_call(
         &mut self,
         upstream: &str,
@@ -220,23 +241,19 @@ impl PwState {
         if !has(":method") || !has(":path") {
             return Err(Status::BadArgument);
         }
-        // An unknown cluster may name `ip:port` itself, as in
-        // ngx_wasm_module.
-        let address = self
-            .plugin
-            .clusters
-            .get(upstream)
-            .copied()
-            .or_else(|| upstream.parse().ok())
-            .ok_or(Status::BadArgument)?;
-        let token = self.next_call_token;
+        let scope = &self.plugin.scope;
+        let address = scope.callout_address(upstream).ok_or(Status::BadArgument)?;
         let stream = self.stream.as_mut().ok_or(Status::InternalFailure)?;
+        let slot = scope.take_call_slot().ok_or(Status::InternalFailure)?;
+        let timeout_ms = timeout_ms.clamp(1, scope.limits.max_call_timeout_ms);
+        let token = self.next_call_token;
         stream.calls.push(PendingCall {
             token,
             address,
             headers,
             body,
-            timeout: Duration::from_millis(u64::from(timeout_ms).max(1)),
+            timeout: Duration::from_millis(u64::from(timeout_ms)),
+            slot,
         });
         self.next_call_token = token.wrapping_add(1).max(1);
         Ok(token)
@@ -249,9 +266,24 @@ mod tests {
     use std::sync::atomic::AtomicU64;
 
     use super::*;
-    use crate::abi::proxy_wasm::{FilterMetrics, SharedData};
+    use crate::abi::proxy_wasm::{FilterLimits, FilterMetrics, SharedData, TenantScope};
+    use crate::upstream::egress::{Egress, OwnAddresses};
 
-    fn state() -> PwState {
+    fn scope(allow: Option<&[String]>, limits: FilterLimits) -> Arc<TenantScope> {
+        let own = Arc::new(OwnAddresses::new(["127.0.0.1:8080".parse().unwrap()]));
+        Arc::new(TenantScope {
+            shared: Arc::new(SharedData::new(limits.shared_data_bytes as usize)),
+            ..TenantScope::new(
+                "t",
+                HashMap::from([("auth".to_string(), "127.0.0.1:9".parse().unwrap())]),
+                Egress::new(allow, own).unwrap(),
+                prometheus::IntCounter::new("refused", "test").unwrap(),
+                limits,
+            )
+        })
+    }
+
+    fn state_in(scope: Arc<TenantScope>, namespace: &str) -> PwState {
         PwState::new(Arc::new(Plugin {
             name: "test".into(),
             plugin_name: "f.wasm".into(),
@@ -259,11 +291,15 @@ mod tests {
             vm_id: String::new(),
             config: b"plugin".to_vec(),
             vm_config: b"vm".to_vec(),
-            shared: Arc::new(SharedData::default()),
-            metrics: FilterMetrics::new(None),
+            shared_namespace: namespace.into(),
+            metrics: FilterMetrics::new(None, scope.limits.max_metrics as usize),
+            scope,
             tick_period_ms: AtomicU64::new(0),
-            clusters: HashMap::from([("auth".to_string(), "127.0.0.1:9".parse().unwrap())]),
         }))
+    }
+
+    fn state() -> PwState {
+        state_in(scope(None, FilterLimits::default()), "vm")
     }
 
     fn pairs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -361,7 +397,7 @@ mod tests {
     }
 
     #[test]
-    fn http_calls_need_a_target_and_a_request_line() {
+    fn http_calls_go_to_clusters_and_granted_addresses_only() {
         let mut state = state();
         state.stream = Some(Stream::default());
         let call = pairs(&[(":method", "GET"), (":path", "/")]);
@@ -377,12 +413,95 @@ mod tests {
             state.dispatch_http_call("auth", call.clone(), vec![], 0),
             Ok(1)
         );
+        // Without egress: clusters only, as Envoy.
         assert_eq!(
-            state.dispatch_http_call("127.0.0.1:1", call, vec![], 5),
+            state.dispatch_http_call("127.0.0.1:1", call.clone(), vec![], 5),
+            Err(Status::BadArgument)
+        );
+        assert_eq!(state.plugin.scope.egress_refused.get(), 1);
+
+        let allow = ["127.0.0.1/32".to_string()];
+        let limits = FilterLimits {
+            max_pending_calls: 2,
+            max_call_timeout_ms: 100,
+            ..FilterLimits::default()
+        };
+        let mut state = state_in(scope(Some(&allow), limits), "vm");
+        state.stream = Some(Stream::default());
+        assert_eq!(
+            state.dispatch_http_call("127.0.0.1:1", call.clone(), vec![], 5),
+            Ok(1)
+        );
+        // The proxy's own listener, whatever the list says.
+        assert_eq!(
+            state.dispatch_http_call("127.0.0.1:8080", call.clone(), vec![], 5),
+            Err(Status::BadArgument)
+        );
+        // A 49-day timeout is cut to the tenant's cap.
+        assert_eq!(
+            state.dispatch_http_call("auth", call.clone(), vec![], u32::MAX),
             Ok(2)
         );
-        let calls = &state.stream.as_ref().unwrap().calls;
-        assert_eq!(calls[0].timeout, Duration::from_millis(1));
-        assert_eq!(calls[1].address, "127.0.0.1:1".parse().unwrap());
+        // Two in flight: the third is refused until one is answered.
+        assert_eq!(
+            state.dispatch_http_call("auth", call.clone(), vec![], 5),
+            Err(Status::InternalFailure)
+        );
+        let calls = &mut state.stream.as_mut().unwrap().calls;
+        assert_eq!(calls[0].timeout, Duration::from_millis(5));
+        assert_eq!(calls[1].timeout, Duration::from_millis(100));
+        calls.remove(0);
+        assert_eq!(state.dispatch_http_call("auth", call, vec![], 5), Ok(3));
+    }
+
+    #[test]
+    fn shared_data_is_namespaced_and_bounded() {
+        let limits = FilterLimits {
+            shared_data_bytes: 10,
+            ..FilterLimits::default()
+        };
+        let scope = scope(None, limits);
+        let (a, b) = (state_in(scope.clone(), "one"), state_in(scope, "two"));
+        assert_eq!(a.set_shared_data("k", b"1234".to_vec(), 0), Ok(()));
+        assert_eq!(a.shared_data("k"), Ok((b"1234".to_vec(), 1)));
+        assert_eq!(b.shared_data("k"), Err(Status::NotFound));
+        assert_eq!(
+            a.set_shared_data("k", b"5".to_vec(), 7),
+            Err(Status::CasMismatch)
+        );
+        // 1 + 4 held; 1 + 9 more would pass 10 bytes.
+        assert_eq!(
+            b.set_shared_data("k", b"123456789".to_vec(), 0),
+            Err(Status::InternalFailure)
+        );
+        // Replacing a value counts the new size only.
+        assert_eq!(a.set_shared_data("k", b"123456789".to_vec(), 1), Ok(()));
+        assert_eq!(
+            b.set_shared_data("x", vec![], 0),
+            Err(Status::InternalFailure)
+        );
+    }
+
+    #[test]
+    fn metrics_are_bounded() {
+        let limits = FilterLimits {
+            max_metrics: 2,
+            ..FilterLimits::default()
+        };
+        let state = state_in(scope(None, limits), "vm");
+        assert_eq!(state.define_metric("a"), Ok(0));
+        assert_eq!(state.define_metric("b"), Ok(1));
+        assert_eq!(state.define_metric("a"), Ok(0));
+        assert_eq!(state.define_metric("c"), Err(Status::InternalFailure));
+    }
+
+    #[test]
+    fn two_tenants_never_share_data() {
+        let a = SharedData::of_tenant("tenant-a", 100);
+        let b = SharedData::of_tenant("tenant-b", 100);
+        let namespace: Arc<str> = "same-module".into();
+        a.set(&namespace, "counter", b"3".to_vec(), 0).unwrap();
+        assert_eq!(b.get(&namespace, "counter"), None);
+        assert!(Arc::ptr_eq(&a, &SharedData::of_tenant("tenant-a", 100)));
     }
 }

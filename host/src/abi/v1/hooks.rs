@@ -298,7 +298,7 @@ mod tests {
         let PeerChoice::Address(address) = choice else {
             panic!("an address");
         };
-        let peer = ready(address.build()).unwrap();
+        let peer = ready(address.build(&Default::default())).unwrap().unwrap();
         assert_eq!(peer._address.to_string(), "127.0.0.1:9");
         assert_eq!(ctx.json(), r#"{"seen":1}"#);
 

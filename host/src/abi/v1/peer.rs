@@ -10,6 +10,7 @@ use guest_sdk::wire;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::abi::HookFault;
+use crate::upstream::egress::{self, Egress};
 
 /// How long resolving a host name may take before the request fails.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,6 +31,15 @@ pub enum PeerChoice {
 pub struct AddressPeer {
     address: PeerAddress,
     peer: wire::Peer,
+}
+
+/// A destination the tenant's egress refused.
+#[derive(Debug)]
+pub struct Refused {
+    /// What the guest gave, and where it resolved.
+    pub address: String,
+    /// Why.
+    pub why: egress::Refusal,
 }
 
 /// A pool a guest named, with its key for consistent selection and its
@@ -76,12 +86,28 @@ impl AddressPeer {
     /// The `HttpPeer` Pingora connects to, a host name resolved first
     /// (on tokio's blocking pool, bounded in time): Pingora's own
     /// `HttpPeer::new` would panic on a bad address and block on a name.
-    pub async fn build(self) -> Result<Box<HttpPeer>, HookFault> {
-        let addr = match self.address {
-            PeerAddress::Ip(addr) => addr,
-            PeerAddress::Name(name) => resolve(&name).await?,
+    /// The tenant's `egress` is asked about the address actually
+    /// connected to (and the name the guest gave): a refusal is
+    /// `Ok(Err(refused))`, not the guest's fault.
+    pub async fn build(self, egress: &Egress) -> Result<Result<Box<HttpPeer>, Refused>, HookFault> {
+        let (addr, name) = match &self.address {
+            PeerAddress::Ip(addr) => (*addr, None),
+            PeerAddress::Name(name) => {
+                let addr = resolve(name).await?;
+                let host = name
+                    .rsplit_once(':')
+                    .map_or(name.as_str(), |(host, _)| host);
+                (addr, Some((host, addr.port())))
+            }
         };
-        http_peer(addr, &self.peer)
+        if let Err(why) = egress.check(name, addr, true) {
+            let address = match name {
+                Some(_) => format!("{} ({addr})", self.peer.address),
+                None => addr.to_string(),
+            };
+            return Ok(Err(Refused { address, why }));
+        }
+        http_peer(addr, &self.peer).map(Ok)
     }
 }
 
@@ -163,7 +189,10 @@ mod tests {
     /// What the proxy does with a guest's peer: parse, then build.
     async fn parse_and_build(peer: &wire::Peer) -> Result<Box<HttpPeer>, HookFault> {
         match PeerChoice::of(peer.clone())? {
-            PeerChoice::Address(address) => address.build().await,
+            PeerChoice::Address(address) => address
+                .build(&Egress::default())
+                .await
+                .map(|built| built.expect("no egress rules refuse it")),
             PeerChoice::Pool(pick) => panic!("not an address: {pick:?}"),
         }
     }
