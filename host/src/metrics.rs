@@ -223,7 +223,7 @@ pub struct TenantMetrics {
     hooks: [HookMetrics; Hook::COUNT],
     faults: IntCounterVec,
     /// By `Throttle::ALL`'s order.
-    throttled: [IntCounter; 3],
+    throttled: [IntCounter; Throttle::ALL.len()],
     breaker_state: IntGauge,
 }
 

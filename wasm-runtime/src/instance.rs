@@ -261,6 +261,8 @@ pub struct WasmInstance<T: 'static> {
     memory: Memory,
     clock: Arc<CallClock>,
     limits: GuestLimits,
+    /// Its place in its owner's instance quota, if it has one.
+    slot: Option<crate::QuotaSlot>,
 }
 
 /// A store ready for one instance, not yet instantiated; see
@@ -390,6 +392,7 @@ impl<T: Send + 'static> WasmInstance<T> {
             memory,
             clock,
             limits,
+            slot: None,
         })
     }
 
@@ -410,6 +413,17 @@ impl<T: Send + 'static> WasmInstance<T> {
             .and_then(|func| func.typed::<P, R>(&self.store))
             .map(Some)
             .map_err(|e| e.context(format!("export `{name}` must be a function {signature}")))
+    }
+
+    /// Holds `slot` of its owner's quota for as long as it lives.
+    pub fn hold(&mut self, slot: crate::QuotaSlot) {
+        self.slot = Some(slot);
+    }
+
+    /// Gives up its quota slot (to move it to the instance that replaces
+    /// this one).
+    pub fn release(&mut self) -> Option<crate::QuotaSlot> {
+        self.slot.take()
     }
 
     /// The ABI's state.

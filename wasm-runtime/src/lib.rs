@@ -8,6 +8,7 @@ mod fault;
 mod instance;
 mod limits;
 mod pool;
+mod quota;
 
 pub use engine::{release_freed_memory, EngineOptions, GuestEngine, LongCallSignal, FEW_CALLS};
 pub use fault::RuntimeFault;
@@ -16,3 +17,4 @@ pub use instance::{
 };
 pub use limits::{GuestLimits, MAX_HOOK_TIMEOUT_MS, MAX_MEMORY_LIMIT_MIB};
 pub use pool::IdleInstances;
+pub use quota::{InstanceQuota, QuotaSlot};

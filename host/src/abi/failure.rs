@@ -135,6 +135,10 @@ pub enum HookFailure {
     /// (the words say why: the breaker, the guest-time bucket, the calls
     /// in flight).
     Skipped(&'static str),
+    /// The guest was not called: its tenant's `max_instances` instances
+    /// (this many) are all alive, so a new one may not be made. Not the
+    /// guest's fault: answered 503 with Retry-After, as a budget refusal.
+    Busy(u32),
     /// The host failed around the call (not the guest's fault, so not
     /// counted against it): 500.
     Host(String),
@@ -165,6 +169,10 @@ impl fmt::Display for HookFailure {
                 write!(f, "refused with {}: {}", refusal.status, refusal.message)
             }
             HookFailure::Skipped(why) => write!(f, "not called, {why}"),
+            HookFailure::Busy(max) => write!(
+                f,
+                "not called, the tenant's {max} instances (max_instances) are all alive"
+            ),
             HookFailure::Host(error) => write!(f, "host error: {error}"),
         }
     }

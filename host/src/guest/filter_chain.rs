@@ -93,11 +93,12 @@ impl FilterChain {
                         let mut opened = module.begin(request, addrs, &permit).await?;
                         let outcome = module
                             .on_request_headers(&mut opened, request, end_of_stream, &permit)
-                            .await;
+                            .await
+                            .map_err(HookFailure::Fault);
                         *stream = Some(opened).filter(FilterStream::active);
                         outcome
                     };
-                    let result = opened.await.map_err(HookFailure::Fault);
+                    let result = opened.await;
                     call.finish(result, permit)
                 }
                 Err(failure) => Err(failure),

@@ -237,6 +237,10 @@ impl<'t> GuestCall<'t> {
         let (guest, call) = (self.guest, self.name);
         let failure = match failure {
             CallFailure::Refused(throttle) => return self.refused(throttle),
+            CallFailure::Hook(HookFailure::Busy(_)) => {
+                self.tenant.metrics.throttled(Throttle::Instances);
+                return self.refused(Throttle::Instances);
+            }
             CallFailure::Hook(failure) => failure,
         };
         if self.stage == Stage::End {
@@ -307,6 +311,10 @@ impl<'t> GuestCall<'t> {
             }
             HookFailure::Skipped(_) if guest.kind == GuestKind::Module => {
                 Error::explain(InternalError, "guest call skipped")
+            }
+            busy @ HookFailure::Busy(_) => {
+                log::warn!("{guest}: {call}: {busy}");
+                Error::explain(HTTPStatus(503), format!("{guest}: {call}: {busy}"))
             }
             HookFailure::Host(error) => {
                 log::error!("{guest}: {call}: host error: {error}");

@@ -10,11 +10,18 @@ pub enum Throttle {
     Cpu,
     /// The circuit breaker is open (or half-open with its probe in flight).
     BreakerOpen,
+    /// The tenant's `max_instances` instances are all alive.
+    Instances,
 }
 
 impl Throttle {
     /// Every reason, as the metrics label them.
-    pub const ALL: [Throttle; 3] = [Throttle::Concurrency, Throttle::Cpu, Throttle::BreakerOpen];
+    pub const ALL: [Throttle; 4] = [
+        Throttle::Concurrency,
+        Throttle::Cpu,
+        Throttle::BreakerOpen,
+        Throttle::Instances,
+    ];
 
     /// The metric label.
     pub fn reason(self) -> &'static str {
@@ -22,6 +29,7 @@ impl Throttle {
             Throttle::Concurrency => "concurrency",
             Throttle::Cpu => "cpu",
             Throttle::BreakerOpen => "breaker_open",
+            Throttle::Instances => "instances",
         }
     }
 
@@ -33,6 +41,7 @@ impl Throttle {
             }
             Throttle::Cpu => "the tenant's guest time budget is spent",
             Throttle::BreakerOpen => "the circuit breaker is open",
+            Throttle::Instances => "the tenant's instances are all alive (max_instances)",
         }
     }
 
@@ -40,7 +49,7 @@ impl Throttle {
     pub fn status(self) -> u16 {
         match self {
             Throttle::Cpu => 429,
-            Throttle::Concurrency | Throttle::BreakerOpen => 503,
+            Throttle::Concurrency | Throttle::BreakerOpen | Throttle::Instances => 503,
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::tenancy::config_model::{
 use crate::upstream::egress::{Egress, OwnAddresses};
 use crate::upstream::pools::{HealthRegistries, LivePools, Pool, PoolSpec, Pools, SHARED};
 use crate::upstream::StaticUpstream;
-use wasm_runtime::{GuestEngine, GuestLimits};
+use wasm_runtime::{GuestEngine, GuestLimits, InstanceQuota};
 
 /// The limits and budget of a tenant that sets none of its own (from the
 /// command line flags).
@@ -427,6 +427,12 @@ fn build_tenant(
     budget
         .check()
         .map_err(|e| place.error("breaker", &spec.breaker.origin, e))?;
+    let max_instances = given.max_instances.unwrap_or(DEFAULT_MAX_INSTANCES);
+    if !(1..=MAX_INSTANCES).contains(&max_instances) {
+        let error = anyhow!("limits: max_instances must be 1-{MAX_INSTANCES}");
+        return Err(place.error("limits", &spec.limits.origin, error));
+    }
+    let quota = InstanceQuota::new(max_instances);
     let fallback_upstream = match &spec.fallback_upstream {
         Some(addr) => Some(
             addr.value
@@ -478,7 +484,7 @@ fn build_tenant(
                 limits,
             )
             .map_err(|e| place.error("module", &path.origin, e))?;
-            Some(Arc::new(module))
+            Some(Arc::new(module.with_quota(quota.clone())))
         }
         None => None,
     };
@@ -530,6 +536,7 @@ fn build_tenant(
             root_id: filter.root_id.clone().unwrap_or_default(),
             metrics: Some((metrics.filter_family(), spec.name.clone())),
             scope: scope.clone(),
+            quota: quota.clone(),
         };
         let label = naming.guest(&filter.module.value, &spec.name);
         let loaded = FilterModule::load(engine, label, &path, filter_spec, limits)
@@ -556,6 +563,16 @@ fn build_tenant(
     };
     Ok((tenant, files))
 }
+
+/// Instances a tenant may keep alive at once unless it says otherwise.
+/// The engine's pool has 1,000 slots: eight tenants at this bound take
+/// 800, which leaves room for a reload's second set and for tenants below
+/// their bound; a tenant's calls in flight (`max_concurrent_calls`,
+/// default 8) and the requests its filters hold rarely need more.
+pub const DEFAULT_MAX_INSTANCES: u32 = 100;
+
+/// Largest `max_instances` accepted: the engine's pool.
+const MAX_INSTANCES: u32 = 1000;
 
 /// The tenant's scope: its clusters (the shared ones, then its own, which
 /// win), its egress (its own `egress:`, else the file's, else

@@ -211,3 +211,79 @@ async fn a_v1_guest_reaches_only_what_egress_allows() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_holding_requests_open_cannot_take_its_neighbours_instances() {
+    let (slow, _service) = auth_service().await;
+    let upstream = Upstream::plain().await;
+    let yaml = format!(
+        r#"
+tenants:
+  - name: hog
+    hosts: ["hog.example"]
+    upstream: "{slow}"
+    limits: {{ max_instances: 10 }}
+    filters:
+      - module: GUESTS/pw_headers.wasm
+  - name: neighbour
+    hosts: ["neighbour.example"]
+    upstream: "{u}"
+    filters:
+      - module: GUESTS/pw_headers.wasm
+"#,
+        u = upstream.addr
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, _) = tenants_proxy(&dir, &yaml, &[]);
+    let client = client();
+
+    // The hog holds 30 requests open (its upstream answers after 2 s):
+    // each pins a filter instance until it ends.
+    let mut hogs = tokio::task::JoinSet::new();
+    for _ in 0..30 {
+        let (client, url) = (client.clone(), proxy.url("/check?user=slow"));
+        hogs.spawn(async move {
+            let response = client
+                .get(&url)
+                .header("host", "hog.example")
+                .send()
+                .await
+                .unwrap();
+            let retry_after = response.headers().get("retry-after").cloned();
+            (response.status().as_u16(), retry_after)
+        });
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // The neighbour's burst meanwhile: every request served.
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (client, url) = (client.clone(), proxy.url("/"));
+        burst.spawn(async move { get(&client, &url, &[("host", "neighbour.example")]).await.0 });
+    }
+    while let Some(status) = burst.join_next().await {
+        assert_eq!(status.unwrap(), 200, "{}", proxy.log());
+    }
+    let (mut held, mut refused) = (0, 0);
+    while let Some(result) = hogs.join_next().await {
+        match result.unwrap() {
+            (403, _) => held += 1,
+            (503, Some(retry_after)) => {
+                assert_eq!(retry_after, "1");
+                refused += 1;
+            }
+            other => panic!("hog got {other:?}:\n{}", proxy.log()),
+        }
+    }
+    // At most its 10 instances (one made at load is outside the quota).
+    assert!((10..=11).contains(&held), "{held} held, {refused} refused");
+    assert_eq!(held + refused, 30);
+    let log = proxy.log();
+    assert!(
+        log.contains("tenant hog: proxy_on_request_headers not called, answered 503: the tenant's instances are all alive (max_instances)"),
+        "{log}"
+    );
+    let troubled = log
+        .lines()
+        .filter(|l| l.contains("neighbour") && (l.contains("WARN") || l.contains("ERROR")));
+    assert_eq!(troubled.count(), 0, "{log}");
+}

@@ -16,10 +16,10 @@ use wasmtime::{InstancePre, TypedFunc, WasmParams, WasmResults};
 
 use super::{FilterMetrics, HeaderPairs, Plugin, ProxyWasm, PwState, Stream};
 use crate::abi::{self, ModuleKind};
-use crate::abi::{CallError, HookFault};
+use crate::abi::{CallError, HookFailure, HookFault};
 use wasm_runtime::{
-    block_on, GuestEngine, GuestLimits, IdleInstances, LongCallSignal, Sandbox, SliceMeter,
-    Unmetered, WasmInstance,
+    block_on, GuestEngine, GuestLimits, IdleInstances, InstanceQuota, LongCallSignal, Sandbox,
+    SliceMeter, Unmetered, WasmInstance,
 };
 
 /// The root context's id; HTTP contexts count up from it.
@@ -45,6 +45,8 @@ pub struct FilterSpec {
     pub vm_id: String,
     /// What its tenant's filters share and are bounded by.
     pub scope: Arc<super::TenantScope>,
+    /// Its tenant's bound on live instances.
+    pub quota: Arc<InstanceQuota>,
 }
 
 /// What a request callback left the request to do next.
@@ -112,6 +114,9 @@ pub struct FilterModule {
     limits: GuestLimits,
     long_calls: LongCallSignal,
     idle: IdleInstances<FilterInstance>,
+    /// Its tenant's bound on live instances; every instance made after
+    /// load holds a slot of it.
+    quota: Arc<InstanceQuota>,
     /// When the next tick is due, in milliseconds since `origin`.
     next_tick_ms: AtomicU64,
     /// Whether it exports the body callbacks, by [`Direction`].
@@ -215,6 +220,7 @@ impl FilterModule {
             limits,
             long_calls: engine.long_calls().clone(),
             idle: IdleInstances::new(),
+            quota: spec.quota,
             next_tick_ms: AtomicU64::new(0),
             reads_bodies: ["proxy_on_request_body", "proxy_on_response_body"]
                 .map(|callback| module.get_export(callback).is_some()),
@@ -301,9 +307,18 @@ impl FilterModule {
             .store(now + period.max(1), Ordering::Relaxed);
         let mut instance = match self.idle.take() {
             Some(instance) => instance,
-            None => Box::pin(self.start(meter))
-                .await
-                .map_err(HookFault::instantiate)?,
+            None => {
+                // No slot: this tick is skipped, as the tenant is at its
+                // bound; the next one tries again.
+                let Some(slot) = self.quota.take() else {
+                    return Ok(());
+                };
+                let mut fresh = Box::pin(self.start(meter))
+                    .await
+                    .map_err(HookFault::instantiate)?;
+                fresh.wasm.hold(slot);
+                fresh
+            }
         };
         let Some(on_tick) = instance.callbacks.on_tick.clone() else {
             self.idle.put(instance);
@@ -428,12 +443,20 @@ impl FilterModule {
         request: &RequestHeader,
         (client, server): (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>),
         meter: &dyn SliceMeter,
-    ) -> Result<FilterStream, HookFault> {
+    ) -> Result<FilterStream, HookFailure> {
         let mut instance = match self.idle.take() {
             Some(instance) => instance,
-            None => Box::pin(self.start(meter))
-                .await
-                .map_err(HookFault::instantiate)?,
+            None => {
+                let slot = self
+                    .quota
+                    .take()
+                    .ok_or(HookFailure::Busy(self.quota.max()))?;
+                let mut fresh = Box::pin(self.start(meter))
+                    .await
+                    .map_err(|e| HookFailure::Fault(HookFault::instantiate(e)))?;
+                fresh.wasm.hold(slot);
+                fresh
+            }
         };
         let context = instance.next_context;
         instance.next_context = instance

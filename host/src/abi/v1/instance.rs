@@ -273,6 +273,16 @@ impl V1Instance {
             })
     }
 
+    /// Holds `slot` of its tenant's instance quota while it lives.
+    pub fn hold(&mut self, slot: wasm_runtime::QuotaSlot) {
+        self.wasm.hold(slot);
+    }
+
+    /// Gives up its quota slot, to the instance that replaces it.
+    pub fn release(&mut self) -> Option<wasm_runtime::QuotaSlot> {
+        self.wasm.release()
+    }
+
     /// The running time of the last call, earlier attempts included.
     pub fn running(&self) -> Duration {
         self.wasm.running()

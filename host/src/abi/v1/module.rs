@@ -15,8 +15,8 @@ use crate::abi::{self, HookFailure, ModuleKind};
 use crate::abi::{CallError, HookFault};
 use crate::guest::hooks::{Hook, HOOKS};
 use wasm_runtime::{
-    block_on, GuestEngine, GuestLimits, IdleInstances, LongCallSignal, Prepared, Sandbox,
-    SliceMeter, Unmetered,
+    block_on, GuestEngine, GuestLimits, IdleInstances, InstanceQuota, LongCallSignal, Prepared,
+    Sandbox, SliceMeter, Unmetered,
 };
 
 /// The ABI version this host speaks.
@@ -59,6 +59,9 @@ pub struct V1Module {
     /// Raised by its instances' long calls, for the engine's ticker.
     long_calls: LongCallSignal,
     idle: IdleInstances<V1Instance>,
+    /// Its tenant's bound on live instances; every instance made for a
+    /// call holds a slot of it (the one made at load does not).
+    quota: Arc<InstanceQuota>,
 }
 
 impl V1Module {
@@ -112,11 +115,18 @@ impl V1Module {
             exports,
             long_calls,
             idle: IdleInstances::new(),
+            quota: InstanceQuota::new(u32::MAX),
         };
         guest_module.input_mode =
             block_on(guest_module.initialise(&mut instance, &Unmetered)).context("hook_init")?;
         guest_module.idle.put(instance);
         Ok(guest_module)
+    }
+
+    /// The module, its instances held to `quota` (its tenant's).
+    pub fn with_quota(mut self, quota: Arc<InstanceQuota>) -> Self {
+        self.quota = quota;
+        self
     }
 
     /// The module's name for logs (its file name).
@@ -168,13 +178,25 @@ impl V1Module {
         // common call's future stays small.
         let mut instance = match self.idle.take() {
             Some(instance) => instance,
-            None => Box::pin(self.new_instance(meter)).await?,
+            None => {
+                let slot = self
+                    .quota
+                    .take()
+                    .ok_or(HookFailure::Busy(self.quota.max()))?;
+                let mut fresh = Box::pin(self.new_instance(meter)).await?;
+                fresh.hold(slot);
+                fresh
+            }
         };
         let export = Export::Hook(hook);
         let mut outcome = instance.call_direct(export, input, parts, meter);
         if let Err(CallError::NeedsSlicing) = outcome {
             let ran = instance.running();
+            let slot = instance.release();
             instance = Box::pin(self.new_instance(meter)).await?;
+            if let Some(slot) = slot {
+                instance.hold(slot);
+            }
             outcome = Box::pin(instance.call_sliced(export, input, parts, meter, ran)).await;
         }
         let result = outcome
