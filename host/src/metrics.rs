@@ -29,6 +29,9 @@ pub struct Metrics {
     filter_metrics: IntGaugeVec,
     backend_healthy: IntGaugeVec,
     egress_refused: IntCounterVec,
+    callouts_failed: IntCounterVec,
+    guest_log_dropped: IntCounterVec,
+    tenant_config_ok: IntGaugeVec,
 }
 
 impl Metrics {
@@ -73,6 +76,16 @@ impl Metrics {
              proxy_http_call ip:port) that its egress rules refused.",
             &["tenant"],
         );
+        let callouts_failed = counter(
+            "wasm_proxy_callout_failures_total",
+            "HTTP callouts of a tenant's filters that failed or timed out.",
+            &["tenant"],
+        );
+        let guest_log_dropped = counter(
+            "wasm_proxy_guest_log_dropped_total",
+            "Guest log lines dropped because the tenant wrote more than its log_lines_per_s.",
+            &["tenant"],
+        );
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let vec = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
             registry
@@ -90,6 +103,12 @@ impl Metrics {
             "Metrics proxy-wasm filters define (proxy_define_metric): counters and \
              gauges; a histogram shows the last value recorded.",
             &["tenant", "filter", "metric"],
+        );
+        let tenant_config_ok = gauge(
+            "wasm_proxy_tenant_config_ok",
+            "Whether the tenant's configuration as last loaded took effect (1), or failed \
+             and its previous version keeps serving (0).",
+            &["tenant"],
         );
         let backend_healthy = gauge(
             "wasm_proxy_backend_healthy",
@@ -140,7 +159,32 @@ impl Metrics {
             reloads,
             reload_failures,
             egress_refused,
+            callouts_failed,
+            guest_log_dropped,
+            tenant_config_ok,
         }
+    }
+
+    /// `wasm_proxy_guest_log_dropped_total{tenant}` of `tenant`.
+    pub fn guest_log_dropped(&self, tenant: &str) -> IntCounter {
+        self.guest_log_dropped.with_label_values(&[tenant])
+    }
+
+    /// `wasm_proxy_callout_failures_total{tenant}` of `tenant`.
+    pub fn callouts_failed(&self, tenant: &str) -> IntCounter {
+        self.callouts_failed.with_label_values(&[tenant])
+    }
+
+    /// Whether `tenant`'s configuration as last loaded took effect.
+    pub fn tenant_config_ok(&self, tenant: &str, ok: bool) {
+        self.tenant_config_ok
+            .with_label_values(&[tenant])
+            .set(i64::from(ok));
+    }
+
+    /// Removes `tenant`'s `wasm_proxy_tenant_config_ok`: it is gone.
+    pub fn forget_tenant_config(&self, tenant: &str) {
+        let _ = self.tenant_config_ok.remove_label_values(&[tenant]);
     }
 
     /// `wasm_proxy_egress_refused_total{tenant}` of `tenant`.

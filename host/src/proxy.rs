@@ -34,8 +34,11 @@ use pingora::prelude::*;
 use pingora::protocols::http::error_resp::gen_error_response;
 use pingora::proxy::{ProxyHttp, Session};
 
+use crate::abi::framing::{framing_of, keep_framing};
 use crate::abi::proxy_wasm::Direction;
-use crate::abi::v1::{self, DownstreamRequest, GuestCtx, PeerChoice, RequestEnd, RequestVerdict};
+use crate::abi::v1::{
+    self, DownstreamRequest, GuestCtx, PeerChoice, RequestEnd, RequestVerdict, V1Module,
+};
 use crate::abi::HookFailure;
 use crate::edge::drain::Draining;
 use crate::edge::forwarded::{add_forwarded_headers, authority_as_host};
@@ -250,6 +253,36 @@ impl WasmProxy {
             Err(failure) => Self::settle(session, ctx, tenant, &call, failure)
                 .await
                 .map(|()| false),
+        }
+    }
+    /// The module's `upstream_request_filter`, through the guest-call
+    /// path.
+    async fn guest_upstream_request_filter(
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        tenant: &Arc<Tenant>,
+        module: &V1Module,
+        upstream_request: &mut RequestHeader,
+    ) -> Result<()> {
+        let call = GuestCall::hook(tenant, Hook::UpstreamRequestFilter, Stage::Headers);
+        let result = match call.admit() {
+            Ok(permit) => {
+                let request = downstream_request(session, &ctx.request_json);
+                let result = v1::upstream_request_filter(
+                    module,
+                    &request,
+                    upstream_request,
+                    &mut ctx.guest_ctx,
+                    &permit,
+                )
+                .await;
+                call.finish(result, permit)
+            }
+            Err(failure) => Err(failure),
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(failure) => Self::settle(session, ctx, tenant, &call, failure).await,
         }
     }
 
@@ -494,35 +527,20 @@ impl ProxyHttp for WasmProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let tenant = routed(ctx)?;
+        let hook = Hook::UpstreamRequestFilter;
+        if let Some(module) = tenant.module.as_deref().filter(|m| m.exports(hook)) {
+            // Framing is the host's: what the guest does to it is undone.
+            let framing = framing_of(&upstream_request.headers);
+            Self::guest_upstream_request_filter(session, ctx, &tenant, module, upstream_request)
+                .await?;
+            keep_framing(&framing, upstream_request);
+        }
         if has_body(session.req_header()) && ctx.filters.reads_bodies(Direction::Request) {
             // A filter may change the body's length: frame it by chunks.
             upstream_request.remove_header(&http::header::CONTENT_LENGTH);
             upstream_request.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
         }
-        let hook = Hook::UpstreamRequestFilter;
-        let Some(module) = tenant.module.as_deref().filter(|m| m.exports(hook)) else {
-            return Ok(());
-        };
-        let call = GuestCall::hook(&tenant, hook, Stage::Headers);
-        let result = match call.admit() {
-            Ok(permit) => {
-                let request = downstream_request(session, &ctx.request_json);
-                let result = v1::upstream_request_filter(
-                    module,
-                    &request,
-                    upstream_request,
-                    &mut ctx.guest_ctx,
-                    &permit,
-                )
-                .await;
-                call.finish(result, permit)
-            }
-            Err(failure) => Err(failure),
-        };
-        match result {
-            Ok(()) => Ok(()),
-            Err(failure) => Self::settle(session, ctx, &tenant, &call, failure).await,
-        }
+        Ok(())
     }
 
     /// Guest export `response_filter`: changes to the response's status

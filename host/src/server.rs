@@ -74,7 +74,15 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
     }
     // TLS health checks trust what proxied requests trust.
     let registries = Arc::new(HealthRegistries::new(server.configuration.ca_file.clone()));
-    let tenants = TenantSet::load(&engine, &source, limits.clone(), &metrics, &registries)?;
+    let tenants = TenantSet::load(
+        &engine,
+        &source,
+        limits.clone(),
+        &metrics,
+        &registries,
+        None,
+    )?;
+    tenants.report(&metrics);
     release_freed_memory();
     if tls_listen.is_empty() && tenants.has_certificates() {
         log::warn!("tenants have certificates, but there is no --tls-listen to serve them on");

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::guest_text::{sanitize, MAX_GUEST_TEXT};
+
 /// A fault the wasm layer names: the guest ran too long, wanted too much
 /// memory, trapped, or could not be instantiated. What an ABI makes of a
 /// guest's output is the ABI's to name.
@@ -33,19 +35,27 @@ impl RuntimeFault {
     }
 }
 
+/// Traps and instantiation errors carry guest text (backtraces name the
+/// guest's functions from its name section; a panic message is the
+/// guest's own): every part of it goes through the log sanitiser.
 impl fmt::Display for RuntimeFault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let clean = |text: &str| sanitize(text, MAX_GUEST_TEXT);
         match self {
             RuntimeFault::Timeout { limit_ms } => write!(f, "deadline of {limit_ms} ms exceeded"),
             RuntimeFault::MemoryLimit { limit_mib, trap } => {
-                write!(f, "memory limit of {limit_mib} MiB reached ({trap})")
+                write!(
+                    f,
+                    "memory limit of {limit_mib} MiB reached ({})",
+                    clean(trap)
+                )
             }
             RuntimeFault::Trap {
                 trap,
                 guest_said: Some(said),
-            } => write!(f, "trap: {trap}; guest said: {said}"),
-            RuntimeFault::Trap { trap, .. } => write!(f, "trap: {trap}"),
-            RuntimeFault::Instantiate(e) => write!(f, "cannot instantiate: {e}"),
+            } => write!(f, "trap: {}; guest said: {}", clean(trap), clean(said)),
+            RuntimeFault::Trap { trap, .. } => write!(f, "trap: {}", clean(trap)),
+            RuntimeFault::Instantiate(e) => write!(f, "cannot instantiate: {}", clean(e)),
         }
     }
 }

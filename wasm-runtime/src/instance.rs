@@ -12,6 +12,7 @@
 //! runs, the sum of their slices), not the time it waited for a turn, so a
 //! neighbour's load cannot make an honest call time out.
 
+use crate::guest_text::{sanitize, LogRate, MAX_GUEST_TEXT};
 use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -172,6 +173,8 @@ pub struct Sandbox<T> {
     limiter: GuestLimiter,
     /// The guest's last error-level log line during the current call.
     last_error_log: Option<String>,
+    /// Its owner's bound on guest log lines, if any.
+    log_rate: Option<Arc<LogRate>>,
     /// The guest ABI's per-instance state.
     pub abi: T,
 }
@@ -186,7 +189,10 @@ impl<T> Sandbox<T> {
     /// module; an error-level line is kept for the fault report, as it is
     /// how a Rust guest's panic message reaches the log.
     pub fn guest_log(&mut self, level: log::Level, line: String) {
-        log::log!(target: "guest", level, "module {}: {line}", self.module_name);
+        let admitted = self.log_rate.as_ref().is_none_or(|rate| rate.admit());
+        if admitted && log::log_enabled!(target: "guest", level) {
+            log::log!(target: "guest", level, "module {}: {line}", self.module_name);
+        }
         if level == log::Level::Error {
             self.last_error_log = Some(line);
         }
@@ -236,8 +242,8 @@ impl ResourceLimiter for GuestLimiter {
 
 /// Reads at most [`MAX_LOG_LINE`] bytes of a guest string, lossily, for a
 /// log line; a bad pointer yields a placeholder rather than a trap, and
-/// control characters become spaces (one guest line stays one log line:
-/// no forged lines via newlines).
+/// the text goes through [`sanitize`] (one guest line stays one log line:
+/// no forged lines, no hidden text).
 pub fn read_guest_line<T>(caller: &mut Caller<'_, Sandbox<T>>, ptr: u32, len: u32) -> String {
     let Some(memory) = caller.data().memory else {
         return "<no memory export>".into();
@@ -246,10 +252,7 @@ pub fn read_guest_line<T>(caller: &mut Caller<'_, Sandbox<T>>, ptr: u32, len: u3
     let start = ptr as usize;
     let end = start.saturating_add((len as usize).min(MAX_LOG_LINE));
     match data.get(start..end) {
-        Some(bytes) => String::from_utf8_lossy(bytes)
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect(),
+        Some(bytes) => sanitize(&String::from_utf8_lossy(bytes), MAX_GUEST_TEXT),
         None => format!("<log line ({ptr:#x}, {len}) outside memory>"),
     }
 }
@@ -275,6 +278,12 @@ pub struct Prepared<'p, T: 'static> {
 }
 
 impl<T: Send + 'static> Prepared<'_, T> {
+    /// Holds the instance's guest log lines to `rate` (its owner's).
+    pub fn with_log_rate(mut self, rate: Arc<LogRate>) -> Self {
+        self.store.data_mut().log_rate = Some(rate);
+        self
+    }
+
     /// Instantiates on this thread's stack: no fiber, the way a fresh
     /// instance is cheapest. A start function that runs past
     /// [`YIELD_AFTER`] is stopped with [`CallError::NeedsSlicing`]; then
@@ -335,6 +344,7 @@ impl<T: Send + 'static> WasmInstance<T> {
                 memory_limit_hit: false,
             },
             last_error_log: None,
+            log_rate: None,
             abi,
         };
         let mut store = Store::new(pre.module().engine(), state);

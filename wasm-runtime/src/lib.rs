@@ -5,6 +5,7 @@
 
 mod engine;
 mod fault;
+pub mod guest_text;
 mod instance;
 mod limits;
 mod pool;

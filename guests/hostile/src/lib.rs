@@ -22,6 +22,12 @@
 //! named): `bad_answer_header` (a header name with a space),
 //! `bad_answer_status` (status 700), `huge_answer_body` (a 2 MiB body).
 //!
+//! `framing`: an edit of the framing fields, written raw (in
+//! `request_filter`, `Content-Length: 0` on the downstream request; in
+//! `upstream_request_filter`, `Content-Length: 5` and `Connection: close`
+//! on the upstream request; in `response_filter`, a second
+//! `Transfer-Encoding`).
+//!
 //! `hook` picks the hook that misbehaves: `request_filter`,
 //! `upstream_peer` (the default), `upstream_request_filter`,
 //! `response_filter` or `logging`.
@@ -54,6 +60,7 @@ pub enum Misbehaviour {
     BadAnswerHeader,
     BadAnswerStatus,
     HugeAnswerBody,
+    Framing,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -240,6 +247,11 @@ fn crafted(honest: i64, hook: HookName) -> i64 {
     static BAD_ANSWER_HEADER: &[u8] =
         br#"{"response":{"status":200,"headers":[["bad name","v"]],"body":"bad header\n"}}"#;
     static BAD_ANSWER_STATUS: &[u8] = br#"{"response":{"status":700,"headers":[],"body":""}}"#;
+    static FRAMING_REQUEST: &[u8] =
+        br#"{"request_changes":{"headers":[{"insert":["Content-Length","0"]}]}}"#;
+    static FRAMING_UPSTREAM: &[u8] = br#"{"upstream_changes":{"headers":[{"insert":["Content-Length","5"]},{"insert":["Connection","close"]}]}}"#;
+    static FRAMING_RESPONSE: &[u8] =
+        br#"{"response_changes":{"headers":[{"append":["Transfer-Encoding","chunked"]}]}}"#;
     let location = |bytes: &'static [u8]| sys::pack(bytes.as_ptr() as usize, bytes.len());
     match RAW_OUTPUT.take() {
         None => honest,
@@ -257,6 +269,11 @@ fn crafted(honest: i64, hook: HookName) -> i64 {
         }),
         Some(Misbehaviour::BadAnswerHeader) => location(BAD_ANSWER_HEADER),
         Some(Misbehaviour::BadAnswerStatus) => location(BAD_ANSWER_STATUS),
+        Some(Misbehaviour::Framing) => location(match hook {
+            HookName::RequestFilter => FRAMING_REQUEST,
+            HookName::ResponseFilter => FRAMING_RESPONSE,
+            _ => FRAMING_UPSTREAM,
+        }),
         Some(Misbehaviour::HugeAnswerBody) => HUGE_ANSWER.with(|answer| {
             let answer = answer.get_or_init(huge_answer);
             sys::pack(answer.as_ptr() as usize, answer.len())

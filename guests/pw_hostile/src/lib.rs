@@ -9,7 +9,13 @@
 //!   panic hook logs the message through `env.proxy_log` at level 5
 //!   (Critical), then the module aborts with a trap), `loop` (loops
 //!   forever), `alloc` (grows a `Vec` of 1 MiB chunks, each written to,
-//!   without bound until allocation fails, which aborts with a trap).
+//!   without bound until allocation fails, which aborts with a trap),
+//!   `forge` (logs lines that try to forge proxy log lines, then a flood
+//!   of 3,000 lines, and carries on), `framing` (tries to edit the
+//!   framing fields of the request in `on_http_request_headers` and of the
+//!   response in `on_http_response_headers`, through the raw hostcalls,
+//!   and reports each hostcall's status in an `x-framing` header of the
+//!   message it edited; `in` is ignored).
 //! - `in`: where it misbehaves: `request_headers` (the default, in
 //!   `on_http_request_headers`), `request_body` (`on_http_request_body`),
 //!   `response_headers` (`on_http_response_headers`), `response_body`
@@ -62,6 +68,11 @@ pub enum Misbehaviour {
     Panic,
     Loop,
     Alloc,
+    /// Logs forged lines (a newline and a fake proxy line, U+2028, a
+    /// bidi override), then 3,000 more lines, and carries on.
+    Forge,
+    /// Edits framing fields and reports the statuses.
+    Framing,
 }
 
 /// Where it goes wrong.
@@ -85,6 +96,8 @@ impl Misbehaviour {
             Misbehaviour::Panic => "panic",
             Misbehaviour::Loop => "loop",
             Misbehaviour::Alloc => "alloc",
+            Misbehaviour::Forge => "forge",
+            Misbehaviour::Framing => "framing",
         }
     }
 }
@@ -123,14 +136,23 @@ impl Default for Config {
     }
 }
 
-/// Does what `misbehave` says; returns only for `none`.
+/// Does what `misbehave` says; returns only for `none` and `forge`.
 fn misbehave(misbehave: Misbehaviour, callback: Callback) {
-    if misbehave == Misbehaviour::None {
+    if matches!(misbehave, Misbehaviour::None | Misbehaviour::Framing) {
+        return;
+    }
+    if misbehave == Misbehaviour::Forge {
+        log::warn!(
+            "pw_hostile: forged\n[2026-01-01T00:00:00Z ERROR host::proxy] tenant victim: FORGED\u{2028}FORGED2 \u{202e}desrever"
+        );
+        for line in 0..3000 {
+            log::info!("pw_hostile: flood {line}");
+        }
         return;
     }
     log::warn!("pw_hostile: {} in {}", misbehave.name(), callback.name());
     match misbehave {
-        Misbehaviour::None => {}
+        Misbehaviour::None | Misbehaviour::Forge | Misbehaviour::Framing => {}
         Misbehaviour::Panic => panic!("pw_hostile: panic in {}", callback.name()),
         Misbehaviour::Loop => {
             let mut n: u64 = 0;
@@ -210,6 +232,10 @@ impl HttpContext for PwHostile {
         let path = self.get_http_request_header(":path").unwrap_or_default();
         self.matched = path.starts_with(&self.config.on_path);
         self.misbehave_in(Callback::RequestHeaders);
+        if self.matched && self.config.misbehave == Misbehaviour::Framing {
+            let statuses = framing::edit(framing::REQUEST_HEADERS, framing::ON_REQUEST);
+            self.set_http_request_header("x-framing", Some(&statuses));
+        }
         Action::Continue
     }
 
@@ -220,6 +246,10 @@ impl HttpContext for PwHostile {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.misbehave_in(Callback::ResponseHeaders);
+        if self.matched && self.config.misbehave == Misbehaviour::Framing {
+            let statuses = framing::edit(framing::RESPONSE_HEADERS, framing::ON_RESPONSE);
+            self.set_http_response_header("x-framing", Some(&statuses));
+        }
         Action::Continue
     }
 
@@ -230,5 +260,82 @@ impl HttpContext for PwHostile {
 
     fn on_log(&mut self) {
         self.misbehave_in(Callback::Log);
+    }
+}
+
+/// Framing edits through the raw hostcalls, whose statuses the SDK's
+/// wrappers would turn into a panic.
+mod framing {
+    /// The request's header map.
+    pub(crate) const REQUEST_HEADERS: u32 = 0;
+    /// The response's header map.
+    pub(crate) const RESPONSE_HEADERS: u32 = 2;
+
+    /// An edit: `set`, `add` or `remove`, a name and a value.
+    type Edit = (&'static str, &'static str, &'static str);
+
+    /// What is tried on the request: every edit is the host's to refuse
+    /// but the last two.
+    pub(crate) const ON_REQUEST: &[Edit] = &[
+        ("set", "content-length", "0"),
+        ("add", "transfer-encoding", "chunked"),
+        ("remove", "content-length", ""),
+        ("set", "connection", "close"),
+        ("add", "upgrade", "h2c"),
+        ("set", "te", "trailers"),
+        ("add", "keep-alive", "timeout=1"),
+        ("add", "proxy-connection", "close"),
+        ("add", "host", "second.example"),
+        ("remove", ":authority", ""),
+        ("set", "x-allowed", "1"),
+    ];
+
+    /// What is tried on the response: removing `content-length` is
+    /// allowed.
+    pub(crate) const ON_RESPONSE: &[Edit] = &[
+        ("set", "content-length", "1"),
+        ("add", "transfer-encoding", "chunked"),
+        ("set", "connection", "close"),
+        ("remove", "content-length", ""),
+    ];
+
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        fn proxy_add_header_map_value(
+            map: u32,
+            key: *const u8,
+            key_size: usize,
+            value: *const u8,
+            value_size: usize,
+        ) -> u32;
+        fn proxy_replace_header_map_value(
+            map: u32,
+            key: *const u8,
+            key_size: usize,
+            value: *const u8,
+            value_size: usize,
+        ) -> u32;
+        fn proxy_remove_header_map_value(map: u32, key: *const u8, key_size: usize) -> u32;
+    }
+
+    /// Makes `edits` on map `map`; returns `name=status` for each,
+    /// space-separated (`set:content-length=2 ...`).
+    pub(crate) fn edit(map: u32, edits: &[Edit]) -> String {
+        let mut statuses = Vec::new();
+        for (edit, name, value) in edits {
+            let (key, key_size) = (name.as_ptr(), name.len());
+            let (data, size) = (value.as_ptr(), value.len());
+            // SAFETY: the pointers and sizes are those of live `&str`s; the
+            // host only reads them during the call.
+            let status = unsafe {
+                match *edit {
+                    "set" => proxy_replace_header_map_value(map, key, key_size, data, size),
+                    "add" => proxy_add_header_map_value(map, key, key_size, data, size),
+                    _ => proxy_remove_header_map_value(map, key, key_size),
+                }
+            };
+            statuses.push(format!("{edit}:{name}={status}"));
+        }
+        statuses.join(" ")
     }
 }

@@ -53,7 +53,7 @@ impl fmt::Display for HookFault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             HookFault::Runtime(fault) => fault.fmt(f),
-            HookFault::Alloc(e) => write!(f, "hook_alloc failed: {e}"),
+            HookFault::Alloc(e) => write!(f, "hook_alloc failed: {}", guest_text(e)),
             HookFault::OutputOutOfBounds { ptr, len, memory } => write!(
                 f,
                 "output ({ptr:#x}, {len}) lies outside guest memory of {memory} bytes"
@@ -62,13 +62,19 @@ impl fmt::Display for HookFault {
                 write!(f, "output of {len} bytes exceeds the {max} byte cap")
             }
             HookFault::InvalidUtf8 => write!(f, "output is not UTF-8"),
-            HookFault::InvalidOutput(e) => write!(f, "invalid output: {e}"),
+            HookFault::InvalidOutput(e) => write!(f, "invalid output: {}", guest_text(e)),
             HookFault::Pool(e) => write!(f, "invalid output: {e}"),
         }
     }
 }
 
 impl std::error::Error for HookFault {}
+
+/// Text a guest wrote or caused (its output decode errors quote it), as
+/// it may enter the log: escaped and capped.
+pub(crate) fn guest_text(text: &str) -> String {
+    wasm_runtime::guest_text::sanitize(text, wasm_runtime::guest_text::MAX_GUEST_TEXT)
+}
 
 impl From<RuntimeFault> for HookFault {
     fn from(fault: RuntimeFault) -> Self {
@@ -166,7 +172,12 @@ impl fmt::Display for HookFailure {
         match self {
             HookFailure::Fault(fault) => fault.fmt(f),
             HookFailure::Refused(refusal) => {
-                write!(f, "refused with {}: {}", refusal.status, refusal.message)
+                write!(
+                    f,
+                    "refused with {}: {}",
+                    refusal.status,
+                    guest_text(&refusal.message)
+                )
             }
             HookFailure::Skipped(why) => write!(f, "not called, {why}"),
             HookFailure::Busy(max) => write!(

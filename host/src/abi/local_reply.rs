@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 
+use super::framing::is_framing;
 use super::headers::{final_status, header_name, header_value};
 use crate::abi::HookFault;
 
@@ -41,7 +42,8 @@ impl LocalReply {
         for (name, value) in self.headers {
             let checked_name = header_name(&name)?;
             let value = header_value(&name, &value)?;
-            if checked_name == http::header::CONTENT_LENGTH {
+            if is_framing(checked_name.as_str()) {
+                // The host frames the reply (the body's length below).
                 continue;
             }
             response.append_header(name, value).map_err(invalid)?;
@@ -82,6 +84,8 @@ mod tests {
             &[
                 ("WWW-Authenticate", "Basic"),
                 ("content-length", "99"),
+                ("Transfer-Encoding", "chunked"),
+                ("Connection", "upgrade"),
                 ("X-Two", "1"),
                 ("X-Two", "2"),
             ],
@@ -94,6 +98,8 @@ mod tests {
         assert_eq!(response.headers.get_all("x-two").iter().count(), 2);
         assert_eq!(response.headers["content-length"], "3");
         assert_eq!(response.headers.get_all("content-length").iter().count(), 1);
+        assert!(response.headers.get("transfer-encoding").is_none());
+        assert!(response.headers.get("connection").is_none());
         assert_eq!(&body[..], b"no\n");
         let mut wire = Vec::new();
         response.header_to_h1_wire(&mut wire);

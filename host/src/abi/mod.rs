@@ -10,10 +10,12 @@
 //!
 //! The host rules both ABIs apply to what a guest gives live here once:
 //! header names, values and statuses ([`header_name`], [`header_value`],
-//! [`final_status`]) and local replies ([`LocalReply::checked`]). Each
+//! [`final_status`]), which fields frame a message and may not be edited
+//! ([`framing`]) and local replies ([`LocalReply::checked`]). Each
 //! ABI only turns its own wire shapes into these.
 
-mod failure;
+pub(crate) mod failure;
+pub(crate) mod framing;
 mod headers;
 mod local_reply;
 pub mod proxy_wasm;

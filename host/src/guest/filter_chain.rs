@@ -309,11 +309,7 @@ async fn deliver_calls(
         let pending = calls.remove(0);
         let response = perform_call(&pending).await;
         if response.is_none() {
-            log::info!(
-                "filter {}: HTTP call to {} failed or timed out",
-                module.name(),
-                pending.address
-            );
+            tenant.scope.callout_failed(module.name(), pending.address);
         }
         let result = match call.admit() {
             Ok(permit) => {

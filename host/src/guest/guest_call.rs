@@ -13,6 +13,7 @@ use std::fmt;
 
 use pingora::prelude::*;
 
+use crate::abi::failure::guest_text;
 use crate::abi::proxy_wasm::Direction;
 use crate::abi::HookFailure;
 use crate::abi::HookFault;
@@ -294,18 +295,19 @@ impl<'t> GuestCall<'t> {
                 Error::explain(InternalError, format!("{guest}: {call}: {fault}"))
             }
             HookFailure::Refused(refusal) if (400..=599).contains(&refusal.status) => {
+                // Pingora logs the error's text too: sanitised once here.
+                let message = guest_text(&refusal.message);
                 log::info!(
-                    "{guest}: {call} refused the request with {}: {}",
+                    "{guest}: {call} refused the request with {}: {message}",
                     refusal.status,
-                    refusal.message
                 );
-                Error::explain(HTTPStatus(refusal.status), refusal.message)
+                Error::explain(HTTPStatus(refusal.status), message)
             }
             HookFailure::Refused(refusal) => {
                 log::error!(
                     "{guest}: {call} failed: refusal status {} is not 400-599 ({})",
                     refusal.status,
-                    refusal.message
+                    guest_text(&refusal.message)
                 );
                 Error::explain(InternalError, "guest refusal with a non-error status")
             }
@@ -353,6 +355,7 @@ mod tests {
             budget: Budget::new(limits, metrics.tenant("t")),
             scope: Default::default(),
             metrics: metrics.tenant("t"),
+            loaded: Default::default(),
         }
     }
 
@@ -439,12 +442,45 @@ mod tests {
         assert_eq!(status(stop), HTTPStatus(503));
         let (_, stop) = at(Stage::Body(Direction::Response));
         assert_eq!(status(stop), InternalError);
-        let (skipped, stop) = at(Stage::Callout);
-        assert!(skipped, "a callout's refusal is a skipped call");
-        assert_eq!(status(stop), InternalError, "which fails closed");
         let (skipped, stop) = at(Stage::End);
         assert!(skipped);
         assert!(stop.is_ok(), "at the end nothing changes");
+    }
+
+    #[test]
+    fn a_callout_s_response_is_held_to_the_breaker_not_to_the_calls_in_flight() {
+        let limits = BudgetLimits {
+            max_concurrent_calls: 1,
+            ..BudgetLimits::default()
+        };
+        let tenant = tenant(GuestErrorPolicy::FailClosed, limits);
+        let held = GuestCall::hook(&tenant, Hook::RequestFilter, Stage::Headers);
+        let _slot = held.admit().unwrap();
+        let callout = |tenant| {
+            GuestCall::new(
+                tenant,
+                Guest::module(tenant),
+                CallName::Callback("proxy_on_http_call_response"),
+                Stage::Callout,
+            )
+        };
+        assert!(
+            callout(&tenant).admit().is_ok(),
+            "its request holds the slot"
+        );
+
+        let closed = tripped(GuestErrorPolicy::FailClosed);
+        let call = callout(&closed);
+        let failure = call.admit().err().unwrap();
+        assert!(
+            matches!(failure, CallFailure::Hook(HookFailure::Skipped(_))),
+            "a callout's refusal is a skipped call"
+        );
+        assert_eq!(
+            status(call.settle(failure)),
+            InternalError,
+            "which fails closed"
+        );
     }
 
     #[test]

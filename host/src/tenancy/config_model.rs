@@ -236,6 +236,7 @@ pub struct LimitsConfig {
     pub max_call_timeout_ms: Option<u32>,
     pub shared_data_bytes: Option<u64>,
     pub max_metrics: Option<u32>,
+    pub log_lines_per_s: Option<u32>,
 }
 
 /// A tenant's circuit breaker; each absent value is its `--breaker-*`

@@ -1,8 +1,12 @@
 //! Hot reload: on SIGHUP, or when the tenants file, a module file or a
 //! certificate changes, build a new tenant set (and load the default
 //! certificate again) off the request path and swap it in.
-//! In-flight requests finish on the set they started with; a set that
-//! fails to load is refused with a log line and the old one keeps serving.
+//! In-flight requests finish on the set they started with. A tenant whose
+//! inputs did not change is carried over whole; one whose new
+//! configuration fails to load keeps its previous version (see
+//! [`TenantSet::load`]); a set that fails to load as a whole (the file
+//! does not parse, a shared part is wrong) is refused with a log line and
+//! the old one keeps serving.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -52,8 +56,15 @@ impl TenantReloader {
         match self.load() {
             Ok((set, default_certificate)) => {
                 let names: Vec<&str> = set.tenants().iter().map(|t| t.name.as_str()).collect();
-                log::info!("reloaded tenants ({why}): {}", names.join(", "));
-                self.live.store(Arc::new(set));
+                let failed = match set.failed() {
+                    [] => String::new(),
+                    failed => format!(" (failed to load: {})", failed.join(", ")),
+                };
+                log::info!("reloaded tenants ({why}): {}{failed}", names.join(", "));
+                set.report(&self.metrics);
+                let set = Arc::new(set);
+                let previous = self.live.swap(set.clone());
+                previous.retire(&set, &self.metrics);
                 if let (Some(default), Some(loaded)) =
                     (&self.default_certificate, default_certificate)
                 {
@@ -78,12 +89,14 @@ impl TenantReloader {
             Some(default) => Some(default.load_again().context("--cert/--key")?),
             None => None,
         };
+        let previous = self.live.load();
         let set = TenantSet::load(
             &self.engine,
             &self.source,
             self.defaults.clone(),
             &self.metrics,
             &self.registries,
+            Some(&previous),
         )?;
         check_listeners_have_a_certificate(
             self.tls_listeners,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 
-use crate::abi::proxy_wasm::{FilterLimits, FilterModule, FilterSpec, TenantScope};
+use crate::abi::proxy_wasm::{FilterLimits, FilterModule, FilterSpec, ScopeCounters, TenantScope};
 use crate::abi::v1::V1Module;
 use crate::edge::tls::Certificate;
 use crate::guest::budget::{Budget, BudgetLimits};
@@ -24,7 +24,7 @@ use crate::tenancy::config_model::{
 use crate::upstream::egress::{Egress, OwnAddresses};
 use crate::upstream::pools::{HealthRegistries, LivePools, Pool, PoolSpec, Pools, SHARED};
 use crate::upstream::StaticUpstream;
-use wasm_runtime::{GuestEngine, GuestLimits, InstanceQuota};
+use wasm_runtime::{guest_text::LogRate, GuestEngine, GuestLimits, InstanceQuota};
 
 /// The limits and budget of a tenant that sets none of its own (from the
 /// command line flags).
@@ -71,6 +71,22 @@ pub struct Tenant {
     pub scope: Arc<TenantScope>,
     /// Its request and hook metrics.
     pub metrics: TenantMetrics,
+    /// What it was built from, for a reload to tell whether it changed.
+    pub loaded: LoadedFrom,
+}
+
+/// What a tenant was built from. A reload whose inputs for a tenant are
+/// the same keeps that tenant whole: its instances, budget, breaker and
+/// filter root contexts go on as if nothing happened.
+#[derive(Default)]
+pub struct LoadedFrom {
+    /// A digest of its entry (where it was written left out), the bytes
+    /// of the files it reads, the file's shared parts and the defaults.
+    inputs: [u8; 32],
+    /// Its own pools.
+    own_pools: Vec<Arc<Pool>>,
+    /// The files it was loaded from, watched for changes.
+    files: Vec<PathBuf>,
 }
 
 /// A proxy-wasm filter of a tenant, and what its faults do.
@@ -107,24 +123,35 @@ pub struct TenantSet {
     clusters: HashMap<String, SocketAddr>,
     /// Every pool: the shared ones, then each tenant's own.
     pools: Vec<Arc<Pool>>,
+    /// Tenants whose new configuration failed to load on a reload: each
+    /// kept its previous version, or was not added if new.
+    failed: Vec<String>,
 }
 
 impl TenantSet {
-    /// Loads every tenant of `source`; any problem refuses the whole set.
-    /// `defaults` are the limits of tenants that do not set their own;
-    /// pools that stay keep their health state from `registries`.
+    /// Loads every tenant of `source`. `defaults` are the limits of
+    /// tenants that do not set their own; pools that stay keep their
+    /// health state from `registries`.
+    ///
+    /// At start-up (`previous` is None) any problem refuses the whole set.
+    /// On a reload, a tenant whose inputs did not change is kept as it is
+    /// in `previous`, and one whose module, filters or limits fail to load
+    /// keeps its previous version (a new one is left out); problems
+    /// outside the tenants' own entries still refuse the whole set.
     pub fn load(
         engine: &GuestEngine,
         source: &TenantSource,
         defaults: TenantDefaults,
         metrics: &Metrics,
         registries: &HealthRegistries,
+        previous: Option<&TenantSet>,
     ) -> anyhow::Result<Self> {
         let loading = SetLoad {
             engine,
             defaults,
             metrics,
             registries,
+            previous,
         };
         match source {
             TenantSource::CommandLine(config) => Self::build(loading, config),
@@ -145,6 +172,7 @@ impl TenantSet {
             defaults,
             metrics,
             registries,
+            previous,
         } = load;
         let mut set = TenantSet {
             tenants: Vec::new(),
@@ -154,6 +182,7 @@ impl TenantSet {
             watched: Vec::new(),
             clusters: HashMap::new(),
             pools: Vec::new(),
+            failed: Vec::new(),
         };
         for (name, addr) in &config.clusters {
             let parsed = addr
@@ -180,28 +209,59 @@ impl TenantSet {
                 let error = anyhow!("tenant {name:?} appears twice");
                 return Err(place.error("name", &Origin::Unknown, error));
             }
-            for (at, host) in spec.hosts.iter().enumerate() {
-                set.add_host(&host.value, index)
-                    .map_err(|e| place.error(&format!("hosts[{at}]"), &host.origin, e))?;
-            }
-            let own = build_pools(&name, &spec.pools, registries, |e, pool, origin| {
-                place.error(&format!("pools.{pool}"), origin, e)
-            })?;
-            let loading = TenantLoad {
-                engine,
-                base: &config.base,
-                naming: config.naming,
-                defaults: defaults.clone(),
-                file_egress: config.egress.as_ref(),
-                metrics,
-                clusters: &set.clusters,
-                pools: Pools::new(&own, &shared),
+            let inputs = tenant_inputs(config, spec, &defaults);
+            let before = previous.and_then(|set| set.tenant(&name));
+            let tenant = match before.filter(|tenant| tenant.loaded.inputs == inputs) {
+                Some(unchanged) => unchanged.clone(),
+                None => {
+                    let built = build_pools(&name, &spec.pools, registries, |e, pool, origin| {
+                        place.error(&format!("pools.{pool}"), origin, e)
+                    })
+                    .and_then(|own| {
+                        let loading = TenantLoad {
+                            engine,
+                            base: &config.base,
+                            naming: config.naming,
+                            defaults: defaults.clone(),
+                            file_egress: config.egress.as_ref(),
+                            metrics,
+                            clusters: &set.clusters,
+                            pools: Pools::new(&own, &shared),
+                        };
+                        build_tenant(loading, spec, &place, inputs, own)
+                    });
+                    match (built, before) {
+                        (Ok(tenant), _) => {
+                            metrics.module_load(&name);
+                            Arc::new(tenant)
+                        }
+                        (Err(e), _) if previous.is_none() => return Err(e),
+                        (Err(e), Some(before)) => {
+                            let error = format!("{e:#}").replace('\n', " ");
+                            log::error!(
+                                "tenant {name}: its new configuration failed to load, its \
+                                 previous version keeps serving: {error}"
+                            );
+                            set.failed.push(name);
+                            before.clone()
+                        }
+                        (Err(e), None) => {
+                            let error = format!("{e:#}").replace('\n', " ");
+                            log::error!("tenant {name}: failed to load, not added: {error}");
+                            set.failed.push(name);
+                            continue;
+                        }
+                    }
+                }
             };
-            let (tenant, files) = build_tenant(loading, spec, &place)?;
-            metrics.module_load(&name);
-            set.pools.extend(own);
-            set.watched.extend(files);
-            set.tenants.push(Arc::new(tenant));
+            let at = set.tenants.len();
+            for (number, host) in spec.hosts.iter().enumerate() {
+                set.add_host(&host.value, at)
+                    .map_err(|e| place.error(&format!("hosts[{number}]"), &host.origin, e))?;
+            }
+            set.pools.extend(tenant.loaded.own_pools.iter().cloned());
+            set.watched.extend(tenant.loaded.files.iter().cloned());
+            set.tenants.push(tenant);
         }
         if let Some(default) = &config.default_tenant {
             let index = set
@@ -298,6 +358,117 @@ impl TenantSet {
     pub fn pools(&self) -> &[Arc<Pool>] {
         &self.pools
     }
+
+    /// The tenant called `name`.
+    fn tenant(&self, name: &str) -> Option<&Arc<Tenant>> {
+        self.tenants.iter().find(|tenant| tenant.name == name)
+    }
+
+    /// Tenants whose new configuration failed to load on the reload that
+    /// made this set.
+    pub fn failed(&self) -> &[String] {
+        &self.failed
+    }
+
+    /// Removes the metric series of this set's filters that `next` does
+    /// not carry on (same tenant and plugin name), and the configuration
+    /// state of tenants `next` does not name: a tenant or filter that goes
+    /// takes its series with it.
+    pub fn retire(&self, next: &TenantSet, metrics: &Metrics) {
+        let names = self.tenants.iter().map(|t| &t.name).chain(&self.failed);
+        for name in names {
+            if next.tenant(name).is_none() && !next.failed.contains(name) {
+                metrics.forget_tenant_config(name);
+            }
+        }
+        let labels = |set: &TenantSet| -> HashSet<(String, String)> {
+            set.tenants
+                .iter()
+                .flat_map(|tenant| {
+                    let name = tenant.name.clone();
+                    tenant
+                        .filters
+                        .iter()
+                        .map(move |f| (name.clone(), f.module.plugin_name().to_string()))
+                })
+                .collect()
+        };
+        let kept = labels(next);
+        for tenant in &self.tenants {
+            for filter in &tenant.filters {
+                let key = (tenant.name.clone(), filter.module.plugin_name().to_string());
+                if !kept.contains(&key) {
+                    filter.module.remove_metric_series();
+                }
+            }
+        }
+    }
+
+    /// Sets `wasm_proxy_tenant_config_ok` for every tenant of the set and
+    /// every one that failed to load.
+    pub fn report(&self, metrics: &Metrics) {
+        for tenant in &self.tenants {
+            metrics.tenant_config_ok(&tenant.name, !self.failed.contains(&tenant.name));
+        }
+        for name in &self.failed {
+            metrics.tenant_config_ok(name, false);
+        }
+    }
+}
+
+/// The digest of what tenant `spec` is built from: its entry (without
+/// where it was written: editing another tenant moves its lines), the
+/// bytes of its modules, filters and certificate, the file's shared
+/// clusters, egress and pools, and the defaults.
+fn tenant_inputs(
+    config: &TenantsConfig,
+    spec: &TenantConfig,
+    defaults: &TenantDefaults,
+) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    let shared = format!(
+        "{spec:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{defaults:?}",
+        config.clusters, config.egress, config.pools, config.base, config.naming
+    );
+    digest.update(without_origins(&shared));
+    let files = spec
+        .module
+        .iter()
+        .map(|module| &module.value)
+        .chain(spec.filters.iter().map(|filter| &filter.value.module.value))
+        .chain(
+            spec.tls
+                .iter()
+                .flat_map(|tls| [&tls.value.cert, &tls.value.key]),
+        );
+    for file in files {
+        let path = config.base.join(file);
+        digest.update(path.as_os_str().as_encoded_bytes());
+        match std::fs::read(&path) {
+            Ok(bytes) => digest.update(Sha256::digest(&bytes)),
+            Err(e) => digest.update(e.to_string()),
+        }
+    }
+    digest.finalize().into()
+}
+
+/// `debug` (a configuration's `{:?}`) without its origins' lines and
+/// columns.
+fn without_origins(debug: &str) -> String {
+    const LINE: &str = "Line { line: ";
+    let mut out = String::with_capacity(debug.len());
+    let mut rest = debug;
+    while let Some(at) = rest.find(LINE) {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        match rest.find('}') {
+            Some(end) => rest = &rest[end + 1..],
+            None => break,
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 impl LivePools for TenantSet {
@@ -329,6 +500,8 @@ struct SetLoad<'a> {
     defaults: TenantDefaults,
     metrics: &'a Metrics,
     registries: &'a HealthRegistries,
+    /// The set a reload replaces; None at start-up.
+    previous: Option<&'a TenantSet>,
 }
 
 /// What building one tenant needs besides its entry.
@@ -372,12 +545,15 @@ impl EntryPlace<'_> {
     }
 }
 
-/// Builds one tenant; returns it and the files it was loaded from.
+/// Builds one tenant from its entry, whose `inputs` digest it keeps, with
+/// its `own_pools`, built already.
 fn build_tenant(
     load: TenantLoad,
     spec: &TenantConfig,
     place: &EntryPlace,
-) -> anyhow::Result<(Tenant, Vec<PathBuf>)> {
+    inputs: [u8; 32],
+    own_pools: Vec<Arc<Pool>>,
+) -> anyhow::Result<Tenant> {
     let TenantLoad {
         engine,
         base,
@@ -433,6 +609,9 @@ fn build_tenant(
         return Err(place.error("limits", &spec.limits.origin, error));
     }
     let quota = InstanceQuota::new(max_instances);
+    let log_lines_per_s = given.log_lines_per_s.unwrap_or(DEFAULT_LOG_LINES_PER_S);
+    let dropped = metrics.guest_log_dropped(&spec.name);
+    let log_rate = Arc::new(LogRate::new(log_lines_per_s, move || dropped.inc()));
     let fallback_upstream = match &spec.fallback_upstream {
         Some(addr) => Some(
             addr.value
@@ -484,7 +663,11 @@ fn build_tenant(
                 limits,
             )
             .map_err(|e| place.error("module", &path.origin, e))?;
-            Some(Arc::new(module.with_quota(quota.clone())))
+            Some(Arc::new(
+                module
+                    .with_quota(quota.clone())
+                    .with_log_rate(log_rate.clone()),
+            ))
         }
         None => None,
     };
@@ -537,6 +720,7 @@ fn build_tenant(
             metrics: Some((metrics.filter_family(), spec.name.clone())),
             scope: scope.clone(),
             quota: quota.clone(),
+            log_rate: Some(log_rate.clone()),
         };
         let label = naming.guest(&filter.module.value, &spec.name);
         let loaded = FilterModule::load(engine, label, &path, filter_spec, limits)
@@ -560,8 +744,13 @@ fn build_tenant(
         upstream,
         pools,
         certificate,
+        loaded: LoadedFrom {
+            inputs,
+            own_pools,
+            files,
+        },
     };
-    Ok((tenant, files))
+    Ok(tenant)
 }
 
 /// Instances a tenant may keep alive at once unless it says otherwise.
@@ -570,6 +759,11 @@ fn build_tenant(
 /// their bound; a tenant's calls in flight (`max_concurrent_calls`,
 /// default 8) and the requests its filters hold rarely need more.
 pub const DEFAULT_MAX_INSTANCES: u32 = 100;
+
+/// Guest log lines a tenant may write per second unless it says
+/// otherwise: ample for request logging at moderate rates, while a flood
+/// of lines cannot fill the disk.
+pub const DEFAULT_LOG_LINES_PER_S: u32 = 1000;
 
 /// Largest `max_instances` accepted: the engine's pool.
 const MAX_INSTANCES: u32 = 1000;
@@ -623,7 +817,10 @@ fn build_scope(
         &spec.name,
         clusters,
         egress,
-        metrics.egress_refused(&spec.name),
+        ScopeCounters {
+            egress_refused: metrics.egress_refused(&spec.name),
+            callouts_failed: metrics.callouts_failed(&spec.name),
+        },
         limits,
     ))
 }
@@ -677,6 +874,7 @@ mod tests {
             watched: Vec::new(),
             clusters: HashMap::new(),
             pools: Vec::new(),
+            failed: Vec::new(),
         };
         for (host, index) in hosts {
             set.add_host(host, *index).unwrap();
@@ -738,6 +936,7 @@ mod tests {
             TenantDefaults::default(),
             &Metrics::new(),
             &HealthRegistries::new(None),
+            None,
         );
         std::fs::remove_dir_all(&dir).unwrap();
         let error = format!("{:#}", loaded.err().expect("the file is refused"));

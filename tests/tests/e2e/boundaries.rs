@@ -287,3 +287,333 @@ tenants:
         .filter(|l| l.contains("neighbour") && (l.contains("WARN") || l.contains("ERROR")));
     assert_eq!(troubled.count(), 0, "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn guest_log_lines_cannot_forge_lines_or_flood_the_log() {
+    let upstream = Upstream::plain().await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let yaml = format!(
+        r#"
+tenants:
+  - name: noisy
+    hosts: ["noisy.example"]
+    upstream: "{u}"
+    limits: {{ log_lines_per_s: 100, hook_timeout_ms: 2000 }}
+    filters:
+      - module: GUESTS/pw_hostile.wasm
+        config: {{ misbehave: forge }}
+"#,
+        u = upstream.addr
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, _) = tenants_proxy(&dir, &yaml, &["--metrics", &metrics]);
+    let client = client();
+    let (status, _) = as_tenant(&client, &proxy, "noisy.example", &[]).await;
+    assert_eq!(status, 200, "{}", proxy.log());
+
+    let log = proxy.wait_for_log("pw_hostile: forged");
+    // One guest line stays one log line, its tricks escaped.
+    assert!(
+        !log.lines().any(|l| l.starts_with("[2026-01-01T00:00:00Z")),
+        "{log}"
+    );
+    let forged = log
+        .lines()
+        .find(|l| l.contains("pw_hostile: forged"))
+        .unwrap();
+    assert!(
+        forged.contains(r"forged\n[2026-01-01T00:00:00Z ERROR"),
+        "{forged}"
+    );
+    assert!(
+        forged.contains(r"FORGED\u{2028}FORGED2 \u{202e}desrever"),
+        "{forged}"
+    );
+    assert!(!log.contains('\u{2028}') && !log.contains('\u{202e}'));
+    // 100 lines a second: the 3,000-line flood is dropped and counted.
+    let flood = log.matches("pw_hostile: flood").count();
+    assert!(flood <= 200, "{flood} flood lines logged");
+    let text = client
+        .get(format!("http://{metrics}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dropped = metric_value(
+        &text,
+        r#"wasm_proxy_guest_log_dropped_total{tenant="noisy"}"#,
+    );
+    assert!(dropped >= 2800, "{dropped} dropped\n{text}");
+}
+
+/// Reads one whole response from `stream` (one request's answer: nothing
+/// follows it until the next request is sent).
+fn read_response(stream: &mut std::net::TcpStream) -> crate::clients::Reply {
+    use std::io::Read;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let read = stream.read(&mut buf).unwrap();
+        raw.extend_from_slice(&buf[..read]);
+        if let Some(reply) = crate::clients::complete_response(&raw, read == 0) {
+            return reply;
+        }
+        assert!(
+            read > 0,
+            "closed mid-response: {:?}",
+            String::from_utf8_lossy(&raw)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_filter_cannot_edit_framing_and_a_smuggled_request_stays_a_body() {
+    use std::io::Write;
+    let upstream = Upstream::plain().await;
+    let yaml = format!(
+        r#"
+tenants:
+  - name: edgy
+    hosts: ["edgy.example"]
+    upstream: "{u}"
+    filters:
+      - module: GUESTS/pw_hostile.wasm
+        config: {{ misbehave: framing }}
+"#,
+        u = upstream.addr
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, _) = tenants_proxy(&dir, &yaml, &[]);
+    let addr = proxy.addr;
+    let (first, second) = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        // Were the filter's `Content-Length: 0` applied, the body would be
+        // read as a second request on this keep-alive connection.
+        let inner = "GET /admin HTTP/1.1\r\nHost: edgy.example\r\n\r\n";
+        let smuggle = format!(
+            "POST /smuggle HTTP/1.1\r\nHost: edgy.example\r\nContent-Length: {}\r\n\r\n{inner}",
+            inner.len()
+        );
+        stream.write_all(smuggle.as_bytes()).unwrap();
+        let first = read_response(&mut stream);
+        let after = "GET /after HTTP/1.1\r\nHost: edgy.example\r\nConnection: close\r\n\r\n";
+        stream.write_all(after.as_bytes()).unwrap();
+        (first, read_response(&mut stream))
+    })
+    .await
+    .unwrap();
+
+    assert_eq!(first.status, 200, "{}", proxy.log());
+    let echo = first.echo();
+    assert_eq!(echo["uri"], "/smuggle");
+    assert_eq!(
+        echo["body"], "GET /admin HTTP/1.1\r\nHost: edgy.example\r\n\r\n",
+        "the body went upstream as a body"
+    );
+    let statuses = echoed_header(&echo, "x-framing").expect("the filter's report");
+    // BAD_ARGUMENT (2) for every framing edit and for a second Host; the
+    // ordinary edit is OK (0).
+    assert_eq!(
+        statuses,
+        "set:content-length=2 add:transfer-encoding=2 remove:content-length=2 \
+         set:connection=2 add:upgrade=2 set:te=2 add:keep-alive=2 \
+         add:proxy-connection=2 add:host=2 remove::authority=2 set:x-allowed=0"
+    );
+    assert_eq!(echoed_header(&echo, "x-allowed").as_deref(), Some("1"));
+    assert_eq!(
+        echo["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h[0] == "host")
+            .count(),
+        1
+    );
+    // On the response a filter may remove Content-Length, and only that.
+    assert_eq!(
+        first.header("x-framing"),
+        Some(
+            "set:content-length=2 add:transfer-encoding=2 set:connection=2 remove:content-length=0"
+        )
+    );
+    assert_eq!(second.status, 200);
+    assert_eq!(second.echo()["uri"], "/after", "no /admin was answered");
+    let log = proxy.log();
+    assert!(
+        log.contains(
+            "proxy_replace_header_map_value refused: content-length on the downstream request \
+             is the host's (it frames the body)"
+        ),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_v1_guest_cannot_edit_framing() {
+    let upstream = Upstream::plain().await;
+    let tenant = |hook: &str| {
+        format!(
+            "  - name: {hook}\n    hosts: [\"{hook}.example\"]\n    module: GUESTS/hostile.wasm\n    \
+             config: {{ upstream: \"{}\", misbehave: framing, hook: {hook} }}\n",
+            upstream.addr
+        )
+    };
+    let yaml = format!(
+        "tenants:\n{}{}{}",
+        tenant("request_filter"),
+        tenant("upstream_request_filter"),
+        tenant("response_filter")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, _) = tenants_proxy(&dir, &yaml, &[]);
+    let client = client();
+
+    for (hook, line) in [
+        (
+            "request_filter",
+            "invalid output: content-length on the downstream request is the host's (it frames \
+             the body)",
+        ),
+        (
+            "response_filter",
+            "invalid output: transfer-encoding on the response is the host's (a filter may only \
+             remove content-length)",
+        ),
+    ] {
+        let (status, _) = as_tenant(&client, &proxy, &format!("{hook}.example"), &[]).await;
+        assert_eq!(status, 500, "{hook}: {}", proxy.log());
+        let log = proxy.wait_for_log(line);
+        assert!(log.contains(line), "{log}");
+    }
+
+    // On the upstream request the host frames the body it sends, after
+    // the guest: its `Content-Length: 5` and `Connection: close` are
+    // undone.
+    let response = client
+        .post(proxy.url("/upload"))
+        .header("host", "upstream_request_filter.example")
+        .body("hello world")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200, "{}", proxy.log());
+    let echo: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(echo["body"], "hello world");
+    assert_eq!(
+        echoed_header(&echo, "content-length").as_deref(),
+        Some("11")
+    );
+    assert_ne!(echoed_header(&echo, "connection").as_deref(), Some("close"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_tenant_s_bad_deploy_is_its_own() {
+    let upstream = Upstream::plain().await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    // `shaky`'s filter configuration is its version: `{}` loads, one with
+    // an unknown field makes its `on_configure` return false.
+    let yaml = |shaky: &str, extra: &str| {
+        format!(
+            r#"
+tenants:
+  - name: steady
+    hosts: ["steady.example"]
+    upstream: "{u}"
+    filters:
+      - module: GUESTS/pw_counter.wasm
+  - name: shaky
+    hosts: ["shaky.example"]
+    upstream: "{u}"
+    filters:
+      - module: GUESTS/pw_hostile.wasm
+        config: {shaky}
+{extra}"#,
+            u = upstream.addr
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, path) = tenants_proxy(&dir, &yaml("{}", ""), &["--metrics", &metrics]);
+    let client = client();
+    let count = |body: &str| {
+        let echo: Value = serde_json::from_str(body).unwrap();
+        echoed_header(&echo, "x-pw-count")
+    };
+    for expected in 1..=3 {
+        let (status, body) = as_tenant(&client, &proxy, "steady.example", &[]).await;
+        assert_eq!(status, 200, "{}", proxy.log());
+        assert_eq!(count(&body), Some(expected.to_string()));
+    }
+
+    // shaky's new version fails to configure; a new tenant fails too; a
+    // third is added.
+    let extra = format!(
+        r#"  - name: newcomer
+    hosts: ["newcomer.example"]
+    upstream: "{u}"
+    filters:
+      - module: GUESTS/pw_hostile.wasm
+        config: {{ colour: red }}
+  - name: added
+    hosts: ["added.example"]
+    upstream: "{u}"
+"#,
+        u = upstream.addr
+    );
+    write_tenants(&path, &yaml("{ colour: red }", &extra));
+    proxy.hangup();
+    let line = "reloaded tenants (";
+    let log = proxy.wait_for_log(line);
+    assert!(log.contains("(failed to load: shaky, newcomer)"), "{log}");
+    assert!(
+        log.contains(
+            "tenant shaky: its new configuration failed to load, its previous version keeps serving"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains("tenant newcomer: failed to load, not added"),
+        "{log}"
+    );
+
+    // steady was not touched: its filter's state goes on from 3.
+    let (status, body) = as_tenant(&client, &proxy, "steady.example", &[]).await;
+    assert_eq!(status, 200, "{}", proxy.log());
+    assert_eq!(count(&body), Some("4".to_string()), "steady was rebuilt");
+    // shaky serves its previous version; newcomer is not there; added is.
+    let (status, _) = as_tenant(&client, &proxy, "shaky.example", &[]).await;
+    assert_eq!(status, 200, "{}", proxy.log());
+    let (status, body) = as_tenant(&client, &proxy, "newcomer.example", &[]).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = as_tenant(&client, &proxy, "added.example", &[]).await;
+    assert_eq!(status, 200, "{}", proxy.log());
+    let text = scrape(&client, &metrics).await;
+    for (tenant, ok) in [("steady", 1), ("shaky", 0), ("newcomer", 0), ("added", 1)] {
+        let series = format!(r#"wasm_proxy_tenant_config_ok{{tenant="{tenant}"}}"#);
+        assert_eq!(metric_value(&text, &series), ok, "{tenant}\n{text}");
+    }
+
+    // Fixed: shaky takes its new version.
+    write_tenants(&path, &yaml("{ misbehave: none }", ""));
+    proxy.hangup();
+    let started = std::time::Instant::now();
+    loop {
+        let text = scrape(&client, &metrics).await;
+        if metric_value(&text, r#"wasm_proxy_tenant_config_ok{tenant="shaky"}"#) == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{}",
+            proxy.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (status, body) = as_tenant(&client, &proxy, "steady.example", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(count(&body), Some("5".to_string()), "steady was rebuilt");
+}

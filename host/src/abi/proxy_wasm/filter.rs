@@ -18,8 +18,8 @@ use super::{FilterMetrics, HeaderPairs, Plugin, ProxyWasm, PwState, Stream};
 use crate::abi::{self, ModuleKind};
 use crate::abi::{CallError, HookFailure, HookFault};
 use wasm_runtime::{
-    block_on, GuestEngine, GuestLimits, IdleInstances, InstanceQuota, LongCallSignal, Sandbox,
-    SliceMeter, Unmetered, WasmInstance,
+    block_on, guest_text::LogRate, GuestEngine, GuestLimits, IdleInstances, InstanceQuota,
+    LongCallSignal, Sandbox, SliceMeter, Unmetered, WasmInstance,
 };
 
 /// The root context's id; HTTP contexts count up from it.
@@ -47,6 +47,8 @@ pub struct FilterSpec {
     pub scope: Arc<super::TenantScope>,
     /// Its tenant's bound on live instances.
     pub quota: Arc<InstanceQuota>,
+    /// Its tenant's bound on guest log lines; None: unbounded.
+    pub log_rate: Option<Arc<LogRate>>,
 }
 
 /// What a request callback left the request to do next.
@@ -117,6 +119,7 @@ pub struct FilterModule {
     /// Its tenant's bound on live instances; every instance made after
     /// load holds a slot of it.
     quota: Arc<InstanceQuota>,
+    log_rate: Option<Arc<LogRate>>,
     /// When the next tick is due, in milliseconds since `origin`.
     next_tick_ms: AtomicU64,
     /// Whether it exports the body callbacks, by [`Direction`].
@@ -221,6 +224,7 @@ impl FilterModule {
             long_calls: engine.long_calls().clone(),
             idle: IdleInstances::new(),
             quota: spec.quota,
+            log_rate: spec.log_rate,
             next_tick_ms: AtomicU64::new(0),
             reads_bodies: ["proxy_on_request_body", "proxy_on_response_body"]
                 .map(|callback| module.get_export(callback).is_some()),
@@ -234,6 +238,17 @@ impl FilterModule {
     /// The filter's name for logs.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Its plugin name, the `filter` label of its metrics.
+    pub fn plugin_name(&self) -> &str {
+        &self.plugin.plugin_name
+    }
+
+    /// Removes the series of the metrics it defined, once no filter of
+    /// the same tenant and plugin name carries them on.
+    pub fn remove_metric_series(&self) {
+        self.plugin.metrics.remove_series();
     }
 
     /// Whether the filter reads `direction`'s bodies (exports its body
@@ -336,13 +351,16 @@ impl FilterModule {
     /// and the plugin configured.
     async fn start(&self, meter: &dyn SliceMeter) -> Result<Box<FilterInstance>, String> {
         let state = PwState::new(self.plugin.clone());
-        let prepared = WasmInstance::prepare(
+        let mut prepared = WasmInstance::prepare(
             &self.pre,
             self.name.clone(),
             self.limits,
             self.long_calls.clone(),
             state,
         );
+        if let Some(rate) = &self.log_rate {
+            prepared = prepared.with_log_rate(rate.clone());
+        }
         let mut wasm = prepared
             .start(meter)
             .await

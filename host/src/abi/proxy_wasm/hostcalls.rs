@@ -16,6 +16,7 @@ use wasmtime::{Caller, Linker, Module, Val, WasmTy};
 
 use super::types::{BufferType, LogLevel, MapType, MetricType, Status};
 use super::{HeaderPairs, PwState};
+use crate::abi::framing::{check_edit, check_replacement, Edit, Message};
 use crate::abi::LocalReply;
 use wasm_runtime::{read_guest_line, Sandbox};
 
@@ -357,6 +358,11 @@ fn proxy_set_header_map_pairs(
     let bytes = read(&mut caller, data, size)?;
     let pairs = HeaderPairs::deserialize(&bytes).ok_or(Status::BadArgument)?;
     let map = MapType::try_from(map)?;
+    if let Some(message) = framed(map) {
+        let old = state(&caller).header_map(map)?.pairs();
+        let checked = check_replacement(message, old, &pairs);
+        refuse_framing(&mut caller, "proxy_set_header_map_pairs", checked)?;
+    }
     state_mut(&mut caller).header_map_mut(map)?.set_all(pairs);
     Ok(())
 }
@@ -380,7 +386,11 @@ fn proxy_add_header_map_value(
     value_size: i32,
 ) -> Result<(), Status> {
     let value = (value, value_size);
-    edit_header_map(caller, map, (key, key_size), value, HeaderPairs::add)
+    let edit = (
+        Edit::Add,
+        HeaderPairs::add as fn(&mut HeaderPairs, &str, &str),
+    );
+    edit_header_map(caller, map, (key, key_size), value, edit)
 }
 
 fn proxy_replace_header_map_value(
@@ -392,7 +402,11 @@ fn proxy_replace_header_map_value(
     value_size: i32,
 ) -> Result<(), Status> {
     let value = (value, value_size);
-    edit_header_map(caller, map, (key, key_size), value, HeaderPairs::replace)
+    let edit = (
+        Edit::Set,
+        HeaderPairs::replace as fn(&mut HeaderPairs, &str, &str),
+    );
+    edit_header_map(caller, map, (key, key_size), value, edit)
 }
 
 /// `edit` with the key and value at `key` and `value` on map `map`.
@@ -401,11 +415,16 @@ fn edit_header_map(
     map: i32,
     key: (i32, i32),
     value: (i32, i32),
-    edit: fn(&mut HeaderPairs, &str, &str),
+    (kind, edit): (Edit, fn(&mut HeaderPairs, &str, &str)),
 ) -> Result<(), Status> {
     let key = read_str(&mut caller, key.0, key.1)?;
     let value = read_str(&mut caller, value.0, value.1)?;
     let map = MapType::try_from(map)?;
+    let hostcall = match kind {
+        Edit::Add => "proxy_add_header_map_value",
+        _ => "proxy_replace_header_map_value",
+    };
+    checked_edit(&mut caller, hostcall, map, kind, &key)?;
     edit(state_mut(&mut caller).header_map_mut(map)?, &key, &value);
     Ok(())
 }
@@ -418,8 +437,48 @@ fn proxy_remove_header_map_value(
 ) -> Result<(), Status> {
     let key = read_str(&mut caller, key, key_size)?;
     let map = MapType::try_from(map)?;
+    let hostcall = "proxy_remove_header_map_value";
+    checked_edit(&mut caller, hostcall, map, Edit::Remove, &key)?;
     state_mut(&mut caller).header_map_mut(map)?.remove(&key);
     Ok(())
+}
+
+/// The message whose framing the host keeps, if map `map` is one.
+fn framed(map: MapType) -> Option<Message> {
+    match map {
+        MapType::HttpRequestHeaders => Some(Message::DownstreamRequest),
+        MapType::HttpResponseHeaders => Some(Message::Response),
+        _ => None,
+    }
+}
+
+/// Refuses an edit of a framing field ([`check_edit`]).
+fn checked_edit(
+    caller: &mut Ctx<'_>,
+    hostcall: &str,
+    map: MapType,
+    edit: Edit,
+    key: &str,
+) -> Result<(), Status> {
+    match framed(map) {
+        Some(message) => refuse_framing(caller, hostcall, check_edit(message, edit, key)),
+        None => Ok(()),
+    }
+}
+
+/// `BAD_ARGUMENT` for a refused framing edit, with a line in the
+/// filter's log (held to its log rate: the guest chooses how often).
+fn refuse_framing(
+    caller: &mut Ctx<'_>,
+    hostcall: &str,
+    checked: Result<(), String>,
+) -> Result<(), Status> {
+    checked.map_err(|why| {
+        // `why` names only fields of the host's own list.
+        let line = format!("{hostcall} refused: {why}");
+        caller.data_mut().guest_log(log::Level::Warn, line);
+        Status::BadArgument
+    })
 }
 
 async fn proxy_get_property(

@@ -85,15 +85,57 @@ pub struct TenantScope {
     pub clusters: HashMap<String, SocketAddr>,
     /// Where a callout to an `ip:port` may go.
     pub egress: Egress,
-    /// Counts refused destinations (`wasm_proxy_egress_refused_total`).
-    pub egress_refused: IntCounter,
+    /// What it counts of its filters' traffic.
+    pub counters: ScopeCounters,
     /// The tenant's callout and metric bounds.
     pub limits: FilterLimits,
     /// Callouts dispatched and not yet answered, over the tenant's filters.
     pending_calls: AtomicU32,
-    /// The second (since the process began) of the last egress refusal
-    /// logged: at most one line a second per tenant.
-    refusal_logged: AtomicU64,
+    /// At most one line a second per tenant about refused destinations.
+    refusal_logged: OncePerSecond,
+    /// At most one line a second per tenant about failed callouts.
+    failure_logged: OncePerSecond,
+}
+
+/// What a tenant counts of its filters' traffic.
+#[derive(Clone)]
+pub struct ScopeCounters {
+    /// Refused destinations (`wasm_proxy_egress_refused_total`).
+    pub egress_refused: IntCounter,
+    /// Callouts that failed or timed out
+    /// (`wasm_proxy_callout_failures_total`).
+    pub callouts_failed: IntCounter,
+}
+
+impl ScopeCounters {
+    /// Counters kept in memory only, for a filter outside any tenant.
+    pub fn unexported() -> Self {
+        let counter = |name| IntCounter::new(name, "kept in memory").expect("a valid metric name");
+        ScopeCounters {
+            egress_refused: counter("egress_refused"),
+            callouts_failed: counter("callouts_failed"),
+        }
+    }
+}
+
+/// Lets one log line through per second: a tenant's guests choose how
+/// often the event happens, not how much the proxy logs.
+struct OncePerSecond(AtomicU64);
+
+impl OncePerSecond {
+    fn new() -> Self {
+        OncePerSecond(AtomicU64::new(u64::MAX))
+    }
+
+    /// Whether no line went out yet this second (since the process began).
+    fn due(&self) -> bool {
+        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let second = ORIGIN
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_secs();
+        self.0.swap(second, Ordering::Relaxed) != second
+    }
 }
 
 /// A tenant's bounds on what its filters do outside their instances.
@@ -156,7 +198,7 @@ impl TenantScope {
         tenant: &str,
         clusters: HashMap<String, SocketAddr>,
         egress: Egress,
-        egress_refused: IntCounter,
+        counters: ScopeCounters,
         limits: FilterLimits,
     ) -> Self {
         TenantScope {
@@ -167,10 +209,11 @@ impl TenantScope {
             ),
             clusters,
             egress,
-            egress_refused,
+            counters,
             limits,
             pending_calls: AtomicU32::new(0),
-            refusal_logged: AtomicU64::new(u64::MAX),
+            refusal_logged: OncePerSecond::new(),
+            failure_logged: OncePerSecond::new(),
         }
     }
 
@@ -193,15 +236,23 @@ impl TenantScope {
 
     /// Counts and logs a refused destination.
     pub fn refused(&self, address: &str, why: egress::Refusal) {
-        self.egress_refused.inc();
-        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        let second = ORIGIN
-            .get_or_init(std::time::Instant::now)
-            .elapsed()
-            .as_secs();
-        if self.refusal_logged.swap(second, Ordering::Relaxed) != second {
+        self.counters.egress_refused.inc();
+        if self.refusal_logged.due() {
             log::warn!(
                 "tenant {}: egress to {address} refused ({why})",
+                self.tenant
+            );
+        }
+    }
+
+    /// Counts a callout of filter `filter` to `address` that failed or
+    /// timed out, and logs it (at most once a second).
+    pub fn callout_failed(&self, filter: &str, address: SocketAddr) {
+        self.counters.callouts_failed.inc();
+        if self.failure_logged.due() {
+            log::info!(
+                "tenant {}: filter {filter}: HTTP call to {address} failed or timed out \
+                 (one line a second at most; wasm_proxy_callout_failures_total counts them)",
                 self.tenant
             );
         }
@@ -228,7 +279,7 @@ impl Default for TenantScope {
                 "",
                 HashMap::new(),
                 Egress::new(None, Arc::default()).expect("no entries to refuse"),
-                IntCounter::new("egress_refused", "kept in memory").expect("a valid metric name"),
+                ScopeCounters::unexported(),
                 limits,
             )
         }

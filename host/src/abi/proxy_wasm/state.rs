@@ -266,7 +266,9 @@ mod tests {
     use std::sync::atomic::AtomicU64;
 
     use super::*;
-    use crate::abi::proxy_wasm::{FilterLimits, FilterMetrics, SharedData, TenantScope};
+    use crate::abi::proxy_wasm::{
+        FilterLimits, FilterMetrics, ScopeCounters, SharedData, TenantScope,
+    };
     use crate::upstream::egress::{Egress, OwnAddresses};
 
     fn scope(allow: Option<&[String]>, limits: FilterLimits) -> Arc<TenantScope> {
@@ -277,7 +279,7 @@ mod tests {
                 "t",
                 HashMap::from([("auth".to_string(), "127.0.0.1:9".parse().unwrap())]),
                 Egress::new(allow, own).unwrap(),
-                prometheus::IntCounter::new("refused", "test").unwrap(),
+                ScopeCounters::unexported(),
                 limits,
             )
         })
@@ -418,7 +420,7 @@ mod tests {
             state.dispatch_http_call("127.0.0.1:1", call.clone(), vec![], 5),
             Err(Status::BadArgument)
         );
-        assert_eq!(state.plugin.scope.egress_refused.get(), 1);
+        assert_eq!(state.plugin.scope.counters.egress_refused.get(), 1);
 
         let allow = ["127.0.0.1/32".to_string()];
         let limits = FilterLimits {

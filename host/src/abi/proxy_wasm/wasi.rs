@@ -18,9 +18,14 @@ const FAULT: i32 = 21;
 const INVAL: i32 = 28;
 const NOSYS: i32 = 52;
 
-/// The most one `fd_write` call logs; the rest is counted as written and
-/// dropped.
+/// The most one `fd_write` call takes (and logs); it reports a short
+/// write past it.
 const MAX_WRITE: usize = 4096;
+/// The most iovecs one `fd_write` takes (Linux's `IOV_MAX`).
+const MAX_IOVS: i32 = 1024;
+/// The most bytes one `random_get` fills: a larger request is `EINVAL`,
+/// so no single hostcall runs long outside the guest's deadline.
+const MAX_RANDOM: usize = 64 << 10;
 
 /// Functions implemented here.
 const IMPLEMENTED: &[&str] = &[
@@ -105,10 +110,12 @@ pub(super) fn add(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> was
             let Some(memory) = caller.data().memory() else {
                 return FAULT;
             };
+            if !(0..=MAX_IOVS).contains(&iovs_len) {
+                return INVAL;
+            }
             let data = memory.data(&caller);
             let mut text = Vec::new();
-            let mut total: u32 = 0;
-            for i in 0..iovs_len.max(0) as usize {
+            for i in 0..iovs_len as usize {
                 let at = (iovs as u32 as usize).saturating_add(i * 8);
                 let Some(iov) = data.get(at..at + 8) else {
                     return FAULT;
@@ -118,20 +125,22 @@ pub(super) fn add(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> was
                 let Some(bytes) = data.get(ptr..ptr.saturating_add(len)) else {
                     return FAULT;
                 };
-                total = total.saturating_add(len as u32);
-                let room = MAX_WRITE.saturating_sub(text.len());
+                let room = MAX_WRITE - text.len();
                 text.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                if text.len() == MAX_WRITE {
+                    break;
+                }
             }
+            // A short write: the guest's libc writes the rest with more
+            // calls, each as bounded as this one.
+            let total = text.len() as u32;
             let level = if fd == 2 {
                 log::Level::Error
             } else {
                 log::Level::Info
             };
             for line in String::from_utf8_lossy(&text).lines() {
-                let line: String = line
-                    .chars()
-                    .map(|c| if c.is_control() { ' ' } else { c })
-                    .collect();
+                let line = crate::abi::failure::guest_text(line);
                 if !line.is_empty() {
                     caller.data_mut().guest_log(level, line);
                 }
@@ -178,7 +187,11 @@ pub(super) fn add(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> was
                 return FAULT;
             };
             let start = buffer as u32 as usize;
-            let Some(end) = start.checked_add(len as u32 as usize) else {
+            let len = len as u32 as usize;
+            if len > MAX_RANDOM {
+                return INVAL;
+            }
+            let Some(end) = start.checked_add(len) else {
                 return FAULT;
             };
             // Filled in place: the guest's own memory bounds the request.

@@ -4,8 +4,23 @@
 use guest_sdk::wire::HeaderOp;
 use http::{HeaderName, HeaderValue};
 
+use crate::abi::framing::{check_edit, Edit, Message};
 use crate::abi::HookFault;
 use crate::abi::{header_name, header_refused, header_value, HeaderTarget};
+
+/// Refuses operations on `message` that edit its framing
+/// ([`check_edit`]), as invalid output.
+pub(super) fn check_framing(ops: &[HeaderOp], message: Message) -> Result<(), HookFault> {
+    for op in ops {
+        let (edit, name) = match op {
+            HeaderOp::Insert(name, _) => (Edit::Set, name),
+            HeaderOp::Append(name, _) => (Edit::Add, name),
+            HeaderOp::Remove(name) => (Edit::Remove, name),
+        };
+        check_edit(message, edit, name).map_err(HookFault::InvalidOutput)?;
+    }
+    Ok(())
+}
 
 /// A guest's header operations, each name and value checked.
 pub(super) struct CheckedOps(Vec<(HeaderOp, HeaderName, Option<HeaderValue>)>);

@@ -11,11 +11,13 @@ use pingora::protocols::l4::socket::SocketAddr;
 use serde_json::value::RawValue;
 
 use super::ctx::{CtxUpdate, GuestCtx};
+use super::headers::check_framing;
 use super::input::{DownstreamRequest, HookInput, RequestEnd};
 use super::module::{decode_json, InputMode, V1Module};
 use super::peer::PeerChoice;
 use super::request::{apply_request_changes, apply_upstream_request, upstream_request};
 use super::response::{apply_response_changes, local_response};
+use crate::abi::framing::Message;
 use crate::abi::{HookFailure, Refusal};
 use crate::guest::hooks::Hook;
 use wasm_runtime::SliceMeter;
@@ -194,6 +196,7 @@ pub async fn request_filter(
     match decision {
         Ok(None) => Ok(RequestVerdict::Continue),
         Ok(Some(changes)) => {
+            check_framing(&changes.headers, Message::DownstreamRequest)?;
             apply_request_changes(request, changes)?;
             *json = OnceLock::new();
             Ok(RequestVerdict::Continue)

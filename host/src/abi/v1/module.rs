@@ -15,8 +15,8 @@ use crate::abi::{self, HookFailure, ModuleKind};
 use crate::abi::{CallError, HookFault};
 use crate::guest::hooks::{Hook, HOOKS};
 use wasm_runtime::{
-    block_on, GuestEngine, GuestLimits, IdleInstances, InstanceQuota, LongCallSignal, Prepared,
-    Sandbox, SliceMeter, Unmetered,
+    block_on, guest_text::LogRate, GuestEngine, GuestLimits, IdleInstances, InstanceQuota,
+    LongCallSignal, Prepared, Sandbox, SliceMeter, Unmetered,
 };
 
 /// The ABI version this host speaks.
@@ -62,6 +62,8 @@ pub struct V1Module {
     /// Its tenant's bound on live instances; every instance made for a
     /// call holds a slot of it (the one made at load does not).
     quota: Arc<InstanceQuota>,
+    /// Its tenant's bound on guest log lines.
+    log_rate: Option<Arc<LogRate>>,
 }
 
 impl V1Module {
@@ -116,6 +118,7 @@ impl V1Module {
             long_calls,
             idle: IdleInstances::new(),
             quota: InstanceQuota::new(u32::MAX),
+            log_rate: None,
         };
         guest_module.input_mode =
             block_on(guest_module.initialise(&mut instance, &Unmetered)).context("hook_init")?;
@@ -126,6 +129,13 @@ impl V1Module {
     /// The module, its instances held to `quota` (its tenant's).
     pub fn with_quota(mut self, quota: Arc<InstanceQuota>) -> Self {
         self.quota = quota;
+        self
+    }
+
+    /// The module, its instances' log lines held to `rate` (its
+    /// tenant's).
+    pub fn with_log_rate(mut self, rate: Arc<LogRate>) -> Self {
+        self.log_rate = Some(rate);
         self
     }
 
@@ -242,12 +252,16 @@ impl V1Module {
 
     /// A store for a fresh instance of this module.
     fn prepare(&self) -> Prepared<'_, V1State> {
-        V1Instance::prepare(
+        let prepared = V1Instance::prepare(
             &self.pre,
             self.name.clone(),
             self.limits,
             self.long_calls.clone(),
-        )
+        );
+        match &self.log_rate {
+            Some(rate) => prepared.with_log_rate(rate.clone()),
+            None => prepared,
+        }
     }
 
     fn new_instance_direct(&self, meter: &dyn SliceMeter) -> Result<Box<V1Instance>, CallError> {
@@ -313,7 +327,10 @@ impl V1Module {
 fn init_output(output: &[u8]) -> anyhow::Result<InputMode> {
     let out: wire::InitOutput = decode_json(output)?;
     if let Some(error) = out.error {
-        bail!("module refused its configuration: {}", error.message);
+        bail!(
+            "module refused its configuration: {}",
+            abi::failure::guest_text(&error.message)
+        );
     }
     Ok(InputMode::of(&out))
 }

@@ -6,7 +6,8 @@ use bytes::Bytes;
 use guest_sdk::wire;
 use pingora::http::ResponseHeader;
 
-use super::headers::CheckedOps;
+use super::headers::{check_framing, CheckedOps};
+use crate::abi::framing::Message;
 use crate::abi::HookFault;
 use crate::abi::{final_status, LocalReply};
 
@@ -38,6 +39,7 @@ pub fn apply_response_changes(
     changes: wire::ResponseChanges,
 ) -> Result<(), HookFault> {
     let status = changes.status.map(final_status).transpose()?;
+    check_framing(&changes.headers, Message::Response)?;
     let headers = CheckedOps::new(changes.headers)?;
     if let Some(status) = status {
         target
