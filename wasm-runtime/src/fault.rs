@@ -3,6 +3,7 @@
 use std::fmt;
 
 use crate::guest_text::{sanitize, MAX_GUEST_TEXT};
+use crate::NoRoom;
 
 /// A fault the wasm layer names: the guest ran too long, wanted too much
 /// memory, trapped, or could not be instantiated. What an ABI makes of a
@@ -21,6 +22,29 @@ pub enum RuntimeFault {
     },
     /// A new instance could not be made.
     Instantiate(String),
+    /// A new instance could not be made for want of room: its owner's
+    /// memory bound, or a free slot in the engine's pool. Not the guest's
+    /// fault: the host answers 503 and does not count it against the guest.
+    NoRoom(NoRoom, String),
+}
+
+impl RuntimeFault {
+    /// What a failed instantiation is: [`NoRoom`](Self::NoRoom) when the
+    /// pooling allocator is out of slots or the owner's memory bound was
+    /// met, else [`Instantiate`](Self::Instantiate).
+    pub fn of_instantiation(error: &wasmtime::Error) -> Self {
+        let text = format!("{error:#}");
+        if let Some(room) = error.downcast_ref::<NoRoom>() {
+            RuntimeFault::NoRoom(*room, text)
+        } else if error
+            .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+            .is_some()
+        {
+            RuntimeFault::NoRoom(NoRoom::EngineSlots, text)
+        } else {
+            RuntimeFault::Instantiate(text)
+        }
+    }
 }
 
 impl RuntimeFault {
@@ -31,6 +55,7 @@ impl RuntimeFault {
             RuntimeFault::MemoryLimit { .. } => "memory_limit",
             RuntimeFault::Trap { .. } => "trap",
             RuntimeFault::Instantiate(_) => "instantiate",
+            RuntimeFault::NoRoom(..) => "no_room",
         }
     }
 }
@@ -56,6 +81,9 @@ impl fmt::Display for RuntimeFault {
             } => write!(f, "trap: {}; guest said: {}", clean(trap), clean(said)),
             RuntimeFault::Trap { trap, .. } => write!(f, "trap: {}", clean(trap)),
             RuntimeFault::Instantiate(e) => write!(f, "cannot instantiate: {}", clean(e)),
+            RuntimeFault::NoRoom(room, e) => {
+                write!(f, "no room for an instance ({room}): {}", clean(e))
+            }
         }
     }
 }

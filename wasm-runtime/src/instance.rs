@@ -200,10 +200,24 @@ impl<T> Sandbox<T> {
 }
 
 /// `StoreLimits`, remembering whether a limit was hit so the fault can say
-/// "memory limit" instead of the guest's resulting abort.
+/// "memory limit" instead of the guest's resulting abort; and the
+/// instance's memory charged to its owner's quota, if it has one.
 struct GuestLimiter {
     limits: StoreLimits,
     memory_limit_hit: bool,
+    quota: Option<Arc<crate::InstanceQuota>>,
+    /// Bytes charged to `quota`, given back when the store goes.
+    charged: u64,
+    /// Whether `quota` refused a growth (at instantiation: no room).
+    quota_full: bool,
+}
+
+impl Drop for GuestLimiter {
+    fn drop(&mut self) {
+        if let Some(quota) = &self.quota {
+            quota.refund_memory(self.charged);
+        }
+    }
 }
 
 impl ResourceLimiter for GuestLimiter {
@@ -213,7 +227,15 @@ impl ResourceLimiter for GuestLimiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        let mut allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if let (true, Some(quota)) = (allowed, &self.quota) {
+            let more = desired.saturating_sub(current) as u64;
+            allowed = quota.charge_memory(more);
+            if allowed {
+                self.charged += more;
+            }
+            self.quota_full |= !allowed;
+        }
         self.memory_limit_hit |= !allowed;
         Ok(allowed)
     }
@@ -284,22 +306,43 @@ impl<T: Send + 'static> Prepared<'_, T> {
         self
     }
 
+    /// Charges the instance's linear memory, from its first page, to its
+    /// owner's `quota`: growth past the owner's bound fails as past the
+    /// instance's own limit does.
+    pub fn with_memory_quota(mut self, quota: Arc<crate::InstanceQuota>) -> Self {
+        self.store.data_mut().limiter.quota = Some(quota);
+        self
+    }
+
     /// Instantiates on this thread's stack: no fiber, the way a fresh
     /// instance is cheapest. A start function that runs past
     /// [`YIELD_AFTER`] is stopped with [`CallError::NeedsSlicing`]; then
     /// prepare again and [`start`](Self::start).
     pub fn start_direct(mut self, meter: &dyn SliceMeter) -> Result<WasmInstance<T>, CallError> {
-        let instance = self
+        let instantiated = self
             .clock
-            .slice(meter, || self.pre.instantiate(&mut self.store))
-            .and_then(|instance| self.started(instance));
+            .slice(meter, || self.pre.instantiate(&mut self.store));
+        let instance = match instantiated {
+            Ok(instance) => self.started(instance),
+            Err(error) => Err(self.no_room(error)),
+        };
         instance.map_err(|error| {
             if error.downcast_ref::<NeedsSlicing>().is_some() {
                 CallError::NeedsSlicing
             } else {
-                CallError::Fault(RuntimeFault::Instantiate(format!("{error:#}")))
+                CallError::Fault(RuntimeFault::of_instantiation(&error))
             }
         })
+    }
+
+    /// `error`, said to be for want of room if the owner's memory quota
+    /// refused the instance its first pages.
+    fn no_room(&self, error: wasmtime::Error) -> wasmtime::Error {
+        if self.store.data().limiter.quota_full {
+            error.context(crate::NoRoom::Memory)
+        } else {
+            error
+        }
     }
 
     /// Instantiates on a fiber: a start function runs sliced, like a long
@@ -307,8 +350,11 @@ impl<T: Send + 'static> Prepared<'_, T> {
     pub async fn start(mut self, meter: &dyn SliceMeter) -> wasmtime::Result<WasmInstance<T>> {
         self.store.data_mut().mode = CallMode::Sliced;
         let instantiate = self.pre.instantiate_async(&mut self.store);
-        let instance: Instance = Box::pin(timed(&self.clock, meter, instantiate)).await?;
-        self.started(instance)
+        let instance = Box::pin(timed(&self.clock, meter, instantiate)).await;
+        match instance {
+            Ok(instance) => self.started(instance),
+            Err(error) => Err(self.no_room(error)),
+        }
     }
 
     fn started(self, instance: Instance) -> wasmtime::Result<WasmInstance<T>> {
@@ -342,6 +388,9 @@ impl<T: Send + 'static> WasmInstance<T> {
             limiter: GuestLimiter {
                 limits: store_limits,
                 memory_limit_hit: false,
+                quota: None,
+                charged: 0,
+                quota_full: false,
             },
             last_error_log: None,
             log_rate: None,

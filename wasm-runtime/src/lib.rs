@@ -18,4 +18,4 @@ pub use instance::{
 };
 pub use limits::{GuestLimits, MAX_HOOK_TIMEOUT_MS, MAX_MEMORY_LIMIT_MIB};
 pub use pool::IdleInstances;
-pub use quota::{InstanceQuota, QuotaSlot};
+pub use quota::{InstanceQuota, NoRoom, QuotaSlot};

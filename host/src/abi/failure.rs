@@ -2,8 +2,9 @@
 
 use std::fmt;
 
-use wasm_runtime::RuntimeFault;
+use wasm_runtime::{NoRoom, RuntimeFault};
 
+use crate::guest::throttle::Throttle;
 use crate::upstream::pools::PoolError;
 
 /// A guest fault: the request gets 500 (or the hook is skipped under
@@ -141,10 +142,11 @@ pub enum HookFailure {
     /// (the words say why: the breaker, the guest-time bucket, the calls
     /// in flight).
     Skipped(&'static str),
-    /// The guest was not called: its tenant's `max_instances` instances
-    /// (this many) are all alive, so a new one may not be made. Not the
-    /// guest's fault: answered 503 with Retry-After, as a budget refusal.
-    Busy(u32),
+    /// The guest was not called: no new instance may be made for it, for
+    /// the reason given (its tenant's `max_instances` or `max_memory_mib`
+    /// are taken, or the engine's slots are). Not the guest's fault:
+    /// answered 503 with Retry-After, as a budget refusal.
+    Busy(Throttle),
     /// The host failed around the call (not the guest's fault, so not
     /// counted against it): 500.
     Host(String),
@@ -161,6 +163,15 @@ pub struct Refusal {
 }
 
 impl HookFailure {
+    /// No room for a new instance, as the quota or the engine said.
+    pub fn no_room(room: NoRoom) -> Self {
+        HookFailure::Busy(match room {
+            NoRoom::Instances => Throttle::Instances,
+            NoRoom::Memory => Throttle::Memory,
+            NoRoom::EngineSlots => Throttle::EngineSlots,
+        })
+    }
+
     /// Whether it counts against the guest (its breaker and fault metrics).
     pub fn is_fault(&self) -> bool {
         matches!(self, HookFailure::Fault(_))
@@ -180,10 +191,9 @@ impl fmt::Display for HookFailure {
                 )
             }
             HookFailure::Skipped(why) => write!(f, "not called, {why}"),
-            HookFailure::Busy(max) => write!(
-                f,
-                "not called, the tenant's {max} instances (max_instances) are all alive"
-            ),
+            HookFailure::Busy(throttle) => {
+                write!(f, "not called, {}", throttle.skipped_because())
+            }
             HookFailure::Host(error) => write!(f, "host error: {error}"),
         }
     }
@@ -191,12 +201,17 @@ impl fmt::Display for HookFailure {
 
 impl From<RuntimeFault> for HookFailure {
     fn from(fault: RuntimeFault) -> Self {
-        HookFailure::Fault(fault.into())
+        HookFault::from(fault).into()
     }
 }
 
+/// A fault, but for want of room for a new instance (the tenant's memory
+/// bound, the engine's slots): that is a limit, not the guest's doing.
 impl From<HookFault> for HookFailure {
     fn from(fault: HookFault) -> Self {
-        HookFailure::Fault(fault)
+        match fault {
+            HookFault::Runtime(RuntimeFault::NoRoom(room, _)) => HookFailure::no_room(room),
+            fault => HookFailure::Fault(fault),
+        }
     }
 }

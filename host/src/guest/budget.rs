@@ -86,8 +86,8 @@ impl BudgetLimits {
                 "circuit breaker open: at least {}% of at least {} calls in {} ms faulted",
                 limits.breaker_fault_percent, limits.breaker_min_calls, limits.breaker_window_ms
             ),
-            Throttle::Instances => {
-                "the tenant's instances are all alive (max_instances)".to_string()
+            throttle @ (Throttle::Instances | Throttle::Memory | Throttle::EngineSlots) => {
+                throttle.skipped_because().to_string()
             }
         }
     }
@@ -265,7 +265,10 @@ impl Budget {
     /// let a probe through, or 1 for a full house.
     pub fn retry_after(&self, throttle: Throttle) -> u64 {
         let wait = match throttle {
-            Throttle::Concurrency | Throttle::Instances => Duration::ZERO,
+            Throttle::Concurrency
+            | Throttle::Instances
+            | Throttle::Memory
+            | Throttle::EngineSlots => Duration::ZERO,
             Throttle::Cpu => {
                 let full_until = self.paid_until.load(Ordering::Relaxed);
                 let room_at = full_until.saturating_sub(BUCKET.as_nanos() as u64);

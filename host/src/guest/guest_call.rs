@@ -238,9 +238,9 @@ impl<'t> GuestCall<'t> {
         let (guest, call) = (self.guest, self.name);
         let failure = match failure {
             CallFailure::Refused(throttle) => return self.refused(throttle),
-            CallFailure::Hook(HookFailure::Busy(_)) => {
-                self.tenant.metrics.throttled(Throttle::Instances);
-                return self.refused(Throttle::Instances);
+            CallFailure::Hook(HookFailure::Busy(throttle)) => {
+                self.tenant.metrics.throttled(throttle);
+                return self.refused(throttle);
             }
             CallFailure::Hook(failure) => failure,
         };

@@ -12,15 +12,21 @@ pub enum Throttle {
     BreakerOpen,
     /// The tenant's `max_instances` instances are all alive.
     Instances,
+    /// The tenant's live instances hold its `max_memory_mib`.
+    Memory,
+    /// The engine's instance slots are all in use (by every tenant).
+    EngineSlots,
 }
 
 impl Throttle {
     /// Every reason, as the metrics label them.
-    pub const ALL: [Throttle; 4] = [
+    pub const ALL: [Throttle; 6] = [
         Throttle::Concurrency,
         Throttle::Cpu,
         Throttle::BreakerOpen,
         Throttle::Instances,
+        Throttle::Memory,
+        Throttle::EngineSlots,
     ];
 
     /// The metric label.
@@ -30,6 +36,8 @@ impl Throttle {
             Throttle::Cpu => "cpu",
             Throttle::BreakerOpen => "breaker_open",
             Throttle::Instances => "instances",
+            Throttle::Memory => "memory",
+            Throttle::EngineSlots => "engine_slots",
         }
     }
 
@@ -42,6 +50,10 @@ impl Throttle {
             Throttle::Cpu => "the tenant's guest time budget is spent",
             Throttle::BreakerOpen => "the circuit breaker is open",
             Throttle::Instances => "the tenant's instances are all alive (max_instances)",
+            Throttle::Memory => "the tenant's instances hold all its memory (max_memory_mib)",
+            Throttle::EngineSlots => {
+                "the engine's instance slots are all in use (a host limit, not the tenant's)"
+            }
         }
     }
 
@@ -49,7 +61,11 @@ impl Throttle {
     pub fn status(self) -> u16 {
         match self {
             Throttle::Cpu => 429,
-            Throttle::Concurrency | Throttle::BreakerOpen | Throttle::Instances => 503,
+            Throttle::Concurrency
+            | Throttle::BreakerOpen
+            | Throttle::Instances
+            | Throttle::Memory
+            | Throttle::EngineSlots => 503,
         }
     }
 }

@@ -232,6 +232,7 @@ pub struct LimitsConfig {
     pub max_concurrent_calls: Option<u32>,
     pub cpu_ms_per_s: Option<u32>,
     pub max_instances: Option<u32>,
+    pub max_memory_mib: Option<u64>,
     pub max_pending_calls: Option<u32>,
     pub max_call_timeout_ms: Option<u32>,
     pub shared_data_bytes: Option<u64>,

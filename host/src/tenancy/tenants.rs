@@ -608,7 +608,12 @@ fn build_tenant(
         let error = anyhow!("limits: max_instances must be 1-{MAX_INSTANCES}");
         return Err(place.error("limits", &spec.limits.origin, error));
     }
-    let quota = InstanceQuota::new(max_instances);
+    let max_memory_mib = given.max_memory_mib.unwrap_or(DEFAULT_MAX_MEMORY_MIB);
+    if !(1..=MAX_MEMORY_MIB).contains(&max_memory_mib) {
+        let error = anyhow!("limits: max_memory_mib must be 1-{MAX_MEMORY_MIB}");
+        return Err(place.error("limits", &spec.limits.origin, error));
+    }
+    let quota = InstanceQuota::with_memory(max_instances, max_memory_mib << 20);
     let log_lines_per_s = given.log_lines_per_s.unwrap_or(DEFAULT_LOG_LINES_PER_S);
     let dropped = metrics.guest_log_dropped(&spec.name);
     let log_rate = Arc::new(LogRate::new(log_lines_per_s, move || dropped.inc()));
@@ -759,6 +764,16 @@ fn build_tenant(
 /// their bound; a tenant's calls in flight (`max_concurrent_calls`,
 /// default 8) and the requests its filters hold rarely need more.
 pub const DEFAULT_MAX_INSTANCES: u32 = 100;
+
+/// Linear memory a tenant's live instances may hold together unless it
+/// says otherwise, in MiB. An honest instance holds one to a few MiB, so
+/// the default instances fit many times over; a guest that grows each
+/// instance to its 64 MiB cap gets 16 of them. Eight tenants at this
+/// bound hold 8 GiB, a third of a 24 GiB machine.
+pub const DEFAULT_MAX_MEMORY_MIB: u64 = 1024;
+
+/// Largest `max_memory_mib` accepted: 1 TiB.
+const MAX_MEMORY_MIB: u64 = 1 << 20;
 
 /// Guest log lines a tenant may write per second unless it says
 /// otherwise: ample for request logging at moderate rates, while a flood

@@ -212,8 +212,12 @@ async fn a_v1_guest_reaches_only_what_egress_allows() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_tenant_holding_requests_open_cannot_take_its_neighbours_instances() {
+/// A hog tenant under `limits` holds 30 requests open (its upstream
+/// answers after 2 s; each pins a filter instance until it ends) while a
+/// neighbour sends a burst of 16: every neighbour request must be served
+/// untroubled. Returns how many of the hog's requests were held and the
+/// proxy's log; the rest were refused 503 with Retry-After 1.
+async fn hog_beside_a_neighbour(limits: &str) -> (usize, String) {
     let (slow, _service) = auth_service().await;
     let upstream = Upstream::plain().await;
     let yaml = format!(
@@ -222,7 +226,7 @@ tenants:
   - name: hog
     hosts: ["hog.example"]
     upstream: "{slow}"
-    limits: {{ max_instances: 10 }}
+    limits: {limits}
     filters:
       - module: GUESTS/pw_headers.wasm
   - name: neighbour
@@ -237,8 +241,6 @@ tenants:
     let (proxy, _) = tenants_proxy(&dir, &yaml, &[]);
     let client = client();
 
-    // The hog holds 30 requests open (its upstream answers after 2 s):
-    // each pins a filter instance until it ends.
     let mut hogs = tokio::task::JoinSet::new();
     for _ in 0..30 {
         let (client, url) = (client.clone(), proxy.url("/check?user=slow"));
@@ -254,7 +256,6 @@ tenants:
         });
     }
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    // The neighbour's burst meanwhile: every request served.
     let mut burst = tokio::task::JoinSet::new();
     for _ in 0..16 {
         let (client, url) = (client.clone(), proxy.url("/"));
@@ -274,18 +275,36 @@ tenants:
             other => panic!("hog got {other:?}:\n{}", proxy.log()),
         }
     }
-    // At most its 10 instances (one made at load is outside the quota).
-    assert!((10..=11).contains(&held), "{held} held, {refused} refused");
     assert_eq!(held + refused, 30);
     let log = proxy.log();
-    assert!(
-        log.contains("tenant hog: proxy_on_request_headers not called, answered 503: the tenant's instances are all alive (max_instances)"),
-        "{log}"
-    );
     let troubled = log
         .lines()
         .filter(|l| l.contains("neighbour") && (l.contains("WARN") || l.contains("ERROR")));
     assert_eq!(troubled.count(), 0, "{log}");
+    (held, log)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_holding_requests_open_cannot_take_its_neighbours_instances() {
+    let (held, log) = hog_beside_a_neighbour("{ max_instances: 10 }").await;
+    // At most its 10 instances (one made at load is outside the quota).
+    assert!((10..=11).contains(&held), "{held} held\n{log}");
+    assert!(
+        log.contains("tenant hog: proxy_on_request_headers not called, answered 503: the tenant's instances are all alive (max_instances)"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_holding_requests_open_cannot_take_its_neighbours_memory() {
+    // pw_headers' instances hold a little over 1 MiB of linear memory
+    // each, so 4 MiB is a few of them, far below max_instances.
+    let (held, log) = hog_beside_a_neighbour("{ max_memory_mib: 4 }").await;
+    assert!((1..=4).contains(&held), "{held} held\n{log}");
+    assert!(
+        log.contains("tenant hog: proxy_on_request_headers not called, answered 503: the tenant's instances hold all its memory (max_memory_mib)"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -19,7 +19,7 @@ use crate::abi::{self, ModuleKind};
 use crate::abi::{CallError, HookFailure, HookFault};
 use wasm_runtime::{
     block_on, guest_text::LogRate, GuestEngine, GuestLimits, IdleInstances, InstanceQuota,
-    LongCallSignal, Sandbox, SliceMeter, Unmetered, WasmInstance,
+    LongCallSignal, RuntimeFault, Sandbox, SliceMeter, Unmetered, WasmInstance,
 };
 
 /// The root context's id; HTTP contexts count up from it.
@@ -325,12 +325,10 @@ impl FilterModule {
             None => {
                 // No slot: this tick is skipped, as the tenant is at its
                 // bound; the next one tries again.
-                let Some(slot) = self.quota.take() else {
+                let Ok(slot) = self.quota.take() else {
                     return Ok(());
                 };
-                let mut fresh = Box::pin(self.start(meter))
-                    .await
-                    .map_err(HookFault::instantiate)?;
+                let mut fresh = Box::pin(self.start(meter)).await?;
                 fresh.wasm.hold(slot);
                 fresh
             }
@@ -349,7 +347,7 @@ impl FilterModule {
 
     /// A new instance, started: `_initialize`, the root context, the VM
     /// and the plugin configured.
-    async fn start(&self, meter: &dyn SliceMeter) -> Result<Box<FilterInstance>, String> {
+    async fn start(&self, meter: &dyn SliceMeter) -> Result<Box<FilterInstance>, HookFault> {
         let state = PwState::new(self.plugin.clone());
         let mut prepared = WasmInstance::prepare(
             &self.pre,
@@ -357,14 +355,26 @@ impl FilterModule {
             self.limits,
             self.long_calls.clone(),
             state,
-        );
+        )
+        .with_memory_quota(self.quota.clone());
         if let Some(rate) = &self.log_rate {
             prepared = prepared.with_log_rate(rate.clone());
         }
-        let mut wasm = prepared
+        let wasm = prepared
             .start(meter)
             .await
-            .map_err(|e| format!("cannot instantiate: {e:#}"))?;
+            .map_err(|e| HookFault::Runtime(RuntimeFault::of_instantiation(&e)))?;
+        self.set_up(wasm, meter)
+            .await
+            .map_err(HookFault::instantiate)
+    }
+
+    /// A started instance's exports found and its contexts made.
+    async fn set_up(
+        &self,
+        mut wasm: WasmInstance<PwState>,
+        meter: &dyn SliceMeter,
+    ) -> Result<Box<FilterInstance>, String> {
         let alloc = match export(&mut wasm, "proxy_on_memory_allocate", "(i32) -> i32")? {
             Some(alloc) => Some(alloc),
             None => export(&mut wasm, "malloc", "(i32) -> i32")?,
@@ -465,13 +475,8 @@ impl FilterModule {
         let mut instance = match self.idle.take() {
             Some(instance) => instance,
             None => {
-                let slot = self
-                    .quota
-                    .take()
-                    .ok_or(HookFailure::Busy(self.quota.max()))?;
-                let mut fresh = Box::pin(self.start(meter))
-                    .await
-                    .map_err(|e| HookFailure::Fault(HookFault::instantiate(e)))?;
+                let slot = self.quota.take().map_err(HookFailure::no_room)?;
+                let mut fresh = Box::pin(self.start(meter)).await?;
                 fresh.wasm.hold(slot);
                 fresh
             }

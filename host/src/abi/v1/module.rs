@@ -16,7 +16,7 @@ use crate::abi::{CallError, HookFault};
 use crate::guest::hooks::{Hook, HOOKS};
 use wasm_runtime::{
     block_on, guest_text::LogRate, GuestEngine, GuestLimits, IdleInstances, InstanceQuota,
-    LongCallSignal, Prepared, Sandbox, SliceMeter, Unmetered,
+    LongCallSignal, Prepared, RuntimeFault, Sandbox, SliceMeter, Unmetered,
 };
 
 /// The ABI version this host speaks.
@@ -189,10 +189,7 @@ impl V1Module {
         let mut instance = match self.idle.take() {
             Some(instance) => instance,
             None => {
-                let slot = self
-                    .quota
-                    .take()
-                    .ok_or(HookFailure::Busy(self.quota.max()))?;
+                let slot = self.quota.take().map_err(HookFailure::no_room)?;
                 let mut fresh = Box::pin(self.new_instance(meter)).await?;
                 fresh.hold(slot);
                 fresh
@@ -234,7 +231,7 @@ impl V1Module {
             .await
             .and_then(V1Instance::new)
             .map(Box::new)
-            .map_err(|e| HookFault::instantiate(format!("{e:#}")))?;
+            .map_err(|e| HookFault::Runtime(RuntimeFault::of_instantiation(&e)))?;
         let location = if instance.has_init() {
             let input: [&[u8]; 1] = [&self.config_json];
             Some(
@@ -257,7 +254,8 @@ impl V1Module {
             self.name.clone(),
             self.limits,
             self.long_calls.clone(),
-        );
+        )
+        .with_memory_quota(self.quota.clone());
         match &self.log_rate {
             Some(rate) => prepared.with_log_rate(rate.clone()),
             None => prepared,
