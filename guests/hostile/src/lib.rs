@@ -26,7 +26,9 @@
 //! `request_filter`, `Content-Length: 0` on the downstream request; in
 //! `upstream_request_filter`, `Content-Length: 5` and `Connection: close`
 //! on the upstream request; in `response_filter`, a second
-//! `Transfer-Encoding`).
+//! `Transfer-Encoding`). `method`: `request_filter` makes the method
+//! `GET` (a `HEAD` request so changed would have its response framed as a
+//! `GET`'s).
 //!
 //! `hook` picks the hook that misbehaves: `request_filter`,
 //! `upstream_peer` (the default), `upstream_request_filter`,
@@ -61,6 +63,7 @@ pub enum Misbehaviour {
     BadAnswerStatus,
     HugeAnswerBody,
     Framing,
+    Method,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -252,6 +255,7 @@ fn crafted(honest: i64, hook: HookName) -> i64 {
     static FRAMING_UPSTREAM: &[u8] = br#"{"upstream_changes":{"headers":[{"insert":["Content-Length","5"]},{"insert":["Connection","close"]}]}}"#;
     static FRAMING_RESPONSE: &[u8] =
         br#"{"response_changes":{"headers":[{"append":["Transfer-Encoding","chunked"]}]}}"#;
+    static METHOD_GET: &[u8] = br#"{"request_changes":{"method":"GET"}}"#;
     let location = |bytes: &'static [u8]| sys::pack(bytes.as_ptr() as usize, bytes.len());
     match RAW_OUTPUT.take() {
         None => honest,
@@ -274,6 +278,7 @@ fn crafted(honest: i64, hook: HookName) -> i64 {
             HookName::ResponseFilter => FRAMING_RESPONSE,
             _ => FRAMING_UPSTREAM,
         }),
+        Some(Misbehaviour::Method) => location(METHOD_GET),
         Some(Misbehaviour::HugeAnswerBody) => HUGE_ANSWER.with(|answer| {
             let answer = answer.get_or_init(huge_answer);
             sys::pack(answer.as_ptr() as usize, answer.len())

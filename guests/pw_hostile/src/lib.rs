@@ -287,6 +287,9 @@ mod framing {
         ("add", "proxy-connection", "close"),
         ("add", "host", "second.example"),
         ("remove", ":authority", ""),
+        ("remove", "host", ""),
+        ("set", ":method", "HEAD"),
+        ("set", "host", "renamed.example"),
         ("set", "x-allowed", "1"),
     ];
 

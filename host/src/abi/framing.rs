@@ -6,8 +6,10 @@
 //! request ends (smuggling). Both ABIs check a guest's edits here, with
 //! the same messages.
 //!
-//! - Downstream request: no framing field may be set, added or removed,
-//!   and `Host` may be replaced but not added a second time.
+//! - Downstream request: no framing field may be set, added or removed;
+//!   `Host` may be replaced but not removed or added a second time; the
+//!   method may not change to or from `HEAD` or `CONNECT` (Pingora frames
+//!   the response to the client by the request's method).
 //! - Response: a filter may remove `Content-Length` (Envoy's pattern
 //!   before it rewrites a body: the host then frames it by chunks); every
 //!   other framing edit is refused.
@@ -126,13 +128,47 @@ pub(crate) fn check_replacement(
         check_edit(message, edit, field)?;
     }
     if message == Message::DownstreamRequest {
-        let hosts = new
-            .iter()
-            .filter(|(name, _)| name.eq_ignore_ascii_case("host") || name == ":authority")
-            .count();
-        if hosts > 1 {
-            return check_edit(message, Edit::Add, "host");
+        let hosts = |pairs: &[(String, String)]| {
+            pairs
+                .iter()
+                .filter(|(name, _)| name.eq_ignore_ascii_case("host") || name == ":authority")
+                .count()
+        };
+        match (hosts(old), hosts(new)) {
+            (_, 2..) => return check_edit(message, Edit::Add, "host"),
+            (1.., 0) => return check_edit(message, Edit::Remove, "host"),
+            _ => {}
         }
+        let method = |pairs: &'_ [(String, String)]| -> Option<String> {
+            pairs
+                .iter()
+                .find(|(name, _)| name == ":method")
+                .map(|(_, value)| value.clone())
+        };
+        if let (Some(old), Some(new)) = (method(old), method(new)) {
+            check_method(&old, &new)?;
+        }
+    }
+    Ok(())
+}
+
+/// Methods whose response Pingora frames apart: a `HEAD` response has no
+/// body whatever its `Content-Length`, and a `CONNECT` one turns the
+/// connection into a tunnel.
+const FRAMING_METHODS: [&str; 2] = ["HEAD", "CONNECT"];
+
+/// Whether a guest may change the downstream request's method from `old`
+/// to `new`. Pingora writes the response to the client by the method the
+/// request has when the response comes: a `HEAD` made `GET` would send the
+/// client a body it does not read (the next response's bytes), a `GET`
+/// made `HEAD` none where it waits for one. So a change to or from `HEAD`
+/// or `CONNECT` is refused; others are the guest's to make.
+pub(crate) fn check_method(old: &str, new: &str) -> Result<(), String> {
+    let framed = |method: &str| FRAMING_METHODS.contains(&method);
+    if old != new && (framed(old) || framed(new)) {
+        return Err(format!(
+            "changing the downstream request's method from {old} to {new} (the response is framed by it)"
+        ));
     }
     Ok(())
 }
@@ -223,6 +259,31 @@ mod tests {
         assert!(check_replacement(DownstreamRequest, &old, &two_hosts).is_err());
         let without = pairs(&[("x", "1")]);
         assert!(check_replacement(Response, &old, &without).is_ok());
+        let no_host = pairs(&[("content-length", "5"), ("x", "1")]);
+        assert!(check_replacement(DownstreamRequest, &old, &no_host).is_err());
+        let head = pairs(&[(":method", "HEAD"), (":authority", "a")]);
+        let get = pairs(&[(":method", "GET"), (":authority", "a")]);
+        assert!(check_replacement(DownstreamRequest, &head, &get).is_err());
+        assert!(check_replacement(DownstreamRequest, &get, &head).is_err());
+        assert!(check_replacement(DownstreamRequest, &head, &head).is_ok());
+    }
+
+    #[test]
+    fn the_method_may_not_change_to_or_from_head_or_connect() {
+        assert!(check_method("GET", "POST").is_ok());
+        assert!(check_method("HEAD", "HEAD").is_ok());
+        for (old, new) in [
+            ("HEAD", "GET"),
+            ("GET", "HEAD"),
+            ("GET", "CONNECT"),
+            ("CONNECT", "GET"),
+        ] {
+            let refused = check_method(old, new).unwrap_err();
+            assert!(
+                refused.contains(&format!("from {old} to {new}")),
+                "{refused}"
+            );
+        }
     }
 
     #[test]

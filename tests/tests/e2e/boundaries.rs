@@ -435,24 +435,25 @@ tenants:
         "the body went upstream as a body"
     );
     let statuses = echoed_header(&echo, "x-framing").expect("the filter's report");
-    // BAD_ARGUMENT (2) for every framing edit and for a second Host; the
-    // ordinary edit is OK (0).
+    // BAD_ARGUMENT (2) for every framing edit, for a second Host or none,
+    // and for a POST made HEAD; a new Host and an ordinary edit are OK (0).
     assert_eq!(
         statuses,
         "set:content-length=2 add:transfer-encoding=2 remove:content-length=2 \
          set:connection=2 add:upgrade=2 set:te=2 add:keep-alive=2 \
-         add:proxy-connection=2 add:host=2 remove::authority=2 set:x-allowed=0"
+         add:proxy-connection=2 add:host=2 remove::authority=2 remove:host=2 \
+         set::method=2 set:host=0 set:x-allowed=0"
     );
     assert_eq!(echoed_header(&echo, "x-allowed").as_deref(), Some("1"));
-    assert_eq!(
-        echo["headers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|h| h[0] == "host")
-            .count(),
-        1
-    );
+    let hosts: Vec<_> = echo["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h[0] == "host")
+        .map(|h| h[1].clone())
+        .collect();
+    assert_eq!(hosts, ["renamed.example"], "one Host, the filter's");
+    assert_eq!(echo["method"], "POST");
     // On the response a filter may remove Content-Length, and only that.
     assert_eq!(
         first.header("x-framing"),
@@ -483,10 +484,13 @@ async fn a_v1_guest_cannot_edit_framing() {
         )
     };
     let yaml = format!(
-        "tenants:\n{}{}{}",
+        "tenants:\n{}{}{}  - name: method\n    hosts: [\"method.example\"]\n    \
+         module: GUESTS/hostile.wasm\n    config: {{ upstream: \"{}\", misbehave: method, \
+         hook: request_filter }}\n",
         tenant("request_filter"),
         tenant("upstream_request_filter"),
-        tenant("response_filter")
+        tenant("response_filter"),
+        upstream.addr
     );
     let dir = tempfile::tempdir().unwrap();
     let (proxy, _) = tenants_proxy(&dir, &yaml, &[]);
@@ -528,6 +532,22 @@ async fn a_v1_guest_cannot_edit_framing() {
         Some("11")
     );
     assert_ne!(echoed_header(&echo, "connection").as_deref(), Some("close"));
+
+    // A HEAD made GET would get a GET's body on a connection whose client
+    // reads none: refused. The same change to a GET is no change.
+    let head = client
+        .head(proxy.url("/"))
+        .header("host", "method.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status().as_u16(), 500, "{}", proxy.log());
+    let line = "invalid output: changing the downstream request's method from HEAD to GET \
+                (the response is framed by it)";
+    let log = proxy.wait_for_log(line);
+    assert!(log.contains(line), "{log}");
+    let (status, _) = as_tenant(&client, &proxy, "method.example", &[]).await;
+    assert_eq!(status, 200, "{}", proxy.log());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -16,7 +16,7 @@ use wasmtime::{Caller, Linker, Module, Val, WasmTy};
 
 use super::types::{BufferType, LogLevel, MapType, MetricType, Status};
 use super::{HeaderPairs, PwState};
-use crate::abi::framing::{check_edit, check_replacement, Edit, Message};
+use crate::abi::framing::{check_edit, check_method, check_replacement, Edit, Message};
 use crate::abi::LocalReply;
 use wasm_runtime::{read_guest_line, Sandbox};
 
@@ -425,6 +425,11 @@ fn edit_header_map(
         _ => "proxy_replace_header_map_value",
     };
     checked_edit(&mut caller, hostcall, map, kind, &key)?;
+    if map == MapType::HttpRequestHeaders && key == ":method" {
+        let old = state(&caller).header_map(map)?.get(":method").unwrap_or("");
+        let checked = check_method(old, &value);
+        refuse_framing(&mut caller, hostcall, checked)?;
+    }
     edit(state_mut(&mut caller).header_map_mut(map)?, &key, &value);
     Ok(())
 }

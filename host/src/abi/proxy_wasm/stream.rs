@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use pingora::http::{RequestHeader, ResponseHeader};
 
 use super::types::{BufferType, MapType, Status};
+use crate::abi::framing::check_method;
 use crate::abi::HookFault;
 use crate::abi::{
     header_name, header_refused, header_value, is_final_status, HeaderTarget, LocalReply,
@@ -24,6 +25,8 @@ pub struct HeaderPairs {
     /// Where the pairs added since the map was made start, while every
     /// change is an addition (the common edit, applied by appending).
     added_from: Option<usize>,
+    /// A request's map, where `host` is another name of `:authority`.
+    request: bool,
 }
 
 impl HeaderPairs {
@@ -45,7 +48,21 @@ impl HeaderPairs {
         ];
         // `Host` is `:authority` here, as in Envoy.
         pairs.extend(fields(&request.headers).filter(|(name, _)| name != "host"));
-        HeaderPairs::from_pairs(pairs)
+        HeaderPairs {
+            request: true,
+            ..HeaderPairs::from_pairs(pairs)
+        }
+    }
+
+    /// The name a pair of `name` has in this map: in a request's, `host`
+    /// is `:authority` (so a filter that reads, replaces or removes `host`
+    /// touches the one `Host` there is, as in Envoy).
+    fn key<'a>(&self, name: &'a str) -> &'a str {
+        if self.request && name.eq_ignore_ascii_case("host") {
+            ":authority"
+        } else {
+            name
+        }
     }
 
     /// A map of these pairs, as given.
@@ -55,6 +72,7 @@ impl HeaderPairs {
             pairs,
             changed: false,
             added_from,
+            request: false,
         }
     }
 
@@ -72,6 +90,7 @@ impl HeaderPairs {
 
     /// The first value of `name` (names compare case-insensitively).
     pub fn get(&self, name: &str) -> Option<&str> {
+        let name = self.key(name);
         self.pairs
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -80,6 +99,7 @@ impl HeaderPairs {
 
     /// Adds a pair.
     pub fn add(&mut self, name: &str, value: &str) {
+        let name = self.key(name);
         self.pairs
             .push((name.to_ascii_lowercase(), value.to_string()));
         self.changed = true;
@@ -87,6 +107,7 @@ impl HeaderPairs {
 
     /// Replaces every pair of `name` with one, where the first was.
     pub fn replace(&mut self, name: &str, value: &str) {
+        let name = self.key(name);
         match self
             .pairs
             .iter()
@@ -110,6 +131,7 @@ impl HeaderPairs {
 
     /// Removes every pair of `name`; removing an absent one is fine.
     pub fn remove(&mut self, name: &str) {
+        let name = self.key(name);
         let before = self.pairs.len();
         self.pairs.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
         if self.pairs.len() != before {
@@ -119,7 +141,12 @@ impl HeaderPairs {
     }
 
     /// Replaces the whole map.
-    pub fn set_all(&mut self, pairs: Vec<(String, String)>) {
+    pub fn set_all(&mut self, mut pairs: Vec<(String, String)>) {
+        for (name, _) in &mut pairs {
+            if self.request && name.eq_ignore_ascii_case("host") {
+                *name = ":authority".to_string();
+            }
+        }
         self.pairs = pairs;
         self.changed = true;
         self.added_from = None;
@@ -218,6 +245,7 @@ impl HeaderPairs {
                 .map_err(|e| invalid(format!(":path {path:?}: {e}")))?;
         }
         if let Some(method) = method {
+            check_method(request.method.as_str(), method.as_str()).map_err(invalid)?;
             request.set_method(method);
         }
         add_fields(request, fields, true)
@@ -464,5 +492,37 @@ mod tests {
         map.add("bad name", "v");
         assert!(map.apply_to_request(&mut request).is_err());
         assert_eq!(request.headers["x-new"], "2", "a bad map changes nothing");
+    }
+
+    #[test]
+    fn host_is_the_request_s_authority() {
+        let mut request = RequestHeader::build("GET", b"/", None).unwrap();
+        request.insert_header("Host", "a.example").unwrap();
+        let mut map = HeaderPairs::of_request(&request, "http");
+        assert_eq!(map.get("Host"), Some("a.example"));
+        map.replace("host", "b.example");
+        map.apply_to_request(&mut request).unwrap();
+        let hosts: Vec<_> = request.headers.get_all("host").iter().collect();
+        assert_eq!(hosts, ["b.example"]);
+
+        let mut map = HeaderPairs::of_request(&request, "http");
+        map.set_all(vec![("host".to_string(), "c.example".to_string())]);
+        assert_eq!(map.get(":authority"), Some("c.example"));
+        let mut response = HeaderPairs::of_response(&ResponseHeader::build(200, None).unwrap());
+        response.add("host", "x");
+        assert_eq!(
+            response.get(":authority"),
+            None,
+            "a response has no authority"
+        );
+    }
+
+    #[test]
+    fn a_head_request_stays_head() {
+        let mut request = RequestHeader::build("HEAD", b"/", None).unwrap();
+        let mut map = HeaderPairs::of_request(&request, "http");
+        map.replace(":method", "GET");
+        assert!(map.apply_to_request(&mut request).is_err());
+        assert_eq!(request.method, "HEAD");
     }
 }

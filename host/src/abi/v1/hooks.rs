@@ -17,8 +17,8 @@ use super::module::{decode_json, InputMode, V1Module};
 use super::peer::PeerChoice;
 use super::request::{apply_request_changes, apply_upstream_request, upstream_request};
 use super::response::{apply_response_changes, local_response};
-use crate::abi::framing::Message;
-use crate::abi::{HookFailure, Refusal};
+use crate::abi::framing::{check_method, Message};
+use crate::abi::{HookFailure, HookFault, Refusal};
 use crate::guest::hooks::Hook;
 use wasm_runtime::SliceMeter;
 
@@ -197,6 +197,9 @@ pub async fn request_filter(
         Ok(None) => Ok(RequestVerdict::Continue),
         Ok(Some(changes)) => {
             check_framing(&changes.headers, Message::DownstreamRequest)?;
+            if let Some(method) = &changes.method {
+                check_method(request.method.as_str(), method).map_err(HookFault::InvalidOutput)?;
+            }
             apply_request_changes(request, changes)?;
             *json = OnceLock::new();
             Ok(RequestVerdict::Continue)
