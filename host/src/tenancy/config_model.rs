@@ -394,7 +394,7 @@ pub fn file_name(path: &Path) -> String {
 }
 
 /// Where a configured value came from.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub enum Origin {
     /// Not known, or not worth saying (the command line's own defaults).
     #[default]
@@ -409,6 +409,38 @@ pub enum Origin {
     /// A command-line flag, as the error should name it:
     /// `--pool "api=127.0.0.1:1"`.
     Flag(String),
+}
+
+thread_local! {
+    /// Whether `Origin`'s `Debug` writes nothing on this thread now: see
+    /// [`debug_without_origins`].
+    static HIDE_ORIGINS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl std::fmt::Debug for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if HIDE_ORIGINS.get() {
+            return f.write_str("_");
+        }
+        match self {
+            Origin::Unknown => f.write_str("Unknown"),
+            Origin::Line { line, column } => f
+                .debug_struct("Line")
+                .field("line", line)
+                .field("column", column)
+                .finish(),
+            Origin::Flag(flag) => f.debug_tuple("Flag").field(flag).finish(),
+        }
+    }
+}
+
+/// `value`'s `{:?}` with every origin written `_`: what a configuration
+/// says, not where, so that moving an entry's lines changes nothing.
+pub fn debug_without_origins(value: &impl std::fmt::Debug) -> String {
+    HIDE_ORIGINS.set(true);
+    let debug = format!("{value:?}");
+    HIDE_ORIGINS.set(false);
+    debug
 }
 
 impl Origin {

@@ -18,8 +18,8 @@ use crate::guest::hooks::Hook;
 use crate::metrics::{Metrics, TenantMetrics};
 pub use crate::tenancy::config_model::GuestErrorPolicy;
 use crate::tenancy::config_model::{
-    EgressConfig, JsonText, Located, Naming, Origin, PluginConfig, PoolConfig, TenantConfig,
-    TenantsConfig,
+    debug_without_origins, EgressConfig, JsonText, Located, Naming, Origin, PluginConfig,
+    PoolConfig, TenantConfig, TenantsConfig,
 };
 use crate::upstream::egress::{Egress, OwnAddresses};
 use crate::upstream::pools::{HealthRegistries, LivePools, Pool, PoolSpec, Pools, SHARED};
@@ -80,9 +80,8 @@ pub struct Tenant {
 /// filter root contexts go on as if nothing happened.
 #[derive(Default)]
 pub struct LoadedFrom {
-    /// A digest of its entry (where it was written left out), the bytes
-    /// of the files it reads, the file's shared parts and the defaults.
-    inputs: [u8; 32],
+    /// Digests of what it was built from.
+    inputs: TenantInputs,
     /// Its own pools.
     own_pools: Vec<Arc<Pool>>,
     /// The files it was loaded from, watched for changes.
@@ -209,9 +208,9 @@ impl TenantSet {
                 let error = anyhow!("tenant {name:?} appears twice");
                 return Err(place.error("name", &Origin::Unknown, error));
             }
-            let inputs = tenant_inputs(config, spec, &defaults);
+            let inputs = TenantInputs::of(config, spec, &defaults);
             let before = previous.and_then(|set| set.tenant(&name));
-            let tenant = match before.filter(|tenant| tenant.loaded.inputs == inputs) {
+            let tenant = match before.filter(|tenant| tenant.loaded.inputs.all == inputs.all) {
                 Some(unchanged) => unchanged.clone(),
                 None => {
                     let built = build_pools(&name, &spec.pools, registries, |e, pool, origin| {
@@ -236,20 +235,36 @@ impl TenantSet {
                             Arc::new(tenant)
                         }
                         (Err(e), _) if previous.is_none() => return Err(e),
-                        (Err(e), Some(before)) => {
+                        (Err(e), before) => {
                             let error = format!("{e:#}").replace('\n', " ");
-                            log::error!(
-                                "tenant {name}: its new configuration failed to load, its \
-                                 previous version keeps serving: {error}"
-                            );
-                            set.failed.push(name);
-                            before.clone()
-                        }
-                        (Err(e), None) => {
-                            let error = format!("{e:#}").replace('\n', " ");
-                            log::error!("tenant {name}: failed to load, not added: {error}");
-                            set.failed.push(name);
-                            continue;
+                            // Its new files are watched: fixing them
+                            // reloads.
+                            set.watched.extend(tenant_files(config, spec));
+                            set.failed.push(name.clone());
+                            match before {
+                                Some(before) if before.loaded.inputs.grants == inputs.grants => {
+                                    log::error!(
+                                        "tenant {name}: its new configuration failed to load, \
+                                         its previous version keeps serving: {error}"
+                                    );
+                                    before.clone()
+                                }
+                                Some(_) => {
+                                    log::error!(
+                                        "tenant {name}: its new configuration failed to load and \
+                                         changes what it is granted (limits, egress, clusters, \
+                                         pools, upstreams), so its previous version is taken out \
+                                         of service: {error}"
+                                    );
+                                    continue;
+                                }
+                                None => {
+                                    log::error!(
+                                        "tenant {name}: failed to load, not added: {error}"
+                                    );
+                                    continue;
+                                }
+                            }
                         }
                     }
                 }
@@ -416,24 +431,65 @@ impl TenantSet {
     }
 }
 
-/// The digest of what tenant `spec` is built from: its entry (without
-/// where it was written: editing another tenant moves its lines), the
-/// bytes of its modules, filters and certificate, the file's shared
-/// clusters, egress and pools, and the defaults.
-fn tenant_inputs(
-    config: &TenantsConfig,
-    spec: &TenantConfig,
-    defaults: &TenantDefaults,
-) -> [u8; 32] {
-    use sha2::{Digest, Sha256};
-    let mut digest = Sha256::new();
-    let shared = format!(
-        "{spec:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{defaults:?}",
-        config.clusters, config.egress, config.pools, config.base, config.naming
-    );
-    digest.update(without_origins(&shared));
-    let files = spec
-        .module
+/// What a tenant is built from, as digests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct TenantInputs {
+    /// Everything: its entry (without where it was written: editing
+    /// another tenant moves its lines), the bytes of its module, filters
+    /// and certificate, the file's shared clusters, egress and pools, and
+    /// the defaults. Unchanged: the tenant is carried over whole.
+    all: [u8; 32],
+    /// What the operator grants it: the same but for its code (module,
+    /// filters, their configurations) and certificate. A tenant whose new
+    /// code fails to load keeps its previous version only while these are
+    /// the same, so a broken deploy never keeps a grant the operator took
+    /// away.
+    grants: [u8; 32],
+}
+
+impl TenantInputs {
+    fn of(config: &TenantsConfig, spec: &TenantConfig, defaults: &TenantDefaults) -> Self {
+        use sha2::{Digest, Sha256};
+        let shared = debug_without_origins(&(
+            &config.clusters,
+            &config.egress,
+            &config.pools,
+            &config.base,
+            config.naming,
+            defaults,
+        ));
+        let granted = TenantConfig {
+            module: None,
+            filters: Vec::new(),
+            config: None,
+            tls: None,
+            ..spec.clone()
+        };
+        let grants = Sha256::new()
+            .chain_update(debug_without_origins(&granted))
+            .chain_update(&shared)
+            .finalize()
+            .into();
+        let mut all = Sha256::new()
+            .chain_update(debug_without_origins(spec))
+            .chain_update(&shared);
+        for path in tenant_files(config, spec) {
+            all.update(path.as_os_str().as_encoded_bytes());
+            match std::fs::read(&path) {
+                Ok(bytes) => all.update(Sha256::digest(&bytes)),
+                Err(e) => all.update(e.to_string()),
+            }
+        }
+        TenantInputs {
+            all: all.finalize().into(),
+            grants,
+        }
+    }
+}
+
+/// The files tenant `spec` reads: its module, filters and certificate.
+fn tenant_files(config: &TenantsConfig, spec: &TenantConfig) -> Vec<PathBuf> {
+    spec.module
         .iter()
         .map(|module| &module.value)
         .chain(spec.filters.iter().map(|filter| &filter.value.module.value))
@@ -441,34 +497,9 @@ fn tenant_inputs(
             spec.tls
                 .iter()
                 .flat_map(|tls| [&tls.value.cert, &tls.value.key]),
-        );
-    for file in files {
-        let path = config.base.join(file);
-        digest.update(path.as_os_str().as_encoded_bytes());
-        match std::fs::read(&path) {
-            Ok(bytes) => digest.update(Sha256::digest(&bytes)),
-            Err(e) => digest.update(e.to_string()),
-        }
-    }
-    digest.finalize().into()
-}
-
-/// `debug` (a configuration's `{:?}`) without its origins' lines and
-/// columns.
-fn without_origins(debug: &str) -> String {
-    const LINE: &str = "Line { line: ";
-    let mut out = String::with_capacity(debug.len());
-    let mut rest = debug;
-    while let Some(at) = rest.find(LINE) {
-        out.push_str(&rest[..at]);
-        rest = &rest[at..];
-        match rest.find('}') {
-            Some(end) => rest = &rest[end + 1..],
-            None => break,
-        }
-    }
-    out.push_str(rest);
-    out
+        )
+        .map(|file| config.base.join(file))
+        .collect()
 }
 
 impl LivePools for TenantSet {
@@ -551,7 +582,7 @@ fn build_tenant(
     load: TenantLoad,
     spec: &TenantConfig,
     place: &EntryPlace,
-    inputs: [u8; 32],
+    inputs: TenantInputs,
     own_pools: Vec<Arc<Pool>>,
 ) -> anyhow::Result<Tenant> {
     let TenantLoad {

@@ -635,6 +635,9 @@ tenants:
         let series = format!(r#"wasm_proxy_tenant_config_ok{{tenant="{tenant}"}}"#);
         assert_eq!(metric_value(&text, &series), ok, "{tenant}\n{text}");
     }
+    // Built once, at start-up: the reload carried it over.
+    let loads = r#"wasm_proxy_module_loads_total{tenant="steady"}"#;
+    assert_eq!(metric_value(&text, loads), 1, "{text}");
 
     // Fixed: shaky takes its new version.
     write_tenants(&path, &yaml("{ misbehave: none }", ""));
@@ -655,4 +658,23 @@ tenants:
     let (status, body) = as_tenant(&client, &proxy, "steady.example", &[]).await;
     assert_eq!(status, 200);
     assert_eq!(count(&body), Some("5".to_string()), "steady was rebuilt");
+    let text = scrape(&client, &metrics).await;
+    assert_eq!(metric_value(&text, loads), 1, "{text}");
+
+    // A broken deploy cannot keep a grant the operator takes away: shaky's
+    // new filter fails while its limits change, so its previous version
+    // (with the old limits) goes out of service.
+    let tightened = yaml("{ colour: red }", "").replace(
+        "  - name: shaky\n",
+        "  - name: shaky\n    limits: { max_instances: 5 }\n",
+    );
+    write_tenants(&path, &tightened);
+    proxy.hangup();
+    let line = "tenant shaky: its new configuration failed to load and changes what it is granted";
+    let log = proxy.wait_for_log(line);
+    assert!(log.contains(line), "{log}");
+    let (status, body) = as_tenant(&client, &proxy, "shaky.example", &[]).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = as_tenant(&client, &proxy, "steady.example", &[]).await;
+    assert_eq!(status, 200);
 }

@@ -23,7 +23,7 @@ mod wasi;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use prometheus::{IntCounter, IntGauge, IntGaugeVec};
@@ -203,10 +203,7 @@ impl TenantScope {
     ) -> Self {
         TenantScope {
             tenant: tenant.to_string(),
-            shared: SharedData::of_tenant(
-                tenant,
-                usize::try_from(limits.shared_data_bytes).unwrap_or(usize::MAX),
-            ),
+            shared: SharedData::of_tenant(tenant),
             clusters,
             egress,
             counters,
@@ -274,7 +271,7 @@ impl Default for TenantScope {
     fn default() -> Self {
         let limits = FilterLimits::default();
         TenantScope {
-            shared: Arc::new(SharedData::new(limits.shared_data_bytes as usize)),
+            shared: Arc::new(SharedData::default()),
             ..TenantScope::new(
                 "",
                 HashMap::new(),
@@ -315,12 +312,13 @@ impl std::fmt::Debug for CallSlot {
 /// store per tenant, so two tenants never share whatever their bytes, and
 /// within it one namespace per VM (`vm_config.vm_id`, else the module's
 /// digest), as Envoy shares data between the filters of one VM. Keys and
-/// values together are held to the tenant's `shared_data_bytes`; they
-/// live on the host heap, outside every instance's memory cap.
+/// values together are held to the tenant's `shared_data_bytes`, which
+/// each set names (a reload's new version and the old one draining may
+/// differ, and a version refused at reload must not change the live one);
+/// they live on the host heap, outside every instance's memory cap.
+#[derive(Default)]
 pub struct SharedData {
     entries: Mutex<SharedEntries>,
-    /// The tenant's `shared_data_bytes`, updated when a reload changes it.
-    limit: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -341,10 +339,9 @@ pub enum SetRefused {
 }
 
 impl SharedData {
-    /// The shared data of tenant `tenant`, holding at most `limit` bytes:
-    /// the same store for as long as a tenant of that name is loaded, so
-    /// a reload keeps its data.
-    pub fn of_tenant(tenant: &str, limit: usize) -> Arc<SharedData> {
+    /// The shared data of tenant `tenant`: the same store for as long as
+    /// a tenant of that name is loaded, so a reload keeps its data.
+    pub fn of_tenant(tenant: &str) -> Arc<SharedData> {
         type Registry = Vec<(String, std::sync::Weak<SharedData>)>;
         static TENANTS: Mutex<Registry> = Mutex::new(Vec::new());
         let mut tenants = TENANTS.lock().unwrap_or_else(|p| p.into_inner());
@@ -354,20 +351,11 @@ impl SharedData {
             .find(|(name, _)| name == tenant)
             .and_then(|(_, data)| data.upgrade())
         {
-            data.limit.store(limit, Ordering::Relaxed);
             return data;
         }
-        let data = Arc::new(SharedData::new(limit));
+        let data = Arc::new(SharedData::default());
         tenants.push((tenant.to_string(), Arc::downgrade(&data)));
         data
-    }
-
-    /// An empty store holding at most `limit` bytes, shared with no one.
-    pub fn new(limit: usize) -> Self {
-        SharedData {
-            entries: Mutex::new(SharedEntries::default()),
-            limit: AtomicUsize::new(limit),
-        }
     }
 
     /// The value of `key` in `namespace` and its CAS token, if set.
@@ -380,13 +368,13 @@ impl SharedData {
     }
 
     /// Sets `key` in `namespace` if `cas` is 0 or matches, and the
-    /// tenant's bytes stay within its limit.
+    /// tenant's bytes stay within `limit`.
     pub fn set(
         &self,
         namespace: &Arc<str>,
-        key: &str,
-        value: Vec<u8>,
+        (key, value): (&str, Vec<u8>),
         cas: u32,
+        limit: usize,
     ) -> Result<(), SetRefused> {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let id = (namespace.clone(), key.to_string());
@@ -398,7 +386,7 @@ impl SharedData {
             return Err(SetRefused::CasMismatch);
         }
         let bytes = entries.bytes - old_size + key.len() + value.len();
-        if bytes > self.limit.load(Ordering::Relaxed) {
+        if bytes > limit {
             return Err(SetRefused::Full);
         }
         let next = current.wrapping_add(1).max(1);

@@ -190,10 +190,11 @@ impl PwState {
         cas: u32,
     ) -> Result<(), Status> {
         let plugin = &self.plugin;
-        match plugin
-            .scope
+        let scope = &plugin.scope;
+        let limit = usize::try_from(scope.limits.shared_data_bytes).unwrap_or(usize::MAX);
+        match scope
             .shared
-            .set(&plugin.shared_namespace, key, value, cas)
+            .set(&plugin.shared_namespace, (key, value), cas, limit)
         {
             Ok(()) => Ok(()),
             Err(SetRefused::CasMismatch) => Err(Status::CasMismatch),
@@ -274,7 +275,7 @@ mod tests {
     fn scope(allow: Option<&[String]>, limits: FilterLimits) -> Arc<TenantScope> {
         let own = Arc::new(OwnAddresses::new(["127.0.0.1:8080".parse().unwrap()]));
         Arc::new(TenantScope {
-            shared: Arc::new(SharedData::new(limits.shared_data_bytes as usize)),
+            shared: Arc::new(SharedData::default()),
             ..TenantScope::new(
                 "t",
                 HashMap::from([("auth".to_string(), "127.0.0.1:9".parse().unwrap())]),
@@ -499,11 +500,16 @@ mod tests {
 
     #[test]
     fn two_tenants_never_share_data() {
-        let a = SharedData::of_tenant("tenant-a", 100);
-        let b = SharedData::of_tenant("tenant-b", 100);
+        let a = SharedData::of_tenant("tenant-a");
+        let b = SharedData::of_tenant("tenant-b");
         let namespace: Arc<str> = "same-module".into();
-        a.set(&namespace, "counter", b"3".to_vec(), 0).unwrap();
+        a.set(&namespace, ("counter", b"3".to_vec()), 0, 100)
+            .unwrap();
         assert_eq!(b.get(&namespace, "counter"), None);
-        assert!(Arc::ptr_eq(&a, &SharedData::of_tenant("tenant-a", 100)));
+        assert!(Arc::ptr_eq(&a, &SharedData::of_tenant("tenant-a")));
+        // Each set names its version's limit.
+        let big = ("big", vec![0u8; 50]);
+        assert_eq!(a.set(&namespace, big.clone(), 0, 40), Err(SetRefused::Full));
+        assert_eq!(a.set(&namespace, big, 0, 100), Ok(()));
     }
 }
