@@ -592,9 +592,10 @@ impl ProxyHttp for WasmProxy {
     }
 
     /// The filters' `proxy_on_response_body`, last first, on each piece of
-    /// the response body. Pingora calls this synchronously: each callback
-    /// runs to its end on this worker (bounded by its deadline) instead of
-    /// yielding.
+    /// the response body. Pingora calls this synchronously, so a callback
+    /// cannot yield: it runs to its end (bounded by its deadline, charged
+    /// to its tenant's budget), and one still running after its first
+    /// slice hands this worker's other requests to another thread.
     fn response_body_filter(
         &self,
         _session: &mut Session,
@@ -606,7 +607,7 @@ impl ProxyHttp for WasmProxy {
             return Ok(None);
         }
         let tenant = routed(ctx)?;
-        wasm_runtime::block_on(ctx.filters.on_body(
+        wasm_runtime::run_to_end(ctx.filters.on_body(
             &tenant,
             Direction::Response,
             body,

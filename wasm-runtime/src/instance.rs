@@ -643,3 +643,26 @@ pub fn block_on<F: Future>(call: F) -> F::Output {
         }
     }
 }
+
+/// Runs a call to its end for a caller that cannot await, on a worker of
+/// a multi-threaded tokio runtime, without holding the worker's other
+/// tasks: the first slice runs here (a short call, the usual one, costs
+/// nothing more); a call still running after it goes on under
+/// `block_in_place`, which hands this worker's other tasks to another
+/// thread for as long as the call runs (up to its deadline). Elsewhere
+/// (no runtime, or a current-thread one) it is [`block_on`].
+pub fn run_to_end<F: Future>(call: F) -> F::Output {
+    let mut call = pin!(call);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    if let std::task::Poll::Ready(out) = call.as_mut().poll(&mut cx) {
+        return out;
+    }
+    let on_worker = tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+        runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+    });
+    if on_worker {
+        tokio::task::block_in_place(|| block_on(call))
+    } else {
+        block_on(call)
+    }
+}

@@ -14,7 +14,8 @@ mod quota;
 pub use engine::{release_freed_memory, EngineOptions, GuestEngine, LongCallSignal, FEW_CALLS};
 pub use fault::RuntimeFault;
 pub use instance::{
-    block_on, read_guest_line, CallError, Prepared, Sandbox, SliceMeter, Unmetered, WasmInstance,
+    block_on, read_guest_line, run_to_end, CallError, Prepared, Sandbox, SliceMeter, Unmetered,
+    WasmInstance,
 };
 pub use limits::{GuestLimits, MAX_HOOK_TIMEOUT_MS, MAX_MEMORY_LIMIT_MIB};
 pub use pool::IdleInstances;

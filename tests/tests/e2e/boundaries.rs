@@ -678,3 +678,58 @@ tenants:
     let (status, _) = as_tenant(&client, &proxy, "steady.example", &[]).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_response_body_callback_does_not_hold_its_worker() {
+    let upstream = Upstream::plain().await;
+    let yaml = format!(
+        r#"
+tenants:
+  - name: slow
+    hosts: ["slow.example"]
+    upstream: "{u}"
+    limits: {{ hook_timeout_ms: 4000, cpu_ms_per_s: 64000 }}
+    filters:
+      - module: GUESTS/pw_hostile.wasm
+        config: {{ misbehave: loop, in: response_body }}
+  - name: neighbour
+    hosts: ["neighbour.example"]
+    upstream: "{u}"
+"#,
+        u = upstream.addr
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, _) = tenants_proxy(&dir, &yaml, &[]);
+    let client = client();
+
+    // Two callbacks that spin to their deadline, one per Pingora worker
+    // thread (the proxy runs two).
+    let mut slow = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        let (client, url) = (client.clone(), proxy.url("/"));
+        slow.spawn(async move {
+            let _ = client.get(&url).header("host", "slow.example").send().await;
+        });
+    }
+    let started = std::time::Instant::now();
+    let line = "pw_hostile: loop in response_body";
+    while proxy.log().matches(line).count() < 2 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "{}",
+            proxy.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // While both spin, the neighbour is served: the workers' other
+    // requests went to other threads.
+    let (status, _) = as_tenant(&client, &proxy, "neighbour.example", &[]).await;
+    assert_eq!(status, 200, "{}", proxy.log());
+    assert_eq!(
+        slow.len(),
+        2,
+        "both slow requests are still running when the neighbour is answered"
+    );
+    assert!(slow.try_join_next().is_none(), "{}", proxy.log());
+    while slow.join_next().await.is_some() {}
+}
