@@ -19,8 +19,9 @@
 //! - `in`: where it misbehaves: `request_headers` (the default, in
 //!   `on_http_request_headers`), `request_body` (`on_http_request_body`),
 //!   `response_headers` (`on_http_response_headers`), `response_body`
-//!   (`on_http_response_body`), `log` (`on_log`) or `configure`
-//!   (`on_configure`, for every instance, regardless of `on_path`).
+//!   (`on_http_response_body`), `log` (`on_log`), `configure`
+//!   (`on_configure`, for every instance, regardless of `on_path`) or
+//!   `tick` (`on_tick`: `on_configure` then asks for a tick every 10 ms).
 //! - `on_path`: a prefix of `:path` (default `/`, i.e. every request).
 //!   `:path` is read in `on_http_request_headers` and whether it matches is
 //!   remembered in the request's context; a request whose
@@ -86,6 +87,7 @@ pub enum Callback {
     ResponseBody,
     Log,
     Configure,
+    Tick,
 }
 
 impl Misbehaviour {
@@ -112,6 +114,7 @@ impl Callback {
             Callback::ResponseBody => "response_body",
             Callback::Log => "log",
             Callback::Configure => "configure",
+            Callback::Tick => "tick",
         }
     }
 }
@@ -194,8 +197,17 @@ impl RootContext for PwHostileRoot {
         if config.callback == Callback::Configure {
             misbehave(config.misbehave, Callback::Configure);
         }
+        if config.callback == Callback::Tick {
+            self.set_tick_period(std::time::Duration::from_millis(10));
+        }
         self.config = config;
         true
+    }
+
+    fn on_tick(&mut self) {
+        if self.config.callback == Callback::Tick {
+            misbehave(self.config.misbehave, Callback::Tick);
+        }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

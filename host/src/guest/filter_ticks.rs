@@ -1,6 +1,8 @@
 //! Ticks for proxy-wasm filters (`proxy_set_tick_period_milliseconds` →
-//! `proxy_on_tick`), run by a background service off the request path,
-//! each tick admitted by its tenant's budget like any guest call.
+//! `proxy_on_tick`), started by a background service off the request
+//! path, each tick admitted by its tenant's budget like any guest call.
+//! Each tick runs as its own task: a tick that runs to its deadline delays
+//! no other filter's, and a filter's next tick waits for its last.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,10 +12,29 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::tenancy::tenants::TenantSet;
+use crate::abi::proxy_wasm::{FilterModule, TickClaim};
+use crate::tenancy::tenants::{Tenant, TenantSet};
 
 /// How long the service sleeps when no filter wants ticks.
 const IDLE: Duration = Duration::from_secs(1);
+
+/// The shortest sleep between two looks: a filter whose tick is still
+/// running stays due, and must not make the service spin.
+const MIN_WAIT: Duration = Duration::from_millis(1);
+
+/// One tick of `module`, a filter of `tenant`, admitted by its budget.
+async fn tick(tenant: &Tenant, module: &FilterModule, claim: TickClaim) {
+    let Ok(permit) = tenant.budget.admit() else {
+        // Over budget: this tick is skipped, the next one comes.
+        return;
+    };
+    let result = module.tick(&claim, &permit).await;
+    if let Err(fault) = &result {
+        log::error!("filter {}: proxy_on_tick failed: {fault}", module.name());
+        tenant.metrics.callback_fault("proxy_on_tick", fault);
+    }
+    permit.finish(result.is_err());
+}
 
 /// Runs the live tenants' filters' ticks when due.
 pub(crate) struct FilterTicker {
@@ -23,8 +44,8 @@ pub(crate) struct FilterTicker {
 }
 
 impl FilterTicker {
-    /// Runs every tick that is due; returns when the next one is.
-    async fn run_due(&self) -> Instant {
+    /// Starts every tick that is due; returns when the next one is.
+    fn start_due(&self) -> Instant {
         let tenants = self.tenants.load_full();
         let now = Instant::now();
         let mut next = now + IDLE;
@@ -33,25 +54,14 @@ impl FilterTicker {
                 let Some(due) = filter.module.next_tick() else {
                     continue;
                 };
-                if due > now {
-                    next = next.min(due);
-                    continue;
+                if due <= now {
+                    if let Some(claim) = filter.module.claim_tick() {
+                        let (tenant, module) = (tenant.clone(), filter.module.clone());
+                        tokio::spawn(async move { tick(&tenant, &module, claim).await });
+                    }
                 }
-                let Ok(permit) = tenant.budget.admit() else {
-                    // Over budget: this tick is skipped, the next one comes.
-                    continue;
-                };
-                let result = filter.module.tick(&permit).await;
-                if let Err(fault) = &result {
-                    log::error!(
-                        "filter {}: proxy_on_tick failed: {fault}",
-                        filter.module.name()
-                    );
-                    tenant.metrics.callback_fault("proxy_on_tick", fault);
-                }
-                permit.finish(result.is_err());
                 if let Some(due) = filter.module.next_tick() {
-                    next = next.min(due);
+                    next = next.min(due.max(now + MIN_WAIT));
                 }
             }
         }
@@ -63,7 +73,7 @@ impl FilterTicker {
 impl BackgroundService for FilterTicker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         loop {
-            let next = self.run_due().await;
+            let next = self.start_due();
             let sleep = tokio::time::sleep_until(next.into());
             tokio::select! {
                 _ = sleep => {}

@@ -733,3 +733,47 @@ tenants:
     assert!(slow.try_join_next().is_none(), "{}", proxy.log());
     while slow.join_next().await.is_some() {}
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_tenant_s_spinning_ticks_do_not_delay_another_s() {
+    let upstream = Upstream::plain().await;
+    let yaml = format!(
+        r#"
+tenants:
+  - name: spinner
+    hosts: ["spinner.example"]
+    upstream: "{u}"
+    limits: {{ hook_timeout_ms: 3000, cpu_ms_per_s: 64000 }}
+    filters:
+      - module: GUESTS/pw_hostile.wasm
+        config: {{ misbehave: loop, in: tick }}
+  - name: ticker
+    hosts: ["ticker.example"]
+    upstream: "{u}"
+    filters:
+      - module: GUESTS/pw_counter.wasm
+        config: "20"
+"#,
+        u = upstream.addr
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, _) = tenants_proxy(&dir, &yaml, &[]);
+    let client = client();
+    let started = std::time::Instant::now();
+    while !proxy.log().contains("pw_hostile: loop in tick") {
+        assert!(started.elapsed() < std::time::Duration::from_secs(3));
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // The spinner's tick runs for 3 s; meanwhile the ticker's come every
+    // 20 ms (run one after another, it would get one per spin).
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    let (_, headers, _) =
+        get_response(&client, &proxy.url("/"), &[("host", "ticker.example")]).await;
+    let ticks: u64 = headers["x-pw-ticks"].to_str().unwrap().parse().unwrap();
+    assert!(ticks >= 10, "{ticks} ticks\n{}", proxy.log());
+    assert_eq!(
+        proxy.log().matches("pw_hostile: loop in tick").count(),
+        1,
+        "the spinner's ticks do not overlap"
+    );
+}

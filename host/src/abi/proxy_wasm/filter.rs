@@ -5,7 +5,7 @@
 //! own.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,15 @@ use wasm_runtime::{
     block_on, guest_text::LogRate, GuestEngine, GuestLimits, IdleInstances, InstanceQuota,
     LongCallSignal, RuntimeFault, Sandbox, SliceMeter, Unmetered, WasmInstance,
 };
+
+/// A filter's tick, claimed: no other starts until it is dropped.
+pub struct TickClaim(Arc<AtomicBool>);
+
+impl Drop for TickClaim {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
 
 /// The root context's id; HTTP contexts count up from it.
 const ROOT_CONTEXT: i32 = 1;
@@ -122,6 +131,8 @@ pub struct FilterModule {
     log_rate: Option<Arc<LogRate>>,
     /// When the next tick is due, in milliseconds since `origin`.
     next_tick_ms: AtomicU64,
+    /// A tick is running ([`TickClaim`]).
+    ticking: Arc<AtomicBool>,
     /// Whether it exports the body callbacks, by [`Direction`].
     reads_bodies: [bool; 2],
     origin: Instant,
@@ -226,6 +237,7 @@ impl FilterModule {
             quota: spec.quota,
             log_rate: spec.log_rate,
             next_tick_ms: AtomicU64::new(0),
+            ticking: Arc::new(AtomicBool::new(false)),
             reads_bodies: ["proxy_on_request_body", "proxy_on_response_body"]
                 .map(|callback| module.get_export(callback).is_some()),
             origin: Instant::now(),
@@ -312,14 +324,24 @@ impl FilterModule {
         Some(self.origin + Duration::from_millis(due))
     }
 
-    /// `proxy_on_tick` on the root context of an idle instance (ticks are
-    /// the plugin's, not a request's); the next tick is then one period
-    /// away. A fault drops the instance.
-    pub async fn tick(&self, meter: &dyn SliceMeter) -> Result<(), HookFault> {
+    /// Claims the tick that is due: the next is then one period away.
+    /// None while the last tick is still running, so a filter's ticks
+    /// never overlap; the claim ends when dropped.
+    pub fn claim_tick(&self) -> Option<TickClaim> {
+        if self.ticking.swap(true, Ordering::AcqRel) {
+            return None;
+        }
         let period = self.plugin.tick_period_ms.load(Ordering::Relaxed);
         let now = self.origin.elapsed().as_millis() as u64;
         self.next_tick_ms
             .store(now + period.max(1), Ordering::Relaxed);
+        Some(TickClaim(self.ticking.clone()))
+    }
+
+    /// `proxy_on_tick` on the root context of an idle instance (ticks are
+    /// the plugin's, not a request's), for a tick claimed
+    /// ([`claim_tick`](Self::claim_tick)). A fault drops the instance.
+    pub async fn tick(&self, _claim: &TickClaim, meter: &dyn SliceMeter) -> Result<(), HookFault> {
         let mut instance = match self.idle.take() {
             Some(instance) => instance,
             None => {

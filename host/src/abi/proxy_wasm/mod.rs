@@ -36,6 +36,7 @@ use wasm_runtime::Sandbox;
 pub use callout::{perform as perform_call, CallResponse, PendingCall};
 pub use filter::{
     BodyError, BodyOutcome, Direction, FilterModule, FilterSpec, FilterStream, RequestOutcome,
+    TickClaim,
 };
 pub use state::PwState;
 pub use stream::{HeaderPairs, RequestFacts, Stream};
