@@ -15,7 +15,11 @@
 //!   framing fields of the request in `on_http_request_headers` and of the
 //!   response in `on_http_response_headers`, through the raw hostcalls,
 //!   and reports each hostcall's status in an `x-framing` header of the
-//!   message it edited; `in` is ignored).
+//!   message it edited; `in` is ignored), `flood` (in
+//!   `on_http_request_headers`, floods properties, request headers,
+//!   shared data and metrics, and tries copies past the host's bounds,
+//!   through the raw hostcalls; reports how far each went in an `x-flood`
+//!   request header; `in` is ignored).
 //! - `in`: where it misbehaves: `request_headers` (the default, in
 //!   `on_http_request_headers`), `request_body` (`on_http_request_body`),
 //!   `response_headers` (`on_http_response_headers`), `response_body`
@@ -74,6 +78,8 @@ pub enum Misbehaviour {
     Forge,
     /// Edits framing fields and reports the statuses.
     Framing,
+    /// Floods what the host keeps for it and reports how far it got.
+    Flood,
 }
 
 /// Where it goes wrong.
@@ -100,6 +106,7 @@ impl Misbehaviour {
             Misbehaviour::Alloc => "alloc",
             Misbehaviour::Forge => "forge",
             Misbehaviour::Framing => "framing",
+            Misbehaviour::Flood => "flood",
         }
     }
 }
@@ -141,7 +148,10 @@ impl Default for Config {
 
 /// Does what `misbehave` says; returns only for `none` and `forge`.
 fn misbehave(misbehave: Misbehaviour, callback: Callback) {
-    if matches!(misbehave, Misbehaviour::None | Misbehaviour::Framing) {
+    if matches!(
+        misbehave,
+        Misbehaviour::None | Misbehaviour::Framing | Misbehaviour::Flood
+    ) {
         return;
     }
     if misbehave == Misbehaviour::Forge {
@@ -155,7 +165,7 @@ fn misbehave(misbehave: Misbehaviour, callback: Callback) {
     }
     log::warn!("pw_hostile: {} in {}", misbehave.name(), callback.name());
     match misbehave {
-        Misbehaviour::None | Misbehaviour::Forge | Misbehaviour::Framing => {}
+        Misbehaviour::None | Misbehaviour::Forge | Misbehaviour::Framing | Misbehaviour::Flood => {}
         Misbehaviour::Panic => panic!("pw_hostile: panic in {}", callback.name()),
         Misbehaviour::Loop => {
             let mut n: u64 = 0;
@@ -247,6 +257,10 @@ impl HttpContext for PwHostile {
         if self.matched && self.config.misbehave == Misbehaviour::Framing {
             let statuses = framing::edit(framing::REQUEST_HEADERS, framing::ON_REQUEST);
             self.set_http_request_header("x-framing", Some(&statuses));
+        }
+        if self.matched && self.config.misbehave == Misbehaviour::Flood {
+            let report = flood::run();
+            self.set_http_request_header("x-flood", Some(&report));
         }
         Action::Continue
     }
@@ -352,5 +366,149 @@ mod framing {
             statuses.push(format!("{edit}:{name}={status}"));
         }
         statuses.join(" ")
+    }
+}
+
+/// Floods what the host keeps for a filter through the raw hostcalls, and
+/// reports how far each went.
+mod flood {
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        fn proxy_set_property(
+            path: *const u8,
+            path_size: usize,
+            value: *const u8,
+            value_size: usize,
+        ) -> u32;
+        fn proxy_add_header_map_value(
+            map: u32,
+            key: *const u8,
+            key_size: usize,
+            value: *const u8,
+            value_size: usize,
+        ) -> u32;
+        fn proxy_remove_header_map_value(map: u32, key: *const u8, key_size: usize) -> u32;
+        fn proxy_set_shared_data(
+            key: *const u8,
+            key_size: usize,
+            value: *const u8,
+            value_size: usize,
+            cas: u32,
+        ) -> u32;
+        fn proxy_define_metric(
+            kind: u32,
+            name: *const u8,
+            name_size: usize,
+            return_id: *mut u32,
+        ) -> u32;
+        fn proxy_http_call(
+            upstream: *const u8,
+            upstream_size: usize,
+            headers: *const u8,
+            headers_size: usize,
+            body: *const u8,
+            body_size: usize,
+            trailers: *const u8,
+            trailers_size: usize,
+            timeout_ms: u32,
+            return_token: *mut u32,
+        ) -> u32;
+    }
+
+    // Safe wrappers. SAFETY (each): the pointers and sizes are those of
+    // live slices, which the host only reads during the call; the
+    // `return_*` pointers are those of live `u32`s the host writes.
+
+    fn set_property(path: &[u8], value: &[u8]) -> u32 {
+        // SAFETY: see above.
+        unsafe { proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) }
+    }
+
+    fn add_request_header(key: &[u8], value: &[u8]) -> u32 {
+        // SAFETY: see above.
+        unsafe {
+            proxy_add_header_map_value(0, key.as_ptr(), key.len(), value.as_ptr(), value.len())
+        }
+    }
+
+    fn remove_request_header(key: &[u8]) -> u32 {
+        // SAFETY: see above.
+        unsafe { proxy_remove_header_map_value(0, key.as_ptr(), key.len()) }
+    }
+
+    fn set_shared_data(key: &[u8], value: &[u8]) -> u32 {
+        // SAFETY: see above.
+        unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), 0) }
+    }
+
+    fn define_counter(name: &[u8]) -> u32 {
+        let mut id = 0u32;
+        // SAFETY: see above.
+        unsafe { proxy_define_metric(0, name.as_ptr(), name.len(), &mut id) }
+    }
+
+    fn http_call(cluster: &[u8], body: &[u8]) -> u32 {
+        let no_headers = [0u8; 4];
+        let mut token = 0u32;
+        // SAFETY: see above; no trailers: a null pointer with size 0.
+        unsafe {
+            proxy_http_call(
+                cluster.as_ptr(),
+                cluster.len(),
+                no_headers.as_ptr(),
+                no_headers.len(),
+                body.as_ptr(),
+                body.len(),
+                std::ptr::null(),
+                0,
+                1000,
+                &mut token,
+            )
+        }
+    }
+
+    /// Calls `attempt(i)` for i in `0..tries` until it returns a status
+    /// other than OK: `<how many were OK>+<the status that stopped it>`
+    /// (`+0` if none did).
+    fn until_refused(tries: usize, mut attempt: impl FnMut(usize) -> u32) -> String {
+        for i in 0..tries {
+            let status = attempt(i);
+            if status != 0 {
+                return format!("{i}+{status}");
+            }
+        }
+        format!("{tries}+0")
+    }
+
+    /// The report: `name=result` pairs, space-separated.
+    pub(crate) fn run() -> String {
+        let big_value = vec![b'v'; (64 << 10) + 1];
+        let big_name = vec![b'n'; (16 << 10) + 1];
+        let big_body = vec![b'b'; (1 << 20) + 1];
+        let value_64k = vec![b's'; 64 << 10];
+        let mut report = Vec::new();
+        let status = set_property(b"x.big", &big_value);
+        report.push(format!("big-property={status}"));
+        let properties = until_refused(300, |i| set_property(format!("x.p{i}").as_bytes(), b"v"));
+        report.push(format!("properties={properties}"));
+        let status = add_request_header(b"x-big", &big_value);
+        report.push(format!("big-header={status}"));
+        let headers = until_refused(1100, |i| {
+            add_request_header(format!("x-f{i}").as_bytes(), b"v")
+        });
+        for i in 0..1100 {
+            remove_request_header(format!("x-f{i}").as_bytes());
+        }
+        let stopped = headers.split('+').nth(1).unwrap_or_default().to_string();
+        report.push(format!("headers-stopped={stopped}"));
+        let shared = until_refused(100, |i| {
+            set_shared_data(format!("flood{i}").as_bytes(), &value_64k)
+        });
+        report.push(format!("shared={shared}"));
+        let metrics = until_refused(100, |i| define_counter(format!("flood_{i}").as_bytes()));
+        report.push(format!("metrics={metrics}"));
+        report.push(format!("big-metric-name={}", define_counter(&big_name)));
+        report.push(format!("big-callout={}", http_call(b"anywhere", &big_body)));
+        report.join(" ")
     }
 }

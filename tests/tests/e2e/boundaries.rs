@@ -777,3 +777,63 @@ tenants:
         "the spinner's ticks do not overlap"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_filter_cannot_flood_what_the_host_keeps_for_it() {
+    let upstream = Upstream::plain().await;
+    let yaml = format!(
+        r#"
+tenants:
+  - name: flooder
+    hosts: ["flooder.example"]
+    upstream: "{u}"
+    limits: {{ shared_data_bytes: 1048576, max_metrics: 10, hook_timeout_ms: 5000 }}
+    filters:
+      - module: GUESTS/pw_hostile.wasm
+        config: {{ misbehave: flood }}
+  - name: neighbour
+    hosts: ["neighbour.example"]
+    upstream: "{u}"
+    filters:
+      - module: GUESTS/pw_counter.wasm
+"#,
+        u = upstream.addr
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, _) = tenants_proxy(&dir, &yaml, &[]);
+    let client = client();
+    let (status, body) = as_tenant(&client, &proxy, "flooder.example", &[]).await;
+    assert_eq!(status, 200, "{}", proxy.log());
+    let echo: Value = serde_json::from_str(&body).unwrap();
+    let report = echoed_header(&echo, "x-flood").expect("the filter's report");
+    // BAD_ARGUMENT (2) for a copy past the host's bound or a map past its
+    // count; INTERNAL_FAILURE (10) past a tenant limit. Sixteen 64 KiB
+    // values with their keys pass 1 MiB: fifteen fit.
+    assert_eq!(
+        report,
+        "big-property=2 properties=256+2 big-header=2 headers-stopped=2 shared=15+10 \
+         metrics=10+10 big-metric-name=2 big-callout=2"
+    );
+    let headers = echo["headers"].as_array().unwrap();
+    assert!(
+        headers.iter().all(|h| {
+            let name = h[0].as_str().unwrap();
+            name.strip_prefix("x-f")
+                .is_none_or(|n| n.parse::<u32>().is_err())
+        }),
+        "the flood's headers were removed"
+    );
+    let log = proxy.log();
+    for line in [
+        "hostcall refused: a body of 1048577 bytes (the host copies at most 1048576)",
+        "hostcall refused: a header map of 1025 fields (the host keeps at most 1024)",
+        "hostcall refused: a name of 16385 bytes (the host copies at most 16384)",
+    ] {
+        assert!(log.contains(line), "{line}\n{log}");
+    }
+    // The neighbour, with the same kinds of state, is untouched.
+    let (status, body) = as_tenant(&client, &proxy, "neighbour.example", &[]).await;
+    assert_eq!(status, 200, "{}", proxy.log());
+    let echo: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echoed_header(&echo, "x-pw-count").as_deref(), Some("1"));
+}

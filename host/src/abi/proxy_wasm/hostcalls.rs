@@ -197,13 +197,85 @@ fn state_mut<'c>(caller: &'c mut Ctx<'_>) -> &'c mut PwState {
     &mut caller.data_mut().abi
 }
 
-/// The bytes at `(ptr, len)` in guest memory.
-fn read(caller: &mut Ctx<'_>, ptr: i32, len: i32) -> Result<Vec<u8>, Status> {
+/// What a hostcall copies out of guest memory onto the host heap, where
+/// the instance's memory limit does not hold it; each has a most the host
+/// copies. A guest's memory may be as large as its `memory_limit_mib`, so
+/// without these one call could copy that much, and a value the host keeps
+/// (a property, a header) would stay past the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Copied {
+    /// A header name, property path, metric name, shared-data key or
+    /// cluster name.
+    Name,
+    /// A header value or a property value.
+    Value,
+    /// A serialized header map (a replacement map, a callout's or a local
+    /// reply's headers).
+    HeaderMap,
+    /// A body: buffer bytes, a callout's body, a local reply's body.
+    Body,
+    /// A shared-data value, also held to its tenant's `shared_data_bytes`.
+    SharedValue,
+}
+
+impl Copied {
+    /// The most the host copies, in bytes.
+    pub(super) const fn max(self) -> usize {
+        match self {
+            Copied::Name => 16 << 10,
+            Copied::Value => 64 << 10,
+            Copied::HeaderMap | Copied::Body => 1 << 20,
+            Copied::SharedValue => super::MAX_SHARED_DATA_BYTES as usize,
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Copied::Name => "name",
+            Copied::Value => "value",
+            Copied::HeaderMap => "header map",
+            Copied::Body => "body",
+            Copied::SharedValue => "shared-data value",
+        }
+    }
+}
+
+/// The most fields a filter may make a header map hold: an edit that
+/// would pass it, or a replacement map with more, gets `BAD_ARGUMENT`.
+const MAX_HEADER_PAIRS: usize = 1024;
+
+/// `BAD_ARGUMENT` for a copy past its bound, with a line in the filter's
+/// log (held to its log rate: the guest chooses how often).
+fn too_large(caller: &mut Ctx<'_>, what: Copied, len: usize) -> Status {
+    let line = format!(
+        "hostcall refused: a {} of {len} bytes (the host copies at most {})",
+        what.noun(),
+        what.max()
+    );
+    caller.data_mut().guest_log(log::Level::Warn, line);
+    Status::BadArgument
+}
+
+/// `BAD_ARGUMENT` for a header map of `fields` fields, past
+/// [`MAX_HEADER_PAIRS`], with a line in the filter's log.
+fn too_many_fields(caller: &mut Ctx<'_>, fields: usize) -> Status {
+    let line = format!(
+        "hostcall refused: a header map of {fields} fields (the host keeps at most \
+         {MAX_HEADER_PAIRS})"
+    );
+    caller.data_mut().guest_log(log::Level::Warn, line);
+    Status::BadArgument
+}
+
+/// The bytes at `(ptr, len)` in guest memory, at most `what`'s bound.
+fn read(caller: &mut Ctx<'_>, ptr: i32, len: i32, what: Copied) -> Result<Vec<u8>, Status> {
+    let len = len as u32 as usize;
+    if len > what.max() {
+        return Err(too_large(caller, what, len));
+    }
     let memory = caller.data().memory().ok_or(Status::InvalidMemoryAccess)?;
     let start = ptr as u32 as usize;
-    let end = start
-        .checked_add(len as u32 as usize)
-        .ok_or(Status::InvalidMemoryAccess)?;
+    let end = start.checked_add(len).ok_or(Status::InvalidMemoryAccess)?;
     memory
         .data(&caller)
         .get(start..end)
@@ -211,9 +283,9 @@ fn read(caller: &mut Ctx<'_>, ptr: i32, len: i32) -> Result<Vec<u8>, Status> {
         .ok_or(Status::InvalidMemoryAccess)
 }
 
-/// The UTF-8 string at `(ptr, len)`, lossily.
-fn read_str(caller: &mut Ctx<'_>, ptr: i32, len: i32) -> Result<String, Status> {
-    let bytes = read(caller, ptr, len)?;
+/// The UTF-8 string at `(ptr, len)`, lossily, at most `what`'s bound.
+fn read_str(caller: &mut Ctx<'_>, ptr: i32, len: i32, what: Copied) -> Result<String, Status> {
+    let bytes = read(caller, ptr, len, what)?;
     Ok(String::from_utf8(bytes)
         .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned()))
 }
@@ -325,7 +397,7 @@ fn proxy_set_buffer_bytes(
     data: i32,
     data_size: i32,
 ) -> Result<(), Status> {
-    let data = read(&mut caller, data, data_size)?;
+    let data = read(&mut caller, data, data_size, Copied::Body)?;
     let buffer = BufferType::try_from(buffer)?;
     state_mut(&mut caller).set_buffer_bytes(buffer, start as u32, size as u32, data)
 }
@@ -355,8 +427,11 @@ fn proxy_set_header_map_pairs(
     data: i32,
     size: i32,
 ) -> Result<(), Status> {
-    let bytes = read(&mut caller, data, size)?;
+    let bytes = read(&mut caller, data, size, Copied::HeaderMap)?;
     let pairs = HeaderPairs::deserialize(&bytes).ok_or(Status::BadArgument)?;
+    if pairs.len() > MAX_HEADER_PAIRS {
+        return Err(too_many_fields(&mut caller, pairs.len()));
+    }
     let map = MapType::try_from(map)?;
     if let Some(message) = framed(map) {
         let old = state(&caller).header_map(map)?.pairs();
@@ -371,7 +446,7 @@ async fn proxy_get_header_map_value(
     caller: &mut Ctx<'_>,
     (map, key, key_size, return_data, return_size): (i32, i32, i32, i32, i32),
 ) -> Result<(), Status> {
-    let key = read_str(caller, key, key_size)?;
+    let key = read_str(caller, key, key_size, Copied::Name)?;
     let map = state(caller).header_map(MapType::try_from(map)?)?;
     let value = map.get(&key).ok_or(Status::NotFound)?.to_string();
     give(caller, value.as_bytes(), return_data, return_size).await
@@ -417,14 +492,25 @@ fn edit_header_map(
     value: (i32, i32),
     (kind, edit): (Edit, fn(&mut HeaderPairs, &str, &str)),
 ) -> Result<(), Status> {
-    let key = read_str(&mut caller, key.0, key.1)?;
-    let value = read_str(&mut caller, value.0, value.1)?;
+    let key = read_str(&mut caller, key.0, key.1, Copied::Name)?;
+    let value = read_str(&mut caller, value.0, value.1, Copied::Value)?;
     let map = MapType::try_from(map)?;
     let hostcall = match kind {
         Edit::Add => "proxy_add_header_map_value",
         _ => "proxy_replace_header_map_value",
     };
     checked_edit(&mut caller, hostcall, map, kind, &key)?;
+    let pairs = state(&caller).header_map(map)?.pairs();
+    let (fields, grown) = (
+        pairs.len(),
+        HeaderPairs::serialized_len(pairs) + key.len() + value.len() + 10,
+    );
+    if grown > Copied::HeaderMap.max() {
+        return Err(too_large(&mut caller, Copied::HeaderMap, grown));
+    }
+    if fields >= MAX_HEADER_PAIRS {
+        return Err(too_many_fields(&mut caller, fields + 1));
+    }
     if map == MapType::HttpRequestHeaders && key == ":method" {
         let old = state(&caller).header_map(map)?.get(":method").unwrap_or("");
         let checked = check_method(old, &value);
@@ -440,7 +526,7 @@ fn proxy_remove_header_map_value(
     key: i32,
     key_size: i32,
 ) -> Result<(), Status> {
-    let key = read_str(&mut caller, key, key_size)?;
+    let key = read_str(&mut caller, key, key_size, Copied::Name)?;
     let map = MapType::try_from(map)?;
     let hostcall = "proxy_remove_header_map_value";
     checked_edit(&mut caller, hostcall, map, Edit::Remove, &key)?;
@@ -490,7 +576,7 @@ async fn proxy_get_property(
     caller: &mut Ctx<'_>,
     (path, path_size, return_data, return_size): (i32, i32, i32, i32),
 ) -> Result<(), Status> {
-    let path = read_str(caller, path, path_size)?;
+    let path = read_str(caller, path, path_size, Copied::Name)?;
     let value = state(caller).property(&path)?;
     give(caller, &value, return_data, return_size).await
 }
@@ -502,8 +588,8 @@ fn proxy_set_property(
     value: i32,
     value_size: i32,
 ) -> Result<(), Status> {
-    let path = read_str(&mut caller, path, path_size)?;
-    let value = read(&mut caller, value, value_size)?;
+    let path = read_str(&mut caller, path, path_size, Copied::Name)?;
+    let value = read(&mut caller, value, value_size, Copied::Value)?;
     state_mut(&mut caller).set_property(path, value)
 }
 
@@ -519,8 +605,8 @@ fn proxy_send_local_response(
     headers_size: i32,
     _grpc_status: i32,
 ) -> Result<(), Status> {
-    let body = read(&mut caller, body, body_size)?;
-    let headers = read(&mut caller, headers, headers_size)?;
+    let body = read(&mut caller, body, body_size, Copied::Body)?;
+    let headers = read(&mut caller, headers, headers_size, Copied::HeaderMap)?;
     // No headers may come as no bytes at all.
     let headers = if headers.is_empty() {
         Vec::new()
@@ -549,9 +635,9 @@ fn proxy_http_call(
     timeout_ms: i32,
     return_token: i32,
 ) -> Result<(), Status> {
-    let upstream = read_str(&mut caller, upstream, upstream_size)?;
-    let headers = read(&mut caller, headers, headers_size)?;
-    let body = read(&mut caller, body, body_size)?;
+    let upstream = read_str(&mut caller, upstream, upstream_size, Copied::Name)?;
+    let headers = read(&mut caller, headers, headers_size, Copied::HeaderMap)?;
+    let body = read(&mut caller, body, body_size, Copied::Body)?;
     let headers = HeaderPairs::deserialize(&headers).ok_or(Status::BadArgument)?;
     let token =
         state_mut(&mut caller).dispatch_http_call(&upstream, headers, body, timeout_ms as u32)?;
@@ -586,7 +672,7 @@ async fn proxy_get_shared_data(
     caller: &mut Ctx<'_>,
     (key, key_size, return_data, return_size, return_cas): (i32, i32, i32, i32, i32),
 ) -> Result<(), Status> {
-    let key = read_str(caller, key, key_size)?;
+    let key = read_str(caller, key, key_size, Copied::Name)?;
     let (value, cas) = state(caller).shared_data(&key)?;
     written(caller, return_cas, &cas.to_le_bytes())?;
     give(caller, &value, return_data, return_size).await
@@ -600,8 +686,13 @@ fn proxy_set_shared_data(
     value_size: i32,
     cas: i32,
 ) -> Result<(), Status> {
-    let key = read_str(&mut caller, key, key_size)?;
-    let value = read(&mut caller, value, value_size)?;
+    let key = read_str(&mut caller, key, key_size, Copied::Name)?;
+    // A value larger than the tenant's whole store would be refused as a
+    // full store is: refuse it before copying it.
+    if value_size as u32 as u64 > state(&caller).shared_data_limit() {
+        return Err(Status::InternalFailure);
+    }
+    let value = read(&mut caller, value, value_size, Copied::SharedValue)?;
     state(&caller).set_shared_data(&key, value, cas as u32)
 }
 
@@ -612,7 +703,7 @@ fn proxy_define_metric(
     name_size: i32,
     return_id: i32,
 ) -> Result<(), Status> {
-    let name = read_str(&mut caller, name, name_size)?;
+    let name = read_str(&mut caller, name, name_size, Copied::Name)?;
     MetricType::try_from(kind)?;
     let id = state(&caller).define_metric(&name)?;
     written(&mut caller, return_id, &id.to_le_bytes())

@@ -172,7 +172,7 @@ const MAX_COUNT_LIMIT: u32 = 100_000;
 const MAX_CALL_TIMEOUT_MS: u32 = 600_000;
 
 /// Largest `shared_data_bytes` accepted: 1 GiB.
-const MAX_SHARED_DATA_BYTES: u64 = 1 << 30;
+pub(super) const MAX_SHARED_DATA_BYTES: u64 = 1 << 30;
 
 impl FilterLimits {
     /// Refuses bounds out of range.

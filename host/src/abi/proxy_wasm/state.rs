@@ -13,6 +13,13 @@ use wasmtime::TypedFunc;
 
 use super::types::{BufferType, MapType, Status};
 use super::{HeaderPairs, PendingCall, Plugin, SetRefused, Stream};
+
+/// Properties a filter may set on one request.
+pub(super) const MAX_PROPERTIES: usize = 256;
+
+/// Bytes of paths and values a filter's properties may hold on one
+/// request.
+pub(super) const MAX_PROPERTY_BYTES: usize = 1 << 20;
 use crate::abi::LocalReply;
 
 /// What a filter's instance keeps in its store for the hostcalls.
@@ -154,9 +161,22 @@ impl PwState {
     }
 
     /// Sets property `path` for the rest of the stream in progress.
+    /// Past [`MAX_PROPERTIES`] properties or [`MAX_PROPERTY_BYTES`] for
+    /// the request: `BAD_ARGUMENT` (they live on the host heap until the
+    /// request ends).
     pub(super) fn set_property(&mut self, path: String, value: Vec<u8>) -> Result<(), Status> {
         let stream = self.stream.as_mut().ok_or(Status::NotFound)?;
-        stream.properties.insert(path, value);
+        let properties = &mut stream.properties;
+        let replaced = properties
+            .get(&path)
+            .map_or(0, |old| path.len() + old.len());
+        let held: usize = properties.iter().map(|(p, v)| p.len() + v.len()).sum();
+        let count = properties.len() + usize::from(replaced == 0);
+        if count > MAX_PROPERTIES || held - replaced + path.len() + value.len() > MAX_PROPERTY_BYTES
+        {
+            return Err(Status::BadArgument);
+        }
+        properties.insert(path, value);
         Ok(())
     }
 
@@ -177,6 +197,11 @@ impl PwState {
             .shared
             .get(&plugin.shared_namespace, key)
             .ok_or(Status::NotFound)
+    }
+
+    /// The tenant's `shared_data_bytes`.
+    pub(super) fn shared_data_limit(&self) -> u64 {
+        self.plugin.scope.limits.shared_data_bytes
     }
 
     /// Sets shared value `key` if `cas` is 0 or matches its token. Past
