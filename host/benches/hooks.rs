@@ -17,10 +17,13 @@ use host::guest::budget::{Budget, BudgetLimits, MAX_CPU_MS_PER_S};
 use host::guest::hooks::Hook;
 use host::metrics::Metrics;
 use host::tenancy::config_model::from_yaml;
+use host::upstream::egress::{Egress, OwnAddresses};
 use host::upstream::pools::{HealthRegistries, PeerTimeouts, Pool, PoolSpec, Pools};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::upstreams::peer::HttpPeer;
-use wasm_runtime::{EngineOptions, GuestEngine, GuestLimits, SliceMeter, Unmetered, FEW_CALLS};
+use wasm_runtime::{
+    EngineOptions, GuestEngine, GuestLimits, InstanceQuota, SliceMeter, Unmetered, FEW_CALLS,
+};
 
 /// A request as curl sends it, plus a few headers a browser would add.
 fn client_request() -> RequestHeader {
@@ -336,6 +339,47 @@ fn hooks(c: &mut Criterion) {
     let typed_ctx = load("ctx_relay", ctx_relay, 1000);
     group.bench_function("ctx_relay (typed ctx), reused instance", |b| {
         b.iter(|| wasm_request(&typed_ctx, Some(&budget), black_box(&req)))
+    });
+    group.finish();
+
+    // What the tenant boundaries add to a request: the egress check of a
+    // guest's address (with no rules, as above, and with a list), and
+    // the quota a new instance takes.
+    let mut group = c.benchmark_group("tenant boundaries");
+    let own = Arc::new(OwnAddresses::new([
+        "127.0.0.1:6188".parse().unwrap(),
+        "127.0.0.1:9100".parse().unwrap(),
+    ]));
+    let listed = Egress::new(
+        Some(&[
+            "10.1.0.0/16".to_string(),
+            "192.0.2.7:443".to_string(),
+            "1.1.1.0/24:443".to_string(),
+        ]),
+        own.clone(),
+    )
+    .unwrap();
+    let open = Egress::new(None, own).unwrap();
+    let target: std::net::SocketAddr = "1.1.1.1:443".parse().unwrap();
+    group.bench_function("egress check, no rules", |b| {
+        b.iter(|| open.check(None, black_box(target), true))
+    });
+    group.bench_function("egress check, a 3-entry allow list", |b| {
+        b.iter(|| listed.check(None, black_box(target), true))
+    });
+    group.bench_function("first_proxy, reused instance, a 3-entry allow list", |b| {
+        b.iter(|| {
+            wasm_request_to(&reused, Some(&budget), black_box(&req), |choice| {
+                let abi::PeerChoice::Address(address) = choice else {
+                    panic!("bench peers are addresses");
+                };
+                ready(address.build(&listed)).unwrap().unwrap()
+            })
+        })
+    });
+    let quota = InstanceQuota::with_memory(100, 1 << 30);
+    group.bench_function("instance quota: a slot taken and given back", |b| {
+        b.iter(|| drop(black_box(quota.take())))
     });
     group.finish();
 

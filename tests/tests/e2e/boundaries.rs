@@ -212,12 +212,12 @@ async fn a_v1_guest_reaches_only_what_egress_allows() {
     );
 }
 
-/// A hog tenant under `limits` holds 30 requests open (its upstream
+/// A hog tenant under `limits` holds `count` requests open (its upstream
 /// answers after 2 s; each pins a filter instance until it ends) while a
 /// neighbour sends a burst of 16: every neighbour request must be served
 /// untroubled. Returns how many of the hog's requests were held and the
 /// proxy's log; the rest were refused 503 with Retry-After 1.
-async fn hog_beside_a_neighbour(limits: &str) -> (usize, String) {
+async fn hog_beside_a_neighbour(limits: &str, count: usize) -> (usize, String) {
     let (slow, _service) = auth_service().await;
     let upstream = Upstream::plain().await;
     let yaml = format!(
@@ -242,7 +242,7 @@ tenants:
     let client = client();
 
     let mut hogs = tokio::task::JoinSet::new();
-    for _ in 0..30 {
+    for _ in 0..count {
         let (client, url) = (client.clone(), proxy.url("/check?user=slow"));
         hogs.spawn(async move {
             let response = client
@@ -275,7 +275,7 @@ tenants:
             other => panic!("hog got {other:?}:\n{}", proxy.log()),
         }
     }
-    assert_eq!(held + refused, 30);
+    assert_eq!(held + refused, count);
     let log = proxy.log();
     let troubled = log
         .lines()
@@ -286,7 +286,7 @@ tenants:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tenant_holding_requests_open_cannot_take_its_neighbours_instances() {
-    let (held, log) = hog_beside_a_neighbour("{ max_instances: 10 }").await;
+    let (held, log) = hog_beside_a_neighbour("{ max_instances: 10 }", 30).await;
     // At most its 10 instances (one made at load is outside the quota).
     assert!((10..=11).contains(&held), "{held} held\n{log}");
     assert!(
@@ -296,10 +296,29 @@ async fn a_tenant_holding_requests_open_cannot_take_its_neighbours_instances() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn eleven_hundred_held_requests_leave_the_neighbour_its_instances() {
+    // The attack as it was found: 1,100 requests held open took the
+    // engine's 1,000 slots, and a neighbour's burst of 16 got 500s and
+    // then its own breaker's 503s. With the defaults (max_instances 100)
+    // the hog keeps 100 and the rest are refused. Its other budgets are
+    // opened wide so that only the instance quota binds, and its deadline
+    // is generous: 1,100 instantiations at once on two cores are not what
+    // is tested.
+    let limits = "{ hook_timeout_ms: 2000, max_concurrent_calls: 1000, cpu_ms_per_s: 64000 }";
+    let (held, log) = hog_beside_a_neighbour(limits, 1100).await;
+    assert!((100..=101).contains(&held), "{held} held\n{log}");
+    assert!(
+        log.contains("the tenant's instances are all alive (max_instances)"),
+        "{log}"
+    );
+    assert!(!log.contains("concurrent limit"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_tenant_holding_requests_open_cannot_take_its_neighbours_memory() {
     // pw_headers' instances hold a little over 1 MiB of linear memory
     // each, so 4 MiB is a few of them, far below max_instances.
-    let (held, log) = hog_beside_a_neighbour("{ max_memory_mib: 4 }").await;
+    let (held, log) = hog_beside_a_neighbour("{ max_memory_mib: 4 }", 30).await;
     assert!((1..=4).contains(&held), "{held} held\n{log}");
     assert!(
         log.contains("tenant hog: proxy_on_request_headers not called, answered 503: the tenant's instances hold all its memory (max_memory_mib)"),
