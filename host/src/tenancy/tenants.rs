@@ -396,25 +396,29 @@ impl TenantSet {
                 metrics.forget_tenant_config(name);
             }
         }
-        let labels = |set: &TenantSet| -> HashSet<(String, String)> {
-            set.tenants
-                .iter()
-                .flat_map(|tenant| {
-                    let name = tenant.name.clone();
-                    tenant
-                        .filters
-                        .iter()
-                        .map(move |f| (name.clone(), f.module.plugin_name().to_string()))
+        // A series goes unless the next set's filter of the same tenant
+        // and plugin name defines it too (then the two share it).
+        let defined: HashSet<(String, String, String)> = next
+            .tenants
+            .iter()
+            .flat_map(|tenant| {
+                tenant.filters.iter().flat_map(move |filter| {
+                    let plugin = filter.module.plugin_name().to_string();
+                    let tenant = tenant.name.clone();
+                    filter
+                        .module
+                        .metric_names()
+                        .into_iter()
+                        .map(move |name| (tenant.clone(), plugin.clone(), name))
                 })
-                .collect()
-        };
-        let kept = labels(next);
+            })
+            .collect();
         for tenant in &self.tenants {
             for filter in &tenant.filters {
-                let key = (tenant.name.clone(), filter.module.plugin_name().to_string());
-                if !kept.contains(&key) {
-                    filter.module.remove_metric_series();
-                }
+                let plugin = filter.module.plugin_name();
+                filter.module.remove_metric_series(|name| {
+                    defined.contains(&(tenant.name.clone(), plugin.to_string(), name.to_string()))
+                });
             }
         }
     }

@@ -856,3 +856,62 @@ tenants:
     let echo: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(echoed_header(&echo, "x-pw-count").as_deref(), Some("1"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_filter_s_metric_series_go_with_the_version_that_defined_them() {
+    let upstream = Upstream::plain().await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let yaml = |flooder: &str, ticks: &str| {
+        format!(
+            r#"
+tenants:
+  - name: flooder
+    hosts: ["flooder.example"]
+    upstream: "{u}"
+    limits: {{ max_metrics: 10, hook_timeout_ms: 5000 }}
+    filters:
+      - module: GUESTS/pw_hostile.wasm
+        config: {flooder}
+  - name: counter
+    hosts: ["counter.example"]
+    upstream: "{u}"
+    filters:
+      - module: GUESTS/pw_counter.wasm
+        config: "{ticks}"
+"#,
+            u = upstream.addr
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, path) = tenants_proxy(
+        &dir,
+        &yaml("{ misbehave: flood }", ""),
+        &["--metrics", &metrics],
+    );
+    let client = client();
+    for host in ["flooder.example", "counter.example"] {
+        let (status, _) = as_tenant(&client, &proxy, host, &[]).await;
+        assert_eq!(status, 200, "{}", proxy.log());
+    }
+    let flood =
+        r#"wasm_proxy_filter_metric{filter="pw_hostile.wasm",metric="flood_0",tenant="flooder"}"#;
+    let requests = r#"wasm_proxy_filter_metric{filter="pw_counter.wasm",metric="pw_counter_requests",tenant="counter"}"#;
+    let text = scrape(&client, &metrics).await;
+    assert!(text.contains(flood), "{text}");
+    assert_eq!(metric_value(&text, requests), 1);
+
+    // Both rebuilt: the flooder's new version defines no metric, the
+    // counter's new version the same ones as before.
+    write_tenants(&path, &yaml("{}", "5000"));
+    proxy.hangup();
+    proxy.wait_for_log("reloaded tenants (");
+    let (status, _) = as_tenant(&client, &proxy, "counter.example", &[]).await;
+    assert_eq!(status, 200, "{}", proxy.log());
+    let text = scrape(&client, &metrics).await;
+    assert!(
+        !text.contains(flood),
+        "the old version's series stayed:\n{text}"
+    );
+    // The series goes on, written by the new version.
+    assert!(metric_value(&text, requests) >= 1, "{text}");
+}

@@ -257,10 +257,16 @@ impl FilterModule {
         &self.plugin.plugin_name
     }
 
-    /// Removes the series of the metrics it defined, once no filter of
-    /// the same tenant and plugin name carries them on.
-    pub fn remove_metric_series(&self) {
-        self.plugin.metrics.remove_series();
+    /// Removes the series of the metrics it defined but those `keep`
+    /// names (a filter of the same tenant and plugin name carries them
+    /// on).
+    pub fn remove_metric_series(&self, keep: impl Fn(&str) -> bool) {
+        self.plugin.metrics.remove_series(keep);
+    }
+
+    /// The names of the metrics it defined.
+    pub fn metric_names(&self) -> Vec<String> {
+        self.plugin.metrics.names()
     }
 
     /// Whether the filter reads `direction`'s bodies (exports its body

@@ -440,16 +440,23 @@ impl FilterMetrics {
         Some((metrics.len() - 1) as u32)
     }
 
-    /// Removes the filter's series from the family (when its tenant is
-    /// gone or reloaded without it).
-    pub fn remove_series(&self) {
+    /// Removes the filter's series from the family but those `keep`
+    /// names (when its tenant is gone, or its next version does not
+    /// define them).
+    pub fn remove_series(&self, keep: impl Fn(&str) -> bool) {
         let Some((family, tenant, filter)) = &self.family else {
             return;
         };
         let metrics = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
-        for (name, _) in metrics.iter() {
+        for (name, _) in metrics.iter().filter(|(name, _)| !keep(name)) {
             let _ = family.remove_label_values(&[tenant, filter, name]);
         }
+    }
+
+    /// The names of the metrics defined.
+    pub fn names(&self) -> Vec<String> {
+        let metrics = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
+        metrics.iter().map(|(name, _)| name.clone()).collect()
     }
 
     /// Metric `id`, if defined.
