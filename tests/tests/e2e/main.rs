@@ -15,5 +15,6 @@ mod load;
 mod pools;
 mod proxying;
 mod sandbox;
+mod sdks;
 mod startup;
 mod tenants;

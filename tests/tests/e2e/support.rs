@@ -663,14 +663,18 @@ pub(crate) fn client() -> reqwest::Client {
 /// A tenants file for the proxy: guests' paths are absolute.
 pub(crate) fn write_tenants(path: &Path, yaml: &str) {
     let guests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guests");
-    let yaml = yaml.replace("GUESTS", &guests.display().to_string());
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let yaml = yaml
+        .replace("GUESTS", &guests.display().to_string())
+        .replace("FIXTURES", &fixtures.display().to_string());
     // Write then rename: the proxy never reads half a file.
     let partial = path.with_extension("partial");
     std::fs::write(&partial, yaml).unwrap();
     std::fs::rename(&partial, path).unwrap();
 }
 
-/// A proxy serving `yaml` (GUESTS stands for the guests directory).
+/// A proxy serving `yaml` (GUESTS stands for the guests directory,
+/// FIXTURES for tests/fixtures).
 pub(crate) fn tenants_proxy(
     dir: &tempfile::TempDir,
     yaml: &str,

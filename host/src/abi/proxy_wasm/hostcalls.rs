@@ -375,6 +375,13 @@ async fn proxy_get_buffer_bytes(
     let bytes = state(caller)
         .buffer_bytes(buffer, start as u32, max_size as u32)?
         .to_vec();
+    // Nothing to give: OK, and nothing is written, as Envoy's host does
+    // (the AssemblyScript SDK reads its configuration passing the
+    // configuration's size as `return_size`, so for an empty one the
+    // host must not write through it).
+    if bytes.is_empty() {
+        return Ok(());
+    }
     give(caller, &bytes, return_data, return_size).await
 }
 

@@ -473,8 +473,7 @@ impl GuestAbi for ProxyWasm {
         for import in module.imports() {
             let known = match import.module() {
                 "env" => hostcalls::provides(import.name()),
-                "wasi_snapshot_preview1" => wasi::provides(import.name()),
-                _ => false,
+                other => wasi::provides(other, import.name()),
             };
             if !known {
                 anyhow::bail!(

@@ -3,6 +3,11 @@
 //! random bytes work, the environment and arguments are empty, and
 //! `proc_exit` is a fault. No filesystem, no sockets: every other
 //! function a filter may import returns `ENOSYS`.
+//!
+//! The same functions are served under `wasi_unstable` (preview0), which
+//! the AssemblyScript SDK imports `proc_exit` from: those implemented
+//! here have the same signatures in both; the refused ones take whatever
+//! type the module declares.
 
 use wasmtime::{Caller, Linker, Module, Val};
 
@@ -81,9 +86,13 @@ const REFUSED: &[&str] = &[
     "sock_shutdown",
 ];
 
-/// Whether a filter may import `wasi_snapshot_preview1.<name>`.
-pub(super) fn provides(name: &str) -> bool {
-    IMPLEMENTED.contains(&name) || REFUSED.contains(&name)
+/// The module names WASI is imported under: preview1, and preview0
+/// (`wasi_unstable`).
+pub(super) const MODULES: [&str; 2] = ["wasi_snapshot_preview1", "wasi_unstable"];
+
+/// Whether a filter may import `<module>.<name>` of WASI.
+pub(super) fn provides(module: &str, name: &str) -> bool {
+    MODULES.contains(&module) && (IMPLEMENTED.contains(&name) || REFUSED.contains(&name))
 }
 
 /// Zero elements of zero bytes: for the environment and the arguments.
@@ -97,11 +106,25 @@ fn nothing(mut caller: Ctx<'_>, count: i32, size: i32) -> i32 {
     }
 }
 
-/// Registers the preview1 functions `module` imports.
+/// Registers the WASI functions `module` imports, under both names.
 pub(super) fn add(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> wasmtime::Result<()> {
-    const WASI: &str = "wasi_snapshot_preview1";
+    for wasi in MODULES {
+        if module.imports().any(|import| import.module() == wasi) {
+            add_module(linker, module, wasi)?;
+        }
+    }
+    Ok(())
+}
+
+/// Registers the functions `module` imports from `wasi`, one of
+/// [`MODULES`].
+fn add_module(
+    linker: &mut Linker<Sandbox<PwState>>,
+    module: &Module,
+    wasi: &str,
+) -> wasmtime::Result<()> {
     linker.func_wrap(
-        WASI,
+        wasi,
         "fd_write",
         |mut caller: Ctx<'_>, fd: i32, iovs: i32, iovs_len: i32, written: i32| -> i32 {
             if fd != 1 && fd != 2 {
@@ -153,7 +176,7 @@ pub(super) fn add(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> was
         },
     )?;
     linker.func_wrap(
-        WASI,
+        wasi,
         "clock_time_get",
         |mut caller: Ctx<'_>, clock: i32, _precision: i64, time: i32| -> i32 {
             let nanos = match clock {
@@ -180,7 +203,7 @@ pub(super) fn add(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> was
         },
     )?;
     linker.func_wrap(
-        WASI,
+        wasi,
         "random_get",
         |mut caller: Ctx<'_>, buffer: i32, len: i32| -> i32 {
             let Some(memory) = caller.data().memory() else {
@@ -204,30 +227,30 @@ pub(super) fn add(linker: &mut Linker<Sandbox<PwState>>, module: &Module) -> was
             }
         },
     )?;
-    linker.func_wrap(WASI, "environ_sizes_get", nothing)?;
-    linker.func_wrap(WASI, "args_sizes_get", nothing)?;
-    linker.func_wrap(WASI, "environ_get", |_: Ctx<'_>, _: i32, _: i32| -> i32 {
+    linker.func_wrap(wasi, "environ_sizes_get", nothing)?;
+    linker.func_wrap(wasi, "args_sizes_get", nothing)?;
+    linker.func_wrap(wasi, "environ_get", |_: Ctx<'_>, _: i32, _: i32| -> i32 {
         SUCCESS
     })?;
-    linker.func_wrap(WASI, "args_get", |_: Ctx<'_>, _: i32, _: i32| -> i32 {
+    linker.func_wrap(wasi, "args_get", |_: Ctx<'_>, _: i32, _: i32| -> i32 {
         SUCCESS
     })?;
-    linker.func_wrap(WASI, "sched_yield", |_: Ctx<'_>| -> i32 { SUCCESS })?;
+    linker.func_wrap(wasi, "sched_yield", |_: Ctx<'_>| -> i32 { SUCCESS })?;
     linker.func_wrap(
-        WASI,
+        wasi,
         "proc_exit",
         |_: Ctx<'_>, code: i32| -> wasmtime::Result<()> {
             Err(wasmtime::Error::msg(format!("proc_exit({code})")))
         },
     )?;
     for import in module.imports() {
-        if import.module() != WASI || !REFUSED.contains(&import.name()) {
+        if import.module() != wasi || !REFUSED.contains(&import.name()) {
             continue;
         }
         let Some(ty) = import.ty().func().cloned() else {
             continue;
         };
-        linker.func_new(WASI, import.name(), ty, |_caller, _params, results| {
+        linker.func_new(wasi, import.name(), ty, |_caller, _params, results| {
             for result in results.iter_mut() {
                 *result = Val::I32(NOSYS);
             }
