@@ -80,7 +80,8 @@ tenants:
 
 def wrk(port, host, connections, duration):
     """wrk against port with Host: host; (req/s, p50 ms, p99 ms, non-2xx)."""
-    return run_wrk(port, 1, connections, duration, host)[:4]
+    result = run_wrk(port, 1, connections, duration, host)
+    return result["rps"], result["p50"], result["p99"], result["non2xx"]
 
 
 class FixedRate(threading.Thread):

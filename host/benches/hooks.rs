@@ -86,13 +86,18 @@ fn wasm_request(module: &V1Module, budget: Option<&Budget>, req: &RequestHeader)
     wasm_request_to(module, budget, req, address_peer)
 }
 
-/// The peer for a choice of an IP address, as `WasmProxy` builds it.
+/// The peer for a choice of an IP address, as `WasmProxy` builds it: the
+/// address checked against a tenant's egress rules (none given, as by
+/// default), made once as the tenant's are.
 fn address_peer(choice: abi::PeerChoice) -> Box<HttpPeer> {
+    static NO_RULES: OnceLock<Egress> = OnceLock::new();
     let abi::PeerChoice::Address(address) = choice else {
         panic!("bench peers are addresses");
     };
     // An IP address builds without a lookup: the call never waits.
-    ready(address.build(&Default::default())).unwrap().unwrap()
+    ready(address.build(NO_RULES.get_or_init(Egress::default)))
+        .unwrap()
+        .unwrap()
 }
 
 /// The peer for a choice of a pool, as `WasmProxy` builds it.
