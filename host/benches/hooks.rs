@@ -267,7 +267,7 @@ fn native_policy_request(req: &RequestHeader) -> Box<HttpPeer> {
 fn filter_request(filter: &FilterModule, budget: &Budget, req: &RequestHeader) {
     let mut request = req.clone();
     let mut stream = admitted(budget, |meter| {
-        ready(filter.begin(&request, (None, None), meter)).unwrap()
+        ready(filter.begin(&request, &Default::default(), meter)).unwrap()
     });
     let outcome = admitted(budget, |meter| {
         ready(filter.on_request_headers(&mut stream, &mut request, true, meter)).unwrap()

@@ -35,13 +35,14 @@ use pingora::protocols::http::error_resp::gen_error_response;
 use pingora::proxy::{ProxyHttp, Session};
 
 use crate::abi::framing::{framing_of, keep_framing};
-use crate::abi::proxy_wasm::Direction;
+use crate::abi::proxy_wasm::{ConnectionFacts, Direction, TlsFacts};
 use crate::abi::v1::{
     self, DownstreamRequest, GuestCtx, PeerChoice, RequestEnd, RequestVerdict, V1Module,
 };
 use crate::abi::HookFailure;
 use crate::edge::drain::Draining;
 use crate::edge::forwarded::{add_forwarded_headers, authority_as_host};
+use crate::edge::sni::RequestedServerName;
 use crate::guest::budget::Throttle;
 use crate::guest::filter_chain::{has_body, response_has_body, ChainVerdict, FilterChain};
 use crate::guest::guest_call::{CallFailure, CallName, GuestCall, Stage, Stop};
@@ -181,11 +182,10 @@ impl WasmProxy {
         ctx: &mut RequestCtx,
         tenant: &Tenant,
     ) -> Result<bool> {
-        let client = session.client_addr().and_then(|a| a.as_inet()).copied();
-        let server = session.server_addr().and_then(|a| a.as_inet()).copied();
+        let connection = connection_facts(session);
         let verdict = ctx
             .filters
-            .on_request_headers(tenant, session.req_header_mut(), (client, server))
+            .on_request_headers(tenant, session.req_header_mut(), &connection)
             .await;
         match verdict {
             Ok(ChainVerdict::Continue) => Ok(false),
@@ -616,6 +616,23 @@ impl ProxyHttp for WasmProxy {
         Ok(None)
     }
 
+    /// No guest export: the address connected to is the filters'
+    /// `upstream.address`.
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(address) = pingora::upstreams::peer::Peer::address(peer).as_inet() {
+            ctx.filters.connected_to(*address);
+        }
+        Ok(())
+    }
+
     /// The filters' `proxy_on_done`, `proxy_on_log` and `proxy_on_delete`,
     /// then guest export `logging`, on every path a routed request ends
     /// by. A failure is logged and counted; nothing that was sent changes.
@@ -689,5 +706,26 @@ impl ProxyHttp for WasmProxy {
     /// log.
     fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
         ctx.refused
+    }
+}
+
+/// What the filters' properties say of the client's connection: its
+/// addresses, and for TLS its version and the name the client asked for
+/// (which `edge::sni` keeps with the handshake).
+fn connection_facts(session: &Session) -> ConnectionFacts {
+    let tls = session
+        .digest()
+        .and_then(|digest| digest.ssl_digest.as_ref())
+        .map(|ssl| TlsFacts {
+            version: ssl.version.to_string(),
+            server_name: ssl
+                .extension
+                .get::<RequestedServerName>()
+                .map(|name| name.0.clone()),
+        });
+    ConnectionFacts {
+        client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+        server: session.server_addr().and_then(|a| a.as_inet()).copied(),
+        tls,
     }
 }

@@ -60,4 +60,17 @@ impl TlsAccept for CertificateSelector {
             None => log::debug!("TLS handshake for {name:?} refused: no certificate serves it"),
         }
     }
+
+    /// Keeps the name the client asked for with the connection's digest,
+    /// for the filters' `connection.requested_server_name`.
+    async fn handshake_complete_callback(
+        &self,
+        ssl: &TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        let name = ssl.servername(NameType::HOST_NAME)?;
+        Some(Arc::new(RequestedServerName(name.to_string())))
+    }
 }
+
+/// The SNI a TLS client sent, kept with its connection.
+pub(crate) struct RequestedServerName(pub String);

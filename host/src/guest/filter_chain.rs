@@ -12,7 +12,8 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
 use crate::abi::proxy_wasm::{
-    perform_call, BodyError, BodyOutcome, Direction, FilterStream, PendingCall, RequestOutcome,
+    perform_call, BodyError, BodyOutcome, ConnectionFacts, Direction, FilterStream, PendingCall,
+    RequestOutcome,
 };
 use crate::abi::HookFailure;
 use crate::guest::guest_call::{CallFailure, CallName, Guest, GuestCall, Stage, Stop};
@@ -61,12 +62,12 @@ impl FilterChain {
     /// The tenant's filters on the request headers, in order: each opens
     /// an HTTP context (an instance of its own until the request ends) and
     /// sees `request`, which it may change, answer, or pause for HTTP
-    /// calls. `addrs` are the client's and the listener's addresses.
+    /// calls. `connection` is what is known of the client's connection.
     pub(crate) async fn on_request_headers(
         &mut self,
         tenant: &Tenant,
         request: &mut RequestHeader,
-        addrs: (Option<SocketAddr>, Option<SocketAddr>),
+        connection: &ConnectionFacts,
     ) -> Result<ChainVerdict, Stop> {
         self.links = tenant
             .filters
@@ -90,7 +91,7 @@ impl FilterChain {
             let result = match call.admit() {
                 Ok(permit) => {
                     let opened = async {
-                        let mut opened = module.begin(request, addrs, &permit).await?;
+                        let mut opened = module.begin(request, connection, &permit).await?;
                         let outcome = module
                             .on_request_headers(&mut opened, request, end_of_stream, &permit)
                             .await
@@ -127,6 +128,17 @@ impl FilterChain {
             }
         }
         Ok(ChainVerdict::Continue)
+    }
+
+    /// The request went to `upstream`: the filters' `upstream.address`.
+    pub(crate) fn connected_to(&mut self, upstream: SocketAddr) {
+        for stream in self
+            .links
+            .iter_mut()
+            .filter_map(|link| link.stream.as_mut())
+        {
+            stream.connected_to(upstream);
+        }
     }
 
     /// The response callbacks of the first `count` filters, last first,

@@ -975,3 +975,99 @@ fn the_default_certificate_reloads_when_its_files_change() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+// ---------------------------------------------------------------------
+// Properties a filter reads, over TLS
+
+#[test]
+fn a_filter_reads_envoy_s_attributes_back() {
+    let rt = runtime();
+    let upstream = rt.block_on(Upstream::plain());
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    ca.issue(dir.path(), "a", &["a.example"], VALID);
+    let paths = [
+        "request.path",
+        "request.url_path",
+        "request.query",
+        "request.host",
+        "request.method",
+        "request.protocol",
+        "request.headers.x-probe",
+        "request.headers:map",
+        "request.time:int",
+        "response.code:int",
+        "source.port:int",
+        "destination.port:int",
+        "upstream.address",
+        "upstream.port:int",
+        "connection.mtls:bool",
+        "connection.tls_version",
+        "connection.requested_server_name",
+        "plugin_name",
+        "plugin_root_id",
+        "no.such.thing",
+    ];
+    let yaml = format!(
+        r#"
+tenants:
+  - name: a
+    hosts: ["a.example"]
+    upstream: "{u}"
+    tls: {{ cert: a.pem, key: a.key }}
+    filters:
+      - module: GUESTS/pw_props.wasm
+        root_id: props
+        config: "{paths}"
+"#,
+        u = upstream.addr,
+        paths = paths.join(",")
+    );
+    let (proxy, _) = tls_tenants_proxy(dir.path(), &yaml, &[]);
+    let tls = proxy.tls_addr();
+    let mut stream = handshake(tls, &ca, Some("a.example"), Some("a.example"), &[]).unwrap();
+    let reply = http1_get(
+        &mut stream,
+        "a.example",
+        "/p/q?x=1",
+        &[("x-probe", "hello")],
+    );
+    assert_eq!(reply.status, 200, "{reply:?}\n{}", proxy.log());
+    let prop = |name: &str| {
+        reply
+            .header(&format!("x-prop-{name}"))
+            .unwrap_or_else(|| panic!("no x-prop-{name}: {reply:?}"))
+            .to_string()
+    };
+    assert_eq!(prop("request-path"), "/p/q?x=1");
+    assert_eq!(prop("request-url_path"), "/p/q");
+    assert_eq!(prop("request-query"), "x=1");
+    assert_eq!(prop("request-host"), "a.example");
+    assert_eq!(prop("request-method"), "GET");
+    assert_eq!(prop("request-protocol"), "HTTP/1.1");
+    assert_eq!(prop("request-headers-x-probe"), "hello");
+    assert_eq!(prop("request-headers"), "hello", "the map's x-probe entry");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let time: i64 = prop("request-time").parse().unwrap();
+    assert!(
+        (now - 60_000_000_000..=now).contains(&time),
+        "{time} vs {now}"
+    );
+    assert_eq!(prop("response-code"), "200");
+    assert_eq!(prop("destination-port"), tls.port().to_string());
+    assert!(prop("source-port").parse::<u16>().unwrap() > 0);
+    assert_eq!(prop("upstream-address"), upstream.addr.to_string());
+    assert_eq!(prop("upstream-port"), upstream.addr.port().to_string());
+    assert_eq!(prop("connection-mtls"), "false");
+    assert!(
+        prop("connection-tls_version").starts_with("TLSv1."),
+        "{reply:?}"
+    );
+    assert_eq!(prop("connection-requested_server_name"), "a.example");
+    assert_eq!(prop("plugin_name"), "pw_props.wasm");
+    assert_eq!(prop("plugin_root_id"), "props");
+    assert_eq!(prop("no-such-thing"), "<absent>");
+}

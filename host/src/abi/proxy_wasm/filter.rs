@@ -151,6 +151,11 @@ impl FilterStream {
     pub fn active(&self) -> bool {
         self.instance.is_some()
     }
+
+    /// The request went to `upstream` (`upstream.address`).
+    pub fn connected_to(&mut self, upstream: std::net::SocketAddr) {
+        self.stream.facts.upstream = Some(upstream);
+    }
 }
 
 /// Why a body callback gave nothing to send.
@@ -497,7 +502,7 @@ impl FilterModule {
     pub async fn begin(
         &self,
         request: &RequestHeader,
-        (client, server): (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>),
+        connection: &super::ConnectionFacts,
         meter: &dyn SliceMeter,
     ) -> Result<FilterStream, HookFailure> {
         let mut instance = match self.idle.take() {
@@ -524,8 +529,11 @@ impl FilterModule {
             facts: super::RequestFacts {
                 id: REQUEST_IDS.fetch_add(1, Ordering::Relaxed).to_string(),
                 protocol: format!("{:?}", request.version),
-                source: client,
-                destination: server,
+                started_unix_ns: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
+                connection: connection.clone(),
+                upstream: None,
             },
             ..Stream::default()
         };

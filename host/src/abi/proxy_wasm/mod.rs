@@ -16,6 +16,7 @@
 mod callout;
 mod filter;
 mod hostcalls;
+mod properties;
 mod state;
 mod stream;
 mod types;
@@ -39,7 +40,7 @@ pub use filter::{
     TickClaim,
 };
 pub use state::PwState;
-pub use stream::{HeaderPairs, RequestFacts, Stream};
+pub use stream::{ConnectionFacts, HeaderPairs, RequestFacts, Stream, TlsFacts};
 
 /// The largest body a filter may buffer or make, per request and
 /// direction.

@@ -11,6 +11,7 @@ use std::time::Duration;
 use prometheus::IntGauge;
 use wasmtime::TypedFunc;
 
+use super::properties::{attribute, Attribute, PluginNames};
 use super::types::{BufferType, MapType, Status};
 use super::{HeaderPairs, PendingCall, Plugin, SetRefused, Stream};
 
@@ -122,42 +123,16 @@ impl PwState {
 
     fn lookup_property(&self, path: &str) -> Option<Vec<u8>> {
         let plugin = &self.plugin;
-        match path {
-            "plugin_name" => return Some(plugin.plugin_name.clone().into_bytes()),
-            "plugin_root_id" => return Some(plugin.root_id.clone().into_bytes()),
-            "plugin_vm_id" => return Some(plugin.vm_id.clone().into_bytes()),
-            _ => {}
-        }
-        let stream = self.stream.as_ref()?;
-        if let Some(value) = stream.properties.get(path) {
+        let set = self.stream.as_ref().and_then(|s| s.properties.get(path));
+        if let Some(value) = set {
             return Some(value.clone());
         }
-        let request = &stream.request;
-        let path_and_query = request.get(":path").unwrap_or("");
-        let (url_path, query) = match path_and_query.split_once('?') {
-            Some((path, query)) => (path, query),
-            None => (path_and_query, ""),
+        let names = PluginNames {
+            name: &plugin.plugin_name,
+            root_id: &plugin.root_id,
+            vm_id: &plugin.vm_id,
         };
-        let value = match path {
-            "request\0path" => path_and_query.to_string(),
-            "request\0url_path" => url_path.to_string(),
-            "request\0query" => query.to_string(),
-            "request\0host" => request.get(":authority")?.to_string(),
-            "request\0scheme" => request.get(":scheme")?.to_string(),
-            "request\0method" => request.get(":method")?.to_string(),
-            "request\0protocol" => stream.facts.protocol.clone(),
-            "request\0id" => stream.facts.id.clone(),
-            "source\0address" => stream.facts.source?.to_string(),
-            "source\0port" => stream.facts.source?.port().to_string(),
-            "destination\0address" => stream.facts.destination?.to_string(),
-            "destination\0port" => stream.facts.destination?.port().to_string(),
-            "response\0code" => stream.response.as_ref()?.get(":status")?.to_string(),
-            other => {
-                let name = other.strip_prefix("request\0headers\0")?;
-                request.get(name)?.to_string()
-            }
-        };
-        Some(value.into_bytes())
+        attribute(&names, self.stream.as_ref(), path).map(Attribute::into_bytes)
     }
 
     /// Sets property `path` for the rest of the stream in progress.

@@ -340,10 +340,33 @@ pub struct RequestFacts {
     pub id: String,
     /// `request.protocol`, e.g. `HTTP/1.1`.
     pub protocol: String,
+    /// `request.time`: when the request's filters began, in nanoseconds
+    /// since the Unix epoch.
+    pub started_unix_ns: i64,
+    /// The client's connection.
+    pub connection: ConnectionFacts,
+    /// `upstream.address` and `upstream.port`, once connected.
+    pub upstream: Option<std::net::SocketAddr>,
+}
+
+/// Facts about the client's connection.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionFacts {
     /// `source.address` and `source.port`.
-    pub source: Option<std::net::SocketAddr>,
+    pub client: Option<std::net::SocketAddr>,
     /// `destination.address` and `destination.port`.
-    pub destination: Option<std::net::SocketAddr>,
+    pub server: Option<std::net::SocketAddr>,
+    /// The TLS session, if the connection is TLS.
+    pub tls: Option<TlsFacts>,
+}
+
+/// A TLS connection's facts.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFacts {
+    /// `connection.tls_version`, e.g. `TLSv1.3`.
+    pub version: String,
+    /// `connection.requested_server_name`: the client's SNI.
+    pub server_name: Option<String>,
 }
 
 /// One HTTP stream as a filter's callbacks see it.
