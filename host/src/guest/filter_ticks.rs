@@ -2,7 +2,10 @@
 //! `proxy_on_tick`), started by a background service off the request
 //! path, each tick admitted by its tenant's budget like any guest call.
 //! Each tick runs as its own task: a tick that runs to its deadline delays
-//! no other filter's, and a filter's next tick waits for its last.
+//! no other filter's, and a filter's next tick waits for its last. The
+//! same service delivers `proxy_on_queue_ready` for items enqueued on a
+//! filter's shared queues, one call per item, each admitted by the
+//! budget (a refused one waits for the next pass).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +15,7 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::abi::proxy_wasm::{FilterModule, TickClaim};
+use crate::abi::proxy_wasm::{wait_for_enqueues, wake_deliveries, FilterModule, RootClaim};
 use crate::tenancy::tenants::{Tenant, TenantSet};
 
 /// How long the service sleeps when no filter wants ticks.
@@ -23,7 +26,7 @@ const IDLE: Duration = Duration::from_secs(1);
 const MIN_WAIT: Duration = Duration::from_millis(1);
 
 /// One tick of `module`, a filter of `tenant`, admitted by its budget.
-async fn tick(tenant: &Tenant, module: &FilterModule, claim: TickClaim) {
+async fn tick(tenant: &Tenant, module: &FilterModule, claim: RootClaim) {
     let Ok(permit) = tenant.budget.admit() else {
         // Over budget: this tick is skipped, the next one comes.
         return;
@@ -34,6 +37,33 @@ async fn tick(tenant: &Tenant, module: &FilterModule, claim: TickClaim) {
         tenant.metrics.callback_fault("proxy_on_tick", fault);
     }
     permit.finish(result.is_err());
+}
+
+/// The most `proxy_on_queue_ready` calls one delivery task makes before
+/// it leaves the rest to the next pass.
+const DELIVERIES_PER_PASS: usize = 64;
+
+/// `proxy_on_queue_ready` for items waiting on `module`'s queues.
+async fn deliver_queue_ready(tenant: &Tenant, module: &FilterModule, claim: RootClaim) {
+    for _ in 0..DELIVERIES_PER_PASS {
+        let Ok(permit) = tenant.budget.admit() else {
+            return;
+        };
+        let result = module.queue_ready(&claim, &permit).await;
+        if let Err(fault) = &result {
+            log::error!(
+                "filter {}: proxy_on_queue_ready failed: {fault}",
+                module.name()
+            );
+            tenant.metrics.callback_fault("proxy_on_queue_ready", fault);
+        }
+        permit.finish(result.is_err());
+        if !matches!(result, Ok(true)) {
+            return;
+        }
+    }
+    // More are waiting: the next pass comes at once.
+    wake_deliveries();
 }
 
 /// Runs the live tenants' filters' ticks when due.
@@ -51,6 +81,10 @@ impl FilterTicker {
         let mut next = now + IDLE;
         for tenant in tenants.tenants() {
             for filter in &tenant.filters {
+                if let Some(claim) = filter.module.claim_queue_ready() {
+                    let (tenant, module) = (tenant.clone(), filter.module.clone());
+                    tokio::spawn(async move { deliver_queue_ready(&tenant, &module, claim).await });
+                }
                 let Some(due) = filter.module.next_tick() else {
                     continue;
                 };
@@ -77,6 +111,7 @@ impl BackgroundService for FilterTicker {
             let sleep = tokio::time::sleep_until(next.into());
             tokio::select! {
                 _ = sleep => {}
+                _ = wait_for_enqueues() => {}
                 _ = shutdown.changed() => return,
             }
         }

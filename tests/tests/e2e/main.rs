@@ -12,6 +12,7 @@ mod failures;
 mod filters;
 mod lifecycle;
 mod load;
+mod parity;
 mod pools;
 mod proxying;
 mod sandbox;

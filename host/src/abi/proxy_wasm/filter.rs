@@ -22,10 +22,20 @@ use wasm_runtime::{
     LongCallSignal, RuntimeFault, Sandbox, SliceMeter, Unmetered, WasmInstance,
 };
 
-/// A filter's tick, claimed: no other starts until it is dropped.
-pub struct TickClaim(Arc<AtomicBool>);
+/// A callback on an instance's root context, outside any request.
+#[derive(Debug, Clone, Copy)]
+enum RootCallback {
+    /// `proxy_on_tick`.
+    Tick,
+    /// `proxy_on_queue_ready` for this queue.
+    QueueReady(u32),
+}
 
-impl Drop for TickClaim {
+/// A filter's tick, or its queue deliveries, claimed: no other of the
+/// kind starts until it is dropped.
+pub struct RootClaim(Arc<AtomicBool>);
+
+impl Drop for RootClaim {
     fn drop(&mut self) {
         self.0.store(false, Ordering::Release);
     }
@@ -84,6 +94,7 @@ struct Callbacks {
     on_log: Option<TypedFunc<i32, ()>>,
     on_delete: Option<TypedFunc<i32, ()>>,
     on_tick: Option<TypedFunc<i32, ()>>,
+    on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
     on_http_call_response: Option<CallResponseFunc>,
     on_request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     on_response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
@@ -131,8 +142,10 @@ pub struct FilterModule {
     log_rate: Option<Arc<LogRate>>,
     /// When the next tick is due, in milliseconds since `origin`.
     next_tick_ms: AtomicU64,
-    /// A tick is running ([`TickClaim`]).
+    /// A tick is running ([`RootClaim`]).
     ticking: Arc<AtomicBool>,
+    /// `proxy_on_queue_ready` calls are being made ([`RootClaim`]).
+    delivering: Arc<AtomicBool>,
     /// Whether it exports the body callbacks, by [`Direction`].
     reads_bodies: [bool; 2],
     origin: Instant,
@@ -231,6 +244,7 @@ impl FilterModule {
             scope: spec.scope,
             metrics,
             tick_period_ms: AtomicU64::new(0),
+            queue_ready: Arc::default(),
         });
         let filter = FilterModule {
             name,
@@ -243,6 +257,7 @@ impl FilterModule {
             log_rate: spec.log_rate,
             next_tick_ms: AtomicU64::new(0),
             ticking: Arc::new(AtomicBool::new(false)),
+            delivering: Arc::new(AtomicBool::new(false)),
             reads_bodies: ["proxy_on_request_body", "proxy_on_response_body"]
                 .map(|callback| module.get_export(callback).is_some()),
             origin: Instant::now(),
@@ -338,7 +353,7 @@ impl FilterModule {
     /// Claims the tick that is due: the next is then one period away.
     /// None while the last tick is still running, so a filter's ticks
     /// never overlap; the claim ends when dropped.
-    pub fn claim_tick(&self) -> Option<TickClaim> {
+    pub fn claim_tick(&self) -> Option<RootClaim> {
         if self.ticking.swap(true, Ordering::AcqRel) {
             return None;
         }
@@ -346,18 +361,53 @@ impl FilterModule {
         let now = self.origin.elapsed().as_millis() as u64;
         self.next_tick_ms
             .store(now + period.max(1), Ordering::Relaxed);
-        Some(TickClaim(self.ticking.clone()))
+        Some(RootClaim(self.ticking.clone()))
     }
 
     /// `proxy_on_tick` on the root context of an idle instance (ticks are
     /// the plugin's, not a request's), for a tick claimed
     /// ([`claim_tick`](Self::claim_tick)). A fault drops the instance.
-    pub async fn tick(&self, _claim: &TickClaim, meter: &dyn SliceMeter) -> Result<(), HookFault> {
+    pub async fn tick(&self, _claim: &RootClaim, meter: &dyn SliceMeter) -> Result<(), HookFault> {
+        self.on_root(RootCallback::Tick, meter).await
+    }
+
+    /// Claims the filter's `proxy_on_queue_ready` calls, if items were
+    /// enqueued on its queues that it was not yet called for and no other
+    /// claim is delivering them.
+    pub fn claim_queue_ready(&self) -> Option<RootClaim> {
+        if !self.plugin.queue_ready.is_pending() || self.delivering.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        Some(RootClaim(self.delivering.clone()))
+    }
+
+    /// `proxy_on_queue_ready` for the next item enqueued on one of the
+    /// filter's queues, on the root context of an idle instance (as a
+    /// tick). False if none was waiting.
+    pub async fn queue_ready(
+        &self,
+        _claim: &RootClaim,
+        meter: &dyn SliceMeter,
+    ) -> Result<bool, HookFault> {
+        let Some(token) = self.plugin.queue_ready.next() else {
+            return Ok(false);
+        };
+        self.on_root(RootCallback::QueueReady(token), meter).await?;
+        Ok(true)
+    }
+
+    /// `callback` (if the filter exports it) on the root context of an
+    /// idle instance, or of a new one if the tenant has room (else it is
+    /// skipped, as the tenant is at its bound; the next one tries again).
+    /// A fault drops the instance.
+    async fn on_root(
+        &self,
+        callback: RootCallback,
+        meter: &dyn SliceMeter,
+    ) -> Result<(), HookFault> {
         let mut instance = match self.idle.take() {
             Some(instance) => instance,
             None => {
-                // No slot: this tick is skipped, as the tenant is at its
-                // bound; the next one tries again.
                 let Ok(slot) = self.quota.take() else {
                     return Ok(());
                 };
@@ -366,14 +416,23 @@ impl FilterModule {
                 fresh
             }
         };
-        let Some(on_tick) = instance.callbacks.on_tick.clone() else {
-            self.idle.put(instance);
-            return Ok(());
+        let callbacks = &instance.callbacks;
+        let called = match callback {
+            RootCallback::Tick => match callbacks.on_tick.clone() {
+                Some(on_tick) => Some(instance.call(&on_tick, ROOT_CONTEXT, meter).await),
+                None => None,
+            },
+            RootCallback::QueueReady(token) => match callbacks.on_queue_ready.clone() {
+                Some(on_ready) => {
+                    let args = (ROOT_CONTEXT, token as i32);
+                    Some(instance.call(&on_ready, args, meter).await)
+                }
+                None => None,
+            },
         };
-        instance
-            .call(&on_tick, ROOT_CONTEXT, meter)
-            .await
-            .map_err(CallError::into_fault)?;
+        if let Some(result) = called {
+            result.map_err(CallError::into_fault)?;
+        }
         self.idle.put(instance);
         Ok(())
     }
@@ -439,6 +498,7 @@ impl FilterModule {
             on_log: export(&mut wasm, "proxy_on_log", "(i32) -> ()")?,
             on_delete: export(&mut wasm, "proxy_on_delete", "(i32) -> ()")?,
             on_tick: export(&mut wasm, "proxy_on_tick", "(i32) -> ()")?,
+            on_queue_ready: export(&mut wasm, "proxy_on_queue_ready", "(i32, i32) -> ()")?,
             on_http_call_response: export(
                 &mut wasm,
                 "proxy_on_http_call_response",

@@ -98,10 +98,10 @@ hostcalls! {
     proxy_grpc_cancel: unimplemented,
     proxy_grpc_close: unimplemented,
     proxy_get_status: unimplemented,
-    proxy_register_shared_queue: unimplemented,
-    proxy_resolve_shared_queue: unimplemented,
-    proxy_enqueue_shared_queue: unimplemented,
-    proxy_dequeue_shared_queue: unimplemented,
+    proxy_register_shared_queue: sync,
+    proxy_resolve_shared_queue: sync,
+    proxy_enqueue_shared_queue: sync,
+    proxy_dequeue_shared_queue: allocates,
     proxy_call_foreign_function: unimplemented,
     proxy_continue_request: unimplemented,
     proxy_continue_response: unimplemented,
@@ -701,6 +701,49 @@ fn proxy_set_shared_data(
     }
     let value = read(&mut caller, value, value_size, Copied::SharedValue)?;
     state(&caller).set_shared_data(&key, value, cas as u32)
+}
+
+fn proxy_register_shared_queue(
+    mut caller: Ctx<'_>,
+    name: i32,
+    name_size: i32,
+    return_token: i32,
+) -> Result<(), Status> {
+    let name = read_str(&mut caller, name, name_size, Copied::Name)?;
+    let token = state(&caller).register_queue(&name)?;
+    written(&mut caller, return_token, &token.to_le_bytes())
+}
+
+fn proxy_resolve_shared_queue(
+    mut caller: Ctx<'_>,
+    vm_id: i32,
+    vm_id_size: i32,
+    name: i32,
+    name_size: i32,
+    return_token: i32,
+) -> Result<(), Status> {
+    let vm_id = read_str(&mut caller, vm_id, vm_id_size, Copied::Name)?;
+    let name = read_str(&mut caller, name, name_size, Copied::Name)?;
+    let token = state(&caller).resolve_queue(&vm_id, &name)?;
+    written(&mut caller, return_token, &token.to_le_bytes())
+}
+
+fn proxy_enqueue_shared_queue(
+    mut caller: Ctx<'_>,
+    token: i32,
+    data: i32,
+    data_size: i32,
+) -> Result<(), Status> {
+    let item = read(&mut caller, data, data_size, Copied::Body)?;
+    state(&caller).enqueue(token as u32, item)
+}
+
+async fn proxy_dequeue_shared_queue(
+    caller: &mut Ctx<'_>,
+    (token, return_data, return_size): (i32, i32, i32),
+) -> Result<(), Status> {
+    let item = state(caller).dequeue(token as u32)?;
+    give(caller, &item, return_data, return_size).await
 }
 
 fn proxy_define_metric(

@@ -17,6 +17,7 @@ mod callout;
 mod filter;
 mod hostcalls;
 mod properties;
+mod queues;
 mod state;
 mod stream;
 mod types;
@@ -37,8 +38,9 @@ use wasm_runtime::Sandbox;
 pub use callout::{perform as perform_call, CallResponse, PendingCall};
 pub use filter::{
     BodyError, BodyOutcome, Direction, FilterModule, FilterSpec, FilterStream, RequestOutcome,
-    TickClaim,
+    RootClaim,
 };
+pub use queues::{wait_for_enqueues, wake_deliveries, QueueReady};
 pub use state::PwState;
 pub use stream::{ConnectionFacts, HeaderPairs, RequestFacts, Stream, TlsFacts};
 
@@ -72,6 +74,9 @@ pub struct Plugin {
     pub metrics: FilterMetrics,
     /// The tick period the filter asked for, in milliseconds; 0: none.
     pub tick_period_ms: AtomicU64,
+    /// Enqueues on the queues it registered, for its
+    /// `proxy_on_queue_ready`.
+    pub queue_ready: Arc<QueueReady>,
 }
 
 /// What a tenant's filters share and are held to: its shared data, the
@@ -321,6 +326,7 @@ impl std::fmt::Debug for CallSlot {
 #[derive(Default)]
 pub struct SharedData {
     entries: Mutex<SharedEntries>,
+    queues: Mutex<queues::Queues>,
 }
 
 #[derive(Default)]
@@ -358,6 +364,11 @@ impl SharedData {
         let data = Arc::new(SharedData::default());
         tenants.push((tenant.to_string(), Arc::downgrade(&data)));
         data
+    }
+
+    /// The tenant's shared queues.
+    fn queues(&self) -> std::sync::MutexGuard<'_, queues::Queues> {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The value of `key` in `namespace` and its CAS token, if set.

@@ -174,6 +174,40 @@ impl PwState {
             .ok_or(Status::NotFound)
     }
 
+    /// Registers the filter's queue `name` (of its `vm_id`): its token.
+    pub(super) fn register_queue(&self, name: &str) -> Result<u32, Status> {
+        let plugin = &self.plugin;
+        let mut queues = plugin.scope.shared.queues();
+        queues.register(&plugin.vm_id, name, &plugin.queue_ready)
+    }
+
+    /// The token of the tenant's queue `name` of `vm_id`.
+    pub(super) fn resolve_queue(&self, vm_id: &str, name: &str) -> Result<u32, Status> {
+        let queues = self.plugin.scope.shared.queues();
+        queues.resolve(vm_id, name).ok_or(Status::NotFound)
+    }
+
+    /// Adds `item` to the tenant's queue `token`; past its
+    /// `shared_data_bytes` waiting: `INTERNAL_FAILURE`.
+    pub(super) fn enqueue(&self, token: u32, item: Vec<u8>) -> Result<(), Status> {
+        let limit = usize::try_from(self.shared_data_limit()).unwrap_or(usize::MAX);
+        let enqueued = self
+            .plugin
+            .scope
+            .shared
+            .queues()
+            .enqueue(token, item, limit);
+        if enqueued.is_ok() {
+            super::queues::wake_deliveries();
+        }
+        enqueued
+    }
+
+    /// The oldest item of the tenant's queue `token`.
+    pub(super) fn dequeue(&self, token: u32) -> Result<Vec<u8>, Status> {
+        self.plugin.scope.shared.queues().dequeue(token)
+    }
+
     /// The tenant's `shared_data_bytes`.
     pub(super) fn shared_data_limit(&self) -> u64 {
         self.plugin.scope.limits.shared_data_bytes
@@ -298,6 +332,7 @@ mod tests {
             metrics: FilterMetrics::new(None, scope.limits.max_metrics as usize),
             scope,
             tick_period_ms: AtomicU64::new(0),
+            queue_ready: Arc::default(),
         }))
     }
 

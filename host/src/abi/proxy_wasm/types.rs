@@ -16,6 +16,8 @@ pub enum Status {
     BadArgument = 2,
     /// A pointer or size from the guest lies outside its memory.
     InvalidMemoryAccess = 6,
+    /// `proxy_dequeue_shared_queue`: the queue holds nothing.
+    Empty = 7,
     /// `proxy_set_shared_data`'s CAS did not match.
     CasMismatch = 8,
     /// The host cannot do it (also every unimplemented hostcall: the
