@@ -30,6 +30,11 @@ impl<I> IdleInstances<I> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
     }
 
+    /// Drops every idle instance.
+    pub fn clear(&self) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// Returns a healthy instance for reuse, or drops it if the pool is
     /// full.
     pub fn put(&self, instance: Box<I>) {

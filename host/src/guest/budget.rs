@@ -86,9 +86,10 @@ impl BudgetLimits {
                 "circuit breaker open: at least {}% of at least {} calls in {} ms faulted",
                 limits.breaker_fault_percent, limits.breaker_min_calls, limits.breaker_window_ms
             ),
-            throttle @ (Throttle::Instances | Throttle::Memory | Throttle::EngineSlots) => {
-                throttle.skipped_because().to_string()
-            }
+            throttle @ (Throttle::Instances
+            | Throttle::Memory
+            | Throttle::EngineSlots
+            | Throttle::FilterReloading) => throttle.skipped_because().to_string(),
         }
     }
 
@@ -268,7 +269,8 @@ impl Budget {
             Throttle::Concurrency
             | Throttle::Instances
             | Throttle::Memory
-            | Throttle::EngineSlots => Duration::ZERO,
+            | Throttle::EngineSlots
+            | Throttle::FilterReloading => Duration::ZERO,
             Throttle::Cpu => {
                 let full_until = self.paid_until.load(Ordering::Relaxed);
                 let room_at = full_until.saturating_sub(BUCKET.as_nanos() as u64);

@@ -15,6 +15,7 @@ use pingora::prelude::*;
 
 use crate::abi::failure::guest_text;
 use crate::abi::proxy_wasm::Direction;
+use crate::abi::proxy_wasm::FilterModule;
 use crate::abi::HookFailure;
 use crate::abi::HookFault;
 use crate::guest::budget::{CallPermit, Throttle};
@@ -22,11 +23,13 @@ use crate::guest::hooks::Hook;
 use crate::tenancy::tenants::{GuestErrorPolicy, Tenant, TenantFilter};
 
 /// The guest a call goes to, as its log lines and failure policy need it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub(crate) struct Guest<'t> {
     kind: GuestKind,
     name: &'t str,
     on_error: GuestErrorPolicy,
+    /// The filter, when it is one (for `on_error: fail_reload`).
+    filter: Option<&'t FilterModule>,
 }
 
 /// A tenant's routing module or one of its filters.
@@ -45,6 +48,7 @@ impl<'t> Guest<'t> {
             kind: GuestKind::Module,
             name: &tenant.label,
             on_error: tenant.on_guest_error,
+            filter: None,
         }
     }
 
@@ -54,7 +58,14 @@ impl<'t> Guest<'t> {
             kind: GuestKind::Filter,
             name: filter.module.name(),
             on_error: filter.on_error,
+            filter: Some(&filter.module),
         }
+    }
+}
+
+impl fmt::Debug for Guest<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 
@@ -160,6 +171,14 @@ impl<'t> GuestCall<'t> {
     /// holds a concurrency slot and meters the call; give it back with
     /// [`finish`](Self::finish).
     pub(crate) fn admit(&self) -> Result<CallPermit<'t>, CallFailure> {
+        // A filter having its VM replaced takes no new request; those in
+        // flight go on with the instances they hold.
+        if let (Some(filter), Stage::Headers) = (self.reloading_filter(), self.stage) {
+            if filter.reloading_for().is_some() {
+                self.tenant.metrics.throttled(Throttle::FilterReloading);
+                return Err(CallFailure::Refused(Throttle::FilterReloading));
+            }
+        }
         // A callout's response goes to the instance its request already
         // holds: it adds no instance, so it is not held to the calls in
         // flight (refusing it would fail a request that was let in).
@@ -204,7 +223,28 @@ impl<'t> GuestCall<'t> {
             }
         }
         permit.finish(fault.is_some());
+        if let Some(filter) = self.reloading_filter() {
+            match fault {
+                Some(_) => {
+                    let backoff = filter.fail_for_reload();
+                    log::warn!(
+                        "{}: fail_reload: its VM is replaced; new requests get 503 for {} ms",
+                        self.guest,
+                        backoff.as_millis()
+                    );
+                }
+                None => filter.served_after_reload(),
+            }
+        }
         result.map_err(CallFailure::Hook)
+    }
+
+    /// The filter, if the call goes to one under `on_error: fail_reload`.
+    fn reloading_filter(&self) -> Option<&'t FilterModule> {
+        match self.guest.on_error {
+            GuestErrorPolicy::FailReload => self.guest.filter,
+            _ => None,
+        }
     }
 
     /// Counts a fault found after the call, in what the guest returned

@@ -16,17 +16,21 @@ pub enum Throttle {
     Memory,
     /// The engine's instance slots are all in use (by every tenant).
     EngineSlots,
+    /// A filter under `on_error: fail_reload` is having its VM replaced
+    /// after a fault (its backoff).
+    FilterReloading,
 }
 
 impl Throttle {
     /// Every reason, as the metrics label them.
-    pub const ALL: [Throttle; 6] = [
+    pub const ALL: [Throttle; 7] = [
         Throttle::Concurrency,
         Throttle::Cpu,
         Throttle::BreakerOpen,
         Throttle::Instances,
         Throttle::Memory,
         Throttle::EngineSlots,
+        Throttle::FilterReloading,
     ];
 
     /// The metric label.
@@ -38,6 +42,7 @@ impl Throttle {
             Throttle::Instances => "instances",
             Throttle::Memory => "memory",
             Throttle::EngineSlots => "engine_slots",
+            Throttle::FilterReloading => "filter_reloading",
         }
     }
 
@@ -54,6 +59,9 @@ impl Throttle {
             Throttle::EngineSlots => {
                 "the engine's instance slots are all in use (a host limit, not the tenant's)"
             }
+            Throttle::FilterReloading => {
+                "the filter's VM is being replaced after a fault (on_error: fail_reload)"
+            }
         }
     }
 
@@ -65,7 +73,8 @@ impl Throttle {
             | Throttle::BreakerOpen
             | Throttle::Instances
             | Throttle::Memory
-            | Throttle::EngineSlots => 503,
+            | Throttle::EngineSlots
+            | Throttle::FilterReloading => 503,
         }
     }
 }

@@ -50,6 +50,11 @@ pub enum GuestErrorPolicy {
     /// Proxy anyway: to `fallback_upstream` if `upstream_peer` failed,
     /// with the request unchanged if `upstream_request_filter` failed.
     FailOpen,
+    /// A filter's only, as Envoy's `failure_policy: FAIL_RELOAD`: answer
+    /// 500 for the fault, then replace the filter's VM (every instance)
+    /// after a backoff of 1 s doubling with each fault in a row, answering
+    /// 503 meanwhile.
+    FailReload,
 }
 
 /// A tenants file, or the command line's one tenant.

@@ -717,6 +717,13 @@ fn build_tenant(
             None => place.error("", &Origin::Unknown, e),
         }
     })?;
+    if spec.on_guest_error.value == GuestErrorPolicy::FailReload {
+        let error = anyhow!(
+            "on_guest_error: fail_reload is a filter's on_error (a routing module's instances \
+             are replaced after each fault already)"
+        );
+        return Err(place.error("on_guest_error", &spec.on_guest_error.origin, error));
+    }
     if spec.on_guest_error.value == GuestErrorPolicy::FailOpen
         && module
             .as_ref()

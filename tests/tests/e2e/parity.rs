@@ -81,3 +81,73 @@ tenants:
     assert_eq!(status, 200, "{}", proxy.log());
     assert_eq!(queued.as_deref(), Some("not-found"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fail_reload_filter_comes_back_with_a_fresh_vm_after_its_backoff() {
+    let upstream = Upstream::plain().await;
+    let yaml = format!(
+        r#"
+tenants:
+  - name: reloads
+    hosts: ["reloads.example"]
+    upstream: "{u}"
+    filters:
+      - module: GUESTS/pw_hostile.wasm
+        config: {{ misbehave: panic, on_path: /boom }}
+        on_error: fail_reload
+"#,
+        u = upstream.addr
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, _) = tenants_proxy(&dir, &yaml, &[]);
+    let client = client();
+    let host = [("host", "reloads.example")];
+    let status = |path: &'static str| {
+        let (client, url) = (client.clone(), proxy.url(path));
+        async move {
+            let response = client
+                .get(url)
+                .header("host", "reloads.example")
+                .send()
+                .await
+                .unwrap();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            (response.status().as_u16(), retry_after)
+        }
+    };
+    assert_eq!(get(&client, &proxy.url("/ok"), &host).await.0, 200);
+
+    // The fault fails its request closed, and the VM is replaced: new
+    // requests get 503 with Retry-After for the backoff, then a fresh
+    // one serves. A fault that comes first doubles the next backoff.
+    for (path, backoff_ms) in [("/boom", 1000), ("/boom", 2000)] {
+        assert_eq!(status(path).await.0, 500, "{}", proxy.log());
+        let line =
+            format!("fail_reload: its VM is replaced; new requests get 503 for {backoff_ms} ms");
+        let log = proxy.wait_for_log(&line);
+        assert!(log.contains(&line), "{log}");
+        assert_eq!(
+            status("/ok").await,
+            (503, Some("1".to_string())),
+            "{}",
+            proxy.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(backoff_ms + 300)).await;
+    }
+    assert_eq!(status("/ok").await.0, 200, "{}", proxy.log());
+    // A success resets it: the next fault's backoff is 1 s again.
+    assert_eq!(status("/boom").await.0, 500);
+    let line = "new requests get 503 for 1000 ms";
+    let started = std::time::Instant::now();
+    while proxy.log().matches(line).count() < 2 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{}",
+            proxy.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -22,6 +22,12 @@ use wasm_runtime::{
     LongCallSignal, RuntimeFault, Sandbox, SliceMeter, Unmetered, WasmInstance,
 };
 
+/// The first backoff of `on_error: fail_reload`, in ms (Envoy's).
+const FIRST_RELOAD_BACKOFF_MS: u64 = 1000;
+
+/// The longest backoff of `on_error: fail_reload`, in ms.
+const MAX_RELOAD_BACKOFF_MS: u64 = 60_000;
+
 /// A callback on an instance's root context, outside any request.
 #[derive(Debug, Clone, Copy)]
 enum RootCallback {
@@ -126,6 +132,9 @@ pub(super) struct FilterInstance {
     next_context: i32,
     /// HTTP contexts served, for the reuse bound.
     streams: u64,
+    /// The filter's VM generation it was started in (see
+    /// [`FilterModule::fail_for_reload`]).
+    generation: u64,
 }
 
 /// A loaded filter and its idle, started instances.
@@ -146,6 +155,14 @@ pub struct FilterModule {
     ticking: Arc<AtomicBool>,
     /// `proxy_on_queue_ready` calls are being made ([`RootClaim`]).
     delivering: Arc<AtomicBool>,
+    /// Under `on_error: fail_reload`: until when (ms after `origin`; 0:
+    /// not) the filter's VM is being replaced after a fault.
+    reload_until_ms: AtomicU64,
+    /// The next backoff, in ms: 1 s, doubled by each fault in a row.
+    reload_backoff_ms: AtomicU64,
+    /// Bumped by each reload: an instance of an older generation is not
+    /// kept once its request ends.
+    generation: AtomicU64,
     /// Whether it exports the body callbacks, by [`Direction`].
     reads_bodies: [bool; 2],
     origin: Instant,
@@ -258,6 +275,9 @@ impl FilterModule {
             next_tick_ms: AtomicU64::new(0),
             ticking: Arc::new(AtomicBool::new(false)),
             delivering: Arc::new(AtomicBool::new(false)),
+            reload_until_ms: AtomicU64::new(0),
+            reload_backoff_ms: AtomicU64::new(FIRST_RELOAD_BACKOFF_MS),
+            generation: AtomicU64::new(0),
             reads_bodies: ["proxy_on_request_body", "proxy_on_response_body"]
                 .map(|callback| module.get_export(callback).is_some()),
             origin: Instant::now(),
@@ -350,6 +370,49 @@ impl FilterModule {
         Some(self.origin + Duration::from_millis(due))
     }
 
+    /// Under `on_error: fail_reload`, after a fault: drops every idle
+    /// instance (a fresh VM for what comes next, as Envoy reloads the
+    /// plugin's VM) and refuses new calls for a backoff of 1 s, doubled by
+    /// each fault in a row up to [`MAX_RELOAD_BACKOFF_MS`]. The backoff.
+    pub fn fail_for_reload(&self) -> Duration {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        self.idle.clear();
+        let backoff = self.reload_backoff_ms.load(Ordering::Relaxed);
+        let now = self.origin.elapsed().as_millis() as u64;
+        self.reload_until_ms.store(now + backoff, Ordering::Relaxed);
+        let next = (backoff * 2).min(MAX_RELOAD_BACKOFF_MS);
+        self.reload_backoff_ms.store(next, Ordering::Relaxed);
+        Duration::from_millis(backoff)
+    }
+
+    /// Keeps `instance` for reuse, unless the filter's VM was replaced
+    /// since it started.
+    fn keep(&self, instance: Box<FilterInstance>) {
+        if instance.generation == self.generation.load(Ordering::Relaxed) {
+            self.idle.put(instance);
+        }
+    }
+
+    /// How long the filter's VM is still being replaced after a fault
+    /// under `on_error: fail_reload`; None when it serves.
+    pub fn reloading_for(&self) -> Option<Duration> {
+        let until = self.reload_until_ms.load(Ordering::Relaxed);
+        if until == 0 {
+            return None;
+        }
+        let now = self.origin.elapsed().as_millis() as u64;
+        (now < until).then(|| Duration::from_millis(until - now))
+    }
+
+    /// A call served after a reload: the next fault's backoff is 1 s again.
+    pub fn served_after_reload(&self) {
+        if self.reload_until_ms.load(Ordering::Relaxed) != 0 {
+            self.reload_until_ms.store(0, Ordering::Relaxed);
+            self.reload_backoff_ms
+                .store(FIRST_RELOAD_BACKOFF_MS, Ordering::Relaxed);
+        }
+    }
+
     /// Claims the tick that is due: the next is then one period away.
     /// None while the last tick is still running, so a filter's ticks
     /// never overlap; the claim ends when dropped.
@@ -433,7 +496,7 @@ impl FilterModule {
         if let Some(result) = called {
             result.map_err(CallError::into_fault)?;
         }
-        self.idle.put(instance);
+        self.keep(instance);
         Ok(())
     }
 
@@ -516,6 +579,7 @@ impl FilterModule {
             callbacks,
             next_context: ROOT_CONTEXT + 1,
             streams: 0,
+            generation: self.generation.load(Ordering::Relaxed),
         });
         let failed = |what: &str, e: CallError| format!("{what}: {}", e.into_fault());
         if let Some(initialize) = initialize {
@@ -740,7 +804,7 @@ impl FilterModule {
         if let Some(mut instance) = filter.instance.take() {
             instance.streams += 1;
             if instance.streams < self.limits.instance_reuse {
-                self.idle.put(instance);
+                self.keep(instance);
             }
         }
         Ok(())
