@@ -15,7 +15,9 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::abi::proxy_wasm::{wait_for_enqueues, wake_deliveries, FilterModule, RootClaim};
+use crate::abi::proxy_wasm::{
+    perform_call, wait_for_enqueues, wake_deliveries, FilterModule, HeldRoot, RootClaim,
+};
 use crate::tenancy::tenants::{Tenant, TenantSet};
 
 /// How long the service sleeps when no filter wants ticks.
@@ -25,7 +27,8 @@ const IDLE: Duration = Duration::from_secs(1);
 /// running stays due, and must not make the service spin.
 const MIN_WAIT: Duration = Duration::from_millis(1);
 
-/// One tick of `module`, a filter of `tenant`, admitted by its budget.
+/// One tick of `module`, a filter of `tenant`, admitted by its budget,
+/// and the HTTP calls it dispatched.
 async fn tick(tenant: &Tenant, module: &FilterModule, claim: RootClaim) {
     let Ok(permit) = tenant.budget.admit() else {
         // Over budget: this tick is skipped, the next one comes.
@@ -37,6 +40,44 @@ async fn tick(tenant: &Tenant, module: &FilterModule, claim: RootClaim) {
         tenant.metrics.callback_fault("proxy_on_tick", fault);
     }
     permit.finish(result.is_err());
+    if let Ok(Some(held)) = result {
+        root_calls(tenant, module, held).await;
+    }
+}
+
+/// Makes the HTTP calls a root context dispatched (from a tick, a queue
+/// delivery, or a call's response) and delivers each response to it,
+/// each delivery admitted by the tenant's budget; then gives the
+/// instance back. No budget is held while a call is in flight.
+async fn root_calls(tenant: &Tenant, module: &FilterModule, mut held: HeldRoot) {
+    while let Some(pending) = held.next_call() {
+        let response = perform_call(&pending).await;
+        if response.is_none() {
+            tenant.scope.callout_failed(module.name(), pending.address);
+        }
+        let Ok(permit) = tenant.budget.admit() else {
+            // Over budget: the answer is dropped, as a refused tick is.
+            continue;
+        };
+        let result = module
+            .on_root_call_response(&mut held, pending.token, response, &permit)
+            .await;
+        if let Err(fault) = &result {
+            log::error!(
+                "filter {}: proxy_on_http_call_response failed: {fault}",
+                module.name()
+            );
+            tenant
+                .metrics
+                .callback_fault("proxy_on_http_call_response", fault);
+        }
+        permit.finish(result.is_err());
+        if result.is_err() {
+            // The instance faulted: it is not given back.
+            return;
+        }
+    }
+    module.release(held);
 }
 
 /// The most `proxy_on_queue_ready` calls one delivery task makes before
@@ -58,8 +99,10 @@ async fn deliver_queue_ready(tenant: &Tenant, module: &FilterModule, claim: Root
             tenant.metrics.callback_fault("proxy_on_queue_ready", fault);
         }
         permit.finish(result.is_err());
-        if !matches!(result, Ok(true)) {
-            return;
+        match result {
+            Ok(Some(Some(held))) => root_calls(tenant, module, held).await,
+            Ok(Some(None)) => {}
+            Ok(None) | Err(_) => return,
         }
     }
     // More are waiting: the next pass comes at once.

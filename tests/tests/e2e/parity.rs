@@ -151,3 +151,51 @@ tenants:
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_root_context_calls_out_from_on_tick() {
+    let upstream = Upstream::plain().await;
+    let yaml = format!(
+        r#"
+tenants:
+  - name: ticks
+    hosts: ["ticks.example"]
+    upstream: "{u}"
+    clusters:
+      api: "{u}"
+    filters:
+      - module: GUESTS/pw_tick_call.wasm
+        config: api
+"#,
+        u = upstream.addr
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, _) = tenants_proxy(&dir, &yaml, &[]);
+    let client = client();
+    let started = std::time::Instant::now();
+    loop {
+        let response = client
+            .get(proxy.url("/"))
+            .header("host", "ticks.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{}", proxy.log());
+        let header = |name: &str| response.headers()[name].to_str().unwrap().to_string();
+        let (call, calls) = (header("x-tick-call"), header("x-tick-calls"));
+        let calls: u64 = calls.parse().unwrap_or(0);
+        if calls >= 2 {
+            // The upstream answered the tick's call: 200 and its echo.
+            let (status, size) = call.split_once(' ').unwrap();
+            assert_eq!(status, "200", "{call}");
+            assert!(size.parse::<usize>().unwrap() > 0, "{call}");
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{call} {calls}\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

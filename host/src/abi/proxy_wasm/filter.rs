@@ -28,6 +28,20 @@ const FIRST_RELOAD_BACKOFF_MS: u64 = 1000;
 /// The longest backoff of `on_error: fail_reload`, in ms.
 const MAX_RELOAD_BACKOFF_MS: u64 = 60_000;
 
+/// An instance held, outside any request, for the HTTP calls its root
+/// context dispatched: their responses go to it.
+pub struct HeldRoot {
+    instance: Box<FilterInstance>,
+    calls: Vec<super::PendingCall>,
+}
+
+impl HeldRoot {
+    /// The next call to make.
+    pub fn next_call(&mut self) -> Option<super::PendingCall> {
+        (!self.calls.is_empty()).then(|| self.calls.remove(0))
+    }
+}
+
 /// A callback on an instance's root context, outside any request.
 #[derive(Debug, Clone, Copy)]
 enum RootCallback {
@@ -430,7 +444,11 @@ impl FilterModule {
     /// `proxy_on_tick` on the root context of an idle instance (ticks are
     /// the plugin's, not a request's), for a tick claimed
     /// ([`claim_tick`](Self::claim_tick)). A fault drops the instance.
-    pub async fn tick(&self, _claim: &RootClaim, meter: &dyn SliceMeter) -> Result<(), HookFault> {
+    pub async fn tick(
+        &self,
+        _claim: &RootClaim,
+        meter: &dyn SliceMeter,
+    ) -> Result<Option<HeldRoot>, HookFault> {
         self.on_root(RootCallback::Tick, meter).await
     }
 
@@ -451,28 +469,30 @@ impl FilterModule {
         &self,
         _claim: &RootClaim,
         meter: &dyn SliceMeter,
-    ) -> Result<bool, HookFault> {
+    ) -> Result<Option<Option<HeldRoot>>, HookFault> {
         let Some(token) = self.plugin.queue_ready.next() else {
-            return Ok(false);
+            return Ok(None);
         };
-        self.on_root(RootCallback::QueueReady(token), meter).await?;
-        Ok(true)
+        self.on_root(RootCallback::QueueReady(token), meter)
+            .await
+            .map(Some)
     }
 
     /// `callback` (if the filter exports it) on the root context of an
     /// idle instance, or of a new one if the tenant has room (else it is
     /// skipped, as the tenant is at its bound; the next one tries again).
-    /// A fault drops the instance.
+    /// A fault drops the instance. If the callback dispatched HTTP calls,
+    /// the instance is held for their responses ([`HeldRoot`]).
     async fn on_root(
         &self,
         callback: RootCallback,
         meter: &dyn SliceMeter,
-    ) -> Result<(), HookFault> {
+    ) -> Result<Option<HeldRoot>, HookFault> {
         let mut instance = match self.idle.take() {
             Some(instance) => instance,
             None => {
                 let Ok(slot) = self.quota.take() else {
-                    return Ok(());
+                    return Ok(None);
                 };
                 let mut fresh = Box::pin(self.start(meter)).await?;
                 fresh.wasm.hold(slot);
@@ -496,8 +516,56 @@ impl FilterModule {
         if let Some(result) = called {
             result.map_err(CallError::into_fault)?;
         }
-        self.keep(instance);
-        Ok(())
+        Ok(self.held_or_kept(instance))
+    }
+
+    /// The instance held for the root calls it dispatched, or kept for
+    /// reuse if it dispatched none.
+    fn held_or_kept(&self, mut instance: Box<FilterInstance>) -> Option<HeldRoot> {
+        let calls = std::mem::take(&mut instance.wasm.abi_mut().root_calls);
+        if calls.is_empty() {
+            self.keep(instance);
+            return None;
+        }
+        Some(HeldRoot { instance, calls })
+    }
+
+    /// Delivers the response of root call `token` (None: it failed or
+    /// timed out) to `proxy_on_http_call_response` on the held instance's
+    /// root context; calls it dispatches from there join `held`'s.
+    pub async fn on_root_call_response(
+        &self,
+        held: &mut HeldRoot,
+        token: u32,
+        response: Option<super::CallResponse>,
+        meter: &dyn SliceMeter,
+    ) -> Result<(), HookFault> {
+        let (headers, body) = match response {
+            Some(response) => (response.headers, response.body),
+            None => (Vec::new(), Vec::new()),
+        };
+        let sizes = (headers.len() as i32, body.len() as i32);
+        let instance = &mut held.instance;
+        let Some(callback) = instance.callbacks.on_http_call_response.clone() else {
+            return Ok(());
+        };
+        instance.wasm.abi_mut().root_call_response = Some((HeaderPairs::from_pairs(headers), body));
+        let result = instance
+            .call(
+                &callback,
+                (ROOT_CONTEXT, token as i32, sizes.0, sizes.1, 0),
+                meter,
+            )
+            .await;
+        let state = instance.wasm.abi_mut();
+        state.root_call_response = None;
+        held.calls.append(&mut state.root_calls);
+        result.map_err(CallError::into_fault)
+    }
+
+    /// Gives back an instance held for root calls, once they are answered.
+    pub fn release(&self, held: HeldRoot) {
+        self.keep(held.instance);
     }
 
     /// A new instance, started: `_initialize`, the root context, the VM

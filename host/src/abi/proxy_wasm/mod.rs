@@ -37,8 +37,8 @@ use wasm_runtime::Sandbox;
 
 pub use callout::{perform as perform_call, CallResponse, PendingCall};
 pub use filter::{
-    BodyError, BodyOutcome, Direction, FilterModule, FilterSpec, FilterStream, RequestOutcome,
-    RootClaim,
+    BodyError, BodyOutcome, Direction, FilterModule, FilterSpec, FilterStream, HeldRoot,
+    RequestOutcome, RootClaim,
 };
 pub use queues::{wait_for_enqueues, wake_deliveries, QueueReady};
 pub use state::PwState;

@@ -34,6 +34,12 @@ pub struct PwState {
     pub(super) stream: Option<Stream>,
     /// The token of the next HTTP call: unique within the instance.
     next_call_token: u32,
+    /// HTTP calls dispatched outside any stream (from `proxy_on_tick`,
+    /// `proxy_on_queue_ready` or a root call's response), made once the
+    /// callback returns and answered to the root context.
+    pub(super) root_calls: Vec<PendingCall>,
+    /// The response of the root call being delivered.
+    pub(super) root_call_response: Option<(HeaderPairs, Vec<u8>)>,
 }
 
 impl PwState {
@@ -44,6 +50,8 @@ impl PwState {
             alloc: None,
             stream: None,
             next_call_token: 1,
+            root_calls: Vec::new(),
+            root_call_response: None,
         }
     }
 
@@ -54,15 +62,28 @@ impl PwState {
 
     /// Header map `map` of the stream in progress.
     pub(super) fn header_map(&self, map: MapType) -> Result<&HeaderPairs, Status> {
-        self.stream()?.header_map(map)
+        match (&self.stream, map) {
+            (Some(stream), map) => stream.header_map(map),
+            (None, MapType::HttpCallResponseHeaders) => self
+                .root_call_response
+                .as_ref()
+                .map(|(map, _)| map)
+                .ok_or(Status::NotFound),
+            (None, _) => Err(Status::NotFound),
+        }
     }
 
     /// Header map `map` of the stream in progress, to edit.
     pub(super) fn header_map_mut(&mut self, map: MapType) -> Result<&mut HeaderPairs, Status> {
-        self.stream
-            .as_mut()
-            .ok_or(Status::NotFound)?
-            .header_map_mut(map)
+        match (&mut self.stream, map) {
+            (Some(stream), map) => stream.header_map_mut(map),
+            (None, MapType::HttpCallResponseHeaders) => self
+                .root_call_response
+                .as_mut()
+                .map(|(map, _)| map)
+                .ok_or(Status::NotFound),
+            (None, _) => Err(Status::NotFound),
+        }
     }
 
     /// The bytes of buffer `buffer`: the configurations from any
@@ -71,6 +92,11 @@ impl PwState {
         match buffer {
             BufferType::VmConfiguration => Ok(&self.plugin.vm_config),
             BufferType::PluginConfiguration => Ok(&self.plugin.config),
+            BufferType::HttpCallResponseBody if self.stream.is_none() => self
+                .root_call_response
+                .as_ref()
+                .map(|(_, body)| body.as_slice())
+                .ok_or(Status::NotFound),
             _ => self.stream()?.buffer(buffer),
         }
     }
@@ -278,11 +304,14 @@ impl PwState {
         }
         let scope = &self.plugin.scope;
         let address = scope.callout_address(upstream).ok_or(Status::BadArgument)?;
-        let stream = self.stream.as_mut().ok_or(Status::InternalFailure)?;
         let slot = scope.take_call_slot().ok_or(Status::InternalFailure)?;
         let timeout_ms = timeout_ms.clamp(1, scope.limits.max_call_timeout_ms);
         let token = self.next_call_token;
-        stream.calls.push(PendingCall {
+        let calls = match self.stream.as_mut() {
+            Some(stream) => &mut stream.calls,
+            None => &mut self.root_calls,
+        };
+        calls.push(PendingCall {
             token,
             address,
             headers,
@@ -374,11 +403,11 @@ mod tests {
             body: Default::default(),
         };
         assert_eq!(state.send_local_response(reply), Err(Status::BadArgument));
+        // A call from the root context waits for the root's answer.
         let call = pairs(&[(":method", "GET"), (":path", "/")]);
-        assert_eq!(
-            state.dispatch_http_call("auth", call, vec![], 10),
-            Err(Status::InternalFailure)
-        );
+        let token = state.dispatch_http_call("auth", call, vec![], 10).unwrap();
+        assert_eq!(state.root_calls.len(), 1);
+        assert_eq!(state.root_calls[0].token, token);
     }
 
     #[test]
