@@ -26,6 +26,16 @@ pub async fn wait_for_enqueues() {
 /// The most queues one tenant's filters may register.
 pub(super) const MAX_QUEUES: usize = 1000;
 
+/// What an item costs against the tenant's bound beyond its bytes (its
+/// place in the queue), so that empty items are bounded too.
+const ITEM_OVERHEAD: usize = 64;
+
+/// The most `proxy_on_queue_ready` calls one filter has waiting; past it
+/// an enqueue is not announced again (the items are still there to
+/// dequeue), so a filter that enqueues and dequeues in a loop cannot
+/// grow the list.
+const MAX_PENDING_NOTIFICATIONS: usize = 1024;
+
 /// Tokens of a filter's queues with items enqueued since its
 /// `proxy_on_queue_ready` was last called for them: one entry per
 /// enqueue, as Envoy calls the callback once per enqueue.
@@ -53,10 +63,10 @@ impl QueueReady {
     }
 
     fn push(&self, token: u32) {
-        self.tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back(token);
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if tokens.len() < MAX_PENDING_NOTIFICATIONS {
+            tokens.push_back(token);
+        }
     }
 }
 
@@ -121,7 +131,7 @@ impl Queues {
         item: Vec<u8>,
         limit: usize,
     ) -> Result<(), Status> {
-        let bytes = self.bytes + item.len();
+        let bytes = self.bytes + item.len() + ITEM_OVERHEAD;
         let queue = self.queues.get_mut(&token).ok_or(Status::NotFound)?;
         if bytes > limit {
             return Err(Status::InternalFailure);
@@ -138,7 +148,7 @@ impl Queues {
     pub(super) fn dequeue(&mut self, token: u32) -> Result<Vec<u8>, Status> {
         let queue = self.queues.get_mut(&token).ok_or(Status::NotFound)?;
         let item = queue.items.pop_front().ok_or(Status::Empty)?;
-        self.bytes -= item.len();
+        self.bytes -= item.len() + ITEM_OVERHEAD;
         Ok(item)
     }
 }
@@ -156,13 +166,16 @@ mod tests {
         assert_eq!(queues.resolve("vm", "jobs"), Some(token));
         assert_eq!(queues.resolve("other", "jobs"), None);
         assert_eq!(queues.dequeue(token), Err(Status::Empty));
-        queues.enqueue(token, b"a".to_vec(), 10).unwrap();
-        queues.enqueue(token, b"bc".to_vec(), 10).unwrap();
+        queues.enqueue(token, b"a".to_vec(), 1000).unwrap();
+        queues.enqueue(token, b"bc".to_vec(), 1000).unwrap();
         assert_eq!(owner.next(), Some(token));
         assert_eq!(owner.next(), Some(token));
         assert_eq!(owner.next(), None);
         assert_eq!(queues.dequeue(token).unwrap(), b"a");
-        assert_eq!(queues.enqueue(99, b"x".to_vec(), 10), Err(Status::NotFound));
+        assert_eq!(
+            queues.enqueue(99, b"x".to_vec(), 1000),
+            Err(Status::NotFound)
+        );
     }
 
     #[test]
@@ -170,13 +183,29 @@ mod tests {
         let mut queues = Queues::default();
         let owner = Arc::new(QueueReady::default());
         let token = queues.register("", "q", &owner).unwrap();
-        queues.enqueue(token, vec![0; 8], 10).unwrap();
+        let limit = 2 * ITEM_OVERHEAD + 10;
+        queues.enqueue(token, vec![0; 8], limit).unwrap();
         assert_eq!(
-            queues.enqueue(token, vec![0; 3], 10),
+            queues.enqueue(token, vec![0; 3], limit),
+            Err(Status::InternalFailure)
+        );
+        // Empty items count too.
+        queues.enqueue(token, Vec::new(), limit).unwrap();
+        assert_eq!(
+            queues.enqueue(token, Vec::new(), limit),
             Err(Status::InternalFailure)
         );
         queues.dequeue(token).unwrap();
-        queues.enqueue(token, vec![0; 3], 10).unwrap();
+        queues.enqueue(token, vec![0; 3], limit).unwrap();
+        // Announcements are bounded whatever is dequeued.
+        for _ in 0..2 * MAX_PENDING_NOTIFICATIONS {
+            queues.enqueue(token, Vec::new(), usize::MAX).unwrap();
+            queues.dequeue(token).unwrap();
+        }
+        assert_eq!(
+            owner.tokens.lock().unwrap().len(),
+            MAX_PENDING_NOTIFICATIONS
+        );
         for i in 1..MAX_QUEUES {
             queues.register("", &format!("q{i}"), &owner).unwrap();
         }
