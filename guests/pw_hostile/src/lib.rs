@@ -19,7 +19,8 @@
 //!   `on_http_request_headers`, floods properties, request headers,
 //!   shared data and metrics, and tries copies past the host's bounds,
 //!   through the raw hostcalls; reports how far each went in an `x-flood`
-//!   request header; `in` is ignored).
+//!   request header; `in` is ignored), `close` (resets the stream with
+//!   `proxy_close_stream(0)` and returns).
 //! - `in`: where it misbehaves: `request_headers` (the default, in
 //!   `on_http_request_headers`), `request_body` (`on_http_request_body`),
 //!   `response_headers` (`on_http_response_headers`), `response_body`
@@ -80,6 +81,8 @@ pub enum Misbehaviour {
     Framing,
     /// Floods what the host keeps for it and reports how far it got.
     Flood,
+    /// Resets the stream (`proxy_close_stream(0)`) where it misbehaves.
+    Close,
 }
 
 /// Where it goes wrong.
@@ -107,6 +110,7 @@ impl Misbehaviour {
             Misbehaviour::Forge => "forge",
             Misbehaviour::Framing => "framing",
             Misbehaviour::Flood => "flood",
+            Misbehaviour::Close => "close",
         }
     }
 }
@@ -166,6 +170,7 @@ fn misbehave(misbehave: Misbehaviour, callback: Callback) {
     log::warn!("pw_hostile: {} in {}", misbehave.name(), callback.name());
     match misbehave {
         Misbehaviour::None | Misbehaviour::Forge | Misbehaviour::Framing | Misbehaviour::Flood => {}
+        Misbehaviour::Close => flood::close_stream(),
         Misbehaviour::Panic => panic!("pw_hostile: panic in {}", callback.name()),
         Misbehaviour::Loop => {
             let mut n: u64 = 0;
@@ -374,6 +379,7 @@ mod framing {
 mod flood {
     #[link(wasm_import_module = "env")]
     extern "C" {
+        fn proxy_close_stream(stream_type: u32) -> u32;
         fn proxy_set_property(
             path: *const u8,
             path_size: usize,
@@ -439,6 +445,12 @@ mod flood {
     fn set_shared_data(key: &[u8], value: &[u8]) -> u32 {
         // SAFETY: see above.
         unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), 0) }
+    }
+
+    /// Resets the HTTP stream in progress.
+    pub(crate) fn close_stream() {
+        // SAFETY: no pointers.
+        unsafe { proxy_close_stream(0) };
     }
 
     fn define_counter(name: &[u8]) -> u32 {

@@ -115,6 +115,7 @@ impl FilterChain {
                     RequestOutcome::Continue
                 }
             };
+            closed(filter, stream)?;
             if let RequestOutcome::Answer(mut response, body) = outcome {
                 log::info!(
                     "filter {}: answered the request with {}",
@@ -178,6 +179,7 @@ impl FilterChain {
                 drop_on_failure(stream, &failure);
                 call.settle(failure)?;
             }
+            closed(filter, stream)?;
         }
         Ok(())
     }
@@ -238,6 +240,9 @@ impl FilterChain {
                 }
                 Err(failure) => Err(failure),
             };
+            if let Err(Stop::Failed(error)) = closed(filter, stream) {
+                return Err(error);
+            }
             match result {
                 Ok(Some(BodyOutcome::Release(released))) => chunk = released,
                 Ok(Some(BodyOutcome::Buffer)) => return Ok(()),
@@ -349,6 +354,22 @@ async fn deliver_calls(
         }
     }
     Ok(RequestOutcome::Continue)
+}
+
+/// A filter that reset the stream (`proxy_close_stream`) ends the request:
+/// the connection is closed with no response, or the response is cut.
+fn closed(filter: &TenantFilter, stream: &Option<FilterStream>) -> Result<(), Stop> {
+    if !stream.as_ref().is_some_and(FilterStream::closed) {
+        return Ok(());
+    }
+    let why = format!("filter {}: proxy_close_stream", filter.module.name());
+    log::info!("{why}: the stream is reset");
+    Err(Stop::Failed(Error::create(
+        ConnectionClosed,
+        ErrorSource::Downstream,
+        Some(why.into()),
+        None,
+    )))
 }
 
 /// A filter whose callback failed is out of the chain for the rest of the

@@ -199,3 +199,38 @@ tenants:
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_close_stream_resets_the_request() {
+    let upstream = Upstream::plain().await;
+    let yaml = format!(
+        r#"
+tenants:
+  - name: closer
+    hosts: ["closer.example"]
+    upstream: "{u}"
+    filters:
+      - module: GUESTS/pw_hostile.wasm
+        config: {{ misbehave: close, on_path: /close }}
+"#,
+        u = upstream.addr
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, _) = tenants_proxy(&dir, &yaml, &[]);
+    let client = client();
+    // The stream is reset: no response at all, and nothing reached the
+    // upstream.
+    let reset = client
+        .get(proxy.url("/close"))
+        .header("host", "closer.example")
+        .send()
+        .await;
+    assert!(reset.is_err(), "{reset:?}");
+    assert_eq!(upstream.connections(), 0);
+    let line = "filter pw_hostile.wasm (tenant closer): proxy_close_stream: the stream is reset";
+    let log = proxy.wait_for_log(line);
+    assert!(log.contains(line), "{log}");
+    // Other requests go on.
+    let (status, _) = get(&client, &proxy.url("/open"), &[("host", "closer.example")]).await;
+    assert_eq!(status, 200, "{}", proxy.log());
+}

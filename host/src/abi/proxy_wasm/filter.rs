@@ -196,6 +196,11 @@ impl FilterStream {
         self.instance.is_some()
     }
 
+    /// Whether the filter reset the stream (`proxy_close_stream`).
+    pub fn closed(&self) -> bool {
+        self.stream.close
+    }
+
     /// The request went to `upstream` (`upstream.address`).
     pub fn connected_to(&mut self, upstream: std::net::SocketAddr) {
         self.stream.facts.upstream = Some(upstream);

@@ -658,9 +658,17 @@ fn proxy_continue_stream(_caller: Ctx<'_>, _stream_type: i32) -> Result<(), Stat
     Ok(())
 }
 
-/// Not yet: the request is not closed.
-fn proxy_close_stream(_caller: Ctx<'_>, _stream_type: i32) -> Result<(), Status> {
-    Ok(())
+/// Resets the HTTP stream in progress, as Envoy does for the request and
+/// response stream types: once the callback returns, the connection is
+/// closed without a response (or with the response cut). Outside an HTTP
+/// context, or for the connection-level types: `BAD_ARGUMENT`.
+fn proxy_close_stream(mut caller: Ctx<'_>, stream_type: i32) -> Result<(), Status> {
+    // Request (0) and response (1); downstream (2) and upstream (3) name
+    // TCP connections, which no filter here sees.
+    if !(0..=1).contains(&stream_type) {
+        return Err(Status::BadArgument);
+    }
+    state_mut(&mut caller).close_stream()
 }
 
 /// Nothing to switch: an instance serves one HTTP context at a time, and

@@ -181,6 +181,14 @@ impl PwState {
         Ok(())
     }
 
+    /// Asks for the stream in progress to be reset once the callback
+    /// returns. `BAD_ARGUMENT` outside an HTTP stream.
+    pub(super) fn close_stream(&mut self) -> Result<(), Status> {
+        let stream = self.stream.as_mut().ok_or(Status::BadArgument)?;
+        stream.close = true;
+        Ok(())
+    }
+
     /// Records the local reply the filter sent; it is checked once the
     /// callback returns. `BAD_ARGUMENT` outside an HTTP stream.
     pub(super) fn send_local_response(&mut self, reply: LocalReply) -> Result<(), Status> {

@@ -382,6 +382,9 @@ pub struct Stream {
     pub properties: HashMap<String, Vec<u8>>,
     /// Facts about the request.
     pub facts: RequestFacts,
+    /// The filter asked for the stream to be reset
+    /// (`proxy_close_stream`).
+    pub close: bool,
     /// HTTP calls the filter dispatched in this callback.
     pub calls: Vec<super::callout::PendingCall>,
     /// The response of the call being delivered (`proxy_on_http_call_response`):
