@@ -89,7 +89,7 @@ pub(crate) fn check_edit(message: Message, edit: Edit, name: &str) -> Result<(),
             }
         });
     }
-    let is_host = name.eq_ignore_ascii_case("host") || name == ":authority";
+    let is_host = name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case(":authority");
     if message == Message::DownstreamRequest && is_host && edit != Edit::Set {
         return Err(match edit {
             Edit::Add => "a second Host on the downstream request".to_string(),
@@ -131,7 +131,9 @@ pub(crate) fn check_replacement(
         let hosts = |pairs: &[(String, String)]| {
             pairs
                 .iter()
-                .filter(|(name, _)| name.eq_ignore_ascii_case("host") || name == ":authority")
+                .filter(|(name, _)| {
+                    name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case(":authority")
+                })
                 .count()
         };
         match (hosts(old), hosts(new)) {
@@ -142,7 +144,7 @@ pub(crate) fn check_replacement(
         let method = |pairs: &'_ [(String, String)]| -> Option<String> {
             pairs
                 .iter()
-                .find(|(name, _)| name == ":method")
+                .find(|(name, _)| name.eq_ignore_ascii_case(":method"))
                 .map(|(_, value)| value.clone())
         };
         if let (Some(old), Some(new)) = (method(old), method(new)) {
@@ -226,6 +228,8 @@ mod tests {
         assert!(check_edit(DownstreamRequest, Set, "host").is_ok());
         assert!(check_edit(DownstreamRequest, Add, "Host").is_err());
         assert!(check_edit(DownstreamRequest, Add, ":authority").is_err());
+        assert!(check_edit(DownstreamRequest, Add, ":Authority").is_err());
+        assert!(check_edit(DownstreamRequest, Remove, ":AUTHORITY").is_err());
         assert!(check_edit(DownstreamRequest, Remove, "host").is_err());
     }
 
@@ -255,7 +259,11 @@ mod tests {
         assert!(check_replacement(DownstreamRequest, &old, &longer).is_err());
         let chunked = pairs(&[(":authority", "a"), ("content-length", "5"), ("te", "x")]);
         assert!(check_replacement(DownstreamRequest, &old, &chunked).is_err());
-        let two_hosts = pairs(&[(":authority", "a"), ("host", "b"), ("content-length", "5")]);
+        let two_hosts = pairs(&[
+            (":authority", "a"),
+            (":Authority", "b"),
+            ("content-length", "5"),
+        ]);
         assert!(check_replacement(DownstreamRequest, &old, &two_hosts).is_err());
         let without = pairs(&[("x", "1")]);
         assert!(check_replacement(Response, &old, &without).is_ok());

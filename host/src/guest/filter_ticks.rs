@@ -50,7 +50,10 @@ async fn tick(tenant: &Tenant, module: &FilterModule, claim: RootClaim) {
 /// each delivery admitted by the tenant's budget; then gives the
 /// instance back. No budget is held while a call is in flight.
 async fn root_calls(tenant: &Tenant, module: &FilterModule, mut held: HeldRoot) {
-    while let Some(pending) = held.next_call() {
+    for _ in 0..MAX_ROOT_ANSWERS {
+        let Some(pending) = held.next_call() else {
+            break;
+        };
         let response = perform_call(&pending).await;
         if response.is_none() {
             tenant.scope.callout_failed(module.name(), pending.address);
@@ -79,6 +82,11 @@ async fn root_calls(tenant: &Tenant, module: &FilterModule, mut held: HeldRoot) 
     }
     module.release(held);
 }
+
+/// The most answers one chain of root calls gets (each answer may dispatch
+/// another call): past it the rest are dropped, so a chain ends, and with
+/// it the claim and the instance it holds.
+const MAX_ROOT_ANSWERS: usize = 16;
 
 /// The most `proxy_on_queue_ready` calls one delivery task makes before
 /// it leaves the rest to the next pass.

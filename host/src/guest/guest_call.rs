@@ -226,12 +226,13 @@ impl<'t> GuestCall<'t> {
         if let Some(filter) = self.reloading_filter() {
             match fault {
                 Some(_) => {
-                    let backoff = filter.fail_for_reload();
-                    log::warn!(
-                        "{}: fail_reload: its VM is replaced; new requests get 503 for {} ms",
-                        self.guest,
-                        backoff.as_millis()
-                    );
+                    if let Some(backoff) = filter.fail_for_reload() {
+                        log::warn!(
+                            "{}: fail_reload: its VM is replaced; new requests get 503 for {} ms",
+                            self.guest,
+                            backoff.as_millis()
+                        );
+                    }
                 }
                 None => filter.served_after_reload(),
             }

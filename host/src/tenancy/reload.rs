@@ -55,7 +55,7 @@ impl TenantReloader {
     pub(crate) fn reload(&self, why: &str) -> bool {
         match self.load() {
             Ok((set, default_certificate)) => {
-                let names: Vec<&str> = set.tenants().iter().map(|t| t.name.as_str()).collect();
+                let names: Vec<&str> = set.tenants().map(|t| t.name.as_str()).collect();
                 let failed = match set.failed() {
                     [] => String::new(),
                     failed => format!(" (failed to load: {})", failed.join(", ")),

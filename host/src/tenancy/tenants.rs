@@ -125,6 +125,11 @@ pub struct TenantSet {
     /// Tenants whose new configuration failed to load on a reload: each
     /// kept its previous version, or was not added if new.
     failed: Vec<String>,
+    /// Indexes of tenants kept only to hold their hosts, certificate and
+    /// place as `default_tenant`, out of service: their new configuration
+    /// failed to load while it changed their grants. Their requests get
+    /// 404; none of their guests runs.
+    withheld: HashSet<usize>,
 }
 
 impl TenantSet {
@@ -182,6 +187,7 @@ impl TenantSet {
             clusters: HashMap::new(),
             pools: Vec::new(),
             failed: Vec::new(),
+            withheld: HashSet::new(),
         };
         for (name, addr) in &config.clusters {
             let parsed = addr
@@ -249,14 +255,18 @@ impl TenantSet {
                                     );
                                     before.clone()
                                 }
-                                Some(_) => {
+                                Some(before) => {
                                     log::error!(
                                         "tenant {name}: its new configuration failed to load and \
                                          changes what it is granted (limits, egress, clusters, \
                                          pools, upstreams), so its previous version is taken out \
-                                         of service: {error}"
+                                         of service (its hosts get 404): {error}"
                                     );
-                                    continue;
+                                    // Kept for its hosts, certificate and
+                                    // default_tenant, but not served: its
+                                    // hosts never fall to another tenant.
+                                    set.withheld.insert(set.tenants.len());
+                                    before.clone()
                                 }
                                 None => {
                                     log::error!(
@@ -319,13 +329,18 @@ impl TenantSet {
 
     /// The tenant for a request's Host: exact name, then the longest
     /// matching wildcard, then the default tenant.
+    /// A tenant out of service (see `withheld`) is routed to but not
+    /// given: None, as for no tenant.
     pub fn route(&self, host: Option<&str>) -> Option<&Arc<Tenant>> {
-        if !self.routes_by_host() {
-            return self.default.and_then(|index| self.tenants.get(index));
+        let index = if self.routes_by_host() {
+            host.and_then(|host| self.host_index(host))
+                .or(self.default)?
+        } else {
+            self.default?
+        };
+        if self.withheld.contains(&index) {
+            return None;
         }
-        let index = host
-            .and_then(|host| self.host_index(host))
-            .or(self.default)?;
         self.tenants.get(index)
     }
 
@@ -359,9 +374,14 @@ impl TenantSet {
         !self.exact.is_empty() || !self.wildcards.is_empty()
     }
 
-    /// The tenants, in file order.
-    pub fn tenants(&self) -> &[Arc<Tenant>] {
-        &self.tenants
+    /// The tenants in service, in file order.
+    pub fn tenants(&self) -> impl Iterator<Item = &Arc<Tenant>> {
+        let withheld = &self.withheld;
+        self.tenants
+            .iter()
+            .enumerate()
+            .filter(move |(index, _)| !withheld.contains(index))
+            .map(|(_, tenant)| tenant)
     }
 
     /// Files whose change should trigger a reload.
@@ -932,6 +952,7 @@ mod tests {
             clusters: HashMap::new(),
             pools: Vec::new(),
             failed: Vec::new(),
+            withheld: HashSet::new(),
         };
         for (host, index) in hosts {
             set.add_host(host, *index).unwrap();

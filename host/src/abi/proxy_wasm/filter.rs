@@ -42,6 +42,14 @@ impl HeldRoot {
     }
 }
 
+/// How a root callback went, if it did not fault.
+enum RootRun {
+    /// No instance could be had (the tenant's bounds, the engine's slots).
+    NoRoom,
+    /// It ran; the instance is held if it dispatched calls.
+    Ran(Option<HeldRoot>),
+}
+
 /// A callback on an instance's root context, outside any request.
 #[derive(Debug, Clone, Copy)]
 enum RootCallback {
@@ -177,6 +185,8 @@ pub struct FilterModule {
     /// Bumped by each reload: an instance of an older generation is not
     /// kept once its request ends.
     generation: AtomicU64,
+    /// Makes a reload's state change one at a time.
+    reload_lock: std::sync::Mutex<()>,
     /// Whether it exports the body callbacks, by [`Direction`].
     reads_bodies: [bool; 2],
     origin: Instant,
@@ -297,6 +307,7 @@ impl FilterModule {
             reload_until_ms: AtomicU64::new(0),
             reload_backoff_ms: AtomicU64::new(FIRST_RELOAD_BACKOFF_MS),
             generation: AtomicU64::new(0),
+            reload_lock: std::sync::Mutex::new(()),
             reads_bodies: ["proxy_on_request_body", "proxy_on_response_body"]
                 .map(|callback| module.get_export(callback).is_some()),
             origin: Instant::now(),
@@ -393,7 +404,13 @@ impl FilterModule {
     /// instance (a fresh VM for what comes next, as Envoy reloads the
     /// plugin's VM) and refuses new calls for a backoff of 1 s, doubled by
     /// each fault in a row up to [`MAX_RELOAD_BACKOFF_MS`]. The backoff.
-    pub fn fail_for_reload(&self) -> Duration {
+    /// Faults during a backoff (requests that were already in the filter,
+    /// on the old instances) neither extend nor double it: None then.
+    pub fn fail_for_reload(&self) -> Option<Duration> {
+        let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.reloading_for().is_some() {
+            return None;
+        }
         self.generation.fetch_add(1, Ordering::Relaxed);
         self.idle.clear();
         let backoff = self.reload_backoff_ms.load(Ordering::Relaxed);
@@ -401,7 +418,18 @@ impl FilterModule {
         self.reload_until_ms.store(now + backoff, Ordering::Relaxed);
         let next = (backoff * 2).min(MAX_RELOAD_BACKOFF_MS);
         self.reload_backoff_ms.store(next, Ordering::Relaxed);
-        Duration::from_millis(backoff)
+        Some(Duration::from_millis(backoff))
+    }
+
+    /// An idle instance of the current generation, if any (an older one
+    /// that slipped back during a reload is dropped).
+    fn take_idle(&self) -> Option<Box<FilterInstance>> {
+        while let Some(instance) = self.idle.take() {
+            if instance.generation == self.generation.load(Ordering::Relaxed) {
+                return Some(instance);
+            }
+        }
+        None
     }
 
     /// Keeps `instance` for reuse, unless the filter's VM was replaced
@@ -423,12 +451,17 @@ impl FilterModule {
         (now < until).then(|| Duration::from_millis(until - now))
     }
 
-    /// A call served after a reload: the next fault's backoff is 1 s again.
+    /// A call served once a backoff has ended: the next fault's backoff is
+    /// 1 s again. (Calls served during the backoff, by requests already in
+    /// the filter, change nothing.)
     pub fn served_after_reload(&self) {
-        if self.reload_until_ms.load(Ordering::Relaxed) != 0 {
-            self.reload_until_ms.store(0, Ordering::Relaxed);
-            self.reload_backoff_ms
-                .store(FIRST_RELOAD_BACKOFF_MS, Ordering::Relaxed);
+        if self.reload_until_ms.load(Ordering::Relaxed) != 0 && self.reloading_for().is_none() {
+            let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+            if self.reloading_for().is_none() {
+                self.reload_until_ms.store(0, Ordering::Relaxed);
+                self.reload_backoff_ms
+                    .store(FIRST_RELOAD_BACKOFF_MS, Ordering::Relaxed);
+            }
         }
     }
 
@@ -454,7 +487,10 @@ impl FilterModule {
         _claim: &RootClaim,
         meter: &dyn SliceMeter,
     ) -> Result<Option<HeldRoot>, HookFault> {
-        self.on_root(RootCallback::Tick, meter).await
+        match self.on_root(RootCallback::Tick, meter).await? {
+            RootRun::Ran(held) => Ok(held),
+            RootRun::NoRoom => Ok(None),
+        }
     }
 
     /// Claims the filter's `proxy_on_queue_ready` calls, if items were
@@ -478,9 +514,14 @@ impl FilterModule {
         let Some(token) = self.plugin.queue_ready.next() else {
             return Ok(None);
         };
-        self.on_root(RootCallback::QueueReady(token), meter)
-            .await
-            .map(Some)
+        match self.on_root(RootCallback::QueueReady(token), meter).await? {
+            RootRun::Ran(held) => Ok(Some(held)),
+            // No room for an instance: the call waits for the next pass.
+            RootRun::NoRoom => {
+                self.plugin.queue_ready.put_back(token);
+                Ok(None)
+            }
+        }
     }
 
     /// `callback` (if the filter exports it) on the root context of an
@@ -492,18 +533,27 @@ impl FilterModule {
         &self,
         callback: RootCallback,
         meter: &dyn SliceMeter,
-    ) -> Result<Option<HeldRoot>, HookFault> {
-        let mut instance = match self.idle.take() {
+    ) -> Result<RootRun, HookFault> {
+        let mut instance = match self.take_idle() {
             Some(instance) => instance,
             None => {
                 let Ok(slot) = self.quota.take() else {
-                    return Ok(None);
+                    return Ok(RootRun::NoRoom);
                 };
-                let mut fresh = Box::pin(self.start(meter)).await?;
+                // No room in the tenant's memory or the engine's slots is
+                // not the guest's fault either.
+                let mut fresh = match Box::pin(self.start(meter)).await {
+                    Ok(fresh) => fresh,
+                    Err(HookFault::Runtime(RuntimeFault::NoRoom(..))) => {
+                        return Ok(RootRun::NoRoom)
+                    }
+                    Err(fault) => return Err(fault),
+                };
                 fresh.wasm.hold(slot);
                 fresh
             }
         };
+        instance.wasm.abi_mut().in_root_callback = true;
         let callbacks = &instance.callbacks;
         let called = match callback {
             RootCallback::Tick => match callbacks.on_tick.clone() {
@@ -518,10 +568,11 @@ impl FilterModule {
                 None => None,
             },
         };
+        instance.wasm.abi_mut().in_root_callback = false;
         if let Some(result) = called {
             result.map_err(CallError::into_fault)?;
         }
-        Ok(self.held_or_kept(instance))
+        Ok(RootRun::Ran(self.held_or_kept(instance)))
     }
 
     /// The instance held for the root calls it dispatched, or kept for
@@ -554,7 +605,9 @@ impl FilterModule {
         let Some(callback) = instance.callbacks.on_http_call_response.clone() else {
             return Ok(());
         };
-        instance.wasm.abi_mut().root_call_response = Some((HeaderPairs::from_pairs(headers), body));
+        let state = instance.wasm.abi_mut();
+        state.root_call_response = Some((HeaderPairs::from_pairs(headers), body));
+        state.in_root_callback = true;
         let result = instance
             .call(
                 &callback,
@@ -564,6 +617,7 @@ impl FilterModule {
             .await;
         let state = instance.wasm.abi_mut();
         state.root_call_response = None;
+        state.in_root_callback = false;
         held.calls.append(&mut state.root_calls);
         result.map_err(CallError::into_fault)
     }
@@ -702,7 +756,7 @@ impl FilterModule {
         connection: &super::ConnectionFacts,
         meter: &dyn SliceMeter,
     ) -> Result<FilterStream, HookFailure> {
-        let mut instance = match self.idle.take() {
+        let mut instance = match self.take_idle() {
             Some(instance) => instance,
             None => {
                 let slot = self.quota.take().map_err(HookFailure::no_room)?;

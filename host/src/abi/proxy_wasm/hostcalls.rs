@@ -14,6 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use wasmtime::{Caller, Linker, Module, Val, WasmTy};
 
+use super::stream::MAX_HEADER_PAIRS;
 use super::types::{BufferType, LogLevel, MapType, MetricType, Status};
 use super::{HeaderPairs, PwState};
 use crate::abi::framing::{check_edit, check_method, check_replacement, Edit, Message};
@@ -240,10 +241,6 @@ impl Copied {
     }
 }
 
-/// The most fields a filter may make a header map hold: an edit that
-/// would pass it, or a replacement map with more, gets `BAD_ARGUMENT`.
-const MAX_HEADER_PAIRS: usize = 1024;
-
 /// `BAD_ARGUMENT` for a copy past its bound, with a line in the filter's
 /// log (held to its log rate: the guest chooses how often).
 fn too_large(caller: &mut Ctx<'_>, what: Copied, len: usize) -> Status {
@@ -435,10 +432,8 @@ fn proxy_set_header_map_pairs(
     size: i32,
 ) -> Result<(), Status> {
     let bytes = read(&mut caller, data, size, Copied::HeaderMap)?;
+    // More than MAX_HEADER_PAIRS fields is refused as malformed.
     let pairs = HeaderPairs::deserialize(&bytes).ok_or(Status::BadArgument)?;
-    if pairs.len() > MAX_HEADER_PAIRS {
-        return Err(too_many_fields(&mut caller, pairs.len()));
-    }
     let map = MapType::try_from(map)?;
     if let Some(message) = framed(map) {
         let old = state(&caller).header_map(map)?.pairs();
@@ -518,7 +513,7 @@ fn edit_header_map(
     if fields >= MAX_HEADER_PAIRS {
         return Err(too_many_fields(&mut caller, fields + 1));
     }
-    if map == MapType::HttpRequestHeaders && key == ":method" {
+    if map == MapType::HttpRequestHeaders && key.eq_ignore_ascii_case(":method") {
         let old = state(&caller).header_map(map)?.get(":method").unwrap_or("");
         let checked = check_method(old, &value);
         refuse_framing(&mut caller, hostcall, checked)?;

@@ -53,6 +53,14 @@ impl QueueReady {
             .pop_front()
     }
 
+    /// Puts back `token`, first, for a call that could not be made.
+    pub fn put_back(&self, token: u32) {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_front(token);
+    }
+
     /// Whether any is waiting.
     pub fn is_pending(&self) -> bool {
         !self

@@ -40,6 +40,10 @@ pub struct PwState {
     pub(super) root_calls: Vec<PendingCall>,
     /// The response of the root call being delivered.
     pub(super) root_call_response: Option<(HeaderPairs, Vec<u8>)>,
+    /// A root callback outside any request is running (a tick, a queue
+    /// delivery, a root call's answer): only then may calls be
+    /// dispatched outside a stream.
+    pub(super) in_root_callback: bool,
 }
 
 impl PwState {
@@ -52,6 +56,7 @@ impl PwState {
             next_call_token: 1,
             root_calls: Vec::new(),
             root_call_response: None,
+            in_root_callback: false,
         }
     }
 
@@ -317,7 +322,10 @@ impl PwState {
         let token = self.next_call_token;
         let calls = match self.stream.as_mut() {
             Some(stream) => &mut stream.calls,
-            None => &mut self.root_calls,
+            None if self.in_root_callback => &mut self.root_calls,
+            // `proxy_on_configure` when an instance starts,
+            // `proxy_on_context_create`: no one would take the answer.
+            None => return Err(Status::InternalFailure),
         };
         calls.push(PendingCall {
             token,
@@ -411,8 +419,14 @@ mod tests {
             body: Default::default(),
         };
         assert_eq!(state.send_local_response(reply), Err(Status::BadArgument));
-        // A call from the root context waits for the root's answer.
+        // A call from the root context outside a root callback has no
+        // one to answer; in one, it waits for the root's answer.
         let call = pairs(&[(":method", "GET"), (":path", "/")]);
+        assert_eq!(
+            state.dispatch_http_call("auth", call.clone(), vec![], 10),
+            Err(Status::InternalFailure)
+        );
+        state.in_root_callback = true;
         let token = state.dispatch_http_call("auth", call, vec![], 10).unwrap();
         assert_eq!(state.root_calls.len(), 1);
         assert_eq!(state.root_calls[0].token, token);

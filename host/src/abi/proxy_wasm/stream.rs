@@ -17,6 +17,11 @@ use crate::abi::{
     header_name, header_refused, header_value, is_final_status, HeaderTarget, LocalReply,
 };
 
+/// The most fields a filter may give or make a header map hold: a map
+/// with more (a replacement, a callout's or a local reply's headers) is
+/// `BAD_ARGUMENT`, and so is an edit that would pass it.
+pub(super) const MAX_HEADER_PAIRS: usize = 1024;
+
 /// A header map as a filter sees it: ordered pairs, pseudo-headers first.
 #[derive(Debug, Default, Clone)]
 pub struct HeaderPairs {
@@ -142,8 +147,11 @@ impl HeaderPairs {
 
     /// Replaces the whole map.
     pub fn set_all(&mut self, mut pairs: Vec<(String, String)>) {
+        // Names are matched lower case from here on (as HTTP/2 writes
+        // them): `:Authority` is `:authority`.
         for (name, _) in &mut pairs {
-            if self.request && name.eq_ignore_ascii_case("host") {
+            name.make_ascii_lowercase();
+            if self.request && name == "host" {
                 *name = ":authority".to_string();
             }
         }
@@ -189,13 +197,17 @@ impl HeaderPairs {
         4 + pairs.len() * 8 + strings
     }
 
-    /// Pairs from the serialized form; None if it is malformed.
+    /// Pairs from the serialized form; None if it is malformed or holds
+    /// more than [`MAX_HEADER_PAIRS`] (checked before anything is made).
     pub fn deserialize(bytes: &[u8]) -> Option<Vec<(String, String)>> {
         let u32_at = |at: usize| -> Option<usize> {
             let raw: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
             Some(u32::from_le_bytes(raw) as usize)
         };
         let count = u32_at(0)?;
+        if count > MAX_HEADER_PAIRS {
+            return None;
+        }
         let mut sizes = Vec::with_capacity(count.min(1024));
         for i in 0..count {
             sizes.push((u32_at(4 + i * 8)?, u32_at(8 + i * 8)?));
