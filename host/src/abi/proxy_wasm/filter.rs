@@ -580,10 +580,19 @@ impl FilterModule {
     fn held_or_kept(&self, mut instance: Box<FilterInstance>) -> Option<HeldRoot> {
         let calls = std::mem::take(&mut instance.wasm.abi_mut().root_calls);
         if calls.is_empty() {
-            self.keep(instance);
+            self.keep_after_root(instance);
             return None;
         }
         Some(HeldRoot { instance, calls })
+    }
+
+    /// Keeps an instance after a root callback, which counts towards its
+    /// `instance_reuse` as a request does.
+    fn keep_after_root(&self, mut instance: Box<FilterInstance>) {
+        instance.streams += 1;
+        if instance.streams < self.limits.instance_reuse {
+            self.keep(instance);
+        }
     }
 
     /// Delivers the response of root call `token` (None: it failed or
@@ -624,7 +633,7 @@ impl FilterModule {
 
     /// Gives back an instance held for root calls, once they are answered.
     pub fn release(&self, held: HeldRoot) {
-        self.keep(held.instance);
+        self.keep_after_root(held.instance);
     }
 
     /// A new instance, started: `_initialize`, the root context, the VM
