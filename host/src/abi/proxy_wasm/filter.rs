@@ -42,6 +42,21 @@ impl HeldRoot {
     }
 }
 
+/// A call's response as `proxy_on_http_call_response` gets it: its
+/// headers and body (empty for a failed call), and their counts for the
+/// callback's arguments.
+type CallResponseParts = (Vec<(String, String)>, Vec<u8>, (i32, i32));
+
+/// Splits a call's response into [`CallResponseParts`].
+fn call_response_parts(response: Option<super::CallResponse>) -> CallResponseParts {
+    let (headers, body) = match response {
+        Some(response) => (response.headers, response.body),
+        None => (Vec::new(), Vec::new()),
+    };
+    let sizes = (headers.len() as i32, body.len() as i32);
+    (headers, body, sizes)
+}
+
 /// How a root callback went, if it did not fault.
 enum RootRun {
     /// No instance could be had (the tenant's bounds, the engine's slots).
@@ -605,11 +620,7 @@ impl FilterModule {
         response: Option<super::CallResponse>,
         meter: &dyn SliceMeter,
     ) -> Result<(), HookFault> {
-        let (headers, body) = match response {
-            Some(response) => (response.headers, response.body),
-            None => (Vec::new(), Vec::new()),
-        };
-        let sizes = (headers.len() as i32, body.len() as i32);
+        let (headers, body, sizes) = call_response_parts(response);
         let instance = &mut held.instance;
         let Some(callback) = instance.callbacks.on_http_call_response.clone() else {
             return Ok(());
@@ -833,11 +844,7 @@ impl FilterModule {
         request: &mut RequestHeader,
         meter: &dyn SliceMeter,
     ) -> Result<RequestOutcome, HookFault> {
-        let (headers, body) = match response {
-            Some(response) => (response.headers, response.body),
-            None => (Vec::new(), Vec::new()),
-        };
-        let sizes = (headers.len() as i32, body.len() as i32);
+        let (headers, body, sizes) = call_response_parts(response);
         filter.stream.request = HeaderPairs::of_request(request, "http");
         filter.stream.call_response = Some((HeaderPairs::from_pairs(headers), body));
         let Some(instance) = filter.instance.as_mut() else {
