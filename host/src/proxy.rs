@@ -44,7 +44,9 @@ use crate::edge::drain::Draining;
 use crate::edge::forwarded::{add_forwarded_headers, authority_as_host};
 use crate::edge::sni::RequestedServerName;
 use crate::guest::budget::Throttle;
-use crate::guest::filter_chain::{has_body, response_has_body, ChainVerdict, FilterChain};
+use crate::guest::filter_chain::{
+    declared_length, has_body, response_has_body, ChainVerdict, FilterChain,
+};
 use crate::guest::guest_call::{CallFailure, CallName, GuestCall, Stage, Stop};
 use crate::guest::hooks::Hook;
 use crate::metrics::Metrics;
@@ -536,9 +538,14 @@ impl ProxyHttp for WasmProxy {
             keep_framing(&framing, upstream_request);
         }
         if has_body(session.req_header()) && ctx.filters.reads_bodies(Direction::Request) {
-            // A filter may change the body's length: frame it by chunks.
-            upstream_request.remove_header(&http::header::CONTENT_LENGTH);
-            upstream_request.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            if ctx.filters.request_reframed() {
+                // A filter removed Content-Length to change the body's
+                // length, as Envoy's filters do: frame it by chunks.
+                upstream_request.remove_header(&http::header::CONTENT_LENGTH);
+                upstream_request.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            }
+            let length = declared_length(&upstream_request.headers);
+            ctx.filters.expect_body(Direction::Request, length);
         }
         Ok(())
     }
@@ -563,10 +570,22 @@ impl ProxyHttp for WasmProxy {
             ))
             .await?;
         }
-        if response_has_body(upstream_response) && ctx.filters.reads_bodies(Direction::Response) {
-            // A filter may change the body's length: frame it by chunks.
-            upstream_response.remove_header(&http::header::CONTENT_LENGTH);
-            upstream_response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        let head = session.req_header().method == http::Method::HEAD;
+        if !head
+            && response_has_body(upstream_response)
+            && ctx.filters.reads_bodies(Direction::Response)
+        {
+            let headers = &upstream_response.headers;
+            let framed = headers.contains_key(http::header::CONTENT_LENGTH)
+                || headers.contains_key(http::header::TRANSFER_ENCODING);
+            if !framed {
+                // A filter removed Content-Length to change the body's
+                // length, as Envoy's filters do (or the upstream ends it
+                // with the connection): frame it by chunks.
+                upstream_response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            }
+            let length = declared_length(&upstream_response.headers);
+            ctx.filters.expect_body(Direction::Response, length);
         }
         Ok(())
     }

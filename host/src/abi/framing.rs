@@ -10,6 +10,11 @@
 //!   `Host` may be replaced but not removed or added a second time; the
 //!   method may not change to or from `HEAD` or `CONNECT` (Pingora frames
 //!   the response to the client by the request's method).
+//! - The request as a proxy-wasm filter sees it: as the downstream
+//!   request, but a filter may remove `Content-Length` (Envoy's pattern
+//!   before it rewrites a body). The downstream request keeps it, as
+//!   Pingora reads the body by it; the host frames the upstream body by
+//!   chunks instead.
 //! - Response: a filter may remove `Content-Length` (Envoy's pattern
 //!   before it rewrites a body: the host then frames it by chunks); every
 //!   other framing edit is refused.
@@ -41,6 +46,9 @@ pub(crate) fn is_framing(name: &str) -> bool {
 pub(crate) enum Message {
     /// The request as it arrived, before its body is read.
     DownstreamRequest,
+    /// The request as a proxy-wasm filter's header map holds it: removing
+    /// its `Content-Length` asks for the body to go upstream by chunks.
+    FilterRequest,
     /// The response on its way to the client.
     Response,
 }
@@ -48,9 +56,19 @@ pub(crate) enum Message {
 impl Message {
     fn noun(self) -> &'static str {
         match self {
-            Message::DownstreamRequest => "the downstream request",
+            Message::DownstreamRequest | Message::FilterRequest => "the downstream request",
             Message::Response => "the response",
         }
+    }
+
+    fn is_request(self) -> bool {
+        self != Message::Response
+    }
+
+    /// Whether a guest may remove `Content-Length`: then the host frames
+    /// the body by chunks.
+    fn may_drop_length(self) -> bool {
+        self != Message::DownstreamRequest
     }
 }
 
@@ -69,28 +87,27 @@ pub(crate) enum Edit {
 /// refusal says why. `:authority` is the request's `Host`.
 pub(crate) fn check_edit(message: Message, edit: Edit, name: &str) -> Result<(), String> {
     if is_framing(name) {
-        let allowed = message == Message::Response
+        let allowed = message.may_drop_length()
             && edit == Edit::Remove
             && name.eq_ignore_ascii_case("content-length");
         if allowed {
             return Ok(());
         }
         let name = name.to_ascii_lowercase();
-        return Err(match message {
-            Message::Response => format!(
+        return Err(if message.may_drop_length() {
+            format!(
                 "{name} on {} is the host's (a filter may only remove content-length)",
                 message.noun()
-            ),
-            Message::DownstreamRequest => {
-                format!(
-                    "{name} on {} is the host's (it frames the body)",
-                    message.noun()
-                )
-            }
+            )
+        } else {
+            format!(
+                "{name} on {} is the host's (it frames the body)",
+                message.noun()
+            )
         });
     }
     let is_host = name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case(":authority");
-    if message == Message::DownstreamRequest && is_host && edit != Edit::Set {
+    if message.is_request() && is_host && edit != Edit::Set {
         return Err(match edit {
             Edit::Add => "a second Host on the downstream request".to_string(),
             _ => "removing Host from the downstream request".to_string(),
@@ -127,7 +144,7 @@ pub(crate) fn check_replacement(
         };
         check_edit(message, edit, field)?;
     }
-    if message == Message::DownstreamRequest {
+    if message.is_request() {
         let hosts = |pairs: &[(String, String)]| {
             pairs
                 .iter()
@@ -242,6 +259,29 @@ mod tests {
         assert!(
             check_edit(Response, Add, "host").is_ok(),
             "a response has no Host"
+        );
+    }
+
+    #[test]
+    fn a_filter_s_request_map_may_lose_its_content_length_and_nothing_else() {
+        assert!(check_edit(FilterRequest, Remove, "Content-Length").is_ok());
+        assert!(check_edit(DownstreamRequest, Remove, "content-length").is_err());
+        assert!(check_edit(FilterRequest, Set, "content-length").is_err());
+        assert!(check_edit(FilterRequest, Add, "content-length").is_err());
+        assert!(check_edit(FilterRequest, Remove, "transfer-encoding").is_err());
+        assert!(check_edit(FilterRequest, Remove, "host").is_err());
+        let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+            list.iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect()
+        };
+        let old = pairs(&[(":authority", "a"), ("content-length", "5")]);
+        let without = pairs(&[(":authority", "a")]);
+        assert!(check_replacement(FilterRequest, &old, &without).is_ok());
+        assert!(check_replacement(DownstreamRequest, &old, &without).is_err());
+        assert!(check_replacement(FilterRequest, &without, &old).is_err());
+        assert!(
+            check_replacement(FilterRequest, &old, &pairs(&[("content-length", "5")])).is_err()
         );
     }
 

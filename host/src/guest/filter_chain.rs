@@ -28,6 +28,11 @@ const ON_LOG: &str = "proxy_on_log";
 #[derive(Default)]
 pub(crate) struct FilterChain {
     links: Vec<Link>,
+    /// A filter removed the request's `Content-Length`: its body goes
+    /// upstream by chunks.
+    request_reframed: bool,
+    /// Each direction's body as it leaves the chain, by [`Direction`].
+    bodies: [BodyCount; 2],
 }
 
 /// One filter of the chain and its HTTP context for this request; None
@@ -35,6 +40,16 @@ pub(crate) struct FilterChain {
 struct Link {
     filter: TenantFilter,
     stream: Option<FilterStream>,
+    /// Bytes given to the filter and released by it, by [`Direction`].
+    body_bytes: [(u64, u64); 2],
+}
+
+/// A body's length as its framing declares it, and what the chain has
+/// let go of it so far.
+#[derive(Default, Clone, Copy)]
+struct BodyCount {
+    declared: Option<u64>,
+    sent: u64,
 }
 
 /// What the request headers' callbacks decided.
@@ -59,6 +74,22 @@ impl FilterChain {
             .any(|link| link.stream.is_some() && link.filter.module.reads_body(direction))
     }
 
+    /// Whether a filter removed the request's `Content-Length` in its
+    /// headers callback: the body then goes upstream by chunks.
+    pub(crate) fn request_reframed(&self) -> bool {
+        self.request_reframed
+    }
+
+    /// `direction`'s body goes on with `Content-Length: length` (None:
+    /// by chunks, or it ends with the connection): what the filters let
+    /// go of it must come to that length.
+    pub(crate) fn expect_body(&mut self, direction: Direction, length: Option<u64>) {
+        self.bodies[direction as usize] = BodyCount {
+            declared: length,
+            sent: 0,
+        };
+    }
+
     /// The tenant's filters on the request headers, in order: each opens
     /// an HTTP context (an instance of its own until the request ends) and
     /// sees `request`, which it may change, answer, or pause for HTTP
@@ -75,12 +106,14 @@ impl FilterChain {
             .map(|filter| Link {
                 filter: filter.clone(),
                 stream: None,
+                body_bytes: Default::default(),
             })
             .collect();
         for index in 0..self.links.len() {
             // An earlier filter may have changed the request's framing.
             let end_of_stream = !has_body(request);
-            let Link { filter, stream } = &mut self.links[index];
+            let reframed = &mut self.request_reframed;
+            let Link { filter, stream, .. } = &mut self.links[index];
             let call = GuestCall::new(
                 tenant,
                 Guest::filter(filter),
@@ -92,10 +125,14 @@ impl FilterChain {
                 Ok(permit) => {
                     let opened = async {
                         let mut opened = module.begin(request, connection, &permit).await?;
+                        if *reframed {
+                            opened.reframe_request();
+                        }
                         let outcome = module
                             .on_request_headers(&mut opened, request, end_of_stream, &permit)
                             .await
                             .map_err(HookFailure::Fault);
+                        *reframed |= outcome.is_ok() && opened.request_reframed();
                         *stream = Some(opened).filter(FilterStream::active);
                         outcome
                     };
@@ -152,7 +189,7 @@ impl FilterChain {
     ) -> Result<(), Stop> {
         let count = count.min(self.links.len());
         for link in self.links[..count].iter_mut().rev() {
-            let Link { filter, stream } = link;
+            let Link { filter, stream, .. } = link;
             let Some(open) = stream.as_mut() else {
                 continue;
             };
@@ -211,13 +248,19 @@ impl FilterChain {
                 Direction::Request => step,
                 Direction::Response => count - 1 - step,
             };
-            let Link { filter, stream } = &mut self.links[index];
+            let Link {
+                filter,
+                stream,
+                body_bytes,
+            } = &mut self.links[index];
             let Some(open) = stream.as_mut() else {
                 continue;
             };
             if !filter.module.reads_body(direction) {
                 continue;
             }
+            let counted = &mut body_bytes[direction as usize];
+            counted.0 += chunk.len() as u64;
             let call = GuestCall::new(
                 tenant,
                 Guest::filter(filter),
@@ -244,7 +287,10 @@ impl FilterChain {
                 return Err(error);
             }
             match result {
-                Ok(Some(BodyOutcome::Release(released))) => chunk = released,
+                Ok(Some(BodyOutcome::Release(released))) => {
+                    counted.1 += released.len() as u64;
+                    chunk = released;
+                }
                 Ok(Some(BodyOutcome::Buffer)) => return Ok(()),
                 Ok(None) => {
                     let status = match direction {
@@ -268,17 +314,61 @@ impl FilterChain {
                 }
             }
         }
+        self.check_length(direction, chunk.len(), end_of_stream)?;
         if !chunk.is_empty() {
             *body = Some(Bytes::from(chunk));
         }
         Ok(())
     }
 
+    /// Counts `sent` more bytes of `direction`'s body: past the length its
+    /// `Content-Length` declares, or short of it at the end, a filter
+    /// changed the body's length without removing the field in its
+    /// headers callback. The request fails rather than leave mis-framed
+    /// (500 while the response headers are held; else the connection is
+    /// cut), naming the filter whose output differs from its input.
+    fn check_length(
+        &mut self,
+        direction: Direction,
+        sent: usize,
+        end_of_stream: bool,
+    ) -> Result<(), Box<Error>> {
+        let count = &mut self.bodies[direction as usize];
+        let Some(declared) = count.declared else {
+            return Ok(());
+        };
+        count.sent += sent as u64;
+        let total = count.sent;
+        if total <= declared && (total == declared || !end_of_stream) {
+            return Ok(());
+        }
+        let culprit = self
+            .links
+            .iter()
+            .find(|link| {
+                let (given, released) = link.body_bytes[direction as usize];
+                released > given || (end_of_stream && released != given)
+            })
+            .map_or("a filter", |link| link.filter.module.name());
+        let (noun, callback) = match direction {
+            Direction::Request => ("request", "proxy_on_request_headers"),
+            Direction::Response => ("response", "proxy_on_response_headers"),
+        };
+        let why = format!(
+            "filter {culprit} changed the {noun} body's length without removing its \
+             Content-Length in {callback} (Content-Length: {declared}; {total} bytes \
+             {})",
+            if end_of_stream { "in all" } else { "so far" }
+        );
+        log::warn!("{why}");
+        Error::e_explain(HTTPStatus(500), why)
+    }
+
     /// Ends every filter's HTTP context (`proxy_on_done`, `proxy_on_log`,
     /// `proxy_on_delete`) with `response` as the last response seen,
     /// returning healthy instances. A failure is logged.
     pub(crate) async fn end(&mut self, tenant: &Tenant, response: Option<&ResponseHeader>) {
-        for Link { filter, stream } in std::mem::take(&mut self.links) {
+        for Link { filter, stream, .. } in std::mem::take(&mut self.links) {
             let Some(stream) = stream else {
                 continue;
             };
@@ -378,6 +468,17 @@ fn drop_on_failure(stream: &mut Option<FilterStream>, failure: &CallFailure) {
     if let CallFailure::Hook(_) = failure {
         *stream = None;
     }
+}
+
+/// The body length `headers` declare by `Content-Length`, if they do and
+/// are not chunked.
+pub(crate) fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return None;
+    }
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
 }
 
 /// Whether the request has a body to follow its headers.

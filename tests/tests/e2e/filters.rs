@@ -421,6 +421,9 @@ async fn a_filter_rewrites_both_bodies_to_other_lengths_and_keep_alive_holds() {
             .await
             .expect("request to the proxy");
         assert_eq!(response.status().as_u16(), 200, "{}", proxy.log());
+        // The filter removed Content-Length: the host frames by chunks.
+        assert_eq!(response.headers().get("content-length"), None);
+        assert_eq!(response.headers()["transfer-encoding"], "chunked");
         let text = response.text().await.unwrap();
         let (prefix, echo) = text.split_once(':').expect("a wrapped body");
         let echo: Value = serde_json::from_str(echo).unwrap();
@@ -431,10 +434,83 @@ async fn a_filter_rewrites_both_bodies_to_other_lengths_and_keep_alive_holds() {
             "the request body, rewritten"
         );
         assert_eq!(echo["method"], "POST");
+        assert_eq!(echoed_header(&echo, "content-length"), None);
+        assert_eq!(
+            echoed_header(&echo, "transfer-encoding").as_deref(),
+            Some("chunked")
+        );
     }
     assert_eq!(
         upstream.connections(),
         1,
         "one keep-alive connection upstream"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_filter_that_leaves_bodies_alone_keeps_content_length_both_ways() {
+    // pw_bench exports the body callbacks (as every Rust SDK filter does)
+    // and never touches a body: framing stays as it came, as in Envoy.
+    let upstream = Upstream::plain().await;
+    let proxy = filters_proxy(&upstream, &[("pw_bench", "")], &[]);
+    let client = client();
+    for round in 0..2 {
+        let sent = format!("hello {round}");
+        let response = client
+            .post(proxy.url("/kept"))
+            .body(sent.clone())
+            .send()
+            .await
+            .expect("request to the proxy");
+        assert_eq!(response.status().as_u16(), 200, "{}", proxy.log());
+        assert_eq!(response.headers().get("transfer-encoding"), None);
+        let length = response.headers()["content-length"].clone();
+        let text = response.text().await.unwrap();
+        assert_eq!(length, text.len().to_string());
+        let echo: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(echo["body"], sent.as_str());
+        assert_eq!(
+            echoed_header(&echo, "content-length"),
+            Some(sent.len().to_string())
+        );
+        assert_eq!(echoed_header(&echo, "transfer-encoding"), None);
+    }
+    assert_eq!(upstream.connections(), 1, "keep-alive upstream");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_filter_that_changes_a_length_it_kept_fails_the_request_by_name() {
+    // pw_body rewrites both bodies to other lengths but, told
+    // `keep_length`, leaves Content-Length: the request fails (500) with
+    // a line naming the filter, rather than leave mis-framed.
+    let upstream = Upstream::plain().await;
+    let proxy = filters_proxy(&upstream, &[("pw_body", "keep_length")], &[]);
+    let client = client();
+    let response = client
+        .post(proxy.url("/b"))
+        .body("hello")
+        .send()
+        .await
+        .expect("request to the proxy");
+    assert_eq!(response.status().as_u16(), 500, "{}", proxy.log());
+    let line = "filter pw_body.wasm changed the request body's length without removing its \
+                Content-Length in proxy_on_request_headers (Content-Length: 5; 7 bytes in all)";
+    assert!(proxy.wait_for_log(line).contains(line), "{}", proxy.log());
+    // A GET has no request body; its response is rewritten to another
+    // length while its Content-Length stays: never sent mis-framed.
+    let response = client.get(proxy.url("/b")).send().await;
+    match response {
+        Ok(response) => {
+            assert_eq!(response.status().as_u16(), 500, "{}", proxy.log());
+        }
+        // The headers had left: the connection is cut.
+        Err(error) => assert!(!error.is_status(), "{error}"),
+    }
+    let line = "filter pw_body.wasm changed the response body's length without removing its \
+                Content-Length in proxy_on_response_headers";
+    assert!(proxy.wait_for_log(line).contains(line), "{}", proxy.log());
+    // The proxy serves on.
+    let proxy_ok = filters_proxy(&upstream, &[("pw_body", "")], &[]);
+    let response = client.get(proxy_ok.url("/b")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
 }

@@ -226,6 +226,18 @@ impl FilterStream {
         self.stream.close
     }
 
+    /// Whether the request's body goes upstream by chunks: this filter,
+    /// or one before it, removed its `Content-Length`.
+    pub fn request_reframed(&self) -> bool {
+        self.stream.request_reframed
+    }
+
+    /// A filter before this one removed the request's `Content-Length`:
+    /// this one does not see it either.
+    pub fn reframe_request(&mut self) {
+        self.stream.request_reframed = true;
+    }
+
     /// The request went to `upstream` (`upstream.address`).
     pub fn connected_to(&mut self, upstream: std::net::SocketAddr) {
         self.stream.facts.upstream = Some(upstream);
@@ -824,7 +836,7 @@ impl FilterModule {
         end_of_stream: bool,
         meter: &dyn SliceMeter,
     ) -> Result<RequestOutcome, HookFault> {
-        filter.stream.request = HeaderPairs::of_request(request, "http");
+        filter.stream.read_request(request);
         let count = filter.stream.request.pairs().len() as i32;
         let callback = |instance: &FilterInstance| instance.callbacks.on_request_headers.clone();
         let action = self
@@ -845,7 +857,7 @@ impl FilterModule {
         meter: &dyn SliceMeter,
     ) -> Result<RequestOutcome, HookFault> {
         let (headers, body, sizes) = call_response_parts(response);
-        filter.stream.request = HeaderPairs::of_request(request, "http");
+        filter.stream.read_request(request);
         filter.stream.call_response = Some((HeaderPairs::from_pairs(headers), body));
         let Some(instance) = filter.instance.as_mut() else {
             return Ok(RequestOutcome::Continue);
@@ -882,6 +894,7 @@ impl FilterModule {
         paused: bool,
     ) -> Result<RequestOutcome, HookFault> {
         if filter.stream.request.changed() {
+            filter.stream.note_reframing(request);
             filter.stream.request.apply_to_request(request)?;
         }
         let calls = std::mem::take(&mut filter.stream.calls);

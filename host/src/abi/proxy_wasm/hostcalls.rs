@@ -539,7 +539,7 @@ fn proxy_remove_header_map_value(
 /// The message whose framing the host keeps, if map `map` is one.
 fn framed(map: MapType) -> Option<Message> {
     match map {
-        MapType::HttpRequestHeaders => Some(Message::DownstreamRequest),
+        MapType::HttpRequestHeaders => Some(Message::FilterRequest),
         MapType::HttpResponseHeaders => Some(Message::Response),
         _ => None,
     }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use pingora::http::{RequestHeader, ResponseHeader};
 
 use super::types::{BufferType, MapType, Status};
-use crate::abi::framing::check_method;
+use crate::abi::framing::{check_method, is_framing};
 use crate::abi::HookFault;
 use crate::abi::{
     header_name, header_refused, header_value, is_final_status, HeaderTarget, LocalReply,
@@ -145,6 +145,12 @@ impl HeaderPairs {
         }
     }
 
+    /// Removes every field called `name` (lower case) as if the map had
+    /// been made without it: not a change to apply.
+    fn forget(&mut self, name: &str) {
+        self.pairs.retain(|(n, _)| n != name);
+    }
+
     /// Replaces the whole map.
     pub fn set_all(&mut self, mut pairs: Vec<(String, String)>) {
         // Names are matched lower case from here on (as HTTP/2 writes
@@ -248,7 +254,16 @@ impl HeaderPairs {
                 ":path" => return Err(invalid(format!(":path {value:?} is not a path"))),
                 ":authority" => fields.push(checked("host", value)?),
                 other if other.starts_with(':') => {}
+                // Pingora reads the body by the request's own framing,
+                // which it keeps (a removed Content-Length only reframes
+                // the upstream body).
+                other if is_framing(other) => {}
                 other => fields.push(checked(other, value)?),
+            }
+        }
+        for (name, value) in request.headers.iter() {
+            if is_framing(name.as_str()) {
+                fields.push((name.clone(), value.clone()));
             }
         }
         if let Some(path) = path {
@@ -406,9 +421,31 @@ pub struct Stream {
     pub request_body: Vec<u8>,
     /// The response body buffered so far (`HTTP_RESPONSE_BODY`).
     pub response_body: Vec<u8>,
+    /// A filter removed the request's `Content-Length` (this one or one
+    /// before it): the body goes upstream by chunks, and the filter's
+    /// request map has none.
+    pub request_reframed: bool,
 }
 
 impl Stream {
+    /// Takes `request` into the filter's request map, without the
+    /// `Content-Length` a filter removed.
+    pub fn read_request(&mut self, request: &RequestHeader) {
+        self.request = HeaderPairs::of_request(request, "http");
+        if self.request_reframed {
+            self.request.forget("content-length");
+        }
+    }
+
+    /// After a callback: whether the filter removed the request's
+    /// `Content-Length` from its map (its edits are then applied).
+    pub fn note_reframing(&mut self, request: &RequestHeader) {
+        let had_length = request.headers.contains_key(http::header::CONTENT_LENGTH);
+        if had_length && self.request.get("content-length").is_none() {
+            self.request_reframed = true;
+        }
+    }
+
     /// The body buffered for `direction`.
     pub fn body_mut(&mut self, direction: super::Direction) -> &mut Vec<u8> {
         match direction {
@@ -530,6 +567,27 @@ mod tests {
         map.add("bad name", "v");
         assert!(map.apply_to_request(&mut request).is_err());
         assert_eq!(request.headers["x-new"], "2", "a bad map changes nothing");
+    }
+
+    #[test]
+    fn a_removed_content_length_stays_on_the_downstream_request() {
+        let mut request = RequestHeader::build("POST", b"/", None).unwrap();
+        request.insert_header("Host", "a.example").unwrap();
+        request.insert_header("Content-Length", "5").unwrap();
+        let mut stream = Stream::default();
+        stream.read_request(&request);
+        stream.request.remove("content-length");
+        stream.request.replace("x-new", "1");
+        stream.note_reframing(&request);
+        stream.request.apply_to_request(&mut request).unwrap();
+        assert!(stream.request_reframed);
+        // Pingora reads the body by it: it stays.
+        assert_eq!(request.headers["content-length"], "5");
+        assert_eq!(request.headers["x-new"], "1");
+        // A later filter's map is made without it.
+        stream.read_request(&request);
+        assert_eq!(stream.request.get("content-length"), None);
+        assert!(!stream.request.changed());
     }
 
     #[test]
