@@ -126,6 +126,12 @@ pub(super) enum CallMode {
     /// On a fiber (a call, or instantiation with its start function):
     /// yield the worker, carry on when polled again.
     Sliced,
+    /// On the worker's stack, never stopped before its deadline: a guest
+    /// whose state cannot be rebuilt (a proxy-wasm filter) runs on, and
+    /// its worker's other tasks go to another thread ([`hand_off_worker`]).
+    Held,
+    /// A held call whose worker was handed off: it just runs on.
+    HandedOff,
 }
 
 /// The error a deadline check stops a direct call with: it runs long, and
@@ -335,6 +341,19 @@ impl<T: Send + 'static> Prepared<'_, T> {
         })
     }
 
+    /// Instantiates on this thread's stack, the start function held to
+    /// its end or its deadline as [`WasmInstance::call_held`] holds a call.
+    pub fn start_held(mut self, meter: &dyn SliceMeter) -> wasmtime::Result<WasmInstance<T>> {
+        self.store.data_mut().mode = CallMode::Held;
+        let instantiated = self
+            .clock
+            .slice(meter, || self.pre.instantiate(&mut self.store));
+        match instantiated {
+            Ok(instance) => self.started(instance),
+            Err(error) => Err(self.no_room(error)),
+        }
+    }
+
     /// `error`, said to be for want of room if the owner's memory quota
     /// refused the instance its first pages.
     fn no_room(&self, error: wasmtime::Error) -> wasmtime::Error {
@@ -400,7 +419,7 @@ impl<T: Send + 'static> WasmInstance<T> {
         store.limiter(|state| &mut state.limiter);
         // At each tick a call that has run its time is stopped (a Timeout
         // fault); one that runs long is sliced (see the module docs).
-        store.epoch_deadline_callback(|store| {
+        store.epoch_deadline_callback(|mut store| {
             let state = store.data();
             let running = state.clock.running();
             if running < YIELD_AFTER {
@@ -414,6 +433,12 @@ impl<T: Send + 'static> WasmInstance<T> {
             }
             match state.mode {
                 CallMode::Direct => Err(wasmtime::Error::new(NeedsSlicing)),
+                CallMode::Held => {
+                    store.data_mut().mode = CallMode::HandedOff;
+                    hand_off_worker();
+                    Ok(UpdateDeadline::Continue(1))
+                }
+                CallMode::HandedOff => Ok(UpdateDeadline::Continue(1)),
                 // Tokio's yield defers the wake-up until the worker has run
                 // its other ready tasks and polled for I/O: a long guest call
                 // goes behind every request that is ready to run, not just
@@ -523,6 +548,30 @@ impl<T: Send + 'static> WasmInstance<T> {
         result.map_err(|e| self.call_error(e))
     }
 
+    /// Calls `func` on this thread's stack to its end or its deadline,
+    /// timing it into the call's clock and charging it to `meter`: no
+    /// fiber, so a short call (nearly all) costs a plain call. One that
+    /// runs past [`YIELD_AFTER`] is not stopped (the guest's state could
+    /// not be rebuilt to run it again); instead its worker's other tasks
+    /// are handed to another thread, as `tokio::task::block_in_place`
+    /// does, so they never wait behind it. For guests whose hostcalls are
+    /// all synchronous (they may call back into the guest).
+    pub fn call_held<P, R>(
+        &mut self,
+        func: &TypedFunc<P, R>,
+        params: P,
+        meter: &dyn SliceMeter,
+    ) -> Result<R, CallError>
+    where
+        P: WasmParams,
+        R: WasmResults,
+    {
+        self.arm(CallMode::Held);
+        let store = &mut self.store;
+        let result = self.clock.slice(meter, || func.call(store, params));
+        result.map_err(|e| self.call_error(e))
+    }
+
     /// Calls `func` on a fiber that yields at every tick once the call has
     /// run [`YIELD_AFTER`], timing each slice into the call's clock and
     /// charging it to `meter`.
@@ -627,6 +676,38 @@ impl CallError {
             },
         }
     }
+}
+
+/// How long a held call waits at most, once, for a thread to take over
+/// its worker's other tasks.
+const HAND_OFF_WAIT: Duration = Duration::from_millis(5);
+
+/// From a held call past its first slice, once: on a worker of a
+/// multi-threaded tokio runtime, hands the worker's other tasks to another
+/// thread (`block_in_place`), so the call runs on without holding them.
+/// `block_in_place` takes the worker back when its closure ends if no
+/// thread has taken it up yet, so the closure waits (up to
+/// [`HAND_OFF_WAIT`]) until a task spawned just before has run: a thread
+/// is then serving the worker's queue (the new one, or another worker
+/// that stole from it). Elsewhere (no runtime, a current-thread one, a
+/// load-time call) the call just runs on, as under [`block_on`].
+fn hand_off_worker() {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+        return;
+    }
+    let taken_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = taken_up.clone();
+    // Spawned from this worker, it waits in this worker's own queue.
+    runtime.spawn(async move { flag.store(true, Ordering::Release) });
+    tokio::task::block_in_place(|| {
+        let started = Instant::now();
+        while !taken_up.load(Ordering::Acquire) && started.elapsed() < HAND_OFF_WAIT {
+            std::thread::sleep(Duration::from_micros(20));
+        }
+    });
 }
 
 /// Runs a call to its end on this thread: its yields are polled again at

@@ -1,5 +1,5 @@
 //! Test filter: an auth check by HTTP callout. Plugin configuration: the
-//! cluster to ask (default `auth`).
+//! cluster to ask (default `auth`), optionally followed by ` on_response`.
 //!
 //! - `on_http_request_headers` dispatches `GET /check?user=<x-user>` to
 //!   the cluster (timeout 300 ms) and pauses the request.
@@ -7,6 +7,11 @@
 //!   answers 503 `auth unavailable`; `:status` 200 with a body starting
 //!   `allow` adds `x-auth: <the body>` to the request and resumes it;
 //!   anything else answers 403 `denied`.
+//!
+//! With ` on_response` the request goes on, and `on_http_response_headers`
+//! makes the same call and pauses the response; its answer becomes the
+//! response header `x-auth` (`unavailable` for a failed call), and the
+//! response resumes.
 
 use std::time::Duration;
 
@@ -16,31 +21,38 @@ use proxy_wasm::types::{Action, ContextType, LogLevel};
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(AuthRoot { cluster: "auth".into() })
+        Box::new(AuthRoot { cluster: "auth".into(), on_response: false })
     });
 }}
 
 struct AuthRoot {
     cluster: String,
+    on_response: bool,
 }
 
 impl Context for AuthRoot {}
 
 impl RootContext for AuthRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
-        if let Some(cluster) = self
+        let config = self
             .get_plugin_configuration()
             .and_then(|bytes| String::from_utf8(bytes).ok())
-            .filter(|name| !name.is_empty())
-        {
+            .unwrap_or_default();
+        let (cluster, on_response) = match config.strip_suffix(" on_response") {
+            Some(cluster) => (cluster.to_string(), true),
+            None => (config, false),
+        };
+        if !cluster.is_empty() {
             self.cluster = cluster;
         }
+        self.on_response = on_response;
         true
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Auth {
             cluster: self.cluster.clone(),
+            on_response: self.on_response,
         }))
     }
 
@@ -51,10 +63,42 @@ impl RootContext for AuthRoot {
 
 struct Auth {
     cluster: String,
+    on_response: bool,
+}
+
+impl Auth {
+    /// Asks the cluster about the request's user.
+    fn check(&self) -> Result<u32, proxy_wasm::types::Status> {
+        let user = self.get_http_request_header("x-user").unwrap_or_default();
+        let path = format!("/check?user={user}");
+        self.dispatch_http_call(
+            &self.cluster,
+            vec![(":method", "GET"), (":path", &path), (":authority", "auth")],
+            None,
+            vec![],
+            Duration::from_millis(300),
+        )
+    }
 }
 
 impl HttpContext for Auth {
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if !self.on_response {
+            return Action::Continue;
+        }
+        match self.check() {
+            Ok(_token) => Action::Pause,
+            Err(status) => {
+                log::error!("pw_auth: dispatch failed: {status:?}");
+                Action::Continue
+            }
+        }
+    }
+
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.on_response {
+            return Action::Continue;
+        }
         let user = self.get_http_request_header("x-user").unwrap_or_default();
         let path = format!("/check?user={user}");
         let dispatched = self.dispatch_http_call(
@@ -83,6 +127,11 @@ impl Context for Auth {
         body_size: usize,
         _: usize,
     ) {
+        if num_headers == 0 && self.on_response {
+            self.set_http_response_header("x-auth", Some("unavailable"));
+            self.resume_http_response();
+            return;
+        }
         if num_headers == 0 {
             self.send_http_response(503, vec![], Some(b"auth unavailable\n"));
             return;
@@ -92,6 +141,12 @@ impl Context for Auth {
             .get_http_call_response_body(0, body_size)
             .and_then(|bytes| String::from_utf8(bytes).ok())
             .unwrap_or_default();
+        if self.on_response {
+            let answer = format!("{} {}", status.unwrap_or_default(), body.trim());
+            self.set_http_response_header("x-auth", Some(&answer));
+            self.resume_http_response();
+            return;
+        }
         if status.as_deref() == Some("200") && body.starts_with("allow") {
             self.set_http_request_header("x-auth", Some(body.trim()));
             self.resume_http_request();

@@ -12,8 +12,8 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
 use crate::abi::proxy_wasm::{
-    perform_call, BodyError, BodyOutcome, ConnectionFacts, Direction, FilterStream, PendingCall,
-    RequestOutcome,
+    perform_call, BodyError, BodyOutcome, ConnectionFacts, Direction, FilterStream, Paused,
+    PendingCall, RequestOutcome,
 };
 use crate::abi::HookFailure;
 use crate::guest::guest_call::{CallFailure, CallName, Guest, GuestCall, Stage, Stop};
@@ -143,7 +143,8 @@ impl FilterChain {
             };
             let outcome = match result {
                 Ok(RequestOutcome::Calls(calls)) => {
-                    deliver_calls(tenant, filter, stream, request, calls).await?
+                    let paused = Paused::Request(request);
+                    deliver_calls(tenant, filter, stream, paused, calls).await?
                 }
                 Ok(outcome) => outcome,
                 Err(failure) => {
@@ -212,9 +213,19 @@ impl FilterChain {
                 }
                 Err(failure) => Err(failure),
             };
-            if let Err(failure) = result {
-                drop_on_failure(stream, &failure);
-                call.settle(failure)?;
+            match result {
+                Ok(RequestOutcome::Calls(calls)) => {
+                    closed(filter, stream)?;
+                    let paused = Paused::Response(response);
+                    // A local answer here is not sent (see
+                    // `response_outcome`): the outcome only says on.
+                    deliver_calls(tenant, filter, stream, paused, calls).await?;
+                }
+                Ok(_) => {}
+                Err(failure) => {
+                    drop_on_failure(stream, &failure);
+                    call.settle(failure)?;
+                }
             }
             closed(filter, stream)?;
         }
@@ -394,15 +405,16 @@ impl FilterChain {
     }
 }
 
-/// Makes the HTTP calls `filter` paused the request for, one after
-/// another, each from this request's task with no guest slot held while it
-/// waits, and delivers each response; until the filter answers, goes on,
-/// or fails (then its policy decides, and its context is gone).
+/// Makes the HTTP calls `filter` paused the request or the response for,
+/// one after another, each from this request's task with no guest slot
+/// held while it waits, and delivers each response; until the filter
+/// answers, goes on, or fails (then its policy decides, and its context is
+/// gone).
 async fn deliver_calls(
     tenant: &Tenant,
     filter: &TenantFilter,
     stream: &mut Option<FilterStream>,
-    request: &mut RequestHeader,
+    mut paused: Paused<'_>,
     mut calls: Vec<PendingCall>,
 ) -> Result<RequestOutcome, Stop> {
     let module = &filter.module;
@@ -424,7 +436,7 @@ async fn deliver_calls(
                     return Ok(RequestOutcome::Continue);
                 };
                 let result = module
-                    .on_http_call_response(open, pending.token, response, request, &permit)
+                    .on_http_call_response(open, pending.token, response, &mut paused, &permit)
                     .await
                     .map_err(HookFailure::Fault);
                 call.finish(result, permit)

@@ -715,7 +715,15 @@ tenants:
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_long_response_body_callback_does_not_hold_its_worker() {
+async fn a_long_callback_does_not_hold_its_worker() {
+    // Callbacks run on the worker's stack (no fiber); one that runs past
+    // its first slice hands its worker's other requests to another thread.
+    for callback in ["request_headers", "response_body"] {
+        a_long_callback_leaves_the_neighbour_served(callback).await;
+    }
+}
+
+async fn a_long_callback_leaves_the_neighbour_served(callback: &str) {
     let upstream = Upstream::plain().await;
     let yaml = format!(
         r#"
@@ -726,12 +734,12 @@ tenants:
     limits: {{ hook_timeout_ms: 4000, cpu_ms_per_s: 64000 }}
     filters:
       - module: GUESTS/pw_hostile.wasm
-        config: {{ misbehave: loop, in: response_body }}
+        config: {{ misbehave: loop, in: {callback} }}
   - name: neighbour
     hosts: ["neighbour.example"]
     upstream: "{u}"
 "#,
-        u = upstream.addr
+        u = upstream.addr,
     );
     let dir = tempfile::tempdir().unwrap();
     let (proxy, _) = tenants_proxy(&dir, &yaml, &[]);
@@ -747,8 +755,8 @@ tenants:
         });
     }
     let started = std::time::Instant::now();
-    let line = "pw_hostile: loop in response_body";
-    while proxy.log().matches(line).count() < 2 {
+    let line = format!("pw_hostile: loop in {callback}");
+    while proxy.log().matches(&line).count() < 2 {
         assert!(
             started.elapsed() < std::time::Duration::from_secs(3),
             "{}",

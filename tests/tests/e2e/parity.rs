@@ -234,3 +234,53 @@ tenants:
     let (status, _) = get(&client, &proxy.url("/open"), &[("host", "closer.example")]).await;
     assert_eq!(status, 200, "{}", proxy.log());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_response_waits_for_a_call_made_from_its_headers_callback() {
+    // pw_auth in `on_response` mode pauses the response in
+    // proxy_on_response_headers for a callout; the answer becomes a
+    // response header, and the response goes on with its body.
+    let upstream = Upstream::plain().await;
+    let (auth, _service) = auth_service().await;
+    let yaml = format!(
+        r#"
+tenants:
+  - name: late
+    hosts: ["late.example"]
+    upstream: "{u}"
+    clusters:
+      auth: "{auth}"
+    filters:
+      - module: GUESTS/pw_auth.wasm
+        config: "auth on_response"
+"#,
+        u = upstream.addr
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, _) = tenants_proxy(&dir, &yaml, &[]);
+    let client = client();
+    for (user, expected) in [
+        ("ok1", "200 allow ok1"),
+        ("bad2", "403 no"),
+        ("slow", "unavailable"),
+    ] {
+        let response = client
+            .get(proxy.url("/late"))
+            .header("host", "late.example")
+            .header("x-user", user)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{}", proxy.log());
+        let auth = response.headers().get("x-auth").cloned();
+        let body = response.text().await.unwrap();
+        assert_eq!(
+            auth.as_ref().and_then(|v| v.to_str().ok()),
+            Some(expected),
+            "{user}: {}",
+            proxy.log()
+        );
+        let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(echo["uri"], "/late", "the upstream's body followed");
+    }
+}

@@ -125,6 +125,16 @@ pub enum RequestOutcome {
     Calls(Vec<super::PendingCall>),
 }
 
+/// The message a filter paused for its HTTP calls: the request (in
+/// `proxy_on_request_headers`) or the response (in
+/// `proxy_on_response_headers`). A call's answer may edit it.
+pub enum Paused<'a> {
+    /// The request, before it goes upstream.
+    Request(&'a mut RequestHeader),
+    /// The response, before it goes to the client.
+    Response(&'a mut ResponseHeader),
+}
+
 /// `proxy_on_http_call_response(root, token, headers, body, trailers)`.
 type CallResponseFunc = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 
@@ -675,8 +685,7 @@ impl FilterModule {
             prepared = prepared.with_log_rate(rate.clone());
         }
         let wasm = prepared
-            .start(meter)
-            .await
+            .start_held(meter)
             .map_err(|e| HookFault::Runtime(RuntimeFault::of_instantiation(&e)))?;
         self.set_up(wasm, meter)
             .await
@@ -847,17 +856,23 @@ impl FilterModule {
 
     /// Delivers the response of HTTP call `token` (None: it failed or
     /// timed out) to `proxy_on_http_call_response`, on the root context
-    /// as the SDKs expect, and applies the filter's edits to `request`.
+    /// as the SDKs expect, and applies the filter's edits to the message
+    /// it paused.
     pub async fn on_http_call_response(
         &self,
         filter: &mut FilterStream,
         token: u32,
         response: Option<super::CallResponse>,
-        request: &mut RequestHeader,
+        paused: &mut Paused<'_>,
         meter: &dyn SliceMeter,
     ) -> Result<RequestOutcome, HookFault> {
         let (headers, body, sizes) = call_response_parts(response);
-        filter.stream.read_request(request);
+        match paused {
+            Paused::Request(request) => filter.stream.read_request(request),
+            Paused::Response(response) => {
+                filter.stream.response = Some(HeaderPairs::of_response(response));
+            }
+        }
         filter.stream.call_response = Some((HeaderPairs::from_pairs(headers), body));
         let Some(instance) = filter.instance.as_mut() else {
             return Ok(RequestOutcome::Continue);
@@ -880,8 +895,11 @@ impl FilterModule {
             return Err(e.into_fault());
         }
         // Still paused only while it waits for another call.
-        let paused = !filter.stream.calls.is_empty();
-        Self::request_outcome(filter, request, paused)
+        let waits = !filter.stream.calls.is_empty();
+        match paused {
+            Paused::Request(request) => Self::request_outcome(filter, request, waits),
+            Paused::Response(response) => Self::response_outcome(filter, response, waits),
+        }
     }
 
     /// After a request callback: its edits applied, then its answer, the
@@ -909,14 +927,14 @@ impl FilterModule {
     }
 
     /// `proxy_on_response_headers`, and the filter's edits applied to
-    /// `response`.
+    /// `response`; the HTTP calls it paused the response for, if any.
     pub async fn on_response_headers(
         &self,
         filter: &mut FilterStream,
         response: &mut ResponseHeader,
         end_of_stream: bool,
         meter: &dyn SliceMeter,
-    ) -> Result<(), HookFault> {
+    ) -> Result<RequestOutcome, HookFault> {
         filter.stream.response = Some(HeaderPairs::of_response(response));
         let count = filter
             .stream
@@ -924,15 +942,29 @@ impl FilterModule {
             .as_ref()
             .map_or(0, |r| r.pairs().len()) as i32;
         let callback = |instance: &FilterInstance| instance.callbacks.on_response_headers.clone();
-        self.run(filter, callback, (count, end_of_stream as i32), meter)
+        let action = self
+            .run(filter, callback, (count, end_of_stream as i32), meter)
             .await?;
-        // A local response here would replace one already under way: not
-        // supported (docs/PROXY_WASM.md); the headers' edits still apply.
+        Self::response_outcome(filter, response, action == PAUSE)
+    }
+
+    /// After a response callback: its edits applied, then the calls it
+    /// waits for, or on. A local response here would replace one already
+    /// under way: not supported (docs/PROXY_WASM.md).
+    fn response_outcome(
+        filter: &mut FilterStream,
+        response: &mut ResponseHeader,
+        paused: bool,
+    ) -> Result<RequestOutcome, HookFault> {
         filter.stream.local_reply = None;
-        match &filter.stream.response {
-            Some(map) if map.changed() => map.apply_to_response(response),
-            _ => Ok(()),
+        if let Some(map) = filter.stream.response.as_ref().filter(|m| m.changed()) {
+            map.apply_to_response(response)?;
         }
+        let calls = std::mem::take(&mut filter.stream.calls);
+        if paused && !calls.is_empty() {
+            return Ok(RequestOutcome::Calls(calls));
+        }
+        Ok(RequestOutcome::Continue)
     }
 
     /// Ends the request's HTTP context (`proxy_on_done`, `proxy_on_log`,
@@ -995,7 +1027,7 @@ impl FilterModule {
 }
 
 impl FilterInstance {
-    /// Calls `func` sliced, as one deadline-bound call.
+    /// Calls `func` held (no fiber), as one deadline-bound call.
     async fn call<P, R>(
         &mut self,
         func: &TypedFunc<P, R>,
@@ -1007,7 +1039,7 @@ impl FilterInstance {
         R: WasmResults + Send + Sync,
     {
         self.wasm.begin(Duration::ZERO);
-        Ok(self.wasm.call_sliced(func, params, meter).await?)
+        Ok(self.wasm.call_held(func, params, meter)?)
     }
 
     /// `proxy_on_done`, `proxy_on_log`, `proxy_on_delete` for `context`.

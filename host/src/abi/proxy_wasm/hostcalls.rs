@@ -7,8 +7,10 @@
 //! Every pointer from the guest is bounds-checked: a bad one gets
 //! `INVALID_MEMORY_ACCESS`, never a host panic. Data the host returns is
 //! written into memory the guest's own allocator gave (the SDKs take
-//! ownership of it), so those hostcalls are async: they call back into
-//! the guest.
+//! ownership of it): those hostcalls call back into the guest. Every
+//! hostcall is synchronous, so a filter's callbacks run on the worker's
+//! stack with no fiber (`WasmInstance::call_held`), and a call back into
+//! the guest is a plain nested call.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -39,9 +41,7 @@ enum Support {
 }
 
 /// The table of hostcalls from rows `name: how`, where `how` is `sync`
-/// (glue `fn(Ctx, params...) -> Result<(), Status>`), `allocates` (glue
-/// `async fn(&mut Ctx, (params...)) -> Result<(), Status>`, for those
-/// that give the guest memory from its allocator) or `unimplemented`.
+/// (glue `fn(Ctx, params...) -> Result<(), Status>`) or `unimplemented`.
 macro_rules! hostcalls {
     ($($name:ident: $how:ident,)*) => {
         /// Every hostcall of the spec (and of the SDKs' import lists) a
@@ -50,14 +50,6 @@ macro_rules! hostcalls {
     };
     (@sync $name:ident) => {
         Support::Linked(|linker| Glue::link($name, linker, stringify!($name)))
-    };
-    (@allocates $name:ident) => {
-        Support::Linked(|linker| {
-            linker.func_wrap_async(ENV, stringify!($name), |mut caller: Ctx<'_>, params| {
-                Box::new(async move { Status::code($name(&mut caller, params).await) })
-            })?;
-            Ok(())
-        })
     };
     (@unimplemented $name:ident) => {
         Support::Unimplemented
@@ -69,17 +61,17 @@ hostcalls! {
     proxy_get_log_level: sync,
     proxy_get_current_time_nanoseconds: sync,
     proxy_set_tick_period_milliseconds: sync,
-    proxy_get_buffer_bytes: allocates,
+    proxy_get_buffer_bytes: sync,
     proxy_get_buffer_status: sync,
     proxy_set_buffer_bytes: sync,
-    proxy_get_header_map_pairs: allocates,
+    proxy_get_header_map_pairs: sync,
     proxy_get_header_map_size: sync,
     proxy_set_header_map_pairs: sync,
-    proxy_get_header_map_value: allocates,
+    proxy_get_header_map_value: sync,
     proxy_add_header_map_value: sync,
     proxy_replace_header_map_value: sync,
     proxy_remove_header_map_value: sync,
-    proxy_get_property: allocates,
+    proxy_get_property: sync,
     proxy_set_property: sync,
     proxy_send_local_response: sync,
     proxy_http_call: sync,
@@ -87,7 +79,7 @@ hostcalls! {
     proxy_close_stream: sync,
     proxy_set_effective_context: sync,
     proxy_done: sync,
-    proxy_get_shared_data: allocates,
+    proxy_get_shared_data: sync,
     proxy_set_shared_data: sync,
     proxy_define_metric: sync,
     proxy_increment_metric: sync,
@@ -102,7 +94,7 @@ hostcalls! {
     proxy_register_shared_queue: sync,
     proxy_resolve_shared_queue: sync,
     proxy_enqueue_shared_queue: sync,
-    proxy_dequeue_shared_queue: allocates,
+    proxy_dequeue_shared_queue: sync,
     proxy_call_foreign_function: unimplemented,
     proxy_continue_request: unimplemented,
     proxy_continue_response: unimplemented,
@@ -317,7 +309,7 @@ fn written(caller: &mut Ctx<'_>, ptr: i32, bytes: &[u8]) -> Result<(), Status> {
 /// Hands `bytes` to the guest: copied into memory from its allocator, the
 /// pointer and size written at `return_data` and `return_size`. Nothing
 /// is allocated for no bytes (pointer and size 0).
-async fn give(
+fn give(
     caller: &mut Ctx<'_>,
     bytes: &[u8],
     return_data: i32,
@@ -328,7 +320,7 @@ async fn give(
     } else {
         let alloc = state(caller).alloc.clone().ok_or(Status::InternalFailure)?;
         let len = i32::try_from(bytes.len()).map_err(|_| Status::BadArgument)?;
-        let ptr = match alloc.call_async(&mut *caller, len).await {
+        let ptr = match alloc.call(&mut *caller, len) {
             Ok(ptr) if ptr != 0 => ptr,
             _ => return Err(Status::InvalidMemoryAccess),
         };
@@ -364,10 +356,15 @@ fn proxy_set_tick_period_milliseconds(caller: Ctx<'_>, period: i32) -> Result<()
     Ok(())
 }
 
-async fn proxy_get_buffer_bytes(
-    caller: &mut Ctx<'_>,
-    (buffer, start, max_size, return_data, return_size): (i32, i32, i32, i32, i32),
+fn proxy_get_buffer_bytes(
+    mut ctx: Ctx<'_>,
+    buffer: i32,
+    start: i32,
+    max_size: i32,
+    return_data: i32,
+    return_size: i32,
 ) -> Result<(), Status> {
+    let caller = &mut ctx;
     let buffer = BufferType::try_from(buffer)?;
     let bytes = state(caller)
         .buffer_bytes(buffer, start as u32, max_size as u32)?
@@ -379,7 +376,7 @@ async fn proxy_get_buffer_bytes(
     if bytes.is_empty() {
         return Ok(());
     }
-    give(caller, &bytes, return_data, return_size).await
+    give(caller, &bytes, return_data, return_size)
 }
 
 fn proxy_get_buffer_status(
@@ -406,13 +403,16 @@ fn proxy_set_buffer_bytes(
     state_mut(&mut caller).set_buffer_bytes(buffer, start as u32, size as u32, data)
 }
 
-async fn proxy_get_header_map_pairs(
-    caller: &mut Ctx<'_>,
-    (map, return_data, return_size): (i32, i32, i32),
+fn proxy_get_header_map_pairs(
+    mut ctx: Ctx<'_>,
+    map: i32,
+    return_data: i32,
+    return_size: i32,
 ) -> Result<(), Status> {
+    let caller = &mut ctx;
     let map = state(caller).header_map(MapType::try_from(map)?)?;
     let bytes = HeaderPairs::serialize(map.pairs());
-    give(caller, &bytes, return_data, return_size).await
+    give(caller, &bytes, return_data, return_size)
 }
 
 fn proxy_get_header_map_size(
@@ -444,14 +444,19 @@ fn proxy_set_header_map_pairs(
     Ok(())
 }
 
-async fn proxy_get_header_map_value(
-    caller: &mut Ctx<'_>,
-    (map, key, key_size, return_data, return_size): (i32, i32, i32, i32, i32),
+fn proxy_get_header_map_value(
+    mut ctx: Ctx<'_>,
+    map: i32,
+    key: i32,
+    key_size: i32,
+    return_data: i32,
+    return_size: i32,
 ) -> Result<(), Status> {
+    let caller = &mut ctx;
     let key = read_str(caller, key, key_size, Copied::Name)?;
     let map = state(caller).header_map(MapType::try_from(map)?)?;
     let value = map.get(&key).ok_or(Status::NotFound)?.to_string();
-    give(caller, value.as_bytes(), return_data, return_size).await
+    give(caller, value.as_bytes(), return_data, return_size)
 }
 
 fn proxy_add_header_map_value(
@@ -574,13 +579,17 @@ fn refuse_framing(
     })
 }
 
-async fn proxy_get_property(
-    caller: &mut Ctx<'_>,
-    (path, path_size, return_data, return_size): (i32, i32, i32, i32),
+fn proxy_get_property(
+    mut ctx: Ctx<'_>,
+    path: i32,
+    path_size: i32,
+    return_data: i32,
+    return_size: i32,
 ) -> Result<(), Status> {
+    let caller = &mut ctx;
     let path = read_str(caller, path, path_size, Copied::Name)?;
     let value = state(caller).property(&path)?;
-    give(caller, &value, return_data, return_size).await
+    give(caller, &value, return_data, return_size)
 }
 
 fn proxy_set_property(
@@ -678,14 +687,19 @@ fn proxy_done(_caller: Ctx<'_>) -> Result<(), Status> {
     Ok(())
 }
 
-async fn proxy_get_shared_data(
-    caller: &mut Ctx<'_>,
-    (key, key_size, return_data, return_size, return_cas): (i32, i32, i32, i32, i32),
+fn proxy_get_shared_data(
+    mut ctx: Ctx<'_>,
+    key: i32,
+    key_size: i32,
+    return_data: i32,
+    return_size: i32,
+    return_cas: i32,
 ) -> Result<(), Status> {
+    let caller = &mut ctx;
     let key = read_str(caller, key, key_size, Copied::Name)?;
     let (value, cas) = state(caller).shared_data(&key)?;
     written(caller, return_cas, &cas.to_le_bytes())?;
-    give(caller, &value, return_data, return_size).await
+    give(caller, &value, return_data, return_size)
 }
 
 fn proxy_set_shared_data(
@@ -741,12 +755,15 @@ fn proxy_enqueue_shared_queue(
     state(&caller).enqueue(token as u32, item)
 }
 
-async fn proxy_dequeue_shared_queue(
-    caller: &mut Ctx<'_>,
-    (token, return_data, return_size): (i32, i32, i32),
+fn proxy_dequeue_shared_queue(
+    mut ctx: Ctx<'_>,
+    token: i32,
+    return_data: i32,
+    return_size: i32,
 ) -> Result<(), Status> {
+    let caller = &mut ctx;
     let item = state(caller).dequeue(token as u32)?;
-    give(caller, &item, return_data, return_size).await
+    give(caller, &item, return_data, return_size)
 }
 
 fn proxy_define_metric(

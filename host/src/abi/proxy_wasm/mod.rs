@@ -37,7 +37,7 @@ use wasm_runtime::Sandbox;
 
 pub use callout::{perform as perform_call, CallResponse, PendingCall};
 pub use filter::{
-    BodyError, BodyOutcome, Direction, FilterModule, FilterSpec, FilterStream, HeldRoot,
+    BodyError, BodyOutcome, Direction, FilterModule, FilterSpec, FilterStream, HeldRoot, Paused,
     RequestOutcome, RootClaim,
 };
 pub use queues::{wait_for_enqueues, wake_deliveries, QueueReady};
