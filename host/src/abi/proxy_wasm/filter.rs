@@ -138,6 +138,10 @@ pub enum Paused<'a> {
 /// `proxy_on_http_call_response(root, token, headers, body, trailers)`.
 type CallResponseFunc = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 
+/// Which of an HTTP context's `(context, count, end_of_stream) -> action`
+/// callbacks to call.
+type PickCallback = fn(&Callbacks) -> Option<&TypedFunc<(i32, i32, i32), i32>>;
+
 /// The callbacks the host makes.
 struct Callbacks {
     on_context_create: TypedFunc<(i32, i32), ()>,
@@ -401,9 +405,9 @@ impl FilterModule {
             return Err(BodyError::TooLarge);
         }
         let size = buffer.len() as i32;
-        let callback = |instance: &FilterInstance| match direction {
-            Direction::Request => instance.callbacks.on_request_body.clone(),
-            Direction::Response => instance.callbacks.on_response_body.clone(),
+        let callback: PickCallback = match direction {
+            Direction::Request => |callbacks| callbacks.on_request_body.as_ref(),
+            Direction::Response => |callbacks| callbacks.on_response_body.as_ref(),
         };
         let action = self
             .run(filter, callback, (size, end_of_stream as i32), meter)
@@ -707,6 +711,9 @@ impl FilterModule {
         }
         wasm.abi_mut().alloc = alloc;
         let initialize: Option<TypedFunc<(), ()>> = export(&mut wasm, "_initialize", "() -> ()")?;
+        let main: Option<TypedFunc<(i32, i32), i32>> =
+            export(&mut wasm, "main", "(i32, i32) -> i32")?;
+        let command: Option<TypedFunc<(), ()>> = export(&mut wasm, "_start", "() -> ()")?;
         let on_context_create = export(&mut wasm, "proxy_on_context_create", "(i32, i32) -> ()")?
             .ok_or("missing export `proxy_on_context_create`")?;
         let on_vm_start: Option<TypedFunc<(i32, i32), i32>> =
@@ -750,11 +757,25 @@ impl FilterModule {
             generation: self.generation.load(Ordering::Relaxed),
         });
         let failed = |what: &str, e: CallError| format!("{what}: {}", e.into_fault());
+        // As Envoy starts a VM: a WASI reactor gets `_initialize`, then
+        // `main(0, 0)` if it has one (an SDK may set itself up there); a
+        // WASI command (older TinyGo builds) gets `_start` instead.
         if let Some(initialize) = initialize {
             instance
                 .call(&initialize, (), meter)
                 .await
                 .map_err(|e| failed("_initialize", e))?;
+            if let Some(main) = main {
+                instance
+                    .call(&main, (0, 0), meter)
+                    .await
+                    .map_err(|e| failed("main", e))?;
+            }
+        } else if let Some(command) = command {
+            instance
+                .call(&command, (), meter)
+                .await
+                .map_err(|e| failed("_start", e))?;
         }
         let create = instance.callbacks.on_context_create.clone();
         instance
@@ -811,16 +832,16 @@ impl FilterModule {
             .next_context
             .checked_add(1)
             .unwrap_or(ROOT_CONTEXT + 1);
-        let create = instance.callbacks.on_context_create.clone();
-        instance
-            .call(&create, (context, ROOT_CONTEXT), meter)
-            .await
-            .map_err(CallError::into_fault)?;
+        let FilterInstance {
+            wasm, callbacks, ..
+        } = &mut *instance;
+        let create = &callbacks.on_context_create;
+        call_in(wasm, create, (context, ROOT_CONTEXT), meter).map_err(CallError::into_fault)?;
         // The request's map is made when a callback first needs it.
         let stream = Stream {
             facts: super::RequestFacts {
-                id: REQUEST_IDS.fetch_add(1, Ordering::Relaxed).to_string(),
-                protocol: format!("{:?}", request.version),
+                id: REQUEST_IDS.fetch_add(1, Ordering::Relaxed),
+                protocol: request.version,
                 started_unix_ns: std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
@@ -847,7 +868,7 @@ impl FilterModule {
     ) -> Result<RequestOutcome, HookFault> {
         filter.stream.read_request(request);
         let count = filter.stream.request.pairs().len() as i32;
-        let callback = |instance: &FilterInstance| instance.callbacks.on_request_headers.clone();
+        let callback: PickCallback = |callbacks| callbacks.on_request_headers.as_ref();
         let action = self
             .run(filter, callback, (count, end_of_stream as i32), meter)
             .await?;
@@ -941,7 +962,7 @@ impl FilterModule {
             .response
             .as_ref()
             .map_or(0, |r| r.pairs().len()) as i32;
-        let callback = |instance: &FilterInstance| instance.callbacks.on_response_headers.clone();
+        let callback: PickCallback = |callbacks| callbacks.on_response_headers.as_ref();
         let action = self
             .run(filter, callback, (count, end_of_stream as i32), meter)
             .await?;
@@ -1004,21 +1025,27 @@ impl FilterModule {
     async fn run(
         &self,
         filter: &mut FilterStream,
-        pick: impl Fn(&FilterInstance) -> Option<TypedFunc<(i32, i32, i32), i32>>,
+        pick: PickCallback,
         (count, end_of_stream): (i32, i32),
         meter: &dyn SliceMeter,
     ) -> Result<i32, HookFault> {
         let Some(instance) = filter.instance.as_mut() else {
             return Ok(0);
         };
-        let Some(callback) = pick(instance) else {
+        let FilterInstance {
+            wasm, callbacks, ..
+        } = &mut **instance;
+        let Some(callback) = pick(callbacks) else {
             return Ok(0);
         };
-        instance.wasm.abi_mut().stream = Some(std::mem::take(&mut filter.stream));
-        let result = instance
-            .call(&callback, (filter.context, count, end_of_stream), meter)
-            .await;
-        filter.stream = instance.wasm.abi_mut().stream.take().unwrap_or_default();
+        wasm.abi_mut().stream = Some(std::mem::take(&mut filter.stream));
+        let result = call_in(
+            wasm,
+            callback,
+            (filter.context, count, end_of_stream),
+            meter,
+        );
+        filter.stream = wasm.abi_mut().stream.take().unwrap_or_default();
         result.map_err(|e| {
             filter.instance = None;
             e.into_fault()
@@ -1038,23 +1065,42 @@ impl FilterInstance {
         P: WasmParams + Sync,
         R: WasmResults + Send + Sync,
     {
-        self.wasm.begin(Duration::ZERO);
-        Ok(self.wasm.call_held(func, params, meter)?)
+        call_in(&mut self.wasm, func, params, meter)
     }
 
     /// `proxy_on_done`, `proxy_on_log`, `proxy_on_delete` for `context`.
     async fn finish(&mut self, context: i32, meter: &dyn SliceMeter) -> Result<(), CallError> {
-        if let Some(on_done) = self.callbacks.on_done.clone() {
-            self.call(&on_done, context, meter).await?;
+        let FilterInstance {
+            wasm, callbacks, ..
+        } = self;
+        if let Some(on_done) = &callbacks.on_done {
+            call_in(wasm, on_done, context, meter)?;
         }
-        if let Some(on_log) = self.callbacks.on_log.clone() {
-            self.call(&on_log, context, meter).await?;
+        if let Some(on_log) = &callbacks.on_log {
+            call_in(wasm, on_log, context, meter)?;
         }
-        if let Some(on_delete) = self.callbacks.on_delete.clone() {
-            self.call(&on_delete, context, meter).await?;
+        if let Some(on_delete) = &callbacks.on_delete {
+            call_in(wasm, on_delete, context, meter)?;
         }
         Ok(())
     }
+}
+
+/// Calls `func` of the instance `wasm` held (no fiber), as one
+/// deadline-bound call. Borrowing the callback beside the instance keeps a
+/// `TypedFunc` clone (its type's registration) off every call.
+fn call_in<P, R>(
+    wasm: &mut WasmInstance<PwState>,
+    func: &TypedFunc<P, R>,
+    params: P,
+    meter: &dyn SliceMeter,
+) -> Result<R, CallError>
+where
+    P: WasmParams,
+    R: WasmResults,
+{
+    wasm.begin(Duration::ZERO);
+    Ok(wasm.call_held(func, params, meter)?)
 }
 
 /// The export `name` as a function of type `(P) -> R`, if there is one.
@@ -1073,4 +1119,71 @@ fn module_digest(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasm_runtime::EngineOptions;
+
+    /// A filter whose start exports count into a global;
+    /// `proxy_on_vm_start` accepts the VM only if they ran `expected`
+    /// times.
+    fn started_filter(starts: &str, expected: i32) -> Option<String> {
+        let wat = format!(
+            r#"(module
+                (memory (export "memory") 1)
+                (global $calls (mut i32) (i32.const 0))
+                (func (export "proxy_abi_version_0_2_1"))
+                (func (export "proxy_on_memory_allocate") (param i32) (result i32) i32.const 1024)
+                (func (export "proxy_on_context_create") (param i32 i32))
+                (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+                    global.get $calls i32.const {expected} i32.eq)
+                {starts})"#
+        );
+        let path = std::env::temp_dir().join(format!(
+            "start-{}-{expected}-{}.wasm",
+            std::process::id(),
+            starts.len()
+        ));
+        std::fs::write(&path, wat::parse_str(&wat).unwrap()).unwrap();
+        let engine = GuestEngine::new(&EngineOptions {
+            max_memory_bytes: GuestLimits::default().memory_limit_bytes(),
+            cache_dir: None,
+            fresh_instances: false,
+        })
+        .unwrap();
+        let loaded = FilterModule::load(
+            &engine,
+            "start".into(),
+            &path,
+            FilterSpec::default(),
+            GuestLimits::default(),
+        );
+        let _ = std::fs::remove_file(&path);
+        loaded.err().map(|e| format!("{e:#}"))
+    }
+
+    #[test]
+    fn a_vm_starts_as_envoy_starts_it() {
+        let bump = "global.get $calls i32.const 1 i32.add global.set $calls";
+        let reactor = format!(
+            r#"(func (export "_initialize") {bump})
+               (func (export "main") (param i32 i32) (result i32) {bump} i32.const 0)
+               (func (export "_start") unreachable)"#
+        );
+        assert_eq!(started_filter(&reactor, 2), None, "_initialize, then main");
+        let command = format!(r#"(func (export "_start") {bump})"#);
+        assert_eq!(started_filter(&command, 1), None, "a WASI command: _start");
+        let refused = started_filter(&command, 0).expect("refused");
+        assert!(
+            refused.contains("proxy_on_vm_start returned false"),
+            "{refused}"
+        );
+        let bad_main = r#"(func (export "_initialize")) (func (export "main"))"#;
+        assert!(
+            started_filter(bad_main, 0).is_some(),
+            "main of another type"
+        );
+    }
 }

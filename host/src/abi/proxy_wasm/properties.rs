@@ -67,8 +67,8 @@ pub(super) fn attribute(
         ("request", Some("method"), None) => text(request.get(":method")?),
         ("request", Some("referer"), None) => text(request.get("referer")?),
         ("request", Some("useragent"), None) => text(request.get("user-agent")?),
-        ("request", Some("protocol"), None) => text(&facts.protocol),
-        ("request", Some("id"), None) => text(&facts.id),
+        ("request", Some("protocol"), None) => text(&format!("{:?}", facts.protocol)),
+        ("request", Some("id"), None) => text(&facts.id.to_string()),
         ("request", Some("time"), None) => Some(Attribute::Int(facts.started_unix_ns)),
         ("request", Some("headers"), None) => Some(Attribute::Map(request.pairs().to_vec())),
         ("request", Some("headers"), Some(name)) => text(request.get(name)?),
@@ -134,8 +134,8 @@ mod tests {
                 "201".to_string(),
             )])),
             facts: RequestFacts {
-                id: "7".to_string(),
-                protocol: "HTTP/1.1".to_string(),
+                id: 7,
+                protocol: http::Version::HTTP_11,
                 started_unix_ns: 1_700_000_000_000_000_000,
                 connection: ConnectionFacts {
                     client: Some("10.0.0.1:5000".parse().unwrap()),

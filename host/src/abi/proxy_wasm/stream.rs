@@ -364,9 +364,10 @@ fn fields(headers: &http::HeaderMap) -> impl Iterator<Item = (String, String)> +
 #[derive(Debug, Default, Clone)]
 pub struct RequestFacts {
     /// `request.id`: unique per request in this process.
-    pub id: String,
-    /// `request.protocol`, e.g. `HTTP/1.1`.
-    pub protocol: String,
+    pub id: u64,
+    /// `request.protocol` (`HTTP/1.1` as written), kept unformatted: few
+    /// filters read it.
+    pub protocol: http::Version,
     /// `request.time`: when the request's filters began, in nanoseconds
     /// since the Unix epoch.
     pub started_unix_ns: i64,
