@@ -571,10 +571,14 @@ impl ProxyHttp for WasmProxy {
             .await?;
         }
         let head = session.req_header().method == http::Method::HEAD;
-        if !head
-            && response_has_body(upstream_response)
-            && ctx.filters.reads_bodies(Direction::Response)
-        {
+        if !ctx.filters.reads_bodies(Direction::Response) {
+            return Ok(());
+        }
+        if head || !response_has_body(upstream_response) {
+            // No body may follow (HEAD, 1xx, 204, 304, Content-Length: 0):
+            // a filter that makes one fails the request.
+            ctx.filters.expect_body(Direction::Response, Some(0));
+        } else {
             let headers = &upstream_response.headers;
             let framed = headers.contains_key(http::header::CONTENT_LENGTH)
                 || headers.contains_key(http::header::TRANSFER_ENCODING);

@@ -111,8 +111,9 @@ impl GuestEngine {
         // where it yields or, past its deadline, traps.
         config.epoch_interruption(true);
         config.max_wasm_stack(MAX_WASM_STACK);
-        // Calls run on fibers; the stack holds the wasm stack plus the
-        // host frames below it.
+        // Sliced calls run on fibers (held and direct ones on the worker's
+        // stack); a fiber's stack holds the wasm stack plus the host frames
+        // below it.
         config.async_stack_size(ASYNC_STACK_SIZE);
 
         // Pre-reserved instance slots: instantiation takes microseconds

@@ -11,6 +11,11 @@
 //! holds no worker. The deadline counts the call's own running time (both
 //! runs, the sum of their slices), not the time it waited for a turn, so a
 //! neighbour's load cannot make an honest call time out.
+//!
+//! A guest whose state cannot be rebuilt (a proxy-wasm filter) cannot be
+//! stopped and run again: its calls are held ([`WasmInstance::call_held`]),
+//! directly on the worker's stack to their end or deadline, and one that
+//! runs long hands its worker's other tasks to another thread instead.
 
 use crate::guest_text::{sanitize, LogRate, MAX_GUEST_TEXT};
 use std::future::{poll_fn, Future};
@@ -32,7 +37,8 @@ use super::limits::GuestLimits;
 const MAX_LOG_LINE: usize = 4096;
 
 /// Where a call's guest running time is charged as it is spent: after
-/// every slice, so a budget sees a long call while it still runs.
+/// every slice, so a budget sees a sliced call while it still runs (a
+/// held call is one slice: charged when it ends).
 pub trait SliceMeter: Sync {
     /// `ran` of guest time was just spent, ending at `ended`.
     fn charge(&self, ran: Duration, ended: Instant);
@@ -95,10 +101,25 @@ impl CallClock {
         self.start_slice(started);
         let out = run();
         let ended = Instant::now();
-        let ran = ended - started;
+        // From the slice's start as the clock has it: time the host spent
+        // inside it on the guest's behalf ([`Self::exclude`]) is not the
+        // guest's.
+        let since = ended.saturating_duration_since(self.origin).as_nanos() as u64;
+        let ran =
+            Duration::from_nanos(since.saturating_sub(self.slice_started.load(Ordering::Relaxed)));
         self.end_slice(ran);
         meter.charge(ran, ended);
         out
+    }
+
+    /// Leaves `spent` of the current slice out of the call's running time:
+    /// host work during the call (handing its worker off) that neither its
+    /// deadline nor its tenant's budget should pay for.
+    fn exclude(&self, spent: Duration) {
+        let nanos = spent.as_nanos() as u64;
+        let started = self.slice_started.load(Ordering::Relaxed);
+        self.slice_started
+            .store(started.saturating_add(nanos), Ordering::Relaxed);
     }
 
     /// Running time so far, the current slice included.
@@ -434,8 +455,9 @@ impl<T: Send + 'static> WasmInstance<T> {
             match state.mode {
                 CallMode::Direct => Err(wasmtime::Error::new(NeedsSlicing)),
                 CallMode::Held => {
+                    let clock = state.clock.clone();
                     store.data_mut().mode = CallMode::HandedOff;
-                    hand_off_worker();
+                    clock.exclude(hand_off_worker());
                     Ok(UpdateDeadline::Continue(1))
                 }
                 CallMode::HandedOff => Ok(UpdateDeadline::Continue(1)),
@@ -691,12 +713,14 @@ const HAND_OFF_WAIT: Duration = Duration::from_millis(5);
 /// is then serving the worker's queue (the new one, or another worker
 /// that stole from it). Elsewhere (no runtime, a current-thread one, a
 /// load-time call) the call just runs on, as under [`block_on`].
-fn hand_off_worker() {
+/// Returns how long it took.
+fn hand_off_worker() -> Duration {
+    let started = Instant::now();
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
+        return Duration::ZERO;
     };
     if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
-        return;
+        return Duration::ZERO;
     }
     let taken_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = taken_up.clone();
@@ -708,6 +732,7 @@ fn hand_off_worker() {
             std::thread::sleep(Duration::from_micros(20));
         }
     });
+    started.elapsed()
 }
 
 /// Runs a call to its end on this thread: its yields are polled again at

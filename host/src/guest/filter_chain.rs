@@ -132,7 +132,6 @@ impl FilterChain {
                             .on_request_headers(&mut opened, request, end_of_stream, &permit)
                             .await
                             .map_err(HookFailure::Fault);
-                        *reframed |= outcome.is_ok() && opened.request_reframed();
                         *stream = Some(opened).filter(FilterStream::active);
                         outcome
                     };
@@ -153,6 +152,8 @@ impl FilterChain {
                     RequestOutcome::Continue
                 }
             };
+            // A call's answer may have removed Content-Length too.
+            *reframed |= stream.as_ref().is_some_and(FilterStream::request_reframed);
             closed(filter, stream)?;
             if let RequestOutcome::Answer(mut response, body) = outcome {
                 log::info!(
@@ -314,6 +315,11 @@ impl FilterChain {
                     );
                 }
                 Err(failure) => {
+                    if let (CallFailure::Hook(_), Some(open)) = (&failure, stream.as_mut()) {
+                        // Skipped under fail_open, the filter lets go of
+                        // what it held, this piece included, as it came.
+                        chunk = open.take_body(direction);
+                    }
                     drop_on_failure(stream, &failure);
                     call.settle(failure).map_err(|stop| match stop {
                         Stop::Failed(error) => error,
@@ -356,6 +362,7 @@ impl FilterChain {
         let culprit = self
             .links
             .iter()
+            .filter(|link| link.stream.is_some())
             .find(|link| {
                 let (given, released) = link.body_bytes[direction as usize];
                 released > given || (end_of_stream && released != given)

@@ -252,6 +252,11 @@ impl FilterStream {
         self.stream.request_reframed = true;
     }
 
+    /// What the filter buffered of `direction`'s body, taken.
+    pub fn take_body(&mut self, direction: Direction) -> Vec<u8> {
+        std::mem::take(self.stream.body_mut(direction))
+    }
+
     /// The request went to `upstream` (`upstream.address`).
     pub fn connected_to(&mut self, upstream: std::net::SocketAddr) {
         self.stream.facts.upstream = Some(upstream);
@@ -1100,7 +1105,16 @@ where
     R: WasmResults,
 {
     wasm.begin(Duration::ZERO);
-    Ok(wasm.call_held(func, params, meter)?)
+    let result = wasm.call_held(func, params, meter);
+    // A trap in the allocator a hostcall called is the callback's fault,
+    // whatever the guest made of the status it got.
+    if let Some(trap) = wasm.abi_mut().allocator_failed.take() {
+        return Err(CallError::Fault(HookFault::Runtime(RuntimeFault::Trap {
+            trap: format!("the filter's allocator, called by a hostcall: {trap}"),
+            guest_said: None,
+        })));
+    }
+    Ok(result?)
 }
 
 /// The export `name` as a function of type `(P) -> R`, if there is one.
@@ -1184,6 +1198,44 @@ mod tests {
         assert!(
             started_filter(bad_main, 0).is_some(),
             "main of another type"
+        );
+    }
+
+    #[test]
+    fn a_trap_in_the_allocator_a_hostcall_calls_faults_the_callback() {
+        // proxy_on_vm_start asks for a property, ignores the status its
+        // trapping allocator earned it, and says yes: still a fault.
+        let wat = r#"(module
+            (import "env" "proxy_get_property" (func $get (param i32 i32 i32 i32) (result i32)))
+            (memory (export "memory") 1)
+            (data (i32.const 0) "plugin_name")
+            (func (export "proxy_abi_version_0_2_1"))
+            (func (export "proxy_on_memory_allocate") (param i32) (result i32) unreachable)
+            (func (export "proxy_on_context_create") (param i32 i32))
+            (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+                (drop (call $get (i32.const 0) (i32.const 11) (i32.const 64) (i32.const 68)))
+                i32.const 1))"#;
+        let path = std::env::temp_dir().join(format!("alloc-trap-{}.wasm", std::process::id()));
+        std::fs::write(&path, wat::parse_str(wat).unwrap()).unwrap();
+        let engine = GuestEngine::new(&EngineOptions {
+            max_memory_bytes: GuestLimits::default().memory_limit_bytes(),
+            cache_dir: None,
+            fresh_instances: false,
+        })
+        .unwrap();
+        let loaded = FilterModule::load(
+            &engine,
+            "alloc".into(),
+            &path,
+            FilterSpec::default(),
+            GuestLimits::default(),
+        );
+        let _ = std::fs::remove_file(&path);
+        let refused = format!("{:#}", loaded.err().expect("refused"));
+        assert!(
+            refused.contains("proxy_on_vm_start")
+                && refused.contains("allocator, called by a hostcall"),
+            "{refused}"
         );
     }
 }

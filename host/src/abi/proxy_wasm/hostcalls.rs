@@ -322,7 +322,11 @@ fn give(
         let len = i32::try_from(bytes.len()).map_err(|_| Status::BadArgument)?;
         let ptr = match alloc.call(&mut *caller, len) {
             Ok(ptr) if ptr != 0 => ptr,
-            _ => return Err(Status::InvalidMemoryAccess),
+            Ok(_) => return Err(Status::InvalidMemoryAccess),
+            Err(trap) => {
+                state_mut(caller).allocator_failed = Some(format!("{trap:#}"));
+                return Err(Status::InvalidMemoryAccess);
+            }
         };
         written(caller, ptr, bytes)?;
         ptr

@@ -44,6 +44,10 @@ pub struct PwState {
     /// delivery, a root call's answer): only then may calls be
     /// dispatched outside a stream.
     pub(super) in_root_callback: bool,
+    /// The filter's allocator trapped while a hostcall asked it for
+    /// memory: the hostcall said `INVALID_MEMORY_ACCESS`, and the callback
+    /// is a fault once it returns (the guest's state may be poisoned).
+    pub(super) allocator_failed: Option<String>,
 }
 
 impl PwState {
@@ -55,6 +59,7 @@ impl PwState {
             stream: None,
             next_call_token: 1,
             root_calls: Vec::new(),
+            allocator_failed: None,
             root_call_response: None,
             in_root_callback: false,
         }
