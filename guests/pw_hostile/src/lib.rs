@@ -22,7 +22,8 @@
 //!   request header; `in` is ignored), `close` (resets the stream with
 //!   `proxy_close_stream(0)` and returns).
 //! - `in`: where it misbehaves: `request_headers` (the default, in
-//!   `on_http_request_headers`), `request_body` (`on_http_request_body`),
+//!   `on_http_request_headers`), `request_body` (`on_http_request_body`,
+//!   on the last piece: it buffers the pieces before it),
 //!   `response_headers` (`on_http_response_headers`), `response_body`
 //!   (`on_http_response_body`), `log` (`on_log`), `configure`
 //!   (`on_configure`, for every instance, regardless of `on_path`) or
@@ -270,7 +271,11 @@ impl HttpContext for PwHostile {
         Action::Continue
     }
 
-    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_body(&mut self, _body_size: usize, end_of_stream: bool) -> Action {
+        // It buffers the whole body, then misbehaves on the last piece.
+        if !end_of_stream {
+            return Action::Pause;
+        }
         self.misbehave_in(Callback::RequestBody);
         Action::Continue
     }

@@ -303,7 +303,10 @@ impl FilterChain {
                     counted.1 += released.len() as u64;
                     chunk = released;
                 }
-                Ok(Some(BodyOutcome::Buffer)) => return Ok(()),
+                Ok(Some(BodyOutcome::Buffer)) => {
+                    hold_back(direction, body);
+                    return Ok(());
+                }
                 Ok(None) => {
                     let status = match direction {
                         Direction::Request => 413,
@@ -332,7 +335,9 @@ impl FilterChain {
             }
         }
         self.check_length(direction, chunk.len(), end_of_stream)?;
-        if !chunk.is_empty() {
+        if chunk.is_empty() {
+            hold_back(direction, body);
+        } else {
             *body = Some(Bytes::from(chunk));
         }
         Ok(())
@@ -463,6 +468,17 @@ async fn deliver_calls(
         }
     }
     Ok(RequestOutcome::Continue)
+}
+
+/// Nothing of `direction`'s body goes on yet. For a request Pingora takes
+/// no piece (`None`) as the body's end, and would end the upstream body
+/// there: an empty piece is what holds it back. For a response it writes
+/// an empty piece (a chunked body's last chunk), so none is given.
+fn hold_back(direction: Direction, body: &mut Option<Bytes>) {
+    *body = match direction {
+        Direction::Request => Some(Bytes::new()),
+        Direction::Response => None,
+    };
 }
 
 /// A filter that reset the stream (`proxy_close_stream`) ends the request:

@@ -293,6 +293,39 @@ tenants:
         Some("after"),
         "the next filter still ran"
     );
+
+    // fail_open in a body callback: the filter buffered the body and
+    // faults on its last piece; it is skipped, and the whole body goes on
+    // with its Content-Length, as it came.
+    let yaml = format!(
+        r#"
+tenants:
+  - name: open
+    hosts: ["open.example"]
+    upstream: "{addr}"
+    filters:
+      - module: GUESTS/pw_hostile.wasm
+        config: {{misbehave: panic, in: request_body}}
+        on_error: fail_open
+"#,
+        addr = upstream.addr
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, _) = tenants_proxy(&dir, &yaml, &[]);
+    let sent: String = (0..40_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let response = client
+        .post(proxy.url("/big"))
+        .header("Host", "open.example")
+        .body(sent.clone())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", proxy.log()));
+    assert_eq!(response.status().as_u16(), 200, "{}", proxy.log());
+    let echo: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(echo["body"].as_str().map(str::len), Some(sent.len()));
+    assert_eq!(echo["body"], sent.as_str(), "the whole body, as it came");
 }
 
 #[tokio::test(flavor = "multi_thread")]
