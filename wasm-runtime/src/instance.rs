@@ -564,10 +564,7 @@ impl<T: Send + 'static> WasmInstance<T> {
         P: WasmParams,
         R: WasmResults,
     {
-        self.arm(CallMode::Direct);
-        let store = &mut self.store;
-        let result = self.clock.slice(meter, || func.call(store, params));
-        result.map_err(|e| self.call_error(e))
+        self.call_on_stack(CallMode::Direct, func, params, meter)
     }
 
     /// Calls `func` on this thread's stack to its end or its deadline,
@@ -588,7 +585,22 @@ impl<T: Send + 'static> WasmInstance<T> {
         P: WasmParams,
         R: WasmResults,
     {
-        self.arm(CallMode::Held);
+        self.call_on_stack(CallMode::Held, func, params, meter)
+    }
+
+    /// `func` called on this thread's stack in `mode`, as one slice.
+    fn call_on_stack<P, R>(
+        &mut self,
+        mode: CallMode,
+        func: &TypedFunc<P, R>,
+        params: P,
+        meter: &dyn SliceMeter,
+    ) -> Result<R, CallError>
+    where
+        P: WasmParams,
+        R: WasmResults,
+    {
+        self.arm(mode);
         let store = &mut self.store;
         let result = self.clock.slice(meter, || func.call(store, params));
         result.map_err(|e| self.call_error(e))

@@ -1140,6 +1140,26 @@ mod tests {
     use super::*;
     use wasm_runtime::EngineOptions;
 
+    /// `wat` loaded as a filter named `name`.
+    fn load_wat(name: &str, wat: &str) -> anyhow::Result<FilterModule> {
+        let path = std::env::temp_dir().join(format!("{name}-{}.wasm", std::process::id()));
+        std::fs::write(&path, wat::parse_str(wat)?)?;
+        let engine = GuestEngine::new(&EngineOptions {
+            max_memory_bytes: GuestLimits::default().memory_limit_bytes(),
+            cache_dir: None,
+            fresh_instances: false,
+        })?;
+        let loaded = FilterModule::load(
+            &engine,
+            name.into(),
+            &path,
+            FilterSpec::default(),
+            GuestLimits::default(),
+        );
+        let _ = std::fs::remove_file(&path);
+        loaded
+    }
+
     /// A filter whose start exports count into a global;
     /// `proxy_on_vm_start` accepts the VM only if they ran `expected`
     /// times.
@@ -1155,26 +1175,8 @@ mod tests {
                     global.get $calls i32.const {expected} i32.eq)
                 {starts})"#
         );
-        let path = std::env::temp_dir().join(format!(
-            "start-{}-{expected}-{}.wasm",
-            std::process::id(),
-            starts.len()
-        ));
-        std::fs::write(&path, wat::parse_str(&wat).unwrap()).unwrap();
-        let engine = GuestEngine::new(&EngineOptions {
-            max_memory_bytes: GuestLimits::default().memory_limit_bytes(),
-            cache_dir: None,
-            fresh_instances: false,
-        })
-        .unwrap();
-        let loaded = FilterModule::load(
-            &engine,
-            "start".into(),
-            &path,
-            FilterSpec::default(),
-            GuestLimits::default(),
-        );
-        let _ = std::fs::remove_file(&path);
+        let name = format!("start-{expected}-{}", starts.len());
+        let loaded = load_wat(&name, &wat);
         loaded.err().map(|e| format!("{e:#}"))
     }
 
@@ -1215,22 +1217,7 @@ mod tests {
             (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
                 (drop (call $get (i32.const 0) (i32.const 11) (i32.const 64) (i32.const 68)))
                 i32.const 1))"#;
-        let path = std::env::temp_dir().join(format!("alloc-trap-{}.wasm", std::process::id()));
-        std::fs::write(&path, wat::parse_str(wat).unwrap()).unwrap();
-        let engine = GuestEngine::new(&EngineOptions {
-            max_memory_bytes: GuestLimits::default().memory_limit_bytes(),
-            cache_dir: None,
-            fresh_instances: false,
-        })
-        .unwrap();
-        let loaded = FilterModule::load(
-            &engine,
-            "alloc".into(),
-            &path,
-            FilterSpec::default(),
-            GuestLimits::default(),
-        );
-        let _ = std::fs::remove_file(&path);
+        let loaded = load_wat("alloc-trap", wat);
         let refused = format!("{:#}", loaded.err().expect("refused"));
         assert!(
             refused.contains("proxy_on_vm_start")
