@@ -714,7 +714,7 @@ impl FilterModule {
         if alloc.is_none() {
             return Err("exports neither `proxy_on_memory_allocate` nor `malloc`".into());
         }
-        wasm.abi_mut().alloc = alloc;
+        wasm.abi_mut().alloc = alloc.map(Arc::new);
         let initialize: Option<TypedFunc<(), ()>> = export(&mut wasm, "_initialize", "() -> ()")?;
         let main: Option<TypedFunc<(i32, i32), i32>> =
             export(&mut wasm, "main", "(i32, i32) -> i32")?;

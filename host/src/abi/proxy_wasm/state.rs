@@ -29,7 +29,9 @@ pub struct PwState {
     pub(super) plugin: Arc<Plugin>,
     /// The guest's allocator (`proxy_on_memory_allocate` or `malloc`), for
     /// data the host returns.
-    pub(super) alloc: Option<TypedFunc<i32, i32>>,
+    /// Shared, so that a hostcall holds it while it calls the guest
+    /// without cloning the function (and its registered type) each time.
+    pub(super) alloc: Option<Arc<TypedFunc<i32, i32>>>,
     /// The HTTP stream of the callback in progress, if any.
     pub(super) stream: Option<Stream>,
     /// The token of the next HTTP call: unique within the instance.
