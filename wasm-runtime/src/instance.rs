@@ -764,11 +764,12 @@ pub fn block_on<F: Future>(call: F) -> F::Output {
 
 /// Runs a call to its end for a caller that cannot await, on a worker of
 /// a multi-threaded tokio runtime, without holding the worker's other
-/// tasks: the first slice runs here (a short call, the usual one, costs
-/// nothing more); a call still running after it goes on under
-/// `block_in_place`, which hands this worker's other tasks to another
-/// thread for as long as the call runs (up to its deadline). Elsewhere
-/// (no runtime, or a current-thread one) it is [`block_on`].
+/// tasks: the first poll runs here (a held call ends in it, and hands its
+/// worker off itself if it runs long); a future still pending after it (a
+/// sliced call) goes on under `block_in_place`, which hands this worker's
+/// other tasks to another thread for as long as it runs (up to its
+/// deadline). Elsewhere (no runtime, or a current-thread one) it is
+/// [`block_on`].
 pub fn run_to_end<F: Future>(call: F) -> F::Output {
     let mut call = pin!(call);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());

@@ -600,19 +600,21 @@ impl FilterModule {
             }
         };
         instance.wasm.abi_mut().in_root_callback = true;
-        let callbacks = &instance.callbacks;
+        let FilterInstance {
+            wasm, callbacks, ..
+        } = &mut *instance;
         let called = match callback {
-            RootCallback::Tick => match callbacks.on_tick.clone() {
-                Some(on_tick) => Some(instance.call(&on_tick, ROOT_CONTEXT, meter).await),
-                None => None,
-            },
-            RootCallback::QueueReady(token) => match callbacks.on_queue_ready.clone() {
-                Some(on_ready) => {
-                    let args = (ROOT_CONTEXT, token as i32);
-                    Some(instance.call(&on_ready, args, meter).await)
-                }
-                None => None,
-            },
+            RootCallback::Tick => callbacks
+                .on_tick
+                .as_ref()
+                .map(|on_tick| call_in(wasm, on_tick, ROOT_CONTEXT, meter)),
+            RootCallback::QueueReady(token) => {
+                let args = (ROOT_CONTEXT, token as i32);
+                callbacks
+                    .on_queue_ready
+                    .as_ref()
+                    .map(|on_ready| call_in(wasm, on_ready, args, meter))
+            }
         };
         instance.wasm.abi_mut().in_root_callback = false;
         if let Some(result) = called {
@@ -652,21 +654,18 @@ impl FilterModule {
         meter: &dyn SliceMeter,
     ) -> Result<(), HookFault> {
         let (headers, body, sizes) = call_response_parts(response);
-        let instance = &mut held.instance;
-        let Some(callback) = instance.callbacks.on_http_call_response.clone() else {
+        let FilterInstance {
+            wasm, callbacks, ..
+        } = &mut *held.instance;
+        let Some(callback) = &callbacks.on_http_call_response else {
             return Ok(());
         };
-        let state = instance.wasm.abi_mut();
+        let state = wasm.abi_mut();
         state.root_call_response = Some((HeaderPairs::from_pairs(headers), body));
         state.in_root_callback = true;
-        let result = instance
-            .call(
-                &callback,
-                (ROOT_CONTEXT, token as i32, sizes.0, sizes.1, 0),
-                meter,
-            )
-            .await;
-        let state = instance.wasm.abi_mut();
+        let args = (ROOT_CONTEXT, token as i32, sizes.0, sizes.1, 0);
+        let result = call_in(wasm, callback, args, meter);
+        let state = wasm.abi_mut();
         state.root_call_response = None;
         state.in_root_callback = false;
         held.calls.append(&mut state.root_calls);
@@ -768,30 +767,25 @@ impl FilterModule {
         if let Some(initialize) = initialize {
             instance
                 .call(&initialize, (), meter)
-                .await
                 .map_err(|e| failed("_initialize", e))?;
             if let Some(main) = main {
                 instance
                     .call(&main, (0, 0), meter)
-                    .await
                     .map_err(|e| failed("main", e))?;
             }
         } else if let Some(command) = command {
             instance
                 .call(&command, (), meter)
-                .await
                 .map_err(|e| failed("_start", e))?;
         }
         let create = instance.callbacks.on_context_create.clone();
         instance
             .call(&create, (ROOT_CONTEXT, 0), meter)
-            .await
             .map_err(|e| failed("proxy_on_context_create", e))?;
         if let Some(on_vm_start) = on_vm_start {
             let size = self.plugin.vm_config.len() as i32;
             let started = instance
                 .call(&on_vm_start, (ROOT_CONTEXT, size), meter)
-                .await
                 .map_err(|e| failed("proxy_on_vm_start", e))?;
             if started == 0 {
                 return Err(
@@ -803,7 +797,6 @@ impl FilterModule {
             let size = self.plugin.config.len() as i32;
             let configured = instance
                 .call(&on_configure, (ROOT_CONTEXT, size), meter)
-                .await
                 .map_err(|e| failed("proxy_on_configure", e))?;
             if configured == 0 {
                 return Err(
@@ -903,18 +896,16 @@ impl FilterModule {
         let Some(instance) = filter.instance.as_mut() else {
             return Ok(RequestOutcome::Continue);
         };
-        let Some(callback) = instance.callbacks.on_http_call_response.clone() else {
+        let FilterInstance {
+            wasm, callbacks, ..
+        } = &mut **instance;
+        let Some(callback) = &callbacks.on_http_call_response else {
             return Ok(RequestOutcome::Continue);
         };
-        instance.wasm.abi_mut().stream = Some(std::mem::take(&mut filter.stream));
-        let result = instance
-            .call(
-                &callback,
-                (ROOT_CONTEXT, token as i32, sizes.0, sizes.1, 0),
-                meter,
-            )
-            .await;
-        filter.stream = instance.wasm.abi_mut().stream.take().unwrap_or_default();
+        wasm.abi_mut().stream = Some(std::mem::take(&mut filter.stream));
+        let args = (ROOT_CONTEXT, token as i32, sizes.0, sizes.1, 0);
+        let result = call_in(wasm, callback, args, meter);
+        filter.stream = wasm.abi_mut().stream.take().unwrap_or_default();
         filter.stream.call_response = None;
         if let Err(e) = result {
             filter.instance = None;
@@ -1010,7 +1001,7 @@ impl FilterModule {
             return Ok(());
         };
         instance.wasm.abi_mut().stream = Some(std::mem::take(&mut filter.stream));
-        let result = instance.finish(context, meter).await;
+        let result = instance.finish(context, meter);
         instance.wasm.abi_mut().stream = None;
         if let Err(e) = result {
             return Err(e.into_fault());
@@ -1060,21 +1051,21 @@ impl FilterModule {
 
 impl FilterInstance {
     /// Calls `func` held (no fiber), as one deadline-bound call.
-    async fn call<P, R>(
+    fn call<P, R>(
         &mut self,
         func: &TypedFunc<P, R>,
         params: P,
         meter: &dyn SliceMeter,
     ) -> Result<R, CallError>
     where
-        P: WasmParams + Sync,
-        R: WasmResults + Send + Sync,
+        P: WasmParams,
+        R: WasmResults,
     {
         call_in(&mut self.wasm, func, params, meter)
     }
 
     /// `proxy_on_done`, `proxy_on_log`, `proxy_on_delete` for `context`.
-    async fn finish(&mut self, context: i32, meter: &dyn SliceMeter) -> Result<(), CallError> {
+    fn finish(&mut self, context: i32, meter: &dyn SliceMeter) -> Result<(), CallError> {
         let FilterInstance {
             wasm, callbacks, ..
         } = self;
