@@ -1,5 +1,6 @@
 //! Test filter: an auth check by HTTP callout. Plugin configuration: the
-//! cluster to ask (default `auth`), optionally followed by ` on_response`.
+//! cluster to ask (default `auth`), optionally followed by ` on_response`,
+//! then optionally by ` endless`.
 //!
 //! - `on_http_request_headers` dispatches `GET /check?user=<x-user>` to
 //!   the cluster (timeout 300 ms) and pauses the request.
@@ -12,6 +13,9 @@
 //! makes the same call and pauses the response; its answer becomes the
 //! response header `x-auth` (`unavailable` for a failed call), and the
 //! response resumes.
+//!
+//! With ` endless` every answer dispatches the same call again, and the
+//! filter never resumes by itself: a chain the host must end.
 
 use std::time::Duration;
 
@@ -21,13 +25,14 @@ use proxy_wasm::types::{Action, ContextType, LogLevel};
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(AuthRoot { cluster: "auth".into(), on_response: false })
+        Box::new(AuthRoot { cluster: "auth".into(), on_response: false, endless: false })
     });
 }}
 
 struct AuthRoot {
     cluster: String,
     on_response: bool,
+    endless: bool,
 }
 
 impl Context for AuthRoot {}
@@ -38,6 +43,11 @@ impl RootContext for AuthRoot {
             .get_plugin_configuration()
             .and_then(|bytes| String::from_utf8(bytes).ok())
             .unwrap_or_default();
+        let (config, endless) = match config.strip_suffix(" endless") {
+            Some(rest) => (rest.to_string(), true),
+            None => (config, false),
+        };
+        self.endless = endless;
         let (cluster, on_response) = match config.strip_suffix(" on_response") {
             Some(cluster) => (cluster.to_string(), true),
             None => (config, false),
@@ -53,6 +63,7 @@ impl RootContext for AuthRoot {
         Some(Box::new(Auth {
             cluster: self.cluster.clone(),
             on_response: self.on_response,
+            endless: self.endless,
         }))
     }
 
@@ -64,6 +75,7 @@ impl RootContext for AuthRoot {
 struct Auth {
     cluster: String,
     on_response: bool,
+    endless: bool,
 }
 
 impl Auth {
@@ -127,6 +139,12 @@ impl Context for Auth {
         body_size: usize,
         _: usize,
     ) {
+        if self.endless {
+            if let Err(status) = self.check() {
+                log::error!("pw_auth: dispatch failed: {status:?}");
+            }
+            return;
+        }
         if num_headers == 0 && self.on_response {
             self.set_http_response_header("x-auth", Some("unavailable"));
             self.resume_http_response();

@@ -13,7 +13,7 @@ use pingora::prelude::*;
 
 use crate::abi::proxy_wasm::{
     perform_call, BodyError, BodyOutcome, ConnectionFacts, Direction, FilterStream, Paused,
-    PendingCall, RequestOutcome,
+    PendingCall, RequestOutcome, MAX_CHAINED_ANSWERS,
 };
 use crate::abi::HookFailure;
 use crate::guest::guest_call::{CallFailure, CallName, Guest, GuestCall, Stage, Stop};
@@ -436,7 +436,19 @@ async fn deliver_calls(
         CallName::Callback(ON_HTTP_CALL_RESPONSE),
         Stage::Callout,
     );
-    while !calls.is_empty() {
+    for answered in 0.. {
+        if calls.is_empty() {
+            break;
+        }
+        if answered == MAX_CHAINED_ANSWERS {
+            log::warn!(
+                "filter {}: {} HTTP calls dropped after {MAX_CHAINED_ANSWERS} answers; \
+                 the stream goes on",
+                module.name(),
+                calls.len()
+            );
+            break;
+        }
         let pending = calls.remove(0);
         let response = perform_call(&pending).await;
         if response.is_none() {

@@ -17,6 +17,7 @@ use pingora::services::background::BackgroundService;
 
 use crate::abi::proxy_wasm::{
     perform_call, wait_for_enqueues, wake_deliveries, FilterModule, HeldRoot, RootClaim,
+    MAX_CHAINED_ANSWERS,
 };
 use crate::tenancy::tenants::{Tenant, TenantSet};
 
@@ -50,7 +51,7 @@ async fn tick(tenant: &Tenant, module: &FilterModule, claim: RootClaim) {
 /// each delivery admitted by the tenant's budget; then gives the
 /// instance back. No budget is held while a call is in flight.
 async fn root_calls(tenant: &Tenant, module: &FilterModule, mut held: HeldRoot) {
-    for _ in 0..MAX_ROOT_ANSWERS {
+    for _ in 0..MAX_CHAINED_ANSWERS {
         let Some(pending) = held.next_call() else {
             break;
         };
@@ -82,11 +83,6 @@ async fn root_calls(tenant: &Tenant, module: &FilterModule, mut held: HeldRoot) 
     }
     module.release(held);
 }
-
-/// The most answers one chain of root calls gets (each answer may dispatch
-/// another call): past it the rest are dropped, so a chain ends, and with
-/// it the claim and the instance it holds.
-const MAX_ROOT_ANSWERS: usize = 16;
 
 /// The most `proxy_on_queue_ready` calls one delivery task makes before
 /// it leaves the rest to the next pass.

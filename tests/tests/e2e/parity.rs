@@ -284,3 +284,53 @@ tenants:
         assert_eq!(echo["uri"], "/late", "the upstream's body followed");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chain_of_calls_ends_after_sixteen_answers() {
+    // pw_auth `endless` dispatches another call from every answer and
+    // never resumes: after 16 answers the host drops the rest and the
+    // request (or the response) goes on.
+    let upstream = Upstream::plain().await;
+    let (auth, _service) = auth_service().await;
+    let yaml = format!(
+        r#"
+tenants:
+  - name: chain
+    hosts: ["chain.example"]
+    upstream: "{u}"
+    clusters:
+      auth: "{auth}"
+    filters:
+      - module: GUESTS/pw_auth.wasm
+        config: "auth endless"
+  - name: late
+    hosts: ["late.example"]
+    upstream: "{u}"
+    clusters:
+      auth: "{auth}"
+    filters:
+      - module: GUESTS/pw_auth.wasm
+        config: "auth on_response endless"
+"#,
+        u = upstream.addr
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, _) = tenants_proxy(&dir, &yaml, &[]);
+    let client = client();
+    for host in ["chain.example", "late.example"] {
+        let response = client
+            .get(proxy.url("/chained"))
+            .header("host", host)
+            .header("x-user", "ok1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{host}: {}", proxy.log());
+        let echo: serde_json::Value =
+            serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        assert_eq!(echo["uri"], "/chained");
+    }
+    let line = "HTTP calls dropped after 16 answers; the stream goes on";
+    let log = proxy.wait_for_log(line);
+    assert_eq!(log.matches(line).count(), 2, "{log}");
+}

@@ -13,6 +13,12 @@ use tokio::net::TcpStream;
 /// The largest call response kept; a larger one fails the call.
 const MAX_RESPONSE: usize = 1 << 20;
 
+/// The most answers one chain of HTTP calls gets, a request's, a
+/// response's or a root context's (each answer may dispatch another
+/// call): past it the rest are dropped and what waited goes on, so a
+/// filter cannot hold a stream, or the instance it runs in, for ever.
+pub const MAX_CHAINED_ANSWERS: usize = 16;
+
 /// A call a filter dispatched, waiting to be made. It holds one of its
 /// tenant's callout slots until it is dropped (answered or abandoned).
 #[derive(Debug)]

@@ -35,7 +35,7 @@ use crate::abi::GuestAbi;
 use crate::upstream::egress::{self, Egress};
 use wasm_runtime::Sandbox;
 
-pub use callout::{perform as perform_call, CallResponse, PendingCall};
+pub use callout::{perform as perform_call, CallResponse, PendingCall, MAX_CHAINED_ANSWERS};
 pub use filter::{
     BodyError, BodyOutcome, Direction, FilterModule, FilterSpec, FilterStream, HeldRoot, Paused,
     RequestOutcome, RootClaim,
