@@ -11,7 +11,7 @@ use std::future::Future;
 use std::task::{Context, Poll, Waker};
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
-use host::abi::proxy_wasm::{FilterModule, FilterSpec, RequestOutcome};
+use host::abi::proxy_wasm::{FilterModule, FilterSpec, RequestOutcome, VmLease};
 use host::abi::v1::{self as abi, InputParts, RequestVerdict, V1Module};
 use host::guest::budget::{Budget, BudgetLimits, MAX_CPU_MS_PER_S};
 use host::guest::hooks::Hook;
@@ -266,20 +266,23 @@ fn native_policy_request(req: &RequestHeader) -> Box<HttpPeer> {
 /// admitted by the budget.
 fn filter_request(filter: &FilterModule, budget: &Budget, req: &RequestHeader) {
     let mut request = req.clone();
+    let mut lease = VmLease::default();
+    let lease = &mut lease;
     let mut stream = admitted(budget, |meter| {
-        ready(filter.begin(&request, &Default::default(), meter)).unwrap()
+        ready(filter.begin(lease, &request, &Default::default(), meter)).unwrap()
     });
     let outcome = admitted(budget, |meter| {
-        ready(filter.on_request_headers(&mut stream, &mut request, true, meter)).unwrap()
+        ready(filter.on_request_headers(lease, &mut stream, &mut request, true, meter)).unwrap()
     });
     assert!(matches!(outcome, RequestOutcome::Continue));
     let mut response = upstream_response();
     admitted(budget, |meter| {
-        ready(filter.on_response_headers(&mut stream, &mut response, false, meter)).unwrap()
+        ready(filter.on_response_headers(lease, &mut stream, &mut response, false, meter)).unwrap()
     });
     admitted(budget, |meter| {
-        ready(filter.end(stream, Some(&response), meter)).unwrap()
+        ready(filter.end(lease, stream, Some(&response), meter)).unwrap()
     });
+    filter.end_lease(lease);
     black_box((request, response));
 }
 

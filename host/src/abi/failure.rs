@@ -28,6 +28,10 @@ pub enum HookFault {
     /// The guest named a pool its tenant does not have, or gave no key
     /// for a consistent one.
     Pool(PoolError),
+    /// A proxy-wasm filter's VM, shared with other filter entries of its
+    /// tenant (one `vm_id`), faulted in another entry's callback on this
+    /// request: the instance holding this entry's context is gone.
+    VmLost,
 }
 
 impl HookFault {
@@ -46,6 +50,7 @@ impl HookFault {
             | HookFault::InvalidUtf8
             | HookFault::InvalidOutput(_)
             | HookFault::Pool(_) => "invalid_output",
+            HookFault::VmLost => "vm_lost",
         }
     }
 }
@@ -65,6 +70,10 @@ impl fmt::Display for HookFault {
             HookFault::InvalidUtf8 => write!(f, "output is not UTF-8"),
             HookFault::InvalidOutput(e) => write!(f, "invalid output: {}", guest_text(e)),
             HookFault::Pool(e) => write!(f, "invalid output: {e}"),
+            HookFault::VmLost => write!(
+                f,
+                "its VM faulted in another filter of this request (they share a vm_id)"
+            ),
         }
     }
 }

@@ -13,7 +13,7 @@ use pingora::prelude::*;
 
 use crate::abi::proxy_wasm::{
     perform_call, BodyError, BodyOutcome, ConnectionFacts, Direction, FilterStream, Paused,
-    PendingCall, RequestOutcome, MAX_CHAINED_ANSWERS,
+    PendingCall, RequestOutcome, VmLease, MAX_CHAINED_ANSWERS,
 };
 use crate::abi::HookFailure;
 use crate::guest::guest_call::{CallFailure, CallName, Guest, GuestCall, Stage, Stop};
@@ -28,6 +28,10 @@ const ON_LOG: &str = "proxy_on_log";
 #[derive(Default)]
 pub(crate) struct FilterChain {
     links: Vec<Link>,
+    /// The instance each of the tenant's filter VMs lent the request, by
+    /// [`TenantFilter::vm`]: entries sharing a VM open their contexts in
+    /// one instance.
+    leases: Vec<VmLease>,
     /// A filter removed the request's `Content-Length`: its body goes
     /// upstream by chunks.
     request_reframed: bool,
@@ -109,11 +113,14 @@ impl FilterChain {
                 body_bytes: Default::default(),
             })
             .collect();
+        let vms = tenant.filters.iter().map(|f| f.vm + 1).max().unwrap_or(0);
+        self.leases = std::iter::repeat_with(VmLease::default).take(vms).collect();
         for index in 0..self.links.len() {
             // An earlier filter may have changed the request's framing.
             let end_of_stream = !has_body(request);
             let reframed = &mut self.request_reframed;
             let Link { filter, stream, .. } = &mut self.links[index];
+            let lease = &mut self.leases[filter.vm];
             let call = GuestCall::new(
                 tenant,
                 Guest::filter(filter),
@@ -124,12 +131,12 @@ impl FilterChain {
             let result = match call.admit() {
                 Ok(permit) => {
                     let opened = async {
-                        let mut opened = module.begin(request, connection, &permit).await?;
+                        let mut opened = module.begin(lease, request, connection, &permit).await?;
                         if *reframed {
                             opened.reframe_request();
                         }
                         let outcome = module
-                            .on_request_headers(&mut opened, request, end_of_stream, &permit)
+                            .on_request_headers(lease, &mut opened, request, end_of_stream, &permit)
                             .await
                             .map_err(HookFailure::Fault);
                         *stream = Some(opened).filter(FilterStream::active);
@@ -143,7 +150,7 @@ impl FilterChain {
             let outcome = match result {
                 Ok(RequestOutcome::Calls(calls)) => {
                     let paused = Paused::Request(request);
-                    deliver_calls(tenant, filter, stream, paused, calls).await?
+                    deliver_calls(tenant, filter, lease, stream, paused, calls).await?
                 }
                 Ok(outcome) => outcome,
                 Err(failure) => {
@@ -192,6 +199,7 @@ impl FilterChain {
         let count = count.min(self.links.len());
         for link in self.links[..count].iter_mut().rev() {
             let Link { filter, stream, .. } = link;
+            let lease = &mut self.leases[filter.vm];
             let Some(open) = stream.as_mut() else {
                 continue;
             };
@@ -207,7 +215,7 @@ impl FilterChain {
                 Ok(permit) => {
                     let result = filter
                         .module
-                        .on_response_headers(open, response, end_of_stream, &permit)
+                        .on_response_headers(lease, open, response, end_of_stream, &permit)
                         .await
                         .map_err(HookFailure::Fault);
                     call.finish(result, permit)
@@ -220,7 +228,7 @@ impl FilterChain {
                     let paused = Paused::Response(response);
                     // A local answer here is not sent (see
                     // `response_outcome`): the outcome only says on.
-                    deliver_calls(tenant, filter, stream, paused, calls).await?;
+                    deliver_calls(tenant, filter, lease, stream, paused, calls).await?;
                 }
                 Ok(_) => {}
                 Err(failure) => {
@@ -265,6 +273,7 @@ impl FilterChain {
                 stream,
                 body_bytes,
             } = &mut self.links[index];
+            let lease = &mut self.leases[filter.vm];
             let Some(open) = stream.as_mut() else {
                 continue;
             };
@@ -283,7 +292,7 @@ impl FilterChain {
                 Ok(permit) => {
                     let result = filter
                         .module
-                        .on_body(open, direction, &chunk, end_of_stream, &permit)
+                        .on_body(lease, open, direction, &chunk, end_of_stream, &permit)
                         .await;
                     // Past the buffer cap is not the filter's fault.
                     let result = match result {
@@ -388,32 +397,59 @@ impl FilterChain {
     }
 
     /// Ends every filter's HTTP context (`proxy_on_done`, `proxy_on_log`,
-    /// `proxy_on_delete`) with `response` as the last response seen,
-    /// returning healthy instances. A failure is logged.
+    /// `proxy_on_delete`) with `response` as the last response seen, and
+    /// gives each VM's instance back after its last entry: healthy ones
+    /// are kept. A failure is logged.
     pub(crate) async fn end(&mut self, tenant: &Tenant, response: Option<&ResponseHeader>) {
-        for Link { filter, stream, .. } in std::mem::take(&mut self.links) {
-            let Some(stream) = stream else {
-                continue;
-            };
-            let call = GuestCall::new(
-                tenant,
-                Guest::filter(&filter),
-                CallName::Callback(ON_LOG),
-                Stage::End,
-            );
-            // Over budget, the context is dropped with its instance.
-            let result = match call.admit() {
-                Ok(permit) => {
-                    let result = filter.module.end(stream, response, &permit).await;
-                    call.finish(result.map_err(HookFailure::Fault), permit)
-                }
-                Err(failure) => Err(failure),
-            };
-            if let Err(failure) = result {
-                // At the end a failure only gets its log line.
-                let _ = call.settle(failure);
+        let links = std::mem::take(&mut self.links);
+        let last_of_vm: Vec<bool> = (0..links.len())
+            .map(|i| {
+                links[i + 1..]
+                    .iter()
+                    .all(|l| l.filter.vm != links[i].filter.vm)
+            })
+            .collect();
+        for (Link { filter, stream, .. }, last) in links.into_iter().zip(last_of_vm) {
+            let lease = &mut self.leases[filter.vm];
+            if let Some(stream) = stream {
+                end_context(tenant, &filter, lease, stream, response).await;
+            }
+            if last {
+                filter.module.end_lease(lease);
             }
         }
+    }
+}
+
+/// Ends `filter`'s HTTP context for the request, admitted by the budget
+/// (over it, the context is dropped with its instance).
+async fn end_context(
+    tenant: &Tenant,
+    filter: &TenantFilter,
+    lease: &mut VmLease,
+    stream: FilterStream,
+    response: Option<&ResponseHeader>,
+) {
+    let call = GuestCall::new(
+        tenant,
+        Guest::filter(filter),
+        CallName::Callback(ON_LOG),
+        Stage::End,
+    );
+    let result = match call.admit() {
+        Ok(permit) => {
+            let result = filter.module.end(lease, stream, response, &permit).await;
+            call.finish(result.map_err(HookFailure::Fault), permit)
+        }
+        Err(failure) => {
+            // Over budget, the context is dropped with its instance.
+            filter.module.abandon(lease);
+            Err(failure)
+        }
+    };
+    if let Err(failure) = result {
+        // At the end a failure only gets its log line.
+        let _ = call.settle(failure);
     }
 }
 
@@ -425,6 +461,7 @@ impl FilterChain {
 async fn deliver_calls(
     tenant: &Tenant,
     filter: &TenantFilter,
+    lease: &mut VmLease,
     stream: &mut Option<FilterStream>,
     mut paused: Paused<'_>,
     mut calls: Vec<PendingCall>,
@@ -460,7 +497,14 @@ async fn deliver_calls(
                     return Ok(RequestOutcome::Continue);
                 };
                 let result = module
-                    .on_http_call_response(open, pending.token, response, &mut paused, &permit)
+                    .on_http_call_response(
+                        lease,
+                        open,
+                        pending.token,
+                        response,
+                        &mut paused,
+                        &permit,
+                    )
                     .await
                     .map_err(HookFailure::Fault);
                 call.finish(result, permit)

@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 
-use crate::abi::proxy_wasm::{FilterLimits, FilterModule, FilterSpec, ScopeCounters, TenantScope};
+use crate::abi::proxy_wasm::{
+    vm_key, FilterEntry, FilterLimits, FilterModule, FilterSpec, ScopeCounters, TenantScope, VmKey,
+};
 use crate::abi::v1::V1Module;
 use crate::edge::tls::Certificate;
 use crate::guest::budget::{Budget, BudgetLimits};
@@ -93,6 +95,9 @@ pub struct LoadedFrom {
 pub struct TenantFilter {
     /// The loaded filter.
     pub module: Arc<FilterModule>,
+    /// Its VM among its tenant's (0, 1, ...): entries of one VM share an
+    /// instance within a request.
+    pub vm: usize,
     /// `fail_closed`: a fault answers 500; `fail_open`: the filter is
     /// skipped for the rest of the request.
     pub on_error: GuestErrorPolicy,
@@ -763,10 +768,22 @@ fn build_tenant(
         clusters,
         metrics,
     )?);
-    let mut filters = Vec::new();
+    // Entries with the same VM key share a VM, loaded once with a plugin
+    // per entry (Envoy's VM sharing).
+    /// The entries of one VM, by their index in the tenant's filters.
+    struct VmGroup {
+        key: VmKey,
+        bytes: Vec<u8>,
+        entries: Vec<(usize, FilterEntry)>,
+    }
+    let mut vms: Vec<VmGroup> = Vec::new();
     for (index, entry) in spec.filters.iter().enumerate() {
         let filter = &entry.value;
         let path = base.join(&filter.module.value);
+        let at = format!("filters[{index}]");
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("reading {}", path.display()))
+            .map_err(|e| place.error(&at, &entry.origin, e))?;
         let filter_spec = FilterSpec {
             config: filter
                 .config
@@ -789,15 +806,48 @@ fn build_tenant(
             quota: quota.clone(),
             log_rate: Some(log_rate.clone()),
         };
-        let label = naming.guest(&filter.module.value, &spec.name);
-        let loaded = FilterModule::load(engine, label, &path, filter_spec, limits)
-            .map_err(|e| place.error(&format!("filters[{index}]"), &entry.origin, e))?;
+        let key = vm_key(&filter_spec, &bytes);
+        let loaded = FilterEntry {
+            name: naming.guest(&filter.module.value, &spec.name),
+            plugin_name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            spec: filter_spec,
+        };
         files.push(path);
-        filters.push(TenantFilter {
-            module: Arc::new(loaded),
-            on_error: filter.on_error,
-        });
+        match vms.iter_mut().find(|vm| vm.key == key) {
+            Some(vm) => vm.entries.push((index, loaded)),
+            None => vms.push(VmGroup {
+                key,
+                bytes,
+                entries: vec![(index, loaded)],
+            }),
+        }
     }
+    let mut filters = Vec::new();
+    for (vm, VmGroup { bytes, entries, .. }) in vms.into_iter().enumerate() {
+        let (indexes, entries): (Vec<usize>, Vec<FilterEntry>) = entries.into_iter().unzip();
+        let loaded = FilterModule::load_vm(engine, &bytes, entries, limits).map_err(|(i, e)| {
+            let index = indexes[i];
+            let entry = &spec.filters[index];
+            let path = base.join(&entry.value.module.value);
+            let e = e.context(format!("loading filter {}", path.display()));
+            place.error(&format!("filters[{index}]"), &entry.origin, e)
+        })?;
+        for (index, module) in indexes.into_iter().zip(loaded) {
+            filters.push((
+                index,
+                TenantFilter {
+                    module: Arc::new(module),
+                    vm,
+                    on_error: spec.filters[index].value.on_error,
+                },
+            ));
+        }
+    }
+    filters.sort_by_key(|(index, _)| *index);
+    let filters = filters.into_iter().map(|(_, filter)| filter).collect();
     let tenant = Tenant {
         budget: Budget::new(budget, metrics.tenant(&spec.name)),
         scope,

@@ -334,3 +334,70 @@ tenants:
     let log = proxy.wait_for_log(line);
     assert_eq!(log.matches(line).count(), 2, "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn entries_with_one_vm_id_share_a_vm_and_a_root_context_per_plugin() {
+    let upstream = Upstream::plain().await;
+    // `shared`: three entries in one VM; the third is the first's plugin
+    // again (the same root_id and configuration). `apart`: two VMs.
+    let yaml = format!(
+        r#"
+tenants:
+  - name: shared
+    hosts: ["shared.example"]
+    upstream: "{u}"
+    filters:
+      - module: GUESTS/pw_vm.wasm
+        config: "a"
+        vm_config: {{ vm_id: v }}
+      - module: GUESTS/pw_vm.wasm
+        config: "b"
+        vm_config: {{ vm_id: v }}
+      - module: GUESTS/pw_vm.wasm
+        config: "a"
+        vm_config: {{ vm_id: v }}
+  - name: apart
+    hosts: ["apart.example"]
+    upstream: "{u}"
+    filters:
+      - module: GUESTS/pw_vm.wasm
+        config: "a"
+        vm_config: {{ vm_id: one }}
+      - module: GUESTS/pw_vm.wasm
+        config: "b"
+        vm_config: {{ vm_id: two }}
+"#,
+        u = upstream.addr
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, _) = tenants_proxy(&dir, &yaml, &[]);
+    let client = client();
+    let request = |host: &'static str| {
+        let (client, url) = (client.clone(), proxy.url("/vm"));
+        async move {
+            let response = client.get(url).header("host", host).send().await.unwrap();
+            assert_eq!(response.status().as_u16(), 200);
+            let all = |name: &str| {
+                response
+                    .headers()
+                    .get_all(name)
+                    .iter()
+                    .map(|v| v.to_str().unwrap().to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            (all("x-vm-a"), all("x-vm-b"), all("x-roots"))
+        }
+    };
+    // One VM counts the request three times, in chain order; response
+    // callbacks run last entry first. Two plugins: two root contexts.
+    let (a, b, roots) = request("shared.example").await;
+    assert_eq!((a.as_str(), b.as_str()), ("3,1", "2"), "{}", proxy.log());
+    assert_eq!(roots, "2");
+    // The next request finds the same VM (its globals carry on).
+    let (a, b, _) = request("shared.example").await;
+    assert_eq!((a.as_str(), b.as_str()), ("6,4", "5"));
+    // Two vm_ids: two VMs, each counting once, with a root context each.
+    let (a, b, roots) = request("apart.example").await;
+    assert_eq!((a.as_str(), b.as_str(), roots.as_str()), ("1", "1", "1"));
+}

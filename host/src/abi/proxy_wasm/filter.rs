@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use wasmtime::{InstancePre, TypedFunc, WasmParams, WasmResults};
@@ -113,6 +113,30 @@ pub struct FilterSpec {
     pub log_rate: Option<Arc<LogRate>>,
 }
 
+/// A filter entry to load: its name in logs, its plugin name (the
+/// module's file name) and its configuration.
+pub struct FilterEntry {
+    /// Its name in logs.
+    pub name: Arc<str>,
+    /// `plugin_name`, and the `filter` label of its metrics.
+    pub plugin_name: String,
+    /// How it is configured.
+    pub spec: FilterSpec,
+}
+
+/// A VM's `vm_id`, configuration and module digest.
+pub type VmKey = (String, Vec<u8>, String);
+
+/// What decides whether filter entries share a VM, as Envoy's VM key:
+/// the `vm_id`, the VM configuration and the module's bytes.
+pub fn vm_key(spec: &FilterSpec, bytes: &[u8]) -> VmKey {
+    (
+        spec.vm_id.clone(),
+        spec.vm_config.clone(),
+        module_digest(bytes),
+    )
+}
+
 /// What a request callback left the request to do next.
 #[derive(Debug)]
 pub enum RequestOutcome {
@@ -188,11 +212,16 @@ pub(super) struct FilterInstance {
     generation: u64,
 }
 
-/// A loaded filter and its idle, started instances.
-pub struct FilterModule {
+/// A loaded filter VM and its idle, started instances: the module
+/// compiled once, with the root context of every plugin that runs in it.
+/// Filter entries of one tenant with the same `vm_id`, VM configuration
+/// and module share one (Envoy's VM key), each entry a plugin in it.
+struct FilterVm {
     name: Arc<str>,
     pre: InstancePre<Sandbox<PwState>>,
-    plugin: Arc<Plugin>,
+    /// Its plugins, root context `k + 1` for `plugins[k]`; an HTTP
+    /// context's id comes after them.
+    plugins: Arc<[Arc<Plugin>]>,
     limits: GuestLimits,
     long_calls: LongCallSignal,
     idle: IdleInstances<FilterInstance>,
@@ -200,14 +229,8 @@ pub struct FilterModule {
     /// load holds a slot of it.
     quota: Arc<InstanceQuota>,
     log_rate: Option<Arc<LogRate>>,
-    /// When the next tick is due, in milliseconds since `origin`.
-    next_tick_ms: AtomicU64,
-    /// A tick is running ([`RootClaim`]).
-    ticking: Arc<AtomicBool>,
-    /// `proxy_on_queue_ready` calls are being made ([`RootClaim`]).
-    delivering: Arc<AtomicBool>,
     /// Under `on_error: fail_reload`: until when (ms after `origin`; 0:
-    /// not) the filter's VM is being replaced after a fault.
+    /// not) the VM is being replaced after a fault.
     reload_until_ms: AtomicU64,
     /// The next backoff, in ms: 1 s, doubled by each fault in a row.
     reload_backoff_ms: AtomicU64,
@@ -221,18 +244,42 @@ pub struct FilterModule {
     origin: Instant,
 }
 
-/// One request's HTTP context in one filter: the instance it owns until
-/// the request ends, and the stream its callbacks see.
-pub struct FilterStream {
+/// One filter entry: a plugin (a root context) in its VM.
+pub struct FilterModule {
+    name: Arc<str>,
+    vm: Arc<FilterVm>,
+    /// Its plugin, `vm.plugins[index]`.
+    plugin: Arc<Plugin>,
+    index: usize,
+}
+
+/// A request's hold on the instance of one filter VM: every entry of the
+/// chain that runs in that VM opens its HTTP context in the same
+/// instance, as Envoy runs a stream's plugins of one VM in one VM.
+#[derive(Default)]
+pub struct VmLease {
     instance: Option<Box<FilterInstance>>,
+    /// Which instance this is, for the request: a context opened in an
+    /// instance that faulted is not looked for in the next one.
+    seat: u32,
+}
+
+/// One request's HTTP context in one filter, in the instance its
+/// [`VmLease`] holds until the request ends, and the stream its callbacks
+/// see.
+pub struct FilterStream {
     context: i32,
+    /// The [`VmLease::seat`] of the instance holding the context.
+    seat: u32,
+    /// The filter still serves this request (it has not faulted).
+    live: bool,
     stream: Stream,
 }
 
 impl FilterStream {
     /// Whether the filter still serves this request (it has not faulted).
     pub fn active(&self) -> bool {
-        self.instance.is_some()
+        self.live
     }
 
     /// Whether the filter reset the stream (`proxy_close_stream`).
@@ -304,52 +351,97 @@ impl FilterModule {
         spec: FilterSpec,
         limits: GuestLimits,
     ) -> anyhow::Result<Self> {
-        let module = abi::compile(engine, &name, bytes)?;
+        let entry = FilterEntry {
+            name,
+            plugin_name,
+            spec,
+        };
+        let mut loaded = Self::load_vm(engine, bytes, vec![entry], limits).map_err(|(_, e)| e)?;
+        Ok(loaded.remove(0))
+    }
+
+    /// Filter entries that share one VM (the same [`vm_key`]): `bytes`
+    /// compiled and checked once, and a first instance started with a
+    /// root context per plugin, whose `on_vm_start` and `on_configure`
+    /// must accept their configurations. Entries with the same `root_id`
+    /// and plugin configuration are one plugin (Envoy's plugin key): they
+    /// share its root context, its ticks and its queues. The VM's own
+    /// settings (its configuration, `vm_id`, tenant) are the first
+    /// entry's. An error names the entry it is about, by index.
+    pub fn load_vm(
+        engine: &GuestEngine,
+        bytes: &[u8],
+        entries: Vec<FilterEntry>,
+        limits: GuestLimits,
+    ) -> Result<Vec<Self>, (usize, anyhow::Error)> {
+        let Some(first) = entries.first() else {
+            return Ok(Vec::new());
+        };
+        let vm_error = |e: anyhow::Error| (0, e);
+        let name = first.name.clone();
+        let module = abi::compile(engine, &name, bytes).map_err(vm_error)?;
         if module.get_export("proxy_abi_version_0_1_0").is_some() {
-            bail!("speaks proxy-wasm ABI 0.1.0; this host runs 0.2.1 (and 0.2.0) filters");
+            return Err(vm_error(anyhow::anyhow!(
+                "speaks proxy-wasm ABI 0.1.0; this host runs 0.2.1 (and 0.2.0) filters"
+            )));
         }
-        if ModuleKind::of(&module)? != ModuleKind::ProxyWasm {
-            bail!(
+        if ModuleKind::of(&module).map_err(vm_error)? != ModuleKind::ProxyWasm {
+            return Err(vm_error(anyhow::anyhow!(
                 "speaks this host's own guest ABI, not proxy-wasm: use it as a tenant's \
                  `module`, not as a filter"
-            );
+            )));
         }
-        let pre = abi::link::<ProxyWasm>(engine, &module)?;
-        let metrics = FilterMetrics::new(
+        let pre = abi::link::<ProxyWasm>(engine, &module).map_err(vm_error)?;
+        let spec = &first.spec;
+        let metrics = Arc::new(FilterMetrics::new(
             spec.metrics
-                .map(|(family, tenant)| (family, tenant, plugin_name.clone())),
+                .clone()
+                .map(|(family, tenant)| (family, tenant, first.plugin_name.clone())),
             spec.scope.limits.max_metrics as usize,
-        );
+        ));
         let shared_namespace: Arc<str> = if spec.vm_id.is_empty() {
             module_digest(bytes).into()
         } else {
             format!("vm_id {}", spec.vm_id).into()
         };
-        let plugin = Arc::new(Plugin {
-            name: name.clone(),
-            plugin_name,
-            root_id: spec.root_id,
-            vm_id: spec.vm_id,
-            config: spec.config,
-            vm_config: spec.vm_config,
-            shared_namespace,
-            scope: spec.scope,
-            metrics,
-            tick_period_ms: AtomicU64::new(0),
-            queue_ready: Arc::default(),
-        });
-        let filter = FilterModule {
+        // Each entry's plugin, by index into `plugins`.
+        let mut plugins: Vec<Arc<Plugin>> = Vec::new();
+        let mut entry_plugins = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let same = |plugin: &&Arc<Plugin>| {
+                plugin.root_id == entry.spec.root_id && plugin.config == entry.spec.config
+            };
+            let index = match plugins.iter().position(|p| same(&p)) {
+                Some(index) => index,
+                None => {
+                    plugins.push(Arc::new(Plugin {
+                        name: entry.name.clone(),
+                        plugin_name: entry.plugin_name.clone(),
+                        root_id: entry.spec.root_id.clone(),
+                        vm_id: spec.vm_id.clone(),
+                        config: entry.spec.config.clone(),
+                        vm_config: spec.vm_config.clone(),
+                        shared_namespace: shared_namespace.clone(),
+                        scope: spec.scope.clone(),
+                        metrics: metrics.clone(),
+                        tick_period_ms: AtomicU64::new(0),
+                        queue_ready: Arc::default(),
+                        root_work: Default::default(),
+                    }));
+                    plugins.len() - 1
+                }
+            };
+            entry_plugins.push(index);
+        }
+        let vm = Arc::new(FilterVm {
             name,
             pre,
-            plugin,
+            plugins: plugins.into(),
             limits,
             long_calls: engine.long_calls().clone(),
             idle: IdleInstances::new(),
-            quota: spec.quota,
-            log_rate: spec.log_rate,
-            next_tick_ms: AtomicU64::new(0),
-            ticking: Arc::new(AtomicBool::new(false)),
-            delivering: Arc::new(AtomicBool::new(false)),
+            quota: spec.quota.clone(),
+            log_rate: spec.log_rate.clone(),
             reload_until_ms: AtomicU64::new(0),
             reload_backoff_ms: AtomicU64::new(FIRST_RELOAD_BACKOFF_MS),
             generation: AtomicU64::new(0),
@@ -357,10 +449,24 @@ impl FilterModule {
             reads_bodies: ["proxy_on_request_body", "proxy_on_response_body"]
                 .map(|callback| module.get_export(callback).is_some()),
             origin: Instant::now(),
-        };
-        let first = block_on(filter.start(&Unmetered)).map_err(|e| anyhow::anyhow!("{e}"))?;
-        filter.idle.put(first);
-        Ok(filter)
+        });
+        let first = block_on(vm.start(&Unmetered)).map_err(|(plugin, e)| {
+            let entry = plugin.map_or(0, |plugin| {
+                entry_plugins.iter().position(|&p| p == plugin).unwrap_or(0)
+            });
+            (entry, anyhow::anyhow!("{e}"))
+        })?;
+        vm.idle.put(first);
+        Ok(entries
+            .into_iter()
+            .zip(entry_plugins)
+            .map(|(entry, index)| FilterModule {
+                name: entry.name,
+                plugin: vm.plugins[index].clone(),
+                vm: vm.clone(),
+                index,
+            })
+            .collect())
     }
 
     /// The filter's name for logs.
@@ -373,22 +479,32 @@ impl FilterModule {
         &self.plugin.plugin_name
     }
 
-    /// Removes the series of the metrics it defined but those `keep`
+    /// Removes the series of the metrics its VM defined but those `keep`
     /// names (a filter of the same tenant and plugin name carries them
     /// on).
     pub fn remove_metric_series(&self, keep: impl Fn(&str) -> bool) {
         self.plugin.metrics.remove_series(keep);
     }
 
-    /// The names of the metrics it defined.
+    /// The names of the metrics its VM defined.
     pub fn metric_names(&self) -> Vec<String> {
         self.plugin.metrics.names()
+    }
+
+    /// Whether it runs in the same VM as `other` (a shared `vm_id`).
+    pub fn shares_vm_with(&self, other: &FilterModule) -> bool {
+        Arc::ptr_eq(&self.vm, &other.vm)
     }
 
     /// Whether the filter reads `direction`'s bodies (exports its body
     /// callback).
     pub fn reads_body(&self, direction: Direction) -> bool {
-        self.reads_bodies[direction as usize]
+        self.vm.reads_bodies[direction as usize]
+    }
+
+    /// Its root context's id in its VM's instances.
+    fn root(&self) -> i32 {
+        self.index as i32 + ROOT_CONTEXT
     }
 
     /// `proxy_on_request_body` or `proxy_on_response_body` with `chunk`
@@ -398,6 +514,7 @@ impl FilterModule {
     /// request).
     pub async fn on_body(
         &self,
+        lease: &mut VmLease,
         filter: &mut FilterStream,
         direction: Direction,
         chunk: &[u8],
@@ -415,8 +532,7 @@ impl FilterModule {
             Direction::Response => |callbacks| callbacks.on_response_body.as_ref(),
         };
         let action = self
-            .run(filter, callback, (size, end_of_stream as i32), meter)
-            .await
+            .run(lease, filter, callback, (size, end_of_stream as i32), meter)
             .map_err(BodyError::Fault)?;
         Ok(Self::body_outcome(
             filter.stream.body_mut(direction),
@@ -442,58 +558,43 @@ impl FilterModule {
         if period == 0 {
             return None;
         }
-        let due = self.next_tick_ms.load(Ordering::Relaxed);
-        Some(self.origin + Duration::from_millis(due))
+        let work = &self.plugin.root_work;
+        let due = work.next_tick_ms.load(Ordering::Relaxed);
+        Some(work.origin + Duration::from_millis(due))
     }
 
     /// Under `on_error: fail_reload`, after a fault: drops every idle
-    /// instance (a fresh VM for what comes next, as Envoy reloads the
-    /// plugin's VM) and refuses new calls for a backoff of 1 s, doubled by
-    /// each fault in a row up to [`MAX_RELOAD_BACKOFF_MS`]. The backoff.
-    /// Faults during a backoff (requests that were already in the filter,
-    /// on the old instances) neither extend nor double it: None then.
+    /// instance of its VM (a fresh VM for what comes next, as Envoy
+    /// reloads the plugin's VM) and refuses new calls for a backoff of
+    /// 1 s, doubled by each fault in a row up to
+    /// [`MAX_RELOAD_BACKOFF_MS`]. The backoff. Faults during a backoff
+    /// (requests that were already in the filter, on the old instances)
+    /// neither extend nor double it: None then.
     pub fn fail_for_reload(&self) -> Option<Duration> {
-        let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let vm = &self.vm;
+        let _one_at_a_time = vm.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
         if self.reloading_for().is_some() {
             return None;
         }
-        self.generation.fetch_add(1, Ordering::Relaxed);
-        self.idle.clear();
-        let backoff = self.reload_backoff_ms.load(Ordering::Relaxed);
-        let now = self.origin.elapsed().as_millis() as u64;
-        self.reload_until_ms.store(now + backoff, Ordering::Relaxed);
+        vm.generation.fetch_add(1, Ordering::Relaxed);
+        vm.idle.clear();
+        let backoff = vm.reload_backoff_ms.load(Ordering::Relaxed);
+        let now = vm.origin.elapsed().as_millis() as u64;
+        vm.reload_until_ms.store(now + backoff, Ordering::Relaxed);
         let next = (backoff * 2).min(MAX_RELOAD_BACKOFF_MS);
-        self.reload_backoff_ms.store(next, Ordering::Relaxed);
+        vm.reload_backoff_ms.store(next, Ordering::Relaxed);
         Some(Duration::from_millis(backoff))
-    }
-
-    /// An idle instance of the current generation, if any (an older one
-    /// that slipped back during a reload is dropped).
-    fn take_idle(&self) -> Option<Box<FilterInstance>> {
-        while let Some(instance) = self.idle.take() {
-            if instance.generation == self.generation.load(Ordering::Relaxed) {
-                return Some(instance);
-            }
-        }
-        None
-    }
-
-    /// Keeps `instance` for reuse, unless the filter's VM was replaced
-    /// since it started.
-    fn keep(&self, instance: Box<FilterInstance>) {
-        if instance.generation == self.generation.load(Ordering::Relaxed) {
-            self.idle.put(instance);
-        }
     }
 
     /// How long the filter's VM is still being replaced after a fault
     /// under `on_error: fail_reload`; None when it serves.
     pub fn reloading_for(&self) -> Option<Duration> {
-        let until = self.reload_until_ms.load(Ordering::Relaxed);
+        let vm = &self.vm;
+        let until = vm.reload_until_ms.load(Ordering::Relaxed);
         if until == 0 {
             return None;
         }
-        let now = self.origin.elapsed().as_millis() as u64;
+        let now = vm.origin.elapsed().as_millis() as u64;
         (now < until).then(|| Duration::from_millis(until - now))
     }
 
@@ -501,32 +602,35 @@ impl FilterModule {
     /// 1 s again. (Calls served during the backoff, by requests already in
     /// the filter, change nothing.)
     pub fn served_after_reload(&self) {
-        if self.reload_until_ms.load(Ordering::Relaxed) != 0 && self.reloading_for().is_none() {
-            let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let vm = &self.vm;
+        if vm.reload_until_ms.load(Ordering::Relaxed) != 0 && self.reloading_for().is_none() {
+            let _one_at_a_time = vm.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
             if self.reloading_for().is_none() {
-                self.reload_until_ms.store(0, Ordering::Relaxed);
-                self.reload_backoff_ms
+                vm.reload_until_ms.store(0, Ordering::Relaxed);
+                vm.reload_backoff_ms
                     .store(FIRST_RELOAD_BACKOFF_MS, Ordering::Relaxed);
             }
         }
     }
 
     /// Claims the tick that is due: the next is then one period away.
-    /// None while the last tick is still running, so a filter's ticks
-    /// never overlap; the claim ends when dropped.
+    /// None while the last tick is still running, so a plugin's ticks
+    /// never overlap (however many entries share it); the claim ends when
+    /// dropped.
     pub fn claim_tick(&self) -> Option<RootClaim> {
-        if self.ticking.swap(true, Ordering::AcqRel) {
+        let work = &self.plugin.root_work;
+        if work.ticking.swap(true, Ordering::AcqRel) {
             return None;
         }
         let period = self.plugin.tick_period_ms.load(Ordering::Relaxed);
-        let now = self.origin.elapsed().as_millis() as u64;
-        self.next_tick_ms
+        let now = work.origin.elapsed().as_millis() as u64;
+        work.next_tick_ms
             .store(now + period.max(1), Ordering::Relaxed);
-        Some(RootClaim(self.ticking.clone()))
+        Some(RootClaim(work.ticking.clone()))
     }
 
-    /// `proxy_on_tick` on the root context of an idle instance (ticks are
-    /// the plugin's, not a request's), for a tick claimed
+    /// `proxy_on_tick` on the plugin's root context in an idle instance
+    /// (ticks are the plugin's, not a request's), for a tick claimed
     /// ([`claim_tick`](Self::claim_tick)). A fault drops the instance.
     pub async fn tick(
         &self,
@@ -539,19 +643,20 @@ impl FilterModule {
         }
     }
 
-    /// Claims the filter's `proxy_on_queue_ready` calls, if items were
+    /// Claims the plugin's `proxy_on_queue_ready` calls, if items were
     /// enqueued on its queues that it was not yet called for and no other
     /// claim is delivering them.
     pub fn claim_queue_ready(&self) -> Option<RootClaim> {
-        if !self.plugin.queue_ready.is_pending() || self.delivering.swap(true, Ordering::AcqRel) {
+        let work = &self.plugin.root_work;
+        if !self.plugin.queue_ready.is_pending() || work.delivering.swap(true, Ordering::AcqRel) {
             return None;
         }
-        Some(RootClaim(self.delivering.clone()))
+        Some(RootClaim(work.delivering.clone()))
     }
 
     /// `proxy_on_queue_ready` for the next item enqueued on one of the
-    /// filter's queues, on the root context of an idle instance (as a
-    /// tick). False if none was waiting.
+    /// plugin's queues, on its root context in an idle instance (as a
+    /// tick). None if none was waiting.
     pub async fn queue_ready(
         &self,
         _claim: &RootClaim,
@@ -570,25 +675,26 @@ impl FilterModule {
         }
     }
 
-    /// `callback` (if the filter exports it) on the root context of an
-    /// idle instance, or of a new one if the tenant has room (else it is
-    /// skipped, as the tenant is at its bound; the next one tries again).
-    /// A fault drops the instance. If the callback dispatched HTTP calls,
-    /// the instance is held for their responses ([`HeldRoot`]).
+    /// `callback` (if the filter exports it) on the plugin's root context
+    /// in an idle instance, or in a new one if the tenant has room (else
+    /// it is skipped, as the tenant is at its bound; the next one tries
+    /// again). A fault drops the instance. If the callback dispatched HTTP
+    /// calls, the instance is held for their responses ([`HeldRoot`]).
     async fn on_root(
         &self,
         callback: RootCallback,
         meter: &dyn SliceMeter,
     ) -> Result<RootRun, HookFault> {
-        let mut instance = match self.take_idle() {
+        let vm = &self.vm;
+        let mut instance = match vm.take_idle() {
             Some(instance) => instance,
             None => {
-                let Ok(slot) = self.quota.take() else {
+                let Ok(slot) = vm.quota.take() else {
                     return Ok(RootRun::NoRoom);
                 };
                 // No room in the tenant's memory or the engine's slots is
                 // not the guest's fault either.
-                let mut fresh = match Box::pin(self.start(meter)).await {
+                let mut fresh = match Box::pin(vm.start_metered(meter)).await {
                     Ok(fresh) => fresh,
                     Err(HookFault::Runtime(RuntimeFault::NoRoom(..))) => {
                         return Ok(RootRun::NoRoom)
@@ -599,7 +705,10 @@ impl FilterModule {
                 fresh
             }
         };
-        instance.wasm.abi_mut().in_root_callback = true;
+        let root = self.root();
+        let state = instance.wasm.abi_mut();
+        state.in_root_callback = true;
+        state.current = self.index;
         let FilterInstance {
             wasm, callbacks, ..
         } = &mut *instance;
@@ -607,9 +716,9 @@ impl FilterModule {
             RootCallback::Tick => callbacks
                 .on_tick
                 .as_ref()
-                .map(|on_tick| call_in(wasm, on_tick, ROOT_CONTEXT, meter)),
+                .map(|on_tick| call_in(wasm, on_tick, root, meter)),
             RootCallback::QueueReady(token) => {
-                let args = (ROOT_CONTEXT, token as i32);
+                let args = (root, token as i32);
                 callbacks
                     .on_queue_ready
                     .as_ref()
@@ -620,32 +729,13 @@ impl FilterModule {
         if let Some(result) = called {
             result.map_err(CallError::into_fault)?;
         }
-        Ok(RootRun::Ran(self.held_or_kept(instance)))
-    }
-
-    /// The instance held for the root calls it dispatched, or kept for
-    /// reuse if it dispatched none.
-    fn held_or_kept(&self, mut instance: Box<FilterInstance>) -> Option<HeldRoot> {
-        let calls = std::mem::take(&mut instance.wasm.abi_mut().root_calls);
-        if calls.is_empty() {
-            self.keep_after_root(instance);
-            return None;
-        }
-        Some(HeldRoot { instance, calls })
-    }
-
-    /// Keeps an instance after a root callback, which counts towards its
-    /// `instance_reuse` as a request does.
-    fn keep_after_root(&self, mut instance: Box<FilterInstance>) {
-        instance.streams += 1;
-        if instance.streams < self.limits.instance_reuse {
-            self.keep(instance);
-        }
+        Ok(RootRun::Ran(vm.held_or_kept(instance)))
     }
 
     /// Delivers the response of root call `token` (None: it failed or
-    /// timed out) to `proxy_on_http_call_response` on the held instance's
-    /// root context; calls it dispatches from there join `held`'s.
+    /// timed out) to `proxy_on_http_call_response` on the plugin's root
+    /// context in the held instance; calls it dispatches from there join
+    /// `held`'s.
     pub async fn on_root_call_response(
         &self,
         held: &mut HeldRoot,
@@ -663,7 +753,8 @@ impl FilterModule {
         let state = wasm.abi_mut();
         state.root_call_response = Some((HeaderPairs::from_pairs(headers), body));
         state.in_root_callback = true;
-        let args = (ROOT_CONTEXT, token as i32, sizes.0, sizes.1, 0);
+        state.current = self.index;
+        let args = (self.root(), token as i32, sizes.0, sizes.1, 0);
         let result = call_in(wasm, callback, args, meter);
         let state = wasm.abi_mut();
         state.root_call_response = None;
@@ -674,167 +765,48 @@ impl FilterModule {
 
     /// Gives back an instance held for root calls, once they are answered.
     pub fn release(&self, held: HeldRoot) {
-        self.keep_after_root(held.instance);
+        self.vm.keep_after_root(held.instance);
     }
 
-    /// A new instance, started: `_initialize`, the root context, the VM
-    /// and the plugin configured.
-    async fn start(&self, meter: &dyn SliceMeter) -> Result<Box<FilterInstance>, HookFault> {
-        let state = PwState::new(self.plugin.clone());
-        let mut prepared = WasmInstance::prepare(
-            &self.pre,
-            self.name.clone(),
-            self.limits,
-            self.long_calls.clone(),
-            state,
-        )
-        .with_memory_quota(self.quota.clone());
-        if let Some(rate) = &self.log_rate {
-            prepared = prepared.with_log_rate(rate.clone());
-        }
-        let wasm = prepared
-            .start_held(meter)
-            .map_err(|e| HookFault::Runtime(RuntimeFault::of_instantiation(&e)))?;
-        self.set_up(wasm, meter)
-            .await
-            .map_err(HookFault::instantiate)
-    }
-
-    /// A started instance's exports found and its contexts made.
-    async fn set_up(
-        &self,
-        mut wasm: WasmInstance<PwState>,
-        meter: &dyn SliceMeter,
-    ) -> Result<Box<FilterInstance>, String> {
-        let alloc = match export(&mut wasm, "proxy_on_memory_allocate", "(i32) -> i32")? {
-            Some(alloc) => Some(alloc),
-            None => export(&mut wasm, "malloc", "(i32) -> i32")?,
-        };
-        if alloc.is_none() {
-            return Err("exports neither `proxy_on_memory_allocate` nor `malloc`".into());
-        }
-        wasm.abi_mut().alloc = alloc.map(Arc::new);
-        let initialize: Option<TypedFunc<(), ()>> = export(&mut wasm, "_initialize", "() -> ()")?;
-        let main: Option<TypedFunc<(i32, i32), i32>> =
-            export(&mut wasm, "main", "(i32, i32) -> i32")?;
-        let command: Option<TypedFunc<(), ()>> = export(&mut wasm, "_start", "() -> ()")?;
-        let on_context_create = export(&mut wasm, "proxy_on_context_create", "(i32, i32) -> ()")?
-            .ok_or("missing export `proxy_on_context_create`")?;
-        let on_vm_start: Option<TypedFunc<(i32, i32), i32>> =
-            export(&mut wasm, "proxy_on_vm_start", "(i32, i32) -> i32")?;
-        let on_configure: Option<TypedFunc<(i32, i32), i32>> =
-            export(&mut wasm, "proxy_on_configure", "(i32, i32) -> i32")?;
-        let callbacks = Callbacks {
-            on_context_create,
-            on_request_headers: export(
-                &mut wasm,
-                "proxy_on_request_headers",
-                "(i32, i32, i32) -> i32",
-            )?,
-            on_response_headers: export(
-                &mut wasm,
-                "proxy_on_response_headers",
-                "(i32, i32, i32) -> i32",
-            )?,
-            on_done: export(&mut wasm, "proxy_on_done", "(i32) -> i32")?,
-            on_log: export(&mut wasm, "proxy_on_log", "(i32) -> ()")?,
-            on_delete: export(&mut wasm, "proxy_on_delete", "(i32) -> ()")?,
-            on_tick: export(&mut wasm, "proxy_on_tick", "(i32) -> ()")?,
-            on_queue_ready: export(&mut wasm, "proxy_on_queue_ready", "(i32, i32) -> ()")?,
-            on_http_call_response: export(
-                &mut wasm,
-                "proxy_on_http_call_response",
-                "(i32, i32, i32, i32, i32) -> ()",
-            )?,
-            on_request_body: export(&mut wasm, "proxy_on_request_body", "(i32, i32, i32) -> i32")?,
-            on_response_body: export(
-                &mut wasm,
-                "proxy_on_response_body",
-                "(i32, i32, i32) -> i32",
-            )?,
-        };
-        let mut instance = Box::new(FilterInstance {
-            wasm,
-            callbacks,
-            next_context: ROOT_CONTEXT + 1,
-            streams: 0,
-            generation: self.generation.load(Ordering::Relaxed),
-        });
-        let failed = |what: &str, e: CallError| format!("{what}: {}", e.into_fault());
-        // As Envoy starts a VM: a WASI reactor gets `_initialize`, then
-        // `main(0, 0)` if it has one (an SDK may set itself up there); a
-        // WASI command (older TinyGo builds) gets `_start` instead.
-        if let Some(initialize) = initialize {
-            instance
-                .call(&initialize, (), meter)
-                .map_err(|e| failed("_initialize", e))?;
-            if let Some(main) = main {
-                instance
-                    .call(&main, (0, 0), meter)
-                    .map_err(|e| failed("main", e))?;
-            }
-        } else if let Some(command) = command {
-            instance
-                .call(&command, (), meter)
-                .map_err(|e| failed("_start", e))?;
-        }
-        let create = instance.callbacks.on_context_create.clone();
-        instance
-            .call(&create, (ROOT_CONTEXT, 0), meter)
-            .map_err(|e| failed("proxy_on_context_create", e))?;
-        if let Some(on_vm_start) = on_vm_start {
-            let size = self.plugin.vm_config.len() as i32;
-            let started = instance
-                .call(&on_vm_start, (ROOT_CONTEXT, size), meter)
-                .map_err(|e| failed("proxy_on_vm_start", e))?;
-            if started == 0 {
-                return Err(
-                    "proxy_on_vm_start returned false: the VM configuration was refused".into(),
-                );
-            }
-        }
-        if let Some(on_configure) = on_configure {
-            let size = self.plugin.config.len() as i32;
-            let configured = instance
-                .call(&on_configure, (ROOT_CONTEXT, size), meter)
-                .map_err(|e| failed("proxy_on_configure", e))?;
-            if configured == 0 {
-                return Err(
-                    "proxy_on_configure returned false: the plugin configuration was refused"
-                        .into(),
-                );
-            }
-        }
-        Ok(instance)
-    }
-
-    /// Starts the filter's HTTP context for a request: an idle (or new)
-    /// instance, which the request keeps until [`end`](Self::end).
+    /// Starts the filter's HTTP context for a request, in the instance
+    /// `lease` holds for its VM: an idle (or new) one if it holds none
+    /// yet, kept until the request ends ([`end_lease`](Self::end_lease)).
     pub async fn begin(
         &self,
+        lease: &mut VmLease,
         request: &RequestHeader,
         connection: &super::ConnectionFacts,
         meter: &dyn SliceMeter,
     ) -> Result<FilterStream, HookFailure> {
-        let mut instance = match self.take_idle() {
-            Some(instance) => instance,
-            None => {
-                let slot = self.quota.take().map_err(HookFailure::no_room)?;
-                let mut fresh = Box::pin(self.start(meter)).await?;
-                fresh.wasm.hold(slot);
-                fresh
-            }
+        let vm = &self.vm;
+        if lease.instance.is_none() {
+            let instance = match vm.take_idle() {
+                Some(instance) => instance,
+                None => {
+                    let slot = vm.quota.take().map_err(HookFailure::no_room)?;
+                    let mut fresh = Box::pin(vm.start_metered(meter)).await?;
+                    fresh.wasm.hold(slot);
+                    fresh
+                }
+            };
+            lease.instance = Some(instance);
+            lease.seat = lease.seat.wrapping_add(1);
+        }
+        let Some(instance) = lease.instance.as_deref_mut() else {
+            return Err(HookFailure::Fault(HookFault::VmLost));
         };
+        let first_http = vm.plugins.len() as i32 + ROOT_CONTEXT;
         let context = instance.next_context;
-        instance.next_context = instance
-            .next_context
-            .checked_add(1)
-            .unwrap_or(ROOT_CONTEXT + 1);
+        instance.next_context = instance.next_context.checked_add(1).unwrap_or(first_http);
         let FilterInstance {
             wasm, callbacks, ..
-        } = &mut *instance;
+        } = instance;
+        wasm.abi_mut().current = self.index;
         let create = &callbacks.on_context_create;
-        call_in(wasm, create, (context, ROOT_CONTEXT), meter).map_err(CallError::into_fault)?;
+        if let Err(e) = call_in(wasm, create, (context, self.root()), meter) {
+            lease.instance = None;
+            return Err(HookFailure::Fault(e.into_fault()));
+        }
         // The request's map is made when a callback first needs it.
         let stream = Stream {
             facts: super::RequestFacts {
@@ -849,8 +821,9 @@ impl FilterModule {
             ..Stream::default()
         };
         Ok(FilterStream {
-            instance: Some(instance),
             context,
+            seat: lease.seat,
+            live: true,
             stream,
         })
     }
@@ -859,6 +832,7 @@ impl FilterModule {
     /// `request`.
     pub async fn on_request_headers(
         &self,
+        lease: &mut VmLease,
         filter: &mut FilterStream,
         request: &mut RequestHeader,
         end_of_stream: bool,
@@ -867,18 +841,23 @@ impl FilterModule {
         filter.stream.read_request(request);
         let count = filter.stream.request.pairs().len() as i32;
         let callback: PickCallback = |callbacks| callbacks.on_request_headers.as_ref();
-        let action = self
-            .run(filter, callback, (count, end_of_stream as i32), meter)
-            .await?;
+        let action = self.run(
+            lease,
+            filter,
+            callback,
+            (count, end_of_stream as i32),
+            meter,
+        )?;
         Self::request_outcome(filter, request, action == PAUSE)
     }
 
     /// Delivers the response of HTTP call `token` (None: it failed or
-    /// timed out) to `proxy_on_http_call_response`, on the root context
-    /// as the SDKs expect, and applies the filter's edits to the message
-    /// it paused.
+    /// timed out) to `proxy_on_http_call_response`, on the plugin's root
+    /// context as the SDKs expect, and applies the filter's edits to the
+    /// message it paused.
     pub async fn on_http_call_response(
         &self,
+        lease: &mut VmLease,
         filter: &mut FilterStream,
         token: u32,
         response: Option<super::CallResponse>,
@@ -893,22 +872,25 @@ impl FilterModule {
             }
         }
         filter.stream.call_response = Some((HeaderPairs::from_pairs(headers), body));
-        let Some(instance) = filter.instance.as_mut() else {
+        let Some(instance) = seated(lease, filter)? else {
             return Ok(RequestOutcome::Continue);
         };
         let FilterInstance {
             wasm, callbacks, ..
-        } = &mut **instance;
+        } = instance;
         let Some(callback) = &callbacks.on_http_call_response else {
             return Ok(RequestOutcome::Continue);
         };
-        wasm.abi_mut().stream = Some(std::mem::take(&mut filter.stream));
-        let args = (ROOT_CONTEXT, token as i32, sizes.0, sizes.1, 0);
+        let state = wasm.abi_mut();
+        state.stream = Some(std::mem::take(&mut filter.stream));
+        state.current = self.index;
+        let args = (self.root(), token as i32, sizes.0, sizes.1, 0);
         let result = call_in(wasm, callback, args, meter);
         filter.stream = wasm.abi_mut().stream.take().unwrap_or_default();
         filter.stream.call_response = None;
         if let Err(e) = result {
-            filter.instance = None;
+            lease.instance = None;
+            filter.live = false;
             return Err(e.into_fault());
         }
         // Still paused only while it waits for another call.
@@ -947,6 +929,7 @@ impl FilterModule {
     /// `response`; the HTTP calls it paused the response for, if any.
     pub async fn on_response_headers(
         &self,
+        lease: &mut VmLease,
         filter: &mut FilterStream,
         response: &mut ResponseHeader,
         end_of_stream: bool,
@@ -959,9 +942,13 @@ impl FilterModule {
             .as_ref()
             .map_or(0, |r| r.pairs().len()) as i32;
         let callback: PickCallback = |callbacks| callbacks.on_response_headers.as_ref();
-        let action = self
-            .run(filter, callback, (count, end_of_stream as i32), meter)
-            .await?;
+        let action = self.run(
+            lease,
+            filter,
+            callback,
+            (count, end_of_stream as i32),
+            meter,
+        )?;
         Self::response_outcome(filter, response, action == PAUSE)
     }
 
@@ -985,10 +972,12 @@ impl FilterModule {
     }
 
     /// Ends the request's HTTP context (`proxy_on_done`, `proxy_on_log`,
-    /// `proxy_on_delete`) with `response` as the last response seen, and
-    /// returns a healthy instance for reuse.
+    /// `proxy_on_delete`) with `response` as the last response seen. The
+    /// instance stays in `lease` for the VM's other entries;
+    /// [`end_lease`](Self::end_lease) gives it back.
     pub async fn end(
         &self,
+        lease: &mut VmLease,
         mut filter: FilterStream,
         response: Option<&ResponseHeader>,
         meter: &dyn SliceMeter,
@@ -997,44 +986,62 @@ impl FilterModule {
             filter.stream.response = Some(HeaderPairs::of_response(response));
         }
         let context = filter.context;
-        let Some(instance) = filter.instance.as_mut() else {
+        let Some(instance) = seated(lease, &mut filter)? else {
             return Ok(());
         };
-        instance.wasm.abi_mut().stream = Some(std::mem::take(&mut filter.stream));
+        let state = instance.wasm.abi_mut();
+        state.stream = Some(std::mem::take(&mut filter.stream));
+        state.current = self.index;
         let result = instance.finish(context, meter);
         instance.wasm.abi_mut().stream = None;
+        instance.streams += 1;
         if let Err(e) = result {
+            lease.instance = None;
             return Err(e.into_fault());
-        }
-        if let Some(mut instance) = filter.instance.take() {
-            instance.streams += 1;
-            if instance.streams < self.limits.instance_reuse {
-                self.keep(instance);
-            }
         }
         Ok(())
     }
 
+    /// Gives back the instance `lease` holds, once every entry of its VM
+    /// has ended its context: kept for reuse if it is healthy and of the
+    /// VM's current generation.
+    pub fn end_lease(&self, lease: &mut VmLease) {
+        if let Some(instance) = lease.instance.take() {
+            if instance.streams < self.vm.limits.instance_reuse {
+                self.vm.keep(instance);
+            }
+        }
+    }
+
+    /// Drops the instance `lease` holds, with the contexts left open in
+    /// it (a context that could not be ended is not left in a kept one).
+    pub fn abandon(&self, lease: &mut VmLease) {
+        lease.instance = None;
+    }
+
     /// Runs the callback `pick` chooses for the filter's context with
     /// `params` after the context id, the stream lent to the store. A
-    /// fault drops the instance.
-    async fn run(
+    /// fault drops the instance (for every entry of its VM).
+    fn run(
         &self,
+        lease: &mut VmLease,
         filter: &mut FilterStream,
         pick: PickCallback,
         (count, end_of_stream): (i32, i32),
         meter: &dyn SliceMeter,
     ) -> Result<i32, HookFault> {
-        let Some(instance) = filter.instance.as_mut() else {
+        let Some(instance) = seated(lease, filter)? else {
             return Ok(0);
         };
         let FilterInstance {
             wasm, callbacks, ..
-        } = &mut **instance;
+        } = instance;
         let Some(callback) = pick(callbacks) else {
             return Ok(0);
         };
-        wasm.abi_mut().stream = Some(std::mem::take(&mut filter.stream));
+        let state = wasm.abi_mut();
+        state.stream = Some(std::mem::take(&mut filter.stream));
+        state.current = self.index;
         let result = call_in(
             wasm,
             callback,
@@ -1043,10 +1050,224 @@ impl FilterModule {
         );
         filter.stream = wasm.abi_mut().stream.take().unwrap_or_default();
         result.map_err(|e| {
-            filter.instance = None;
+            lease.instance = None;
+            filter.live = false;
             e.into_fault()
         })
     }
+}
+
+/// The instance holding `filter`'s context, if the filter still serves
+/// the request; [`HookFault::VmLost`] if that instance faulted in another
+/// entry of its VM (the filter is then out).
+fn seated<'l>(
+    lease: &'l mut VmLease,
+    filter: &mut FilterStream,
+) -> Result<Option<&'l mut FilterInstance>, HookFault> {
+    if !filter.live {
+        return Ok(None);
+    }
+    match lease.instance.as_deref_mut() {
+        Some(instance) if lease.seat == filter.seat => Ok(Some(instance)),
+        _ => {
+            filter.live = false;
+            Err(HookFault::VmLost)
+        }
+    }
+}
+
+impl FilterVm {
+    /// An idle instance of the current generation, if any (an older one
+    /// that slipped back during a reload is dropped).
+    fn take_idle(&self) -> Option<Box<FilterInstance>> {
+        while let Some(instance) = self.idle.take() {
+            if instance.generation == self.generation.load(Ordering::Relaxed) {
+                return Some(instance);
+            }
+        }
+        None
+    }
+
+    /// Keeps `instance` for reuse, unless the VM was replaced since it
+    /// started.
+    fn keep(&self, instance: Box<FilterInstance>) {
+        if instance.generation == self.generation.load(Ordering::Relaxed) {
+            self.idle.put(instance);
+        }
+    }
+
+    /// The instance held for the root calls it dispatched, or kept for
+    /// reuse if it dispatched none.
+    fn held_or_kept(&self, mut instance: Box<FilterInstance>) -> Option<HeldRoot> {
+        let calls = std::mem::take(&mut instance.wasm.abi_mut().root_calls);
+        if calls.is_empty() {
+            self.keep_after_root(instance);
+            return None;
+        }
+        Some(HeldRoot { instance, calls })
+    }
+
+    /// Keeps an instance after a root callback, which counts towards its
+    /// `instance_reuse` as a request does.
+    fn keep_after_root(&self, mut instance: Box<FilterInstance>) {
+        instance.streams += 1;
+        if instance.streams < self.limits.instance_reuse {
+            self.keep(instance);
+        }
+    }
+
+    /// A new instance, started, on the request path.
+    async fn start_metered(
+        &self,
+        meter: &dyn SliceMeter,
+    ) -> Result<Box<FilterInstance>, HookFault> {
+        self.start(meter).await.map_err(|(_, fault)| fault)
+    }
+
+    /// A new instance, started: `_initialize`, then each plugin's root
+    /// context, the VM and the plugin configured. An error names the
+    /// plugin it is about (by index), if one.
+    async fn start(
+        &self,
+        meter: &dyn SliceMeter,
+    ) -> Result<Box<FilterInstance>, (Option<usize>, HookFault)> {
+        let state = PwState::new(self.plugins.clone());
+        let mut prepared = WasmInstance::prepare(
+            &self.pre,
+            self.name.clone(),
+            self.limits,
+            self.long_calls.clone(),
+            state,
+        )
+        .with_memory_quota(self.quota.clone());
+        if let Some(rate) = &self.log_rate {
+            prepared = prepared.with_log_rate(rate.clone());
+        }
+        let wasm = prepared
+            .start_held(meter)
+            .map_err(|e| (None, HookFault::Runtime(RuntimeFault::of_instantiation(&e))))?;
+        self.set_up(wasm, meter)
+            .await
+            .map_err(|(plugin, why)| (plugin, HookFault::instantiate(why)))
+    }
+
+    /// A started instance's exports found and its contexts made: the
+    /// module initialised as Envoy starts a VM, then each plugin's root
+    /// context created, its `on_vm_start` and its `on_configure` called
+    /// (as Envoy starts each plugin of a VM on its own root context).
+    async fn set_up(
+        &self,
+        mut wasm: WasmInstance<PwState>,
+        meter: &dyn SliceMeter,
+    ) -> Result<Box<FilterInstance>, (Option<usize>, String)> {
+        let (callbacks, starts) = find_exports(&mut wasm).map_err(|why| (None, why))?;
+        let mut instance = Box::new(FilterInstance {
+            wasm,
+            callbacks,
+            next_context: self.plugins.len() as i32 + ROOT_CONTEXT,
+            streams: 0,
+            generation: self.generation.load(Ordering::Relaxed),
+        });
+        let failed = |what: &str, e: CallError| format!("{what}: {}", e.into_fault());
+        // As Envoy starts a VM: a WASI reactor gets `_initialize`, then
+        // `main(0, 0)` if it has one (an SDK may set itself up there); a
+        // WASI command (older TinyGo builds) gets `_start` instead.
+        if let Some(initialize) = &starts.initialize {
+            instance
+                .call(initialize, (), meter)
+                .map_err(|e| (None, failed("_initialize", e)))?;
+            if let Some(main) = &starts.main {
+                instance
+                    .call(main, (0, 0), meter)
+                    .map_err(|e| (None, failed("main", e)))?;
+            }
+        } else if let Some(command) = &starts.command {
+            instance
+                .call(command, (), meter)
+                .map_err(|e| (None, failed("_start", e)))?;
+        }
+        for (index, plugin) in self.plugins.iter().enumerate() {
+            let root = index as i32 + ROOT_CONTEXT;
+            let refused = |why: String| (Some(index), why);
+            instance.wasm.abi_mut().current = index;
+            let create = instance.callbacks.on_context_create.clone();
+            instance
+                .call(&create, (root, 0), meter)
+                .map_err(|e| refused(failed("proxy_on_context_create", e)))?;
+            if let Some(on_vm_start) = &starts.on_vm_start {
+                let size = plugin.vm_config.len() as i32;
+                let started = instance
+                    .call(on_vm_start, (root, size), meter)
+                    .map_err(|e| refused(failed("proxy_on_vm_start", e)))?;
+                if started == 0 {
+                    return Err(refused(
+                        "proxy_on_vm_start returned false: the VM configuration was refused".into(),
+                    ));
+                }
+            }
+            if let Some(on_configure) = &starts.on_configure {
+                let size = plugin.config.len() as i32;
+                let configured = instance
+                    .call(on_configure, (root, size), meter)
+                    .map_err(|e| refused(failed("proxy_on_configure", e)))?;
+                if configured == 0 {
+                    return Err(refused(
+                        "proxy_on_configure returned false: the plugin configuration was refused"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        Ok(instance)
+    }
+}
+
+/// The exports the host calls to start a VM.
+struct Starts {
+    initialize: Option<TypedFunc<(), ()>>,
+    main: Option<TypedFunc<(i32, i32), i32>>,
+    command: Option<TypedFunc<(), ()>>,
+    on_vm_start: Option<TypedFunc<(i32, i32), i32>>,
+    on_configure: Option<TypedFunc<(i32, i32), i32>>,
+}
+
+/// The callbacks and start functions a started instance exports, each
+/// checked for its type; its allocator given to its hostcalls.
+fn find_exports(wasm: &mut WasmInstance<PwState>) -> Result<(Callbacks, Starts), String> {
+    let alloc = match export(wasm, "proxy_on_memory_allocate", "(i32) -> i32")? {
+        Some(alloc) => Some(alloc),
+        None => export(wasm, "malloc", "(i32) -> i32")?,
+    };
+    if alloc.is_none() {
+        return Err("exports neither `proxy_on_memory_allocate` nor `malloc`".into());
+    }
+    wasm.abi_mut().alloc = alloc.map(Arc::new);
+    let starts = Starts {
+        initialize: export(wasm, "_initialize", "() -> ()")?,
+        main: export(wasm, "main", "(i32, i32) -> i32")?,
+        command: export(wasm, "_start", "() -> ()")?,
+        on_vm_start: export(wasm, "proxy_on_vm_start", "(i32, i32) -> i32")?,
+        on_configure: export(wasm, "proxy_on_configure", "(i32, i32) -> i32")?,
+    };
+    let callbacks = Callbacks {
+        on_context_create: export(wasm, "proxy_on_context_create", "(i32, i32) -> ()")?
+            .ok_or("missing export `proxy_on_context_create`")?,
+        on_request_headers: export(wasm, "proxy_on_request_headers", "(i32, i32, i32) -> i32")?,
+        on_response_headers: export(wasm, "proxy_on_response_headers", "(i32, i32, i32) -> i32")?,
+        on_done: export(wasm, "proxy_on_done", "(i32) -> i32")?,
+        on_log: export(wasm, "proxy_on_log", "(i32) -> ()")?,
+        on_delete: export(wasm, "proxy_on_delete", "(i32) -> ()")?,
+        on_tick: export(wasm, "proxy_on_tick", "(i32) -> ()")?,
+        on_queue_ready: export(wasm, "proxy_on_queue_ready", "(i32, i32) -> ()")?,
+        on_http_call_response: export(
+            wasm,
+            "proxy_on_http_call_response",
+            "(i32, i32, i32, i32, i32) -> ()",
+        )?,
+        on_request_body: export(wasm, "proxy_on_request_body", "(i32, i32, i32) -> i32")?,
+        on_response_body: export(wasm, "proxy_on_response_body", "(i32, i32, i32) -> i32")?,
+    };
+    Ok((callbacks, starts))
 }
 
 impl FilterInstance {
@@ -1149,6 +1370,102 @@ mod tests {
         );
         let _ = std::fs::remove_file(&path);
         loaded
+    }
+
+    /// `wat` loaded as one VM with an entry per configuration.
+    fn load_vm_wat(wat: &str, configs: &[&str]) -> Result<Vec<FilterModule>, (usize, String)> {
+        let engine = GuestEngine::new(&EngineOptions {
+            max_memory_bytes: GuestLimits::default().memory_limit_bytes(),
+            cache_dir: None,
+            fresh_instances: false,
+        })
+        .unwrap();
+        let entries = configs
+            .iter()
+            .map(|config| FilterEntry {
+                name: format!("entry {config}").into(),
+                plugin_name: "vm.wasm".into(),
+                spec: FilterSpec {
+                    config: config.as_bytes().to_vec(),
+                    ..FilterSpec::default()
+                },
+            })
+            .collect();
+        let bytes = wat::parse_str(wat).unwrap();
+        FilterModule::load_vm(&engine, &bytes, entries, GuestLimits::default())
+            .map_err(|(entry, e)| (entry, format!("{e:#}")))
+    }
+
+    /// A VM whose root context 2 refuses its configuration, and whose
+    /// first HTTP context (3, after two root contexts) traps.
+    const TWO_PLUGINS: &str = r#"(module
+        (memory (export "memory") 1)
+        (func (export "proxy_abi_version_0_2_1"))
+        (func (export "proxy_on_memory_allocate") (param i32) (result i32) i32.const 1024)
+        (func (export "proxy_on_context_create") (param i32 i32))
+        (func (export "proxy_on_configure") (param i32 i32) (result i32)
+            local.get 0 i32.const 2 i32.ne local.get 1 i32.const 2 i32.ne i32.or)
+        (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+            local.get 0 i32.const 3 i32.eq
+            if unreachable end
+            i32.const 0))"#;
+
+    #[test]
+    fn entries_of_one_vm_share_its_instance_and_lose_it_together() {
+        // Plugins "a" and "b": "b"'s configuration is 1 byte, accepted.
+        let entries = load_vm_wat(TWO_PLUGINS, &["a", "b", "a"]).unwrap();
+        assert!(entries[0].shares_vm_with(&entries[1]));
+        assert_eq!(
+            entries.iter().map(|e| e.root()).collect::<Vec<_>>(),
+            [1, 2, 1]
+        );
+        let request = RequestHeader::build("GET", b"/", None).unwrap();
+        let facts = super::super::ConnectionFacts::default();
+        let mut lease = VmLease::default();
+        let mut opened: Vec<FilterStream> = entries
+            .iter()
+            .map(|entry| block_on(entry.begin(&mut lease, &request, &facts, &Unmetered)).unwrap())
+            .collect();
+        let contexts: Vec<i32> = opened.iter().map(|s| s.context).collect();
+        assert_eq!(
+            contexts,
+            [3, 4, 5],
+            "one instance, contexts after both roots"
+        );
+        // Context 3 traps: the instance is gone for the other entries too.
+        let mut headers = request.clone();
+        let first = block_on(entries[0].on_request_headers(
+            &mut lease,
+            &mut opened[0],
+            &mut headers,
+            true,
+            &Unmetered,
+        ));
+        assert!(matches!(first, Err(HookFault::Runtime(_))), "{first:?}");
+        let second = block_on(entries[1].on_request_headers(
+            &mut lease,
+            &mut opened[1],
+            &mut headers,
+            true,
+            &Unmetered,
+        ));
+        assert!(matches!(second, Err(HookFault::VmLost)), "{second:?}");
+        assert!(!opened[1].active());
+        // A later entry opens its context in a fresh instance; the old
+        // contexts are not looked for there.
+        let fresh = block_on(entries[2].begin(&mut lease, &request, &facts, &Unmetered)).unwrap();
+        assert_eq!(fresh.context, 3);
+        let third = block_on(entries[2].end(&mut lease, opened.remove(2), None, &Unmetered));
+        assert!(matches!(third, Err(HookFault::VmLost)), "{third:?}");
+    }
+
+    #[test]
+    fn a_plugin_that_refuses_its_configuration_is_named_by_its_entry() {
+        // "bb" is 2 bytes on root context 2: refused; the entry is the
+        // second, whose plugin that is.
+        let (entry, why) = load_vm_wat(TWO_PLUGINS, &["a", "a", "bb"]).err().unwrap();
+        assert_eq!(entry, 2, "{why}");
+        assert!(why.contains("proxy_on_configure returned false"), "{why}");
     }
 
     /// A filter whose start exports count into a global;

@@ -37,8 +37,8 @@ use wasm_runtime::Sandbox;
 
 pub use callout::{perform as perform_call, CallResponse, PendingCall, MAX_CHAINED_ANSWERS};
 pub use filter::{
-    BodyError, BodyOutcome, Direction, FilterModule, FilterSpec, FilterStream, HeldRoot, Paused,
-    RequestOutcome, RootClaim,
+    vm_key, BodyError, BodyOutcome, Direction, FilterEntry, FilterModule, FilterSpec, FilterStream,
+    HeldRoot, Paused, RequestOutcome, RootClaim, VmKey, VmLease,
 };
 pub use queues::{wait_for_enqueues, wake_deliveries, QueueReady};
 pub use state::PwState;
@@ -70,13 +70,40 @@ pub struct Plugin {
     pub shared_namespace: Arc<str>,
     /// What its tenant's filters share and are bounded by.
     pub scope: Arc<TenantScope>,
-    /// Metrics the filter defined.
-    pub metrics: FilterMetrics,
+    /// Metrics the filter defined: its VM's, shared by the plugins that
+    /// VM runs (as in Envoy, a metric id is the VM's).
+    pub metrics: Arc<FilterMetrics>,
     /// The tick period the filter asked for, in milliseconds; 0: none.
     pub tick_period_ms: AtomicU64,
     /// Enqueues on the queues it registered, for its
     /// `proxy_on_queue_ready`.
     pub queue_ready: Arc<QueueReady>,
+    /// Its ticks and queue deliveries: one plugin's, however many filter
+    /// entries share its root context.
+    pub(super) root_work: RootWork,
+}
+
+/// When a plugin's root context is next due a tick, and which of its
+/// root callbacks are running.
+pub(super) struct RootWork {
+    /// When the next tick is due, in milliseconds since `origin`.
+    pub(super) next_tick_ms: AtomicU64,
+    /// A tick is running ([`RootClaim`]).
+    pub(super) ticking: Arc<std::sync::atomic::AtomicBool>,
+    /// `proxy_on_queue_ready` calls are being made ([`RootClaim`]).
+    pub(super) delivering: Arc<std::sync::atomic::AtomicBool>,
+    pub(super) origin: std::time::Instant,
+}
+
+impl Default for RootWork {
+    fn default() -> Self {
+        RootWork {
+            next_tick_ms: AtomicU64::new(0),
+            ticking: Arc::default(),
+            delivering: Arc::default(),
+            origin: std::time::Instant::now(),
+        }
+    }
 }
 
 /// What a tenant's filters share and are held to: its shared data, the

@@ -25,8 +25,11 @@ use crate::abi::LocalReply;
 
 /// What a filter's instance keeps in its store for the hostcalls.
 pub struct PwState {
-    /// The plugin this instance runs.
-    pub(super) plugin: Arc<Plugin>,
+    /// The plugins this instance runs (one root context each, ids 1, 2,
+    /// ... in this order): more than one when filter entries share a VM.
+    plugins: Arc<[Arc<Plugin>]>,
+    /// The plugin whose context the callback in progress is for.
+    pub(super) current: usize,
     /// The guest's allocator (`proxy_on_memory_allocate` or `malloc`), for
     /// data the host returns.
     /// Shared, so that a hostcall holds it while it calls the guest
@@ -53,10 +56,11 @@ pub struct PwState {
 }
 
 impl PwState {
-    /// The state of a new instance of `plugin`, outside any stream.
-    pub(super) fn new(plugin: Arc<Plugin>) -> Self {
+    /// The state of a new instance running `plugins`, outside any stream.
+    pub(super) fn new(plugins: Arc<[Arc<Plugin>]>) -> Self {
         PwState {
-            plugin,
+            plugins,
+            current: 0,
             alloc: None,
             stream: None,
             next_call_token: 1,
@@ -65,6 +69,12 @@ impl PwState {
             root_call_response: None,
             in_root_callback: false,
         }
+    }
+
+    /// The plugin whose context the callback in progress is for: its
+    /// configuration, names, ticks and queues.
+    pub(super) fn plugin(&self) -> &Plugin {
+        &self.plugins[self.current]
     }
 
     /// The HTTP stream in progress; `NOT_FOUND` outside one.
@@ -102,8 +112,8 @@ impl PwState {
     /// callback, the others from the stream in progress.
     fn buffer(&self, buffer: BufferType) -> Result<&[u8], Status> {
         match buffer {
-            BufferType::VmConfiguration => Ok(&self.plugin.vm_config),
-            BufferType::PluginConfiguration => Ok(&self.plugin.config),
+            BufferType::VmConfiguration => Ok(&self.plugin().vm_config),
+            BufferType::PluginConfiguration => Ok(&self.plugin().config),
             BufferType::HttpCallResponseBody if self.stream.is_none() => self
                 .root_call_response
                 .as_ref()
@@ -160,7 +170,7 @@ impl PwState {
     }
 
     fn lookup_property(&self, path: &str) -> Option<Vec<u8>> {
-        let plugin = &self.plugin;
+        let plugin = self.plugin();
         let set = self.stream.as_ref().and_then(|s| s.properties.get(path));
         if let Some(value) = set {
             return Some(value.clone());
@@ -212,7 +222,7 @@ impl PwState {
     /// Shared value `key` and its CAS token, in the filter's namespace of
     /// its tenant's shared data.
     pub(super) fn shared_data(&self, key: &str) -> Result<(Vec<u8>, u32), Status> {
-        let plugin = &self.plugin;
+        let plugin = self.plugin();
         plugin
             .scope
             .shared
@@ -222,14 +232,14 @@ impl PwState {
 
     /// Registers the filter's queue `name` (of its `vm_id`): its token.
     pub(super) fn register_queue(&self, name: &str) -> Result<u32, Status> {
-        let plugin = &self.plugin;
+        let plugin = self.plugin();
         let mut queues = plugin.scope.shared.queues();
         queues.register(&plugin.vm_id, name, &plugin.queue_ready)
     }
 
     /// The token of the tenant's queue `name` of `vm_id`.
     pub(super) fn resolve_queue(&self, vm_id: &str, name: &str) -> Result<u32, Status> {
-        let queues = self.plugin.scope.shared.queues();
+        let queues = self.plugin().scope.shared.queues();
         queues.resolve(vm_id, name).ok_or(Status::NotFound)
     }
 
@@ -238,7 +248,7 @@ impl PwState {
     pub(super) fn enqueue(&self, token: u32, item: Vec<u8>) -> Result<(), Status> {
         let limit = usize::try_from(self.shared_data_limit()).unwrap_or(usize::MAX);
         let enqueued = self
-            .plugin
+            .plugin()
             .scope
             .shared
             .queues()
@@ -251,12 +261,12 @@ impl PwState {
 
     /// The oldest item of the tenant's queue `token`.
     pub(super) fn dequeue(&self, token: u32) -> Result<Vec<u8>, Status> {
-        self.plugin.scope.shared.queues().dequeue(token)
+        self.plugin().scope.shared.queues().dequeue(token)
     }
 
     /// The tenant's `shared_data_bytes`.
     pub(super) fn shared_data_limit(&self) -> u64 {
-        self.plugin.scope.limits.shared_data_bytes
+        self.plugin().scope.limits.shared_data_bytes
     }
 
     /// Sets shared value `key` if `cas` is 0 or matches its token. Past
@@ -269,7 +279,7 @@ impl PwState {
         value: Vec<u8>,
         cas: u32,
     ) -> Result<(), Status> {
-        let plugin = &self.plugin;
+        let plugin = self.plugin();
         let scope = &plugin.scope;
         let limit = usize::try_from(scope.limits.shared_data_bytes).unwrap_or(usize::MAX);
         match scope
@@ -285,7 +295,7 @@ impl PwState {
     /// The id of metric `name`, defined now if new. Every kind is kept as
     /// a gauge. Past the tenant's `max_metrics`: `INTERNAL_FAILURE`.
     pub(super) fn define_metric(&self, name: &str) -> Result<u32, Status> {
-        self.plugin
+        self.plugin()
             .metrics
             .define(name)
             .ok_or(Status::InternalFailure)
@@ -293,12 +303,12 @@ impl PwState {
 
     /// Metric `id`.
     pub(super) fn metric(&self, id: u32) -> Result<IntGauge, Status> {
-        self.plugin.metrics.get(id).ok_or(Status::NotFound)
+        self.plugin().metrics.get(id).ok_or(Status::NotFound)
     }
 
     /// Asks for `proxy_on_tick` every `period_ms` (0: never).
     pub(super) fn set_tick_period(&self, period_ms: u32) {
-        self.plugin
+        self.plugin()
             .tick_period_ms
             .store(u64::from(period_ms), Ordering::Relaxed);
     }
@@ -322,7 +332,7 @@ impl PwState {
         if !has(":method") || !has(":path") {
             return Err(Status::BadArgument);
         }
-        let scope = &self.plugin.scope;
+        let scope = &self.plugin().scope;
         let address = scope.callout_address(upstream).ok_or(Status::BadArgument)?;
         let slot = scope.take_call_slot().ok_or(Status::InternalFailure)?;
         let timeout_ms = timeout_ms.clamp(1, scope.limits.max_call_timeout_ms);
@@ -373,7 +383,7 @@ mod tests {
     }
 
     fn state_in(scope: Arc<TenantScope>, namespace: &str) -> PwState {
-        PwState::new(Arc::new(Plugin {
+        PwState::new(Arc::new([Arc::new(Plugin {
             name: "test".into(),
             plugin_name: "f.wasm".into(),
             root_id: "root".into(),
@@ -381,11 +391,12 @@ mod tests {
             config: b"plugin".to_vec(),
             vm_config: b"vm".to_vec(),
             shared_namespace: namespace.into(),
-            metrics: FilterMetrics::new(None, scope.limits.max_metrics as usize),
+            metrics: Arc::new(FilterMetrics::new(None, scope.limits.max_metrics as usize)),
             scope,
             tick_period_ms: AtomicU64::new(0),
             queue_ready: Arc::default(),
-        }))
+            root_work: Default::default(),
+        })]))
     }
 
     fn state() -> PwState {
@@ -514,7 +525,7 @@ mod tests {
             state.dispatch_http_call("127.0.0.1:1", call.clone(), vec![], 5),
             Err(Status::BadArgument)
         );
-        assert_eq!(state.plugin.scope.counters.egress_refused.get(), 1);
+        assert_eq!(state.plugin().scope.counters.egress_refused.get(), 1);
 
         let allow = ["127.0.0.1/32".to_string()];
         let limits = FilterLimits {
