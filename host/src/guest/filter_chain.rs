@@ -95,7 +95,8 @@ impl FilterChain {
     }
 
     /// The tenant's filters on the request headers, in order: each opens
-    /// an HTTP context (an instance of its own until the request ends) and
+    /// an HTTP context (in its VM's instance, which the request holds
+    /// until it ends) and
     /// sees `request`, which it may change, answer, or pause for HTTP
     /// calls. `connection` is what is known of the client's connection.
     pub(crate) async fn on_request_headers(
@@ -441,11 +442,9 @@ async fn end_context(
             let result = filter.module.end(lease, stream, response, &permit).await;
             call.finish(result.map_err(HookFailure::Fault), permit)
         }
-        Err(failure) => {
-            // Over budget, the context is dropped with its instance.
-            filter.module.abandon(lease);
-            Err(failure)
-        }
+        // Over budget the context is left open: its instance is not
+        // reused once the VM's other entries are done with it.
+        Err(failure) => Err(failure),
     };
     if let Err(failure) = result {
         // At the end a failure only gets its log line.

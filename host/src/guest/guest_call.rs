@@ -209,8 +209,11 @@ impl<'t> GuestCall<'t> {
         result: Result<T, HookFailure>,
         permit: CallPermit<'_>,
     ) -> Result<T, CallFailure> {
+        // Counted once, where the VM faulted: not again for each of its
+        // other entries that finds its instance gone.
+        let lost = matches!(result, Err(HookFailure::Fault(HookFault::VmLost)));
         let fault = match &result {
-            Err(HookFailure::Fault(fault)) => Some(fault),
+            Err(HookFailure::Fault(fault)) if !lost => Some(fault),
             _ => None,
         };
         let metrics = &self.tenant.metrics;
@@ -234,7 +237,8 @@ impl<'t> GuestCall<'t> {
                         );
                     }
                 }
-                None => filter.served_after_reload(),
+                None if !lost => filter.served_after_reload(),
+                None => {}
             }
         }
         result.map_err(CallFailure::Hook)

@@ -772,7 +772,7 @@ fn build_tenant(
     // per entry (Envoy's VM sharing).
     /// The entries of one VM, by their index in the tenant's filters.
     struct VmGroup {
-        key: VmKey,
+        key: (VmKey, String),
         bytes: Vec<u8>,
         entries: Vec<(usize, FilterEntry)>,
     }
@@ -806,13 +806,15 @@ fn build_tenant(
             quota: quota.clone(),
             log_rate: Some(log_rate.clone()),
         };
-        let key = vm_key(&filter_spec, &bytes);
+        let plugin_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // The file name too: a VM's metrics are labelled with it.
+        let key = (vm_key(&filter_spec, &bytes), plugin_name.clone());
         let loaded = FilterEntry {
             name: naming.guest(&filter.module.value, &spec.name),
-            plugin_name: path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            plugin_name,
             spec: filter_spec,
         };
         files.push(path);

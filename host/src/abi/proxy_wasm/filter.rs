@@ -1,8 +1,8 @@
-//! A loaded proxy-wasm filter: compiled and checked once, its instances
-//! started as the Rust SDK's dispatcher expects (`_initialize`, the root
-//! context, `proxy_on_vm_start`, `proxy_on_configure`), and one instance
-//! lent to each request for its whole life, with an HTTP context of its
-//! own.
+//! A loaded proxy-wasm filter VM: compiled and checked once, its
+//! instances started as the Rust SDK's dispatcher expects (`_initialize`,
+//! a root context per plugin, `proxy_on_vm_start`, `proxy_on_configure`),
+//! and one instance lent to each request for its whole life, where each
+//! of the VM's filter entries opens an HTTP context of its own.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -262,6 +262,19 @@ pub struct VmLease {
     /// Which instance this is, for the request: a context opened in an
     /// instance that faulted is not looked for in the next one.
     seat: u32,
+    /// Contexts opened in the instance and not yet ended: one left open
+    /// (its filter dropped from the chain, or its end refused by the
+    /// budget) keeps the instance from being reused.
+    open: u32,
+}
+
+impl VmLease {
+    /// The instance faulted (or its state can no longer be trusted): it
+    /// is dropped, with every context open in it.
+    fn lose(&mut self) {
+        self.instance = None;
+        self.open = 0;
+    }
 }
 
 /// One request's HTTP context in one filter, in the instance its
@@ -791,6 +804,7 @@ impl FilterModule {
             };
             lease.instance = Some(instance);
             lease.seat = lease.seat.wrapping_add(1);
+            lease.open = 0;
         }
         let Some(instance) = lease.instance.as_deref_mut() else {
             return Err(HookFailure::Fault(HookFault::VmLost));
@@ -804,9 +818,10 @@ impl FilterModule {
         wasm.abi_mut().current = self.index;
         let create = &callbacks.on_context_create;
         if let Err(e) = call_in(wasm, create, (context, self.root()), meter) {
-            lease.instance = None;
+            lease.lose();
             return Err(HookFailure::Fault(e.into_fault()));
         }
+        lease.open += 1;
         // The request's map is made when a callback first needs it.
         let stream = Stream {
             facts: super::RequestFacts {
@@ -848,7 +863,8 @@ impl FilterModule {
             (count, end_of_stream as i32),
             meter,
         )?;
-        Self::request_outcome(filter, request, action == PAUSE)
+        let outcome = Self::request_outcome(filter, request, action == PAUSE);
+        lose_on_fault(outcome, lease, filter)
     }
 
     /// Delivers the response of HTTP call `token` (None: it failed or
@@ -889,16 +905,17 @@ impl FilterModule {
         filter.stream = wasm.abi_mut().stream.take().unwrap_or_default();
         filter.stream.call_response = None;
         if let Err(e) = result {
-            lease.instance = None;
+            lease.lose();
             filter.live = false;
             return Err(e.into_fault());
         }
         // Still paused only while it waits for another call.
         let waits = !filter.stream.calls.is_empty();
-        match paused {
+        let outcome = match paused {
             Paused::Request(request) => Self::request_outcome(filter, request, waits),
             Paused::Response(response) => Self::response_outcome(filter, response, waits),
-        }
+        };
+        lose_on_fault(outcome, lease, filter)
     }
 
     /// After a request callback: its edits applied, then its answer, the
@@ -949,7 +966,8 @@ impl FilterModule {
             (count, end_of_stream as i32),
             meter,
         )?;
-        Self::response_outcome(filter, response, action == PAUSE)
+        let outcome = Self::response_outcome(filter, response, action == PAUSE);
+        lose_on_fault(outcome, lease, filter)
     }
 
     /// After a response callback: its edits applied, then the calls it
@@ -974,7 +992,8 @@ impl FilterModule {
     /// Ends the request's HTTP context (`proxy_on_done`, `proxy_on_log`,
     /// `proxy_on_delete`) with `response` as the last response seen. The
     /// instance stays in `lease` for the VM's other entries;
-    /// [`end_lease`](Self::end_lease) gives it back.
+    /// [`end_lease`](Self::end_lease) gives it back. A context whose
+    /// instance another entry lost has nothing left to end.
     pub async fn end(
         &self,
         lease: &mut VmLease,
@@ -986,7 +1005,7 @@ impl FilterModule {
             filter.stream.response = Some(HeaderPairs::of_response(response));
         }
         let context = filter.context;
-        let Some(instance) = seated(lease, &mut filter)? else {
+        let Ok(Some(instance)) = seated(lease, &mut filter) else {
             return Ok(());
         };
         let state = instance.wasm.abi_mut();
@@ -996,27 +1015,24 @@ impl FilterModule {
         instance.wasm.abi_mut().stream = None;
         instance.streams += 1;
         if let Err(e) = result {
-            lease.instance = None;
+            lease.lose();
             return Err(e.into_fault());
         }
+        lease.open -= 1;
         Ok(())
     }
 
     /// Gives back the instance `lease` holds, once every entry of its VM
-    /// has ended its context: kept for reuse if it is healthy and of the
-    /// VM's current generation.
+    /// is done with it: kept for reuse if every context opened in it was
+    /// ended, it is below its reuse bound and of the VM's current
+    /// generation; else dropped.
     pub fn end_lease(&self, lease: &mut VmLease) {
         if let Some(instance) = lease.instance.take() {
-            if instance.streams < self.vm.limits.instance_reuse {
+            if lease.open == 0 && instance.streams < self.vm.limits.instance_reuse {
                 self.vm.keep(instance);
             }
         }
-    }
-
-    /// Drops the instance `lease` holds, with the contexts left open in
-    /// it (a context that could not be ended is not left in a kept one).
-    pub fn abandon(&self, lease: &mut VmLease) {
-        lease.instance = None;
+        lease.open = 0;
     }
 
     /// Runs the callback `pick` chooses for the filter's context with
@@ -1050,11 +1066,25 @@ impl FilterModule {
         );
         filter.stream = wasm.abi_mut().stream.take().unwrap_or_default();
         result.map_err(|e| {
-            lease.instance = None;
+            lease.lose();
             filter.live = false;
             e.into_fault()
         })
     }
+}
+
+/// A fault in what a callback left (an edit or a local reply that cannot
+/// be applied) drops the instance as a trap does: its state is suspect.
+fn lose_on_fault<T>(
+    outcome: Result<T, HookFault>,
+    lease: &mut VmLease,
+    filter: &mut FilterStream,
+) -> Result<T, HookFault> {
+    if outcome.is_err() {
+        lease.lose();
+        filter.live = false;
+    }
+    outcome
 }
 
 /// The instance holding `filter`'s context, if the filter still serves
@@ -1188,7 +1218,10 @@ impl FilterVm {
         }
         for (index, plugin) in self.plugins.iter().enumerate() {
             let root = index as i32 + ROOT_CONTEXT;
-            let refused = |why: String| (Some(index), why);
+            let refused = |why: String| match self.plugins.len() {
+                1 => (Some(index), why),
+                _ => (Some(index), format!("plugin {}: {why}", plugin.name)),
+            };
             instance.wasm.abi_mut().current = index;
             let create = instance.callbacks.on_context_create.clone();
             instance
@@ -1452,11 +1485,23 @@ mod tests {
         assert!(matches!(second, Err(HookFault::VmLost)), "{second:?}");
         assert!(!opened[1].active());
         // A later entry opens its context in a fresh instance; the old
-        // contexts are not looked for there.
+        // contexts are not looked for there, and have nothing to end.
         let fresh = block_on(entries[2].begin(&mut lease, &request, &facts, &Unmetered)).unwrap();
         assert_eq!(fresh.context, 3);
         let third = block_on(entries[2].end(&mut lease, opened.remove(2), None, &Unmetered));
-        assert!(matches!(third, Err(HookFault::VmLost)), "{third:?}");
+        assert!(third.is_ok(), "{third:?}");
+        // `fresh` was never ended: its instance is not kept for the next
+        // request, which starts another (its first context is 3 again).
+        entries[2].end_lease(&mut lease);
+        let mut next = VmLease::default();
+        let opened = block_on(entries[1].begin(&mut next, &request, &facts, &Unmetered)).unwrap();
+        assert_eq!(opened.context, 3);
+        block_on(entries[1].end(&mut next, opened, None, &Unmetered)).unwrap();
+        entries[1].end_lease(&mut next);
+        // Every context ended: that instance is kept, and serves again.
+        let mut after = VmLease::default();
+        let reused = block_on(entries[0].begin(&mut after, &request, &facts, &Unmetered)).unwrap();
+        assert_eq!(reused.context, 4);
     }
 
     #[test]
