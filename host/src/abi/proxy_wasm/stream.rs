@@ -41,18 +41,24 @@ impl HeaderPairs {
         let authority = request
             .headers
             .get(http::header::HOST)
-            .map(|host| String::from_utf8_lossy(host.as_bytes()).into_owned())
+            .map(|host| text(host.as_bytes()))
             .or_else(|| request.uri.authority().map(|a| a.to_string()))
             .unwrap_or_default();
-        let path = String::from_utf8_lossy(request.raw_path()).into_owned();
-        let mut pairs = vec![
+        let mut pairs = Vec::with_capacity(request.headers.len() + 4);
+        pairs.extend([
             (":method".to_string(), request.method.as_str().to_string()),
-            (":path".to_string(), path),
+            (":path".to_string(), text(request.raw_path())),
             (":authority".to_string(), authority),
             (":scheme".to_string(), scheme.to_string()),
-        ];
+        ]);
         // `Host` is `:authority` here, as in Envoy.
-        pairs.extend(fields(&request.headers).filter(|(name, _)| name != "host"));
+        pairs.extend(
+            request
+                .headers
+                .iter()
+                .filter(|(name, _)| *name != http::header::HOST)
+                .map(field),
+        );
         HeaderPairs {
             request: true,
             ..HeaderPairs::from_pairs(pairs)
@@ -83,8 +89,9 @@ impl HeaderPairs {
 
     /// The response's map: `:status`, then its fields.
     pub fn of_response(response: &ResponseHeader) -> Self {
-        let mut pairs = vec![(":status".to_string(), response.status.as_u16().to_string())];
-        pairs.extend(fields(&response.headers));
+        let mut pairs = Vec::with_capacity(response.headers.len() + 1);
+        pairs.push((":status".to_string(), response.status.as_u16().to_string()));
+        pairs.extend(response.headers.iter().map(field));
         HeaderPairs::from_pairs(pairs)
     }
 
@@ -351,13 +358,18 @@ fn checked(name: &str, value: &str) -> Result<(http::HeaderName, http::HeaderVal
     Ok((name, value))
 }
 
-fn fields(headers: &http::HeaderMap) -> impl Iterator<Item = (String, String)> + '_ {
-    headers.iter().map(|(name, value)| {
-        (
-            name.as_str().to_string(),
-            String::from_utf8_lossy(value.as_bytes()).into_owned(),
-        )
-    })
+/// A header field as a pair.
+fn field((name, value): (&http::HeaderName, &http::HeaderValue)) -> (String, String) {
+    (name.as_str().to_string(), text(value.as_bytes()))
+}
+
+/// Bytes as text; bytes that are not UTF-8 (a field may carry any) become
+/// U+FFFD. UTF-8 is checked first: it almost always is.
+fn text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
 }
 
 /// Facts about the request, for properties.
