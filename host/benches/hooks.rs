@@ -11,12 +11,12 @@ use std::future::Future;
 use std::task::{Context, Poll, Waker};
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
+use host::abi::hook_table::Hook;
 use host::abi::proxy_wasm::{FilterModule, FilterSpec, RequestOutcome, VmLease};
 use host::abi::v1::{self as abi, InputParts, RequestVerdict, V1Module};
-use host::guest::budget::{Budget, BudgetLimits, MAX_CPU_MS_PER_S};
-use host::guest::hooks::Hook;
+use host::config_model::from_yaml;
 use host::metrics::Metrics;
-use host::tenancy::config_model::from_yaml;
+use host::tenancy::budget::{Budget, BudgetLimits, MAX_CPU_MS_PER_S};
 use host::upstream::egress::{Egress, OwnAddresses};
 use host::upstream::pools::{HealthRegistries, PeerTimeouts, Pool, PoolSpec, Pools};
 use pingora::http::{RequestHeader, ResponseHeader};

@@ -9,6 +9,7 @@
 //! (where requests go).
 
 pub mod abi;
+pub mod config_model;
 pub(crate) mod edge;
 pub mod guest;
 pub mod metrics;

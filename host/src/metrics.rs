@@ -10,9 +10,9 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::abi::hook_table::Hook;
+use crate::abi::throttle::{BreakerState, Throttle};
 use crate::abi::HookFault;
-use crate::guest::hooks::Hook;
-use crate::guest::throttle::{BreakerState, Throttle};
 
 /// Every metric the proxy exports, in one registry.
 pub struct Metrics {

@@ -35,6 +35,7 @@ use pingora::protocols::http::error_resp::gen_error_response;
 use pingora::proxy::{ProxyHttp, Session};
 
 use crate::abi::framing::{framing_of, keep_framing};
+use crate::abi::hook_table::Hook;
 use crate::abi::proxy_wasm::{ConnectionFacts, Direction, TlsFacts};
 use crate::abi::v1::{
     self, DownstreamRequest, GuestCtx, PeerChoice, RequestEnd, RequestVerdict, V1Module,
@@ -42,14 +43,13 @@ use crate::abi::v1::{
 use crate::abi::HookFailure;
 use crate::edge::drain::Draining;
 use crate::edge::forwarded::{add_forwarded_headers, authority_as_host};
-use crate::edge::sni::RequestedServerName;
-use crate::guest::budget::Throttle;
 use crate::guest::filter_chain::{
     declared_length, has_body, response_has_body, ChainVerdict, FilterChain,
 };
 use crate::guest::guest_call::{CallFailure, CallName, GuestCall, Stage, Stop};
-use crate::guest::hooks::Hook;
 use crate::metrics::Metrics;
+use crate::tenancy::budget::Throttle;
+use crate::tenancy::sni::RequestedServerName;
 use crate::tenancy::tenants::{Tenant, TenantSet};
 use crate::upstream::pools::{PeerTimeouts, PoolRoute};
 

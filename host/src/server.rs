@@ -14,7 +14,6 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::edge::drain::{DrainOnSignal, Draining};
-use crate::edge::sni::{check_listeners_have_a_certificate, CertificateSelector};
 use crate::guest::epoch_ticker::EpochTicker;
 use crate::guest::filter_ticks::FilterTicker;
 use crate::metrics::{Metrics, MetricsEndpoint};
@@ -22,6 +21,7 @@ use crate::proxy::WasmProxy;
 use crate::tenancy::cli::Cli;
 use crate::tenancy::config;
 use crate::tenancy::reload::TenantReloader;
+use crate::tenancy::sni::{check_listeners_have_a_certificate, CertificateSelector};
 use crate::tenancy::tenants::TenantSet;
 use crate::upstream::egress::OwnAddresses;
 use crate::upstream::pools::{HealthRegistries, PoolHealthChecks};

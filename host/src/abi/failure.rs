@@ -4,7 +4,7 @@ use std::fmt;
 
 use wasm_runtime::{NoRoom, RuntimeFault};
 
-use crate::guest::throttle::Throttle;
+use crate::abi::throttle::Throttle;
 use crate::upstream::pools::PoolError;
 
 /// A guest fault: the request gets 500 (or the hook is skipped under

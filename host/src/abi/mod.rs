@@ -17,8 +17,10 @@
 pub(crate) mod failure;
 pub(crate) mod framing;
 mod headers;
+pub mod hook_table;
 mod local_reply;
 pub mod proxy_wasm;
+pub mod throttle;
 pub mod v1;
 
 use anyhow::{bail, Context};

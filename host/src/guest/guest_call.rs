@@ -14,12 +14,12 @@ use std::fmt;
 use pingora::prelude::*;
 
 use crate::abi::failure::guest_text;
+use crate::abi::hook_table::Hook;
 use crate::abi::proxy_wasm::Direction;
 use crate::abi::proxy_wasm::FilterModule;
 use crate::abi::HookFailure;
 use crate::abi::HookFault;
-use crate::guest::budget::{CallPermit, Throttle};
-use crate::guest::hooks::Hook;
+use crate::tenancy::budget::{CallPermit, Throttle};
 use crate::tenancy::tenants::{GuestErrorPolicy, Tenant, TenantFilter};
 
 /// The guest a call goes to, as its log lines and failure policy need it.
@@ -379,8 +379,8 @@ impl<'t> GuestCall<'t> {
 mod tests {
     use super::*;
     use crate::abi::Refusal;
-    use crate::guest::budget::{Budget, BudgetLimits};
     use crate::metrics::Metrics;
+    use crate::tenancy::budget::{Budget, BudgetLimits};
     use crate::upstream::pools::Pools;
 
     /// A tenant with no guests loaded: the policy needs only its budget,

@@ -1,11 +1,9 @@
-//! Calling guests: the hook table, the one guest-call path (admission by
-//! the tenant's budget, accounting, the failure policy), the proxy-wasm
-//! filter chain of a request, filter ticks and the epoch ticker.
+//! Calling guests on the request path and off it: the one guest-call
+//! path (admission by the tenant's budget, accounting, the failure
+//! policy), the proxy-wasm filter chain of a request, filter ticks and
+//! the epoch ticker.
 
-pub mod budget;
 pub(crate) mod epoch_ticker;
 pub(crate) mod filter_chain;
 pub(crate) mod filter_ticks;
 pub(crate) mod guest_call;
-pub mod hooks;
-pub mod throttle;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use pingora::server::configuration::Opt;
 
-use crate::guest::budget::{
+use crate::tenancy::budget::{
     BudgetLimits, MAX_BREAKER_MIN_CALLS, MAX_BREAKER_MS, MAX_CONCURRENT_CALLS, MAX_CPU_MS_PER_S,
 };
 use wasm_runtime::{GuestLimits, MAX_HOOK_TIMEOUT_MS, MAX_MEMORY_LIMIT_MIB};

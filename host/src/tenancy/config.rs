@@ -7,13 +7,13 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
-use crate::edge::tls::DefaultCertificate;
-use crate::guest::budget::BudgetLimits;
-use crate::tenancy::cli::Cli;
-use crate::tenancy::config_model::{
+use crate::config_model::{
     file_name, FilterConfig, JsonText, Located, Naming, PluginConfig, PoolConfig, TenantConfig,
     TenantsConfig, UpstreamConfig,
 };
+use crate::edge::tls::DefaultCertificate;
+use crate::tenancy::budget::BudgetLimits;
+use crate::tenancy::cli::Cli;
 use crate::tenancy::tenants::{GuestErrorPolicy, TenantDefaults, TenantSource};
 use crate::upstream::pools::pool_flag;
 use crate::upstream::StaticUpstream;

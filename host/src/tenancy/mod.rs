@@ -1,8 +1,10 @@
-//! Who is served and how: the command line and the tenants file (one
-//! configuration model), the tenants built from it, and their reload.
+//! Who is served and how: the command line and the tenants file (read
+//! into [`crate::config_model`]), the tenants built from it with their
+//! budgets, certificates by SNI, and their reload.
 
+pub mod budget;
 pub(crate) mod cli;
 pub mod config;
-pub mod config_model;
 pub(crate) mod reload;
+pub(crate) mod sni;
 pub mod tenants;

@@ -18,9 +18,9 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::edge::sni::check_listeners_have_a_certificate;
 use crate::edge::tls::{Certificate, DefaultCertificate};
 use crate::metrics::Metrics;
+use crate::tenancy::sni::check_listeners_have_a_certificate;
 use crate::tenancy::tenants::{TenantDefaults, TenantSet, TenantSource};
 use crate::upstream::pools::HealthRegistries;
 use wasm_runtime::{release_freed_memory, GuestEngine};

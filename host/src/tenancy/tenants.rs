@@ -10,19 +10,19 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 
+use crate::abi::hook_table::Hook;
 use crate::abi::proxy_wasm::{
     vm_key, FilterEntry, FilterLimits, FilterModule, FilterSpec, ScopeCounters, TenantScope, VmKey,
 };
 use crate::abi::v1::V1Module;
-use crate::edge::tls::Certificate;
-use crate::guest::budget::{Budget, BudgetLimits};
-use crate::guest::hooks::Hook;
-use crate::metrics::{Metrics, TenantMetrics};
-pub use crate::tenancy::config_model::GuestErrorPolicy;
-use crate::tenancy::config_model::{
+pub use crate::config_model::GuestErrorPolicy;
+use crate::config_model::{
     debug_without_origins, EgressConfig, JsonText, Located, Naming, Origin, PluginConfig,
     PoolConfig, TenantConfig, TenantsConfig,
 };
+use crate::edge::tls::Certificate;
+use crate::metrics::{Metrics, TenantMetrics};
+use crate::tenancy::budget::{Budget, BudgetLimits};
 use crate::upstream::egress::{Egress, OwnAddresses};
 use crate::upstream::pools::{HealthRegistries, LivePools, Pool, PoolSpec, Pools, SHARED};
 use crate::upstream::StaticUpstream;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use anyhow::{bail, Context};
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::tenancy::config_model::UpstreamConfig;
+use crate::config_model::UpstreamConfig;
 
 /// A fixed upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +63,7 @@ mod tests {
     use super::*;
 
     fn upstream(text: &str) -> anyhow::Result<StaticUpstream> {
-        StaticUpstream::from_config(&crate::tenancy::config_model::from_yaml(text)?)
+        StaticUpstream::from_config(&crate::config_model::from_yaml(text)?)
     }
 
     #[test]

@@ -18,8 +18,8 @@ use super::peer::PeerChoice;
 use super::request::{apply_request_changes, apply_upstream_request, upstream_request};
 use super::response::{apply_response_changes, local_response};
 use crate::abi::framing::{check_method, Message};
+use crate::abi::hook_table::Hook;
 use crate::abi::{HookFailure, HookFault, Refusal};
-use crate::guest::hooks::Hook;
 use wasm_runtime::SliceMeter;
 
 impl From<wire::HookError> for Refusal {

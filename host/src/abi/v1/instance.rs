@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use wasmtime::{InstancePre, TypedFunc};
 
+use crate::abi::hook_table::Hook;
 use crate::abi::{CallError, HookFault};
-use crate::guest::hooks::Hook;
 use wasm_runtime::{
     GuestLimits, LongCallSignal, Prepared, RuntimeFault, Sandbox, SliceMeter, Unmetered,
     WasmInstance,

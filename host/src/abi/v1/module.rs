@@ -11,9 +11,9 @@ use wasmtime::{InstancePre, Module};
 
 use super::imports::V1;
 use super::instance::{Export, InputParts, NoParts, V1Instance, V1State};
+use crate::abi::hook_table::{Hook, HOOKS};
 use crate::abi::{self, HookFailure, ModuleKind};
 use crate::abi::{CallError, HookFault};
-use crate::guest::hooks::{Hook, HOOKS};
 use wasm_runtime::{
     block_on, guest_text::LogRate, GuestEngine, GuestLimits, IdleInstances, InstanceQuota,
     LongCallSignal, Prepared, RuntimeFault, Sandbox, SliceMeter, Unmetered,

@@ -328,11 +328,7 @@ mod tests {
             "{{backends: [{}], selection: {selection}, health_check: {{kind: tcp, interval_ms: 100}}}}",
             backends.join(", ")
         );
-        PoolSpec::from_config(
-            "api",
-            &crate::tenancy::config_model::from_yaml(&yaml).unwrap(),
-        )
-        .unwrap()
+        PoolSpec::from_config("api", &crate::config_model::from_yaml(&yaml).unwrap()).unwrap()
     }
 
     fn addrs(ports: &[u16]) -> Vec<String> {

@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use pingora::upstreams::peer::PeerOptions;
 
-pub use crate::tenancy::config_model::Selection;
-use crate::tenancy::config_model::{CheckKindConfig, HealthCheckConfig, PoolConfig};
+pub use crate::config_model::Selection;
+use crate::config_model::{CheckKindConfig, HealthCheckConfig, PoolConfig};
 
 /// How often `--pool` pools, and pools whose `health_check` gives no
 /// `interval_ms`, are checked.
@@ -276,7 +276,7 @@ mod tests {
     use super::*;
 
     fn pool(text: &str) -> anyhow::Result<PoolSpec> {
-        PoolSpec::from_config("api", &crate::tenancy::config_model::from_yaml(text)?)
+        PoolSpec::from_config("api", &crate::config_model::from_yaml(text)?)
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
-pub use crate::guest::throttle::{BreakerState, Throttle};
+pub use crate::abi::throttle::{BreakerState, Throttle};
 use crate::metrics::TenantMetrics;
 use wasm_runtime::SliceMeter;
 
