@@ -61,6 +61,10 @@ pub enum GuestErrorPolicy {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantsConfig {
+    /// How to reach each OCI registry modules are pulled from, by
+    /// `host[:port]`.
+    #[serde(default, deserialize_with = "blank_as_default")]
+    pub registries: BTreeMap<String, Located<RegistryConfig>>,
     /// Names a filter may dispatch HTTP calls to: `name: "ip:port"`.
     #[serde(default, deserialize_with = "blank_as_default")]
     pub clusters: BTreeMap<String, Located<String>>,
@@ -98,6 +102,10 @@ pub struct TenantConfig {
     /// Its routing module (this host's ABI).
     #[serde(default)]
     pub module: Option<Located<PathBuf>>,
+    /// The hex sha256 of the module's bytes: checked; required for an
+    /// `http(s)://` module.
+    #[serde(default)]
+    pub sha256: Option<Located<String>>,
     /// Its proxy-wasm filters, run in this order.
     #[serde(default, deserialize_with = "blank_as_default")]
     pub filters: Vec<Located<FilterConfig>>,
@@ -138,6 +146,10 @@ pub struct TenantConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
+    /// The hex sha256 of the filter's bytes: checked; required for an
+    /// `http(s)://` module.
+    #[serde(default)]
+    pub sha256: Option<Located<String>>,
     /// Its `.wasm`.
     pub module: Located<PathBuf>,
     /// Its plugin configuration; empty when absent.
@@ -215,6 +227,21 @@ pub struct UpstreamFields {
     /// The TLS server name, and the name its certificate must carry.
     #[serde(default)]
     pub sni: String,
+}
+
+/// How to reach one OCI registry.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// By `http://` instead of `https://` (a registry on loopback).
+    #[serde(default)]
+    pub plain_http: bool,
+    /// The user for HTTP basic auth (and the registry's token auth).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// A file holding the password, relative to the tenants file.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
 }
 
 /// A tenant's certificate: PEM files, relative to the tenants file.

@@ -13,6 +13,7 @@ pub mod config_model;
 pub(crate) mod edge;
 pub mod guest;
 pub mod metrics;
+pub mod modules;
 pub(crate) mod proxy;
 pub mod server;
 pub mod tenancy;

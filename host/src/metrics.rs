@@ -32,6 +32,8 @@ pub struct Metrics {
     callouts_failed: IntCounterVec,
     guest_log_dropped: IntCounterVec,
     tenant_config_ok: IntGaugeVec,
+    module_fetches: IntCounterVec,
+    module_info: IntGaugeVec,
 }
 
 impl Metrics {
@@ -110,6 +112,18 @@ impl Metrics {
              and its previous version keeps serving (0).",
             &["tenant"],
         );
+        let module_fetches = counter(
+            "wasm_proxy_module_fetch_total",
+            "Modules named by URL, by how they were found: fetched (success), from the cache \
+             (cache_hit), or refused (download_failure, digest_mismatch).",
+            &["result"],
+        );
+        let module_info = gauge(
+            "wasm_proxy_module_info",
+            "1 for each module a loaded tenant runs: as named (a path or a URL), and the \
+             sha256 of its bytes.",
+            &["tenant", "module", "digest"],
+        );
         let backend_healthy = gauge(
             "wasm_proxy_backend_healthy",
             "Whether a pool's backend passes its health checks (1) or not (0); \
@@ -162,6 +176,24 @@ impl Metrics {
             callouts_failed,
             guest_log_dropped,
             tenant_config_ok,
+            module_fetches,
+            module_info,
+        }
+    }
+
+    /// `wasm_proxy_module_fetch_total{result}`.
+    pub fn module_fetches(&self) -> IntCounterVec {
+        self.module_fetches.clone()
+    }
+
+    /// Sets `wasm_proxy_module_info` to the modules `tenants` run, as
+    /// `(tenant, module as named, digest)`, and nothing else.
+    pub fn module_info<'a>(&self, modules: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>) {
+        self.module_info.reset();
+        for (tenant, module, digest) in modules {
+            self.module_info
+                .with_label_values(&[tenant, module, digest])
+                .set(1);
         }
     }
 

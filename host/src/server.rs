@@ -17,6 +17,7 @@ use crate::edge::drain::{DrainOnSignal, Draining};
 use crate::guest::epoch_ticker::EpochTicker;
 use crate::guest::filter_ticks::FilterTicker;
 use crate::metrics::{Metrics, MetricsEndpoint};
+use crate::modules::ModuleSources;
 use crate::proxy::WasmProxy;
 use crate::tenancy::cli::Cli;
 use crate::tenancy::config;
@@ -56,10 +57,15 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
 
     let engine = GuestEngine::new(&EngineOptions {
         max_memory_bytes: MAX_MEMORY_LIMIT_BYTES,
-        cache_dir: config::module_cache_dir(&cli),
+        cache_dir: config::compiled_cache_dir(&cli),
         fresh_instances: limits.limits.instance_reuse <= FEW_CALLS,
     })?;
     let metrics = Arc::new(Metrics::new());
+    let modules = Arc::new(ModuleSources::new(
+        config::pulled_modules_dir(&cli),
+        cli.plain_http_registry.clone(),
+        &metrics,
+    ));
 
     let conf_path = cli.pingora.conf.clone();
     let mut server = Server::new(Some(cli.pingora)).map_err(|e| {
@@ -80,6 +86,7 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
         limits.clone(),
         &metrics,
         &registries,
+        &modules,
         None,
     )?;
     tenants.report(&metrics);
@@ -188,6 +195,7 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
         live,
         metrics,
         registries,
+        modules,
         default_certificate,
         tls_listeners: !tls_listen.is_empty(),
     };

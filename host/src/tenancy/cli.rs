@@ -16,9 +16,25 @@ use wasm_runtime::{GuestLimits, MAX_HOOK_TIMEOUT_MS, MAX_MEMORY_LIMIT_MIB};
 #[command(name = "host", version)]
 pub struct Cli {
     /// The guest module (a core wasm module speaking hook ABI v1) that
-    /// serves every request. Give this, --filter, or --tenants.
+    /// serves every request: a path, or oci://, https://, http:// or
+    /// file:// URL. Give this, --filter, or --tenants.
     #[arg(value_name = "MODULE.wasm", required_unless_present_any = ["tenants", "filter"])]
     pub module: Option<PathBuf>,
+
+    /// The hex sha256 of MODULE's bytes: checked; required when MODULE is
+    /// an http(s):// URL.
+    #[arg(
+        long,
+        value_name = "HEX",
+        requires = "module",
+        conflicts_with = "tenants"
+    )]
+    pub sha256: Option<String>,
+
+    /// An OCI registry (HOST:PORT, as in oci:// references) reached by
+    /// plain http:// instead of https://; repeatable.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub plain_http_registry: Vec<String>,
 
     /// A proxy-wasm filter (ABI 0.2.1) in front of the module or the
     /// static upstream; repeat for a chain, run in the order given.
@@ -164,8 +180,10 @@ pub struct Cli {
           value_parser = clap::value_parser!(u64).range(1..=MAX_BREAKER_MS))]
     pub breaker_cooldown_ms: u64,
 
-    /// Directory caching compiled modules between starts. Default:
-    /// $XDG_CACHE_HOME/wasm-pingora-host (or ~/.cache/wasm-pingora-host).
+    /// Directory caching modules between starts: those pulled from
+    /// registries and URLs (by digest), and every module compiled (under
+    /// compiled/). Default: $XDG_CACHE_HOME/wasm-proxy/modules (or
+    /// ~/.cache/wasm-proxy/modules).
     #[arg(long, value_name = "DIR")]
     pub module_cache: Option<PathBuf>,
 

@@ -68,7 +68,21 @@ pub fn module_cache_dir(cli: &Cli) -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
-    Some(base.join("wasm-pingora-host"))
+    Some(base.join("wasm-proxy").join("modules"))
+}
+
+/// Where compiled modules are cached: `compiled/` in the module cache.
+pub fn compiled_cache_dir(cli: &Cli) -> Option<PathBuf> {
+    module_cache_dir(cli).map(|dir| dir.join("compiled"))
+}
+
+/// Where modules pulled from registries and URLs are kept: the module
+/// cache, or without one a directory of this process's own (so nothing
+/// pulled outlives it).
+pub fn pulled_modules_dir(cli: &Cli) -> PathBuf {
+    module_cache_dir(cli).unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("wasm-proxy-modules-{}", std::process::id()))
+    })
 }
 
 /// The listen addresses, each checked to be `ip:port`.
@@ -137,6 +151,7 @@ pub fn tenant_source(cli: &Cli) -> anyhow::Result<TenantSource> {
             None => Vec::new(),
         };
         filters.push(Located::new(FilterConfig {
+            sha256: None,
             module: Located::new(path.clone()),
             config: Some(PluginConfig::Bytes(config)),
             vm_config: None,
@@ -159,6 +174,7 @@ pub fn tenant_source(cli: &Cli) -> anyhow::Result<TenantSource> {
     let tenant = TenantConfig {
         name: name.clone(),
         module: cli.module.clone().map(Located::new),
+        sha256: cli.sha256.clone().map(|hex| Located::flag(hex, "--sha256")),
         filters,
         config: Some(module_config),
         upstream,
@@ -166,6 +182,8 @@ pub fn tenant_source(cli: &Cli) -> anyhow::Result<TenantSource> {
         ..TenantConfig::default()
     };
     Ok(TenantSource::CommandLine(TenantsConfig {
+        // --plain-http-registry reaches the fetches directly.
+        registries: BTreeMap::new(),
         clusters,
         // --egress-allow reaches the tenant through its defaults.
         egress: None,

@@ -20,6 +20,7 @@ use pingora::services::background::BackgroundService;
 
 use crate::edge::tls::{Certificate, DefaultCertificate};
 use crate::metrics::Metrics;
+use crate::modules::ModuleSources;
 use crate::tenancy::sni::check_listeners_have_a_certificate;
 use crate::tenancy::tenants::{TenantDefaults, TenantSet, TenantSource};
 use crate::upstream::pools::HealthRegistries;
@@ -42,6 +43,8 @@ pub(crate) struct TenantReloader {
     pub metrics: Arc<Metrics>,
     /// Pools' health state, kept for the pools a reload keeps.
     pub registries: Arc<HealthRegistries>,
+    /// Where modules named by URL come from.
+    pub modules: Arc<ModuleSources>,
     /// `--cert`/`--key`, loaded again with each reload.
     pub default_certificate: Option<Arc<DefaultCertificate>>,
     /// Whether there are TLS listeners, which a set must leave a
@@ -96,6 +99,7 @@ impl TenantReloader {
             self.defaults.clone(),
             &self.metrics,
             &self.registries,
+            &self.modules,
             Some(&previous),
         )?;
         check_listeners_have_a_certificate(

@@ -22,6 +22,7 @@ use crate::config_model::{
 };
 use crate::edge::tls::Certificate;
 use crate::metrics::{Metrics, TenantMetrics};
+use crate::modules::{ModuleSources, Unfetched};
 use crate::tenancy::budget::{Budget, BudgetLimits};
 use crate::upstream::egress::{Egress, OwnAddresses};
 use crate::upstream::pools::{HealthRegistries, LivePools, Pool, PoolSpec, Pools, SHARED};
@@ -88,6 +89,9 @@ pub struct LoadedFrom {
     own_pools: Vec<Arc<Pool>>,
     /// The files it was loaded from, watched for changes.
     files: Vec<PathBuf>,
+    /// Its module and filters as named (a path or a URL), each with the
+    /// digest of its bytes.
+    modules: Vec<(String, String)>,
 }
 
 /// A proxy-wasm filter of a tenant, and what its faults do.
@@ -153,6 +157,7 @@ impl TenantSet {
         defaults: TenantDefaults,
         metrics: &Metrics,
         registries: &HealthRegistries,
+        modules: &ModuleSources,
         previous: Option<&TenantSet>,
     ) -> anyhow::Result<Self> {
         let loading = SetLoad {
@@ -160,6 +165,7 @@ impl TenantSet {
             defaults,
             metrics,
             registries,
+            modules,
             previous,
         };
         match source {
@@ -181,6 +187,7 @@ impl TenantSet {
             defaults,
             metrics,
             registries,
+            modules,
             previous,
         } = load;
         let mut set = TenantSet {
@@ -219,15 +226,26 @@ impl TenantSet {
                 let error = anyhow!("tenant {name:?} appears twice");
                 return Err(place.error("name", &Origin::Unknown, error));
             }
-            let inputs = TenantInputs::of(config, spec, &defaults);
+            // Modules named by URL are fetched first: what a tag names
+            // now is part of what the tenant is built from.
+            let resolution = resolve_modules(modules, config, spec, &place);
+            let fetched = !resolution.as_ref().is_err_and(Unfetched::caused);
+            let inputs = match &resolution {
+                Ok((resolved, _)) => TenantInputs::of(config, resolved, &defaults),
+                Err(_) => TenantInputs::of(config, spec, &defaults),
+            };
             let before = previous.and_then(|set| set.tenant(&name));
-            let tenant = match before.filter(|tenant| tenant.loaded.inputs.all == inputs.all) {
+            let unchanged = before
+                .filter(|tenant| resolution.is_ok() && tenant.loaded.inputs.all == inputs.all);
+            let tenant = match unchanged {
                 Some(unchanged) => unchanged.clone(),
                 None => {
-                    let built = build_pools(&name, &spec.pools, registries, |e, pool, origin| {
-                        place.error(&format!("pools.{pool}"), origin, e)
-                    })
-                    .and_then(|own| {
+                    let built = resolution.and_then(|(resolved, digests)| {
+                        let spec = &resolved;
+                        let own =
+                            build_pools(&name, &spec.pools, registries, |e, pool, origin| {
+                                place.error(&format!("pools.{pool}"), origin, e)
+                            })?;
                         let loading = TenantLoad {
                             engine,
                             base: &config.base,
@@ -238,14 +256,28 @@ impl TenantSet {
                             clusters: &set.clusters,
                             pools: Pools::new(&own, &shared),
                         };
-                        build_tenant(loading, spec, &place, inputs, own)
+                        let mut tenant = build_tenant(loading, spec, &place, inputs, own)?;
+                        for (module, digest) in &digests {
+                            log::info!("tenant {name}: module {module} is {digest}");
+                        }
+                        tenant.loaded.modules = digests;
+                        Ok(tenant)
                     });
                     match (built, before) {
                         (Ok(tenant), _) => {
                             metrics.module_load(&name);
                             Arc::new(tenant)
                         }
-                        (Err(e), _) if previous.is_none() => return Err(e),
+                        // A module that cannot be fetched fails its tenant
+                        // only, at start-up too: a registry's trouble is
+                        // not the process's (but the command line's one
+                        // tenant is the whole configuration).
+                        (Err(e), _)
+                            if previous.is_none()
+                                && (fetched || config.naming == Naming::CommandLine) =>
+                        {
+                            return Err(e)
+                        }
                         (Err(e), before) => {
                             let error = format!("{e:#}").replace('\n', " ");
                             // Its new files are watched: fixing them
@@ -457,6 +489,13 @@ impl TenantSet {
         for name in &self.failed {
             metrics.tenant_config_ok(name, false);
         }
+        metrics.module_info(self.tenants.iter().flat_map(|tenant| {
+            tenant
+                .loaded
+                .modules
+                .iter()
+                .map(|(module, digest)| (tenant.name.as_str(), module.as_str(), digest.as_str()))
+        }));
     }
 }
 
@@ -516,6 +555,41 @@ impl TenantInputs {
     }
 }
 
+/// `spec` with every module it names found: one named by URL fetched
+/// (or found in the cache) and named by its cached file instead; with
+/// each module as named and the digest of its bytes.
+fn resolve_modules(
+    modules: &ModuleSources,
+    config: &TenantsConfig,
+    spec: &TenantConfig,
+    place: &EntryPlace,
+) -> anyhow::Result<(TenantConfig, Vec<(String, String)>)> {
+    let mut resolved = spec.clone();
+    let mut digests = Vec::new();
+    let mut find =
+        |module: &mut Located<PathBuf>, sha256: Option<&Located<String>>, key: String| {
+            let named = module.value.display().to_string();
+            let sha256 = sha256.map(|s| s.value.as_str());
+            let found = modules
+                .resolve(&module.value, &config.base, sha256, &config.registries)
+                .map_err(|e| place.error(&key, &module.origin, e))?;
+            module.value = found.path;
+            if !found.digest.is_empty() {
+                digests.push((named, found.digest));
+            }
+            anyhow::Ok(())
+        };
+    if let Some(module) = &mut resolved.module {
+        find(module, spec.sha256.as_ref(), "module".into())?;
+    }
+    for (index, filter) in resolved.filters.iter_mut().enumerate() {
+        let sha256 = filter.value.sha256.clone();
+        let key = format!("filters[{index}].module");
+        find(&mut filter.value.module, sha256.as_ref(), key)?;
+    }
+    Ok((resolved, digests))
+}
+
 /// The files tenant `spec` reads: its module, filters and certificate.
 fn tenant_files(config: &TenantsConfig, spec: &TenantConfig) -> Vec<PathBuf> {
     spec.module
@@ -560,6 +634,7 @@ struct SetLoad<'a> {
     defaults: TenantDefaults,
     metrics: &'a Metrics,
     registries: &'a HealthRegistries,
+    modules: &'a ModuleSources,
     /// The set a reload replaces; None at start-up.
     previous: Option<&'a TenantSet>,
 }
@@ -867,6 +942,7 @@ fn build_tenant(
             inputs,
             own_pools,
             files,
+            modules: Vec::new(),
         },
     };
     Ok(tenant)
@@ -1066,6 +1142,7 @@ mod tests {
             TenantDefaults::default(),
             &Metrics::new(),
             &HealthRegistries::new(None),
+            &ModuleSources::new(dir.join("modules"), Vec::new(), &Metrics::new()),
             None,
         );
         std::fs::remove_dir_all(&dir).unwrap();

@@ -15,6 +15,7 @@ mod load;
 mod parity;
 mod pools;
 mod proxying;
+mod registries;
 mod sandbox;
 mod sdks;
 mod startup;

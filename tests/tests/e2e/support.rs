@@ -388,6 +388,8 @@ pub(crate) struct ProxyOptions {
     /// Pingora's `grace_period_seconds` and
     /// `graceful_shutdown_timeout_seconds`.
     pub grace_seconds: u64,
+    /// Environment variables for the proxy process.
+    pub env: Vec<(String, String)>,
 }
 
 impl ProxyOptions {
@@ -402,6 +404,7 @@ impl ProxyOptions {
             tls_listen: false,
             conf_dir: None,
             grace_seconds: 0,
+            env: Vec::new(),
         }
     }
 }
@@ -634,6 +637,7 @@ fn spawn(options: &ProxyOptions, args: &[String]) -> (Child, Arc<Mutex<String>>,
         .args(&options.extra_args)
         .args(args)
         .env("RUST_LOG", "info")
+        .envs(options.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
