@@ -61,11 +61,10 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
         fresh_instances: limits.limits.instance_reuse <= FEW_CALLS,
     })?;
     let metrics = Arc::new(Metrics::new());
-    let modules = Arc::new(ModuleSources::new(
-        config::pulled_modules_dir(&cli),
-        cli.plain_http_registry.clone(),
-        &metrics,
-    ));
+    let modules = Arc::new(match config::module_cache_dir(&cli) {
+        Some(dir) => ModuleSources::new(dir, cli.plain_http_registry.clone(), &metrics),
+        None => ModuleSources::private(cli.plain_http_registry.clone(), &metrics)?,
+    });
 
     let conf_path = cli.pingora.conf.clone();
     let mut server = Server::new(Some(cli.pingora)).map_err(|e| {
@@ -206,7 +205,10 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
 /// The `host` binary: parse, build, serve. Start-up errors print one line
 /// and exit non-zero.
 pub fn main() -> std::process::ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        // The registry client logs token responses at debug level.
+        .filter_module("oci_client", log::LevelFilter::Warn)
+        .init();
     let cli = Cli::parse_args();
     match build(cli).context("cannot start") {
         Ok(server) => server.run_forever(),

@@ -44,6 +44,15 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long connecting to a registry or server may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long resolving a tag may take before the registry counts as
+/// unreachable (and the tag's last resolution stands in).
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a registry found unreachable is not asked again: the other
+/// tenants of the same load go straight to their cache instead of
+/// waiting out the timeouts one after another.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(60);
+
 /// The largest module (or layer) fetched: 64 MiB, far above any filter
 /// published (a Rust filter is about 1-3 MiB), far below a memory worry.
 pub const MAX_MODULE_BYTES: u64 = 64 << 20;
@@ -115,6 +124,10 @@ pub struct ModuleSources {
     plain_http: Vec<String>,
     limits: Limits,
     fetches: IntCounterVec,
+    /// Registries found unreachable, and when.
+    unreachable: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// The directory of a cache that lasts as long as the process.
+    _own_dir: Option<tempfile::TempDir>,
 }
 
 /// What a module reference names.
@@ -137,7 +150,21 @@ impl ModuleSources {
             plain_http,
             limits: Limits::default(),
             fetches: metrics.module_fetches(),
+            unreachable: Default::default(),
+            _own_dir: None,
         }
+    }
+
+    /// Modules kept in a new private directory (mode 0700, a random
+    /// name) removed when the process ends: without a module cache.
+    pub fn private(plain_http: Vec<String>, metrics: &Metrics) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("wasm-proxy-modules-")
+            .tempdir()
+            .context("a private directory for pulled modules")?;
+        let mut sources = Self::new(dir.path().to_path_buf(), plain_http, metrics);
+        sources._own_dir = Some(dir);
+        Ok(sources)
     }
 
     /// The module `written` names (a path relative to `base`, or a URL),
@@ -169,22 +196,43 @@ impl ModuleSources {
             }
             Source::Oci(reference) => {
                 let registry = self.registry(&reference, registries, base)?;
-                let fetched = run_apart(self.fetch_oci(&reference, &registry, expected.as_deref()));
+                let fetch = self.fetch_oci(&reference, &registry, expected.as_deref());
+                let fetched = run_apart(self.limits.timeout, fetch);
                 self.count(&fetched);
                 fetched.map(|(resolved, _)| resolved).context(Unfetched)
             }
             Source::Http(url) => {
                 let Some(expected) = expected else {
                     bail!(
-                        "{url}: an http(s):// module needs its `sha256` (the hex sha256 of its \
-                         bytes), as Envoy's remote code source does"
+                        "{}: an http(s):// module needs its `sha256` (the hex sha256 of its \
+                         bytes), as Envoy's remote code source does",
+                        shown(Path::new(&url))
                     );
                 };
-                let fetched = run_apart(self.fetch_http(&url, &expected));
+                let fetched = run_apart(self.limits.timeout, self.fetch_http(&url, &expected));
                 self.count(&fetched);
                 fetched.map(|(resolved, _)| resolved).context(Unfetched)
             }
         }
+    }
+
+    /// Why `host` was found unreachable lately, if it was.
+    fn found_unreachable(&self, host: &str) -> Option<String> {
+        let found = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+        let at = found.get(host)?;
+        (at.elapsed() < UNREACHABLE_FOR).then(|| {
+            format!(
+                "unreachable {} s ago, not asked again yet",
+                at.elapsed().as_secs()
+            )
+        })
+    }
+
+    fn note_unreachable(&self, host: &str, _why: &str) {
+        let mut found = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+        found
+            .entry(host.to_string())
+            .or_insert_with(std::time::Instant::now);
     }
 
     /// Counts a fetch in `wasm_proxy_module_fetch_total{result}`.
@@ -259,16 +307,26 @@ impl ModuleSources {
             check(expected, &found.digest)?;
             return Ok((found, "cache_hit"));
         }
-        let client = oci::client(reference, registry, &self.limits);
-        let resolved = tokio::time::timeout(
-            self.limits.timeout,
-            oci::resolve(&client, reference, registry),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            let why = format!("no answer within {:?}", self.limits.timeout);
-            Err(oci::Unreachable(why).into())
-        });
+        let client = oci::client(reference, registry, &self.limits)?;
+        let host = reference.resolve_registry().to_string();
+        let resolved = match self.found_unreachable(&host) {
+            Some(why) => Err(oci::Unreachable(why).into()),
+            None => tokio::time::timeout(
+                RESOLVE_TIMEOUT,
+                oci::resolve(&client, reference, registry, &self.limits),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                let why = format!("no manifest within {RESOLVE_TIMEOUT:?}");
+                Err(oci::Unreachable(why).into())
+            }),
+        };
+        if let Err(e) = &resolved {
+            if let Some(unreachable) = e.chain().find_map(|e| e.downcast_ref::<oci::Unreachable>())
+            {
+                self.note_unreachable(&host, &unreachable.0);
+            }
+        }
         let (manifest, manifest_digest) = match resolved {
             Ok(resolved) => resolved,
             Err(e) if !e.chain().any(|e| e.is::<oci::Unreachable>()) => {
@@ -287,7 +345,8 @@ impl ModuleSources {
                         found.digest
                     );
                     check(expected, &found.digest)?;
-                    return Ok((found, "cache_hit"));
+                    // Served, but the fetch failed: counted so.
+                    return Ok((found, "download_failure"));
                 }
                 let why = match reference.digest() {
                     Some(_) => "and the cache does not hold it",
@@ -305,13 +364,9 @@ impl ModuleSources {
             }
             return Ok((found, "cache_hit"));
         }
-        let pulled = tokio::time::timeout(
-            self.limits.timeout,
-            oci::pull(&client, reference, &self.limits, &manifest, manifest_digest),
-        )
-        .await
-        .unwrap_or_else(|_| Err(anyhow!("no answer within {:?}", self.limits.timeout)))
-        .with_context(|| format!("oci://{whole}"))?;
+        let pulled = oci::pull(&client, reference, &self.limits, &manifest, manifest_digest)
+            .await
+            .with_context(|| format!("oci://{whole}"))?;
         let module = digest(&pulled.bytes);
         check(expected, &module).with_context(|| format!("oci://{whole}"))?;
         let path = self.cache.put_module(&module, name, &pulled.bytes)?;
@@ -335,6 +390,7 @@ impl ModuleSources {
         url: &str,
         expected: &str,
     ) -> anyhow::Result<(Resolved, &'static str)> {
+        let shown_url = shown(Path::new(url));
         let name = module_name(url.split(['?', '#']).next().unwrap_or(url));
         if let Some(path) = self.cache.module(expected, name) {
             let digest = expected.to_string();
@@ -345,7 +401,12 @@ impl ModuleSources {
                 .connect_timeout(self.limits.connect_timeout)
                 .timeout(self.limits.timeout)
                 .build()?;
-            let response = client.get(url).send().await?.error_for_status()?;
+            let response = client
+                .get(url)
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .map_err(reqwest::Error::without_url)?;
             let max = self.limits.max_bytes;
             if response.content_length().is_some_and(|length| length > max) {
                 bail!("the module is over the {max} byte cap");
@@ -353,7 +414,7 @@ impl ModuleSources {
             let mut stream = response.bytes_stream();
             let mut bytes = Vec::new();
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk?;
+                let chunk = chunk.map_err(reqwest::Error::without_url)?;
                 if (bytes.len() + chunk.len()) as u64 > max {
                     bail!("the module is over the {max} byte cap");
                 }
@@ -364,9 +425,9 @@ impl ModuleSources {
         let bytes = tokio::time::timeout(self.limits.timeout, download)
             .await
             .unwrap_or_else(|_| Err(anyhow!("no answer within {:?}", self.limits.timeout)))
-            .with_context(|| format!("fetching {url}"))?;
+            .with_context(|| format!("fetching {shown_url}"))?;
         let module = digest(&bytes);
-        check(Some(expected), &module).with_context(|| url.to_string())?;
+        check(Some(expected), &module).with_context(|| shown_url.clone())?;
         let path = self.cache.put_module(&module, name, &bytes)?;
         Ok((
             Resolved {
@@ -376,6 +437,38 @@ impl ModuleSources {
             "success",
         ))
     }
+}
+
+/// How a module reference is shown in logs, errors and labels: an
+/// `http(s)://` URL without its user information, query and fragment
+/// (where tokens and signatures travel).
+pub fn shown(written: &Path) -> String {
+    let text = written.display().to_string();
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return text;
+    };
+    if scheme != "https" && scheme != "http" {
+        return text;
+    }
+    let rest = rest.split(['?', '#']).next().unwrap_or(rest);
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let host = authority.rsplit('@').next().unwrap_or(authority);
+    let path = if path.is_empty() {
+        String::new()
+    } else {
+        format!("/{path}")
+    };
+    format!("{scheme}://{host}{path}")
+}
+
+/// Whether `written` is a URL fetched over the network (`oci://`,
+/// `https://`, `http://`), not a path.
+pub fn is_url(written: &Path) -> bool {
+    written.to_str().is_some_and(|text| {
+        ["oci://", "https://", "http://"]
+            .iter()
+            .any(|scheme| text.starts_with(scheme))
+    })
 }
 
 /// What `written` names: a URL's scheme decides, else it is a path.
@@ -435,23 +528,76 @@ fn check(expected: Option<&str>, got: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Runs `future` to its end on a thread and runtime of its own, so that a
-/// fetch blocks no proxy worker, whatever thread asks for it.
-fn run_apart<F, T>(future: F) -> anyhow::Result<T>
+/// Runs `future` to its end, or for `deadline` at most, on a thread and
+/// runtime of its own, so that a fetch blocks no proxy worker, whatever
+/// thread asks for it.
+fn run_apart<F, T>(deadline: Duration, future: F) -> anyhow::Result<T>
 where
     F: std::future::Future<Output = anyhow::Result<T>> + Send,
     T: Send,
 {
     std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .context("a runtime for a module fetch")?
-                    .block_on(future)
-            })
+        let fetch = scope.spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("a runtime for a module fetch")?;
+            let result = runtime
+                .block_on(async { tokio::time::timeout(deadline, future).await })
+                .unwrap_or_else(|_| Err(anyhow!("no module within {deadline:?}")));
+            // A DNS lookup still running is left behind, not waited for.
+            runtime.shutdown_background();
+            result
+        });
+        fetch
             .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            .unwrap_or_else(|_| Err(anyhow!("the module fetch panicked")))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_shown_without_credentials_or_queries() {
+        let shown = |text: &str| shown(Path::new(text));
+        assert_eq!(
+            shown("https://user:tok@modules.example/p/policy.wasm?X-Amz-Signature=s#f"),
+            "https://modules.example/p/policy.wasm"
+        );
+        assert_eq!(
+            shown("oci://r.example/team/p:v1"),
+            "oci://r.example/team/p:v1"
+        );
+        assert_eq!(shown("guests/a.wasm"), "guests/a.wasm");
+    }
+
+    #[test]
+    fn references_name_their_source_and_sha256s_are_checked() {
+        assert!(matches!(
+            source(Path::new("oci://127.0.0.1:5000/t/p:v1")),
+            Ok(Source::Oci(_))
+        ));
+        assert!(matches!(
+            source(Path::new("https://x/p.wasm")),
+            Ok(Source::Http(_))
+        ));
+        assert!(matches!(
+            source(Path::new("file://a/b.wasm")),
+            Ok(Source::File(_))
+        ));
+        assert!(matches!(source(Path::new("a/b.wasm")), Ok(Source::File(_))));
+        assert!(source(Path::new("ftp://x/p.wasm")).is_err());
+        assert!(source(Path::new("oci://r.example/Bad Repo:v1")).is_err());
+        let hex = "ab".repeat(32);
+        assert_eq!(expected_digest(&hex).unwrap(), format!("sha256:{hex}"));
+        assert!(expected_digest("abc").is_err());
+        assert!(check(Some("sha256:aa"), "sha256:bb")
+            .unwrap_err()
+            .is::<DigestMismatch>());
+        assert_eq!(module_name("team/auth-filter"), "auth-filter");
+        assert_eq!(module_name("/x/policy.wasm"), "policy");
+        assert_eq!(module_name("/x/.."), "module");
+    }
 }

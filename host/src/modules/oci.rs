@@ -10,9 +10,9 @@ use std::io::Read;
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::manifest::{OciDescriptor, OciImageManifest};
+use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciImageIndex, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::{Client, Reference, RegistryOperation};
 
 use oci_client::errors::OciDistributionError;
 
@@ -53,38 +53,81 @@ impl std::error::Error for Unreachable {}
 
 /// A client for `reference`'s registry, for one module's resolution and
 /// pull (it keeps the registry's token between them).
-pub(super) fn client(reference: &Reference, registry: &Registry, limits: &Limits) -> Client {
+pub(super) fn client(
+    reference: &Reference,
+    registry: &Registry,
+    limits: &Limits,
+) -> anyhow::Result<Client> {
     let protocol = if registry.plain_http {
         ClientProtocol::HttpsExcept(vec![reference.resolve_registry().to_string()])
     } else {
         ClientProtocol::Https
     };
-    Client::new(ClientConfig {
+    let config = ClientConfig {
         protocol,
         read_timeout: Some(limits.timeout),
         connect_timeout: Some(limits.connect_timeout),
         ..ClientConfig::default()
-    })
+    };
+    Client::try_from(config).map_err(|e| anyhow::anyhow!("a registry client: {e}"))
 }
 
-/// The digest `reference` (a tag, or a digest) names now.
+/// The largest manifest or index read, as containerd's limit: a
+/// registry that sends more is refused before it fills memory.
+const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+/// The manifest media types asked for: images and indexes, OCI's and
+/// Docker's.
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.docker.distribution.manifest.v2+json, \
+    application/vnd.oci.image.index.v1+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// The manifest `reference` (a tag, or a digest) names now, and the
+/// digest that names it: the reference's own (an image's, or an index's
+/// whose entry was chosen). Read within [`MAX_MANIFEST_BYTES`] and checked
+/// against a pinned digest.
 pub(super) async fn resolve(
     client: &Client,
     reference: &Reference,
     registry: &Registry,
+    limits: &Limits,
 ) -> anyhow::Result<(OciImageManifest, String)> {
-    let (manifest, digest) = client
-        .pull_image_manifest(reference, &registry.auth)
+    // The registry's token (if it uses token auth); basic auth otherwise.
+    let token = client
+        .auth(reference, &registry.auth, RegistryOperation::Pull)
         .await
-        .map_err(|e| match &e {
-            OciDistributionError::RequestError(request)
-                if request.is_connect() || request.is_timeout() =>
-            {
-                anyhow::Error::new(Unreachable(format!("{e}")))
-            }
-            _ => anyhow::anyhow!("{e}"),
-        })
-        .context("pulling the manifest")?;
+        .map_err(classify)
+        .context("authenticating")?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(limits.connect_timeout)
+        .timeout(limits.timeout)
+        .build()
+        .context("an HTTP client")?;
+    let scheme = if registry.plain_http { "http" } else { "https" };
+    let base = format!(
+        "{scheme}://{}/v2/{}/manifests/",
+        reference.resolve_registry(),
+        reference.repository()
+    );
+    let get = |name: String| {
+        let mut request = http
+            .get(format!("{base}{name}"))
+            .header("Accept", MANIFEST_TYPES);
+        request = match (&token, &registry.auth) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+            (None, _) => request,
+        };
+        read_manifest(request)
+    };
+    let name = reference
+        .digest()
+        .or(reference.tag())
+        .unwrap_or("latest")
+        .to_string();
+    let body = get(name).await.context("pulling the manifest")?;
+    let digest = cache::digest(&body);
     if let Some(pinned) = reference.digest() {
         if pinned != digest {
             return Err(DigestMismatch(format!(
@@ -93,7 +136,109 @@ pub(super) async fn resolve(
             .into());
         }
     }
+    let value: serde_json::Value =
+        serde_json::from_slice(&body).context("the manifest is not JSON")?;
+    if value.get("manifests").is_none() {
+        let manifest = serde_json::from_value(value).context("reading the manifest")?;
+        return Ok((manifest, digest));
+    }
+    // An index (a multi-platform push, or one with attestations): the
+    // wasm entry, else the only one, else linux/amd64.
+    let index: OciImageIndex = serde_json::from_value(value).context("reading the index")?;
+    let entry = choose(&index.manifests).with_context(|| {
+        format!(
+            "index {digest}: no wasm, single or linux/amd64 entry among {} manifests",
+            index.manifests.len()
+        )
+    })?;
+    let child = get(entry.digest.clone())
+        .await
+        .with_context(|| format!("pulling manifest {} of index {digest}", entry.digest))?;
+    let child_digest = cache::digest(&child);
+    if child_digest != entry.digest {
+        return Err(DigestMismatch(format!(
+            "digest mismatch: index {digest} names manifest {}, the registry sent {child_digest}",
+            entry.digest
+        ))
+        .into());
+    }
+    let manifest = serde_json::from_slice(&child).context("reading the manifest")?;
     Ok((manifest, digest))
+}
+
+/// The entry of an index to pull: one for `wasm`/`wasi`, else the only
+/// one, else linux/amd64.
+fn choose(entries: &[ImageIndexEntry]) -> Option<&ImageIndexEntry> {
+    let platform = |entry: &&ImageIndexEntry, test: fn(&str, &str) -> bool| {
+        entry
+            .platform
+            .as_ref()
+            .is_some_and(|p| test(&p.os, &p.architecture))
+    };
+    entries
+        .iter()
+        .find(|e| {
+            platform(e, |os, arch| {
+                os == "wasip1" || os == "wasi" || arch == "wasm"
+            })
+        })
+        .or_else(|| (entries.len() == 1).then(|| &entries[0]))
+        .or_else(|| {
+            entries
+                .iter()
+                .find(|e| platform(e, |os, arch| os == "linux" && arch == "amd64"))
+        })
+}
+
+/// A manifest's bytes, within [`MAX_MANIFEST_BYTES`]; a server error or a
+/// connection that fails is [`Unreachable`] (a tag's cache may stand
+/// in), any other refusal is not.
+async fn read_manifest(request: reqwest::RequestBuilder) -> anyhow::Result<Vec<u8>> {
+    let unreachable = |e: reqwest::Error| -> anyhow::Error {
+        let e = e.without_url();
+        if e.is_connect() || e.is_timeout() {
+            Unreachable(format!("{e}")).into()
+        } else {
+            e.into()
+        }
+    };
+    let response = request.send().await.map_err(unreachable)?;
+    let status = response.status();
+    if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        return Err(Unreachable(format!("the registry answered {status}")).into());
+    }
+    if !status.is_success() {
+        bail!("the registry answered {status}");
+    }
+    if response
+        .content_length()
+        .is_some_and(|length| length > MAX_MANIFEST_BYTES as u64)
+    {
+        bail!("the manifest is over the {MAX_MANIFEST_BYTES} byte cap");
+    }
+    let mut stream = response.bytes_stream();
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(unreachable)?;
+        if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
+            bail!("the manifest is over the {MAX_MANIFEST_BYTES} byte cap");
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// An error of the registry client: a connection that fails is
+/// [`Unreachable`]; the rest keep their cause.
+fn classify(e: OciDistributionError) -> anyhow::Error {
+    match &e {
+        OciDistributionError::RequestError(request)
+            if request.is_connect() || request.is_timeout() =>
+        {
+            Unreachable(format!("{}", e)).into()
+        }
+        _ => anyhow::Error::new(e),
+    }
 }
 
 /// The module `manifest` (of `reference`) holds, pulled within the size
@@ -139,7 +284,11 @@ fn module_layer(manifest: &OciImageManifest) -> anyhow::Result<&OciDescriptor> {
     let compat: Vec<_> = manifest
         .layers
         .iter()
-        .filter(|layer| layer.media_type.ends_with("tar+gzip"))
+        // OCI's `...tar+gzip`, or Docker's `...rootfs.diff.tar.gzip`
+        // (images built with `docker build`), as Istio takes both.
+        .filter(|layer| {
+            layer.media_type.ends_with("tar+gzip") || layer.media_type.ends_with("tar.gzip")
+        })
         .collect();
     match compat[..] {
         [layer] => Ok(layer),
@@ -175,12 +324,21 @@ async fn pull_blob(
     let mut stream = client
         .pull_blob_stream(reference, layer)
         .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
+        .map_err(classify)
         .with_context(|| format!("pulling layer {}", layer.digest))?
         .stream;
     let mut bytes = Vec::with_capacity(layer.size as usize);
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.with_context(|| format!("pulling layer {}", layer.digest))?;
+        let chunk = chunk.map_err(|e| {
+            // The client's own check of the layer's digest, at its end.
+            let mismatch = e.get_ref().map(|inner| inner.to_string());
+            match mismatch {
+                Some(why) if why.contains("digest") => {
+                    anyhow::Error::new(DigestMismatch(format!("layer {}: {why}", layer.digest)))
+                }
+                _ => anyhow::Error::new(e).context(format!("pulling layer {}", layer.digest)),
+            }
+        })?;
         if (bytes.len() + chunk.len()) as u64 > limits.max_bytes {
             bail!(
                 "layer {} is over the {} byte cap",

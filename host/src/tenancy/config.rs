@@ -76,15 +76,6 @@ pub fn compiled_cache_dir(cli: &Cli) -> Option<PathBuf> {
     module_cache_dir(cli).map(|dir| dir.join("compiled"))
 }
 
-/// Where modules pulled from registries and URLs are kept: the module
-/// cache, or without one a directory of this process's own (so nothing
-/// pulled outlives it).
-pub fn pulled_modules_dir(cli: &Cli) -> PathBuf {
-    module_cache_dir(cli).unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("wasm-proxy-modules-{}", std::process::id()))
-    })
-}
-
 /// The listen addresses, each checked to be `ip:port`.
 pub fn listen_addrs(cli: &Cli) -> anyhow::Result<Vec<String>> {
     checked_addrs("--listen", &cli.listen)

@@ -22,7 +22,7 @@ use crate::config_model::{
 };
 use crate::edge::tls::Certificate;
 use crate::metrics::{Metrics, TenantMetrics};
-use crate::modules::{ModuleSources, Unfetched};
+use crate::modules::{self, ModuleSources, Unfetched};
 use crate::tenancy::budget::{Budget, BudgetLimits};
 use crate::upstream::egress::{Egress, OwnAddresses};
 use crate::upstream::pools::{HealthRegistries, LivePools, Pool, PoolSpec, Pools, SHARED};
@@ -229,7 +229,13 @@ impl TenantSet {
             // Modules named by URL are fetched first: what a tag names
             // now is part of what the tenant is built from.
             let resolution = resolve_modules(modules, config, spec, &place);
-            let fetched = !resolution.as_ref().is_err_and(Unfetched::caused);
+            // Code from a registry or a URL that cannot be had, or does
+            // not load, is its tenant's failure, at start-up too: a
+            // registry's trouble (or a broken push) is not the process's.
+            let fatal_at_start = match &resolution {
+                Err(e) => !Unfetched::caused(e),
+                Ok(_) => !spec_names_urls(spec),
+            };
             let inputs = match &resolution {
                 Ok((resolved, _)) => TenantInputs::of(config, resolved, &defaults),
                 Err(_) => TenantInputs::of(config, spec, &defaults),
@@ -274,7 +280,7 @@ impl TenantSet {
                         // tenant is the whole configuration).
                         (Err(e), _)
                             if previous.is_none()
-                                && (fetched || config.naming == Naming::CommandLine) =>
+                                && (fatal_at_start || config.naming == Naming::CommandLine) =>
                         {
                             return Err(e)
                         }
@@ -528,6 +534,7 @@ impl TenantInputs {
         ));
         let granted = TenantConfig {
             module: None,
+            sha256: None,
             filters: Vec::new(),
             config: None,
             tls: None,
@@ -555,6 +562,14 @@ impl TenantInputs {
     }
 }
 
+/// Whether `spec` names a module or filter by URL.
+fn spec_names_urls(spec: &TenantConfig) -> bool {
+    spec.module
+        .iter()
+        .chain(spec.filters.iter().map(|filter| &filter.value.module))
+        .any(|module| modules::is_url(&module.value))
+}
+
 /// `spec` with every module it names found: one named by URL fetched
 /// (or found in the cache) and named by its cached file instead; with
 /// each module as named and the digest of its bytes.
@@ -568,7 +583,7 @@ fn resolve_modules(
     let mut digests = Vec::new();
     let mut find =
         |module: &mut Located<PathBuf>, sha256: Option<&Located<String>>, key: String| {
-            let named = module.value.display().to_string();
+            let named = modules::shown(&module.value);
             let sha256 = sha256.map(|s| s.value.as_str());
             let found = modules
                 .resolve(&module.value, &config.base, sha256, &config.registries)

@@ -114,6 +114,12 @@ impl Registry {
     /// Pushes `bytes` in Istio's compat layout: one tar+gzip layer
     /// holding `plugin.wasm`, annotated `module.wasm.image/variant=compat`.
     async fn push_compat(&self, name: &str, bytes: &[u8]) -> String {
+        self.push_compat_as(name, bytes, "application/vnd.oci.image.layer.v1.tar+gzip")
+            .await
+    }
+
+    /// As [`push_compat`](Self::push_compat), with the layer's media type.
+    async fn push_compat_as(&self, name: &str, bytes: &[u8], media_type: &str) -> String {
         let mut archive = tar::Builder::new(flate2::write::GzEncoder::new(
             Vec::new(),
             flate2::Compression::default(),
@@ -126,11 +132,7 @@ impl Registry {
             .append_data(&mut header, "plugin.wasm", bytes)
             .unwrap();
         let layer = archive.into_inner().unwrap().finish().unwrap();
-        let layer = ImageLayer::new(
-            layer,
-            "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-            None,
-        );
+        let layer = ImageLayer::new(layer, media_type.into(), None);
         let config = Config::new(
             b"{}".to_vec(),
             "application/vnd.oci.image.config.v1+json".into(),
@@ -213,13 +215,27 @@ async fn modules_are_pulled_by_tag_by_digest_and_in_istio_s_compat_layout() {
     let module = wasm("first_proxy");
     let digest = registry.push_wasm("team/policy:v1", &module).await;
     registry.push_compat("team/policy-compat:v1", &module).await;
+    // As `docker build` packages it: Docker's layer media type.
+    registry
+        .push_compat_as(
+            "team/policy-docker:v1",
+            &module,
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        )
+        .await;
     let filter = wasm("pw_bench");
     registry.push_wasm("team/auth-filter:v3", &filter).await;
     let r = &registry.addr;
     let yaml = format!(
-        "registries:\n  \"{r}\": {{ plain_http: true }}\ntenants:\n{}{}{}",
+        "registries:\n  \"{r}\": {{ plain_http: true }}\ntenants:\n{}{}{}{}",
         tenant("tag", &format!("oci://{r}/team/policy:v1"), "", &upstream)
             + &format!("    filters:\n      - module: \"oci://{r}/team/auth-filter:v3\"\n"),
+        tenant(
+            "docker",
+            &format!("oci://{r}/team/policy-docker:v1"),
+            "",
+            &upstream
+        ),
         tenant(
             "pinned",
             &format!("oci://{r}/team/policy@{digest}"),
@@ -236,7 +252,12 @@ async fn modules_are_pulled_by_tag_by_digest_and_in_istio_s_compat_layout() {
     let (dir, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (proxy, _) = proxy_with_cache(&dir, &yaml, cache.path());
     let client = client();
-    for host in ["tag.example", "pinned.example", "checked.example"] {
+    for host in [
+        "tag.example",
+        "pinned.example",
+        "checked.example",
+        "docker.example",
+    ] {
         assert_eq!(
             status(&client, &proxy, host).await,
             200,
@@ -260,9 +281,9 @@ async fn modules_are_pulled_by_tag_by_digest_and_in_istio_s_compat_layout() {
         )),
         "{log}"
     );
-    // Each module fetched once: the same bytes under two names are two
-    // entries, the layouts' manifests differ.
-    assert!(cache.path().join("sha256").read_dir().unwrap().count() >= 2);
+    // Pulled into the cache by digest: first_proxy's bytes and pw_bench's.
+    let kept = |bytes: &[u8]| cache.path().join("sha256").join(sha256_hex(bytes)).is_dir();
+    assert!(kept(&module) && kept(&filter));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -317,7 +338,12 @@ async fn a_wrong_sha256_or_digest_fails_that_tenant_and_names_both_digests() {
         log.contains("tenant pinned: failed to load, not added"),
         "{log}"
     );
-    assert!(log.contains(&absent), "{log}");
+    assert!(
+        log.contains(&format!(
+            "oci://{r}/team/policy@{absent}: pulling the manifest"
+        )) && log.contains("the registry answered 404"),
+        "{log}"
+    );
     let text = scrape(&client, &metrics).await;
     let fetches = |result: &str| {
         let series = format!("wasm_proxy_module_fetch_total{{result=\"{result}\"}}");
@@ -342,11 +368,17 @@ async fn a_registry_down_at_start_serves_from_a_warm_cache_and_fails_a_cold_one(
     let mut registry = Registry::start();
     let upstream = Upstream::plain().await;
     let module = wasm("first_proxy");
-    registry.push_wasm("team/policy:v1", &module).await;
+    let digest = registry.push_wasm("team/policy:v1", &module).await;
     let r = registry.addr.clone();
     let yaml = format!(
-        "registries:\n  \"{r}\": {{ plain_http: true }}\ntenants:\n{}{}",
+        "registries:\n  \"{r}\": {{ plain_http: true }}\ntenants:\n{}{}{}",
         tenant("tag", &format!("oci://{r}/team/policy:v1"), "", &upstream),
+        tenant(
+            "pinned",
+            &format!("oci://{r}/team/policy@{digest}"),
+            "",
+            &upstream
+        ),
         tenant(
             "local",
             &guest("first_proxy").display().to_string(),
@@ -371,10 +403,13 @@ async fn a_registry_down_at_start_serves_from_a_warm_cache_and_fails_a_cold_one(
         "{}",
         proxy.log()
     );
-    assert!(
-        proxy.log().contains("the registry could not be reached"),
-        "{}",
-        proxy.log()
+    // Pinned and cached: served without asking the registry.
+    assert_eq!(status(&client, &proxy, "pinned.example").await, 200);
+    let log = proxy.log();
+    assert_eq!(
+        log.matches("the registry could not be reached").count(),
+        1,
+        "{log}"
     );
     drop(proxy);
     // Cold: that tenant fails, clearly; the other serves.
@@ -424,7 +459,20 @@ async fn a_tag_moved_to_new_bytes_is_picked_up_by_a_reload() {
         sha256_hex(&second)
     );
     let log = proxy.wait_for_log(&moved);
-    assert!(log.contains("reloaded tenants"), "{log}");
+    assert!(log.contains(&moved), "{log}");
+    // A reload where the tag names the same bytes rebuilds nothing.
+    let reloads = log.matches("reloaded tenants (SIGHUP)").count();
+    proxy.hangup();
+    let started = Instant::now();
+    while proxy.log().matches("reloaded tenants (SIGHUP)").count() == reloads {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{}",
+            proxy.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(proxy.log().matches(&moved).count(), 1, "{}", proxy.log());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -469,6 +517,8 @@ async fn a_registry_with_basic_auth_takes_the_right_password_only() {
         log.contains("tenant bad: failed to load, not added"),
         "{log}"
     );
+    assert!(log.contains("401"), "{log}");
+    assert!(!log.contains("s3cret") && !log.contains("guess"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -632,4 +682,36 @@ async fn an_https_module_needs_its_sha256_and_is_fetched_once() {
     let proxy = Proxy::start(options(cache.path()));
     assert_eq!(status(&client, &proxy, "web.example").await, 200);
     assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_whose_fetch_fails_keeps_the_previous_module() {
+    let registry = Registry::start();
+    let upstream = Upstream::plain().await;
+    let module = wasm("first_proxy");
+    registry.push_wasm("team/policy:v1", &module).await;
+    let r = &registry.addr;
+    let yaml = |tag: &str| {
+        format!(
+            "registries:\n  \"{r}\": {{ plain_http: true }}\ntenants:\n{}",
+            tenant(
+                "tag",
+                &format!("oci://{r}/team/policy:{tag}"),
+                "",
+                &upstream
+            ),
+        )
+    };
+    let (dir, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (proxy, path) = proxy_with_cache(&dir, &yaml("v1"), cache.path());
+    let client = client();
+    assert_eq!(status(&client, &proxy, "tag.example").await, 200);
+    // A tag never pushed: the fetch fails, the tenant keeps serving v1.
+    write_tenants(&path, &yaml("v2"));
+    let log = proxy.wait_for_log("its previous version keeps serving");
+    assert!(
+        log.contains("team/policy:v2: pulling the manifest"),
+        "{log}"
+    );
+    assert_eq!(status(&client, &proxy, "tag.example").await, 200);
 }
