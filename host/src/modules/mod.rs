@@ -126,6 +126,12 @@ pub struct ModuleSources {
     fetches: IntCounterVec,
     /// Registries found unreachable, and when.
     unreachable: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// One HTTP client for every fetch (its TLS set up once), with no
+    /// idle connections kept: each fetch runs on a runtime of its own.
+    http: std::sync::OnceLock<reqwest::Client>,
+    /// A registry client per registry, protocol and credentials (it keeps
+    /// the registry's tokens); new credentials get a new one.
+    registry_clients: std::sync::Mutex<std::collections::HashMap<String, oci_client::Client>>,
     /// The directory of a cache that lasts as long as the process.
     _own_dir: Option<tempfile::TempDir>,
 }
@@ -151,6 +157,8 @@ impl ModuleSources {
             limits: Limits::default(),
             fetches: metrics.module_fetches(),
             unreachable: Default::default(),
+            http: std::sync::OnceLock::new(),
+            registry_clients: Default::default(),
             _own_dir: None,
         }
     }
@@ -214,6 +222,49 @@ impl ModuleSources {
                 fetched.map(|(resolved, _)| resolved).context(Unfetched)
             }
         }
+    }
+
+    /// The HTTP client of every fetch.
+    fn http(&self) -> anyhow::Result<&reqwest::Client> {
+        if let Some(client) = self.http.get() {
+            return Ok(client);
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(self.limits.connect_timeout)
+            .timeout(self.limits.timeout)
+            .pool_max_idle_per_host(0)
+            .build()
+            .context("an HTTP client")?;
+        Ok(self.http.get_or_init(|| client))
+    }
+
+    /// The registry client for `reference`'s registry reached as
+    /// `registry` says.
+    fn registry_client(
+        &self,
+        reference: &Reference,
+        registry: &oci::Registry,
+    ) -> anyhow::Result<oci_client::Client> {
+        let who = match &registry.auth {
+            RegistryAuth::Basic(user, password) => digest(format!("{user}\0{password}").as_bytes()),
+            RegistryAuth::Bearer(token) => digest(token.as_bytes()),
+            RegistryAuth::Anonymous => String::new(),
+        };
+        let key = format!(
+            "{} {} {who}",
+            reference.resolve_registry(),
+            registry.plain_http
+        );
+        let mut clients = self
+            .registry_clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let client = oci::client(reference, registry, &self.limits)?;
+        clients.insert(key, client.clone());
+        Ok(client)
     }
 
     /// Why `host` was found unreachable lately, if it was.
@@ -307,13 +358,14 @@ impl ModuleSources {
             check(expected, &found.digest)?;
             return Ok((found, "cache_hit"));
         }
-        let client = oci::client(reference, registry, &self.limits)?;
+        let client = self.registry_client(reference, registry)?;
+        let http = self.http()?;
         let host = reference.resolve_registry().to_string();
         let resolved = match self.found_unreachable(&host) {
             Some(why) => Err(oci::Unreachable(why).into()),
             None => tokio::time::timeout(
                 RESOLVE_TIMEOUT,
-                oci::resolve(&client, reference, registry, &self.limits),
+                oci::resolve(&client, http, reference, registry),
             )
             .await
             .unwrap_or_else(|_| {
@@ -397,11 +449,8 @@ impl ModuleSources {
             return Ok((Resolved { path, digest }, "cache_hit"));
         }
         let download = async {
-            let client = reqwest::Client::builder()
-                .connect_timeout(self.limits.connect_timeout)
-                .timeout(self.limits.timeout)
-                .build()?;
-            let response = client
+            let response = self
+                .http()?
                 .get(url)
                 .send()
                 .await

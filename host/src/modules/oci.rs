@@ -89,9 +89,9 @@ const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
 /// against a pinned digest.
 pub(super) async fn resolve(
     client: &Client,
+    http: &reqwest::Client,
     reference: &Reference,
     registry: &Registry,
-    limits: &Limits,
 ) -> anyhow::Result<(OciImageManifest, String)> {
     // The registry's token (if it uses token auth); basic auth otherwise.
     let token = client
@@ -99,11 +99,6 @@ pub(super) async fn resolve(
         .await
         .map_err(classify)
         .context("authenticating")?;
-    let http = reqwest::Client::builder()
-        .connect_timeout(limits.connect_timeout)
-        .timeout(limits.timeout)
-        .build()
-        .context("an HTTP client")?;
     let scheme = if registry.plain_http { "http" } else { "https" };
     let base = format!(
         "{scheme}://{}/v2/{}/manifests/",
