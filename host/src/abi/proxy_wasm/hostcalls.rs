@@ -415,7 +415,7 @@ fn proxy_get_header_map_pairs(
 ) -> Result<(), Status> {
     let caller = &mut ctx;
     let map = state(caller).header_map(MapType::try_from(map)?)?;
-    let bytes = HeaderPairs::serialize(map.pairs());
+    let bytes = map.serialize();
     give(caller, &bytes, return_data, return_size)
 }
 
@@ -425,7 +425,7 @@ fn proxy_get_header_map_size(
     return_size: i32,
 ) -> Result<(), Status> {
     let map = state(&caller).header_map(MapType::try_from(map)?)?;
-    let size = HeaderPairs::serialized_len(map.pairs()) as u32;
+    let size = map.serialized_len() as u32;
     written(&mut caller, return_size, &size.to_le_bytes())
 }
 
@@ -440,8 +440,8 @@ fn proxy_set_header_map_pairs(
     let pairs = HeaderPairs::deserialize(&bytes).ok_or(Status::BadArgument)?;
     let map = MapType::try_from(map)?;
     if let Some(message) = framed(map) {
-        let old = state(&caller).header_map(map)?.pairs();
-        let checked = check_replacement(message, old, &pairs);
+        let old = state(&caller).header_map(map)?.to_pairs();
+        let checked = check_replacement(message, &old, &pairs);
         refuse_framing(&mut caller, "proxy_set_header_map_pairs", checked)?;
     }
     state_mut(&mut caller).header_map_mut(map)?.set_all(pairs);
@@ -511,10 +511,10 @@ fn edit_header_map(
         _ => "proxy_replace_header_map_value",
     };
     checked_edit(&mut caller, hostcall, map, kind, &key)?;
-    let pairs = state(&caller).header_map(map)?.pairs();
+    let pairs = state(&caller).header_map(map)?;
     let (fields, grown) = (
         pairs.len(),
-        HeaderPairs::serialized_len(pairs) + key.len() + value.len() + 10,
+        pairs.serialized_len() + key.len() + value.len() + 10,
     );
     if grown > Copied::HeaderMap.max() {
         return Err(too_large(&mut caller, Copied::HeaderMap, grown));

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 
-use super::stream::{HeaderPairs, Stream};
+use super::stream::{serialize_pairs, Stream};
 
 /// An attribute's value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +24,9 @@ impl Attribute {
             Attribute::Text(text) => text.into_bytes(),
             Attribute::Int(value) => value.to_le_bytes().to_vec(),
             Attribute::Bool(value) => vec![u8::from(value)],
-            Attribute::Map(pairs) => HeaderPairs::serialize(&pairs),
+            Attribute::Map(pairs) => {
+                serialize_pairs(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+            }
         }
     }
 }
@@ -70,14 +72,14 @@ pub(super) fn attribute(
         ("request", Some("protocol"), None) => text(&format!("{:?}", facts.protocol)),
         ("request", Some("id"), None) => text(&facts.id.to_string()),
         ("request", Some("time"), None) => Some(Attribute::Int(facts.started_unix_ns)),
-        ("request", Some("headers"), None) => Some(Attribute::Map(request.pairs().to_vec())),
+        ("request", Some("headers"), None) => Some(Attribute::Map(request.to_pairs())),
         ("request", Some("headers"), Some(name)) => text(request.get(name)?),
         ("response", Some("code"), None) => {
             let status = stream.response.as_ref()?.get(":status")?;
             Some(Attribute::Int(status.parse().ok()?))
         }
         ("response", Some("headers"), None) => {
-            Some(Attribute::Map(stream.response.as_ref()?.pairs().to_vec()))
+            Some(Attribute::Map(stream.response.as_ref()?.to_pairs()))
         }
         ("response", Some("headers"), Some(name)) => text(stream.response.as_ref()?.get(name)?),
         ("source", Some("address"), None) => address(facts.connection.client?),
@@ -111,7 +113,7 @@ fn port(addr: SocketAddr) -> Option<Attribute> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::abi::proxy_wasm::{ConnectionFacts, RequestFacts, TlsFacts};
+    use crate::abi::proxy_wasm::{ConnectionFacts, HeaderPairs, RequestFacts, TlsFacts};
 
     fn stream() -> Stream {
         let request = HeaderPairs::from_pairs(

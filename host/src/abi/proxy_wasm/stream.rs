@@ -23,9 +23,16 @@ use crate::abi::{
 pub(super) const MAX_HEADER_PAIRS: usize = 1024;
 
 /// A header map as a filter sees it: ordered pairs, pseudo-headers first.
+/// Names and values are kept back to back in one string, so that making
+/// a map costs two allocations, not two per field.
 #[derive(Debug, Default, Clone)]
 pub struct HeaderPairs {
-    pairs: Vec<(String, String)>,
+    /// Every name and value, back to back (with the text of edited pairs
+    /// left behind until [`compact`](Self::compact)).
+    text: String,
+    /// Each pair's name and value, as `[name start, name end, value start,
+    /// value end]` in `text`.
+    spans: Vec<[usize; 4]>,
     changed: bool,
     /// Where the pairs added since the map was made start, while every
     /// change is an addition (the common edit, applied by appending).
@@ -35,34 +42,39 @@ pub struct HeaderPairs {
 }
 
 impl HeaderPairs {
+    /// An empty map with room for `fields` fields of `bytes` bytes.
+    fn with_capacity(fields: usize, bytes: usize) -> Self {
+        HeaderPairs {
+            text: String::with_capacity(bytes),
+            spans: Vec::with_capacity(fields),
+            ..HeaderPairs::default()
+        }
+    }
+
     /// The request's map: `:method`, `:path`, `:authority` (the `Host`
     /// field), `:scheme`, then its other fields.
     pub fn of_request(request: &RequestHeader, scheme: &str) -> Self {
-        let authority = request
-            .headers
-            .get(http::header::HOST)
-            .map(|host| text(host.as_bytes()))
-            .or_else(|| request.uri.authority().map(|a| a.to_string()))
-            .unwrap_or_default();
-        let mut pairs = Vec::with_capacity(request.headers.len() + 4);
-        pairs.extend([
-            (":method".to_string(), request.method.as_str().to_string()),
-            (":path".to_string(), text(request.raw_path())),
-            (":authority".to_string(), authority),
-            (":scheme".to_string(), scheme.to_string()),
-        ]);
-        // `Host` is `:authority` here, as in Envoy.
-        pairs.extend(
-            request
-                .headers
-                .iter()
-                .filter(|(name, _)| *name != http::header::HOST)
-                .map(field),
-        );
-        HeaderPairs {
-            request: true,
-            ..HeaderPairs::from_pairs(pairs)
+        let headers = &request.headers;
+        let mut map = Self::with_capacity(headers.len() + 4, 64 + 48 * headers.len());
+        map.push(":method", request.method.as_str());
+        map.push_bytes(":path", request.raw_path());
+        match headers.get(http::header::HOST) {
+            Some(host) => map.push_bytes(":authority", host.as_bytes()),
+            None => match request.uri.authority() {
+                Some(authority) => map.push(":authority", authority.as_str()),
+                None => map.push(":authority", ""),
+            },
         }
+        map.push(":scheme", scheme);
+        // `Host` is `:authority` here, as in Envoy.
+        for (name, value) in headers {
+            if name != http::header::HOST {
+                map.push_bytes(name.as_str(), value.as_bytes());
+            }
+        }
+        map.request = true;
+        map.added_from = Some(map.spans.len());
+        map
     }
 
     /// The name a pair of `name` has in this map: in a request's, `host`
@@ -76,67 +88,123 @@ impl HeaderPairs {
         }
     }
 
-    /// A map of these pairs, as given.
+    /// A map of `pairs` as given.
     pub fn from_pairs(pairs: Vec<(String, String)>) -> Self {
-        let added_from = Some(pairs.len());
-        HeaderPairs {
-            pairs,
-            changed: false,
-            added_from,
-            request: false,
+        let bytes = pairs.iter().map(|(n, v)| n.len() + v.len()).sum();
+        let mut map = Self::with_capacity(pairs.len(), bytes);
+        for (name, value) in &pairs {
+            map.push(name, value);
         }
+        map.added_from = Some(map.spans.len());
+        map
     }
 
     /// The response's map: `:status`, then its fields.
     pub fn of_response(response: &ResponseHeader) -> Self {
-        let mut pairs = Vec::with_capacity(response.headers.len() + 1);
-        pairs.push((":status".to_string(), response.status.as_u16().to_string()));
-        pairs.extend(response.headers.iter().map(field));
-        HeaderPairs::from_pairs(pairs)
+        let headers = &response.headers;
+        let mut map = Self::with_capacity(headers.len() + 1, 16 + 48 * headers.len());
+        map.push(":status", response.status.as_str());
+        for (name, value) in headers {
+            map.push_bytes(name.as_str(), value.as_bytes());
+        }
+        map.added_from = Some(map.spans.len());
+        map
+    }
+
+    /// Appends a pair as given.
+    fn push(&mut self, name: &str, value: &str) {
+        let name_at = self.text.len();
+        self.text.push_str(name);
+        let value_at = self.text.len();
+        self.text.push_str(value);
+        self.spans
+            .push([name_at, value_at, value_at, self.text.len()]);
+    }
+
+    /// Appends a pair whose value may not be UTF-8 (a field may carry any
+    /// bytes): such bytes become U+FFFD.
+    fn push_bytes(&mut self, name: &str, value: &[u8]) {
+        match std::str::from_utf8(value) {
+            Ok(value) => self.push(name, value),
+            Err(_) => self.push(name, &String::from_utf8_lossy(value)),
+        }
+    }
+
+    fn name(&self, span: &[usize; 4]) -> &str {
+        &self.text[span[0]..span[1]]
+    }
+
+    fn value(&self, span: &[usize; 4]) -> &str {
+        &self.text[span[2]..span[3]]
+    }
+
+    /// How many pairs it holds.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether it holds no pair.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
     }
 
     /// Every pair, in order.
-    pub fn pairs(&self) -> &[(String, String)] {
-        &self.pairs
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + Clone + '_ {
+        self.spans
+            .iter()
+            .map(|span| (self.name(span), self.value(span)))
+    }
+
+    /// Every pair, copied.
+    pub fn to_pairs(&self) -> Vec<(String, String)> {
+        self.iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect()
     }
 
     /// The first value of `name` (names compare case-insensitively).
     pub fn get(&self, name: &str) -> Option<&str> {
         let name = self.key(name);
-        self.pairs
-            .iter()
+        self.iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v)
     }
 
     /// Adds a pair.
     pub fn add(&mut self, name: &str, value: &str) {
         let name = self.key(name);
-        self.pairs
-            .push((name.to_ascii_lowercase(), value.to_string()));
+        let at = self.text.len();
+        self.push(name, value);
+        self.text[at..at + name.len()].make_ascii_lowercase();
         self.changed = true;
     }
 
     /// Replaces every pair of `name` with one, where the first was.
     pub fn replace(&mut self, name: &str, value: &str) {
         let name = self.key(name);
-        match self
-            .pairs
+        let first = self
+            .spans
             .iter()
-            .position(|(n, _)| n.eq_ignore_ascii_case(name))
-        {
+            .position(|span| self.name(span).eq_ignore_ascii_case(name));
+        match first {
             Some(first) => {
-                self.pairs[first].1 = value.to_string();
+                let at = self.text.len();
+                self.text.push_str(value);
+                self.spans[first][2] = at;
+                self.spans[first][3] = self.text.len();
                 let mut index = 0;
-                self.pairs.retain(|(n, _)| {
-                    index += 1;
-                    index - 1 == first || !n.eq_ignore_ascii_case(name)
-                });
+                let spans = std::mem::take(&mut self.spans);
+                self.spans = spans
+                    .into_iter()
+                    .filter(|span| {
+                        index += 1;
+                        index - 1 == first || !self.name(span).eq_ignore_ascii_case(name)
+                    })
+                    .collect();
                 self.added_from = None;
+                self.compact();
             }
-            None => self
-                .pairs
-                .push((name.to_ascii_lowercase(), value.to_string())),
+            None => self.add(name, value),
         }
         self.changed = true;
     }
@@ -144,9 +212,9 @@ impl HeaderPairs {
     /// Removes every pair of `name`; removing an absent one is fine.
     pub fn remove(&mut self, name: &str) {
         let name = self.key(name);
-        let before = self.pairs.len();
-        self.pairs.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-        if self.pairs.len() != before {
+        let before = self.spans.len();
+        self.retain(|n| !n.eq_ignore_ascii_case(name));
+        if self.spans.len() != before {
             self.changed = true;
             self.added_from = None;
         }
@@ -155,29 +223,67 @@ impl HeaderPairs {
     /// Removes every field called `name` (lower case) as if the map had
     /// been made without it: not a change to apply.
     fn forget(&mut self, name: &str) {
-        self.pairs.retain(|(n, _)| n != name);
+        let before = self.spans.len();
+        self.retain(|n| n != name);
+        let gone = before - self.spans.len();
+        if let Some(from) = self.added_from.as_mut() {
+            *from = from.saturating_sub(gone);
+        }
+    }
+
+    /// Keeps the pairs whose name `keep` accepts.
+    fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        let spans = std::mem::take(&mut self.spans);
+        self.spans = spans
+            .into_iter()
+            .filter(|span| keep(self.name(span)))
+            .collect();
+        self.compact();
+    }
+
+    /// Drops the text of pairs no longer held once it outweighs the live
+    /// text: a filter that edits a map in a loop holds no more host memory
+    /// than twice the map.
+    fn compact(&mut self) {
+        let live: usize = self.spans.iter().map(|s| s[1] - s[0] + s[3] - s[2]).sum();
+        if self.text.len() <= 2 * live + 4096 {
+            return;
+        }
+        let mut text = String::with_capacity(live);
+        for span in &mut self.spans {
+            let name_at = text.len();
+            text.push_str(&self.text[span[0]..span[1]]);
+            let value_at = text.len();
+            text.push_str(&self.text[span[2]..span[3]]);
+            *span = [name_at, value_at, value_at, text.len()];
+        }
+        self.text = text;
     }
 
     /// Replaces the whole map.
-    pub fn set_all(&mut self, mut pairs: Vec<(String, String)>) {
-        // Names are matched lower case from here on (as HTTP/2 writes
-        // them): `:Authority` is `:authority`.
-        for (name, _) in &mut pairs {
-            name.make_ascii_lowercase();
-            if self.request && name == "host" {
-                *name = ":authority".to_string();
+    pub fn set_all(&mut self, pairs: Vec<(String, String)>) {
+        let request = self.request;
+        let mut map = Self::from_pairs(Vec::new());
+        for (name, value) in &pairs {
+            // Names are matched lower case from here on (as HTTP/2 writes
+            // them): `:Authority` is `:authority`.
+            let mut name = name.to_ascii_lowercase();
+            if request && name == "host" {
+                name = ":authority".to_string();
             }
+            map.push(&name, value);
         }
-        self.pairs = pairs;
+        self.text = map.text;
+        self.spans = map.spans;
         self.changed = true;
         self.added_from = None;
     }
 
     /// The pairs added since the map was made, if every change was an
     /// addition of a field (not of a pseudo-header).
-    fn only_added(&self) -> Option<&[(String, String)]> {
-        let added = &self.pairs[self.added_from?..];
-        (!added.iter().any(|(name, _)| name.starts_with(':'))).then_some(added)
+    fn only_added(&self) -> Option<impl Iterator<Item = (&str, &str)> + Clone + '_> {
+        let added = self.iter().skip(self.added_from?);
+        (!added.clone().any(|(name, _)| name.starts_with(':'))).then_some(added)
     }
 
     /// Whether the filter changed it.
@@ -185,29 +291,14 @@ impl HeaderPairs {
         self.changed
     }
 
-    /// The map in the ABI's serialized form: the number of pairs, each
-    /// pair's key and value sizes (u32, little-endian), then each key and
-    /// value followed by a NUL.
-    pub fn serialize(pairs: &[(String, String)]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(Self::serialized_len(pairs));
-        out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
-        for (name, value) in pairs {
-            out.extend_from_slice(&(name.len() as u32).to_le_bytes());
-            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        }
-        for (name, value) in pairs {
-            out.extend_from_slice(name.as_bytes());
-            out.push(0);
-            out.extend_from_slice(value.as_bytes());
-            out.push(0);
-        }
-        out
+    /// The map in the ABI's serialized form (see [`serialize_pairs`]).
+    pub fn serialize(&self) -> Vec<u8> {
+        serialize_pairs(self.iter())
     }
 
-    /// The size of the serialized form of `pairs`, without making it.
-    pub fn serialized_len(pairs: &[(String, String)]) -> usize {
-        let strings: usize = pairs.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
-        4 + pairs.len() * 8 + strings
+    /// The size of its serialized form, without making it.
+    pub fn serialized_len(&self) -> usize {
+        serialized_len(self.iter())
     }
 
     /// Pairs from the serialized form; None if it is malformed or holds
@@ -249,15 +340,15 @@ impl HeaderPairs {
         }
         let (mut method, mut path) = (None, None);
         let mut fields = Vec::new();
-        for (name, value) in &self.pairs {
-            match name.as_str() {
+        for (name, value) in self.iter() {
+            match name {
                 ":method" => {
                     method = Some(
                         http::Method::from_bytes(value.as_bytes())
                             .map_err(|_| invalid(format!("invalid :method {value:?}")))?,
                     )
                 }
-                ":path" if value.starts_with('/') => path = Some(value.as_str()),
+                ":path" if value.starts_with('/') => path = Some(value),
                 ":path" => return Err(invalid(format!(":path {value:?} is not a path"))),
                 ":authority" => fields.push(checked("host", value)?),
                 other if other.starts_with(':') => {}
@@ -294,8 +385,8 @@ impl HeaderPairs {
         }
         let mut status = None;
         let mut fields = Vec::new();
-        for (name, value) in &self.pairs {
-            match name.as_str() {
+        for (name, value) in self.iter() {
+            match name {
                 ":status" => {
                     status = Some(
                         value
@@ -318,6 +409,35 @@ impl HeaderPairs {
     }
 }
 
+/// Pairs in the ABI's serialized form: the number of pairs, each pair's
+/// key and value sizes (u32, little-endian), then each key and value
+/// followed by a NUL.
+pub(super) fn serialize_pairs<'a, I>(pairs: I) -> Vec<u8>
+where
+    I: IntoIterator<Item = (&'a str, &'a str)>,
+    I::IntoIter: Clone,
+{
+    let pairs = pairs.into_iter();
+    let mut out = Vec::with_capacity(serialized_len(pairs.clone()));
+    out.extend_from_slice(&(pairs.clone().count() as u32).to_le_bytes());
+    for (name, value) in pairs.clone() {
+        out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    }
+    for (name, value) in pairs {
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        out.extend_from_slice(value.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+/// The size of the serialized form of `pairs`, without making it.
+pub(super) fn serialized_len<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> usize {
+    pairs.map(|(n, v)| 8 + n.len() + v.len() + 2).sum::<usize>() + 4
+}
+
 /// Adds checked `fields` to `target`, after removing all it had if
 /// `replace`.
 fn add_fields(
@@ -337,13 +457,10 @@ fn add_fields(
 }
 
 /// Every pair checked as a field.
-fn checked_all(
-    pairs: &[(String, String)],
+fn checked_all<'a>(
+    pairs: impl Iterator<Item = (&'a str, &'a str)>,
 ) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, HookFault> {
-    pairs
-        .iter()
-        .map(|(name, value)| checked(name, value))
-        .collect()
+    pairs.map(|(name, value)| checked(name, value)).collect()
 }
 
 fn invalid(what: String) -> HookFault {
@@ -356,20 +473,6 @@ fn checked(name: &str, value: &str) -> Result<(http::HeaderName, http::HeaderVal
     let name = header_name(name)?;
     let value = header_value(name.as_str(), value)?;
     Ok((name, value))
-}
-
-/// A header field as a pair.
-fn field((name, value): (&http::HeaderName, &http::HeaderValue)) -> (String, String) {
-    (name.as_str().to_string(), text(value.as_bytes()))
-}
-
-/// Bytes as text; bytes that are not UTF-8 (a field may carry any) become
-/// U+FFFD. UTF-8 is checked first: it almost always is.
-fn text(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => text.to_owned(),
-        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
-    }
 }
 
 /// Facts about the request, for properties.
@@ -539,8 +642,9 @@ mod tests {
             (":path".to_string(), "/a".to_string()),
             ("x".to_string(), String::new()),
         ];
-        let bytes = HeaderPairs::serialize(&pairs);
-        assert_eq!(HeaderPairs::serialized_len(&pairs), bytes.len());
+        let map = HeaderPairs::from_pairs(pairs.clone());
+        let bytes = map.serialize();
+        assert_eq!(map.serialized_len(), bytes.len());
         assert_eq!(HeaderPairs::deserialize(&bytes), Some(pairs));
         assert_eq!(HeaderPairs::deserialize(&bytes[..bytes.len() - 2]), None);
         assert_eq!(HeaderPairs::deserialize(&[255, 255, 255, 255]), None);
@@ -624,6 +728,20 @@ mod tests {
             None,
             "a response has no authority"
         );
+    }
+
+    #[test]
+    fn edits_in_a_loop_hold_no_more_than_twice_the_map() {
+        let mut map = HeaderPairs::from_pairs(vec![("x".into(), "1".into())]);
+        let value = "v".repeat(60_000);
+        for _ in 0..1000 {
+            map.replace("x", &value);
+            map.add("y", "2");
+            map.remove("y");
+        }
+        assert_eq!(map.get("x"), Some(value.as_str()));
+        assert_eq!(map.len(), 1);
+        assert!(map.text.len() <= 2 * 60_001 + 4096, "{}", map.text.len());
     }
 
     #[test]

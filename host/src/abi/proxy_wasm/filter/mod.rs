@@ -376,7 +376,7 @@ impl FilterModule {
         meter: &dyn SliceMeter,
     ) -> Result<RequestOutcome, HookFault> {
         filter.stream.read_request(request);
-        let count = filter.stream.request.pairs().len() as i32;
+        let count = filter.stream.request.len() as i32;
         let callback: PickCallback = |callbacks| callbacks.on_request_headers.as_ref();
         let action = self.run(
             lease,
@@ -475,11 +475,7 @@ impl FilterModule {
         meter: &dyn SliceMeter,
     ) -> Result<RequestOutcome, HookFault> {
         filter.stream.response = Some(HeaderPairs::of_response(response));
-        let count = filter
-            .stream
-            .response
-            .as_ref()
-            .map_or(0, |r| r.pairs().len()) as i32;
+        let count = filter.stream.response.as_ref().map_or(0, HeaderPairs::len) as i32;
         let callback: PickCallback = |callbacks| callbacks.on_response_headers.as_ref();
         let action = self.run(
             lease,
