@@ -164,7 +164,7 @@ impl ModuleSources {
     }
 
     /// Modules kept in a new private directory (mode 0700, a random
-    /// name) removed when the process ends: without a module cache.
+    /// name), removed when this is dropped: without a module cache.
     pub fn private(plain_http: Vec<String>, metrics: &Metrics) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("wasm-proxy-modules-")
