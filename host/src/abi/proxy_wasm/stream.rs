@@ -25,7 +25,7 @@ pub(super) const MAX_HEADER_PAIRS: usize = 1024;
 /// A header map as a filter sees it: ordered pairs, pseudo-headers first.
 /// Names and values are kept back to back in one string, so that making
 /// a map costs two allocations, not two per field.
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 pub struct HeaderPairs {
     /// Every name and value, back to back (with the text of edited pairs
     /// left behind until [`compact`](Self::compact)).
@@ -39,6 +39,19 @@ pub struct HeaderPairs {
     added_from: Option<usize>,
     /// A request's map, where `host` is another name of `:authority`.
     request: bool,
+}
+
+/// The pairs and flags only: the dead text of edited pairs (a removed
+/// `Authorization`, say) never reaches a log.
+impl std::fmt::Debug for HeaderPairs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeaderPairs")
+            .field("pairs", &self.iter().collect::<Vec<_>>())
+            .field("changed", &self.changed)
+            .field("added_from", &self.added_from)
+            .field("request", &self.request)
+            .finish()
+    }
 }
 
 impl HeaderPairs {
@@ -262,16 +275,18 @@ impl HeaderPairs {
 
     /// Replaces the whole map.
     pub fn set_all(&mut self, pairs: Vec<(String, String)>) {
-        let request = self.request;
-        let mut map = Self::from_pairs(Vec::new());
+        let bytes = pairs.iter().map(|(n, v)| n.len() + v.len() + 8).sum();
+        let mut map = Self::with_capacity(pairs.len(), bytes);
         for (name, value) in &pairs {
             // Names are matched lower case from here on (as HTTP/2 writes
             // them): `:Authority` is `:authority`.
-            let mut name = name.to_ascii_lowercase();
-            if request && name == "host" {
-                name = ":authority".to_string();
-            }
-            map.push(&name, value);
+            let name = match self.request && name.eq_ignore_ascii_case("host") {
+                true => ":authority",
+                false => name,
+            };
+            let at = map.text.len();
+            map.push(name, value);
+            map.text[at..at + name.len()].make_ascii_lowercase();
         }
         self.text = map.text;
         self.spans = map.spans;
@@ -296,9 +311,11 @@ impl HeaderPairs {
         serialize_pairs(self.iter())
     }
 
-    /// The size of its serialized form, without making it.
+    /// The size of its serialized form, without making it (from the
+    /// spans alone: it is asked before every edit).
     pub fn serialized_len(&self) -> usize {
-        serialized_len(self.iter())
+        let text: usize = self.spans.iter().map(|s| s[1] - s[0] + s[3] - s[2]).sum();
+        4 + 10 * self.spans.len() + text
     }
 
     /// Pairs from the serialized form; None if it is malformed or holds
@@ -728,6 +745,24 @@ mod tests {
             None,
             "a response has no authority"
         );
+    }
+
+    #[test]
+    fn a_later_filter_s_additions_reach_a_reframed_request() {
+        // An earlier filter removed Content-Length: a later filter's map
+        // is made without it, and what it only adds is still applied.
+        let mut request = RequestHeader::build("POST", b"/", None).unwrap();
+        request.insert_header("Host", "a.example").unwrap();
+        request.insert_header("Content-Length", "5").unwrap();
+        let mut stream = Stream {
+            request_reframed: true,
+            ..Stream::default()
+        };
+        stream.read_request(&request);
+        stream.request.add("x-a", "1");
+        stream.request.apply_to_request(&mut request).unwrap();
+        assert_eq!(request.headers["x-a"], "1");
+        assert!(format!("{:?}", stream.request).contains("x-a"));
     }
 
     #[test]
