@@ -354,6 +354,11 @@ impl ModuleSources {
                 digest: module,
             })
         };
+        if let Some(pinned) = reference.digest() {
+            if cache::hex_of(pinned).is_none() {
+                bail!("oci://{whole}: only sha256 digests are taken, not {pinned}");
+            }
+        }
         if let Some(found) = reference.digest().and_then(cached) {
             check(expected, &found.digest)?;
             return Ok((found, "cache_hit"));

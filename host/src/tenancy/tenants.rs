@@ -616,7 +616,15 @@ fn tenant_files(config: &TenantsConfig, spec: &TenantConfig) -> Vec<PathBuf> {
                 .iter()
                 .flat_map(|tls| [&tls.value.cert, &tls.value.key]),
         )
-        .map(|file| config.base.join(file))
+        // A `file://` module is its path; other URLs name no file here
+        // (a fetched module is a cache path by the time it is built).
+        .filter(|file| !modules::is_url(file))
+        .map(
+            |file| match file.to_str().and_then(|f| f.strip_prefix("file://")) {
+                Some(path) => config.base.join(path),
+                None => config.base.join(file),
+            },
+        )
         .collect()
 }
 
