@@ -316,10 +316,13 @@ async fn faults_in_request_and_response_filter_give_500_and_the_next_request_suc
             if is_answer && hook != "request_filter" {
                 continue;
             }
-            let proxy = Proxy::start(ProxyOptions::new(
+            let mut options = ProxyOptions::new(
                 "hostile",
                 json!({"upstream": addr, "misbehave": misbehave, "on_path": "/bad", "hook": hook}),
-            ));
+            );
+            // The default deadline, 20 ms, is what these faults are held to.
+            options.extra_args = vec!["--hook-timeout-ms".into(), "20".into()];
+            let proxy = Proxy::start(options);
             let (status, _) = get(&client, &proxy.url("/bad"), &[]).await;
             assert_eq!(status, 500, "{hook} {misbehave}: {}", proxy.log());
             let (status, _) = get(&client, &proxy.url("/good"), &[]).await;
@@ -341,7 +344,13 @@ async fn a_fault_in_logging_changes_nothing_that_was_sent() {
             "hostile",
             json!({"upstream": upstream.addr.to_string(), "misbehave": misbehave, "hook": "logging"}),
         );
-        options.extra_args = vec!["--metrics".into(), metrics.clone()];
+        // The default deadline, 20 ms, is what these faults are held to.
+        options.extra_args = vec![
+            "--metrics".into(),
+            metrics.clone(),
+            "--hook-timeout-ms".into(),
+            "20".into(),
+        ];
         let proxy = Proxy::start(options);
         for _ in 0..2 {
             let (status, _) = get(&client, &proxy.url("/"), &[]).await;

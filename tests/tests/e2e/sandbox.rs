@@ -98,7 +98,8 @@ async fn every_misbehaviour_is_contained(
             json!({"upstream": upstream.addr.to_string(), "misbehave": misbehave,
                    "hook": hook, "on_path": "/bad"}),
         );
-        options.extra_args = ["--memory-limit-mib", "8"]
+        // The default deadline, 20 ms, is what these faults are held to.
+        options.extra_args = ["--memory-limit-mib", "8", "--hook-timeout-ms", "20"]
             .iter()
             .chain(&NO_BUDGETS)
             .chain(extra_args)

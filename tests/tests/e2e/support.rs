@@ -633,6 +633,13 @@ fn spawn(options: &ProxyOptions, args: &[String]) -> (Child, Arc<Mutex<String>>,
     if let (Some(config), None) = (&options.module_config, &options.tenants) {
         command.arg("--module-config").arg(config.to_string());
     }
+    // A hook's deadline is wall-clock time of its slices: on two cores
+    // under the whole suite a good hook was seen to pass 20 ms. Tests
+    // about deadlines name theirs (`--hook-timeout-ms` or a tenant's
+    // `limits`); the others get slack.
+    if !options.extra_args.iter().any(|a| a == "--hook-timeout-ms") {
+        command.args(["--hook-timeout-ms", "200"]);
+    }
     command
         .args(&options.extra_args)
         .args(args)
