@@ -392,27 +392,30 @@ impl FilterVm {
             instance
                 .call(&create, (root, 0), meter)
                 .map_err(|e| refused(failed("proxy_on_context_create", e)))?;
-            if let Some(on_vm_start) = &starts.on_vm_start {
-                let size = plugin.vm_config.len() as i32;
-                let started = instance
-                    .call(on_vm_start, (root, size), meter)
-                    .map_err(|e| refused(failed("proxy_on_vm_start", e)))?;
-                if started == 0 {
-                    return Err(refused(
-                        "proxy_on_vm_start returned false: the VM configuration was refused".into(),
-                    ));
-                }
-            }
-            if let Some(on_configure) = &starts.on_configure {
-                let size = plugin.config.len() as i32;
-                let configured = instance
-                    .call(on_configure, (root, size), meter)
-                    .map_err(|e| refused(failed("proxy_on_configure", e)))?;
-                if configured == 0 {
-                    return Err(refused(
-                        "proxy_on_configure returned false: the plugin configuration was refused"
-                            .into(),
-                    ));
+            // Each takes the size of its configuration and may refuse it.
+            let configures = [
+                (
+                    &starts.on_vm_start,
+                    plugin.vm_config.len(),
+                    "proxy_on_vm_start",
+                    "VM",
+                ),
+                (
+                    &starts.on_configure,
+                    plugin.config.len(),
+                    "proxy_on_configure",
+                    "plugin",
+                ),
+            ];
+            for (export, size, name, which) in configures {
+                let Some(func) = export else { continue };
+                let accepted = instance
+                    .call(func, (root, size as i32), meter)
+                    .map_err(|e| refused(failed(name, e)))?;
+                if accepted == 0 {
+                    return Err(refused(format!(
+                        "{name} returned false: the {which} configuration was refused"
+                    )));
                 }
             }
         }
