@@ -297,6 +297,7 @@ mod tests {
             read_timeout_ms: None,
             verify_cert: false,
             verify_hostname: true,
+            alpn: wire::Alpn::H2,
         };
         let ctx = serde_json::json!({"stamp": "a\"b\\c\n", "n": 1});
         for (peer, ctx) in [

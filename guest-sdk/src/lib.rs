@@ -63,7 +63,7 @@ pub mod wire;
 pub use bytes::Bytes;
 pub use error::{BError, Error, ErrorType, Result};
 pub use proxy::{
-    HttpPeer, PeerOptions, ProxyHttp, RequestHeader, ResponseHeader, Session, ToPeerAddress,
+    HttpPeer, PeerOptions, ProxyHttp, RequestHeader, ResponseHeader, Session, ToPeerAddress, ALPN,
 };
 pub use sys::ABI_VERSION;
 
@@ -75,9 +75,15 @@ pub mod prelude {
     pub use crate::error::ErrorType::{self, HTTPStatus, InternalError};
     pub use crate::error::{BError, Error, Result};
     pub use crate::proxy::{
-        HttpPeer, PeerOptions, ProxyHttp, RequestHeader, ResponseHeader, Session,
+        HttpPeer, PeerOptions, ProxyHttp, RequestHeader, ResponseHeader, Session, ALPN,
     };
     pub use bytes::Bytes;
+}
+
+/// Where Pingora keeps [`ALPN`] (`pingora::protocols::ALPN`), so that its
+/// import ports by the crate's name alone.
+pub mod protocols {
+    pub use crate::proxy::ALPN;
 }
 
 /// Exports a [`ProxyHttp`] implementation as the module's ABI v1 exports.

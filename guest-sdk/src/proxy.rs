@@ -13,7 +13,7 @@ mod request;
 mod response;
 mod session;
 
-pub use peer::{HttpPeer, PeerOptions, ToPeerAddress};
+pub use peer::{HttpPeer, PeerOptions, ToPeerAddress, ALPN};
 pub use request::RequestHeader;
 pub use response::{IntoStatus, ResponseHeader};
 pub use session::{Session, MAX_RESPONSE_BODY};

@@ -81,6 +81,28 @@ pub struct PeerOptions {
     /// Verify that the certificate matches `sni` (default true).
     #[serde(default = "yes")]
     pub verify_hostname: bool,
+    /// The HTTP versions offered to the upstream (default `h1`).
+    #[serde(default, skip_serializing_if = "is_h1")]
+    pub alpn: Alpn,
+}
+
+/// The HTTP versions a peer may speak, as Pingora's `ALPN`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Alpn {
+    /// HTTP/1.1 only.
+    #[default]
+    H1,
+    /// HTTP/2 only: by ALPN over TLS, with prior knowledge (h2c) over
+    /// plain TCP.
+    H2,
+    /// HTTP/2 preferred, HTTP/1.1 accepted (over TLS; plain TCP speaks
+    /// HTTP/1.1).
+    H2h1,
+}
+
+fn is_h1(alpn: &Alpn) -> bool {
+    *alpn == Alpn::H1
 }
 
 impl Default for PeerOptions {
@@ -90,6 +112,7 @@ impl Default for PeerOptions {
             read_timeout_ms: None,
             verify_cert: true,
             verify_hostname: true,
+            alpn: Alpn::H1,
         }
     }
 }

@@ -65,9 +65,10 @@ pub struct TenantsConfig {
     /// `host[:port]`.
     #[serde(default, deserialize_with = "blank_as_default")]
     pub registries: BTreeMap<String, Located<RegistryConfig>>,
-    /// Names a filter may dispatch HTTP calls to: `name: "ip:port"`.
+    /// Names a filter may dispatch HTTP and gRPC calls to: `name:
+    /// "ip:port"` or `name: {address, tls, sni, protocol}`.
     #[serde(default, deserialize_with = "blank_as_default")]
-    pub clusters: BTreeMap<String, Located<String>>,
+    pub clusters: BTreeMap<String, Located<UpstreamConfig>>,
     /// Where guests may send traffic they address themselves, for every
     /// tenant without its own `egress:`.
     #[serde(default)]
@@ -118,9 +119,10 @@ pub struct TenantConfig {
     /// Fail closed or open when the routing module fails.
     #[serde(default)]
     pub on_guest_error: Located<GuestErrorPolicy>,
-    /// Where fail-open requests go when `upstream_peer` failed: `ip:port`.
+    /// Where fail-open requests go when `upstream_peer` failed: `ip:port`
+    /// or `{address, tls, sni, protocol}`.
     #[serde(default)]
-    pub fallback_upstream: Option<Located<String>>,
+    pub fallback_upstream: Option<Located<UpstreamConfig>>,
     /// Where requests go when the module exports no `upstream_peer`.
     #[serde(default)]
     pub upstream: Option<Located<UpstreamConfig>>,
@@ -129,7 +131,7 @@ pub struct TenantConfig {
     pub pools: BTreeMap<String, Located<PoolConfig>>,
     /// Its own clusters: only its filters may call them.
     #[serde(default, deserialize_with = "blank_as_default")]
-    pub clusters: BTreeMap<String, Located<String>>,
+    pub clusters: BTreeMap<String, Located<UpstreamConfig>>,
     /// Where its guests may send traffic they address themselves
     /// (replaces the file's `egress:`).
     #[serde(default)]
@@ -206,7 +208,8 @@ pub enum PluginConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JsonText(pub String);
 
-/// A static upstream: `"ip:port"`, or `{address, tls, sni}`.
+/// A static upstream, a cluster or a fallback upstream: `"ip:port"`, or
+/// `{address, tls, sni, protocol}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpstreamConfig {
     /// `"ip:port"`, plain HTTP.
@@ -227,6 +230,47 @@ pub struct UpstreamFields {
     /// The TLS server name, and the name its certificate must carry.
     #[serde(default)]
     pub sni: String,
+    /// The HTTP version spoken to it.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+}
+
+/// The HTTP version spoken to an upstream.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1.
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS, chosen by ALPN (needs `tls: true`).
+    H2,
+    /// HTTP/2 with prior knowledge over plain TCP.
+    H2c,
+}
+
+impl UpstreamProtocol {
+    /// The protocol named `name` (`http1`, `h2`, `h2c`), as a flag gives it.
+    pub fn named(name: &str) -> anyhow::Result<Self> {
+        match name {
+            "http1" => Ok(UpstreamProtocol::Http1),
+            "h2" => Ok(UpstreamProtocol::H2),
+            "h2c" => Ok(UpstreamProtocol::H2c),
+            other => anyhow::bail!("{other:?} is not a protocol: http1, h2 or h2c"),
+        }
+    }
+
+    /// Whether `tls` suits it: h2 is TLS only, h2c plain only.
+    pub fn check_tls(self, tls: bool) -> anyhow::Result<()> {
+        match (self, tls) {
+            (UpstreamProtocol::H2, false) => {
+                anyhow::bail!("protocol: h2 needs tls: true (h2c is HTTP/2 over plain TCP)")
+            }
+            (UpstreamProtocol::H2c, true) => {
+                anyhow::bail!("protocol: h2c is plain TCP; with tls: true use h2")
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// How to reach one OCI registry.
@@ -313,6 +357,9 @@ pub struct PoolConfig {
     /// How long connecting to a backend may take.
     #[serde(default)]
     pub connection_timeout_ms: Option<u64>,
+    /// The HTTP version spoken to the backends.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
 }
 
 /// A pool's `health_check:` (README's pools section says what each
@@ -359,6 +406,7 @@ impl PoolConfig {
             selection: Selection::RoundRobin,
             health_check: None,
             connection_timeout_ms: None,
+            protocol: UpstreamProtocol::Http1,
         }
     }
 }
@@ -580,11 +628,11 @@ impl<'de> Deserialize<'de> for UpstreamConfig {
         // By hand rather than `untagged`, which would hide which field of
         // the long form is wrong behind "did not match any variant".
         struct Forms;
-        const BOTH: &str = "must be \"ip:port\" or {address, tls, sni}";
+        const BOTH: &str = "must be \"ip:port\" or {address, tls, sni, protocol}";
         impl<'de> Visitor<'de> for Forms {
             type Value = UpstreamConfig;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("\"ip:port\" or {address, tls, sni}")
+                f.write_str("\"ip:port\" or {address, tls, sni, protocol}")
             }
             fn visit_str<E: de::Error>(self, address: &str) -> Result<Self::Value, E> {
                 Ok(UpstreamConfig::Address(address.to_string()))

@@ -32,9 +32,11 @@ use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::http::error_resp::gen_error_response;
-use pingora::proxy::{ProxyHttp, Session};
+use pingora::protocols::http::HttpTask;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::abi::framing::{framing_of, keep_framing};
+use crate::abi::grpc::{self, is_grpc_request};
 use crate::abi::hook_table::Hook;
 use crate::abi::proxy_wasm::{ConnectionFacts, Direction, TlsFacts};
 use crate::abi::v1::{
@@ -166,6 +168,9 @@ impl WasmProxy {
                 http::header::RETRY_AFTER,
                 tenant.budget.retry_after(throttle),
             )?;
+            if is_grpc_request(&session.req_header().headers) {
+                return write_grpc_status(session, Box::new(response), &why).await;
+            }
             response.insert_header(http::header::CONTENT_TYPE, "text/plain")?;
             response.set_content_length(body.len())?;
             session.write_error_response(response, body).await
@@ -339,16 +344,17 @@ impl WasmProxy {
         call: &GuestCall<'_>,
         failure: HookFailure,
     ) -> Result<Box<HttpPeer>> {
-        match tenant.fallback_upstream {
+        match &tenant.fallback_upstream {
             Some(fallback) if call.fails_open(&failure) => {
                 if call.worth_logging(&failure) {
                     log::warn!(
-                        "module {}: {} failed: {failure}; fail-open to {fallback}",
+                        "module {}: {} failed: {failure}; fail-open to {}",
                         tenant.label,
-                        Hook::UpstreamPeer
+                        Hook::UpstreamPeer,
+                        fallback.address
                     );
                 }
-                Ok(Box::new(HttpPeer::new(fallback, false, String::new())))
+                Ok(Box::new(fallback.peer()))
             }
             _ => Err(call.failed(failure)),
         }
@@ -364,18 +370,44 @@ fn downstream_request<'a>(
     DownstreamRequest::new(session.req_header(), session.client_addr(), json)
 }
 
-/// Sends an answer a guest gave instead of proxying.
+/// Sends an answer a guest gave instead of proxying; to a gRPC client, as
+/// a gRPC status with the body as its message.
 async fn write_answer(
     session: &mut Session,
     response: Box<ResponseHeader>,
     body: Bytes,
 ) -> Result<()> {
+    if is_grpc_request(&session.req_header().headers) {
+        return write_grpc_status(session, response, &String::from_utf8_lossy(&body)).await;
+    }
     if body.is_empty() {
         session.write_response_header(response, true).await
     } else {
         session.write_response_header(response, false).await?;
         session.write_response_body(Some(body), true).await
     }
+}
+
+/// Sends `response`, which the proxy made itself, to a gRPC client as a
+/// gRPC status: trailers-only, with `message` as its `grpc-message` unless
+/// it carries one (HTTP/1 gets `Content-Length: 0`, as it has no
+/// trailers-only form).
+async fn write_grpc_status(
+    session: &mut Session,
+    mut response: Box<ResponseHeader>,
+    message: &str,
+) -> Result<()> {
+    grpc::trailers_only(&mut response, message);
+    if !session.is_http2() {
+        response.insert_header(http::header::CONTENT_LENGTH, 0)?;
+    }
+    // As a task that ends the stream: HTTP/2 sends the header with
+    // END_STREAM, which makes it the trailers (`write_response_header`
+    // would leave the stream open).
+    session
+        .write_response_tasks(vec![HttpTask::Header(response, true)])
+        .await
+        .map(|_| ())
 }
 
 /// The tenant a request was routed to in `request_filter`.
@@ -444,7 +476,12 @@ impl ProxyHttp for WasmProxy {
         self.metrics.unrouted_request();
         let body = format!("no tenant serves host {:?}\n", host.unwrap_or_default());
         // Boxed: a rare path, kept out of every request's future.
-        Box::pin(session.respond_error_with_body(404, Bytes::from(body))).await?;
+        if is_grpc_request(&session.req_header().headers) {
+            let response = Box::new(gen_error_response(404));
+            Box::pin(write_grpc_status(session, response, &body)).await?;
+        } else {
+            Box::pin(session.respond_error_with_body(404, Bytes::from(body))).await?;
+        }
         Ok(true)
     }
 
@@ -724,11 +761,67 @@ impl ProxyHttp for WasmProxy {
         e.more_context(format!("{}: {why}", route.pool().describe()))
     }
 
+    /// The error page of a request that failed, with Pingora's status for
+    /// the error; for a gRPC client the same status as a gRPC status
+    /// (trailers-only, HTTP 200), as Envoy answers (docs/ABI.md has the
+    /// table).
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = error_status(e);
+        if code > 0 {
+            let written = if is_grpc_request(&session.req_header().headers)
+                && session.response_written().is_none()
+            {
+                // What the HTML page says, no more: a status's reason,
+                // or the kind of failure ("ConnectRefused"); why in
+                // detail (a guest's message, a pool's name) is the log's.
+                let why = match e.etype() {
+                    HTTPStatus(_) => http::StatusCode::from_u16(code)
+                        .ok()
+                        .and_then(|status| status.canonical_reason())
+                        .unwrap_or_default(),
+                    other => other.as_str(),
+                };
+                write_grpc_status(session, Box::new(gen_error_response(code)), why).await
+            } else {
+                session.respond_error(code).await
+            };
+            if let Err(error) = written {
+                log::error!("failed to send error response to downstream: {error}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
     /// A budget's refusal is logged by [`Self::stopped`], at most once a
     /// second per tenant: a flood of refused requests must not flood the
     /// log.
     fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
         ctx.refused
+    }
+}
+
+/// The status Pingora answers a failed request with: the error's own, 502
+/// for an upstream's failure, 400 for a bad request, 500 for the rest, 0
+/// when the client's connection is gone.
+fn error_status(e: &Error) -> u16 {
+    match e.etype() {
+        HTTPStatus(code) => *code,
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
     }
 }
 

@@ -52,6 +52,21 @@ impl ToPeerAddress for SocketAddr {
     }
 }
 
+/// The HTTP versions a peer may speak (Pingora's `ALPN`). Over plain TCP,
+/// [`ALPN::H2`] is HTTP/2 with prior knowledge (h2c), and [`ALPN::H2H1`]
+/// is HTTP/1.1.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum ALPN {
+    /// HTTP/1.1 only.
+    #[default]
+    H1,
+    /// HTTP/2 only.
+    H2,
+    /// HTTP/2 preferred, HTTP/1.1 accepted.
+    H2H1,
+}
+
 /// Connection options of an [`HttpPeer`] (Pingora's `PeerOptions`, the
 /// fields the host honours).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +79,9 @@ pub struct PeerOptions {
     pub verify_cert: bool,
     /// Verify the certificate matches the SNI.
     pub verify_hostname: bool,
+    /// The HTTP versions offered (ignored for a pool: its `protocol`
+    /// applies).
+    pub alpn: ALPN,
 }
 
 impl Default for PeerOptions {
@@ -73,6 +91,7 @@ impl Default for PeerOptions {
             read_timeout: None,
             verify_cert: true,
             verify_hostname: true,
+            alpn: ALPN::H1,
         }
     }
 }
@@ -160,6 +179,11 @@ impl HttpPeer {
                 read_timeout_ms: self.options.read_timeout.map(millis),
                 verify_cert: self.options.verify_cert,
                 verify_hostname: self.options.verify_hostname,
+                alpn: match self.options.alpn {
+                    ALPN::H1 => wire::Alpn::H1,
+                    ALPN::H2 => wire::Alpn::H2,
+                    ALPN::H2H1 => wire::Alpn::H2h1,
+                },
             },
         }
     }

@@ -2,13 +2,15 @@
 //! check, a typed ctx, routing, one upstream header and one response
 //! header, and no logging (so `logging` is not exported).
 //!
-//! Module config: `{"upstream": "127.0.0.1:8080"}` (the default).
+//! Module config: `{"upstream": "127.0.0.1:8080"}` (the default), and
+//! `"h2": true` to speak HTTP/2 to it (h2c, prior knowledge: a gRPC
+//! upstream).
 //!
 //! - `request_filter` refuses a request without `x-api-key` with 403;
 //!   otherwise its tier is 2 for a key starting with `gold-`, except from
 //!   a `curl` user agent, and 1 for everything else. It reads the two
 //!   headers alone, without decoding the request.
-//! - `upstream_peer` sends every request to `upstream` (plain HTTP).
+//! - `upstream_peer` sends every request to `upstream` (plain text).
 //! - `upstream_request_filter` adds `x-tier: <tier>`.
 //! - `response_filter` adds `x-policy: ok`.
 
@@ -19,12 +21,14 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     upstream: String,
+    h2: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             upstream: "127.0.0.1:8080".into(),
+            h2: false,
         }
     }
 }
@@ -62,11 +66,11 @@ impl ProxyHttp for Policy {
     }
 
     fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(
-            &self.config.upstream,
-            false,
-            String::new(),
-        )))
+        let mut peer = HttpPeer::new(&self.config.upstream, false, String::new());
+        if self.config.h2 {
+            peer.options.alpn = ALPN::H2;
+        }
+        Ok(Box::new(peer))
     }
 
     fn upstream_request_filter(

@@ -136,6 +136,7 @@ mod tests {
                 status: 200,
                 headers: pair,
                 body: Default::default(),
+                grpc_status: None,
             };
             let pw_reply = reply.checked("local response").unwrap_err();
 

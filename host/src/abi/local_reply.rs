@@ -6,6 +6,7 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 
 use super::framing::is_framing;
+use super::grpc::GivenGrpcStatus;
 use super::headers::{final_status, header_name, header_value};
 use crate::abi::HookFault;
 
@@ -21,6 +22,9 @@ pub struct LocalReply {
     pub headers: Vec<(String, String)>,
     /// Its body.
     pub body: Bytes,
+    /// The gRPC status it gives a gRPC client (proxy-wasm's
+    /// `send_grpc_response`); None: the HTTP status's mapping.
+    pub grpc_status: Option<u32>,
 }
 
 impl LocalReply {
@@ -51,6 +55,9 @@ impl LocalReply {
         response
             .insert_header(http::header::CONTENT_LENGTH, self.body.len())
             .map_err(invalid)?;
+        if let Some(status) = self.grpc_status {
+            response.extensions_mut().insert(GivenGrpcStatus(status));
+        }
         Ok((response, self.body))
     }
 }
@@ -67,6 +74,7 @@ mod tests {
                 .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect(),
             body: Bytes::copy_from_slice(body),
+            grpc_status: None,
         }
     }
 

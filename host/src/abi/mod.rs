@@ -16,6 +16,7 @@
 
 pub(crate) mod failure;
 pub(crate) mod framing;
+pub mod grpc;
 mod headers;
 pub mod hook_table;
 mod local_reply;

@@ -487,8 +487,10 @@ async fn deliver_calls(
         }
         let pending = calls.remove(0);
         let response = perform_call(&pending).await;
-        if response.is_none() {
-            tenant.scope.callout_failed(module.name(), pending.address);
+        if response.is_err() {
+            tenant
+                .scope
+                .callout_failed(module.name(), pending.target.address);
         }
         let result = match call.admit() {
             Ok(permit) => {
@@ -496,10 +498,10 @@ async fn deliver_calls(
                     return Ok(RequestOutcome::Continue);
                 };
                 let result = module
-                    .on_http_call_response(
+                    .on_call_answer(
                         lease,
                         open,
-                        pending.token,
+                        (pending.token, pending.kind),
                         response,
                         &mut paused,
                         &permit,

@@ -56,15 +56,17 @@ async fn root_calls(tenant: &Tenant, module: &FilterModule, mut held: HeldRoot) 
             break;
         };
         let response = perform_call(&pending).await;
-        if response.is_none() {
-            tenant.scope.callout_failed(module.name(), pending.address);
+        if response.is_err() {
+            tenant
+                .scope
+                .callout_failed(module.name(), pending.target.address);
         }
         let Ok(permit) = tenant.budget.admit() else {
             // Over budget: the answer is dropped, as a refused tick is.
             continue;
         };
         let result = module
-            .on_root_call_response(&mut held, pending.token, response, &permit)
+            .on_root_call_answer(&mut held, (pending.token, pending.kind), response, &permit)
             .await;
         if let Err(fault) = &result {
             log::error!(

@@ -118,6 +118,17 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR", conflicts_with = "tenants")]
     pub upstream: Option<String>,
 
+    /// The HTTP version spoken to --upstream: http1, h2c (HTTP/2 with
+    /// prior knowledge over plain TCP), or h2 (needs TLS, which only a
+    /// tenants file's `upstream:` gives).
+    #[arg(
+        long,
+        value_name = "PROTOCOL",
+        requires = "upstream",
+        default_value = "http1"
+    )]
+    pub upstream_protocol: String,
+
     /// Configuration handed to the guest's hook_init: inline JSON, or
     /// @FILE to read it from a file. Default: {}.
     #[arg(long, value_name = "JSON|@FILE")]

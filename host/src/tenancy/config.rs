@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 
 use crate::config_model::{
     file_name, FilterConfig, JsonText, Located, Naming, PluginConfig, PoolConfig, TenantConfig,
-    TenantsConfig, UpstreamConfig,
+    TenantsConfig, UpstreamConfig, UpstreamFields, UpstreamProtocol,
 };
 use crate::edge::tls::DefaultCertificate;
 use crate::tenancy::budget::BudgetLimits;
@@ -153,11 +153,16 @@ pub fn tenant_source(cli: &Cli) -> anyhow::Result<TenantSource> {
     let module_config = JsonText(module_config(cli)?);
     let upstream = match &cli.upstream {
         Some(addr) => {
-            StaticUpstream::plain(addr).context("--upstream")?;
-            Some(Located::flag(
-                UpstreamConfig::Address(addr.clone()),
-                "--upstream",
-            ))
+            let protocol =
+                UpstreamProtocol::named(&cli.upstream_protocol).context("--upstream-protocol")?;
+            let config = UpstreamConfig::Fields(UpstreamFields {
+                address: addr.clone(),
+                tls: false,
+                sni: String::new(),
+                protocol,
+            });
+            StaticUpstream::from_config(&config).context("--upstream")?;
+            Some(Located::flag(config, "--upstream"))
         }
         None => None,
     };
@@ -201,7 +206,7 @@ pub fn pools(cli: &Cli) -> anyhow::Result<BTreeMap<String, Located<PoolConfig>>>
 }
 
 /// The clusters given with --cluster NAME=ADDR, each checked.
-pub fn clusters(cli: &Cli) -> anyhow::Result<BTreeMap<String, Located<String>>> {
+pub fn clusters(cli: &Cli) -> anyhow::Result<BTreeMap<String, Located<UpstreamConfig>>> {
     cli.cluster
         .iter()
         .map(|pair| {
@@ -210,7 +215,10 @@ pub fn clusters(cli: &Cli) -> anyhow::Result<BTreeMap<String, Located<String>>> 
                 .with_context(|| format!("--cluster {pair:?} is not NAME=ip:port"))?;
             addr.parse::<SocketAddr>()
                 .with_context(|| format!("--cluster {pair:?}: {addr:?} is not ip:port"))?;
-            let addr = Located::flag(addr.to_string(), format!("--cluster {pair:?}"));
+            let addr = Located::flag(
+                UpstreamConfig::Address(addr.to_string()),
+                format!("--cluster {pair:?}"),
+            );
             Ok((name.to_string(), addr))
         })
         .collect()

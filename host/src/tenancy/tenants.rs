@@ -4,7 +4,6 @@
 //! so a request keeps the tenant (and module) it was routed to.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -60,7 +59,7 @@ pub struct Tenant {
     /// Fail closed or open.
     pub on_guest_error: GuestErrorPolicy,
     /// Where fail-open requests go when `upstream_peer` failed.
-    pub fallback_upstream: Option<SocketAddr>,
+    pub fallback_upstream: Option<StaticUpstream>,
     /// Where requests go when the module exports no `upstream_peer`.
     pub upstream: Option<StaticUpstream>,
     /// The pools its module may send requests to.
@@ -128,7 +127,7 @@ pub struct TenantSet {
     /// Files whose change triggers a reload.
     watched: Vec<PathBuf>,
     /// Clusters filters may call, by name.
-    clusters: HashMap<String, SocketAddr>,
+    clusters: HashMap<String, StaticUpstream>,
     /// Every pool: the shared ones, then each tenant's own.
     pools: Vec<Arc<Pool>>,
     /// Tenants whose new configuration failed to load on a reload: each
@@ -201,12 +200,10 @@ impl TenantSet {
             failed: Vec::new(),
             withheld: HashSet::new(),
         };
-        for (name, addr) in &config.clusters {
-            let parsed = addr
-                .value
-                .parse::<SocketAddr>()
-                .with_context(|| format!("cluster {name:?}: {:?} is not ip:port", addr.value))
-                .map_err(|e| addr.origin.locate(e, || format!("clusters.{name}")))?;
+        for (name, cluster) in &config.clusters {
+            let parsed = StaticUpstream::from_config(&cluster.value)
+                .with_context(|| format!("cluster {name:?}"))
+                .map_err(|e| cluster.origin.locate(e, || format!("clusters.{name}")))?;
             set.clusters.insert(name.clone(), parsed);
         }
         let shared = build_pools(SHARED, &config.pools, registries, |e, name, origin| {
@@ -672,7 +669,7 @@ struct TenantLoad<'a> {
     /// The file's own `egress:`, for tenants without one.
     file_egress: Option<&'a Located<EgressConfig>>,
     metrics: &'a Metrics,
-    clusters: &'a HashMap<String, SocketAddr>,
+    clusters: &'a HashMap<String, StaticUpstream>,
     /// The tenant's pools, built already.
     pools: Pools,
 }
@@ -776,11 +773,10 @@ fn build_tenant(
     let dropped = metrics.guest_log_dropped(&spec.name);
     let log_rate = Arc::new(LogRate::new(log_lines_per_s, move || dropped.inc()));
     let fallback_upstream = match &spec.fallback_upstream {
-        Some(addr) => Some(
-            addr.value
-                .parse::<SocketAddr>()
-                .with_context(|| format!("fallback_upstream {:?} is not ip:port", addr.value))
-                .map_err(|e| place.error("fallback_upstream", &addr.origin, e))?,
+        Some(config) => Some(
+            StaticUpstream::from_config(&config.value)
+                .context("fallback_upstream")
+                .map_err(|e| place.error("fallback_upstream", &config.origin, e))?,
         ),
         None => None,
     };
@@ -1004,16 +1000,14 @@ fn build_scope(
     place: &EntryPlace,
     defaults: &TenantDefaults,
     file_egress: Option<&Located<EgressConfig>>,
-    shared_clusters: &HashMap<String, SocketAddr>,
+    shared_clusters: &HashMap<String, StaticUpstream>,
     metrics: &Metrics,
 ) -> anyhow::Result<TenantScope> {
     let mut clusters = shared_clusters.clone();
-    for (name, addr) in &spec.clusters {
-        let parsed = addr
-            .value
-            .parse::<SocketAddr>()
-            .with_context(|| format!("cluster {name:?}: {:?} is not ip:port", addr.value))
-            .map_err(|e| place.error(&format!("clusters.{name}"), &addr.origin, e))?;
+    for (name, cluster) in &spec.clusters {
+        let parsed = StaticUpstream::from_config(&cluster.value)
+            .with_context(|| format!("cluster {name:?}"))
+            .map_err(|e| place.error(&format!("clusters.{name}"), &cluster.origin, e))?;
         clusters.insert(name.clone(), parsed);
     }
     let egress = match spec.egress.as_ref().or(file_egress) {
@@ -1205,7 +1199,7 @@ mod tests {
             (
                 "    fallback_upstream: nope\n",
                 "line 6 column 24: tenants[1].fallback_upstream: tenant \"b\": \
-                 fallback_upstream \"nope\" is not ip:port",
+                 fallback_upstream: \"nope\" is not an ip:port address",
             ),
             (
                 "    limits: {cpu_ms_per_s: 0}\n",
@@ -1231,7 +1225,7 @@ mod tests {
         for (yaml, says) in [
             (
                 "clusters:\n  auth: \"localhost:1\"\ntenants: []\n",
-                "line 2 column 9: clusters.auth: cluster \"auth\": \"localhost:1\" is not ip:port",
+                "line 2 column 9: clusters.auth: cluster \"auth\": \"localhost:1\" is not an ip:port address",
             ),
             (
                 "pools:\n  value: {backends: [\"127.0.0.1:1\"], selection: fastest}\ntenants: []\n",

@@ -4,6 +4,6 @@
 
 pub mod egress;
 pub mod pools;
-mod static_upstream;
+pub(crate) mod static_upstream;
 
 pub use static_upstream::StaticUpstream;

@@ -20,7 +20,7 @@ use super::stream::MAX_HEADER_PAIRS;
 use super::types::{BufferType, LogLevel, MapType, MetricType, Status};
 use super::{HeaderPairs, PwState};
 use crate::abi::framing::{check_edit, check_method, check_replacement, Edit, Message};
-use crate::abi::LocalReply;
+use crate::abi::{grpc, LocalReply};
 use wasm_runtime::{read_guest_line, Sandbox};
 
 type Ctx<'a> = Caller<'a, Sandbox<PwState>>;
@@ -85,12 +85,12 @@ hostcalls! {
     proxy_increment_metric: sync,
     proxy_record_metric: sync,
     proxy_get_metric: sync,
-    proxy_grpc_call: unimplemented,
+    proxy_grpc_call: sync,
     proxy_grpc_stream: unimplemented,
     proxy_grpc_send: unimplemented,
-    proxy_grpc_cancel: unimplemented,
+    proxy_grpc_cancel: sync,
     proxy_grpc_close: unimplemented,
-    proxy_get_status: unimplemented,
+    proxy_get_status: sync,
     proxy_register_shared_queue: sync,
     proxy_resolve_shared_queue: sync,
     proxy_enqueue_shared_queue: sync,
@@ -177,6 +177,7 @@ glue_of_arity!(P1, P2, P3, P4, P5, P6, P7);
 glue_of_arity!(P1, P2, P3, P4, P5, P6, P7, P8);
 glue_of_arity!(P1, P2, P3, P4, P5, P6, P7, P8, P9);
 glue_of_arity!(P1, P2, P3, P4, P5, P6, P7, P8, P9, P10);
+glue_of_arity!(P1, P2, P3, P4, P5, P6, P7, P8, P9, P10, P11, P12);
 
 // Marshalling.
 
@@ -618,7 +619,7 @@ fn proxy_send_local_response(
     body_size: i32,
     headers: i32,
     headers_size: i32,
-    _grpc_status: i32,
+    grpc_status: i32,
 ) -> Result<(), Status> {
     let body = read(&mut caller, body, body_size, Copied::Body)?;
     let headers = read(&mut caller, headers, headers_size, Copied::HeaderMap)?;
@@ -633,6 +634,10 @@ fn proxy_send_local_response(
         status: u16::try_from(status_code as u32).unwrap_or(0),
         headers,
         body: body.into(),
+        // -1 (the SDKs' "none") and codes past the last are none.
+        grpc_status: u32::try_from(grpc_status)
+            .ok()
+            .filter(|code| *code <= grpc::MAX_STATUS),
     })
 }
 
@@ -657,6 +662,67 @@ fn proxy_http_call(
     let token =
         state_mut(&mut caller).dispatch_http_call(&upstream, headers, body, timeout_ms as u32)?;
     written(&mut caller, return_token, &token.to_le_bytes())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn proxy_grpc_call(
+    mut caller: Ctx<'_>,
+    upstream: i32,
+    upstream_size: i32,
+    service: i32,
+    service_size: i32,
+    method: i32,
+    method_size: i32,
+    metadata: i32,
+    metadata_size: i32,
+    message: i32,
+    message_size: i32,
+    timeout_ms: i32,
+    return_token: i32,
+) -> Result<(), Status> {
+    let upstream = read_str(&mut caller, upstream, upstream_size, Copied::Name)?;
+    let service = read_str(&mut caller, service, service_size, Copied::Name)?;
+    let method = read_str(&mut caller, method, method_size, Copied::Name)?;
+    let metadata = read(&mut caller, metadata, metadata_size, Copied::HeaderMap)?;
+    let message = read(&mut caller, message, message_size, Copied::Body)?;
+    // No metadata may come as no bytes at all.
+    let metadata = if metadata.is_empty() {
+        Vec::new()
+    } else {
+        HeaderPairs::deserialize(&metadata).ok_or(Status::ParseFailure)?
+    };
+    let token = state_mut(&mut caller).dispatch_grpc_call(
+        &upstream,
+        &service,
+        &method,
+        metadata,
+        &message,
+        timeout_ms as u32,
+    )?;
+    written(&mut caller, return_token, &token.to_le_bytes())
+}
+
+fn proxy_grpc_cancel(mut caller: Ctx<'_>, token: i32) -> Result<(), Status> {
+    state_mut(&mut caller).cancel_grpc_call(token as u32)
+}
+
+/// The status of the gRPC call being closed, in `proxy_on_grpc_close`;
+/// `NOT_FOUND` anywhere else.
+fn proxy_get_status(
+    mut ctx: Ctx<'_>,
+    return_code: i32,
+    return_message: i32,
+    return_message_size: i32,
+) -> Result<(), Status> {
+    let caller = &mut ctx;
+    let (code, message) = state(caller).grpc_status.clone().ok_or(Status::NotFound)?;
+    written(caller, return_code, &code.to_le_bytes())?;
+    give(
+        caller,
+        message.as_bytes(),
+        return_message,
+        return_message_size,
+    )
 }
 
 /// A request paused for HTTP calls goes on once the last call's response

@@ -15,6 +15,7 @@
 
 mod callout;
 mod filter;
+mod grpc;
 mod hostcalls;
 mod properties;
 mod queues;
@@ -33,9 +34,12 @@ use wasmtime::{Linker, Module};
 
 use crate::abi::GuestAbi;
 use crate::upstream::egress::{self, Egress};
+use crate::upstream::StaticUpstream;
 use wasm_runtime::Sandbox;
 
-pub use callout::{perform as perform_call, CallResponse, PendingCall, MAX_CHAINED_ANSWERS};
+pub use callout::{
+    perform as perform_call, CallFailed, CallKind, CallResponse, PendingCall, MAX_CHAINED_ANSWERS,
+};
 pub use filter::{
     vm_key, BodyError, BodyOutcome, Direction, FilterEntry, FilterModule, FilterSpec, FilterStream,
     HeldRoot, Paused, RequestOutcome, RootClaim, VmKey, VmLease,
@@ -116,7 +120,7 @@ pub struct TenantScope {
     pub shared: Arc<SharedData>,
     /// Clusters its filters may call by name: the shared ones and the
     /// tenant's own (which win).
-    pub clusters: HashMap<String, SocketAddr>,
+    pub clusters: HashMap<String, StaticUpstream>,
     /// Where a callout to an `ip:port` may go.
     pub egress: Egress,
     /// What it counts of its filters' traffic.
@@ -230,7 +234,7 @@ impl TenantScope {
     /// The scope of tenant `tenant`.
     pub fn new(
         tenant: &str,
-        clusters: HashMap<String, SocketAddr>,
+        clusters: HashMap<String, StaticUpstream>,
         egress: Egress,
         counters: ScopeCounters,
         limits: FilterLimits,
@@ -249,15 +253,15 @@ impl TenantScope {
     }
 
     /// Where a callout to `upstream` goes: a cluster by name, or an
-    /// `ip:port` the tenant's egress allows. A refusal is counted and
-    /// logged (at most once a second).
-    pub fn callout_address(&self, upstream: &str) -> Option<SocketAddr> {
-        if let Some(address) = self.clusters.get(upstream) {
-            return Some(*address);
+    /// `ip:port` the tenant's egress allows (plain HTTP/1.1). A refusal is
+    /// counted and logged (at most once a second).
+    pub fn callout_target(&self, upstream: &str) -> Option<StaticUpstream> {
+        if let Some(cluster) = self.clusters.get(upstream) {
+            return Some(cluster.clone());
         }
         let address: SocketAddr = upstream.parse().ok()?;
         match self.egress.check(None, address, false) {
-            Ok(()) => Some(address),
+            Ok(()) => Some(StaticUpstream::at(address)),
             Err(why) => {
                 self.refused(&address.to_string(), why);
                 None

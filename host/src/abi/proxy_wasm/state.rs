@@ -11,6 +11,7 @@ use std::time::Duration;
 use prometheus::IntGauge;
 use wasmtime::TypedFunc;
 
+use super::callout::CallKind;
 use super::properties::{attribute, Attribute, PluginNames};
 use super::types::{BufferType, MapType, Status};
 use super::{HeaderPairs, PendingCall, Plugin, SetRefused, Stream};
@@ -22,6 +23,8 @@ pub(super) const MAX_PROPERTIES: usize = 256;
 /// request.
 pub(super) const MAX_PROPERTY_BYTES: usize = 1 << 20;
 use crate::abi::LocalReply;
+use crate::config_model::UpstreamProtocol;
+use crate::upstream::StaticUpstream;
 
 /// What a filter's instance keeps in its store for the hostcalls.
 pub struct PwState {
@@ -53,6 +56,9 @@ pub struct PwState {
     /// memory: the hostcall said `INVALID_MEMORY_ACCESS`, and the callback
     /// is a fault once it returns (the guest's state may be poisoned).
     pub(super) allocator_failed: Option<String>,
+    /// The status of the gRPC call being closed (`proxy_on_grpc_close`),
+    /// for `proxy_get_status`.
+    pub(super) grpc_status: Option<(u32, String)>,
 }
 
 impl PwState {
@@ -68,6 +74,7 @@ impl PwState {
             allocator_failed: None,
             root_call_response: None,
             in_root_callback: false,
+            grpc_status: None,
         }
     }
 
@@ -114,11 +121,14 @@ impl PwState {
         match buffer {
             BufferType::VmConfiguration => Ok(&self.plugin().vm_config),
             BufferType::PluginConfiguration => Ok(&self.plugin().config),
-            BufferType::HttpCallResponseBody if self.stream.is_none() => self
-                .root_call_response
-                .as_ref()
-                .map(|(_, body)| body.as_slice())
-                .ok_or(Status::NotFound),
+            BufferType::HttpCallResponseBody | BufferType::GrpcReceiveBuffer
+                if self.stream.is_none() =>
+            {
+                self.root_call_response
+                    .as_ref()
+                    .map(|(_, body)| body.as_slice())
+                    .ok_or(Status::NotFound)
+            }
             _ => self.stream()?.buffer(buffer),
         }
     }
@@ -332,8 +342,79 @@ impl PwState {
         if !has(":method") || !has(":path") {
             return Err(Status::BadArgument);
         }
+        let target = self
+            .plugin()
+            .scope
+            .callout_target(upstream)
+            .ok_or(Status::BadArgument)?;
+        self.dispatch(target, CallKind::Http, headers, body, timeout_ms)
+    }
+
+    /// Records a unary gRPC call of `method` of `service` on `upstream`
+    /// (a cluster, or an `ip:port` the tenant's egress allows, as for
+    /// HTTP calls), spoken over HTTP/2 whatever the cluster's protocol
+    /// (gRPC is HTTP/2): TLS clusters by ALPN, plain ones with prior
+    /// knowledge. `PARSE_FAILURE` for a destination not granted or names
+    /// that cannot be sent (the Rust SDK takes only that and
+    /// `INTERNAL_FAILURE`).
+    pub(super) fn dispatch_grpc_call(
+        &mut self,
+        upstream: &str,
+        service: &str,
+        method: &str,
+        metadata: Vec<(String, String)>,
+        message: &[u8],
+        timeout_ms: u32,
+    ) -> Result<u32, Status> {
         let scope = &self.plugin().scope;
-        let address = scope.callout_address(upstream).ok_or(Status::BadArgument)?;
+        let mut target = scope.callout_target(upstream).ok_or(Status::ParseFailure)?;
+        target.protocol = if target.tls {
+            UpstreamProtocol::H2
+        } else {
+            UpstreamProtocol::H2c
+        };
+        let timeout_ms = timeout_ms.clamp(1, scope.limits.max_call_timeout_ms);
+        let (headers, body) = super::grpc::request(
+            &target,
+            upstream,
+            (service, method),
+            metadata,
+            message,
+            timeout_ms,
+        )?;
+        self.dispatch(target, CallKind::Grpc, headers, body, timeout_ms)
+    }
+
+    /// Cancels gRPC call `token` dispatched in this callback and not made
+    /// yet: it is dropped, and nothing is delivered for it.
+    /// `NOT_FOUND` for any other token.
+    pub(super) fn cancel_grpc_call(&mut self, token: u32) -> Result<(), Status> {
+        let calls = match self.stream.as_mut() {
+            Some(stream) => &mut stream.calls,
+            None => &mut self.root_calls,
+        };
+        let at = calls
+            .iter()
+            .position(|call| call.token == token && call.kind == CallKind::Grpc)
+            .ok_or(Status::NotFound)?;
+        calls.remove(at);
+        Ok(())
+    }
+
+    /// Records a call to `target` (granted), made once the callback
+    /// returns, and gives its token; `INTERNAL_FAILURE` when the tenant's
+    /// `max_pending_calls` are in flight, and outside any callback that
+    /// could take the answer. The timeout is cut to the tenant's
+    /// `max_call_timeout_ms`.
+    pub(super) fn dispatch(
+        &mut self,
+        target: StaticUpstream,
+        kind: CallKind,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        timeout_ms: u32,
+    ) -> Result<u32, Status> {
+        let scope = &self.plugin().scope;
         let slot = scope.take_call_slot().ok_or(Status::InternalFailure)?;
         let timeout_ms = timeout_ms.clamp(1, scope.limits.max_call_timeout_ms);
         let token = self.next_call_token;
@@ -346,7 +427,8 @@ impl PwState {
         };
         calls.push(PendingCall {
             token,
-            address,
+            target,
+            kind,
             headers,
             body,
             timeout: Duration::from_millis(u64::from(timeout_ms)),
@@ -374,7 +456,10 @@ mod tests {
             shared: Arc::new(SharedData::default()),
             ..TenantScope::new(
                 "t",
-                HashMap::from([("auth".to_string(), "127.0.0.1:9".parse().unwrap())]),
+                HashMap::from([(
+                    "auth".to_string(),
+                    StaticUpstream::at("127.0.0.1:9".parse().unwrap()),
+                )]),
                 Egress::new(allow, own).unwrap(),
                 ScopeCounters::unexported(),
                 limits,
@@ -435,6 +520,7 @@ mod tests {
             status: 200,
             headers: Vec::new(),
             body: Default::default(),
+            grpc_status: None,
         };
         assert_eq!(state.send_local_response(reply), Err(Status::BadArgument));
         // A call from the root context outside a root callback has no

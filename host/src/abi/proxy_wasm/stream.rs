@@ -615,10 +615,12 @@ impl Stream {
         match buffer {
             BufferType::HttpRequestBody => Ok(&self.request_body),
             BufferType::HttpResponseBody => Ok(&self.response_body),
-            BufferType::HttpCallResponseBody => match &self.call_response {
-                Some((_, body)) => Ok(body),
-                None => Err(Status::NotFound),
-            },
+            BufferType::HttpCallResponseBody | BufferType::GrpcReceiveBuffer => {
+                match &self.call_response {
+                    Some((_, body)) => Ok(body),
+                    None => Err(Status::NotFound),
+                }
+            }
             _ => Err(Status::NotFound),
         }
     }

@@ -14,6 +14,9 @@ pub enum Status {
     NotFound = 1,
     /// An argument is out of range or malformed.
     BadArgument = 2,
+    /// `proxy_grpc_call`: a destination not granted, or names or metadata
+    /// that cannot be sent.
+    ParseFailure = 4,
     /// A pointer or size from the guest lies outside its memory.
     InvalidMemoryAccess = 6,
     /// `proxy_dequeue_shared_queue`: the queue holds nothing.
@@ -108,7 +111,7 @@ wire_enum! {
     UpstreamData = 3,
     /// The body of the HTTP call response being delivered.
     HttpCallResponseBody = 4,
-    /// A gRPC message (no gRPC calls here).
+    /// The message of the gRPC call being delivered.
     GrpcReceiveBuffer = 5,
     /// The VM configuration (`on_vm_start`).
     VmConfiguration = 6,

@@ -7,10 +7,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use guest_sdk::wire;
-use pingora::upstreams::peer::HttpPeer;
+use pingora::upstreams::peer::{HttpPeer, ALPN};
 
 use crate::abi::HookFault;
 use crate::upstream::egress::{self, Egress};
+use crate::upstream::static_upstream::set_alpn;
 
 /// How long resolving a host name may take before the request fails.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -171,6 +172,12 @@ pub(super) fn http_peer(addr: SocketAddr, peer: &wire::Peer) -> Result<Box<HttpP
     options.read_timeout = peer.options.read_timeout_ms.map(Duration::from_millis);
     options.verify_cert = peer.options.verify_cert;
     options.verify_hostname = peer.options.verify_hostname;
+    let alpn = match peer.options.alpn {
+        wire::Alpn::H1 => ALPN::H1,
+        wire::Alpn::H2 => ALPN::H2,
+        wire::Alpn::H2h1 => ALPN::H2H1,
+    };
+    set_alpn(&mut http_peer, alpn);
     Ok(Box::new(http_peer))
 }
 
@@ -218,6 +225,11 @@ mod tests {
             Some(Duration::from_millis(250))
         );
         assert!(!built.options.verify_hostname);
+        assert_eq!(built.options.alpn, ALPN::H1);
+        wire_peer.options.alpn = wire::Alpn::H2;
+        wire_peer.tls = false;
+        let h2c = parse_and_build(&wire_peer).await.unwrap();
+        assert_eq!((h2c.options.alpn.clone(), h2c.is_tls()), (ALPN::H2, false));
         assert!(parse_and_build(&peer("[::1]:443")).await.is_ok());
         assert!(parse_and_build(&peer("localhost:80")).await.is_ok());
     }

@@ -57,6 +57,7 @@ pub fn local_response(answer: wire::LocalResponse) -> Result<(ResponseHeader, By
         status: answer.status,
         headers: answer.headers,
         body: Bytes::from(answer.body),
+        grpc_status: None,
     }
     .checked("answer")
 }

@@ -24,6 +24,8 @@ pub use spec::{
     pool_flag, CheckKind, HealthCheckSpec, PoolSpec, PoolTls, Selection, DEFAULT_CONNECTION_TIMEOUT,
 };
 
+use crate::config_model::UpstreamProtocol;
+use crate::upstream::static_upstream::set_protocol;
 use wasm_runtime::block_on;
 
 /// The owner of the tenants file's top-level pools, shared by every
@@ -47,6 +49,7 @@ pub struct Pool {
     health: Arc<PoolHealth>,
     check_interval: Duration,
     connection_timeout: Duration,
+    protocol: UpstreamProtocol,
 }
 
 /// pingora-load-balancing's balancer, by selection.
@@ -90,6 +93,7 @@ impl Pool {
             health,
             check_interval: spec.health_check.interval,
             connection_timeout: spec.connection_timeout,
+            protocol: spec.protocol,
         })
     }
 
@@ -296,6 +300,7 @@ impl PoolRoute {
         peer.options.connection_timeout = connection_timeout;
         peer.options.total_connection_timeout = connection_timeout;
         peer.options.read_timeout = self.timeouts.read;
+        set_protocol(&mut peer, pool.protocol);
         Ok(Box::new(peer))
     }
 

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use pingora::upstreams::peer::PeerOptions;
 
 pub use crate::config_model::Selection;
-use crate::config_model::{CheckKindConfig, HealthCheckConfig, PoolConfig};
+use crate::config_model::{CheckKindConfig, HealthCheckConfig, PoolConfig, UpstreamProtocol};
 
 /// How often `--pool` pools, and pools whose `health_check` gives no
 /// `interval_ms`, are checked.
@@ -97,6 +97,8 @@ pub struct PoolSpec {
     /// How long connecting to a backend may take, unless the guest gives
     /// its own `connection_timeout_ms`.
     pub connection_timeout: Duration,
+    /// The HTTP version spoken to the backends.
+    pub protocol: UpstreamProtocol,
 }
 
 impl PoolSpec {
@@ -114,6 +116,7 @@ impl PoolSpec {
             }),
             (false, _) => None,
         };
+        config.protocol.check_tls(config.tls)?;
         let connection_timeout = millis(
             "connection_timeout_ms",
             config.connection_timeout_ms,
@@ -130,6 +133,7 @@ impl PoolSpec {
             selection: config.selection,
             health_check,
             connection_timeout,
+            protocol: config.protocol,
         })
     }
 }

@@ -19,21 +19,99 @@ mod vm;
 pub use root::{HeldRoot, RootClaim};
 use vm::{call_in, module_digest, FilterInstance, FilterVm, PickCallback};
 
-use super::{HeaderPairs, Plugin, Stream};
+use super::callout::{CallFailed, CallKind, CallResponse};
+use super::grpc::GrpcAnswer;
+use super::{HeaderPairs, Plugin, PwState, Stream};
+use crate::abi::CallError;
+use wasm_runtime::WasmInstance;
 
-/// A call's response as `proxy_on_http_call_response` gets it: its
-/// headers and body (empty for a failed call), and their counts for the
-/// callback's arguments.
-type CallResponseParts = (Vec<(String, String)>, Vec<u8>, (i32, i32));
+/// A call's response headers and body (or gRPC message), as its
+/// callback reads them.
+type CallBuffers = (HeaderPairs, Vec<u8>);
 
-/// Splits a call's response into [`CallResponseParts`].
-fn call_response_parts(response: Option<super::CallResponse>) -> CallResponseParts {
-    let (headers, body) = match response {
-        Some(response) => (response.headers, response.body),
-        None => (Vec::new(), Vec::new()),
-    };
-    let sizes = (headers.len() as i32, body.len() as i32);
-    (headers, body, sizes)
+/// The answer to a call as the filter is told it: by which callback, with
+/// what in the call's buffers.
+enum Delivery {
+    /// `proxy_on_http_call_response`: the response's headers and body
+    /// (none for a failed call).
+    Http(HeaderPairs, Vec<u8>),
+    /// `proxy_on_grpc_receive`: a gRPC call's message.
+    GrpcMessage(Vec<u8>),
+    /// `proxy_on_grpc_close`: a gRPC call's status other than OK, and its
+    /// message (`proxy_get_status`).
+    GrpcClose(u32, String),
+}
+
+impl Delivery {
+    /// How the answer to a call of `kind` is delivered.
+    fn of(kind: CallKind, result: Result<CallResponse, CallFailed>) -> Self {
+        match kind {
+            CallKind::Http => match result {
+                Ok(response) => {
+                    Delivery::Http(HeaderPairs::from_pairs(response.headers), response.body)
+                }
+                Err(_) => Delivery::Http(HeaderPairs::default(), Vec::new()),
+            },
+            CallKind::Grpc => match super::grpc::answer(&result) {
+                GrpcAnswer::Message(message) => Delivery::GrpcMessage(message),
+                GrpcAnswer::Closed { status, message } => Delivery::GrpcClose(status, message),
+            },
+        }
+    }
+
+    /// What the call's buffers hold during the callback: the response
+    /// (headers and body, or a gRPC message), and the gRPC status.
+    fn buffers(&self) -> (Option<CallBuffers>, Option<(u32, String)>) {
+        match self {
+            Delivery::Http(headers, body) => (Some((headers.clone(), body.clone())), None),
+            Delivery::GrpcMessage(message) => {
+                (Some((HeaderPairs::default(), message.clone())), None)
+            }
+            Delivery::GrpcClose(status, message) => (None, Some((*status, message.clone()))),
+        }
+    }
+
+    /// Calls its callback on root context `root` for call `token`, if the
+    /// filter exports it.
+    fn call(
+        &self,
+        wasm: &mut WasmInstance<PwState>,
+        callbacks: &vm::Callbacks,
+        root: i32,
+        token: u32,
+        meter: &dyn SliceMeter,
+    ) -> Option<Result<(), CallError>> {
+        let token = token as i32;
+        match self {
+            Delivery::Http(headers, body) => {
+                let args = (root, token, headers.len() as i32, body.len() as i32, 0);
+                Some(call_in(
+                    wasm,
+                    callbacks.on_http_call_response.as_ref()?,
+                    args,
+                    meter,
+                ))
+            }
+            Delivery::GrpcMessage(message) => {
+                let args = (root, token, message.len() as i32);
+                Some(call_in(
+                    wasm,
+                    callbacks.on_grpc_receive.as_ref()?,
+                    args,
+                    meter,
+                ))
+            }
+            Delivery::GrpcClose(status, _) => {
+                let args = (root, token, *status as i32);
+                Some(call_in(
+                    wasm,
+                    callbacks.on_grpc_close.as_ref()?,
+                    args,
+                    meter,
+                ))
+            }
+        }
+    }
 }
 
 /// The root context's id; HTTP contexts count up from it.
@@ -389,43 +467,48 @@ impl FilterModule {
         lose_on_fault(outcome, lease, filter)
     }
 
-    /// Delivers the response of HTTP call `token` (None: it failed or
-    /// timed out) to `proxy_on_http_call_response`, on the plugin's root
-    /// context as the SDKs expect, and applies the filter's edits to the
-    /// message it paused.
-    pub async fn on_http_call_response(
+    /// Delivers the answer to call `token` of `kind` (an error: it failed
+    /// or timed out) to the filter, on the plugin's root context as the
+    /// SDKs expect (`proxy_on_http_call_response`, or for a gRPC call
+    /// `proxy_on_grpc_receive` or `proxy_on_grpc_close`), and applies the
+    /// filter's edits to the message it paused.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn on_call_answer(
         &self,
         lease: &mut VmLease,
         filter: &mut FilterStream,
-        token: u32,
-        response: Option<super::CallResponse>,
+        (token, kind): (u32, CallKind),
+        result: Result<CallResponse, CallFailed>,
         paused: &mut Paused<'_>,
         meter: &dyn SliceMeter,
     ) -> Result<RequestOutcome, HookFault> {
-        let (headers, body, sizes) = call_response_parts(response);
+        let delivery = Delivery::of(kind, result);
         match paused {
             Paused::Request(request) => filter.stream.read_request(request),
             Paused::Response(response) => {
                 filter.stream.response = Some(HeaderPairs::of_response(response));
             }
         }
-        filter.stream.call_response = Some((HeaderPairs::from_pairs(headers), body));
+        let (response, grpc_status) = delivery.buffers();
+        filter.stream.call_response = response;
         let Some(instance) = seated(lease, filter)? else {
             return Ok(RequestOutcome::Continue);
         };
         let FilterInstance {
             wasm, callbacks, ..
         } = instance;
-        let Some(callback) = &callbacks.on_http_call_response else {
-            return Ok(RequestOutcome::Continue);
-        };
         let state = wasm.abi_mut();
         state.stream = Some(std::mem::take(&mut filter.stream));
         state.current = self.index;
-        let args = (self.root(), token as i32, sizes.0, sizes.1, 0);
-        let result = call_in(wasm, callback, args, meter);
-        filter.stream = wasm.abi_mut().stream.take().unwrap_or_default();
+        state.grpc_status = grpc_status;
+        let called = delivery.call(wasm, callbacks, self.root(), token, meter);
+        let state = wasm.abi_mut();
+        state.grpc_status = None;
+        filter.stream = state.stream.take().unwrap_or_default();
         filter.stream.call_response = None;
+        let Some(result) = called else {
+            return Ok(RequestOutcome::Continue);
+        };
         if let Err(e) = result {
             lease.lose();
             filter.live = false;

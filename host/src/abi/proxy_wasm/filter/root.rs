@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::vm::{call_in, FilterInstance, FilterVm};
-use super::{call_response_parts, FilterModule};
-use crate::abi::proxy_wasm::{CallResponse, HeaderPairs, PendingCall};
+use super::{Delivery, FilterModule};
+use crate::abi::proxy_wasm::{CallFailed, CallKind, CallResponse, PendingCall};
 use crate::abi::{CallError, HookFault};
 use wasm_runtime::{RuntimeFault, SliceMeter};
 
@@ -185,35 +185,35 @@ impl FilterModule {
         Ok(RootRun::Ran(vm.held_or_kept(instance)))
     }
 
-    /// Delivers the response of root call `token` (None: it failed or
-    /// timed out) to `proxy_on_http_call_response` on the plugin's root
-    /// context in the held instance; calls it dispatches from there join
-    /// `held`'s.
-    pub async fn on_root_call_response(
+    /// Delivers the answer to root call `token` of `kind` (an error: it
+    /// failed or timed out) to the plugin's root context in the held
+    /// instance, as [`FilterModule::on_call_answer`] does; calls it
+    /// dispatches from there join `held`'s.
+    pub async fn on_root_call_answer(
         &self,
         held: &mut HeldRoot,
-        token: u32,
-        response: Option<CallResponse>,
+        (token, kind): (u32, CallKind),
+        result: Result<CallResponse, CallFailed>,
         meter: &dyn SliceMeter,
     ) -> Result<(), HookFault> {
-        let (headers, body, sizes) = call_response_parts(response);
+        let delivery = Delivery::of(kind, result);
         let FilterInstance {
             wasm, callbacks, ..
         } = &mut *held.instance;
-        let Some(callback) = &callbacks.on_http_call_response else {
-            return Ok(());
-        };
         let state = wasm.abi_mut();
-        state.root_call_response = Some((HeaderPairs::from_pairs(headers), body));
+        (state.root_call_response, state.grpc_status) = delivery.buffers();
         state.in_root_callback = true;
         state.current = self.index;
-        let args = (self.root(), token as i32, sizes.0, sizes.1, 0);
-        let result = call_in(wasm, callback, args, meter);
+        let called = delivery.call(wasm, callbacks, self.root(), token, meter);
         let state = wasm.abi_mut();
         state.root_call_response = None;
+        state.grpc_status = None;
         state.in_root_callback = false;
         held.calls.append(&mut state.root_calls);
-        result.map_err(CallError::into_fault)
+        match called {
+            Some(result) => result.map_err(CallError::into_fault),
+            None => Ok(()),
+        }
     }
 
     /// Gives back an instance held for root calls, once they are answered.

@@ -42,6 +42,8 @@ pub(super) struct Callbacks {
     pub(super) on_tick: Option<TypedFunc<i32, ()>>,
     pub(super) on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
     pub(super) on_http_call_response: Option<CallResponseFunc>,
+    pub(super) on_grpc_receive: Option<TypedFunc<(i32, i32, i32), ()>>,
+    pub(super) on_grpc_close: Option<TypedFunc<(i32, i32, i32), ()>>,
     pub(super) on_request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     pub(super) on_response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
 }
@@ -465,6 +467,8 @@ fn find_exports(wasm: &mut WasmInstance<PwState>) -> Result<(Callbacks, Starts),
             "proxy_on_http_call_response",
             "(i32, i32, i32, i32, i32) -> ()",
         )?,
+        on_grpc_receive: export(wasm, "proxy_on_grpc_receive", "(i32, i32, i32) -> ()")?,
+        on_grpc_close: export(wasm, "proxy_on_grpc_close", "(i32, i32, i32) -> ()")?,
         on_request_body: export(wasm, "proxy_on_request_body", "(i32, i32, i32) -> i32")?,
         on_response_body: export(wasm, "proxy_on_response_body", "(i32, i32, i32) -> i32")?,
     };
