@@ -36,10 +36,6 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| a.to_string()).collect()
 }
 
-fn path_str(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
 // ---------------------------------------------------------------------
 // Proxies
 

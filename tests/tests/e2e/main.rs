@@ -10,6 +10,7 @@ mod budgets;
 mod edge;
 mod failures;
 mod filters;
+mod grpc;
 mod lifecycle;
 mod load;
 mod parity;

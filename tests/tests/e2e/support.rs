@@ -815,3 +815,8 @@ pub(crate) async fn auth_service() -> (std::net::SocketAddr, tokio::task::JoinHa
     });
     (addr, task)
 }
+
+/// A path as the `&str` a command line takes.
+pub(crate) fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap()
+}

@@ -1,0 +1,364 @@
+//! gRPC end to end: real grpcio servers and clients
+//! (tests/fixtures/grpc/grpc_end.py) on both sides of the proxy. Calls pass
+//! through over h2c and h2 with their trailers; the proxy's own answers to
+//! a gRPC client are gRPC statuses; and the Rust SDK's `grpc_auth_random`
+//! example, unmodified, makes its gRPC callout.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+/// The test ends' script.
+fn grpc_end() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/grpc/grpc_end.py")
+}
+
+/// A grpcio server on loopback (`serve`); killed on drop.
+struct GrpcServer {
+    child: Child,
+    port: u16,
+}
+
+impl GrpcServer {
+    /// An h2c server; `statuses` is what `RandomError` answers in turn.
+    fn plain(statuses: &str) -> GrpcServer {
+        Self::start(&["--statuses", statuses])
+    }
+
+    /// A TLS server presenting a certificate for `localhost` and
+    /// 127.0.0.1 from `ca`, written into `dir`.
+    fn tls(ca: &TestCa, dir: &Path) -> GrpcServer {
+        let leaf = ca.issue(dir, "grpc-upstream", &["localhost", "127.0.0.1"], VALID);
+        Self::start(&[
+            "--cert",
+            path_str(&leaf.cert_path),
+            "--key",
+            path_str(&leaf.key_path),
+        ])
+    }
+
+    fn start(args: &[&str]) -> GrpcServer {
+        let mut child = Command::new("python3")
+            .arg(grpc_end())
+            .args(["serve", "--port", "0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs (grpcio: .ci/pip-requirements)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("listening ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("the grpc server did not start: {line:?}"));
+        GrpcServer { child, port }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the grpcio client (`call`) against `target` with `args`; its JSON.
+fn call(target: &str, args: &[&str]) -> Value {
+    let output = Command::new("python3")
+        .arg(grpc_end())
+        .args(["call", "--target", target])
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "the grpc client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// A tenants file with tenant `api` (Host `api.example`) sending its
+/// requests to `upstream` (a YAML value).
+fn api_tenant(upstream: &str) -> String {
+    format!("tenants:\n  - name: api\n    hosts: [\"api.example\"]\n    upstream: {upstream}\n")
+}
+
+/// The proxy's plain address with `--h2c`, serving `yaml`.
+fn h2c_proxy(dir: &tempfile::TempDir, yaml: &str) -> Proxy {
+    tenants_proxy(dir, yaml, &["--h2c"]).0
+}
+
+fn code(reply: &Value) -> i64 {
+    reply["code"].as_i64().unwrap()
+}
+
+#[test]
+fn unary_and_streaming_calls_pass_through_h2c_with_their_trailers() {
+    let server = GrpcServer::plain("0");
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = format!("{{address: \"{}\", protocol: h2c}}", server.addr());
+    let proxy = h2c_proxy(&dir, &api_tenant(&upstream));
+    let target = proxy.addr.to_string();
+    let api = ["--authority", "api.example"];
+
+    let reply = call(&target, &[&api[..], &["--metadata", "x-echo-a=b"]].concat());
+    assert_eq!(code(&reply), 0, "{reply}\n{}", proxy.log());
+    assert_eq!(reply["response"], "echo:hello");
+    assert_eq!(reply["trailing_metadata"]["x-trailer"], "unary-done");
+    assert_eq!(reply["trailing_metadata"]["x-echo-a"], "b");
+    assert_eq!(
+        reply["trailing_metadata"]["x-peer-port"],
+        server.port.to_string()
+    );
+
+    // A status other than OK, its message and trailing metadata intact.
+    let failed = [
+        &api[..],
+        &[
+            "--metadata",
+            "x-want-status=9",
+            "--metadata",
+            "x-want-message=not now",
+        ],
+    ]
+    .concat();
+    let reply = call(&target, &failed);
+    assert_eq!(code(&reply), 9, "{reply}");
+    assert_eq!(reply["details"], "not now");
+    assert_eq!(reply["trailing_metadata"]["x-trailer"], "unary-done");
+
+    let reply = call(
+        &target,
+        &[&api[..], &["--method", "stream", "--request", "5"]].concat(),
+    );
+    assert_eq!(code(&reply), 0, "{reply}");
+    assert_eq!(
+        reply["responses"],
+        json!(["msg-0", "msg-1", "msg-2", "msg-3", "msg-4"])
+    );
+    assert_eq!(reply["trailing_metadata"]["x-trailer"], "stream-done");
+    assert_eq!(reply["trailing_metadata"]["x-count"], "5");
+}
+
+#[test]
+fn fifty_concurrent_calls_on_one_connection_all_come_back() {
+    let server = GrpcServer::plain("0");
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = format!("{{address: \"{}\", protocol: h2c}}", server.addr());
+    let proxy = h2c_proxy(&dir, &api_tenant(&upstream));
+    let reply = call(
+        &proxy.addr.to_string(),
+        &[
+            "--authority",
+            "api.example",
+            "--method",
+            "concurrent",
+            "--count",
+            "50",
+        ],
+    );
+    let results = reply["results"].as_array().unwrap();
+    assert_eq!(results.len(), 50);
+    for (i, result) in results.iter().enumerate() {
+        assert_eq!(code(result), 0, "call {i}: {result}\n{}", proxy.log());
+        assert_eq!(result["response"], format!("echo:call-{i}"));
+        assert_eq!(result["trailing_metadata"]["x-trailer"], "unary-done");
+    }
+}
+
+#[test]
+fn calls_pass_through_h2_from_a_tls_client_to_a_tls_upstream() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let server = GrpcServer::tls(&ca, dir.path());
+    ca.issue(dir.path(), "api", &["api.example"], VALID);
+    let yaml = format!(
+        "tenants:\n  - name: api\n    hosts: [\"api.example\"]\n    \
+         tls: {{cert: api.pem, key: api.key}}\n    \
+         upstream: {{address: \"{}\", tls: true, sni: localhost, protocol: h2}}\n",
+        server.addr()
+    );
+    let path = dir.path().join("tenants.yaml");
+    write_tenants(&path, &yaml);
+    let mut options = ProxyOptions::new("first_proxy", json!({}));
+    options.tenants = Some(path);
+    options.tls_listen = true;
+    options.ca_file = Some(ca.ca_pem_path.clone());
+    let proxy = Proxy::start(options);
+    let target = proxy.tls_addr.unwrap().to_string();
+    let tls = [
+        "--ca",
+        path_str(&ca.ca_pem_path),
+        "--authority",
+        "api.example",
+    ];
+
+    let reply = call(&target, &tls);
+    assert_eq!(code(&reply), 0, "{reply}\n{}", proxy.log());
+    assert_eq!(reply["response"], "echo:hello");
+    assert_eq!(reply["trailing_metadata"]["x-trailer"], "unary-done");
+    let reply = call(&target, &[&tls[..], &["--method", "stream"]].concat());
+    assert_eq!(reply["responses"], json!(["msg-0", "msg-1", "msg-2"]));
+    assert_eq!(reply["trailing_metadata"]["x-count"], "3");
+}
+
+#[test]
+fn a_v1_guest_routes_over_h2c_by_alpn_and_its_refusal_is_a_grpc_status() {
+    let server = GrpcServer::plain("0");
+    let config = json!({"upstream": server.addr(), "h2": true});
+    let mut options = ProxyOptions::new("policy", config);
+    options.extra_args = vec!["--h2c".into()];
+    let proxy = Proxy::start(options);
+    let target = proxy.addr.to_string();
+
+    // The policy refuses a request without x-api-key with 403.
+    let reply = call(&target, &[]);
+    assert_eq!(reply["code_name"], "PERMISSION_DENIED", "{reply}");
+    assert_eq!(reply["details"], "Forbidden");
+
+    // With a key, the guest's peer (`ALPN::H2` on plain TCP) is h2c.
+    let reply = call(&target, &["--metadata", "x-api-key=k"]);
+    assert_eq!(code(&reply), 0, "{reply}\n{}", proxy.log());
+    assert_eq!(reply["response"], "echo:hello");
+    assert_eq!(reply["trailing_metadata"]["x-trailer"], "unary-done");
+}
+
+#[test]
+fn an_upstream_that_is_down_gives_unavailable_and_no_tenant_unimplemented() {
+    let dir = tempfile::tempdir().unwrap();
+    let down = format!("{{address: \"127.0.0.1:{}\", protocol: h2c}}", free_port());
+    let proxy = h2c_proxy(&dir, &api_tenant(&down));
+    let target = proxy.addr.to_string();
+    let reply = call(&target, &["--authority", "api.example"]);
+    assert_eq!(
+        reply["code_name"],
+        "UNAVAILABLE",
+        "{reply}\n{}",
+        proxy.log()
+    );
+    let reply = call(&target, &["--authority", "nobody.example"]);
+    assert_eq!(reply["code_name"], "UNIMPLEMENTED", "{reply}");
+}
+
+/// Tenant `api` runs the SDK's `grpc_auth_random` in front of `upstream`,
+/// its callouts going to its own cluster `grpcbin`; tenant `other` runs it
+/// too, but has no such cluster (only the shared one and its own, under
+/// other names).
+fn auth_random_tenants(upstream: &GrpcServer, authz: &GrpcServer) -> String {
+    format!(
+        r#"
+clusters:
+  shared: {{ address: "{authz}", protocol: h2c }}
+tenants:
+  - name: api
+    hosts: ["api.example"]
+    upstream: {{ address: "{upstream}", protocol: h2c }}
+    clusters:
+      grpcbin: {{ address: "{authz}", protocol: h2c }}
+    filters:
+      - module: {module}
+  - name: other
+    hosts: ["other.example"]
+    upstream: {{ address: "{upstream}", protocol: h2c }}
+    clusters:
+      elsewhere: {{ address: "{authz}", protocol: h2c }}
+    filters:
+      - module: {module}
+"#,
+        authz = authz.addr(),
+        upstream = upstream.addr(),
+        module = guest("grpc_auth_random").display(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sdks_grpc_auth_random_grants_even_statuses_and_aborts_odd_ones() {
+    let upstream = GrpcServer::plain("0");
+    // RandomError answers OK, 3, 2, 1 in turn: even, odd, even, odd.
+    let authz = GrpcServer::plain("0,3,2,1");
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = h2c_proxy(&dir, &auth_random_tenants(&upstream, &authz));
+    let target = proxy.addr.to_string();
+    let api = ["--authority", "api.example"];
+
+    for round in 0..2 {
+        let granted = call(&target, &api);
+        assert_eq!(code(&granted), 0, "{round}: {granted}\n{}", proxy.log());
+        assert_eq!(granted["response"], "echo:hello");
+        assert_eq!(granted["trailing_metadata"]["x-trailer"], "unary-done");
+        assert_eq!(granted["initial_metadata"]["powered-by"], "proxy-wasm");
+
+        let aborted = call(&target, &api);
+        assert_eq!(aborted["code_name"], "ABORTED", "{round}: {aborted}");
+        assert_eq!(aborted["details"], "Aborted by Proxy-Wasm!");
+        // A trailers-only answer: its custom metadata is trailing.
+        assert_eq!(aborted["trailing_metadata"]["powered-by"], "proxy-wasm");
+    }
+    let calls = call(
+        &authz.addr(),
+        &[
+            "--method",
+            "raw",
+            "--path",
+            "/test.Control/Calls",
+            "--request",
+            "",
+        ],
+    );
+    assert_eq!(calls["response"], "4");
+
+    // A client that is not gRPC gets the filter's 503.
+    let response = client()
+        .get(proxy.url("/"))
+        .header("host", "api.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    assert_eq!(response.headers()["powered-by"], "proxy-wasm");
+    assert_eq!(
+        response.text().await.unwrap(),
+        "Service accessible only to gRPC clients.\n"
+    );
+
+    // Tenant `other` has no cluster `grpcbin`: its filter's callout is
+    // refused (the SDK's example then panics: a fault, 500, which a gRPC
+    // client reads as UNKNOWN), and the authz server sees no call.
+    let refused = call(&target, &["--authority", "other.example"]);
+    assert_eq!(
+        refused["code_name"],
+        "UNKNOWN",
+        "{refused}\n{}",
+        proxy.log()
+    );
+    let calls = call(
+        &authz.addr(),
+        &[
+            "--method",
+            "raw",
+            "--path",
+            "/test.Control/Calls",
+            "--request",
+            "",
+        ],
+    );
+    assert_eq!(calls["response"], "4");
+}
