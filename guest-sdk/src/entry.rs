@@ -306,6 +306,33 @@ pub mod hooks {
         }
     }
 
+    /// `response_trailer_filter`: the trailers the client receives
+    /// ([`ProxyHttp::response_trailer_filter`]), sent back as changes.
+    pub struct response_trailer_filter;
+
+    impl<P: ProxyHttp> GuestHook<P> for response_trailer_filter {
+        type Output = wire::ResponseChanges;
+
+        fn call(proxy: &P, input: Input, ctx: &mut P::CTX) -> Result<wire::ResponseChanges> {
+            let mut session = Session::from_json(input.request, Phase::Other);
+            let mut trailers = ResponseHeader::from_json(input.response, wire::PART_RESPONSE);
+            proxy.response_trailer_filter(&mut session, &mut trailers, ctx)?;
+            Ok(trailers.into_changes())
+        }
+
+        fn output<C>(changes: wire::ResponseChanges, ctx: Option<C>) -> HookOutput<C> {
+            <response_filter as GuestHook<P>>::output(changes, ctx)
+        }
+
+        fn encode(
+            out: &mut Vec<u8>,
+            changes: wire::ResponseChanges,
+            ctx: Option<&P::CTX>,
+        ) -> serde_json::Result<()> {
+            encode::response_changes_output(out, &changes, ctx)
+        }
+    }
+
     /// `response_filter`: what the client receives
     /// ([`ProxyHttp::response_filter`]), sent back as changes.
     pub struct response_filter;

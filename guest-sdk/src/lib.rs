@@ -98,7 +98,7 @@ pub mod protocols {
 /// - either followed by `hooks = [name, ...]` exports only the hooks named,
 ///   so the host calls (and the request pays for) only those: any of
 ///   `request_filter`, `upstream_peer`, `upstream_request_filter`,
-///   `response_filter` and `logging`. Without it, `upstream_peer` and
+///   `response_filter`, `response_trailer_filter` and `logging`. Without it, `upstream_peer` and
 ///   `upstream_request_filter` are exported. A hook not exported is not
 ///   called, whatever its [`ProxyHttp`] method does (without
 ///   `upstream_peer`, the host uses its own configured upstream).

@@ -173,6 +173,28 @@ pub trait ProxyHttp {
         Ok(())
     }
 
+    /// Modify the response's trailers before they are sent to the
+    /// downstream.
+    ///
+    /// Runs when the upstream's response ends with trailers (an HTTP/2
+    /// upstream's: a gRPC call's `grpc-status`, `grpc-message` and
+    /// trailing metadata). `upstream_trailers` holds them as its headers,
+    /// with the response's status (which cannot change here); header
+    /// changes are what the client receives. Pingora's hook takes a
+    /// `HeaderMap`; this one a [`ResponseHeader`], whose header methods
+    /// are the same. `Err` fails the response, which is under way: it is
+    /// cut.
+    ///
+    /// By default this filter does nothing.
+    fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_trailers: &mut ResponseHeader,
+        _ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        Ok(())
+    }
+
     /// This filter is called when the entire response is sent to the
     /// downstream successfully or there is a fatal error that terminates
     /// the request.

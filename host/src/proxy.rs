@@ -168,7 +168,8 @@ impl WasmProxy {
                 http::header::RETRY_AFTER,
                 tenant.budget.retry_after(throttle),
             )?;
-            if is_grpc_request(&session.req_header().headers) {
+            if is_grpc_request(session.req_header()) {
+                session.set_keepalive(None);
                 return write_grpc_status(session, Box::new(response), &why).await;
             }
             response.insert_header(http::header::CONTENT_TYPE, "text/plain")?;
@@ -336,6 +337,43 @@ impl WasmProxy {
         }
     }
 
+    /// The guest's `response_trailer_filter` on `trailers`.
+    async fn guest_response_trailer_filter(
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        tenant: &Tenant,
+        trailers: &mut http::HeaderMap,
+    ) -> Result<()> {
+        let hook = Hook::ResponseTrailerFilter;
+        let Some(module) = tenant.module.as_deref().filter(|m| m.exports(hook)) else {
+            return Ok(());
+        };
+        let status = session
+            .response_written()
+            .map_or(200, |response| response.status.as_u16());
+        let call = GuestCall::hook(tenant, hook, Stage::Headers);
+        let result = match call.admit() {
+            Ok(permit) => {
+                let request = downstream_request(session, &ctx.request_json);
+                let result = v1::response_trailer_filter(
+                    module,
+                    &request,
+                    status,
+                    trailers,
+                    &mut ctx.guest_ctx,
+                    &permit,
+                )
+                .await;
+                call.finish(result, permit)
+            }
+            Err(failure) => Err(failure),
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(failure) => Self::settle(session, ctx, tenant, &call, failure).await,
+        }
+    }
+
     /// `upstream_peer` failed: under fail-open the request goes to the
     /// tenant's fallback upstream; otherwise it fails.
     fn fall_back(
@@ -377,7 +415,7 @@ async fn write_answer(
     response: Box<ResponseHeader>,
     body: Bytes,
 ) -> Result<()> {
-    if is_grpc_request(&session.req_header().headers) {
+    if is_grpc_request(session.req_header()) {
         return write_grpc_status(session, response, &String::from_utf8_lossy(&body)).await;
     }
     if body.is_empty() {
@@ -391,12 +429,16 @@ async fn write_answer(
 /// Sends `response`, which the proxy made itself, to a gRPC client as a
 /// gRPC status: trailers-only, with `message` as its `grpc-message` unless
 /// it carries one (HTTP/1 gets `Content-Length: 0`, as it has no
-/// trailers-only form).
+/// trailers-only form). Not once a response has begun: that one ends as
+/// it can.
 async fn write_grpc_status(
     session: &mut Session,
     mut response: Box<ResponseHeader>,
     message: &str,
 ) -> Result<()> {
+    if session.response_written().is_some() {
+        return Error::e_explain(InternalError, "a response was already under way");
+    }
     grpc::trailers_only(&mut response, message);
     if !session.is_http2() {
         response.insert_header(http::header::CONTENT_LENGTH, 0)?;
@@ -476,8 +518,9 @@ impl ProxyHttp for WasmProxy {
         self.metrics.unrouted_request();
         let body = format!("no tenant serves host {:?}\n", host.unwrap_or_default());
         // Boxed: a rare path, kept out of every request's future.
-        if is_grpc_request(&session.req_header().headers) {
+        if is_grpc_request(session.req_header()) {
             let response = Box::new(gen_error_response(404));
+            session.set_keepalive(None);
             Box::pin(write_grpc_status(session, response, &body)).await?;
         } else {
             Box::pin(session.respond_error_with_body(404, Bytes::from(body))).await?;
@@ -676,6 +719,29 @@ impl ProxyHttp for WasmProxy {
         Ok(None)
     }
 
+    /// The response's trailers (an HTTP/2 upstream's: a gRPC call's
+    /// `grpc-status`, `grpc-message` and trailing metadata): guest export
+    /// `response_trailer_filter`, then the filters'
+    /// `proxy_on_response_trailers`, last first; each may change them.
+    async fn response_trailer_filter(
+        &self,
+        session: &mut Session,
+        upstream_trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Bytes>> {
+        let tenant = routed(ctx)?;
+        Self::guest_response_trailer_filter(session, ctx, &tenant, upstream_trailers).await?;
+        if ctx.filters.is_empty() {
+            return Ok(None);
+        }
+        if let Err(stop) =
+            Box::pin(ctx.filters.on_response_trailers(&tenant, upstream_trailers)).await
+        {
+            return Err(Self::stopped(session, ctx, &tenant, stop).await);
+        }
+        Ok(None)
+    }
+
     /// No guest export: the address connected to is the filters'
     /// `upstream.address`.
     async fn connected_to_upstream(
@@ -773,23 +839,23 @@ impl ProxyHttp for WasmProxy {
     ) -> FailToProxy {
         let code = error_status(e);
         if code > 0 {
-            let written = if is_grpc_request(&session.req_header().headers)
-                && session.response_written().is_none()
-            {
-                // What the HTML page says, no more: a status's reason,
-                // or the kind of failure ("ConnectRefused"); why in
-                // detail (a guest's message, a pool's name) is the log's.
-                let why = match e.etype() {
-                    HTTPStatus(_) => http::StatusCode::from_u16(code)
-                        .ok()
-                        .and_then(|status| status.canonical_reason())
-                        .unwrap_or_default(),
-                    other => other.as_str(),
+            let written =
+                if is_grpc_request(session.req_header()) && session.response_written().is_none() {
+                    // What the HTML page says, no more: a status's reason,
+                    // or the kind of failure ("ConnectRefused"); why in
+                    // detail (a guest's message, a pool's name) is the log's.
+                    let why = match e.etype() {
+                        HTTPStatus(_) => http::StatusCode::from_u16(code)
+                            .ok()
+                            .and_then(|status| status.canonical_reason())
+                            .unwrap_or_default(),
+                        other => other.as_str(),
+                    };
+                    session.set_keepalive(None);
+                    write_grpc_status(session, Box::new(gen_error_response(code)), why).await
+                } else {
+                    session.respond_error(code).await
                 };
-                write_grpc_status(session, Box::new(gen_error_response(code)), why).await
-            } else {
-                session.respond_error(code).await
-            };
             if let Err(error) = written {
                 log::error!("failed to send error response to downstream: {error}");
             }

@@ -77,7 +77,9 @@ pub fn build(cli: Cli) -> anyhow::Result<Server> {
     if let Some(ca_file) = &server.configuration.ca_file {
         std::fs::metadata(ca_file).with_context(|| format!("ca_file {ca_file}"))?;
     }
-    // TLS health checks trust what proxied requests trust.
+    // Filters' calls to TLS clusters, and TLS health checks, trust what
+    // proxied requests trust.
+    crate::abi::proxy_wasm::init_callout_connector(server.configuration.ca_file.clone());
     let registries = Arc::new(HealthRegistries::new(server.configuration.ca_file.clone()));
     let tenants = TenantSet::load(
         &engine,

@@ -13,6 +13,8 @@
 //! - `upstream_peer` sends every request to `upstream` (plain text).
 //! - `upstream_request_filter` adds `x-tier: <tier>`.
 //! - `response_filter` adds `x-policy: ok`.
+//! - `response_trailer_filter` (a gRPC call's trailers) adds
+//!   `x-policy-trailer: ok`.
 
 use guest_sdk::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -90,6 +92,15 @@ impl ProxyHttp for Policy {
     ) -> Result<()> {
         upstream_response.insert_header("x-policy", "ok")
     }
+
+    fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        upstream_trailers: &mut ResponseHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        upstream_trailers.insert_header("x-policy-trailer", "ok")
+    }
 }
 
 guest_sdk::export_proxy!(
@@ -99,6 +110,7 @@ guest_sdk::export_proxy!(
         request_filter,
         upstream_peer,
         upstream_request_filter,
-        response_filter
+        response_filter,
+        response_trailer_filter
     ]
 );

@@ -3,7 +3,7 @@
 //! trailers-only answer, HTTP 200, as Envoy sends), the HTTP to gRPC status
 //! table Envoy uses, and the message framing of gRPC calls filters make.
 
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 
 /// `OK`.
 pub const OK: u32 = 0;
@@ -47,13 +47,21 @@ pub fn status_of_http(status: u16) -> u32 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GivenGrpcStatus(pub u32);
 
-/// Whether a request is gRPC: its `content-type` is `application/grpc`,
-/// alone or with a suffix (`+proto`, `+json`), as Envoy tells them.
-pub fn is_grpc_request(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|value| is_grpc_content_type(value.as_bytes()))
+/// Whether a request is gRPC: a POST whose `content-type` is
+/// `application/grpc`, alone or with a suffix (`+proto`, `+json`), as
+/// Envoy tells them (gRPC is always POST: a GET with that type is not).
+pub fn is_grpc_request(request: &RequestHeader) -> bool {
+    request.method == http::Method::POST
+        && request
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|value| is_grpc_content_type(value.as_bytes()))
 }
+
+/// The longest `grpc-message` sent, in bytes before encoding: gRPC
+/// clients cap metadata at 8-16 KiB, and a longer message would turn the
+/// status into a metadata error.
+pub const MAX_MESSAGE: usize = 1024;
 
 fn is_grpc_content_type(value: &[u8]) -> bool {
     const GRPC: &[u8] = b"application/grpc";
@@ -95,8 +103,18 @@ pub fn trailers_only(response: &mut ResponseHeader, message: &str) {
     let _ = response.insert_header(http::header::CONTENT_TYPE, "application/grpc");
     let _ = response.insert_header("grpc-status", status.to_string());
     if !response.headers.contains_key("grpc-message") && !message.is_empty() {
-        let _ = response.insert_header("grpc-message", percent_encode(message.trim_end()));
+        let message = truncated(message.trim_end(), MAX_MESSAGE);
+        let _ = response.insert_header("grpc-message", percent_encode(message));
     }
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn truncated(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// `grpc-message` encoding: bytes outside printable ASCII, and `%`,
@@ -188,17 +206,21 @@ mod tests {
 
     #[test]
     fn grpc_requests_are_told_by_content_type() {
-        let with = |value: &str| {
-            let mut headers = http::HeaderMap::new();
-            headers.insert(http::header::CONTENT_TYPE, value.parse().unwrap());
-            is_grpc_request(&headers)
+        let request = |method: &str, value: Option<&str>| {
+            let mut request = RequestHeader::build(method, b"/s/M", None).unwrap();
+            if let Some(value) = value {
+                request.insert_header("content-type", value).unwrap();
+            }
+            is_grpc_request(&request)
         };
+        let with = |value: &str| request("POST", Some(value));
         assert!(with("application/grpc"));
         assert!(with("application/grpc+proto"));
         assert!(with("Application/GRPC;charset=utf-8"));
         assert!(!with("application/grpc-web"));
         assert!(!with("application/json"));
-        assert!(!is_grpc_request(&http::HeaderMap::new()));
+        assert!(!request("POST", None));
+        assert!(!request("GET", Some("application/grpc")), "gRPC is POST");
     }
 
     #[test]
@@ -216,6 +238,15 @@ mod tests {
         assert_eq!(response.headers["content-type"], "application/grpc");
         assert_eq!(response.headers["x-custom"], "kept");
         assert!(response.headers.get("content-length").is_none());
+
+        let mut long = ResponseHeader::build(403, None).unwrap();
+        trailers_only(&mut long, &"é".repeat(MAX_MESSAGE));
+        let sent = percent_decode(long.headers["grpc-message"].to_str().unwrap());
+        assert_eq!(
+            sent,
+            "é".repeat(MAX_MESSAGE / 2),
+            "cut on a character boundary"
+        );
 
         let mut given = ResponseHeader::build(200, None).unwrap();
         given.extensions_mut().insert(GivenGrpcStatus(10));

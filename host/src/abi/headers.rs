@@ -86,6 +86,28 @@ macro_rules! header_target {
 
 header_target!(RequestHeader, ResponseHeader);
 
+/// Trailers are a bare map.
+impl HeaderTarget for http::HeaderMap {
+    fn insert(&mut self, name: String, value: HeaderValue) -> pingora::Result<()> {
+        let name = HeaderName::try_from(name)
+            .map_err(|e| pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "", e))?;
+        http::HeaderMap::insert(self, name, value);
+        Ok(())
+    }
+    fn append(&mut self, name: String, value: HeaderValue) -> pingora::Result<()> {
+        let name = HeaderName::try_from(name)
+            .map_err(|e| pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "", e))?;
+        http::HeaderMap::append(self, name, value);
+        Ok(())
+    }
+    fn remove(&mut self, name: &HeaderName) {
+        http::HeaderMap::remove(self, name);
+    }
+    fn fields(&self) -> &http::HeaderMap {
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use guest_sdk::wire;

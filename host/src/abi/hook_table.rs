@@ -20,6 +20,9 @@ pub enum Hook {
     UpstreamRequestFilter,
     /// Changes to the response sent downstream.
     ResponseFilter,
+    /// Changes to the response's trailers (an HTTP/2 upstream's: a gRPC
+    /// call's status and trailing metadata).
+    ResponseTrailerFilter,
     /// How the request ended; changes nothing.
     Logging,
 }
@@ -52,6 +55,10 @@ pub const HOOKS: [HookSpec; Hook::COUNT] = [
         export: "response_filter",
     },
     HookSpec {
+        hook: Hook::ResponseTrailerFilter,
+        export: "response_trailer_filter",
+    },
+    HookSpec {
         hook: Hook::Logging,
         export: "logging",
     },
@@ -59,7 +66,7 @@ pub const HOOKS: [HookSpec; Hook::COUNT] = [
 
 impl Hook {
     /// How many hooks there are.
-    pub const COUNT: usize = 5;
+    pub const COUNT: usize = 6;
 
     /// Every hook, in table order.
     pub const ALL: [Hook; Hook::COUNT] = [
@@ -67,6 +74,7 @@ impl Hook {
         Hook::UpstreamPeer,
         Hook::UpstreamRequestFilter,
         Hook::ResponseFilter,
+        Hook::ResponseTrailerFilter,
         Hook::Logging,
     ];
 

@@ -12,7 +12,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
 use crate::abi::proxy_wasm::{
-    perform_call, BodyError, BodyOutcome, ConnectionFacts, Direction, FilterStream, Paused,
+    BodyError, BodyOutcome, CallAnswers, ConnectionFacts, Direction, FilterStream, Paused,
     PendingCall, RequestOutcome, VmLease, MAX_CHAINED_ANSWERS,
 };
 use crate::abi::HookFailure;
@@ -20,8 +20,8 @@ use crate::guest::guest_call::{CallFailure, CallName, Guest, GuestCall, Stage, S
 use crate::tenancy::tenants::{Tenant, TenantFilter};
 
 const ON_REQUEST_HEADERS: &str = "proxy_on_request_headers";
-const ON_HTTP_CALL_RESPONSE: &str = "proxy_on_http_call_response";
 const ON_RESPONSE_HEADERS: &str = "proxy_on_response_headers";
+const ON_RESPONSE_TRAILERS: &str = "proxy_on_response_trailers";
 const ON_LOG: &str = "proxy_on_log";
 
 /// The filters of one request, each with its HTTP context.
@@ -242,6 +242,45 @@ impl FilterChain {
         Ok(())
     }
 
+    /// The filters' `proxy_on_response_trailers`, last first, on the
+    /// response's trailers. A failure fails the response (it is under
+    /// way: it is cut), or skips the filter under `fail_open`.
+    pub(crate) async fn on_response_trailers(
+        &mut self,
+        tenant: &Tenant,
+        trailers: &mut http::HeaderMap,
+    ) -> Result<(), Stop> {
+        for link in self.links.iter_mut().rev() {
+            let Link { filter, stream, .. } = link;
+            let lease = &mut self.leases[filter.vm];
+            let Some(open) = stream.as_mut() else {
+                continue;
+            };
+            let call = GuestCall::new(
+                tenant,
+                Guest::filter(filter),
+                CallName::Callback(ON_RESPONSE_TRAILERS),
+                Stage::Headers,
+            );
+            let result = match call.admit() {
+                Ok(permit) => {
+                    let result = filter
+                        .module
+                        .on_response_trailers(lease, open, trailers, &permit)
+                        .await
+                        .map_err(HookFailure::Fault);
+                    call.finish(result, permit)
+                }
+                Err(failure) => Err(failure),
+            };
+            if let Err(failure) = result {
+                drop_on_failure(stream, &failure);
+                call.settle(failure)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Runs a piece of a body through the live filters that read
     /// `direction`'s bodies: in filter order for the request, last first
     /// for the response. What the last one releases replaces the piece; a
@@ -452,9 +491,10 @@ async fn end_context(
     }
 }
 
-/// Makes the HTTP calls `filter` paused the request or the response for,
-/// one after another, each from this request's task with no guest slot
-/// held while it waits, and delivers each response; until the filter
+/// Makes the calls `filter` paused the request or the response for, one
+/// after another, each from this request's task with no guest slot held
+/// while it waits, and delivers each answer (each event of a gRPC
+/// stream, with what the filter sends on it in between); until the filter
 /// answers, goes on, or fails (then its policy decides, and its context is
 /// gone).
 async fn deliver_calls(
@@ -466,19 +506,13 @@ async fn deliver_calls(
     mut calls: Vec<PendingCall>,
 ) -> Result<RequestOutcome, Stop> {
     let module = &filter.module;
-    let call = GuestCall::new(
-        tenant,
-        Guest::filter(filter),
-        CallName::Callback(ON_HTTP_CALL_RESPONSE),
-        Stage::Callout,
-    );
     for answered in 0.. {
         if calls.is_empty() {
             break;
         }
         if answered == MAX_CHAINED_ANSWERS {
             log::warn!(
-                "filter {}: {} HTTP calls dropped after {MAX_CHAINED_ANSWERS} answers; \
+                "filter {}: {} calls dropped after {MAX_CHAINED_ANSWERS} answers; \
                  the stream goes on",
                 module.name(),
                 calls.len()
@@ -486,41 +520,48 @@ async fn deliver_calls(
             break;
         }
         let pending = calls.remove(0);
-        let response = perform_call(&pending).await;
-        if response.is_err() {
+        let (mut answers, failed) = CallAnswers::start(&pending).await;
+        if failed {
             tenant
                 .scope
                 .callout_failed(module.name(), pending.target.address);
         }
-        let result = match call.admit() {
-            Ok(permit) => {
-                let Some(open) = stream.as_mut() else {
+        while let Some((delivery, open)) = answers.next().await {
+            let call = GuestCall::new(
+                tenant,
+                Guest::filter(filter),
+                CallName::Callback(delivery.callback()),
+                Stage::Callout,
+            );
+            let result = match call.admit() {
+                Ok(permit) => {
+                    let Some(context) = stream.as_mut() else {
+                        return Ok(RequestOutcome::Continue);
+                    };
+                    let answer = (pending.token, delivery, open);
+                    let result = module
+                        .on_call_answer(lease, context, answer, &mut paused, &permit)
+                        .await
+                        .map_err(HookFailure::Fault);
+                    call.finish(result, permit)
+                }
+                Err(failure) => Err(failure),
+            };
+            match result {
+                Ok((outcome, ops)) => {
+                    answers.apply(ops).await;
+                    match outcome {
+                        RequestOutcome::Calls(more) => calls.extend(more),
+                        RequestOutcome::Continue => {}
+                        // Dropping `answers` resets a stream still open.
+                        answer @ RequestOutcome::Answer(..) => return Ok(answer),
+                    }
+                }
+                Err(failure) => {
+                    *stream = None;
+                    call.settle(failure)?;
                     return Ok(RequestOutcome::Continue);
-                };
-                let result = module
-                    .on_call_answer(
-                        lease,
-                        open,
-                        (pending.token, pending.kind),
-                        response,
-                        &mut paused,
-                        &permit,
-                    )
-                    .await
-                    .map_err(HookFailure::Fault);
-                call.finish(result, permit)
-            }
-            Err(failure) => Err(failure),
-        };
-        match result {
-            Ok(RequestOutcome::Calls(more)) => calls.extend(more),
-            Ok(outcome) if calls.is_empty() => return Ok(outcome),
-            Ok(RequestOutcome::Continue) => {}
-            Ok(answer @ RequestOutcome::Answer(..)) => return Ok(answer),
-            Err(failure) => {
-                *stream = None;
-                call.settle(failure)?;
-                return Ok(RequestOutcome::Continue);
+                }
             }
         }
     }

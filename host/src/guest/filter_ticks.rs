@@ -16,7 +16,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::abi::proxy_wasm::{
-    perform_call, wait_for_enqueues, wake_deliveries, FilterModule, HeldRoot, RootClaim,
+    wait_for_enqueues, wake_deliveries, CallAnswers, FilterModule, HeldRoot, RootClaim,
     MAX_CHAINED_ANSWERS,
 };
 use crate::tenancy::tenants::{Tenant, TenantSet};
@@ -46,41 +46,42 @@ async fn tick(tenant: &Tenant, module: &FilterModule, claim: RootClaim) {
     }
 }
 
-/// Makes the HTTP calls a root context dispatched (from a tick, a queue
-/// delivery, or a call's response) and delivers each response to it,
-/// each delivery admitted by the tenant's budget; then gives the
-/// instance back. No budget is held while a call is in flight.
+/// Makes the calls a root context dispatched (from a tick, a queue
+/// delivery, or a call's answer) and delivers each answer (each event of
+/// a gRPC stream) to it, each delivery admitted by the tenant's budget;
+/// then gives the instance back. No budget is held while a call is in
+/// flight.
 async fn root_calls(tenant: &Tenant, module: &FilterModule, mut held: HeldRoot) {
     for _ in 0..MAX_CHAINED_ANSWERS {
         let Some(pending) = held.next_call() else {
             break;
         };
-        let response = perform_call(&pending).await;
-        if response.is_err() {
+        let (mut answers, failed) = CallAnswers::start(&pending).await;
+        if failed {
             tenant
                 .scope
                 .callout_failed(module.name(), pending.target.address);
         }
-        let Ok(permit) = tenant.budget.admit() else {
-            // Over budget: the answer is dropped, as a refused tick is.
-            continue;
-        };
-        let result = module
-            .on_root_call_answer(&mut held, (pending.token, pending.kind), response, &permit)
-            .await;
-        if let Err(fault) = &result {
-            log::error!(
-                "filter {}: proxy_on_http_call_response failed: {fault}",
-                module.name()
-            );
-            tenant
-                .metrics
-                .callback_fault("proxy_on_http_call_response", fault);
-        }
-        permit.finish(result.is_err());
-        if result.is_err() {
-            // The instance faulted: it is not given back.
-            return;
+        while let Some((delivery, open)) = answers.next().await {
+            let Ok(permit) = tenant.budget.admit() else {
+                // Over budget: the answer is dropped, as a refused tick
+                // is (and a stream with it).
+                break;
+            };
+            let callback = delivery.callback();
+            let result = module
+                .on_root_call_answer(&mut held, (pending.token, delivery, open), &permit)
+                .await;
+            if let Err(fault) = &result {
+                log::error!("filter {}: {callback} failed: {fault}", module.name());
+                tenant.metrics.callback_fault(callback, fault);
+            }
+            permit.finish(result.is_err());
+            match result {
+                Ok(ops) => answers.apply(ops).await,
+                // The instance faulted: it is not given back.
+                Err(_) => return,
+            }
         }
     }
     module.release(held);

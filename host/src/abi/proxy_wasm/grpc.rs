@@ -112,6 +112,7 @@ pub(super) fn answer(result: &Result<CallResponse, CallFailed>) -> GrpcAnswer {
     }
     let status = field("grpc-status")
         .and_then(|s| s.parse::<u32>().ok())
+        .filter(|code| *code <= grpc::MAX_STATUS)
         .unwrap_or(grpc::UNKNOWN);
     let message = field("grpc-message").map(grpc::percent_decode);
     if status != grpc::OK {

@@ -86,10 +86,10 @@ hostcalls! {
     proxy_record_metric: sync,
     proxy_get_metric: sync,
     proxy_grpc_call: sync,
-    proxy_grpc_stream: unimplemented,
-    proxy_grpc_send: unimplemented,
+    proxy_grpc_stream: sync,
+    proxy_grpc_send: sync,
     proxy_grpc_cancel: sync,
-    proxy_grpc_close: unimplemented,
+    proxy_grpc_close: sync,
     proxy_get_status: sync,
     proxy_register_shared_queue: sync,
     proxy_resolve_shared_queue: sync,
@@ -702,12 +702,53 @@ fn proxy_grpc_call(
     written(&mut caller, return_token, &token.to_le_bytes())
 }
 
+#[allow(clippy::too_many_arguments)]
+fn proxy_grpc_stream(
+    mut caller: Ctx<'_>,
+    upstream: i32,
+    upstream_size: i32,
+    service: i32,
+    service_size: i32,
+    method: i32,
+    method_size: i32,
+    metadata: i32,
+    metadata_size: i32,
+    return_token: i32,
+) -> Result<(), Status> {
+    let upstream = read_str(&mut caller, upstream, upstream_size, Copied::Name)?;
+    let service = read_str(&mut caller, service, service_size, Copied::Name)?;
+    let method = read_str(&mut caller, method, method_size, Copied::Name)?;
+    let metadata = read(&mut caller, metadata, metadata_size, Copied::HeaderMap)?;
+    let metadata = if metadata.is_empty() {
+        Vec::new()
+    } else {
+        HeaderPairs::deserialize(&metadata).ok_or(Status::ParseFailure)?
+    };
+    let token = state_mut(&mut caller).open_grpc_stream(&upstream, &service, &method, metadata)?;
+    written(&mut caller, return_token, &token.to_le_bytes())
+}
+
+fn proxy_grpc_send(
+    mut caller: Ctx<'_>,
+    token: i32,
+    message: i32,
+    message_size: i32,
+    end_stream: i32,
+) -> Result<(), Status> {
+    let message = read(&mut caller, message, message_size, Copied::Body)?;
+    state_mut(&mut caller).send_grpc_message(token as u32, &message, end_stream != 0)
+}
+
 fn proxy_grpc_cancel(mut caller: Ctx<'_>, token: i32) -> Result<(), Status> {
-    state_mut(&mut caller).cancel_grpc_call(token as u32)
+    state_mut(&mut caller).cancel_grpc(token as u32)
+}
+
+fn proxy_grpc_close(mut caller: Ctx<'_>, token: i32) -> Result<(), Status> {
+    state_mut(&mut caller).close_grpc(token as u32)
 }
 
 /// The status of the gRPC call being closed, in `proxy_on_grpc_close`;
-/// `NOT_FOUND` anywhere else.
+/// OK with no message anywhere else.
 fn proxy_get_status(
     mut ctx: Ctx<'_>,
     return_code: i32,
@@ -715,7 +756,7 @@ fn proxy_get_status(
     return_message_size: i32,
 ) -> Result<(), Status> {
     let caller = &mut ctx;
-    let (code, message) = state(caller).grpc_status.clone().ok_or(Status::NotFound)?;
+    let (code, message) = state(caller).grpc_status();
     written(caller, return_code, &code.to_le_bytes())?;
     give(
         caller,

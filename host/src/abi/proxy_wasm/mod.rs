@@ -13,6 +13,7 @@
 //! `docs/PROXY_WASM.md` lists every hostcall and callback and how far it
 //! is supported.
 
+mod answers;
 mod callout;
 mod filter;
 mod grpc;
@@ -37,12 +38,14 @@ use crate::upstream::egress::{self, Egress};
 use crate::upstream::StaticUpstream;
 use wasm_runtime::Sandbox;
 
+pub use answers::CallAnswers;
 pub use callout::{
-    perform as perform_call, CallFailed, CallKind, CallResponse, PendingCall, MAX_CHAINED_ANSWERS,
+    init_connector as init_callout_connector, perform as perform_call, CallFailed, CallKind,
+    CallResponse, GrpcStream, PendingCall, StreamEvent, StreamOp, MAX_CHAINED_ANSWERS,
 };
 pub use filter::{
-    vm_key, BodyError, BodyOutcome, Direction, FilterEntry, FilterModule, FilterSpec, FilterStream,
-    HeldRoot, Paused, RequestOutcome, RootClaim, VmKey, VmLease,
+    vm_key, BodyError, BodyOutcome, Delivery, Direction, FilterEntry, FilterModule, FilterSpec,
+    FilterStream, HeldRoot, Paused, RequestOutcome, RootClaim, VmKey, VmLease,
 };
 pub use queues::{wait_for_enqueues, wake_deliveries, QueueReady};
 pub use state::PwState;

@@ -11,8 +11,9 @@ use std::time::Duration;
 use prometheus::IntGauge;
 use wasmtime::TypedFunc;
 
-use super::callout::CallKind;
+use super::callout::{CallKind, StreamOp};
 use super::properties::{attribute, Attribute, PluginNames};
+use super::stream::CallView;
 use super::types::{BufferType, MapType, Status};
 use super::{HeaderPairs, PendingCall, Plugin, SetRefused, Stream};
 
@@ -47,7 +48,7 @@ pub struct PwState {
     /// callback returns and answered to the root context.
     pub(super) root_calls: Vec<PendingCall>,
     /// The response of the root call being delivered.
-    pub(super) root_call_response: Option<(HeaderPairs, Vec<u8>)>,
+    pub(super) root_call_view: CallView,
     /// A root callback outside any request is running (a tick, a queue
     /// delivery, a root call's answer): only then may calls be
     /// dispatched outside a stream.
@@ -56,9 +57,11 @@ pub struct PwState {
     /// memory: the hostcall said `INVALID_MEMORY_ACCESS`, and the callback
     /// is a fault once it returns (the guest's state may be poisoned).
     pub(super) allocator_failed: Option<String>,
-    /// The status of the gRPC call being closed (`proxy_on_grpc_close`),
-    /// for `proxy_get_status`.
-    pub(super) grpc_status: Option<(u32, String)>,
+    /// The gRPC stream whose event is being delivered: the filter may
+    /// send on it, end its side or cancel it (`stream_ops`).
+    pub(super) live_stream: Option<u32>,
+    /// What the filter did to the live stream in this callback.
+    pub(super) stream_ops: Vec<StreamOp>,
 }
 
 impl PwState {
@@ -72,9 +75,10 @@ impl PwState {
             next_call_token: 1,
             root_calls: Vec::new(),
             allocator_failed: None,
-            root_call_response: None,
+            root_call_view: CallView::default(),
             in_root_callback: false,
-            grpc_status: None,
+            live_stream: None,
+            stream_ops: Vec::new(),
         }
     }
 
@@ -89,30 +93,43 @@ impl PwState {
         self.stream.as_ref().ok_or(Status::NotFound)
     }
 
-    /// Header map `map` of the stream in progress.
+    /// Header map `map` of the stream in progress (or of the call answer
+    /// a root context is given).
     pub(super) fn header_map(&self, map: MapType) -> Result<&HeaderPairs, Status> {
-        match (&self.stream, map) {
-            (Some(stream), map) => stream.header_map(map),
-            (None, MapType::HttpCallResponseHeaders) => self
-                .root_call_response
-                .as_ref()
-                .map(|(map, _)| map)
-                .ok_or(Status::NotFound),
-            (None, _) => Err(Status::NotFound),
+        match &self.stream {
+            Some(stream) => stream.header_map(map),
+            None => self.root_call_view.header_map(map).ok_or(Status::NotFound),
         }
     }
 
     /// Header map `map` of the stream in progress, to edit.
     pub(super) fn header_map_mut(&mut self, map: MapType) -> Result<&mut HeaderPairs, Status> {
-        match (&mut self.stream, map) {
-            (Some(stream), map) => stream.header_map_mut(map),
-            (None, MapType::HttpCallResponseHeaders) => self
-                .root_call_response
-                .as_mut()
-                .map(|(map, _)| map)
+        match &mut self.stream {
+            Some(stream) => stream.header_map_mut(map),
+            None => self
+                .root_call_view
+                .header_map_mut(map)
                 .ok_or(Status::NotFound),
-            (None, _) => Err(Status::NotFound),
         }
+    }
+
+    /// The call answer being delivered, as the filter reads it.
+    fn call_view(&self) -> &CallView {
+        match &self.stream {
+            Some(stream) => &stream.call_view,
+            None => &self.root_call_view,
+        }
+    }
+
+    /// The status of the gRPC call or stream being closed
+    /// (`proxy_on_grpc_close`), for `proxy_get_status`; OK and no message
+    /// anywhere else, as Envoy answers (the Rust SDK panics on any status
+    /// but OK from this hostcall).
+    pub(super) fn grpc_status(&self) -> (u32, String) {
+        self.call_view()
+            .status
+            .clone()
+            .unwrap_or((crate::abi::grpc::OK, String::new()))
     }
 
     /// The bytes of buffer `buffer`: the configurations from any
@@ -124,10 +141,7 @@ impl PwState {
             BufferType::HttpCallResponseBody | BufferType::GrpcReceiveBuffer
                 if self.stream.is_none() =>
             {
-                self.root_call_response
-                    .as_ref()
-                    .map(|(_, body)| body.as_slice())
-                    .ok_or(Status::NotFound)
+                self.root_call_view.buffer(buffer).ok_or(Status::NotFound)
             }
             _ => self.stream()?.buffer(buffer),
         }
@@ -367,12 +381,7 @@ impl PwState {
         timeout_ms: u32,
     ) -> Result<u32, Status> {
         let scope = &self.plugin().scope;
-        let mut target = scope.callout_target(upstream).ok_or(Status::ParseFailure)?;
-        target.protocol = if target.tls {
-            UpstreamProtocol::H2
-        } else {
-            UpstreamProtocol::H2c
-        };
+        let target = grpc_target(scope.callout_target(upstream).ok_or(Status::ParseFailure)?);
         let timeout_ms = timeout_ms.clamp(1, scope.limits.max_call_timeout_ms);
         let (headers, body) = super::grpc::request(
             &target,
@@ -385,19 +394,125 @@ impl PwState {
         self.dispatch(target, CallKind::Grpc, headers, body, timeout_ms)
     }
 
-    /// Cancels gRPC call `token` dispatched in this callback and not made
-    /// yet: it is dropped, and nothing is delivered for it.
-    /// `NOT_FOUND` for any other token.
-    pub(super) fn cancel_grpc_call(&mut self, token: u32) -> Result<(), Status> {
-        let calls = match self.stream.as_mut() {
+    /// Opens a gRPC stream to `method` of `service` on `upstream`, granted
+    /// as for [`dispatch_grpc_call`](Self::dispatch_grpc_call); it is
+    /// opened once the callback returns, with what the filter sent on it
+    /// by then, and lives at most the tenant's `max_call_timeout_ms`.
+    pub(super) fn open_grpc_stream(
+        &mut self,
+        upstream: &str,
+        service: &str,
+        method: &str,
+        metadata: Vec<(String, String)>,
+    ) -> Result<u32, Status> {
+        let scope = &self.plugin().scope;
+        let target = grpc_target(scope.callout_target(upstream).ok_or(Status::ParseFailure)?);
+        let lifetime_ms = scope.limits.max_call_timeout_ms;
+        let (headers, _) = super::grpc::request(
+            &target,
+            upstream,
+            (service, method),
+            metadata,
+            &[],
+            lifetime_ms,
+        )?;
+        self.dispatch(
+            target,
+            CallKind::GrpcStream,
+            headers,
+            Vec::new(),
+            lifetime_ms,
+        )
+    }
+
+    /// The calls dispatched in this callback, not made yet.
+    fn pending_calls(&mut self) -> &mut Vec<PendingCall> {
+        match self.stream.as_mut() {
             Some(stream) => &mut stream.calls,
             None => &mut self.root_calls,
-        };
-        let at = calls
+        }
+    }
+
+    /// Sends `message` on gRPC stream `token`, ending the filter's side
+    /// if `end`: a stream opened in this callback takes it with its
+    /// opening; the stream whose event is being delivered takes it once
+    /// the callback returns. `NOT_FOUND` for any other token, or a stream
+    /// whose side is ended; `BAD_ARGUMENT` past [`MAX_STREAM_SENT`] bytes
+    /// not yet sent.
+    pub(super) fn send_grpc_message(
+        &mut self,
+        token: u32,
+        message: &[u8],
+        end: bool,
+    ) -> Result<(), Status> {
+        let frame = crate::abi::grpc::frame(message);
+        if let Some(call) = self
+            .pending_calls()
+            .iter_mut()
+            .find(|call| call.token == token && call.kind == CallKind::GrpcStream)
+        {
+            if call.ended {
+                return Err(Status::NotFound);
+            }
+            if call.body.len() + frame.len() > MAX_STREAM_SENT {
+                return Err(Status::BadArgument);
+            }
+            call.body.extend_from_slice(&frame);
+            call.ended = end;
+            return Ok(());
+        }
+        self.live_stream_op(token, StreamOp::Send(frame, end))
+    }
+
+    /// Ends the filter's side of gRPC stream `token` (or cancels gRPC call
+    /// `token`, as Envoy does); `NOT_FOUND` for any other token.
+    pub(super) fn close_grpc(&mut self, token: u32) -> Result<(), Status> {
+        let calls = self.pending_calls();
+        if let Some(at) = calls.iter().position(|call| call.token == token) {
+            match calls[at].kind {
+                CallKind::GrpcStream => calls[at].ended = true,
+                CallKind::Grpc => drop(calls.remove(at)),
+                CallKind::Http => return Err(Status::NotFound),
+            }
+            return Ok(());
+        }
+        self.live_stream_op(token, StreamOp::Send(Vec::new(), true))
+    }
+
+    /// Cancels gRPC call or stream `token`: one dispatched in this
+    /// callback is dropped, the stream being delivered is reset; nothing
+    /// more is delivered for it. `NOT_FOUND` for any other token.
+    pub(super) fn cancel_grpc(&mut self, token: u32) -> Result<(), Status> {
+        let calls = self.pending_calls();
+        if let Some(at) = calls
             .iter()
-            .position(|call| call.token == token && call.kind == CallKind::Grpc)
-            .ok_or(Status::NotFound)?;
-        calls.remove(at);
+            .position(|call| call.token == token && call.kind != CallKind::Http)
+        {
+            calls.remove(at);
+            return Ok(());
+        }
+        self.live_stream_op(token, StreamOp::Cancel)
+    }
+
+    /// Records `op` on the stream being delivered, if it is `token`.
+    fn live_stream_op(&mut self, token: u32, op: StreamOp) -> Result<(), Status> {
+        if self.live_stream != Some(token) {
+            return Err(Status::NotFound);
+        }
+        let queued: usize = self
+            .stream_ops
+            .iter()
+            .map(|op| match op {
+                StreamOp::Send(frame, _) => frame.len(),
+                StreamOp::Cancel => 0,
+            })
+            .sum();
+        if let StreamOp::Send(frame, _) = &op {
+            if queued + frame.len() > MAX_STREAM_SENT {
+                return Err(Status::BadArgument);
+            }
+        }
+        self.stream_ops.push(op);
         Ok(())
     }
 
@@ -429,6 +544,7 @@ impl PwState {
             token,
             target,
             kind,
+            ended: false,
             headers,
             body,
             timeout: Duration::from_millis(u64::from(timeout_ms)),
@@ -437,6 +553,21 @@ impl PwState {
         self.next_call_token = token.wrapping_add(1).max(1);
         Ok(token)
     }
+}
+
+/// The most bytes a filter's sends on one gRPC stream may queue before
+/// they go out (within one callback).
+pub(super) const MAX_STREAM_SENT: usize = 1 << 20;
+
+/// `target` for gRPC, which is HTTP/2 whatever the cluster says: by ALPN
+/// over TLS, with prior knowledge over plain TCP.
+fn grpc_target(mut target: StaticUpstream) -> StaticUpstream {
+    target.protocol = if target.tls {
+        UpstreamProtocol::H2
+    } else {
+        UpstreamProtocol::H2c
+    };
+    target
 }
 
 #[cfg(test)]
@@ -564,8 +695,7 @@ mod tests {
         // and its size is never reported.
         let call_body = BufferType::HttpCallResponseBody;
         assert_eq!(state.buffer_bytes(call_body, 0, 9), Err(Status::NotFound));
-        state.stream.as_mut().unwrap().call_response =
-            Some((HeaderPairs::default(), b"ok".to_vec()));
+        state.stream.as_mut().unwrap().call_view.buffer = Some((call_body, b"ok".to_vec()));
         assert_eq!(state.buffer_bytes(call_body, 0, 9), Ok(&b"ok"[..]));
         assert_eq!(state.buffer_size(call_body), Err(Status::NotFound));
     }
@@ -645,6 +775,75 @@ mod tests {
         assert_eq!(calls[1].timeout, Duration::from_millis(100));
         calls.remove(0);
         assert_eq!(state.dispatch_http_call("auth", call, vec![], 5), Ok(3));
+    }
+
+    #[test]
+    fn grpc_calls_and_streams_take_sends_closes_and_cancels_by_token() {
+        let mut state = state();
+        state.stream = Some(Stream::default());
+        assert_eq!(
+            state.dispatch_grpc_call("nowhere", "S", "M", vec![], b"", 5),
+            Err(Status::ParseFailure)
+        );
+        let call = state.dispatch_grpc_call("auth", "pkg.S", "M", vec![], b"hi", 5);
+        let stream = state.open_grpc_stream("auth", "pkg.S", "Chat", vec![]);
+        let (call, stream) = (call.unwrap(), stream.unwrap());
+        {
+            let calls = &state.stream.as_ref().unwrap().calls;
+            assert_eq!(calls[0].kind, CallKind::Grpc);
+            // gRPC is HTTP/2 whatever the cluster says: plain, so h2c.
+            assert_eq!(calls[0].target.protocol, UpstreamProtocol::H2c);
+            assert_eq!(calls[1].kind, CallKind::GrpcStream);
+            assert!(calls[1].body.is_empty());
+        }
+        // A stream opened in this callback takes what is sent with it.
+        assert_eq!(state.send_grpc_message(stream, b"one", false), Ok(()));
+        assert_eq!(
+            state.send_grpc_message(call, b"x", false),
+            Err(Status::NotFound)
+        );
+        assert_eq!(state.close_grpc(stream), Ok(()));
+        assert_eq!(
+            state.send_grpc_message(stream, b"two", false),
+            Err(Status::NotFound)
+        );
+        {
+            let calls = &state.stream.as_ref().unwrap().calls;
+            assert_eq!(calls[1].body, crate::abi::grpc::frame(b"one"));
+            assert!(calls[1].ended);
+        }
+        // Cancelled before they were made: gone, and a second cancel finds
+        // nothing.
+        assert_eq!(state.cancel_grpc(call), Ok(()));
+        assert_eq!(state.cancel_grpc(stream), Ok(()));
+        assert_eq!(state.cancel_grpc(stream), Err(Status::NotFound));
+        assert!(state.stream.as_ref().unwrap().calls.is_empty());
+
+        // The stream whose event is being delivered takes sends as ops,
+        // bounded; no other token does.
+        state.live_stream = Some(9);
+        assert_eq!(state.send_grpc_message(9, b"three", false), Ok(()));
+        assert_eq!(
+            state.send_grpc_message(8, b"three", false),
+            Err(Status::NotFound)
+        );
+        let big = vec![0; MAX_STREAM_SENT];
+        assert_eq!(
+            state.send_grpc_message(9, &big, false),
+            Err(Status::BadArgument)
+        );
+        assert_eq!(state.close_grpc(9), Ok(()));
+        assert_eq!(state.cancel_grpc(9), Ok(()));
+        assert_eq!(
+            std::mem::take(&mut state.stream_ops),
+            vec![
+                StreamOp::Send(crate::abi::grpc::frame(b"three"), false),
+                StreamOp::Send(Vec::new(), true),
+                StreamOp::Cancel,
+            ]
+        );
+        // Outside a close: OK and no message, as Envoy answers.
+        assert_eq!(state.grpc_status(), (0, String::new()));
     }
 
     #[test]

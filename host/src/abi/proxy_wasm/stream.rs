@@ -112,6 +112,26 @@ impl HeaderPairs {
         map
     }
 
+    /// A trailers map: its fields.
+    pub fn of_trailers(trailers: &http::HeaderMap) -> Self {
+        let mut map = Self::with_capacity(trailers.len(), 48 * trailers.len());
+        for (name, value) in trailers {
+            map.push_bytes(name.as_str(), value.as_bytes());
+        }
+        map.added_from = Some(map.spans.len());
+        map
+    }
+
+    /// Applies the map to `trailers`: its fields replace theirs, each
+    /// checked (pseudo-headers have no place there and are left out).
+    pub fn apply_to_trailers(&self, trailers: &mut http::HeaderMap) -> Result<(), HookFault> {
+        if let Some(added) = self.only_added() {
+            return add_fields(trailers, checked_all(added)?, false);
+        }
+        let fields = self.iter().filter(|(name, _)| !name.starts_with(':'));
+        add_fields(trailers, checked_all(fields)?, true)
+    }
+
     /// The response's map: `:status`, then its fields.
     pub fn of_response(response: &ResponseHeader) -> Self {
         let headers = &response.headers;
@@ -492,6 +512,44 @@ fn checked(name: &str, value: &str) -> Result<(http::HeaderName, http::HeaderVal
     Ok((name, value))
 }
 
+/// What a filter reads of the call answer being delivered: a header map
+/// (an HTTP call's response headers, a gRPC stream's metadata), a buffer
+/// (the response body, a gRPC message) and a gRPC status
+/// (`proxy_get_status`), each there only during the callback that
+/// delivers it.
+#[derive(Debug, Default)]
+pub struct CallView {
+    /// The map, and which map type names it.
+    pub(super) map: Option<(MapType, HeaderPairs)>,
+    /// The buffer, and which buffer type names it.
+    pub(super) buffer: Option<(BufferType, Vec<u8>)>,
+    /// A gRPC status and its message.
+    pub(super) status: Option<(u32, String)>,
+}
+
+impl CallView {
+    pub(super) fn header_map(&self, map: MapType) -> Option<&HeaderPairs> {
+        self.map
+            .as_ref()
+            .filter(|(kind, _)| *kind == map)
+            .map(|(_, map)| map)
+    }
+
+    pub(super) fn header_map_mut(&mut self, map: MapType) -> Option<&mut HeaderPairs> {
+        self.map
+            .as_mut()
+            .filter(|(kind, _)| *kind == map)
+            .map(|(_, map)| map)
+    }
+
+    pub(super) fn buffer(&self, buffer: BufferType) -> Option<&[u8]> {
+        self.buffer
+            .as_ref()
+            .filter(|(kind, _)| *kind == buffer)
+            .map(|(_, bytes)| bytes.as_slice())
+    }
+}
+
 /// Facts about the request, for properties.
 #[derive(Debug, Default, Clone)]
 pub struct RequestFacts {
@@ -536,6 +594,8 @@ pub struct Stream {
     pub request: HeaderPairs,
     /// The response header map, once there is a response.
     pub response: Option<HeaderPairs>,
+    /// The response's trailers, during `proxy_on_response_trailers`.
+    pub response_trailers: Option<HeaderPairs>,
     /// A local response the filter asked for in this callback.
     pub local_reply: Option<LocalReply>,
     /// Properties the filter set (`proxy_set_property`), by path.
@@ -547,9 +607,8 @@ pub struct Stream {
     pub close: bool,
     /// HTTP calls the filter dispatched in this callback.
     pub calls: Vec<super::callout::PendingCall>,
-    /// The response of the call being delivered (`proxy_on_http_call_response`):
-    /// its header map and body.
-    pub call_response: Option<(HeaderPairs, Vec<u8>)>,
+    /// What the filter reads of the call answer being delivered.
+    pub call_view: CallView,
     /// The request body buffered so far (`HTTP_REQUEST_BODY`).
     pub request_body: Vec<u8>,
     /// The response body buffered so far (`HTTP_RESPONSE_BODY`).
@@ -592,8 +651,8 @@ impl Stream {
         match map {
             MapType::HttpRequestHeaders => Some(&self.request),
             MapType::HttpResponseHeaders => self.response.as_ref(),
-            MapType::HttpCallResponseHeaders => self.call_response.as_ref().map(|(map, _)| map),
-            _ => None,
+            MapType::HttpResponseTrailers => self.response_trailers.as_ref(),
+            other => self.call_view.header_map(other),
         }
         .ok_or(Status::NotFound)
     }
@@ -604,8 +663,8 @@ impl Stream {
         match map {
             MapType::HttpRequestHeaders => Some(&mut self.request),
             MapType::HttpResponseHeaders => self.response.as_mut(),
-            MapType::HttpCallResponseHeaders => self.call_response.as_mut().map(|(map, _)| map),
-            _ => None,
+            MapType::HttpResponseTrailers => self.response_trailers.as_mut(),
+            other => self.call_view.header_map_mut(other),
         }
         .ok_or(Status::NotFound)
     }
@@ -615,13 +674,7 @@ impl Stream {
         match buffer {
             BufferType::HttpRequestBody => Ok(&self.request_body),
             BufferType::HttpResponseBody => Ok(&self.response_body),
-            BufferType::HttpCallResponseBody | BufferType::GrpcReceiveBuffer => {
-                match &self.call_response {
-                    Some((_, body)) => Ok(body),
-                    None => Err(Status::NotFound),
-                }
-            }
-            _ => Err(Status::NotFound),
+            other => self.call_view.buffer(other).ok_or(Status::NotFound),
         }
     }
 

@@ -16,7 +16,7 @@ use super::input::{DownstreamRequest, HookInput, RequestEnd};
 use super::module::{decode_json, InputMode, V1Module};
 use super::peer::PeerChoice;
 use super::request::{apply_request_changes, apply_upstream_request, upstream_request};
-use super::response::{apply_response_changes, local_response};
+use super::response::{apply_response_changes, apply_trailer_changes, local_response};
 use crate::abi::framing::{check_method, Message};
 use crate::abi::hook_table::Hook;
 use crate::abi::{HookFailure, HookFault, Refusal};
@@ -226,6 +226,38 @@ pub async fn response_filter(
     .await?;
     if let Some(changes) = changes {
         apply_response_changes(response, *changes)?;
+    }
+    ctx.apply(update);
+    Ok(())
+}
+
+/// The whole `response_trailer_filter` step: call the guest with the
+/// trailers (shown as a response with `status`, the response's, and the
+/// trailers as its headers) and apply its changes to them, and its ctx.
+pub async fn response_trailer_filter(
+    module: &V1Module,
+    request: &DownstreamRequest<'_>,
+    status: u16,
+    trailers: &mut http::HeaderMap,
+    ctx: &mut GuestCtx,
+    meter: &dyn SliceMeter,
+) -> Result<(), HookFailure> {
+    let invalid = |e: Box<pingora::Error>| HookFault::InvalidOutput(format!("trailers: {e}"));
+    let mut shown = ResponseHeader::build(status, Some(trailers.len())).map_err(invalid)?;
+    for (name, value) in trailers.iter() {
+        shown
+            .append_header(name.clone(), value.clone())
+            .map_err(invalid)?;
+    }
+    let input = HookInput::new(request, ctx.json()).with_response(Some(&shown));
+    let hook = Hook::ResponseTrailerFilter;
+    let (changes, update) = call(module, hook, &input, meter, |bytes| {
+        let output = decode_output(bytes)?;
+        Ok((output.response_changes, ctx.update_to(output.ctx)))
+    })
+    .await?;
+    if let Some(changes) = changes {
+        apply_trailer_changes(trailers, *changes)?;
     }
     ctx.apply(update);
     Ok(())

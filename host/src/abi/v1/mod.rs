@@ -21,7 +21,7 @@ mod fuzz_tests;
 pub use ctx::{CtxUpdate, GuestCtx};
 pub use hooks::{
     decode_filter_output, decode_peer_output, logging, request_filter, response_filter,
-    upstream_peer, upstream_request_filter, RequestVerdict, UpstreamEdit,
+    response_trailer_filter, upstream_peer, upstream_request_filter, RequestVerdict, UpstreamEdit,
 };
 pub use imports::V1;
 pub use input::{DownstreamRequest, RequestEnd};

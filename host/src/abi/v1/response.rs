@@ -49,6 +49,22 @@ pub fn apply_response_changes(
     headers.apply(target)
 }
 
+/// Applies a guest's `response_trailer_filter` changes to `trailers`:
+/// header operations as in `response_filter` (framing fields refused as
+/// there); trailers have no status to change.
+pub(super) fn apply_trailer_changes(
+    trailers: &mut http::HeaderMap,
+    changes: wire::ResponseChanges,
+) -> Result<(), HookFault> {
+    if let Some(status) = changes.status {
+        return Err(HookFault::InvalidOutput(format!(
+            "status {status} in response_trailer_filter: trailers have no status"
+        )));
+    }
+    check_framing(&changes.headers, Message::Response)?;
+    CheckedOps::new(changes.headers)?.apply(trailers)
+}
+
 /// The response a guest answered with in `request_filter`, checked as
 /// every guest's local reply is ([`LocalReply::checked`]). Its body
 /// cannot pass the cap: the whole output is capped no higher.

@@ -20,6 +20,7 @@ use pingora::services::background::BackgroundService;
 use prometheus::IntGaugeVec;
 
 use super::spec::{CheckKind, PoolSpec, PoolTls};
+use crate::upstream::static_upstream::set_protocol;
 
 /// How often the service looks for passes that are due (and for pools a
 /// reload added).
@@ -187,6 +188,8 @@ fn checker(spec: &PoolSpec, ca_file: Option<String>) -> Box<dyn HealthCheck + Se
                 peer.sni = tls.sni.clone();
                 tls.verify_with(&mut peer.options);
             }
+            // The backends' protocol: an h2c-only backend refuses HTTP/1.1.
+            set_protocol(peer, spec.protocol);
             peer.options.connection_timeout = timeout;
             peer.options.total_connection_timeout = timeout;
             peer.options.read_timeout = timeout;

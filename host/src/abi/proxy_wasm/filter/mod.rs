@@ -19,32 +19,38 @@ mod vm;
 pub use root::{HeldRoot, RootClaim};
 use vm::{call_in, module_digest, FilterInstance, FilterVm, PickCallback};
 
-use super::callout::{CallFailed, CallKind, CallResponse};
+use super::callout::{CallFailed, CallKind, CallResponse, StreamEvent, StreamOp};
 use super::grpc::GrpcAnswer;
+use super::stream::CallView;
+use super::types::{BufferType, MapType};
 use super::{HeaderPairs, Plugin, PwState, Stream};
 use crate::abi::CallError;
 use wasm_runtime::WasmInstance;
 
-/// A call's response headers and body (or gRPC message), as its
-/// callback reads them.
-type CallBuffers = (HeaderPairs, Vec<u8>);
-
-/// The answer to a call as the filter is told it: by which callback, with
-/// what in the call's buffers.
-enum Delivery {
+/// The answer to a call, or an event of a gRPC stream, as the filter is
+/// told it: by which callback, with what the filter may read during it.
+#[derive(Debug)]
+pub enum Delivery {
     /// `proxy_on_http_call_response`: the response's headers and body
     /// (none for a failed call).
     Http(HeaderPairs, Vec<u8>),
-    /// `proxy_on_grpc_receive`: a gRPC call's message.
+    /// `proxy_on_grpc_receive_initial_metadata`: a gRPC stream's
+    /// response headers (map 4).
+    GrpcInitialMetadata(HeaderPairs),
+    /// `proxy_on_grpc_receive`: a gRPC message (buffer 5).
     GrpcMessage(Vec<u8>),
-    /// `proxy_on_grpc_close`: a gRPC call's status other than OK, and its
+    /// `proxy_on_grpc_receive_trailing_metadata`: a gRPC stream's
+    /// trailers (map 5).
+    GrpcTrailingMetadata(HeaderPairs),
+    /// `proxy_on_grpc_close`: the call's or the stream's status, and its
     /// message (`proxy_get_status`).
     GrpcClose(u32, String),
 }
 
 impl Delivery {
-    /// How the answer to a call of `kind` is delivered.
-    fn of(kind: CallKind, result: Result<CallResponse, CallFailed>) -> Self {
+    /// How the answer to a call of `kind` is delivered (a unary call's:
+    /// its message if OK, else its close).
+    pub fn of(kind: CallKind, result: Result<CallResponse, CallFailed>) -> Self {
         match kind {
             CallKind::Http => match result {
                 Ok(response) => {
@@ -52,63 +58,121 @@ impl Delivery {
                 }
                 Err(_) => Delivery::Http(HeaderPairs::default(), Vec::new()),
             },
-            CallKind::Grpc => match super::grpc::answer(&result) {
+            CallKind::Grpc | CallKind::GrpcStream => match super::grpc::answer(&result) {
                 GrpcAnswer::Message(message) => Delivery::GrpcMessage(message),
                 GrpcAnswer::Closed { status, message } => Delivery::GrpcClose(status, message),
             },
         }
     }
 
-    /// What the call's buffers hold during the callback: the response
-    /// (headers and body, or a gRPC message), and the gRPC status.
-    fn buffers(&self) -> (Option<CallBuffers>, Option<(u32, String)>) {
-        match self {
-            Delivery::Http(headers, body) => (Some((headers.clone(), body.clone())), None),
-            Delivery::GrpcMessage(message) => {
-                (Some((HeaderPairs::default(), message.clone())), None)
+    /// How an event of a gRPC stream is delivered.
+    pub fn of_event(event: StreamEvent) -> Self {
+        match event {
+            StreamEvent::InitialMetadata(pairs) => {
+                Delivery::GrpcInitialMetadata(HeaderPairs::from_pairs(pairs))
             }
-            Delivery::GrpcClose(status, message) => (None, Some((*status, message.clone()))),
+            StreamEvent::Message(message) => Delivery::GrpcMessage(message),
+            StreamEvent::TrailingMetadata(pairs) => {
+                Delivery::GrpcTrailingMetadata(HeaderPairs::from_pairs(pairs))
+            }
+            StreamEvent::Closed(status, message) => Delivery::GrpcClose(status, message),
         }
     }
 
-    /// Calls its callback on root context `root` for call `token`, if the
-    /// filter exports it.
+    /// The callback that delivers it, as metrics and logs name it.
+    pub fn callback(&self) -> &'static str {
+        match self {
+            Delivery::Http(..) => "proxy_on_http_call_response",
+            Delivery::GrpcInitialMetadata(_) => "proxy_on_grpc_receive_initial_metadata",
+            Delivery::GrpcMessage(_) => "proxy_on_grpc_receive",
+            Delivery::GrpcTrailingMetadata(_) => "proxy_on_grpc_receive_trailing_metadata",
+            Delivery::GrpcClose(..) => "proxy_on_grpc_close",
+        }
+    }
+
+    /// What the filter reads during the callback.
+    fn view(self) -> CallView {
+        let mut view = CallView::default();
+        match self {
+            Delivery::Http(headers, body) => {
+                view.map = Some((MapType::HttpCallResponseHeaders, headers));
+                view.buffer = Some((BufferType::HttpCallResponseBody, body));
+            }
+            Delivery::GrpcInitialMetadata(map) => {
+                view.map = Some((MapType::GrpcReceiveInitialMetadata, map));
+            }
+            Delivery::GrpcMessage(message) => {
+                view.buffer = Some((BufferType::GrpcReceiveBuffer, message));
+            }
+            Delivery::GrpcTrailingMetadata(map) => {
+                view.map = Some((MapType::GrpcReceiveTrailingMetadata, map));
+            }
+            Delivery::GrpcClose(status, message) => view.status = Some((status, message)),
+        }
+        view
+    }
+}
+
+/// The callback a [`CallView`] is delivered by, with its last arguments.
+#[derive(Clone, Copy)]
+enum AnswerCallback {
+    /// `proxy_on_http_call_response(root, token, headers, body size, 0)`.
+    HttpCallResponse(i32, i32),
+    /// A gRPC callback `(root, token, n)`: `n` is the metadata count, the
+    /// message's size, or the status.
+    Grpc(GrpcPick, i32),
+}
+
+/// Which gRPC callback to call.
+type GrpcPick = fn(&vm::Callbacks) -> Option<&wasmtime::TypedFunc<(i32, i32, i32), ()>>;
+
+impl AnswerCallback {
+    /// The callback that delivers `view`.
+    fn of(view: &CallView) -> Self {
+        let count = view.map.as_ref().map_or(0, |(_, map)| map.len() as i32);
+        let size = view
+            .buffer
+            .as_ref()
+            .map_or(0, |(_, bytes)| bytes.len() as i32);
+        match (&view.map, &view.status) {
+            (Some((MapType::HttpCallResponseHeaders, _)), _) => {
+                AnswerCallback::HttpCallResponse(count, size)
+            }
+            (Some((MapType::GrpcReceiveInitialMetadata, _)), _) => {
+                AnswerCallback::Grpc(|c| c.on_grpc_receive_initial_metadata.as_ref(), count)
+            }
+            (Some(_), _) => {
+                AnswerCallback::Grpc(|c| c.on_grpc_receive_trailing_metadata.as_ref(), count)
+            }
+            (None, Some((status, _))) => {
+                AnswerCallback::Grpc(|c| c.on_grpc_close.as_ref(), *status as i32)
+            }
+            (None, None) => AnswerCallback::Grpc(|c| c.on_grpc_receive.as_ref(), size),
+        }
+    }
+
+    /// Calls it on root context `root` for `token`, if the filter exports
+    /// it.
     fn call(
-        &self,
+        self,
         wasm: &mut WasmInstance<PwState>,
         callbacks: &vm::Callbacks,
-        root: i32,
-        token: u32,
+        (root, token): (i32, u32),
         meter: &dyn SliceMeter,
     ) -> Option<Result<(), CallError>> {
         let token = token as i32;
         match self {
-            Delivery::Http(headers, body) => {
-                let args = (root, token, headers.len() as i32, body.len() as i32, 0);
+            AnswerCallback::HttpCallResponse(count, size) => {
+                let callback = callbacks.on_http_call_response.as_ref()?;
                 Some(call_in(
                     wasm,
-                    callbacks.on_http_call_response.as_ref()?,
-                    args,
+                    callback,
+                    (root, token, count, size, 0),
                     meter,
                 ))
             }
-            Delivery::GrpcMessage(message) => {
-                let args = (root, token, message.len() as i32);
-                Some(call_in(
-                    wasm,
-                    callbacks.on_grpc_receive.as_ref()?,
-                    args,
-                    meter,
-                ))
-            }
-            Delivery::GrpcClose(status, _) => {
-                let args = (root, token, *status as i32);
-                Some(call_in(
-                    wasm,
-                    callbacks.on_grpc_close.as_ref()?,
-                    args,
-                    meter,
-                ))
+            AnswerCallback::Grpc(pick, n) => {
+                Some(call_in(wasm, pick(callbacks)?, (root, token, n), meter))
             }
         }
     }
@@ -467,47 +531,46 @@ impl FilterModule {
         lose_on_fault(outcome, lease, filter)
     }
 
-    /// Delivers the answer to call `token` of `kind` (an error: it failed
-    /// or timed out) to the filter, on the plugin's root context as the
-    /// SDKs expect (`proxy_on_http_call_response`, or for a gRPC call
-    /// `proxy_on_grpc_receive` or `proxy_on_grpc_close`), and applies the
-    /// filter's edits to the message it paused.
-    #[allow(clippy::too_many_arguments)]
+    /// Delivers `delivery`, for call or stream `token`, to the filter, on
+    /// the plugin's root context as the SDKs expect, and applies the
+    /// filter's edits to the message it paused. While the event of a
+    /// stream still `open` is delivered, the filter may send on it, end
+    /// its side or cancel it: what it did is returned, for the caller to
+    /// do.
     pub async fn on_call_answer(
         &self,
         lease: &mut VmLease,
         filter: &mut FilterStream,
-        (token, kind): (u32, CallKind),
-        result: Result<CallResponse, CallFailed>,
+        (token, delivery, open): (u32, Delivery, bool),
         paused: &mut Paused<'_>,
         meter: &dyn SliceMeter,
-    ) -> Result<RequestOutcome, HookFault> {
-        let delivery = Delivery::of(kind, result);
+    ) -> Result<(RequestOutcome, Vec<StreamOp>), HookFault> {
         match paused {
             Paused::Request(request) => filter.stream.read_request(request),
             Paused::Response(response) => {
                 filter.stream.response = Some(HeaderPairs::of_response(response));
             }
         }
-        let (response, grpc_status) = delivery.buffers();
-        filter.stream.call_response = response;
         let Some(instance) = seated(lease, filter)? else {
-            return Ok(RequestOutcome::Continue);
+            return Ok((RequestOutcome::Continue, Vec::new()));
         };
         let FilterInstance {
             wasm, callbacks, ..
         } = instance;
+        filter.stream.call_view = delivery.view();
+        let callback = AnswerCallback::of(&filter.stream.call_view);
         let state = wasm.abi_mut();
         state.stream = Some(std::mem::take(&mut filter.stream));
         state.current = self.index;
-        state.grpc_status = grpc_status;
-        let called = delivery.call(wasm, callbacks, self.root(), token, meter);
+        state.live_stream = open.then_some(token);
+        let called = callback.call(wasm, callbacks, (self.root(), token), meter);
         let state = wasm.abi_mut();
-        state.grpc_status = None;
+        state.live_stream = None;
+        let ops = std::mem::take(&mut state.stream_ops);
         filter.stream = state.stream.take().unwrap_or_default();
-        filter.stream.call_response = None;
+        filter.stream.call_view = CallView::default();
         let Some(result) = called else {
-            return Ok(RequestOutcome::Continue);
+            return Ok((RequestOutcome::Continue, ops));
         };
         if let Err(e) = result {
             lease.lose();
@@ -520,7 +583,7 @@ impl FilterModule {
             Paused::Request(request) => Self::request_outcome(filter, request, waits),
             Paused::Response(response) => Self::response_outcome(filter, response, waits),
         };
-        lose_on_fault(outcome, lease, filter)
+        lose_on_fault(outcome, lease, filter).map(|outcome| (outcome, ops))
     }
 
     /// After a request callback: its edits applied, then its answer, the
@@ -569,6 +632,47 @@ impl FilterModule {
         )?;
         let outcome = Self::response_outcome(filter, response, action == PAUSE);
         lose_on_fault(outcome, lease, filter)
+    }
+
+    /// `proxy_on_response_trailers` on `trailers`, and the filter's edits
+    /// applied to them. Trailers cannot wait: a pause, a call or a local
+    /// response from this callback is not honoured.
+    pub async fn on_response_trailers(
+        &self,
+        lease: &mut VmLease,
+        filter: &mut FilterStream,
+        trailers: &mut http::HeaderMap,
+        meter: &dyn SliceMeter,
+    ) -> Result<(), HookFault> {
+        let Some(instance) = seated(lease, filter)? else {
+            return Ok(());
+        };
+        let FilterInstance {
+            wasm, callbacks, ..
+        } = instance;
+        let Some(callback) = &callbacks.on_response_trailers else {
+            return Ok(());
+        };
+        filter.stream.response_trailers = Some(HeaderPairs::of_trailers(trailers));
+        let state = wasm.abi_mut();
+        state.stream = Some(std::mem::take(&mut filter.stream));
+        state.current = self.index;
+        let args = (filter.context, trailers.len() as i32);
+        let result = call_in(wasm, callback, args, meter);
+        filter.stream = wasm.abi_mut().stream.take().unwrap_or_default();
+        let map = filter.stream.response_trailers.take();
+        filter.stream.local_reply = None;
+        filter.stream.calls.clear();
+        if let Err(e) = result {
+            lease.lose();
+            filter.live = false;
+            return Err(e.into_fault());
+        }
+        let applied = match map.filter(HeaderPairs::changed) {
+            Some(map) => map.apply_to_trailers(trailers),
+            None => Ok(()),
+        };
+        lose_on_fault(applied, lease, filter)
     }
 
     /// After a response callback: its edits applied, then the calls it

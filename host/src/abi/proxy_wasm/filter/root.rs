@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::vm::{call_in, FilterInstance, FilterVm};
-use super::{Delivery, FilterModule};
-use crate::abi::proxy_wasm::{CallFailed, CallKind, CallResponse, PendingCall};
+use super::{AnswerCallback, Delivery, FilterModule};
+use crate::abi::proxy_wasm::{PendingCall, StreamOp};
 use crate::abi::{CallError, HookFault};
 use wasm_runtime::{RuntimeFault, SliceMeter};
 
@@ -185,34 +185,36 @@ impl FilterModule {
         Ok(RootRun::Ran(vm.held_or_kept(instance)))
     }
 
-    /// Delivers the answer to root call `token` of `kind` (an error: it
-    /// failed or timed out) to the plugin's root context in the held
-    /// instance, as [`FilterModule::on_call_answer`] does; calls it
-    /// dispatches from there join `held`'s.
+    /// Delivers `delivery`, for root call or stream `token`, to the
+    /// plugin's root context in the held instance, as
+    /// [`FilterModule::on_call_answer`] does; calls it dispatches from
+    /// there join `held`'s, and what it did to the stream (still `open`)
+    /// is returned.
     pub async fn on_root_call_answer(
         &self,
         held: &mut HeldRoot,
-        (token, kind): (u32, CallKind),
-        result: Result<CallResponse, CallFailed>,
+        (token, delivery, open): (u32, Delivery, bool),
         meter: &dyn SliceMeter,
-    ) -> Result<(), HookFault> {
-        let delivery = Delivery::of(kind, result);
+    ) -> Result<Vec<StreamOp>, HookFault> {
         let FilterInstance {
             wasm, callbacks, ..
         } = &mut *held.instance;
         let state = wasm.abi_mut();
-        (state.root_call_response, state.grpc_status) = delivery.buffers();
+        state.root_call_view = delivery.view();
+        let callback = AnswerCallback::of(&state.root_call_view);
         state.in_root_callback = true;
         state.current = self.index;
-        let called = delivery.call(wasm, callbacks, self.root(), token, meter);
+        state.live_stream = open.then_some(token);
+        let called = callback.call(wasm, callbacks, (self.root(), token), meter);
         let state = wasm.abi_mut();
-        state.root_call_response = None;
-        state.grpc_status = None;
+        state.root_call_view = Default::default();
         state.in_root_callback = false;
+        state.live_stream = None;
+        let ops = std::mem::take(&mut state.stream_ops);
         held.calls.append(&mut state.root_calls);
         match called {
-            Some(result) => result.map_err(CallError::into_fault),
-            None => Ok(()),
+            Some(result) => result.map_err(CallError::into_fault).map(|()| ops),
+            None => Ok(ops),
         }
     }
 
