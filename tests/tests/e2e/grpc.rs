@@ -56,8 +56,12 @@ impl GrpcServer {
         let port = line
             .trim()
             .strip_prefix("listening ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("the grpc server did not start: {line:?}"));
+            .and_then(|p| p.parse().ok());
+        let Some(port) = port else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the grpc server did not start: {line:?}");
+        };
         GrpcServer { child, port }
     }
 
@@ -158,12 +162,10 @@ fn unary_and_streaming_calls_pass_through_h2c_with_their_trailers() {
     assert_eq!(reply["trailing_metadata"]["x-count"], "5");
 }
 
-#[test]
-fn fifty_concurrent_calls_on_one_connection_all_come_back() {
-    let server = GrpcServer::plain("0");
-    let dir = tempfile::tempdir().unwrap();
-    let upstream = format!("{{address: \"{}\", protocol: h2c}}", server.addr());
-    let proxy = h2c_proxy(&dir, &api_tenant(&upstream));
+/// The upstream connections (as the server names their client ends) that
+/// 50 concurrent calls on one client connection came over; each call
+/// checked to have come back whole.
+fn fifty_concurrent_calls(proxy: &Proxy) -> std::collections::BTreeSet<String> {
     let reply = call(
         &proxy.addr.to_string(),
         &[
@@ -182,6 +184,34 @@ fn fifty_concurrent_calls_on_one_connection_all_come_back() {
         assert_eq!(result["response"], format!("echo:call-{i}"));
         assert_eq!(result["trailing_metadata"]["x-trailer"], "unary-done");
     }
+    results
+        .iter()
+        .map(|r| {
+            r["trailing_metadata"]["x-peer"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn fifty_concurrent_calls_on_one_connection_all_come_back() {
+    let server = GrpcServer::plain("0");
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = format!("{{address: \"{}\", protocol: h2c}}", server.addr());
+    let proxy = h2c_proxy(&dir, &api_tenant(&upstream));
+    // A cold pool: Pingora opens a connection for each call that finds
+    // none free while the first ones handshake.
+    let cold = fifty_concurrent_calls(&proxy);
+    // A warm pool: the same 50 at once ride the connections already open
+    // (100 streams each), no new one.
+    let warm = fifty_concurrent_calls(&proxy);
+    assert!(
+        warm.is_subset(&cold),
+        "new upstream connections: {:?}",
+        warm.difference(&cold).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -221,7 +251,7 @@ fn calls_pass_through_h2_from_a_tls_client_to_a_tls_upstream() {
 }
 
 #[test]
-fn a_v1_guest_routes_over_h2c_by_alpn_and_its_refusal_is_a_grpc_status() {
+fn a_v1_guest_routes_over_h2c_by_alpn_sees_trailers_and_its_refusal_is_a_grpc_status() {
     let server = GrpcServer::plain("0");
     let config = json!({"upstream": server.addr(), "h2": true});
     let mut options = ProxyOptions::new("policy", config);
@@ -234,11 +264,21 @@ fn a_v1_guest_routes_over_h2c_by_alpn_and_its_refusal_is_a_grpc_status() {
     assert_eq!(reply["code_name"], "PERMISSION_DENIED", "{reply}");
     assert_eq!(reply["details"], "Forbidden");
 
-    // With a key, the guest's peer (`ALPN::H2` on plain TCP) is h2c.
+    // With a key, the guest's peer (`ALPN::H2` on plain TCP) is h2c; its
+    // response_filter adds a header, its response_trailer_filter a
+    // trailer.
     let reply = call(&target, &["--metadata", "x-api-key=k"]);
     assert_eq!(code(&reply), 0, "{reply}\n{}", proxy.log());
     assert_eq!(reply["response"], "echo:hello");
+    assert_eq!(reply["initial_metadata"]["x-policy"], "ok");
     assert_eq!(reply["trailing_metadata"]["x-trailer"], "unary-done");
+    assert_eq!(reply["trailing_metadata"]["x-policy-trailer"], "ok");
+    let reply = call(
+        &target,
+        &["--metadata", "x-api-key=k", "--method", "stream"],
+    );
+    assert_eq!(reply["responses"], json!(["msg-0", "msg-1", "msg-2"]));
+    assert_eq!(reply["trailing_metadata"]["x-policy-trailer"], "ok");
 }
 
 #[test]
@@ -361,4 +401,86 @@ async fn the_sdks_grpc_auth_random_grants_even_statuses_and_aborts_odd_ones() {
         ],
     );
     assert_eq!(calls["response"], "4");
+}
+
+/// Tenant `api` sending its calls to `upstream` through the test filter
+/// pw_grpc with `config`, its cluster `echo` the same server.
+fn pw_grpc_tenant(upstream: &GrpcServer, config: &str) -> String {
+    format!(
+        r#"
+tenants:
+  - name: api
+    hosts: ["api.example"]
+    upstream: {{ address: "{upstream}", protocol: h2c }}
+    clusters:
+      echo: {{ address: "{upstream}", protocol: h2c }}
+    filters:
+      - module: {module}
+        config: "{config}"
+"#,
+        upstream = upstream.addr(),
+        module = guest("pw_grpc").display(),
+    )
+}
+
+#[test]
+fn a_filter_reads_and_edits_a_grpc_calls_trailers() {
+    let server = GrpcServer::plain("0");
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = h2c_proxy(&dir, &pw_grpc_tenant(&server, "trailers"));
+    let target = proxy.addr.to_string();
+    let metadata = [
+        "--authority",
+        "api.example",
+        "--metadata",
+        "x-echo-keep=1",
+        "--metadata",
+        "x-echo-drop=1",
+    ];
+    let reply = call(&target, &metadata);
+    assert_eq!(code(&reply), 0, "{reply}\n{}", proxy.log());
+    let trailers = &reply["trailing_metadata"];
+    assert_eq!(trailers["x-pw-grpc-status"], "0", "{reply}");
+    assert_eq!(trailers["x-echo-keep"], "1");
+    assert!(trailers.get("x-echo-drop").is_none(), "{reply}");
+    // grpc-status and grpc-message (grpcio sends both, the second empty),
+    // x-trailer, x-peer-port, x-peer, x-echo-keep, x-echo-drop.
+    assert_eq!(trailers["x-pw-trailers"], "7");
+
+    // A status other than OK reaches the filter and the client alike.
+    let failed = [&metadata[..], &["--metadata", "x-want-status=5"]].concat();
+    let reply = call(&target, &failed);
+    assert_eq!(reply["code_name"], "NOT_FOUND", "{reply}");
+    assert_eq!(reply["trailing_metadata"]["x-pw-grpc-status"], "5");
+}
+
+#[test]
+fn a_filter_holds_a_bidirectional_grpc_stream_and_sends_as_it_receives() {
+    let server = GrpcServer::plain("0");
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = h2c_proxy(&dir, &pw_grpc_tenant(&server, "chat"));
+    // The filter's summary of its stream goes upstream as request header
+    // x-pw-stream, which the server echoes into the trailing metadata.
+    let reply = call(&proxy.addr.to_string(), &["--authority", "api.example"]);
+    assert_eq!(code(&reply), 0, "{reply}\n{}", proxy.log());
+    assert_eq!(
+        reply["trailing_metadata"]["x-pw-stream"],
+        "echo:one,echo:two;status=0;trailer=chat-done;content-type=application/grpc",
+        "{reply}"
+    );
+}
+
+#[test]
+fn a_cancelled_stream_delivers_nothing_and_a_refused_one_is_refused() {
+    let server = GrpcServer::plain("0");
+    for (config, says) in [
+        ("chat-cancel", "cancelled"),
+        ("chat-nowhere", "refused ParseFailure"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let proxy = h2c_proxy(&dir, &pw_grpc_tenant(&server, config));
+        let reply = call(&proxy.addr.to_string(), &["--authority", "api.example"]);
+        assert_eq!(code(&reply), 0, "{config}: {reply}\n{}", proxy.log());
+        assert_eq!(reply["trailing_metadata"]["x-pw-stream"], says, "{config}");
+    }
 }

@@ -330,7 +330,7 @@ tenants:
             serde_json::from_str(&response.text().await.unwrap()).unwrap();
         assert_eq!(echo["uri"], "/chained");
     }
-    let line = "HTTP calls dropped after 16 answers; the stream goes on";
+    let line = "calls dropped after 16 answers; the stream goes on";
     let log = proxy.wait_for_log(line);
     assert_eq!(log.matches(line).count(), 2, "{log}");
 }
