@@ -5,7 +5,11 @@
 //!
 //! With `--tls-listen ADDR --cert FILE --key FILE` it also listens with
 //! TLS as the host does (Mozilla intermediate, h2 and http/1.1 by ALPN),
-//! for the edge benchmark (bench/edge.py).
+//! for the edge benchmark (bench/edge.py). With `--h2c` its plain listener
+//! takes HTTP/2 with prior knowledge, and with `--upstream-h2c` it speaks
+//! HTTP/2 with prior knowledge to the upstream, as the host does for
+//! `protocol: h2c` (100 streams per connection): the gRPC benchmark
+//! (bench/grpc.py).
 
 use std::net::SocketAddr;
 
@@ -38,6 +42,12 @@ struct Args {
     /// Private key (PEM) of the TLS listener.
     #[arg(long)]
     key: Option<String>,
+    /// The plain listener also takes HTTP/2 with prior knowledge.
+    #[arg(long)]
+    h2c: bool,
+    /// Speak HTTP/2 with prior knowledge to the upstream.
+    #[arg(long)]
+    upstream_h2c: bool,
     #[command(flatten)]
     pingora: Opt,
 }
@@ -46,6 +56,7 @@ pub struct MyProxy {
     upstream: SocketAddr,
     tls: bool,
     sni: String,
+    h2c: bool,
 }
 
 #[async_trait]
@@ -54,7 +65,11 @@ impl ProxyHttp for MyProxy {
     fn new_ctx(&self) -> Self::CTX {}
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        let peer = Box::new(HttpPeer::new(self.upstream, self.tls, self.sni.clone()));
+        let mut peer = Box::new(HttpPeer::new(self.upstream, self.tls, self.sni.clone()));
+        if self.h2c {
+            peer.options.alpn = pingora::protocols::ALPN::H2;
+            peer.options.max_h2_streams = 100;
+        }
         Ok(peer)
     }
 
@@ -80,8 +95,16 @@ fn main() {
         upstream: args.upstream,
         tls: args.tls,
         sni: args.sni,
+        h2c: args.upstream_h2c,
     };
     let mut service = http_proxy_service(&server.configuration, proxy);
+    if args.h2c {
+        if let Some(proxy) = service.app_logic_mut() {
+            let mut options = pingora::apps::HttpServerOptions::default();
+            options.h2c = true;
+            proxy.server_options = Some(options);
+        }
+    }
     service.add_tcp(&args.listen);
     if let (Some(addr), Some(cert), Some(key)) = (&args.tls_listen, &args.cert, &args.key) {
         let mut settings = TlsSettings::intermediate(cert, key).unwrap();
