@@ -182,8 +182,9 @@ pub trait ProxyHttp {
     /// with the response's status (which cannot change here); header
     /// changes are what the client receives. Pingora's hook takes a
     /// `HeaderMap`; this one a [`ResponseHeader`], whose header methods
-    /// are the same. `Err` fails the response, which is under way: it is
-    /// cut.
+    /// are the same. `Err` fails the response, which is under way: no
+    /// change applies, and it ends with `grpc-status: 13` (INTERNAL) for a
+    /// gRPC client, with no trailers for any other.
     ///
     /// By default this filter does nothing.
     fn response_trailer_filter(

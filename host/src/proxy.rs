@@ -730,14 +730,42 @@ impl ProxyHttp for WasmProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Option<Bytes>> {
         let tenant = routed(ctx)?;
-        Self::guest_response_trailer_filter(session, ctx, &tenant, upstream_trailers).await?;
-        if ctx.filters.is_empty() {
+        let exports = tenant
+            .module
+            .as_deref()
+            .is_some_and(|m| m.exports(Hook::ResponseTrailerFilter));
+        if !exports && ctx.filters.is_empty() {
             return Ok(None);
         }
-        if let Err(stop) =
-            Box::pin(ctx.filters.on_response_trailers(&tenant, upstream_trailers)).await
-        {
-            return Err(Self::stopped(session, ctx, &tenant, stop).await);
+        // Edited as a copy, which replaces them only if every hook went
+        // through: Pingora sends the trailers it has even when this phase
+        // fails, so a failure must not leave them half edited.
+        let mut edited = upstream_trailers.clone();
+        let mut result =
+            Self::guest_response_trailer_filter(session, ctx, &tenant, &mut edited).await;
+        if result.is_ok() && !ctx.filters.is_empty() {
+            if let Err(stop) =
+                Box::pin(ctx.filters.on_response_trailers(&tenant, &mut edited)).await
+            {
+                result = Err(Self::stopped(session, ctx, &tenant, stop).await);
+            }
+        }
+        match result {
+            Ok(()) => *upstream_trailers = edited,
+            Err(e) => {
+                // The response is under way and cannot be refused any more:
+                // it ends failed. A gRPC client reads INTERNAL; any other
+                // gets no trailers.
+                upstream_trailers.clear();
+                if is_grpc_request(session.req_header()) {
+                    upstream_trailers.insert("grpc-status", grpc::INTERNAL.into());
+                    upstream_trailers.insert(
+                        "grpc-message",
+                        http::HeaderValue::from_static("the proxy failed on the trailers"),
+                    );
+                }
+                return Err(e);
+            }
         }
         Ok(None)
     }

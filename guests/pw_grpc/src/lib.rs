@@ -11,9 +11,12 @@
 //!   comma-separated>;status=<code>;trailer=<x-trailer of the trailing
 //!   metadata>;content-type=<content-type of the initial metadata>` and
 //!   resumes the request.
-//! - With `chat-cancel`, it opens the same stream and cancels it at once,
-//!   then adds `x-pw-stream: cancelled` and goes on (no callback may come
-//!   for a cancelled stream: one would overwrite the header).
+//! - With `chat-cancel`, it opens the same stream and sends `one`; on the
+//!   first message it cancels the stream, adds `x-pw-stream: cancelled
+//!   after <the message>` and resumes the request (no callback may come
+//!   for a cancelled stream: its close would overwrite the header).
+//! - With `open-cancel`, it opens the stream and cancels it in the same
+//!   callback, adds `x-pw-stream: cancelled` and goes on.
 //! - With `chat-nowhere`, the stream goes to cluster `nowhere`; a refusal
 //!   adds `x-pw-stream: refused <status>` and goes on.
 
@@ -64,7 +67,7 @@ struct Filter {
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         let cluster = match self.config.as_str() {
-            "chat" | "chat-cancel" => "echo",
+            "chat" | "chat-cancel" | "open-cancel" => "echo",
             "chat-nowhere" => "nowhere",
             _ => return Action::Continue,
         };
@@ -76,7 +79,7 @@ impl HttpContext for Filter {
                 return Action::Continue;
             }
         };
-        if self.config == "chat-cancel" {
+        if self.config == "open-cancel" {
             self.cancel_grpc_stream(token);
             self.set_http_request_header("x-pw-stream", Some("cancelled"));
             return Action::Continue;
@@ -107,6 +110,13 @@ impl Context for Filter {
         let message = self.get_grpc_stream_message(0, size).unwrap_or_default();
         self.messages
             .push(String::from_utf8_lossy(&message).into_owned());
+        if self.config == "chat-cancel" {
+            self.cancel_grpc_stream(token);
+            let header = format!("cancelled after {}", self.messages[0]);
+            self.set_http_request_header("x-pw-stream", Some(&header));
+            self.resume_http_request();
+            return;
+        }
         if self.messages.len() == 1 {
             self.send_grpc_stream_message(token, Some(b"two"), true);
         }

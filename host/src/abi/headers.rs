@@ -86,19 +86,22 @@ macro_rules! header_target {
 
 header_target!(RequestHeader, ResponseHeader);
 
-/// Trailers are a bare map.
+/// Trailers are a bare map. A map at its capacity refuses the field (the
+/// `http` crate's `insert` and `append` would panic).
 impl HeaderTarget for http::HeaderMap {
     fn insert(&mut self, name: String, value: HeaderValue) -> pingora::Result<()> {
-        let name = HeaderName::try_from(name)
-            .map_err(|e| pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "", e))?;
-        http::HeaderMap::insert(self, name, value);
-        Ok(())
+        let invalid = |e| pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "", e);
+        let name = HeaderName::try_from(name).map_err(invalid)?;
+        self.try_insert(name, value)
+            .map(drop)
+            .map_err(|e| pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "", e))
     }
     fn append(&mut self, name: String, value: HeaderValue) -> pingora::Result<()> {
-        let name = HeaderName::try_from(name)
-            .map_err(|e| pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "", e))?;
-        http::HeaderMap::append(self, name, value);
-        Ok(())
+        let invalid = |e| pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "", e);
+        let name = HeaderName::try_from(name).map_err(invalid)?;
+        self.try_append(name, value)
+            .map(drop)
+            .map_err(|e| pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "", e))
     }
     fn remove(&mut self, name: &HeaderName) {
         http::HeaderMap::remove(self, name);

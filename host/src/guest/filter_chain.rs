@@ -520,13 +520,15 @@ async fn deliver_calls(
             break;
         }
         let pending = calls.remove(0);
-        let (mut answers, failed) = CallAnswers::start(&pending).await;
-        if failed {
-            tenant
-                .scope
-                .callout_failed(module.name(), pending.target.address);
-        }
-        while let Some((delivery, open)) = answers.next().await {
+        let mut answers = CallAnswers::start(&pending).await;
+        let failed = |answers: &CallAnswers| {
+            if answers.failed() {
+                tenant
+                    .scope
+                    .callout_failed(module.name(), pending.target.address);
+            }
+        };
+        while let Some((delivery, live)) = answers.next().await {
             let call = GuestCall::new(
                 tenant,
                 Guest::filter(filter),
@@ -538,7 +540,7 @@ async fn deliver_calls(
                     let Some(context) = stream.as_mut() else {
                         return Ok(RequestOutcome::Continue);
                     };
-                    let answer = (pending.token, delivery, open);
+                    let answer = (pending.token, delivery, live);
                     let result = module
                         .on_call_answer(lease, context, answer, &mut paused, &permit)
                         .await
@@ -554,16 +556,21 @@ async fn deliver_calls(
                         RequestOutcome::Calls(more) => calls.extend(more),
                         RequestOutcome::Continue => {}
                         // Dropping `answers` resets a stream still open.
-                        answer @ RequestOutcome::Answer(..) => return Ok(answer),
+                        answer @ RequestOutcome::Answer(..) => {
+                            failed(&answers);
+                            return Ok(answer);
+                        }
                     }
                 }
                 Err(failure) => {
+                    failed(&answers);
                     *stream = None;
                     call.settle(failure)?;
                     return Ok(RequestOutcome::Continue);
                 }
             }
         }
+        failed(&answers);
     }
     Ok(RequestOutcome::Continue)
 }

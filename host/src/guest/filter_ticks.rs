@@ -56,13 +56,8 @@ async fn root_calls(tenant: &Tenant, module: &FilterModule, mut held: HeldRoot) 
         let Some(pending) = held.next_call() else {
             break;
         };
-        let (mut answers, failed) = CallAnswers::start(&pending).await;
-        if failed {
-            tenant
-                .scope
-                .callout_failed(module.name(), pending.target.address);
-        }
-        while let Some((delivery, open)) = answers.next().await {
+        let mut answers = CallAnswers::start(&pending).await;
+        while let Some((delivery, live)) = answers.next().await {
             let Ok(permit) = tenant.budget.admit() else {
                 // Over budget: the answer is dropped, as a refused tick
                 // is (and a stream with it).
@@ -70,7 +65,7 @@ async fn root_calls(tenant: &Tenant, module: &FilterModule, mut held: HeldRoot) 
             };
             let callback = delivery.callback();
             let result = module
-                .on_root_call_answer(&mut held, (pending.token, delivery, open), &permit)
+                .on_root_call_answer(&mut held, (pending.token, delivery, live), &permit)
                 .await;
             if let Err(fault) = &result {
                 log::error!("filter {}: {callback} failed: {fault}", module.name());
@@ -82,6 +77,11 @@ async fn root_calls(tenant: &Tenant, module: &FilterModule, mut held: HeldRoot) 
                 // The instance faulted: it is not given back.
                 Err(_) => return,
             }
+        }
+        if answers.failed() {
+            tenant
+                .scope
+                .callout_failed(module.name(), pending.target.address);
         }
     }
     module.release(held);

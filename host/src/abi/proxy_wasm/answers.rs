@@ -7,43 +7,55 @@ use super::filter::Delivery;
 
 /// What is left to deliver of one call.
 pub enum CallAnswers {
-    /// A call's answer, until it is taken.
-    One(Option<Delivery>),
+    /// A call's answer, until it is taken, and whether the call failed.
+    One(Option<Delivery>, bool),
     /// A stream's events.
     Stream(Box<GrpcStream>),
 }
 
+/// A stream that stays open while one of its events is delivered.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveStream {
+    /// The filter ended its side already: it may not send.
+    pub ended: bool,
+}
+
 impl CallAnswers {
     /// Makes `call` (an HTTP or a unary gRPC call, to its end), or opens
-    /// it (a gRPC stream). Also says whether the call failed to be made
-    /// (for the tenant's failure count).
-    pub async fn start(call: &PendingCall) -> (CallAnswers, bool) {
+    /// it (a gRPC stream).
+    pub async fn start(call: &PendingCall) -> CallAnswers {
         match call.kind {
             CallKind::Http | CallKind::Grpc => {
                 let result = perform(call).await;
                 let failed = matches!(result, Err(CallFailed::Failed | CallFailed::TimedOut));
-                (
-                    CallAnswers::One(Some(Delivery::of(call.kind, result))),
-                    failed,
-                )
+                let delivery = Delivery::of(call.kind, result);
+                CallAnswers::One(Some(delivery), failed)
             }
-            CallKind::GrpcStream => {
-                let stream = GrpcStream::open(call).await;
-                let failed = stream.failed_to_open();
-                (CallAnswers::Stream(Box::new(stream)), failed)
-            }
+            CallKind::GrpcStream => CallAnswers::Stream(Box::new(GrpcStream::open(call).await)),
         }
     }
 
-    /// The next delivery, and whether the stream stays open during it (the
-    /// filter may then send on it); None when all is delivered.
-    pub async fn next(&mut self) -> Option<(Delivery, bool)> {
+    /// Whether the call failed (could not be made, broke, timed out), for
+    /// the tenant's failed callouts: known once all is delivered.
+    pub fn failed(&self) -> bool {
         match self {
-            CallAnswers::One(answer) => answer.take().map(|delivery| (delivery, false)),
+            CallAnswers::One(_, failed) => *failed,
+            CallAnswers::Stream(stream) => stream.failed(),
+        }
+    }
+
+    /// The next delivery, and, while a stream stays open during it, what
+    /// the filter may do to it (the stream's state); None when all is
+    /// delivered.
+    pub async fn next(&mut self) -> Option<(Delivery, Option<LiveStream>)> {
+        match self {
+            CallAnswers::One(answer, _) => answer.take().map(|delivery| (delivery, None)),
             CallAnswers::Stream(stream) => {
                 let event = stream.next().await?;
-                let open = !stream.is_over();
-                Some((Delivery::of_event(event), open))
+                let live = (!stream.is_over()).then(|| LiveStream {
+                    ended: stream.ended(),
+                });
+                Some((Delivery::of_event(event), live))
             }
         }
     }

@@ -114,7 +114,8 @@ static CONNECTOR: OnceLock<Connector> = OnceLock::new();
 /// trust what proxied requests trust). Later calls do nothing.
 pub fn init_connector(ca_file: Option<String>) {
     CONNECTOR.get_or_init(|| {
-        let mut options = ConnectorOptions::new(1);
+        // Pingora's default idle pool: calls of every tenant share it.
+        let mut options = ConnectorOptions::new(128);
         options.ca_file = ca_file;
         Connector::new(Some(options))
     });
@@ -229,6 +230,13 @@ pub enum StreamOp {
 /// stream's deadline.
 pub struct GrpcStream {
     session: Option<HttpSession>,
+    /// Where it goes, to give its connection back after a clean end.
+    peer: pingora::upstreams::peer::HttpPeer,
+    /// It failed (could not be opened, broke, or ran out of time): the
+    /// tenant's failed callouts count it.
+    failed: bool,
+    /// The filter ended its side: nothing more may be sent.
+    ended: bool,
     deadline: tokio::time::Instant,
     /// Body bytes read and not yet a whole message.
     pending: Vec<u8>,
@@ -247,6 +255,9 @@ impl GrpcStream {
     pub async fn open(call: &PendingCall) -> GrpcStream {
         let mut stream = GrpcStream {
             session: None,
+            peer: call_peer(&call.target),
+            failed: false,
+            ended: call.ended,
             deadline: tokio::time::Instant::now() + call.timeout,
             pending: Vec::new(),
             body_done: false,
@@ -256,10 +267,7 @@ impl GrpcStream {
         };
         let opened = tokio::time::timeout_at(stream.deadline, async {
             let request = pooled_request(call)?;
-            let (session, _) = connector()
-                .get_http_session(&call_peer(&call.target))
-                .await
-                .ok()?;
+            let (session, _) = connector().get_http_session(&stream.peer).await.ok()?;
             let HttpSession::H2(session) = session else {
                 // gRPC needs HTTP/2 (a TLS cluster that chose http/1.1).
                 return None;
@@ -277,15 +285,34 @@ impl GrpcStream {
         .await;
         match opened {
             Ok(Some(session)) => stream.session = Some(session),
-            Ok(None) => stream.close(grpc::UNAVAILABLE, "the cluster could not be reached"),
-            Err(_) => stream.close(grpc::DEADLINE_EXCEEDED, "deadline exceeded"),
+            Ok(None) => stream.fail(grpc::UNAVAILABLE, "the cluster could not be reached"),
+            Err(_) => stream.fail(grpc::DEADLINE_EXCEEDED, "deadline exceeded"),
         }
         stream
+    }
+
+    /// Whether it failed (for the tenant's failed callouts).
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Whether the filter ended its side.
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
+    fn fail(&mut self, status: u32, message: &str) {
+        self.failed = true;
+        self.close(status, message);
     }
 
     /// Sends `message` (framed) on the stream, ending the filter's side
     /// if `end`; false if the stream cannot take it (it is over).
     pub async fn send(&mut self, frame: Vec<u8>, end: bool) -> bool {
+        if self.ended {
+            return false;
+        }
+        self.ended = end;
         let Some(session) = self.session.as_mut() else {
             return false;
         };
@@ -314,12 +341,6 @@ impl GrpcStream {
         self.queued.clear();
     }
 
-    /// Whether it could not be opened (the cluster unreachable, or the
-    /// deadline past first).
-    pub fn failed_to_open(&self) -> bool {
-        self.session.is_none() && !self.queued.is_empty()
-    }
-
     /// Whether the close was delivered (or the stream cancelled).
     pub fn is_over(&self) -> bool {
         self.closed && self.queued.is_empty()
@@ -344,8 +365,8 @@ impl GrpcStream {
         }
         match tokio::time::timeout_at(self.deadline, self.read()).await {
             Ok(Ok(())) => {}
-            Ok(Err((status, message))) => self.close(status, message),
-            Err(_) => self.close(grpc::DEADLINE_EXCEEDED, "deadline exceeded"),
+            Ok(Err((status, message))) => self.fail(status, message),
+            Err(_) => self.fail(grpc::DEADLINE_EXCEEDED, "deadline exceeded"),
         }
         self.queued.pop_front()
     }
@@ -364,14 +385,20 @@ impl GrpcStream {
             let fields = bounded_pairs(&header.headers)
                 .ok_or((grpc::RESOURCE_EXHAUSTED, "headers past 64 KiB"))?;
             if status != 200 {
-                return Err((
+                // As Envoy: the headers, then the status mapped.
+                self.queued.push_back(StreamEvent::InitialMetadata(fields));
+                self.fail(
                     grpc::status_of_http(status),
                     "the cluster's answer is not HTTP 200",
-                ));
+                );
+                return Ok(());
             }
             if let Some(code) = grpc_status_of(&fields) {
-                // Trailers-only: the headers are the trailers.
+                // Trailers-only: the headers are the trailers (and, as
+                // Envoy delivers it, the initial metadata is empty).
                 let message = grpc_message_of(&fields);
+                self.queued
+                    .push_back(StreamEvent::InitialMetadata(Vec::new()));
                 self.queued.push_back(StreamEvent::TrailingMetadata(fields));
                 self.close(code, &message);
                 return Ok(());
@@ -394,7 +421,9 @@ impl GrpcStream {
             let session = self.session.as_mut().ok_or(NO_STREAM)?;
             match session.read_response_body().await.map_err(failed)? {
                 Some(chunk) => {
-                    if self.pending.len() + chunk.len() > MAX_RESPONSE + 5 {
+                    // At most the end of one message (its size checked by
+                    // `take_message`) and the start of the next.
+                    if self.pending.len() + chunk.len() > 2 * (MAX_RESPONSE + 5) {
                         return Err((grpc::RESOURCE_EXHAUSTED, "a message past 1 MiB"));
                     }
                     self.pending.extend_from_slice(&chunk);
@@ -418,6 +447,12 @@ impl GrpcStream {
         let code = grpc_status_of(&fields).unwrap_or(grpc::UNKNOWN);
         let message = grpc_message_of(&fields);
         self.queued.push_back(StreamEvent::TrailingMetadata(fields));
+        // A clean end: the connection goes back to the pool.
+        if let Some(session) = self.session.take() {
+            connector()
+                .release_http_session(session, &self.peer, Some(Duration::from_secs(60)))
+                .await;
+        }
         self.close(code, &message);
         Ok(())
     }

@@ -550,7 +550,7 @@ fn proxy_remove_header_map_value(
 fn framed(map: MapType) -> Option<Message> {
     match map {
         MapType::HttpRequestHeaders => Some(Message::FilterRequest),
-        MapType::HttpResponseHeaders => Some(Message::Response),
+        MapType::HttpResponseHeaders | MapType::HttpResponseTrailers => Some(Message::Response),
         _ => None,
     }
 }

@@ -13,7 +13,7 @@
 //! `docs/PROXY_WASM.md` lists every hostcall and callback and how far it
 //! is supported.
 
-mod answers;
+pub(crate) mod answers;
 mod callout;
 mod filter;
 mod grpc;

@@ -57,11 +57,14 @@ pub struct PwState {
     /// memory: the hostcall said `INVALID_MEMORY_ACCESS`, and the callback
     /// is a fault once it returns (the guest's state may be poisoned).
     pub(super) allocator_failed: Option<String>,
-    /// The gRPC stream whose event is being delivered: the filter may
-    /// send on it, end its side or cancel it (`stream_ops`).
-    pub(super) live_stream: Option<u32>,
+    /// The gRPC stream whose event is being delivered, and whether the
+    /// filter ended its side: the filter may send on it (until it ends its
+    /// side), end its side, or cancel it (`stream_ops`).
+    pub(super) live_stream: Option<(u32, bool)>,
     /// What the filter did to the live stream in this callback.
     pub(super) stream_ops: Vec<StreamOp>,
+    /// Bytes of the sends in `stream_ops`.
+    pub(super) stream_sent: usize,
 }
 
 impl PwState {
@@ -79,6 +82,7 @@ impl PwState {
             in_root_callback: false,
             live_stream: None,
             stream_ops: Vec::new(),
+            stream_sent: 0,
         }
     }
 
@@ -494,23 +498,34 @@ impl PwState {
         self.live_stream_op(token, StreamOp::Cancel)
     }
 
-    /// Records `op` on the stream being delivered, if it is `token`.
+    /// Records `op` on the stream being delivered, if it is `token`: a
+    /// send once the filter ended its side is `NOT_FOUND` (ending it again
+    /// is `OK` and does nothing); past [`MAX_STREAM_OPS`] ops or
+    /// [`MAX_STREAM_SENT`] bytes in one callback, `BAD_ARGUMENT`.
     fn live_stream_op(&mut self, token: u32, op: StreamOp) -> Result<(), Status> {
-        if self.live_stream != Some(token) {
+        let Some((live, ended)) = self.live_stream.as_mut().filter(|(live, _)| *live == token)
+        else {
             return Err(Status::NotFound);
+        };
+        debug_assert_eq!(*live, token);
+        if let StreamOp::Send(frame, end) = &op {
+            if *ended {
+                return if frame.is_empty() && *end {
+                    Ok(())
+                } else {
+                    Err(Status::NotFound)
+                };
+            }
+            *ended = *end;
         }
-        let queued: usize = self
-            .stream_ops
-            .iter()
-            .map(|op| match op {
-                StreamOp::Send(frame, _) => frame.len(),
-                StreamOp::Cancel => 0,
-            })
-            .sum();
+        if self.stream_ops.len() >= MAX_STREAM_OPS {
+            return Err(Status::BadArgument);
+        }
         if let StreamOp::Send(frame, _) = &op {
-            if queued + frame.len() > MAX_STREAM_SENT {
+            if self.stream_sent + frame.len() > MAX_STREAM_SENT {
                 return Err(Status::BadArgument);
             }
+            self.stream_sent += frame.len();
         }
         self.stream_ops.push(op);
         Ok(())
@@ -558,6 +573,10 @@ impl PwState {
 /// The most bytes a filter's sends on one gRPC stream may queue before
 /// they go out (within one callback).
 pub(super) const MAX_STREAM_SENT: usize = 1 << 20;
+
+/// The most sends, closes and cancels a filter may queue on the stream
+/// being delivered, within one callback.
+pub(super) const MAX_STREAM_OPS: usize = 64;
 
 /// `target` for gRPC, which is HTTP/2 whatever the cluster says: by ALPN
 /// over TLS, with prior knowledge over plain TCP.
@@ -821,7 +840,7 @@ mod tests {
 
         // The stream whose event is being delivered takes sends as ops,
         // bounded; no other token does.
-        state.live_stream = Some(9);
+        state.live_stream = Some((9, false));
         assert_eq!(state.send_grpc_message(9, b"three", false), Ok(()));
         assert_eq!(
             state.send_grpc_message(8, b"three", false),
@@ -833,6 +852,12 @@ mod tests {
             Err(Status::BadArgument)
         );
         assert_eq!(state.close_grpc(9), Ok(()));
+        // Its side ended: no more sends; closing again does nothing.
+        assert_eq!(
+            state.send_grpc_message(9, b"four", false),
+            Err(Status::NotFound)
+        );
+        assert_eq!(state.close_grpc(9), Ok(()));
         assert_eq!(state.cancel_grpc(9), Ok(()));
         assert_eq!(
             std::mem::take(&mut state.stream_ops),
@@ -842,6 +867,13 @@ mod tests {
                 StreamOp::Cancel,
             ]
         );
+        // A filter that closes in a loop is stopped, not the log flooded.
+        state.stream_ops.clear();
+        state.live_stream = Some((9, false));
+        for _ in 0..MAX_STREAM_OPS {
+            assert_eq!(state.cancel_grpc(9), Ok(()));
+        }
+        assert_eq!(state.cancel_grpc(9), Err(Status::BadArgument));
         // Outside a close: OK and no message, as Envoy answers.
         assert_eq!(state.grpc_status(), (0, String::new()));
     }

@@ -25,9 +25,20 @@ pub(super) fn check_framing(ops: &[HeaderOp], message: Message) -> Result<(), Ho
 /// A guest's header operations, each name and value checked.
 pub(super) struct CheckedOps(Vec<(HeaderOp, HeaderName, Option<HeaderValue>)>);
 
+/// The most header operations one output may carry.
+pub(super) const MAX_HEADER_OPS: usize = 1000;
+
 impl CheckedOps {
-    /// Checks every operation; the first invalid name or value is a fault.
+    /// Checks every operation; the first invalid name or value is a fault,
+    /// and so are more than [`MAX_HEADER_OPS`] (a map past its capacity
+    /// would panic, and no real message needs as many fields).
     pub(super) fn new(ops: Vec<HeaderOp>) -> Result<Self, HookFault> {
+        if ops.len() > MAX_HEADER_OPS {
+            return Err(HookFault::InvalidOutput(format!(
+                "{} header operations: at most {MAX_HEADER_OPS}",
+                ops.len()
+            )));
+        }
         let mut checked = Vec::with_capacity(ops.len());
         for op in ops {
             let (name, value) = match &op {

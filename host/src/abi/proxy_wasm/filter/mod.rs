@@ -19,6 +19,7 @@ mod vm;
 pub use root::{HeldRoot, RootClaim};
 use vm::{call_in, module_digest, FilterInstance, FilterVm, PickCallback};
 
+use super::answers::LiveStream;
 use super::callout::{CallFailed, CallKind, CallResponse, StreamEvent, StreamOp};
 use super::grpc::GrpcAnswer;
 use super::stream::CallView;
@@ -534,14 +535,14 @@ impl FilterModule {
     /// Delivers `delivery`, for call or stream `token`, to the filter, on
     /// the plugin's root context as the SDKs expect, and applies the
     /// filter's edits to the message it paused. While the event of a
-    /// stream still `open` is delivered, the filter may send on it, end
-    /// its side or cancel it: what it did is returned, for the caller to
-    /// do.
+    /// stream still open (`live`) is delivered, the filter may send on it,
+    /// end its side or cancel it: what it did is returned, for the caller
+    /// to do.
     pub async fn on_call_answer(
         &self,
         lease: &mut VmLease,
         filter: &mut FilterStream,
-        (token, delivery, open): (u32, Delivery, bool),
+        (token, delivery, live): (u32, Delivery, Option<LiveStream>),
         paused: &mut Paused<'_>,
         meter: &dyn SliceMeter,
     ) -> Result<(RequestOutcome, Vec<StreamOp>), HookFault> {
@@ -562,10 +563,11 @@ impl FilterModule {
         let state = wasm.abi_mut();
         state.stream = Some(std::mem::take(&mut filter.stream));
         state.current = self.index;
-        state.live_stream = open.then_some(token);
+        state.live_stream = live.map(|live| (token, live.ended));
         let called = callback.call(wasm, callbacks, (self.root(), token), meter);
         let state = wasm.abi_mut();
         state.live_stream = None;
+        state.stream_sent = 0;
         let ops = std::mem::take(&mut state.stream_ops);
         filter.stream = state.stream.take().unwrap_or_default();
         filter.stream.call_view = CallView::default();

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::vm::{call_in, FilterInstance, FilterVm};
 use super::{AnswerCallback, Delivery, FilterModule};
+use crate::abi::proxy_wasm::answers::LiveStream;
 use crate::abi::proxy_wasm::{PendingCall, StreamOp};
 use crate::abi::{CallError, HookFault};
 use wasm_runtime::{RuntimeFault, SliceMeter};
@@ -188,12 +189,12 @@ impl FilterModule {
     /// Delivers `delivery`, for root call or stream `token`, to the
     /// plugin's root context in the held instance, as
     /// [`FilterModule::on_call_answer`] does; calls it dispatches from
-    /// there join `held`'s, and what it did to the stream (still `open`)
-    /// is returned.
+    /// there join `held`'s, and what it did to the stream (still open:
+    /// `live`) is returned.
     pub async fn on_root_call_answer(
         &self,
         held: &mut HeldRoot,
-        (token, delivery, open): (u32, Delivery, bool),
+        (token, delivery, live): (u32, Delivery, Option<LiveStream>),
         meter: &dyn SliceMeter,
     ) -> Result<Vec<StreamOp>, HookFault> {
         let FilterInstance {
@@ -204,12 +205,13 @@ impl FilterModule {
         let callback = AnswerCallback::of(&state.root_call_view);
         state.in_root_callback = true;
         state.current = self.index;
-        state.live_stream = open.then_some(token);
+        state.live_stream = live.map(|live| (token, live.ended));
         let called = callback.call(wasm, callbacks, (self.root(), token), meter);
         let state = wasm.abi_mut();
         state.root_call_view = Default::default();
         state.in_root_callback = false;
         state.live_stream = None;
+        state.stream_sent = 0;
         let ops = std::mem::take(&mut state.stream_ops);
         held.calls.append(&mut state.root_calls);
         match called {
