@@ -2,7 +2,9 @@
 //!
 //! - `on_http_response_trailers`: adds trailer `x-pw-grpc-status: <the
 //!   grpc-status trailer, or ->`, removes trailer `x-echo-drop`, and adds
-//!   `x-pw-trailers: <how many trailers it was given>`.
+//!   `x-pw-trailers: <how many trailers it was given>`. With the plugin
+//!   configuration `trailers-trap` it then panics (a trap): none of those
+//!   edits may reach the client.
 //! - With the plugin configuration `chat`, `on_http_request_headers`
 //!   opens a gRPC stream to cluster `echo`, method `test.Echo/Chat`,
 //!   sends `one` and pauses the request. Each message received is kept;
@@ -95,6 +97,9 @@ impl HttpContext for Filter {
         self.add_http_response_trailer("x-pw-grpc-status", &status);
         self.set_http_response_trailer("x-echo-drop", None);
         self.add_http_response_trailer("x-pw-trailers", &count.to_string());
+        if self.config == "trailers-trap" {
+            panic!("pw_grpc: a trap in on_http_response_trailers");
+        }
         Action::Continue
     }
 }

@@ -460,6 +460,25 @@ fn a_filter_reads_and_edits_a_grpc_calls_trailers() {
 }
 
 #[test]
+fn a_filter_that_faults_on_the_trailers_leaves_them_unedited_and_the_call_failed() {
+    let server = GrpcServer::plain("0");
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = h2c_proxy(&dir, &pw_grpc_tenant(&server, "trailers-trap"));
+    let reply = call(
+        &proxy.addr.to_string(),
+        &["--authority", "api.example", "--metadata", "x-echo-drop=1"],
+    );
+    // The response was under way: it ends INTERNAL, with none of the
+    // filter's edits (the trailer it added, the one it removed).
+    assert_eq!(reply["code_name"], "INTERNAL", "{reply}\n{}", proxy.log());
+    assert_eq!(reply["details"], "the proxy failed on the trailers");
+    let trailers = &reply["trailing_metadata"];
+    assert!(trailers.get("x-pw-grpc-status").is_none(), "{reply}");
+    assert!(trailers.get("x-trailer").is_none(), "{reply}");
+    assert_eq!(reply["response"], serde_json::Value::Null);
+}
+
+#[test]
 fn a_filter_holds_a_bidirectional_grpc_stream_and_sends_as_it_receives() {
     let server = GrpcServer::plain("0");
     let dir = tempfile::tempdir().unwrap();
