@@ -509,3 +509,44 @@ fn a_cancelled_stream_delivers_nothing_and_a_refused_one_is_refused() {
         assert_eq!(reply["trailing_metadata"]["x-pw-stream"], says, "{config}");
     }
 }
+
+#[test]
+fn an_open_breaker_answers_a_grpc_client_unavailable() {
+    let server = GrpcServer::plain("0");
+    let dir = tempfile::tempdir().unwrap();
+    // The guest panics in request_filter on /test.Echo/Slow: a fault (500),
+    // which a gRPC client reads as UNKNOWN; three of them open the
+    // breaker, which then refuses every call (503) for 10 s.
+    let yaml = format!(
+        r#"
+tenants:
+  - name: shaky
+    hosts: ["shaky.example"]
+    module: {module}
+    config: {{ upstream: "{upstream}", misbehave: "panic", on_path: "/test.Echo/Slow", hook: request_filter }}
+    breaker: {{ min_calls: 3, window_ms: 10000, cooldown_ms: 10000 }}
+"#,
+        module = guest("hostile").display(),
+        upstream = server.addr(),
+    );
+    let proxy = h2c_proxy(&dir, &yaml);
+    let target = proxy.addr.to_string();
+    let shaky = ["--authority", "shaky.example"];
+    let slow = [&shaky[..], &["--method", "raw", "--path", "/test.Echo/Slow"]].concat();
+    let mut faulted = 0;
+    loop {
+        let reply = call(&target, &slow);
+        if reply["code_name"] != "UNKNOWN" {
+            break;
+        }
+        faulted += 1;
+        assert!(faulted <= 3, "{reply}\n{}", proxy.log());
+    }
+    assert!(faulted >= 2, "{}", proxy.log());
+    // Open: a call the guest would serve is refused, as a gRPC status
+    // with the refusal's reason.
+    let reply = call(&target, &shaky);
+    assert_eq!(reply["code_name"], "UNAVAILABLE", "{reply}\n{}", proxy.log());
+    let details = reply["details"].as_str().unwrap_or_default();
+    assert!(details.contains("circuit breaker open"), "{reply}");
+}
