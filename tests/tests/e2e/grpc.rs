@@ -532,7 +532,11 @@ tenants:
     let proxy = h2c_proxy(&dir, &yaml);
     let target = proxy.addr.to_string();
     let shaky = ["--authority", "shaky.example"];
-    let slow = [&shaky[..], &["--method", "raw", "--path", "/test.Echo/Slow"]].concat();
+    let slow = [
+        &shaky[..],
+        &["--method", "raw", "--path", "/test.Echo/Slow"],
+    ]
+    .concat();
     let mut faulted = 0;
     loop {
         let reply = call(&target, &slow);
@@ -546,7 +550,55 @@ tenants:
     // Open: a call the guest would serve is refused, as a gRPC status
     // with the refusal's reason.
     let reply = call(&target, &shaky);
-    assert_eq!(reply["code_name"], "UNAVAILABLE", "{reply}\n{}", proxy.log());
+    assert_eq!(
+        reply["code_name"],
+        "UNAVAILABLE",
+        "{reply}\n{}",
+        proxy.log()
+    );
     let details = reply["details"].as_str().unwrap_or_default();
     assert!(details.contains("circuit breaker open"), "{reply}");
+}
+
+/// A proxy of the command line's one tenant: the filter pw_grpc
+/// (configuration `trailers`) in front of `--upstream ADDR` with `args`.
+fn command_line_options(upstream: &str, args: &[&str]) -> (ProxyOptions, Vec<String>) {
+    let mut options = ProxyOptions::new("first_proxy", json!({}));
+    options.no_module = true;
+    options.module_config = None;
+    let mut all = vec![
+        "--upstream".to_string(),
+        upstream.to_string(),
+        "--filter".to_string(),
+        guest("pw_grpc").display().to_string(),
+        "--filter-config".to_string(),
+        "trailers".to_string(),
+    ];
+    all.extend(args.iter().map(|a| a.to_string()));
+    (options, all)
+}
+
+#[test]
+fn upstream_protocol_h2c_on_the_command_line_and_its_mistakes() {
+    let server = GrpcServer::plain("0");
+    let (mut options, args) =
+        command_line_options(&server.addr(), &["--upstream-protocol", "h2c", "--h2c"]);
+    options.extra_args = args;
+    let proxy = Proxy::start(options);
+    let reply = call(&proxy.addr.to_string(), &[]);
+    assert_eq!(code(&reply), 0, "{reply}\n{}", proxy.log());
+    assert_eq!(reply["response"], "echo:hello");
+    assert_eq!(reply["trailing_metadata"]["x-pw-grpc-status"], "0");
+
+    for (protocol, says) in [
+        ("h2", "protocol: h2 needs tls: true"),
+        ("h3", "\"h3\" is not a protocol: http1, h2 or h2c"),
+    ] {
+        let (options, args) =
+            command_line_options(&server.addr(), &["--upstream-protocol", protocol]);
+        let (status, log) = run_to_exit(options, &args);
+        assert!(!status.success(), "{protocol}");
+        assert!(log.contains(says), "{protocol}: {log}");
+        assert!(log.contains("--upstream"), "{protocol}: {log}");
+    }
 }
