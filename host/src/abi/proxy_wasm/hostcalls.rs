@@ -680,17 +680,14 @@ fn proxy_grpc_call(
     timeout_ms: i32,
     return_token: i32,
 ) -> Result<(), Status> {
-    let upstream = read_str(&mut caller, upstream, upstream_size, Copied::Name)?;
-    let service = read_str(&mut caller, service, service_size, Copied::Name)?;
-    let method = read_str(&mut caller, method, method_size, Copied::Name)?;
-    let metadata = read(&mut caller, metadata, metadata_size, Copied::HeaderMap)?;
+    let names = [
+        (upstream, upstream_size),
+        (service, service_size),
+        (method, method_size),
+        (metadata, metadata_size),
+    ];
+    let (upstream, service, method, metadata) = read_grpc_names(&mut caller, names)?;
     let message = read(&mut caller, message, message_size, Copied::Body)?;
-    // No metadata may come as no bytes at all.
-    let metadata = if metadata.is_empty() {
-        Vec::new()
-    } else {
-        HeaderPairs::deserialize(&metadata).ok_or(Status::ParseFailure)?
-    };
     let token = state_mut(&mut caller).dispatch_grpc_call(
         &upstream,
         &service,
@@ -700,6 +697,29 @@ fn proxy_grpc_call(
         timeout_ms as u32,
     )?;
     written(&mut caller, return_token, &token.to_le_bytes())
+}
+
+/// A gRPC call's cluster, service, method and metadata.
+type GrpcNames = (String, String, String, Vec<(String, String)>);
+
+/// What `proxy_grpc_call` and `proxy_grpc_stream` name, each at its
+/// `(ptr, len)`: the cluster, the service, the method, and the metadata
+/// (no metadata may come as no bytes at all; a malformed map is
+/// `PARSE_FAILURE`, as Envoy answers).
+fn read_grpc_names(
+    caller: &mut Ctx<'_>,
+    [upstream, service, method, metadata]: [(i32, i32); 4],
+) -> Result<GrpcNames, Status> {
+    let upstream = read_str(caller, upstream.0, upstream.1, Copied::Name)?;
+    let service = read_str(caller, service.0, service.1, Copied::Name)?;
+    let method = read_str(caller, method.0, method.1, Copied::Name)?;
+    let metadata = read(caller, metadata.0, metadata.1, Copied::HeaderMap)?;
+    let metadata = if metadata.is_empty() {
+        Vec::new()
+    } else {
+        HeaderPairs::deserialize(&metadata).ok_or(Status::ParseFailure)?
+    };
+    Ok((upstream, service, method, metadata))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -715,15 +735,13 @@ fn proxy_grpc_stream(
     metadata_size: i32,
     return_token: i32,
 ) -> Result<(), Status> {
-    let upstream = read_str(&mut caller, upstream, upstream_size, Copied::Name)?;
-    let service = read_str(&mut caller, service, service_size, Copied::Name)?;
-    let method = read_str(&mut caller, method, method_size, Copied::Name)?;
-    let metadata = read(&mut caller, metadata, metadata_size, Copied::HeaderMap)?;
-    let metadata = if metadata.is_empty() {
-        Vec::new()
-    } else {
-        HeaderPairs::deserialize(&metadata).ok_or(Status::ParseFailure)?
-    };
+    let names = [
+        (upstream, upstream_size),
+        (service, service_size),
+        (method, method_size),
+        (metadata, metadata_size),
+    ];
+    let (upstream, service, method, metadata) = read_grpc_names(&mut caller, names)?;
     let token = state_mut(&mut caller).open_grpc_stream(&upstream, &service, &method, metadata)?;
     written(&mut caller, return_token, &token.to_le_bytes())
 }
