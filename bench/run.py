@@ -4,6 +4,10 @@
 - native Pingora (the tutorial's MyProxy compiled in, host/examples/native_proxy.rs),
 - this proxy with guests/first_proxy.wasm, instances reused (the default),
 - this proxy with a fresh instance for every hook call (--instance-reuse 1),
+- native Pingora adding X-Forwarded-For/-Proto/-Host in its
+  upstream_request_filter (native_proxy --forwarded-headers), and this
+  proxy in its default configuration, which adds them too: that pair is
+  compared with each other (the rows above run without them),
 - nginx as a reverse proxy, when nginx is installed,
 
 in front of the same local upstream, with the same Pingora conf, at 1 and
@@ -310,6 +314,19 @@ class Bench:
             (self.native_name, self.start_native),
             (f"wasm {guest_label}, instances reused (default)", self.host("wasm-reuse")),
         ]
+        # Each target's baseline, when it is not native: the host's default
+        # configuration (X-Forwarded-* on) against native adding the same
+        # three headers in upstream_request_filter.
+        self.baselines = {}
+        if not args.policy and not args.proxy_wasm:
+            native_xff = "native Pingora (MyProxy + X-Forwarded-*)"
+            self.targets += [
+                (native_xff, lambda port, threads, pin=True: self.start_native(
+                    port, threads, pin, "--forwarded-headers")),
+                ("wasm first_proxy, instances reused, X-Forwarded-* (the default)",
+                 self.host("wasm-reuse-xff", forwarded=True)),
+            ]
+            self.baselines["wasm first_proxy, instances reused, X-Forwarded-* (the default)"] = native_xff
         if args.proxy_wasm:
             self.targets.append(("wasm proxy-wasm filter pw_bench, static upstream",
                                  self.host("wasm-filter", guests=[
@@ -328,14 +345,15 @@ class Bench:
         if shutil.which("nginx") and not args.policy and not args.proxy_wasm and not args.no_nginx:
             self.targets.append(("nginx reverse proxy", self.start_nginx))
 
-    def host(self, name, *extra, guests=None, cache=None, binary=None):
+    def host(self, name, *extra, guests=None, cache=None, binary=None, forwarded=False):
         def start(port, threads, pin=True):
             # The tenant budget is out of reach: this measures the proxy's
             # cost, and a fresh instance per call spends guest time
             # instantiating, past the default 100 ms/s at these rates.
             # Native adds no X-Forwarded-* headers: nor does this host (an
-            # earlier build given as a baseline has no such flag, nor adds them).
-            like_native = [] if binary else ["--no-forwarded-headers"]
+            # earlier build given as a baseline has no such flag, nor adds
+            # them), unless measured against native adding them too.
+            like_native = [] if binary or forwarded else ["--no-forwarded-headers"]
             return self.procs.start(
                 [*(self.pinned(threads) if pin else []), binary or RELEASE / "host", *(guests or self.guest_args),
                  "--listen", f"127.0.0.1:{port}",
@@ -353,11 +371,15 @@ class Bench:
     def pin(self, threads):
         return self.args.pin and threads == 1
 
-    def start_native(self, port, threads, pin=True):
+    def start_native(self, port, threads, pin=True, *extra):
         return self.procs.start([*(self.pinned(threads) if pin else []), RELEASE / "examples" / self.native,
                                  "--upstream", f"127.0.0.1:{self.upstream_port}",
-                                 "--listen", f"127.0.0.1:{port}",
-                                 "-c", pingora_conf(self.workdir, "native", threads)])
+                                 "--listen", f"127.0.0.1:{port}", *extra,
+                                 "-c", pingora_conf(self.workdir, f"native{len(extra)}", threads)])
+
+    def baseline(self, name):
+        """The target `name` is compared with: native, or its like-for-like."""
+        return self.baselines.get(name, self.native_name)
 
     def start_nginx(self, port, threads, pin=True):
         conf = nginx_conf(self.workdir, port, self.upstream_port, threads)
@@ -414,7 +436,7 @@ class Bench:
             for name, result in one_round(label, round_number, load).items():
                 runs[name].append(result)
             if round_number >= args.min_rounds and all(
-                    mean_ci(ratios(runs, self.native_name, name, cpu_ratio))[1] * 100 <= args.ci_points
+                    mean_ci(ratios(runs, self.baseline(name), name, cpu_ratio))[1] * 100 <= args.ci_points
                     for name in runs):
                 break
         return runs
@@ -461,7 +483,9 @@ def print_tables(bench, threads, cpu, sat):
     print("'CPU per request' is the proxy's CPU time (all its threads, user + system) over the "
           "requests served, median of the rounds, split into user and system time; 'vs native' is "
           "the mean of the per-round ratios native CPU per request over the target's (100% is as "
-          "cheap as native), with its 95% interval. At saturation the req/s ratio is given too.\n")
+          "cheap as native), with its 95% interval. At saturation the req/s ratio is given too. "
+          "A target marked † is compared with native adding X-Forwarded-* too, not with the first "
+          "row.\n")
     for label, runs, load in [
             ("fixed offered load", cpu,
              f"wrk -t1 -c{args.fixed_connections}, each connection waiting {args.delay_ms} ms "
@@ -474,14 +498,16 @@ def print_tables(bench, threads, cpu, sat):
               "| CPU vs native (95% CI) | req/s vs native (95% CI) | non-2xx |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         per_request = lambda r, key: r[key] / r["requests"] / 1e3
-        native_us = median(per_request(r, "cpu_ns") for r in runs[native_name])
         for name, results in runs.items():
-            cpu_mean, cpu_half = mean_ci(ratios(runs, native_name, name, cpu_ratio))
-            rps_mean, rps_half = mean_ci(ratios(runs, native_name, name, rps_ratio))
+            base = bench.baseline(name)
+            native_us = median(per_request(r, "cpu_ns") for r in runs[base])
+            cpu_mean, cpu_half = mean_ci(ratios(runs, base, name, cpu_ratio))
+            rps_mean, rps_half = mean_ci(ratios(runs, base, name, rps_ratio))
             us = median(per_request(r, "cpu_ns") for r in results)
+            label = name + (" †" if base != native_name else "")
             errors = sum(r["non2xx"] for r in results)
             socket_errors = [r["socket_errors"] for r in results if r["socket_errors"]]
-            print(f"| {name} | {median(r['rps'] for r in results):,.0f} "
+            print(f"| {label} | {median(r['rps'] for r in results):,.0f} "
                   f"| {median(r['p50'] for r in results):.2f} ms "
                   f"| {median(r['p99'] for r in results):.2f} ms "
                   f"| {us:.2f} µs ({median(per_request(r, 'user_ns') for r in results):.1f} "

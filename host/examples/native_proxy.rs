@@ -48,6 +48,11 @@ struct Args {
     /// Speak HTTP/2 with prior knowledge to the upstream.
     #[arg(long)]
     upstream_h2c: bool,
+    /// Add X-Forwarded-For, -Proto and -Host in `upstream_request_filter`,
+    /// as the host adds them by default: the like-for-like baseline of
+    /// the host's default configuration.
+    #[arg(long)]
+    forwarded_headers: bool,
     #[command(flatten)]
     pingora: Opt,
 }
@@ -57,6 +62,7 @@ pub struct MyProxy {
     tls: bool,
     sni: String,
     h2c: bool,
+    forwarded_headers: bool,
 }
 
 #[async_trait]
@@ -75,15 +81,51 @@ impl ProxyHttp for MyProxy {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         _ctx: &mut Self::CTX,
     ) -> Result<()> {
+        if self.forwarded_headers {
+            add_forwarded_headers(session, upstream_request)?;
+        }
         upstream_request
             .insert_header("Host", self.sni.clone())
             .unwrap();
         Ok(())
     }
+}
+
+/// X-Forwarded-For (the client's address appended to the request's own
+/// chain), X-Forwarded-Proto and X-Forwarded-Host, as a Pingora user adds
+/// them: what the host does by default, by the same rules.
+fn add_forwarded_headers(session: &Session, upstream_request: &mut RequestHeader) -> Result<()> {
+    if let Some(client) = session.client_addr().and_then(|addr| addr.as_inet()) {
+        let mut chain = Vec::new();
+        for earlier in session.req_header().headers.get_all("x-forwarded-for") {
+            chain.extend_from_slice(earlier.as_bytes());
+            chain.extend_from_slice(b", ");
+        }
+        chain.extend_from_slice(client.ip().to_string().as_bytes());
+        let chain =
+            http::HeaderValue::from_bytes(&chain).or_err(InvalidHTTPHeader, "X-Forwarded-For")?;
+        upstream_request.insert_header("x-forwarded-for", chain)?;
+    }
+    let tls = session
+        .digest()
+        .is_some_and(|digest| digest.ssl_digest.is_some());
+    upstream_request.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+    match session
+        .req_header()
+        .headers
+        .get(http::header::HOST)
+        .cloned()
+    {
+        Some(host) => upstream_request.insert_header("x-forwarded-host", host)?,
+        None => {
+            upstream_request.remove_header("x-forwarded-host");
+        }
+    }
+    Ok(())
 }
 
 fn main() {
@@ -96,6 +138,7 @@ fn main() {
         tls: args.tls,
         sni: args.sni,
         h2c: args.upstream_h2c,
+        forwarded_headers: args.forwarded_headers,
     };
     let mut service = http_proxy_service(&server.configuration, proxy);
     if args.h2c {
