@@ -8,15 +8,21 @@
 //! `upstream_request_filter`) sees them and may change or remove them, and
 //! what is left goes upstream.
 
-use http::header::{HeaderName, HeaderValue, HOST};
+use std::io::Write;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, HOST};
 use http::Version;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+// Names given to Pingora as `&'static str`: a `HeaderName` that is not a
+// standard one would be copied into a fresh buffer for the request's
+// case-preserving map on every request, a string literal is not.
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
 
 /// An HTTP/2 request without a Host header gets one from its
 /// `:authority`, so that guests read every request's host the same way
@@ -47,22 +53,24 @@ pub(crate) fn add_forwarded_headers(session: &mut Session) -> Result<()> {
     let request = session.req_header_mut();
     if let Some(client) = client {
         let mut chain = Vec::new();
-        for earlier in request.headers.get_all(&X_FORWARDED_FOR) {
+        for earlier in request.headers.get_all(X_FORWARDED_FOR) {
             chain.extend_from_slice(earlier.as_bytes());
             chain.extend_from_slice(b", ");
         }
-        chain.extend_from_slice(client.ip().to_string().as_bytes());
-        let chain = HeaderValue::from_bytes(&chain).or_err(
+        // Written in place, and the buffer handed over, not copied.
+        let _ = write!(chain, "{}", client.ip());
+        let chain = HeaderValue::from_maybe_shared(Bytes::from(chain)).or_err(
             InvalidHTTPHeader,
             "X-Forwarded-For of the downstream request",
         )?;
         request.insert_header(X_FORWARDED_FOR, chain)?;
     }
-    request.insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
+    let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+    request.insert_header(X_FORWARDED_PROTO, proto)?;
     match request.headers.get(HOST).cloned() {
         Some(host) => request.insert_header(X_FORWARDED_HOST, host)?,
         None => {
-            request.remove_header(&X_FORWARDED_HOST);
+            request.remove_header(X_FORWARDED_HOST);
         }
     }
     Ok(())
