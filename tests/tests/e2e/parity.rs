@@ -331,7 +331,7 @@ tenants:
         assert_eq!(echo["uri"], "/chained");
     }
     let line = "calls dropped after 16 answers; the stream goes on";
-    let log = proxy.wait_for_log(line);
+    let log = proxy.wait_for_log_count(line, 2);
     assert_eq!(log.matches(line).count(), 2, "{log}");
 }
 

@@ -563,10 +563,17 @@ impl Proxy {
 
     /// Waits (bounded) until the log contains `needle`.
     pub(crate) fn wait_for_log(&self, needle: &str) -> String {
+        self.wait_for_log_count(needle, 1)
+    }
+
+    /// The log once `needle` is in it `count` times (or after 10 s): the
+    /// log is read from the process's pipe by another thread, so a line
+    /// written before a response may reach it after.
+    pub(crate) fn wait_for_log_count(&self, needle: &str, count: usize) -> String {
         let started = Instant::now();
         loop {
             let log = self.log();
-            if log.contains(needle) || started.elapsed() > Duration::from_secs(10) {
+            if log.matches(needle).count() >= count || started.elapsed() > Duration::from_secs(10) {
                 return log;
             }
             std::thread::sleep(Duration::from_millis(20));
