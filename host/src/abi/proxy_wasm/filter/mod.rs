@@ -552,33 +552,22 @@ impl FilterModule {
                 filter.stream.response = Some(HeaderPairs::of_response(response));
             }
         }
-        let Some(instance) = seated(lease, filter)? else {
-            return Ok((RequestOutcome::Continue, Vec::new()));
-        };
-        let FilterInstance {
-            wasm, callbacks, ..
-        } = instance;
         filter.stream.call_view = delivery.view();
         let callback = AnswerCallback::of(&filter.stream.call_view);
-        let state = wasm.abi_mut();
-        state.stream = Some(std::mem::take(&mut filter.stream));
-        state.current = self.index;
-        state.live_stream = live.map(|live| (token, live.ended));
-        let called = callback.call(wasm, callbacks, (self.root(), token), meter);
-        let state = wasm.abi_mut();
-        state.live_stream = None;
-        state.stream_sent = 0;
-        let ops = std::mem::take(&mut state.stream_ops);
-        filter.stream = state.stream.take().unwrap_or_default();
+        let root = self.root();
+        let called = self.in_context(lease, filter, |wasm, callbacks, _| {
+            wasm.abi_mut().live_stream = live.map(|live| (token, live.ended));
+            let called = callback.call(wasm, callbacks, (root, token), meter);
+            let state = wasm.abi_mut();
+            state.live_stream = None;
+            state.stream_sent = 0;
+            let ops = std::mem::take(&mut state.stream_ops);
+            called.map(|result| result.map(|()| ops))
+        });
         filter.stream.call_view = CallView::default();
-        let Some(result) = called else {
-            return Ok((RequestOutcome::Continue, ops));
+        let Some(ops) = called? else {
+            return Ok((RequestOutcome::Continue, Vec::new()));
         };
-        if let Err(e) = result {
-            lease.lose();
-            filter.live = false;
-            return Err(e.into_fault());
-        }
         // Still paused only while it waits for another call.
         let waits = !filter.stream.calls.is_empty();
         let outcome = match paused {
@@ -646,29 +635,18 @@ impl FilterModule {
         trailers: &mut http::HeaderMap,
         meter: &dyn SliceMeter,
     ) -> Result<(), HookFault> {
-        let Some(instance) = seated(lease, filter)? else {
-            return Ok(());
-        };
-        let FilterInstance {
-            wasm, callbacks, ..
-        } = instance;
-        let Some(callback) = &callbacks.on_response_trailers else {
-            return Ok(());
-        };
-        filter.stream.response_trailers = Some(HeaderPairs::of_trailers(trailers));
-        let state = wasm.abi_mut();
-        state.stream = Some(std::mem::take(&mut filter.stream));
-        state.current = self.index;
-        let args = (filter.context, trailers.len() as i32);
-        let result = call_in(wasm, callback, args, meter);
-        filter.stream = wasm.abi_mut().stream.take().unwrap_or_default();
+        let called = self.in_context(lease, filter, |wasm, callbacks, context| {
+            let callback = callbacks.on_response_trailers.as_ref()?;
+            let stream = wasm.abi_mut().stream.as_mut()?;
+            stream.response_trailers = Some(HeaderPairs::of_trailers(trailers));
+            let args = (context, trailers.len() as i32);
+            Some(call_in(wasm, callback, args, meter))
+        });
         let map = filter.stream.response_trailers.take();
         filter.stream.local_reply = None;
         filter.stream.calls.clear();
-        if let Err(e) = result {
-            lease.lose();
-            filter.live = false;
-            return Err(e.into_fault());
+        if called?.is_none() {
+            return Ok(());
         }
         let applied = match map.filter(HeaderPairs::changed) {
             Some(map) => map.apply_to_trailers(trailers),
@@ -753,30 +731,53 @@ impl FilterModule {
         (count, end_of_stream): (i32, i32),
         meter: &dyn SliceMeter,
     ) -> Result<i32, HookFault> {
+        let called = self.in_context(lease, filter, |wasm, callbacks, context| {
+            let callback = pick(callbacks)?;
+            Some(call_in(
+                wasm,
+                callback,
+                (context, count, end_of_stream),
+                meter,
+            ))
+        });
+        Ok(called?.unwrap_or(0))
+    }
+
+    /// Runs `call` in the instance holding `filter`'s HTTP context (given
+    /// its id), with the context's stream in the instance's state for the
+    /// hostcalls, and takes the stream back after. `Ok(None)` when the
+    /// filter is out of the request or `call` called nothing (the export
+    /// is absent); a fault loses the instance (its state is suspect).
+    fn in_context<R>(
+        &self,
+        lease: &mut VmLease,
+        filter: &mut FilterStream,
+        call: impl FnOnce(
+            &mut WasmInstance<PwState>,
+            &vm::Callbacks,
+            i32,
+        ) -> Option<Result<R, CallError>>,
+    ) -> Result<Option<R>, HookFault> {
         let Some(instance) = seated(lease, filter)? else {
-            return Ok(0);
+            return Ok(None);
         };
         let FilterInstance {
             wasm, callbacks, ..
         } = instance;
-        let Some(callback) = pick(callbacks) else {
-            return Ok(0);
-        };
         let state = wasm.abi_mut();
         state.stream = Some(std::mem::take(&mut filter.stream));
         state.current = self.index;
-        let result = call_in(
-            wasm,
-            callback,
-            (filter.context, count, end_of_stream),
-            meter,
-        );
+        let called = call(wasm, callbacks, filter.context);
         filter.stream = wasm.abi_mut().stream.take().unwrap_or_default();
-        result.map_err(|e| {
-            lease.lose();
-            filter.live = false;
-            e.into_fault()
-        })
+        match called {
+            None => Ok(None),
+            Some(Ok(result)) => Ok(Some(result)),
+            Some(Err(e)) => {
+                lease.lose();
+                filter.live = false;
+                Err(e.into_fault())
+            }
+        }
     }
 }
 
