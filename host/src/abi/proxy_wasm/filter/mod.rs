@@ -91,30 +91,44 @@ impl Delivery {
         }
     }
 
-    /// What the filter reads during the callback.
-    fn view(self) -> CallView {
+    /// What the filter reads during the callback, and the callback that
+    /// delivers it.
+    fn into_view(self) -> (CallView, AnswerCallback) {
+        let grpc = |pick: GrpcPick, n: usize| AnswerCallback::Grpc(pick, n as i32);
         let mut view = CallView::default();
-        match self {
+        let callback = match self {
             Delivery::Http(headers, body) => {
+                let callback =
+                    AnswerCallback::HttpCallResponse(headers.len() as i32, body.len() as i32);
                 view.map = Some((MapType::HttpCallResponseHeaders, headers));
                 view.buffer = Some((BufferType::HttpCallResponseBody, body));
+                callback
             }
             Delivery::GrpcInitialMetadata(map) => {
+                let callback = grpc(|c| c.on_grpc_receive_initial_metadata.as_ref(), map.len());
                 view.map = Some((MapType::GrpcReceiveInitialMetadata, map));
+                callback
             }
             Delivery::GrpcMessage(message) => {
+                let callback = grpc(|c| c.on_grpc_receive.as_ref(), message.len());
                 view.buffer = Some((BufferType::GrpcReceiveBuffer, message));
+                callback
             }
             Delivery::GrpcTrailingMetadata(map) => {
+                let callback = grpc(|c| c.on_grpc_receive_trailing_metadata.as_ref(), map.len());
                 view.map = Some((MapType::GrpcReceiveTrailingMetadata, map));
+                callback
             }
-            Delivery::GrpcClose(status, message) => view.status = Some((status, message)),
-        }
-        view
+            Delivery::GrpcClose(status, message) => {
+                view.status = Some((status, message));
+                AnswerCallback::Grpc(|c| c.on_grpc_close.as_ref(), status as i32)
+            }
+        };
+        (view, callback)
     }
 }
 
-/// The callback a [`CallView`] is delivered by, with its last arguments.
+/// The callback a [`Delivery`] is made by, with its last arguments.
 #[derive(Clone, Copy)]
 enum AnswerCallback {
     /// `proxy_on_http_call_response(root, token, headers, body size, 0)`.
@@ -128,30 +142,6 @@ enum AnswerCallback {
 type GrpcPick = fn(&vm::Callbacks) -> Option<&wasmtime::TypedFunc<(i32, i32, i32), ()>>;
 
 impl AnswerCallback {
-    /// The callback that delivers `view`.
-    fn of(view: &CallView) -> Self {
-        let count = view.map.as_ref().map_or(0, |(_, map)| map.len() as i32);
-        let size = view
-            .buffer
-            .as_ref()
-            .map_or(0, |(_, bytes)| bytes.len() as i32);
-        match (&view.map, &view.status) {
-            (Some((MapType::HttpCallResponseHeaders, _)), _) => {
-                AnswerCallback::HttpCallResponse(count, size)
-            }
-            (Some((MapType::GrpcReceiveInitialMetadata, _)), _) => {
-                AnswerCallback::Grpc(|c| c.on_grpc_receive_initial_metadata.as_ref(), count)
-            }
-            (Some(_), _) => {
-                AnswerCallback::Grpc(|c| c.on_grpc_receive_trailing_metadata.as_ref(), count)
-            }
-            (None, Some((status, _))) => {
-                AnswerCallback::Grpc(|c| c.on_grpc_close.as_ref(), *status as i32)
-            }
-            (None, None) => AnswerCallback::Grpc(|c| c.on_grpc_receive.as_ref(), size),
-        }
-    }
-
     /// Calls it on root context `root` for `token`, if the filter exports
     /// it.
     fn call(
@@ -552,8 +542,8 @@ impl FilterModule {
                 filter.stream.response = Some(HeaderPairs::of_response(response));
             }
         }
-        filter.stream.call_view = delivery.view();
-        let callback = AnswerCallback::of(&filter.stream.call_view);
+        let callback;
+        (filter.stream.call_view, callback) = delivery.into_view();
         let root = self.root();
         let called = self.in_context(lease, filter, |wasm, callbacks, _| {
             wasm.abi_mut().live_stream = live.map(|live| (token, live.ended));

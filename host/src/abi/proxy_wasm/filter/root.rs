@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::vm::{call_in, FilterInstance, FilterVm};
-use super::{AnswerCallback, Delivery, FilterModule};
+use super::{Delivery, FilterModule};
 use crate::abi::proxy_wasm::answers::LiveStream;
 use crate::abi::proxy_wasm::{PendingCall, StreamOp};
 use crate::abi::{CallError, HookFault};
@@ -201,8 +201,8 @@ impl FilterModule {
             wasm, callbacks, ..
         } = &mut *held.instance;
         let state = wasm.abi_mut();
-        state.root_call_view = delivery.view();
-        let callback = AnswerCallback::of(&state.root_call_view);
+        let callback;
+        (state.root_call_view, callback) = delivery.into_view();
         state.in_root_callback = true;
         state.current = self.index;
         state.live_stream = live.map(|live| (token, live.ended));
