@@ -55,6 +55,17 @@ pub struct PendingCall {
     pub slot: super::CallSlot,
 }
 
+impl PendingCall {
+    /// The first value of its header field `name` (any case): its
+    /// pseudo-headers say the method, path and authority.
+    fn field(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// The kind of a dispatched call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallKind {
@@ -502,12 +513,7 @@ fn grpc_message_of(fields: &[(String, String)]) -> String {
 /// path and authority, its other fields as given (framing fields dropped:
 /// the body's length is the connector's to say).
 fn pooled_request(call: &PendingCall) -> Option<Box<RequestHeader>> {
-    let get = |name: &str| {
-        call.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let get = |name: &str| call.field(name);
     let method = get(":method").unwrap_or("GET");
     let path = get(":path").unwrap_or("/");
     let authority = match get(":authority") {
@@ -571,12 +577,7 @@ fn pairs(map: &http::HeaderMap) -> Vec<(String, String)> {
 /// One HTTP/1.0 exchange: the request, then the response read to the end
 /// of the connection (so no chunked framing comes back).
 async fn exchange(call: &PendingCall) -> Option<CallResponse> {
-    let get = |name: &str| {
-        call.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    };
+    let get = |name: &str| call.field(name);
     let method = get(":method").unwrap_or("GET");
     let path = get(":path").unwrap_or("/");
     let authority =
