@@ -384,18 +384,8 @@ impl PwState {
         message: &[u8],
         timeout_ms: u32,
     ) -> Result<u32, Status> {
-        let scope = &self.plugin().scope;
-        let target = grpc_target(scope.callout_target(upstream).ok_or(Status::ParseFailure)?);
-        let timeout_ms = timeout_ms.clamp(1, scope.limits.max_call_timeout_ms);
-        let (headers, body) = super::grpc::request(
-            &target,
-            upstream,
-            (service, method),
-            metadata,
-            message,
-            timeout_ms,
-        )?;
-        self.dispatch(target, CallKind::Grpc, headers, body, timeout_ms)
+        let names = (upstream, service, method);
+        self.dispatch_grpc(CallKind::Grpc, names, metadata, message, timeout_ms)
     }
 
     /// Opens a gRPC stream to `method` of `service` on `upstream`, granted
@@ -409,24 +399,39 @@ impl PwState {
         method: &str,
         metadata: Vec<(String, String)>,
     ) -> Result<u32, Status> {
+        let names = (upstream, service, method);
+        // Its lifetime: the longest timeout the tenant allows.
+        self.dispatch_grpc(CallKind::GrpcStream, names, metadata, &[], u32::MAX)
+    }
+
+    /// Records a gRPC call or stream of `kind` to `(upstream, service,
+    /// method)`, its timeout cut to the tenant's `max_call_timeout_ms`; a
+    /// stream's messages are what the filter sends on it, not `message`.
+    fn dispatch_grpc(
+        &mut self,
+        kind: CallKind,
+        (upstream, service, method): (&str, &str, &str),
+        metadata: Vec<(String, String)>,
+        message: &[u8],
+        timeout_ms: u32,
+    ) -> Result<u32, Status> {
         let scope = &self.plugin().scope;
         let target = grpc_target(scope.callout_target(upstream).ok_or(Status::ParseFailure)?);
-        let lifetime_ms = scope.limits.max_call_timeout_ms;
-        let (headers, _) = super::grpc::request(
+        let timeout_ms = timeout_ms.clamp(1, scope.limits.max_call_timeout_ms);
+        let (headers, body) = super::grpc::request(
             &target,
             upstream,
             (service, method),
             metadata,
-            &[],
-            lifetime_ms,
+            message,
+            timeout_ms,
         )?;
-        self.dispatch(
-            target,
-            CallKind::GrpcStream,
-            headers,
-            Vec::new(),
-            lifetime_ms,
-        )
+        let body = if kind == CallKind::GrpcStream {
+            Vec::new()
+        } else {
+            body
+        };
+        self.dispatch(target, kind, headers, body, timeout_ms)
     }
 
     /// The calls dispatched in this callback, not made yet.
